@@ -1,0 +1,3 @@
+from ftstudio.cli import main
+
+raise SystemExit(main())

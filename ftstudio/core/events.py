@@ -1,0 +1,174 @@
+"""Events the engine reports while it runs. Plain dataclasses: the GUI worker, the console, the
+metrics.jsonl writer and tests all receive the same objects through a ``reporter`` callable.
+
+``to_dict()`` gives the JSON line (``{"event": "step", ...}``); :func:`event_from_dict` turns a JSON line
+back into an event, which is how the multi-GPU subprocess's rank 0 talks to the GUI.
+Pure Python: no torch, no Qt.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Protocol
+
+
+@dataclass
+class Event:
+    kind: ClassVar[str] = "event"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"event": self.kind}
+        for k, v in dataclasses.asdict(self).items():
+            d[k] = None if isinstance(v, float) and not math.isfinite(v) and k != "loss" else v
+        return d
+
+
+@dataclass
+class RunStarted(Event):
+    kind: ClassVar[str] = "run_started"
+    run_dir: str
+    model: str
+    task: str
+    device: str
+    precision: str
+    params: int
+    total_steps: int
+    train_rows: int
+    val_rows: int
+    resumed_from_step: int = 0
+    labels: list[str] | None = None
+
+
+@dataclass
+class StepMetrics(Event):
+    kind: ClassVar[str] = "step"
+    step: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    epoch: float = 0.0
+    elapsed_s: float = 0.0
+    eta_s: float | None = None
+    total_steps: int = 0
+
+
+@dataclass
+class EvalMetrics(Event):
+    kind: ClassVar[str] = "eval"
+    step: int
+    loss: float
+    perplexity: float | None = None
+    accuracy: float | None = None
+    macro_f1: float | None = None
+
+
+@dataclass
+class RetentionMetrics(Event):
+    """Loss and perplexity on general text: the forgetting curve."""
+    kind: ClassVar[str] = "retention"
+    step: int
+    loss: float
+    perplexity: float
+
+
+@dataclass
+class DriftMetrics(Event):
+    """Relative distance from the pre-trained weights per layer group, ‖θ−θ0‖/‖θ0‖."""
+    kind: ClassVar[str] = "drift"
+    step: int
+    layers: dict[str, float] = field(default_factory=dict)
+    total: float = 0.0
+
+
+@dataclass
+class MemorySnapshot(Event):
+    """Measured memory on one device, in bytes. Fields that a device cannot measure are None."""
+    kind: ClassVar[str] = "memory"
+    step: int
+    device: str
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int | None = None
+    allocated_peak: int | None = None
+    reserved: int | None = None
+    nvml_used: int | None = None
+    total: int | None = None
+
+
+@dataclass
+class CheckpointSaved(Event):
+    kind: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+
+
+@dataclass
+class NonFiniteStep(Event):
+    kind: ClassVar[str] = "nonfinite"
+    step: int
+    what: str  # "loss" or "gradient"
+    action: str  # "skipped", "stopped", "rolled back"
+    advice: str = ""
+
+
+@dataclass
+class LogLine(Event):
+    kind: ClassVar[str] = "log"
+    message: str
+    level: str = "info"
+
+
+@dataclass
+class RunFinished(Event):
+    kind: ClassVar[str] = "finished"
+    status: str  # "finished" or "stopped"
+    steps: int
+    train_loss: float | None
+    eval: dict[str, Any] = field(default_factory=dict)
+    output_dir: str = ""
+    final_model: str | None = None
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class RunFailed(Event):
+    kind: ClassVar[str] = "failed"
+    reason: str
+    advice: str = ""
+    error_type: str = ""
+    step: int = 0
+    output_dir: str = ""
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls for cls in (RunStarted, StepMetrics, EvalMetrics, RetentionMetrics, DriftMetrics,
+                              MemorySnapshot, CheckpointSaved, NonFiniteStep, LogLine, RunFinished, RunFailed)
+}
+
+
+def event_from_dict(d: dict[str, Any]) -> Event:
+    d = dict(d)
+    cls = EVENT_TYPES[d.pop("event")]
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+Reporter = Callable[[Event], None]
+
+
+class Sink(Protocol):
+    def __call__(self, event: Event) -> None: ...
+
+
+class Fanout:
+    """A reporter that hands every event to several sinks."""
+
+    def __init__(self, *sinks: Reporter):
+        self.sinks = [s for s in sinks if s is not None]
+
+    def __call__(self, event: Event) -> None:
+        for sink in self.sinks:
+            sink(event)

@@ -1,0 +1,139 @@
+"""The run store: a run is a folder (config.yaml, metrics.jsonl, checkpoints/, final/); a small SQLite
+index over the folders lets the GUI list and compare runs. Pure Python.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from .events import Event
+
+
+def make_run_name(model: str) -> str:
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name or model)[:40].strip("-") or "run"
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
+
+
+class MetricsWriter:
+    """Sink: appends one JSON object per event to ``metrics.jsonl``, flushed at once (a crash loses nothing)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fh = None
+
+    def __call__(self, event: Event) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(json.dumps(event.to_dict(), default=str) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every event of a run, in order; a torn last line (crash mid-write) is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    out = []
+    if not path.exists():
+        return out
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
+
+
+@dataclass
+class RunSummary:
+    path: str
+    name: str
+    model: str
+    dataset: str
+    status: str
+    steps: int
+    train_loss: float | None
+    eval_loss: float | None
+    started: float
+
+
+def summarize_run(run_dir: str | Path) -> RunSummary | None:
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        return None
+    events = read_metrics(run_dir)
+    model = dataset = ""
+    try:
+        import yaml
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        model = str(cfg.get("model", {}).get("source", ""))
+        dataset = str(cfg.get("data", {}).get("dataset", ""))
+    except Exception:  # a damaged config must not hide the run from the list
+        pass
+    status, steps, train_loss, eval_loss = "incomplete", 0, None, None
+    for e in events:
+        kind = e.get("event")
+        if kind == "step":
+            steps, train_loss = e.get("step", steps), e.get("loss")
+        elif kind == "eval":
+            eval_loss = e.get("loss")
+        elif kind == "finished":
+            status = e.get("status", "finished")
+        elif kind == "failed":
+            status = "failed"
+    return RunSummary(str(run_dir), run_dir.name, model, dataset, status, int(steps or 0), train_loss, eval_loss,
+                      (run_dir / "config.yaml").stat().st_mtime)
+
+
+def iter_run_dirs(root: str | Path) -> Iterator[Path]:
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for p in sorted(root.iterdir()):
+        if p.is_dir() and (p / "config.yaml").exists():
+            yield p
+
+
+class RunIndex:
+    """SQLite index of the runs under a root folder; rebuilt from the folders (they are the truth)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.db_path = self.root / "runs.sqlite"
+
+    def refresh(self) -> list[RunSummary]:
+        summaries = [s for s in (summarize_run(p) for p in iter_run_dirs(self.root)) if s is not None]
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with sqlite3.connect(self.db_path) as db:
+                db.execute("CREATE TABLE IF NOT EXISTS runs (path TEXT PRIMARY KEY, name TEXT, model TEXT, "
+                           "dataset TEXT, status TEXT, steps INTEGER, train_loss REAL, eval_loss REAL, started REAL)")
+                db.execute("DELETE FROM runs")
+                db.executemany("INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?)",
+                               [(s.path, s.name, s.model, s.dataset, s.status, s.steps, s.train_loss, s.eval_loss,
+                                 s.started) for s in summaries])
+        except (sqlite3.Error, OSError):
+            pass  # a read-only runs folder still lists its runs
+        return sorted(summaries, key=lambda s: s.started, reverse=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a file so that readers see the old or the new content, never half of it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
