@@ -1,0 +1,96 @@
+"""Device, precision and data-order decisions the trainer makes once at setup."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ftstudio.core.config import RunConfig
+from ftstudio.core.errors import ConfigError
+
+
+@dataclass
+class Numerics:
+    """How a precision name maps onto torch: the weights' dtype, autocast and loss scaling."""
+    precision: str
+    param_dtype: "object"  # torch.dtype
+    autocast_dtype: "object | None"
+    grad_scaler: bool
+
+
+def pick_device(cfg: RunConfig) -> str:
+    import torch
+
+    dev = cfg.hardware.device
+    if cfg.hardware.gpus and dev in ("auto", "cuda"):
+        dev = f"cuda:{cfg.hardware.gpus[0]}"
+    if dev == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if dev.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError("hardware.device", f"{dev!r} asked for, but no CUDA GPU is available; use 'cpu'")
+        if dev == "cuda":
+            return "cuda:0"
+        if int(dev.split(":")[1]) >= torch.cuda.device_count():
+            raise ConfigError("hardware.device", f"{dev!r}: only {torch.cuda.device_count()} GPU(s) present")
+    return dev
+
+
+def pick_numerics(precision: str, device: str) -> Numerics:
+    import torch
+
+    on_cuda = device.startswith("cuda")
+    if precision == "auto":
+        if on_cuda:
+            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp16-mixed"
+        else:
+            precision = "fp32"
+    if precision == "fp16-mixed" and not on_cuda:
+        raise ConfigError("hardware.precision", "fp16-mixed needs a CUDA GPU; use fp32 or bf16-mixed on the CPU")
+    return {
+        # The seed's 16N recipe: fp32 master weights (the optimizer updates them), bf16 compute via autocast.
+        "bf16-mixed": Numerics("bf16-mixed", torch.float32, torch.bfloat16, False),
+        # fp16 has a narrow exponent range: small gradients underflow unless the loss is scaled up.
+        "fp16-mixed": Numerics("fp16-mixed", torch.float32, torch.float16, True),
+        # Pure bf16: weights, gradients and optimizer states in bf16 (half the bytes, less exact updates).
+        "bf16": Numerics("bf16", torch.bfloat16, None, False),
+        "fp32": Numerics("fp32", torch.float32, None, False),
+    }[precision]
+
+
+@dataclass
+class Schedule:
+    """How many micro-batches and optimizer steps the run has, and which examples each micro-batch holds."""
+    n_examples: int
+    batch_size: int
+    grad_accum: int
+    seed: int
+    total_steps: int
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return max(1, math.ceil(self.n_examples / self.batch_size))
+
+    @property
+    def steps_per_epoch(self) -> float:
+        return self.batches_per_epoch / self.grad_accum
+
+    def batch_indices(self, micro_batch: int) -> list[int]:
+        """Example indices of global micro-batch number ``micro_batch``. Each epoch reshuffles with its own
+        seed, so any position can be recomputed after a resume without replaying the data."""
+        import torch
+
+        epoch, pos = divmod(micro_batch, self.batches_per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        perm = torch.randperm(self.n_examples, generator=g)
+        return perm[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
+
+
+def plan_schedule(cfg: RunConfig, n_examples: int) -> Schedule:
+    if n_examples == 0:
+        raise ConfigError("data.dataset", "the training split is empty")
+    s = Schedule(n_examples, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed, 0)
+    if cfg.train.max_steps is not None:
+        s.total_steps = cfg.train.max_steps
+    else:
+        s.total_steps = max(1, math.ceil(cfg.train.epochs * s.batches_per_epoch / cfg.train.grad_accum))
+    return s

@@ -1,0 +1,372 @@
+"""The training loop: setup → for each step (forward, loss + regulariser, backward, clip, optimizer step,
+schedule) → evaluation / checkpoint at their intervals → export.
+
+It reports event dataclasses to ``reporter`` and polls ``control`` between steps; it never knows who
+listens (the CLI's console, the GUI's worker, a test). User errors (bad data, bad config, a model that
+cannot load, out of memory) end the run with a ``RunFailed`` event, never an exception.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import time
+import traceback
+from contextlib import nullcontext
+from pathlib import Path
+
+from ftstudio.core.config import RunConfig
+from ftstudio.core.control import Control
+from ftstudio.core.errors import ConfigError, FTStudioError
+from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Event, Fanout, LogLine, NonFiniteStep,
+                                  Reporter, RunFailed, RunFinished, RunStarted, StepMetrics)
+from ftstudio.core.runs import MetricsWriter, make_run_name
+
+
+class _Stop(Exception):
+    """Internal: the non-finite policy ended the run."""
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, reporter: Reporter | None = None, control: Control | None = None,
+                 *, resume_from: str | Path | None = None):
+        self.cfg = config
+        self.control = control or Control()
+        self._user_reporter = reporter or (lambda e: None)
+        self.report: Reporter = self._user_reporter
+        self.resume_from = Path(resume_from) if resume_from else None
+        self.run_dir: Path | None = None
+        self.step = 0
+        self.micro_batch = 0
+        self._metrics: MetricsWriter | None = None
+        self._last_loss: float | None = None
+        self._lr_factor = 1.0
+
+    # ------------------------------------------------------------------------------------------------
+    def run(self) -> RunFinished | RunFailed:
+        try:
+            return self._run()
+        except FTStudioError as e:
+            return self._fail(str(e), type(e).__name__)
+        except Exception as e:  # noqa: BLE001 - the GUI must survive anything the engine throws
+            import torch
+            if isinstance(e, torch.OutOfMemoryError):
+                return self._fail_oom(e)
+            self.report(LogLine(traceback.format_exc(), level="error"))
+            return self._fail(f"{type(e).__name__}: {e}", type(e).__name__)
+        finally:
+            self._release()
+
+    def _fail(self, reason: str, error_type: str, advice: str = "") -> RunFailed:
+        event = RunFailed(reason=reason, advice=advice, error_type=error_type, step=self.step,
+                          output_dir=str(self.run_dir or ""))
+        self.report(event)
+        return event
+
+    def _fail_oom(self, error) -> RunFailed:
+        # Free what the failed step held before planning the advice, so the GUI can start again.
+        self._release()
+        reason, advice = "out of memory", "lower batch_size or seq_len, or turn on activation_checkpointing"
+        try:
+            from ftstudio.engine.memory import explain_oom
+            reason, advice = explain_oom(getattr(self, "_model_config", {}) or {}, self.cfg, 1, None, None)
+        except Exception:  # noqa: BLE001 - the advice is a bonus; the failure must still be reported
+            pass
+        return self._fail(f"Out of memory at step {self.step}: {reason}", "OutOfMemoryError", advice)
+
+    def _release(self) -> None:
+        for name in ("model", "optimizer", "scheduler", "regularizer", "_batch"):
+            if hasattr(self, name):
+                setattr(self, name, None)
+        gc.collect()
+        try:
+            import torch
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001
+            pass
+        if self._metrics is not None:
+            self._metrics.close()
+
+    # ------------------------------------------------------------------------------------------------
+    def _run(self) -> RunFinished | RunFailed:
+        import torch
+
+        from ftstudio.engine import data as data_mod
+        from ftstudio.engine import models as models_mod
+        from ftstudio.engine.checkpoint import latest_checkpoint, load_checkpoint
+        from ftstudio.engine.optim import build_optimizer
+        from ftstudio.engine.runtime import pick_device, pick_numerics, plan_schedule
+        from ftstudio.engine.schedule import build_scheduler
+
+        cfg = self.cfg
+        t_setup = time.perf_counter()
+        torch.manual_seed(cfg.train.seed)
+        device = pick_device(cfg)
+        numerics = pick_numerics(cfg.hardware.precision, device)
+        if cfg.memory.compile and not device.startswith("cuda"):
+            self.report(LogLine("compile is for CUDA runs; training uncompiled on the CPU", "warning"))
+
+        # 1. Model description and data first: a bad dataset must fail before anything is written.
+        info = models_mod.describe_model(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
+        self._model_config = info.config
+        records = data_mod.load_records(_dataset_path(cfg), fmt_hint=cfg.data.format)
+        fmt = data_mod.detect_format(records, cfg.data)
+        task = models_mod.resolve_task(cfg.model.task, info, fmt)
+        self.report(LogLine(f"Model {info.architecture} ({_fmt_params(info.params)} parameters), "
+                            f"data format {fmt}, task {task}, device {device}, precision {numerics.precision}"))
+        tokenizer = models_mod.load_tokenizer(cfg.model)
+        prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
+        labels = prepared.label_names
+        id2label = {i: name for i, name in enumerate(labels)} if labels else None
+
+        # 2. The run folder: config.yaml first, so the run can be resumed from its own config.
+        self.run_dir = self._open_run_dir()
+        self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self.report = Fanout(self._metrics, self._user_reporter)
+
+        # 3. Model on the device. Full fine-tuning: every weight trains (load_model asserts it).
+        loaded = models_mod.load_model(cfg.model, task=task, num_labels=len(labels) if labels else None,
+                                       id2label=id2label, tokenizer=tokenizer)
+        model = loaded.model.to(device=device, dtype=numerics.param_dtype)
+        if cfg.memory.activation_checkpointing:
+            # Recompute each block in backward instead of storing its activations.
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.memory.compile and device.startswith("cuda"):
+            _compile_blocks(model)
+        model.train()
+        self.model = model
+        n_params = sum(p.numel() for p in model.parameters())
+
+        sched = plan_schedule(cfg, len(prepared.train))
+        self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0])
+        self.scheduler = build_scheduler(self.optimizer, sched.total_steps, cfg.schedule)
+        scaler = torch.amp.GradScaler("cuda", enabled=numerics.grad_scaler)
+        self.regularizer = self._build_regularizer(model, tokenizer, task, device)
+
+        if self.resume_from is not None:
+            ckpt = latest_checkpoint(self.run_dir / "checkpoints")
+            if ckpt is None:
+                raise ConfigError("resume", f"{self.run_dir} has no complete checkpoint to resume from")
+            state = load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                    scaler=scaler)
+            self.step, self.micro_batch = state.step, state.micro_batch
+            self.report(LogLine(f"Resumed from {ckpt} (step {self.step})"))
+
+        self.report(RunStarted(run_dir=str(self.run_dir), model=cfg.model.source, task=task, device=device,
+                               precision=numerics.precision, params=n_params, total_steps=sched.total_steps,
+                               train_rows=len(prepared.train), val_rows=len(prepared.val),
+                               resumed_from_step=self.step, labels=labels))
+        self.report(LogLine(f"Setup took {time.perf_counter() - t_setup:.1f} s"))
+        if self.step == 0 and self.regularizer is not None and cfg.regularize.retention_eval:
+            self._retention_eval(model, device, numerics)
+
+        status = self._loop(model, prepared, sched, device, numerics, scaler)
+
+        # 4. End: final evaluation and export.
+        eval_result = {}
+        if prepared.val and status == "finished":
+            eval_result = self._evaluate(model, prepared, device, numerics, task)
+        final_dir = None
+        if status == "stopped":
+            self._save_checkpoint(model, scaler)
+        elif cfg.checkpoint.export:
+            final_dir = self._export(model, tokenizer)
+        event = RunFinished(status=status, steps=self.step, train_loss=self._last_loss, eval=eval_result,
+                            output_dir=str(self.run_dir), final_model=str(final_dir) if final_dir else None,
+                            elapsed_s=time.perf_counter() - t_setup)
+        self.report(event)
+        return event
+
+    # ------------------------------------------------------------------------------------------------
+    def _loop(self, model, prepared, sched, device, numerics, scaler) -> str:
+        import torch
+
+        cfg, control = self.cfg, self.control
+        autocast = (torch.autocast(device_type=device.split(":")[0], dtype=numerics.autocast_dtype)
+                    if numerics.autocast_dtype is not None else nullcontext())
+        params = [p for p in model.parameters()]
+        skips = 0
+        window_tokens, window_t0 = 0, time.perf_counter()
+        run_t0, start_step = time.perf_counter(), self.step
+        loss_sum = torch.zeros((), device=device)
+        loss_count = 0
+
+        while self.step < sched.total_steps:
+            control.wait_while_paused()
+            if control.stop_requested:
+                return "stopped"
+            # One optimizer step = grad_accum micro-batches whose gradients add up.
+            step_loss = torch.zeros((), device=device)
+            for _ in range(cfg.train.grad_accum):
+                batch = prepared.collate([prepared.train[i] for i in sched.batch_indices(self.micro_batch)])
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                self.micro_batch += 1
+                window_tokens += int(batch["attention_mask"].sum()) if batch.get("attention_mask") is not None \
+                    and batch["attention_mask"].dim() == 2 else batch["input_ids"].numel()
+                with autocast:
+                    loss = self._forward_loss(model, batch)
+                scaler.scale(loss / cfg.train.grad_accum).backward()
+                step_loss += loss.detach() / cfg.train.grad_accum
+            if self.regularizer is not None:
+                # Once per optimizer step: the pull toward θ0 (L2-SP / EWC), its gradient added to the task's.
+                scaler.scale(self.regularizer.penalty(model)).backward()
+            scaler.unscale_(self.optimizer)
+            max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+            # Non-finite loss or gradients: never let them into the weights.
+            if not (torch.isfinite(step_loss) and torch.isfinite(grad_norm)):
+                what = "loss" if not torch.isfinite(step_loss) else "gradient"
+                self.optimizer.zero_grad(set_to_none=True)
+                skips += 1
+                if numerics.grad_scaler and what == "gradient":
+                    scaler.update()  # fp16 overflow: the scaler lowers its scale and the step is skipped
+                    continue
+                self._handle_nonfinite(what, skips, model, scaler)
+                continue
+
+            scaler.step(self.optimizer)
+            scaler.update()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            loss_sum += step_loss
+            loss_count += 1
+
+            if self.step % cfg.train.log_every == 0 or self.step == sched.total_steps:
+                # .item() syncs the GPU: only at log intervals.
+                now = time.perf_counter()
+                self._last_loss = float(loss_sum.item()) / max(1, loss_count)
+                loss_sum.zero_()
+                loss_count = 0
+                elapsed = now - run_t0
+                per_step = elapsed / max(1, self.step - start_step)
+                self.report(StepMetrics(step=self.step, loss=self._last_loss,
+                                        lr=self.optimizer.param_groups[-1]["lr"], grad_norm=float(grad_norm),
+                                        tokens_per_s=window_tokens / max(1e-9, now - window_t0),
+                                        epoch=self.micro_batch / sched.batches_per_epoch, elapsed_s=elapsed,
+                                        eta_s=per_step * (sched.total_steps - self.step),
+                                        total_steps=sched.total_steps))
+                window_tokens, window_t0 = 0, now
+            self._periodic(model, prepared, device, numerics, scaler, sched)
+        return "finished"
+
+    def _forward_loss(self, model, batch):
+        if self.cfg.memory.loss == "chunked" and "labels" in batch and batch["labels"].dim() == 2:
+            from ftstudio.engine.losses import causal_lm_forward_chunked
+            return causal_lm_forward_chunked(model, batch)
+        return model(**batch).loss
+
+    def _periodic(self, model, prepared, device, numerics, scaler, sched) -> None:
+        cfg, step = self.cfg, self.step
+        if cfg.hardware.memory_snapshot_every and step % cfg.hardware.memory_snapshot_every == 0:
+            self._memory_snapshot(model, device)
+        if prepared.val and cfg.eval.eval_every and step % cfg.eval.eval_every == 0 and step < sched.total_steps:
+            self._evaluate(model, prepared, device, numerics, prepared.task)
+        every = cfg.checkpoint.checkpoint_every
+        if (every and step % every == 0) or self.control.take_save_request():
+            self._save_checkpoint(model, scaler)
+
+    def _handle_nonfinite(self, what: str, skips: int, model, scaler) -> None:
+        cfg = self.cfg
+        advice = "lower the learning rate, check the data for empty or extreme rows, or use bf16-mixed"
+        if cfg.train.nonfinite == "stop" or (cfg.train.nonfinite == "skip" and skips > cfg.train.max_skips):
+            self.report(NonFiniteStep(self.step, what, "stopped", advice))
+            raise FTStudioError(f"non-finite {what} at step {self.step + 1}; {advice}")
+        if cfg.train.nonfinite == "rollback":
+            from ftstudio.engine.checkpoint import latest_checkpoint, load_checkpoint
+            ckpt = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
+            if ckpt is None or skips > cfg.train.max_skips:
+                self.report(NonFiniteStep(self.step, what, "stopped", "no checkpoint to roll back to; " + advice))
+                raise FTStudioError(f"non-finite {what} at step {self.step + 1} and no checkpoint to roll back to")
+            state = load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
+                                    scaler=scaler, restore_rng=False)
+            self.step = state.step  # the data position (micro_batch) keeps moving past the bad batch
+            self._lr_factor *= 0.5
+            self.scheduler.base_lrs = [b * self._lr_factor for b in self.scheduler.base_lrs]
+            self.report(NonFiniteStep(self.step, what, "rolled back", f"rolled back to {ckpt.name} with half the LR"))
+            return
+        self.report(NonFiniteStep(self.step, what, "skipped", advice))
+
+    # ------------------------------------------------------------------------------------------------
+    def _evaluate(self, model, prepared, device, numerics, task) -> dict:
+        from ftstudio.engine.evaluate import evaluate
+        result = evaluate(model, prepared, device=device, autocast_dtype=numerics.autocast_dtype, task=task,
+                          batch_size=self.cfg.train.batch_size, max_batches=self.cfg.eval.eval_batches)
+        self.report(EvalMetrics(step=self.step, **result))
+        return {k: v for k, v in result.items() if v is not None}
+
+    def _retention_eval(self, model, device, numerics) -> None:
+        pass  # wired with the forgetting features
+
+    def _build_regularizer(self, model, tokenizer, task, device):
+        reg = self.cfg.regularize
+        if reg.l2sp == 0 and reg.ewc == 0:
+            return None
+        from ftstudio.engine.regularize import build_regularizer
+        return build_regularizer(model, self.cfg)
+
+    def _memory_snapshot(self, model, device) -> None:
+        try:
+            from ftstudio.engine.memory import measure
+        except ImportError:
+            return
+        self.report(measure(model, self.optimizer, device, self.step))
+
+    def _save_checkpoint(self, model, scaler) -> None:
+        from ftstudio.engine.checkpoint import save_checkpoint
+        path = save_checkpoint(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
+                               scheduler=self.scheduler, scaler=scaler, micro_batch=self.micro_batch,
+                               keep_last=self.cfg.checkpoint.keep_last)
+        self.report(CheckpointSaved(step=self.step, path=str(path)))
+
+    def _export(self, model, tokenizer) -> Path:
+        final = self.run_dir / "final"
+        model.save_pretrained(final, safe_serialization=True)
+        tokenizer.save_pretrained(final)
+        self.report(LogLine(f"Exported the fine-tuned model to {final}"))
+        return final
+
+    def _open_run_dir(self) -> Path:
+        cfg = self.cfg
+        if self.resume_from is not None:
+            return self.resume_from
+        root = Path(cfg.train.output)
+        name = cfg.train.run_name or make_run_name(cfg.model.source)
+        run_dir = root / name
+        try:
+            run_dir.mkdir(parents=True, exist_ok=cfg.train.run_name is not None)
+            cfg.save(run_dir / "config.yaml")
+        except FileExistsError:
+            raise ConfigError("train.run_name", f"{run_dir} already exists; pick another name or --resume it") from None
+        except OSError as e:
+            raise ConfigError("train.output", f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
+        return run_dir
+
+
+def _dataset_path(cfg: RunConfig) -> str:
+    if cfg.data.dataset == "demo":
+        from ftstudio.engine.data import demo_dataset_path
+        return str(demo_dataset_path())
+    return cfg.data.dataset
+
+
+def _fmt_params(n: int | None) -> str:
+    if not n:
+        return "?"
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def _compile_blocks(model) -> None:
+    """torch.compile each repeated transformer block (compiling one block type takes seconds, not minutes)."""
+    import torch
+
+    from ftstudio.engine.optim import find_block_list
+    blocks = find_block_list(model)
+    if blocks is None:
+        return
+    for i, block in enumerate(blocks):
+        blocks[i] = torch.compile(block)
