@@ -46,6 +46,8 @@ class Trainer:
         try:
             return self._run()
         except FTStudioError as e:
+            for problem in getattr(e, "problems", [])[:200]:  # DataError: one line per bad row
+                self.report(LogLine(str(problem), level="error"))
             return self._fail(str(e), type(e).__name__)
         except Exception as e:  # noqa: BLE001 - the GUI must survive anything the engine throws
             import torch

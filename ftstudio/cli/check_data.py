@@ -1,0 +1,66 @@
+"""`ftstudio check-data DATASET [--model M] [--format F] [--json]`: validate and describe a dataset as the
+model will see it; one clean line per problem; exit 1 when there are errors."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub) -> None:
+    from ftstudio.core.config import FORMATS, TASKS
+
+    p = sub.add_parser("check-data", help="validate a dataset and count its tokens")
+    p.add_argument("dataset", help="a .jsonl/.json/.csv/.tsv/.parquet/.txt file, a datasets folder, or 'demo'")
+    p.add_argument("--model", default=None, help="tokenize with this model's tokenizer (default: the demo model's)")
+    p.add_argument("--format", choices=FORMATS, default="auto")
+    p.add_argument("--task", choices=TASKS, default="auto")
+    p.add_argument("--text-column", default=None)
+    p.add_argument("--label-column", default=None)
+    p.add_argument("--seq-len", type=int, default=None)
+    p.add_argument("--val-fraction", type=float, default=None)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--json", action="store_true", help="print the report as JSON on the last line of stdout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ftstudio.core.config import DataConfig, ModelConfig
+    from ftstudio.core.errors import FTStudioError
+    from ftstudio.engine import data as data_mod
+    from ftstudio.engine import models as models_mod
+
+    from . import fail
+
+    try:
+        kw = {"dataset": args.dataset, "format": args.format, "text_column": args.text_column,
+              "label_column": args.label_column}
+        if args.seq_len is not None:
+            kw["seq_len"] = args.seq_len
+        if args.val_fraction is not None:
+            kw["val_fraction"] = args.val_fraction
+        cfg = DataConfig(**kw)
+        model_cfg = ModelConfig(source=args.model or "demo", task=args.task)
+        info = models_mod.describe_model(model_cfg.source)
+        tokenizer = models_mod.load_tokenizer(model_cfg)
+    except FTStudioError as e:
+        return fail(str(e))
+    task = None
+    if args.task != "auto":
+        task = args.task
+    report = data_mod.check_data(cfg, tokenizer, task=task, seed=args.seed, model_info=info)
+    d = report.to_dict()
+    errors = [p for p in report.problems if getattr(p, "severity", "error") == "error"]
+    for p in report.problems:
+        print(f"{p.severity}: {p}", flush=True)
+    if not args.json:
+        print(f"{d.get('path')}: format {d.get('format')}, task {d.get('task')}, {d.get('rows')} rows "
+              f"({d.get('train_rows')} train / {d.get('val_rows')} validation)")
+        if d.get("tokens") is not None:
+            print(f"tokens {d['tokens']:,} (under the loss: {d['trainable_tokens']:,}), "
+                  f"truncated rows at seq_len {cfg.seq_len}: {d.get('truncated', 0)}"
+                  + (f"; counted with {'the demo model' if not args.model else args.model}'s tokenizer"))
+        if d.get("labels"):
+            print(f"labels: {', '.join(map(str, d['labels']))}")
+    else:
+        print(json.dumps(d, default=str))
+    return 1 if errors else 0

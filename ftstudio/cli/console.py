@@ -1,0 +1,76 @@
+"""The console sink: a rich progress bar (loss, LR, tokens/s, ETA) on stderr, problems as clean lines.
+stdout stays free for --json."""
+from __future__ import annotations
+
+import sys
+
+from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Event, LogLine, NonFiniteStep, RunFailed,
+                                  RunFinished, RunStarted, StepMetrics)
+
+
+class ConsoleSink:
+    def __init__(self, quiet: bool = False):
+        from rich.console import Console
+
+        self.console = Console(stderr=True, highlight=False)
+        self.quiet = quiet
+        self.progress = None
+        self.task = None
+
+    def _start_progress(self, total: int, done: int) -> None:
+        if self.quiet:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                 console=self.console, transient=False)
+        self.task = self.progress.add_task("train", total=total, completed=done, info="")
+        self.progress.start()
+
+    def __call__(self, event: Event) -> None:
+        c = self.console
+        if isinstance(event, RunStarted):
+            c.print(f"Run folder {event.run_dir}: {event.params:,} parameters, {event.train_rows} train / "
+                    f"{event.val_rows} validation rows, {event.total_steps} steps on {event.device} "
+                    f"({event.precision})")
+            self._start_progress(event.total_steps, event.resumed_from_step)
+        elif isinstance(event, StepMetrics):
+            if self.progress is not None:
+                info = (f"loss {event.loss:.4f}  lr {event.lr:.2e}  |g| {event.grad_norm:.2f}  "
+                        f"{event.tokens_per_s:,.0f} tok/s")
+                self.progress.update(self.task, completed=event.step, info=info)
+            elif not self.quiet:
+                c.print(f"step {event.step}: loss {event.loss:.4f}")
+        elif isinstance(event, EvalMetrics):
+            parts = [f"loss {event.loss:.4f}"]
+            if event.perplexity is not None:
+                parts.append(f"perplexity {event.perplexity:.2f}")
+            if event.accuracy is not None:
+                parts.append(f"accuracy {event.accuracy:.3f}  macro-F1 {event.macro_f1:.3f}")
+            c.print(f"eval @ step {event.step}: " + "  ".join(parts))
+        elif isinstance(event, CheckpointSaved):
+            c.print(f"checkpoint saved: {event.path}")
+        elif isinstance(event, NonFiniteStep):
+            c.print(f"[yellow]non-finite {event.what} at step {event.step}: {event.action}. {event.advice}")
+        elif isinstance(event, LogLine):
+            if event.level == "error":
+                c.print(event.message, style="red", markup=False)
+            elif event.level == "warning":
+                c.print(event.message, style="yellow", markup=False)
+            elif not self.quiet:
+                c.print(event.message, style="dim", markup=False)
+        elif isinstance(event, RunFinished):
+            self.close()
+            c.print(f"[bold green]{event.status}[/] after {event.steps} steps ({event.elapsed_s:.0f} s). "
+                    f"Final model: {event.final_model or '-'}")
+        elif isinstance(event, RunFailed):
+            self.close()
+            c.print(f"ftstudio: error: {event.reason}", style="bold red", markup=False)
+            if event.advice:
+                c.print(f"advice: {event.advice}", markup=False)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,82 @@
+"""CLI flags generated from RunConfig: every leaf field is a flag of the same name (``--max-steps`` ⇄
+``train.max_steps``), with its docstring as help. Flags override the YAML."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+
+from ftstudio.core.config import SECTIONS, RunConfig, field_docs
+
+# Leaf fields whose flag reads better under another name.
+FLAG_NAMES = {"source": "model"}
+CHOICES = {}
+
+
+def _choices() -> dict[str, tuple]:
+    from ftstudio.core import config as c
+    return {"task": c.TASKS, "format": c.FORMATS, "schedule": c.SCHEDULES, "precision": c.PRECISIONS,
+            "optimizer": c.OPTIMIZERS, "loss": c.LOSSES, "nonfinite": c.NONFINITE_POLICIES,
+            "l2sp_anchor": c.ANCHOR_PLACES}
+
+
+def _parse_gpus(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give GPU indices such as 0,1") from None
+
+
+def _optional(kind):
+    def parse(text: str):
+        return None if text.lower() in ("none", "null", "") else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    choices = _choices()
+    for section, cls in SECTIONS.items():
+        group = parser.add_argument_group(section)
+        docs = field_docs(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            flag = "--" + FLAG_NAMES.get(f.name, f.name).replace("_", "-")
+            hint = hints[f.name]
+            args = typing.get_args(hint)
+            base = next((a for a in args if a is not type(None)), hint) if args else hint
+            kw: dict = {"dest": f"cfg_{f.name}", "default": None, "help": docs.get(f.name, "").replace("%", "%%")}
+            if hint is bool:
+                kw["action"] = argparse.BooleanOptionalAction
+            elif f.name == "gpus":
+                kw["type"] = _parse_gpus
+                kw["metavar"] = "0,1"
+            else:
+                kind = {int: int, float: float, str: str}.get(base, str)
+                kw["type"] = _optional(kind) if type(None) in args else kind
+                if f.name in choices:
+                    kw["choices"] = choices[f.name]
+            group.add_argument(flag, **kw)
+
+
+def apply_config_flags(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    changes = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
+    return cfg.replace(**changes) if changes else cfg
+
+
+def config_to_flags(cfg: RunConfig) -> list[str]:
+    """The flags that turn the default config into ``cfg``: the GUI's "copy CLI command"."""
+    default = RunConfig().to_dict()
+    out: list[str] = []
+    for section, fields in cfg.to_dict().items():
+        for name, value in fields.items():
+            if value == default[section][name]:
+                continue
+            flag = "--" + FLAG_NAMES.get(name, name).replace("_", "-")
+            if isinstance(value, bool):
+                out.append(flag if value else "--no-" + flag[2:])
+            elif name == "gpus":
+                out += [flag, ",".join(map(str, value))]
+            else:
+                out += [flag, "none" if value is None else str(value)]
+    return out
