@@ -1,0 +1,110 @@
+"""GGUF files: metadata → an HF-style config dict, exact parameter counts, supported-architecture check.
+
+transformers de-quantizes GGUF weights to float when loading (`from_pretrained(folder, gguf_file=name)`), so a
+quantized model becomes a normal full-precision model that can be fully fine-tuned. The `gguf` package is an
+optional dependency; without it, a clear ModelError says how to install it. No torch import here.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from ftstudio.core.errors import ModelError
+
+# llama.cpp key suffix (after "<arch>.") → HF config key; the same names across llama.cpp architectures.
+_KEYS = {
+    "context_length": "max_position_embeddings",
+    "embedding_length": "hidden_size",
+    "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "attention.layer_norm_epsilon": "layer_norm_eps",
+    "rope.freq_base": "rope_theta",
+    "vocab_size": "vocab_size",
+}
+# llama.cpp architecture names that transformers knows under another model_type.
+_RENAMES = {"qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe", "gpt-oss": "gpt_oss", "minimax-m2": "minimax_m2",
+            "gemma3": "gemma3_text"}
+
+
+def require_gguf():
+    """The gguf module, or a ModelError that says how to get it."""
+    try:
+        import gguf
+    except ImportError:
+        raise ModelError("reading .gguf files needs the optional 'gguf' package: pip install gguf") from None
+    return gguf
+
+
+def supported_architectures() -> list[str]:
+    """llama.cpp architecture names this transformers version can de-quantize (no torch import)."""
+    from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
+
+    return sorted(k for k in GGUF_CONFIG_MAPPING if k not in ("general", "tokenizer"))
+
+
+def _reader(path: Path):
+    gguf = require_gguf()
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as e:  # the reader raises ValueError/struct errors/KeyError on damaged files
+        raise ModelError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}). "
+                         "Download it again or pick another file.") from None
+
+
+def _value(reader, key):
+    field = reader.fields.get(key)
+    if field is None:
+        return None
+    try:
+        return field.contents()
+    except Exception:  # an odd field type should not stop describing the model
+        return None
+
+
+def gguf_metadata(path: str | Path) -> dict:
+    """Config dict (HF key names), exact parameter count, dominant tensor type and the llama.cpp arch name."""
+    path = Path(path)
+    reader = _reader(path)
+    arch = _value(reader, "general.architecture")
+    if not isinstance(arch, str):
+        raise ModelError(f"{path}: GGUF file has no general.architecture key; it is not a model file.")
+    name = _value(reader, "general.name") or ""
+    model_type = _RENAMES.get(arch, arch)
+    if arch == "llama" and "mistral" in str(name).lower():
+        model_type = "mistral"  # llama.cpp stores Mistral as llama; transformers (and we) follow its rename
+    cfg: dict = {"model_type": model_type, "_name_or_path": name or path.stem}
+    for suffix, hf_key in _KEYS.items():
+        value = _value(reader, f"{arch}.{suffix}")
+        if value is not None:
+            cfg[hf_key] = value
+    if isinstance(cfg.get("num_key_value_heads"), list):  # per-layer lists (lfm2): HF wants the largest
+        cfg["num_key_value_heads"] = max(cfg["num_key_value_heads"])
+    cfg.setdefault("num_key_value_heads", cfg.get("num_attention_heads"))
+    if "vocab_size" not in cfg:
+        tokens = reader.fields.get("tokenizer.ggml.tokens")
+        if tokens is not None:
+            cfg["vocab_size"] = len(tokens.data)
+    names = {t.name for t in reader.tensors}
+    # llama.cpp drops output.weight when the LM head shares the embedding matrix.
+    cfg["tie_word_embeddings"] = "output.weight" not in names
+    for key, hf_key in (("tokenizer.ggml.bos_token_id", "bos_token_id"),
+                        ("tokenizer.ggml.eos_token_id", "eos_token_id"),
+                        ("tokenizer.ggml.padding_token_id", "pad_token_id")):
+        if isinstance(_value(reader, key), int):
+            cfg[hf_key] = _value(reader, key)
+    by_type = Counter()
+    for t in reader.tensors:
+        by_type[t.tensor_type.name] += int(t.n_elements)
+    return {"config": cfg, "params": sum(by_type.values()), "dtype": by_type.most_common(1)[0][0] if by_type
+            else "unknown", "gguf_architecture": arch, "has_tokenizer": "tokenizer.ggml.tokens" in reader.fields}
+
+
+def check_supported(path: Path, arch: str, model_type: str) -> None:
+    supported = supported_architectures()
+    if arch not in supported and model_type not in supported:
+        raise ModelError(f"{path}: GGUF architecture '{arch}' cannot be de-quantized by this transformers "
+                         f"version (it supports: {', '.join(supported)}). Use the model's Hugging Face folder "
+                         "(safetensors) instead, or upgrade transformers.")

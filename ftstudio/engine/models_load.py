@@ -1,0 +1,143 @@
+"""Load a described model for full fine-tuning: model + tokenizer on CPU, every weight trainable.
+
+Safety: weights come from safetensors where present; a pickle checkpoint (.bin) is opened only with
+`weights_only=True` (we pass it explicitly; this module never calls torch.load); a model's own Python code runs
+only when `ModelConfig.trust_remote_code` is on; local sources load with `local_files_only=True`, so they never
+touch the network.
+"""
+from __future__ import annotations
+
+from ftstudio.core.errors import ModelError
+from ftstudio.engine import models_inspect as inspect
+from ftstudio.engine.models import LoadedModel, ModelInfo, check_task, describe_model
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}
+
+
+def torch_dtype(dtype):
+    """None → float32 (the CPU default and the master-weight precision); names or torch dtypes accepted."""
+    import torch
+
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPES.get(str(dtype).lower().removeprefix("torch."))
+    if name is None:
+        raise ModelError(f"dtype '{dtype}' is not supported for loading: use float32, bfloat16 or float16")
+    return getattr(torch, name)
+
+
+def _source_kwargs(cfg, info: ModelInfo) -> dict:
+    kw = {"trust_remote_code": bool(cfg.trust_remote_code)}
+    if info.kind == "gguf":
+        from pathlib import Path
+        from ftstudio.engine.models_gguf import require_gguf
+
+        require_gguf()
+        kw["gguf_file"] = Path(info.path).name
+    if info.kind == "hub":
+        kw["revision"] = cfg.revision
+    else:
+        kw["local_files_only"] = True  # a local model never needs the network
+    return kw
+
+
+def _explain(e: Exception, info: ModelInfo, what: str) -> ModelError:
+    """Turn a transformers/OS exception into a ModelError that says where and what to do."""
+    where = info.path or info.source
+    text = f"{type(e).__name__}: {e}".strip()
+    unknown = ("Unrecognized", "does not recognize", "not supported", "KeyError", "trust_remote_code")
+    if any(u in text for u in unknown) and what == "model":
+        return ModelError(
+            f"{where}: transformers cannot build architecture '{info.architecture}' (model_type "
+            f"'{info.model_type}') for this task ({text.splitlines()[0][:300]}). Upgrade transformers, pick "
+            "another model, or, if the model ships its own code and you trust its author, turn on "
+            "trust_remote_code.")
+    return ModelError(f"{where}: cannot load the {what} ({text.splitlines()[0][:400]}).")
+
+
+def _load_tokenizer(target: str, info: ModelInfo, kw: dict):
+    from transformers import AutoTokenizer
+
+    if info.kind in ("demo", "folder", "cache") and not inspect.has_tokenizer(info.path):
+        raise ModelError(f"{info.path}: no tokenizer files ({', '.join(inspect.TOKENIZER_FILES[:4])}, ...). "
+                         "Save the base model's tokenizer into this folder (tokenizer.save_pretrained(folder)).")
+    try:
+        tok = AutoTokenizer.from_pretrained(target, **kw)
+    except Exception as e:  # OSError, ValueError, TypeError, ImportError (sentencepiece) ...
+        raise _explain(e, info, "tokenizer") from e
+    if isinstance(tok, bool) or not callable(tok):
+        raise ModelError(f"{info.path or info.source}: the tokenizer files could not be read as a tokenizer.")
+    return tok
+
+
+def _ensure_pad(tok, model) -> None:
+    """Batches need a pad token: reuse EOS (the usual choice; padded positions are masked), else add one."""
+    if tok.pad_token is None:
+        if tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+        else:
+            tok.add_special_tokens({"pad_token": "[PAD]"})
+            model.resize_token_embeddings(len(tok))
+    tok.padding_side = "right"  # loss masks and classifier pooling both assume right padding
+    model.config.pad_token_id = tok.pad_token_id
+
+
+def _make_trainable(model, where: str) -> None:
+    """Full fine-tuning: every parameter trains. Unfreeze what a checkpoint froze; refuse what cannot train."""
+    stuck = []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            try:
+                p.requires_grad_(True)
+            except RuntimeError:  # integer (quantized) tensors cannot carry gradients
+                stuck.append(f"{name} ({p.dtype})")
+    stuck += [n for n, p in model.named_parameters() if not p.requires_grad and n not in stuck]
+    if stuck:
+        raise ModelError(f"{where}: {len(stuck)} parameters cannot be trained ({', '.join(stuck[:5])}...): "
+                         "full fine-tuning needs floating-point weights. Use a non-quantized model.")
+
+
+def _model_kwargs(task: str, num_labels, id2label, info: ModelInfo) -> dict:
+    if task != "classification":
+        return {}
+    if id2label is not None:
+        id2label = {int(k): str(v) for k, v in dict(id2label).items()}
+        if num_labels is not None and num_labels != len(id2label):
+            raise ModelError(f"num_labels={num_labels} but id2label has {len(id2label)} labels")
+        num_labels = len(id2label)
+    elif num_labels is not None:
+        id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+    if num_labels is None:
+        return {"ignore_mismatched_sizes": True}
+    if num_labels < 1:
+        raise ModelError(f"a classifier needs at least one label (got num_labels={num_labels})")
+    # In the config so that the exported model carries the label names.
+    return {"num_labels": num_labels, "id2label": id2label, "label2id": {v: k for k, v in id2label.items()},
+            "ignore_mismatched_sizes": True}  # a head for other labels is replaced, not an error
+
+
+def load(cfg, *, task: str, num_labels=None, id2label=None, dtype=None) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    info = describe_model(cfg.source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    check_task(task, info)
+    kw = _source_kwargs(cfg, info)
+    target = info.load_path
+    tok = _load_tokenizer(target, info, kw)
+    auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
+    try:
+        model, loading = auto.from_pretrained(target, dtype=torch_dtype(dtype), weights_only=True,
+                                              output_loading_info=True, **kw,
+                                              **_model_kwargs(task, num_labels, id2label, info))
+    except ModelError:
+        raise
+    except Exception as e:
+        raise _explain(e, info, "model") from e
+    _ensure_pad(tok, model)
+    _make_trainable(model, info.path or info.source)
+    new = sorted(set(loading.get("missing_keys", [])) | {m[0] if isinstance(m, tuple) else m
+                                                          for m in loading.get("mismatched_keys", [])})
+    return LoadedModel(model=model, tokenizer=tok, task=task, info=info, new_params=new)
