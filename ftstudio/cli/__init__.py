@@ -30,8 +30,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import multiprocessing
+
+    multiprocessing.freeze_support()  # a frozen (PyInstaller) app re-enters main() in child processes
     _guard_windowed_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--self-test"]:
+        from ftstudio.selftest import run_self_test
+        return run_self_test(argv[1:])
     if not argv or argv[0] == "gui" or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         gui_args = argv[1:] if argv and argv[0] == "gui" else argv
         return _run_gui(gui_args)
