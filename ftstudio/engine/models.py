@@ -165,6 +165,11 @@ def check_task(task: str, info: ModelInfo, data_format: str | None = None) -> No
 def resolve_task(requested: str | None, info: ModelInfo, data_format: str | None) -> str:
     """"causal-lm" or "classification": an explicit request wins; else the data decides, else the model."""
     if requested in (None, "", "auto"):
+        if info.is_encoder and data_format in CAUSAL_FORMATS:
+            raise ModelError(f"{info.source} is an encoder-only model ({info.architecture}): it can only be "
+                             f"trained as a classifier, but the data is in the '{data_format}' format, which "
+                             "trains next-token prediction. Pick a decoder model (GPT-, Llama-, Qwen-like) or a "
+                             "labelled (text + label) dataset.")
         if data_format == "classification" or info.is_encoder:
             task = "classification"
         else:

@@ -27,6 +27,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "toke
 _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16",
                        "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32",
                        "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_LEARNED_POSITIONS = frozenset({"gpt2", "gpt_neo", "opt", "gpt_bigcode", "biogpt"})
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx",
                  "max_seq_len", "model_max_length")
 
@@ -98,7 +99,9 @@ def estimate_params(cfg: dict) -> int | None:
     gated = str(c.get("hidden_act", c.get("activation_function", ""))) in ("silu", "swiglu", "geglu") \
         or c.get("model_type") in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
     mlp = (3 if gated else 2) * d * ff
-    positions = 0 if c.get("rope_theta") or c.get("rope_scaling") else (_first(c, *_CONTEXT_KEYS) or 0) * d
+    # Only some families learn a position table; rotary/ALiBi models (most decoders today) have none.
+    learned = c.get("model_type") in ENCODER_TYPES | _LEARNED_POSITIONS
+    positions = (_first(c, *_CONTEXT_KEYS) or 0) * d if learned else 0
     head = 0 if c.get("tie_word_embeddings", True) else vocab * d
     return vocab * d + positions + layers * (attention + mlp + 4 * d) + head
 

@@ -46,8 +46,13 @@ def _source_kwargs(cfg, info: ModelInfo) -> dict:
 
 def _explain(e: Exception, info: ModelInfo, what: str) -> ModelError:
     """Turn a transformers/OS exception into a ModelError that says where and what to do."""
+    import re
+
     where = info.path or info.source
-    text = f"{type(e).__name__}: {e}".strip()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", f"{type(e).__name__}: {e}").strip()  # transformers colours its text
+    if "Weights only load failed" in text or type(e).__name__ == "UnpicklingError":
+        return ModelError(f"{where}: refused to open the pickle (.bin) weights: they hold more than plain tensors, "
+                          "and unpickling them could run code. Use the model's safetensors weights instead.")
     unknown = ("Unrecognized", "does not recognize", "not supported", "KeyError", "trust_remote_code")
     if any(u in text for u in unknown) and what == "model":
         return ModelError(
