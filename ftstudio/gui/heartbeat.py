@@ -1,0 +1,57 @@
+"""Event-loop stall meter: a timer that should fire every ``interval_ms``; how late it fires is how long the
+GUI thread was busy (or starved of the GIL). Goal during a run: p99 < 50 ms, max < 200 ms.
+"""
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QObject, Qt, QTimer, Slot
+
+
+class Heartbeat(QObject):
+    def __init__(self, interval_ms: int = 20, parent: QObject | None = None):
+        super().__init__(parent)
+        self.interval_ms = interval_ms
+        self._timer = QTimer(self)
+        self._timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self._timer.setInterval(interval_ms)
+        self._timer.timeout.connect(self._beat)
+        self._last: float | None = None
+        self.stalls_ms: list[float] = []
+
+    def start(self) -> None:
+        self.stalls_ms.clear()
+        self._last = time.perf_counter()
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+        self._last = None
+
+    @property
+    def active(self) -> bool:
+        return self._timer.isActive()
+
+    @Slot()
+    def _beat(self) -> None:
+        now = time.perf_counter()
+        if self._last is not None:
+            self.stalls_ms.append(max(0.0, (now - self._last) * 1000.0 - self.interval_ms))
+        self._last = now
+
+    def stats(self) -> dict[str, float]:
+        """{"beats", "p50_ms", "p99_ms", "max_ms"} of the lateness of each beat."""
+        xs = sorted(self.stalls_ms)
+        if not xs:
+            return {"beats": 0, "p50_ms": 0.0, "p99_ms": 0.0, "max_ms": 0.0}
+
+        def pct(p: float) -> float:
+            return xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]
+
+        return {"beats": len(xs), "p50_ms": round(pct(0.5), 1), "p99_ms": round(pct(0.99), 1),
+                "max_ms": round(xs[-1], 1)}
+
+    def summary(self) -> str:
+        s = self.stats()
+        return (f"event-loop stalls over {s['beats']} beats of {self.interval_ms} ms: "
+                f"p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, max {s['max_ms']} ms")

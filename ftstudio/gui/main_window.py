@@ -1,0 +1,471 @@
+"""MainWindow: configuration panels on the left (model, data, hardware, training), the monitor in the middle,
+runs and compare as tabs, the memory bar and the run controls along the bottom.
+
+The window owns one RunController (the training QThread) and one QThreadPool for short jobs; closing the
+window asks, stops the run through Control (saving a checkpoint), and waits for every thread.
+"""
+from __future__ import annotations
+
+import time
+
+from PySide6.QtCore import QSettings, Qt, QThreadPool, QTimer, Signal, Slot
+from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox, QPushButton, QSplitter,
+                               QTabWidget, QVBoxLayout, QWidget)
+
+from ftstudio.core.config import RunConfig
+from ftstudio.core.errors import ConfigError
+from ftstudio.core.events import RunFinished
+
+from . import help_text
+from .compare_tab import CompareTab
+from .engine_access import EngineMissing, engine
+from .heartbeat import Heartbeat
+from .memory_bar import MemoryBar
+from .monitor import Monitor
+from .panels.data_panel import DatasetPanel
+from .panels.hardware_panel import HardwarePanel
+from .panels.model_panel import ModelPanel
+from .panels.training_panel import TrainingPanel
+from .runs_tab import RunsTab
+from .theme import apply_theme
+
+
+class MainWindow(QMainWindow):
+    runFinished = Signal(object)  # RunFinished | RunFailed, after the thread ended
+    planUpdated = Signal(object)  # MemoryBreakdown
+
+    def __init__(self, config: RunConfig | None = None, settings: QSettings | None = None,
+                 restore_last: bool = False):
+        super().__init__()
+        self.setObjectName("mainWindow")
+        self.setWindowTitle("FT Studio — full fine-tuning")
+        self.settings = settings or QSettings()
+        self.pool = QThreadPool(self)
+        self.pool.setMaxThreadCount(3)
+        self.ask_on_close = True
+        self.plan = None
+        self.model_info = None
+        self.last_result = None
+        self._requested_source: str | None = None  # the model source last sent to the model panel
+        from .worker import RunController
+        self.runs = RunController(self)
+        self.runs.done.connect(self._run_done)
+        self.heartbeat = Heartbeat(parent=self)
+        self._build()
+        self._build_menus()
+        cfg = config or (self._last_config() if restore_last else None) or RunConfig()
+        self._restore_settings()
+        self.model_panel.set_trust(cfg.model.trust_remote_code)
+        self.training_panel.set_config(cfg)  # → _config_changed: describes the model, checks the data
+        self.hardware_panel.start()
+        self.model_panel.refresh_cache()
+
+    # -- layout --------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.model_panel = ModelPanel(self.pool)
+        self.data_panel = DatasetPanel(self.pool)
+        self.hardware_panel = HardwarePanel(self.pool)
+        self.training_panel = TrainingPanel()
+        self.monitor = Monitor()
+        self.memory_bar = MemoryBar()
+        self.runs_tab = RunsTab(self.pool)
+        self.compare_tab = CompareTab(self.pool)
+
+        setup = QSplitter(Qt.Orientation.Vertical)
+        setup.addWidget(self.model_panel)
+        setup.addWidget(self.data_panel)
+        setup.setStretchFactor(1, 1)
+        self.left = QTabWidget()
+        self.left.setObjectName("setupTabs")
+        self.left.addTab(setup, "Model && data")
+        self.left.addTab(self.training_panel, "Training")
+        self.left.addTab(self.hardware_panel, "Hardware")
+        self.center = QTabWidget()
+        self.center.setObjectName("mainTabs")
+        self.center.addTab(self.monitor, "Monitor")
+        self.center.addTab(self.runs_tab, "Runs")
+        self.center.addTab(self.compare_tab, "Compare")
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.left)
+        split.addWidget(self.center)
+        split.setStretchFactor(0, 2)
+        split.setStretchFactor(1, 3)
+        split.setSizes([480, 800])
+        self.splitter = split
+
+        controls = QHBoxLayout()
+        self.start_button = self._button("Start", "startButton", self.start_run, "Start training (Ctrl+R)")
+        self.pause_button = self._button("Pause", "pauseButton", self.toggle_pause, "Pause between steps / resume")
+        self.stop_button = self._button("Stop", "stopButton", self.stop_run, "Stop after the current step")
+        self.save_button = self._button("Save checkpoint now", "saveButton", self.save_now,
+                                        "Write a resumable checkpoint after the current step")
+        for b in (self.start_button, self.pause_button, self.stop_button, self.save_button):
+            controls.addWidget(b)
+        self.status_label = QLabel("")
+        self.status_label.setObjectName("statusLabel")
+        self.status_label.setWordWrap(True)
+        controls.addWidget(self.status_label, 1)
+
+        host = QWidget()
+        lay = QVBoxLayout(host)
+        lay.setContentsMargins(6, 6, 6, 4)
+        lay.addLayout(controls)
+        lay.addWidget(split, 1)
+        lay.addWidget(self.memory_bar)
+        self.setCentralWidget(host)
+        self._set_running(False)
+
+        self.model_panel.modelChanged.connect(self._model_changed)
+        self.model_panel.modelFailed.connect(self._model_failed)
+        self.model_panel.trustChanged.connect(self._trust_changed)
+        self.data_panel.reportReady.connect(self._data_checked)
+        self.data_panel.datasetRequested.connect(self._dataset_requested)
+        self.training_panel.configChanged.connect(self._config_changed)
+        self.hardware_panel.targetChanged.connect(self._target_changed)
+        self.hardware_panel.selectionChanged.connect(self._gpus_changed)
+        self.monitor.memoryMeasured.connect(self.memory_bar.set_measured)
+        self.runs_tab.openRun.connect(self._open_run)
+        self.runs_tab.resumeRun.connect(self._resume_run)
+
+    def _button(self, text: str, name: str, slot, tip: str) -> QPushButton:
+        b = QPushButton(text)
+        b.setObjectName(name)
+        b.setToolTip(tip)
+        b.clicked.connect(slot)
+        return b
+
+    def _build_menus(self) -> None:
+        m = self.menuBar().addMenu("&File")
+        self._action(m, "Open model folder…", self.model_panel.open_folder, QKeySequence.StandardKey.Open)
+        self._action(m, "Open GGUF model…", self.model_panel.open_gguf)
+        self._action(m, "Open dataset…", self.data_panel.open_file, "Ctrl+D")
+        m.addSeparator()
+        self._action(m, "Load config YAML…", self.load_config_dialog, "Ctrl+L")
+        self._action(m, "Save config YAML…", self.save_config_dialog, QKeySequence.StandardKey.Save)
+        self._action(m, "Copy CLI command", self.copy_cli_command, "Ctrl+Shift+C")
+        m.addSeparator()
+        self._action(m, "Quit", self.close, QKeySequence.StandardKey.Quit)
+        m = self.menuBar().addMenu("&Run")
+        self._action(m, "Start", self.start_run, "Ctrl+R")
+        self._action(m, "Pause / Resume", self.toggle_pause, "Ctrl+P")
+        self._action(m, "Stop", self.stop_run, "Ctrl+.")
+        self._action(m, "Save checkpoint now", self.save_now, "Ctrl+K")
+        self._action(m, "Check data again", self.data_panel.check_now)
+        m = self.menuBar().addMenu("&View")
+        group = QActionGroup(self)
+        self.theme_actions = {}
+        for theme in ("light", "dark"):
+            a = self._action(m, theme.capitalize(), self._theme_from_action)
+            a.setCheckable(True)
+            a.setData(theme)
+            group.addAction(a)
+            self.theme_actions[theme] = a
+        m = self.menuBar().addMenu("&Help")
+        self._action(m, "The ideas behind FT Studio", self.show_ideas, QKeySequence.StandardKey.HelpContents)
+        self._action(m, "About FT Studio", self.show_about)
+
+    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
+        a = QAction(text, self)
+        if shortcut is not None:
+            a.setShortcut(QKeySequence(shortcut))
+        a.triggered.connect(slot)
+        menu.addAction(a)
+        return a
+
+    # -- config and plan -----------------------------------------------------------------------
+    def config(self) -> RunConfig:
+        return self.training_panel.config()
+
+    @Slot(object)
+    def _config_changed(self, cfg: RunConfig) -> None:
+        if cfg.model.source != self._requested_source:
+            self._requested_source = cfg.model.source
+            self.model_panel.choose(cfg.model.source)
+        self.data_panel.set_data_config(cfg.data)
+        self.data_panel.set_task(None if cfg.model.task == "auto" else cfg.model.task)
+        self.runs_tab.set_root(cfg.train.output)
+        self._update_plan()
+
+    @Slot(object)
+    def _model_changed(self, info) -> None:
+        self.model_info = info
+        self._requested_source = info.source
+        if self.config().model.source != info.source:
+            self.training_panel.set_value("source", info.source)
+        cfg = self.config()
+        self.data_panel.set_model(info, None if cfg.model.task == "auto" else cfg.model.task,
+                                  cfg.model.trust_remote_code)
+        self._resolve_task()
+        self._update_plan()
+        self._remember("recentModels", info.source)
+
+    @Slot(str)
+    def _model_failed(self, message: str) -> None:
+        self.model_info = None
+        self.memory_bar.set_unavailable(f"No memory plan: {message}")
+
+    @Slot(bool)
+    def _trust_changed(self, on: bool) -> None:
+        self.training_panel.set_value("trust_remote_code", on)
+
+    @Slot(str)
+    def _dataset_requested(self, path: str) -> None:
+        if path:
+            self.training_panel.set_value("dataset", path)
+            self._remember("recentDatasets", path)
+
+    @Slot(object)
+    def _data_checked(self, report) -> None:
+        self.training_panel.set_train_rows(report.train_rows or None)
+        self._resolve_task()
+
+    @Slot(object, str)
+    def _target_changed(self, _capacity, _label) -> None:
+        self._update_plan()
+
+    @Slot(list)
+    def _gpus_changed(self, gpus: list) -> None:
+        self._update_plan()
+
+    def _resolve_task(self) -> None:
+        if self.model_info is None:
+            return
+        rep = self.data_panel.report
+        try:
+            task = engine("models", "resolve_task").resolve_task(self.config().model.task, self.model_info,
+                                                                  rep.format if rep else None)
+            self.model_panel.show_task(task)
+        except EngineMissing as e:
+            self.model_panel.show_task(str(e), error=True)
+        except Exception as e:  # ModelError: the model/data pair cannot train that task
+            self.model_panel.show_task(str(e), error=True)
+
+    def _update_plan(self) -> None:
+        capacity, label = self.hardware_panel.capacity()
+        self.memory_bar.capacity, self.memory_bar.capacity_label = capacity, label
+        if self.model_info is None or not self.model_info.config:
+            return
+        cfg = self.config()
+        gpus = max(1, len(cfg.hardware.gpus))
+        t0 = time.perf_counter()
+        try:
+            mem = engine("memory", "estimate", "solve")
+            plan = mem.estimate(self.model_info.config, cfg, gpus)
+            advice = mem.solve(self.model_info.config, cfg, int(capacity), gpus) if capacity else None
+        except EngineMissing as e:
+            self.memory_bar.set_unavailable(f"Memory plan not available yet: {e}")
+            return
+        except Exception as e:  # an architecture the estimator does not know: say so, keep the app usable
+            self.memory_bar.set_unavailable(f"No memory plan for this model: {type(e).__name__}: {e}")
+            return
+        self.plan_ms = (time.perf_counter() - t0) * 1000
+        self.plan = plan
+        self.memory_bar.set_plan(plan, advice)
+        self.planUpdated.emit(plan)
+
+    # -- run control ---------------------------------------------------------------------------
+    @Slot()
+    def start_run(self, resume_from: str | None = None) -> bool:
+        if self.runs.running:
+            return False
+        if self.training_panel.error:
+            self._status(f"Fix the config first: {self.training_panel.error}", error=True)
+            return False
+        if self.data_panel.error and resume_from is None:
+            self._status(f"Fix the data first: {self.data_panel.error} (Model && data tab).", error=True)
+            return False
+        cfg = self.config()
+        self.settings.setValue("lastConfig", cfg.to_yaml())
+        self.memory_bar.clear_measured()
+        self.monitor.attach(self.runs.events)
+        self.runs.start(cfg, resume_from=resume_from)
+        self.heartbeat.start()
+        self.center.setCurrentWidget(self.monitor)
+        self._set_running(True)
+        self._status("Running… (loading the model and data)")
+        return True
+
+    @Slot()
+    def toggle_pause(self) -> None:
+        if not self.runs.running:
+            return
+        if self.runs.paused:
+            self.runs.resume()
+            self.pause_button.setText("Pause")
+            self._status("Running.")
+        else:
+            self.runs.pause()
+            self.pause_button.setText("Resume")
+            self._status("Paused between steps; nothing is lost. Press Resume to continue.")
+
+    @Slot()
+    def stop_run(self) -> None:
+        if self.runs.running:
+            self.runs.request_stop()
+            self._status("Stopping after the current step…")
+
+    @Slot()
+    def save_now(self) -> None:
+        if self.runs.running:
+            self.runs.request_save()
+            self._status("A checkpoint will be written after the current step.")
+
+    @Slot(object)
+    def _run_done(self, result) -> None:
+        self.heartbeat.stop()
+        self.monitor.detach()
+        self.last_result = result
+        self._set_running(False)
+        hb = self.heartbeat.summary()
+        self.monitor.append_log(hb)
+        if isinstance(result, RunFinished):
+            self._status(f"Run {result.status} after {result.steps} steps. {hb}")
+            task = self.monitor.started.task if self.monitor.started else None
+            self.compare_tab.set_run(result.output_dir, self.config(), result.final_model, task)
+        else:
+            reason = getattr(result, "reason", "unknown")
+            self._status(f"Run failed: {reason} {getattr(result, 'advice', '')}", error=True)
+        self.runs_tab.refresh()
+        self.runFinished.emit(result)
+
+    def _set_running(self, running: bool) -> None:
+        self.start_button.setEnabled(not running)
+        for b in (self.pause_button, self.stop_button, self.save_button):
+            b.setEnabled(running)
+        self.pause_button.setText("Pause")
+        self.training_panel.setEnabled(not running)
+        self.model_panel.setEnabled(not running)
+
+    def _status(self, text: str, error: bool = False) -> None:
+        self.status_label.setText(text)
+        self.status_label.setStyleSheet("color: #d62728;" if error else "")
+
+    # -- runs tab ------------------------------------------------------------------------------
+    @Slot(str, list)
+    def _open_run(self, run_dir: str, events: list) -> None:
+        try:
+            cfg = RunConfig.load(f"{run_dir}/config.yaml")
+            self.training_panel.set_config(cfg)
+        except ConfigError as e:
+            self._status(f"Cannot read the run's config: {e}", error=True)
+        self.monitor.show_history(events)
+        task = self.monitor.started.task if self.monitor.started else None
+        self.compare_tab.set_run(run_dir, self.config(), f"{run_dir}/final", task)
+        self.center.setCurrentWidget(self.monitor)
+
+    @Slot(str)
+    def _resume_run(self, run_dir: str) -> None:
+        try:
+            self.training_panel.set_config(RunConfig.load(f"{run_dir}/config.yaml"))
+        except ConfigError as e:
+            self._status(f"Cannot resume: {e}", error=True)
+            return
+        self.start_run(resume_from=run_dir)
+
+    # -- menus ---------------------------------------------------------------------------------
+    @Slot()
+    def load_config_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a run config", "", "YAML (*.yaml *.yml)")
+        if path:
+            self.load_config(path)
+
+    def load_config(self, path: str) -> bool:
+        try:
+            cfg = RunConfig.load(path)
+        except ConfigError as e:
+            QMessageBox.warning(self, "Cannot load the config", str(e))
+            return False
+        self.training_panel.set_config(cfg)
+        self.model_panel.set_trust(cfg.model.trust_remote_code)
+        return True
+
+    @Slot()
+    def save_config_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the run config", "run.yaml", "YAML (*.yaml *.yml)")
+        if path:
+            self.config().save(path)
+            self._status(f"Saved {path}. Run it headless: ftstudio train --config {path}")
+
+    def cli_command(self) -> str:
+        import shlex
+
+        from ftstudio.cli.flags import config_to_flags
+        return shlex.join(["ftstudio", "train", *config_to_flags(self.config())])
+
+    @Slot()
+    def copy_cli_command(self) -> None:
+        cmd = self.cli_command()
+        QGuiApplication.clipboard().setText(cmd)
+        self._status(f"Copied: {cmd}")
+
+    @Slot()
+    def _theme_from_action(self) -> None:
+        self.set_theme(self.sender().data())
+
+    def set_theme(self, theme: str) -> None:
+        apply_theme(theme, self)
+        self.theme = theme
+        if theme in getattr(self, "theme_actions", {}):
+            self.theme_actions[theme].setChecked(True)
+        self.settings.setValue("theme", theme)
+
+    @Slot()
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About FT Studio", help_text.ABOUT)
+
+    @Slot()
+    def show_ideas(self) -> None:
+        box = QMessageBox(QMessageBox.Icon.Information, "The ideas behind FT Studio", help_text.IDEAS,
+                          QMessageBox.StandardButton.Close, self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.exec()
+
+    # -- settings and close --------------------------------------------------------------------
+    def _remember(self, key: str, value: str) -> None:
+        items = [v for v in (self.settings.value(key, []) or []) if v != value]
+        if isinstance(items, str):
+            items = [items]
+        self.settings.setValue(key, [value, *items][:10])
+        if key == "recentModels":
+            self.model_panel.set_recent([value, *items])
+
+    def _last_config(self) -> RunConfig | None:
+        text = self.settings.value("lastConfig")
+        if not text:
+            return None
+        try:
+            return RunConfig.from_yaml(str(text))
+        except ConfigError:
+            return None  # an old or damaged setting must not keep the app from opening
+
+    def _restore_settings(self) -> None:
+        geom = self.settings.value("geometry")
+        if geom is not None:
+            self.restoreGeometry(geom)
+        recent = self.settings.value("recentModels", []) or []
+        self.model_panel.set_recent([recent] if isinstance(recent, str) else list(recent))
+        self.set_theme(str(self.settings.value("theme", "light")))
+
+    def shutdown(self) -> None:
+        """Stop everything this window started and wait for it (close, tests)."""
+        self.runs.shutdown(save=True)
+        self.heartbeat.stop()
+        self.monitor.timer.stop()
+        self.hardware_panel.stop()
+        self.data_panel._debounce.stop()
+        self.pool.waitForDone()
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        if self.runs.running and self.ask_on_close:
+            answer = QMessageBox.question(
+                self, "A run is in progress",
+                "Stop the run? A checkpoint is saved first, so it can be resumed from the Runs tab.",
+                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
+            if answer != QMessageBox.StandardButton.Yes:
+                event.ignore()
+                return
+        self.settings.setValue("geometry", self.saveGeometry())
+        self.settings.setValue("lastConfig", self.config().to_yaml())
+        self.shutdown()
+        event.accept()

@@ -1,0 +1,196 @@
+"""MemoryBar, the view of a MemoryBreakdown: the plan (before the run) and what was measured (during it)
+as stacked bars against the chosen card, with markers where 24, 48, 80 and 141 GB cards end.
+
+Before the run the row "plan" shows the calibrated estimate and the seed's textbook figure (16N + s·b·d·L·12)
+is drawn as a tick beside it; during the run the row "measured" fills from MemorySnapshot events, so plan
+and truth can be compared at a glance. The bar turns red, with the solver's advice below it, when the plan
+does not fit.
+"""
+from __future__ import annotations
+
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QColor, QFont, QPainter, QPen
+from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
+
+from .engine_access import fmt_bytes
+from .theme import COLORS
+
+PARTS = ("weights", "gradients", "optimizer", "activations", "other")
+CARD_MARKERS_GB = (24, 48, 80, 141)
+
+
+def _parts_of_plan(plan) -> dict[str, float]:
+    parts = {p: float(getattr(plan, p, 0) or 0) for p in PARTS}
+    parts["other"] += float(getattr(plan, "anchor", 0) or 0)  # θ0 copies of L2-SP/EWC: shown with "other"
+    return parts
+
+
+def _parts_of_snapshot(snap) -> dict[str, float]:
+    parts = {p: float(getattr(snap, p, 0) or 0) for p in PARTS[:4]}
+    device_total = snap.nvml_used or snap.reserved or snap.allocated_peak
+    parts["other"] = max(0.0, float(device_total or 0) - sum(parts.values()))
+    return parts
+
+
+class _BarCanvas(QWidget):
+    ROW_H = 22
+
+    def __init__(self, owner: "MemoryBar"):
+        super().__init__(owner)
+        self.owner = owner
+        self.setMinimumHeight(3 * self.ROW_H + 22)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+
+    def _scale(self) -> float:
+        o = self.owner
+        values = [o.capacity or 0, o.textbook or 0]
+        if o.plan is not None:
+            values.append(sum(_parts_of_plan(o.plan).values()))
+        if o.measured is not None:
+            values.append(sum(_parts_of_snapshot(o.measured).values()))
+        return max(values + [1.0]) * 1.08
+
+    def paintEvent(self, _event) -> None:  # noqa: N802 (Qt name)
+        o = self.owner
+        p = QPainter(self)
+        p.setRenderHint(QPainter.RenderHint.Antialiasing)
+        fg = self.palette().windowText().color()
+        label_w, top = 70, 16
+        width = max(10, self.width() - label_w - 8)
+        scale = self._scale()
+
+        def x_of(b: float) -> float:
+            return label_w + width * min(b, scale) / scale
+
+        small = QFont(self.font())
+        small.setPointSizeF(max(7.0, small.pointSizeF() * 0.85))
+        p.setFont(small)
+        rows = [("plan", _parts_of_plan(o.plan) if o.plan is not None else None),
+                ("measured", _parts_of_snapshot(o.measured) if o.measured is not None else None)]
+        for i, (name, parts) in enumerate(rows):
+            y = top + i * (self.ROW_H + 4)
+            p.setPen(fg)
+            p.drawText(QRectF(0, y, label_w - 6, self.ROW_H), Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                       name)
+            p.setPen(QPen(fg.darker(150) if fg.lightness() > 128 else fg.lighter(250), 1))
+            p.setBrush(Qt.BrushStyle.NoBrush)
+            p.drawRect(QRectF(label_w, y, width, self.ROW_H))
+            if not parts:
+                continue
+            x = float(label_w)
+            for part in PARTS:
+                w = x_of(sum(list(parts.values())[:PARTS.index(part) + 1])) - x
+                if w > 0:
+                    color = QColor(COLORS[part])
+                    if name == "plan" and not o.fits:
+                        color = color.darker(110)
+                    p.fillRect(QRectF(x, y + 1, w, self.ROW_H - 2), color)
+                    x += w
+        # the textbook 16N figure beside the plan
+        if o.textbook:
+            xt = x_of(o.textbook)
+            p.setPen(QPen(QColor("#b07aa1"), 2, Qt.PenStyle.DashLine))
+            p.drawLine(int(xt), top - 2, int(xt), top + self.ROW_H + 2)
+        # card markers and the chosen card's capacity
+        ybot = top + 2 * (self.ROW_H + 4)
+        for gb in CARD_MARKERS_GB:
+            b = gb * 1e9
+            if b < scale:
+                xm = x_of(b)
+                p.setPen(QPen(fg, 1, Qt.PenStyle.DotLine))
+                p.drawLine(int(xm), top - 4, int(xm), ybot)
+                p.setPen(fg)
+                p.drawText(int(xm) + 2, top - 4, f"{gb} GB")
+        if o.capacity:
+            xc = x_of(o.capacity)
+            p.setPen(QPen(QColor("#d62728") if not o.fits else QColor("#2ca02c"), 2))
+            p.drawLine(int(xc), top - 6, int(xc), ybot + 2)
+            p.drawText(QRectF(xc - 200, ybot + 2, 196, 16), Qt.AlignmentFlag.AlignRight, f"{o.capacity_label}")
+        # legend
+        x = label_w
+        for part in PARTS:
+            p.fillRect(QRectF(x, ybot + 6, 10, 10), QColor(COLORS[part]))
+            p.setPen(fg)
+            p.drawText(int(x) + 13, ybot + 15, part)
+            x += 13 + p.fontMetrics().horizontalAdvance(part) + 12
+        p.end()
+
+
+class MemoryBar(QWidget):
+    """Plan vs measured memory per GPU against a chosen card."""
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("memoryBar")
+        self.plan = None
+        self.textbook: float | None = None
+        self.advice = None
+        self.measured = None
+        self.capacity: float | None = None
+        self.capacity_label = ""
+        self.fits = True
+        self.canvas = _BarCanvas(self)
+        self.summary = QLabel("Memory plan: choose a model.")
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 2, 4, 2)
+        lay.setSpacing(2)
+        lay.addWidget(self.canvas)
+        lay.addWidget(self.summary)
+
+    def set_capacity(self, capacity_bytes: float | None, label: str) -> None:
+        self.capacity, self.capacity_label = capacity_bytes, label
+        self._refresh()
+
+    def set_plan(self, plan, advice=None) -> None:
+        """``plan``: MemoryBreakdown; ``advice``: the solver's Advice for the chosen card (or None)."""
+        self.plan, self.advice = plan, advice
+        self.textbook = float(getattr(plan, "textbook", 0) or 0) if plan is not None else None
+        self.fits = True if advice is None else bool(getattr(advice, "fits", True))
+        if plan is not None and advice is None and self.capacity:
+            self.fits = float(plan.total) <= self.capacity
+        self._refresh()
+
+    def set_unavailable(self, message: str) -> None:
+        self.plan = self.advice = None
+        self.textbook = None
+        self.fits = True
+        self.summary.setText(message)
+        self.canvas.update()
+
+    def set_measured(self, snapshot) -> None:
+        self.measured = snapshot
+        self._refresh()
+
+    def clear_measured(self) -> None:
+        self.measured = None
+        self._refresh()
+
+    def _refresh(self) -> None:
+        lines = []
+        if self.plan is not None:
+            parts = _parts_of_plan(self.plan)
+            detail = " · ".join(f"{k} {fmt_bytes(v)}" for k, v in parts.items())
+            anchor = getattr(self.plan, "anchor", 0)
+            if anchor:
+                detail += f" (other includes θ0 anchor {fmt_bytes(anchor)})"
+            lines.append(f"<b>Plan {fmt_bytes(sum(parts.values()))}</b> per GPU ({detail}); "
+                         f"textbook 16N + s·b·d·L·12: {fmt_bytes(self.textbook)}.")
+        if self.measured is not None:
+            m = self.measured
+            lines.append(f"<b>Measured</b> at step {m.step} on {m.device}: weights {fmt_bytes(m.weights)}, "
+                         f"gradients {fmt_bytes(m.gradients)}, optimizer {fmt_bytes(m.optimizer)}, "
+                         f"allocator peak {fmt_bytes(m.allocated_peak)}, NVML {fmt_bytes(m.nvml_used)}.")
+        if self.plan is not None and not self.fits:
+            tips = list(getattr(self.advice, "suggestions", []) or [])
+            extra = []
+            if self.advice is not None:
+                if getattr(self.advice, "max_batch_size", None):
+                    extra.append(f"largest batch that fits: {self.advice.max_batch_size}")
+                if getattr(self.advice, "max_seq_len", None):
+                    extra.append(f"longest seq_len that fits: {self.advice.max_seq_len}")
+            lines.append("<span style='color:#d62728'><b>Does not fit on " + self.capacity_label + ".</b> "
+                         + " ".join(tips + ([" · ".join(extra)] if extra else [])) + "</span>")
+        self.summary.setText("<br>".join(lines) or "Memory plan: choose a model.")
+        self.canvas.update()

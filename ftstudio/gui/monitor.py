@@ -1,0 +1,280 @@
+"""The monitor: live plots of a run (train/eval loss, LR, gradient norm, tokens/s, memory), a progress bar with
+ETA and a log view.
+
+Events arrive in a deque filled by the training thread; a ~10 Hz QTimer drains it into plain lists and calls
+``setData`` once per curve (downsampling and clip-to-view on), so the cost per redraw does not grow with the
+step rate (CONVENTIONS "Live plots are pulled at a fixed rate").
+"""
+from __future__ import annotations
+
+import collections
+import time
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtGui import QTextCursor
+from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QSplitter, QVBoxLayout,
+                               QWidget)
+
+from ftstudio.core import events as ev
+
+from .engine_access import fmt_duration
+from .theme import COLORS
+
+REDRAW_MS = 100
+
+
+def make_plot(title: str, ylabel: str, object_name: str | None = None) -> pg.PlotWidget:
+    w = pg.PlotWidget(title=title)
+    if object_name:
+        w.setObjectName(object_name)
+    w.setLabel("bottom", "step")
+    w.setLabel("left", ylabel)
+    w.showGrid(x=True, y=True, alpha=0.2)
+    w.setMinimumHeight(120)
+    item = w.getPlotItem()
+    item.setDownsampling(auto=True, mode="peak")
+    item.setClipToView(True)
+    return w
+
+
+class Series:
+    """One curve's points, appended by the drain and pushed to its PlotDataItem on redraw."""
+
+    def __init__(self, plot: pg.PlotWidget, color: str, name: str, symbol: str | None = None):
+        self.x: list[float] = []
+        self.y: list[float] = []
+        self.curve = plot.plot([], [], pen=pg.mkPen(color, width=2), name=name,
+                               symbol=symbol, symbolSize=6, symbolBrush=color)
+        self.dirty = False
+
+    def append(self, x: float, y: float | None) -> None:
+        if y is None or y != y:  # None or NaN: leave a gap rather than a spike to zero
+            return
+        self.x.append(x)
+        self.y.append(float(y))
+        self.dirty = True
+
+    def clear(self) -> None:
+        self.x.clear()
+        self.y.clear()
+        self.curve.setData([], [])
+        self.dirty = False
+
+    def flush(self) -> None:
+        if self.dirty:
+            self.curve.setData(self.x, self.y)
+            self.dirty = False
+
+
+class Monitor(QWidget):
+    """Turns run events into plots, progress and log lines."""
+
+    eventsProcessed = Signal(int)  # how many events the last drain handled (tests wait on it)
+    memoryMeasured = Signal(object)  # MemorySnapshot, for the memory bar
+    runStarted = Signal(object)  # RunStarted
+
+    def __init__(self, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("monitor")
+        self.source: collections.deque | None = None
+        self.total_steps = 0
+        self.step = 0
+        self.last_eta: float | None = None
+        self.started: ev.RunStarted | None = None
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._build()
+        self.timer = QTimer(self)
+        self.timer.setInterval(REDRAW_MS)
+        self.timer.timeout.connect(self.drain)
+
+    def _build(self) -> None:
+        self.loss_plot = make_plot("Loss", "loss", "lossPlot")
+        self.loss_plot.addLegend(offset=(-10, 10))
+        self.lr_plot = make_plot("Learning rate", "lr", "lrPlot")
+        self.grad_plot = make_plot("Gradient norm", "‖g‖", "gradPlot")
+        self.tps_plot = make_plot("Throughput", "tokens/s", "tokensPlot")
+        self.mem_plot = make_plot("Memory (measured)", "GB", "memoryPlot")
+        self.mem_plot.addLegend(offset=(-10, 10))
+        self.train = Series(self.loss_plot, COLORS["train"], "train")
+        self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
+        self.retention = Series(self.loss_plot, COLORS["retention"], "general text", symbol="t")
+        self.lr = Series(self.lr_plot, COLORS["lr"], "lr")
+        self.grad = Series(self.grad_plot, COLORS["grad"], "grad norm")
+        self.tps = Series(self.tps_plot, COLORS["tps"], "tokens/s")
+        self.mem = Series(self.mem_plot, COLORS["mem"], "tensors + allocator")
+        self.mem_nvml = Series(self.mem_plot, COLORS["measured"], "NVML")
+        self.series = [self.train, self.eval, self.retention, self.lr, self.grad, self.tps, self.mem, self.mem_nvml]
+
+        grid = QGridLayout()
+        grid.setSpacing(4)
+        grid.addWidget(self.loss_plot, 0, 0, 1, 2)
+        grid.addWidget(self.lr_plot, 1, 0)
+        grid.addWidget(self.grad_plot, 1, 1)
+        grid.addWidget(self.tps_plot, 2, 0)
+        grid.addWidget(self.mem_plot, 2, 1)
+        grid.setRowStretch(0, 3)
+        grid.setRowStretch(1, 2)
+        grid.setRowStretch(2, 2)
+        plots = QWidget()
+        plots.setLayout(grid)
+
+        self.progress = QProgressBar()
+        self.progress.setObjectName("progressBar")
+        self.progress.setFormat("idle")
+        self.progress.setTextVisible(True)
+        self.eta_label = QLabel("")
+        self.eta_label.setObjectName("etaLabel")
+        prow = QHBoxLayout()
+        prow.addWidget(self.progress, 1)
+        prow.addWidget(self.eta_label)
+
+        self.log = QPlainTextEdit()
+        self.log.setObjectName("logView")
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(5000)
+        self.log.setPlaceholderText("Run log: events, evaluations, checkpoints and warnings appear here.")
+
+        split = QSplitter(Qt.Orientation.Vertical)
+        split.addWidget(plots)
+        split.addWidget(self.log)
+        split.setStretchFactor(0, 5)
+        split.setStretchFactor(1, 1)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(prow)
+        lay.addWidget(split, 1)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def attach(self, source: collections.deque) -> None:
+        """Start pulling events from ``source`` (the run controller's deque)."""
+        self.reset()
+        self.source = source
+        self.timer.start()
+
+    def detach(self) -> None:
+        """Drain what is left and stop the timer (the run has ended)."""
+        self.drain()
+        self.timer.stop()
+        self.source = None
+
+    def reset(self) -> None:
+        for s in self.series:
+            s.clear()
+        self.counts.clear()
+        self.total_steps = self.step = 0
+        self.last_eta = None
+        self.started = None
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("starting…")
+        self.eta_label.setText("")
+        self.log.clear()
+        self._t0 = time.monotonic()
+
+    def append_log(self, text: str, level: str = "info") -> None:
+        prefix = {"warning": "⚠ ", "error": "✖ "}.get(level, "")
+        self.log.appendPlainText(f"[{time.strftime('%H:%M:%S')}] {prefix}{text}")
+        self.log.moveCursor(QTextCursor.MoveOperation.End)
+
+    # -- the 10 Hz pull ------------------------------------------------------------------------
+    @Slot()
+    def drain(self) -> None:
+        n = 0
+        src = self.source
+        while src:
+            try:
+                e = src.popleft()
+            except IndexError:
+                break
+            self.handle(e)
+            n += 1
+        for s in self.series:
+            s.flush()
+        if n:
+            self.eventsProcessed.emit(n)
+
+    def handle(self, e: ev.Event) -> None:
+        self.counts[e.kind] += 1
+        if isinstance(e, ev.StepMetrics):
+            self._on_step(e)
+        elif isinstance(e, ev.EvalMetrics):
+            self.eval.append(e.step, e.loss)
+            extra = "".join(f", {k} {v:.4g}" for k, v in (("perplexity", e.perplexity), ("accuracy", e.accuracy),
+                                                            ("macro F1", e.macro_f1)) if v is not None)
+            self.append_log(f"eval at step {e.step}: loss {e.loss:.4f}{extra}")
+        elif isinstance(e, ev.RetentionMetrics):
+            self.retention.append(e.step, e.loss)
+            self.append_log(f"general text at step {e.step}: loss {e.loss:.4f}, perplexity {e.perplexity:.2f}")
+        elif isinstance(e, ev.DriftMetrics):
+            self.append_log(f"drift ‖θ−θ0‖/‖θ0‖ at step {e.step}: {e.total:.3g}")
+        elif isinstance(e, ev.MemorySnapshot):
+            self._on_memory(e)
+        elif isinstance(e, ev.RunStarted):
+            self._on_started(e)
+        elif isinstance(e, ev.CheckpointSaved):
+            self.append_log(f"checkpoint saved at step {e.step}: {e.path}")
+        elif isinstance(e, ev.NonFiniteStep):
+            self.append_log(f"non-finite {e.what} at step {e.step}: {e.action}. {e.advice}", "warning")
+        elif isinstance(e, ev.LogLine):
+            self.append_log(e.message, e.level)
+        elif isinstance(e, ev.RunFinished):
+            self._on_finished(e)
+        elif isinstance(e, ev.RunFailed):
+            self.progress.setFormat("failed")
+            self.append_log(f"run failed at step {e.step}: {e.reason}" + (f" — {e.advice}" if e.advice else ""),
+                            "error")
+
+    def _on_started(self, e: ev.RunStarted) -> None:
+        self.started = e
+        self.total_steps = max(1, int(e.total_steps or 1))
+        self.progress.setRange(0, self.total_steps)
+        self.progress.setValue(e.resumed_from_step)
+        self.progress.setFormat("step %v / %m")
+        resumed = f", resumed from step {e.resumed_from_step}" if e.resumed_from_step else ""
+        self.append_log(f"run started: {e.model} ({e.params:,} parameters, task {e.task}) on {e.device}, "
+                        f"{e.precision}; {e.total_steps} steps over {e.train_rows} rows{resumed}. Folder: {e.run_dir}")
+        self.runStarted.emit(e)
+
+    def _on_step(self, e: ev.StepMetrics) -> None:
+        self.step = e.step
+        self.train.append(e.step, e.loss)
+        self.lr.append(e.step, e.lr)
+        self.grad.append(e.step, e.grad_norm)
+        self.tps.append(e.step, e.tokens_per_s)
+        if e.total_steps and e.total_steps != self.total_steps:
+            self.total_steps = e.total_steps
+            self.progress.setRange(0, e.total_steps)
+            self.progress.setFormat("step %v / %m")
+        self.progress.setValue(min(e.step, self.progress.maximum()))
+        self.last_eta = e.eta_s
+        self.eta_label.setText(f"epoch {e.epoch:.2f} · elapsed {fmt_duration(e.elapsed_s)} · "
+                               f"ETA {fmt_duration(e.eta_s)} · {e.tokens_per_s:,.0f} tok/s")
+
+    def _on_memory(self, e: ev.MemorySnapshot) -> None:
+        tensors = (e.weights or 0) + (e.gradients or 0) + (e.optimizer or 0) + (e.activations or 0)
+        self.mem.append(e.step, max(tensors, e.allocated_peak or 0) / 1e9)
+        if e.nvml_used:
+            self.mem_nvml.append(e.step, e.nvml_used / 1e9)
+        self.memoryMeasured.emit(e)
+
+    def _on_finished(self, e: ev.RunFinished) -> None:
+        if e.status == "finished":
+            self.progress.setValue(self.progress.maximum())
+        self.progress.setFormat(f"{e.status} after {e.steps} steps")
+        loss = f"{e.train_loss:.4f}" if e.train_loss is not None else "–"
+        evals = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (e.eval or {}).items())
+        self.append_log(f"run {e.status} after {e.steps} steps in {fmt_duration(e.elapsed_s)}: train loss {loss}"
+                        + (f"; eval {evals}" if evals else "")
+                        + (f". Model: {e.final_model}" if e.final_model else ""))
+
+    def show_history(self, events: list[dict]) -> None:
+        """Fill the plots from a finished run's metrics.jsonl (Runs tab → Open)."""
+        self.reset()
+        for d in events:
+            try:
+                self.handle(ev.event_from_dict(d))
+            except (KeyError, TypeError, ValueError):
+                continue  # a line from a newer/older version: skip, the rest still draws
+        for s in self.series:
+            s.flush()

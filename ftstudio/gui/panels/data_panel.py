@@ -1,0 +1,317 @@
+"""DatasetPanel: choose the fine-tuning data, see its format, size and every problem (file, row, field), preview a
+row as the model will see it (tokens under the loss highlighted, masked ones dimmed) and the token-length
+histogram with the seq_len cut.
+
+Checking data tokenises every row, so it runs on a pool thread; edits are debounced so typing a seq_len does
+not start a check per keystroke. Stale results (the user changed something meanwhile) are dropped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+import json
+import threading
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtWidgets import (QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+                               QSpinBox, QSplitter, QTabWidget, QTextBrowser, QTreeWidget, QTreeWidgetItem,
+                               QVBoxLayout, QWidget)
+
+from ftstudio.core.config import DataConfig
+from ftstudio.core.errors import DataError, DataProblem
+
+from ..engine_access import EngineMissing, engine, fmt_count
+from ..theme import COLORS
+from ..worker import JobRunner
+
+PREVIEW_ROWS = 200
+_tok_lock = threading.Lock()
+_tok_cache: dict[tuple, object] = {}
+
+
+def load_tokenizer(info, trust_remote_code: bool = False):
+    """The model's tokenizer (cached per model), loaded on a worker thread; None if it cannot be loaded offline."""
+    if info is None:
+        return None
+    key = (info.load_path, trust_remote_code)
+    with _tok_lock:
+        if key in _tok_cache:
+            return _tok_cache[key]
+        from transformers import AutoTokenizer  # heavy import, off the GUI thread
+
+        kw = {"trust_remote_code": trust_remote_code}
+        if info.kind == "gguf" and info.path:
+            kw["gguf_file"] = info.path.rsplit("/", 1)[-1]
+        tok = AutoTokenizer.from_pretrained(info.load_path, **kw)
+        _tok_cache[key] = tok
+        return tok
+
+
+def check_job(cfg: DataConfig, info, task: str | None, trust: bool) -> dict:
+    """Runs on a pool thread: the DataReport, plus a few records and the tokenizer for the preview."""
+    data = engine("data", "check_data", "load_records", "render_example")
+    notes = []
+    try:
+        tok = load_tokenizer(info, trust)
+    except Exception as exc:  # a model without a usable tokenizer still gets its rows checked
+        tok = None
+        notes.append(f"tokenizer not loaded ({type(exc).__name__}: {exc}); token counts need it")
+    report = data.check_data(cfg, tok, task=task)
+    records: list[dict] = []
+    try:
+        source = str(data.demo_dataset_path()) if cfg.dataset == "demo" and hasattr(data, "demo_dataset_path") \
+            else cfg.dataset
+        records = data.load_records(source)[:PREVIEW_ROWS]
+    except (DataError, OSError, ValueError):
+        pass  # the problems are already in the report
+    return {"report": report, "records": records, "tokenizer": tok, "notes": notes}
+
+
+def render_html(pieces: list[tuple[str, bool]]) -> str:
+    out = []
+    for text, trained in pieces:
+        t = html.escape(text).replace("\n", "↵<br>")
+        if trained:
+            out.append(f"<span style='background:#b9e6b0;color:#0b3d0b'>{t}</span>")
+        else:
+            out.append(f"<span style='color:#8a8a8a'>{t}</span>")
+    return "<span style='font-family:monospace'>" + "".join(out) + "</span>"
+
+
+class DatasetPanel(QGroupBox):
+    reportReady = Signal(object)  # DataReport
+    dataFailed = Signal(str)
+    datasetRequested = Signal(str)  # a path the user chose; the main window makes it a config edit
+
+    def __init__(self, jobs_pool=None, parent: QWidget | None = None):
+        super().__init__("Dataset", parent)
+        self.setObjectName("datasetPanel")
+        self.cfg = DataConfig()
+        self.model_info = None
+        self.task: str | None = None
+        self.trust = False
+        self.report = None
+        self.records: list[dict] = []
+        self.tokenizer = None
+        self.error: str | None = None
+        self._generation = 0
+        self.jobs = JobRunner(jobs_pool, self)
+        self.jobs.done.connect(self._job_done)
+        self.jobs.failed.connect(self._job_failed)
+        self._debounce = QTimer(self)
+        self._debounce.setSingleShot(True)
+        self._debounce.setInterval(300)
+        self._debounce.timeout.connect(self.check_now)
+        self._build()
+
+    def _build(self) -> None:
+        lay = QVBoxLayout(self)
+        row = QHBoxLayout()
+        self.path_edit = QLineEdit("demo")
+        self.path_edit.setObjectName("datasetPath")
+        self.path_edit.setToolTip("'demo', a .jsonl/.json/.csv/.tsv/.parquet/.txt file, a saved folder or a hub id")
+        self.path_edit.returnPressed.connect(self._typed)
+        row.addWidget(self.path_edit, 1)
+        for text, slot in (("File…", self.open_file), ("Folder…", self.open_folder)):
+            b = QPushButton(text)
+            b.clicked.connect(slot)
+            row.addWidget(b)
+        lay.addLayout(row)
+
+        form = QFormLayout()
+        self.fields: dict[str, QLabel] = {}
+        for key, label in (("format", "Format"), ("rows", "Rows"), ("tokens", "Tokens"), ("labels", "Labels")):
+            w = QLabel("–")
+            w.setWordWrap(True)
+            self.fields[key] = w
+            form.addRow(label + ":", w)
+        lay.addLayout(form)
+        self.status = QLabel("")
+        self.status.setObjectName("dataStatus")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+
+        self.tabs = QTabWidget()
+        self.problems = QTreeWidget()
+        self.problems.setObjectName("dataProblems")
+        self.problems.setHeaderLabels(["file", "row", "field", "problem"])
+        self.problems.setRootIsDecorated(False)
+        self.problems.setWordWrap(True)
+        self.tabs.addTab(self.problems, "Problems")
+
+        prev = QWidget()
+        pl = QVBoxLayout(prev)
+        pl.setContentsMargins(0, 0, 0, 0)
+        prow = QHBoxLayout()
+        prow.addWidget(QLabel("Row:"))
+        self.row_spin = QSpinBox()
+        self.row_spin.setRange(1, 1)
+        self.row_spin.valueChanged.connect(self._render_preview)
+        prow.addWidget(self.row_spin)
+        legend = QLabel("<span style='background:#b9e6b0;color:#0b3d0b'>&nbsp;trained&nbsp;</span> "
+                        "<span style='color:#8a8a8a'>masked (no loss)</span>")
+        prow.addWidget(legend)
+        prow.addStretch(1)
+        pl.addLayout(prow)
+        self.preview = QTextBrowser()
+        self.preview.setObjectName("dataPreview")
+        pl.addWidget(self.preview)
+        self.tabs.addTab(prev, "Preview")
+
+        self.hist = pg.PlotWidget(title="Tokens per row")
+        self.hist.setObjectName("lengthHistogram")
+        self.hist.setLabel("bottom", "tokens")
+        self.hist.setLabel("left", "rows")
+        self.seq_line = pg.InfiniteLine(angle=90, pen=pg.mkPen("#d62728", width=2),
+                                        label="seq_len", labelOpts={"position": 0.9})
+        self.hist.addItem(self.seq_line)
+        self.bars = None
+        self.tabs.addTab(self.hist, "Lengths")
+        lay.addWidget(self.tabs, 1)
+
+    # -- inputs --------------------------------------------------------------------------------
+    def set_data_config(self, cfg: DataConfig) -> None:
+        """Called on every valid config edit; re-checks (debounced) only when something that matters changed."""
+        changed = dataclasses.asdict(cfg) != dataclasses.asdict(self.cfg)
+        self.cfg = cfg
+        if self.path_edit.text() != cfg.dataset:
+            self.path_edit.setText(cfg.dataset)
+        self.seq_line.setValue(cfg.seq_len)
+        if changed:
+            self.schedule_check()
+
+    def set_model(self, info, task: str | None = None, trust: bool = False) -> None:
+        self.model_info, self.task, self.trust = info, task, trust
+        self.schedule_check()
+
+    def set_task(self, task: str | None) -> None:
+        if task != self.task:
+            self.task = task
+            self.schedule_check()
+
+    def schedule_check(self) -> None:
+        self._debounce.start()
+
+    @Slot()
+    def check_now(self) -> None:
+        self._debounce.stop()
+        self._generation += 1
+        self.status.setText(f"Checking {self.cfg.dataset}…")
+        self.status.setStyleSheet("")
+        cfg, info, task, trust = self.cfg, self.model_info, self.task, self.trust
+        self.jobs.submit(self._generation, lambda: check_job(cfg, info, task, trust))
+
+    @Slot()
+    def _typed(self) -> None:
+        self.datasetRequested.emit(self.path_edit.text().strip())
+
+    @Slot()
+    def open_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Open a dataset", "",
+                                              "Datasets (*.jsonl *.json *.csv *.tsv *.parquet *.txt);;All files (*)")
+        if path:
+            self.datasetRequested.emit(path)
+
+    @Slot()
+    def open_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Open a dataset folder (saved with datasets)")
+        if path:
+            self.datasetRequested.emit(path)
+
+    # -- results -------------------------------------------------------------------------------
+    @Slot(object, object)
+    def _job_done(self, gen, result) -> None:
+        if gen != self._generation:
+            return
+        rep = result["report"]
+        self.report, self.records, self.tokenizer = rep, result["records"], result["tokenizer"]
+        errors = [p for p in rep.problems if p.severity == "error"]
+        self.error = f"{len(errors)} problem(s) in the data" if errors else None
+        self._show_report(rep)
+        notes = list(result["notes"])
+        if errors:
+            self.status.setText(f"{len(errors)} error(s): fix them before training (see Problems).")
+            self.status.setStyleSheet("color: #d62728;")
+            self.tabs.setCurrentWidget(self.problems)
+        else:
+            self.status.setText("Data OK. " + " ".join(notes))
+            self.status.setStyleSheet("")
+        self.reportReady.emit(rep)
+
+    @Slot(object, object)
+    def _job_failed(self, gen, exc) -> None:
+        if gen != self._generation:
+            return
+        self.report = None
+        if isinstance(exc, DataError):
+            self._show_problems(exc.problems)
+            self.error = f"{len(exc.problems)} problem(s) in the data"
+        elif isinstance(exc, EngineMissing):
+            self.error = f"Data checks not available yet: {exc}"
+        else:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self._show_problems([DataProblem(self.cfg.dataset, None, None, self.error)])
+        self.status.setText(self.error)
+        self.status.setStyleSheet("color: #d62728;")
+        self.dataFailed.emit(self.error)
+
+    def _show_report(self, rep) -> None:
+        f = self.fields
+        f["format"].setText(f"{rep.format or 'not detected'} → task {rep.task or '?'}")
+        f["rows"].setText(f"{rep.rows:,} ({rep.train_rows:,} train / {rep.val_rows:,} validation)")
+        trunc = f", {rep.truncated} truncated at seq_len {self.cfg.seq_len}" if rep.truncated else ""
+        if rep.tokens is None:
+            f["tokens"].setText("– (needs the model's tokenizer)")
+        else:
+            f["tokens"].setText(f"{fmt_count(rep.tokens)} ({fmt_count(rep.trainable_tokens)} under the loss){trunc}")
+        f["labels"].setText(", ".join(rep.labels[:20]) + (" …" if len(rep.labels) > 20 else "") if rep.labels else "–")
+        self._show_problems(rep.problems)
+        self._draw_histogram(rep.lengths)
+        self.row_spin.setRange(1, max(1, len(self.records)))
+        self._render_preview()
+
+    def _show_problems(self, problems) -> None:
+        self.problems.clear()
+        for p in problems:
+            item = QTreeWidgetItem([p.path.rsplit("/", 1)[-1], "" if p.row is None else str(p.row), p.field or "",
+                                    p.reason])
+            item.setToolTip(0, p.path)
+            item.setToolTip(3, p.reason)
+            if p.severity == "error":
+                item.setForeground(3, pg.mkColor("#d62728"))
+            self.problems.addTopLevelItem(item)
+        self.tabs.setTabText(0, f"Problems ({len(problems)})")
+        for i in range(3):
+            self.problems.resizeColumnToContents(i)
+
+    def _draw_histogram(self, lengths: list[int]) -> None:
+        import numpy as np
+
+        if self.bars is not None:
+            self.hist.removeItem(self.bars)
+            self.bars = None
+        if not lengths:
+            return
+        counts, edges = np.histogram(np.asarray(lengths), bins=min(40, max(5, len(set(lengths)))))
+        self.bars = pg.BarGraphItem(x0=edges[:-1], x1=edges[1:], height=counts, brush=COLORS["train"])
+        self.hist.addItem(self.bars)
+        self.seq_line.setValue(self.cfg.seq_len)
+
+    @Slot()
+    def _render_preview(self, *_args) -> None:
+        if not self.records or self.report is None or not self.report.format:
+            self.preview.setPlainText("No rows to preview.")
+            return
+        rec = self.records[min(self.row_spin.value(), len(self.records)) - 1]
+        if self.tokenizer is None:
+            self.preview.setPlainText(json.dumps(rec, ensure_ascii=False, indent=2))
+            return
+        try:
+            data = engine("data", "render_example")
+            pieces = data.render_example(rec, self.report.format, self.tokenizer, self.cfg, task=self.report.task)
+        except Exception as exc:  # a row that cannot render says why, in place of the preview
+            self.preview.setPlainText(f"This row cannot be rendered: {exc}\n\n"
+                                      + json.dumps(rec, ensure_ascii=False, indent=2))
+            return
+        self.preview.setHtml(render_html(pieces))

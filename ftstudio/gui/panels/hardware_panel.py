@@ -1,0 +1,196 @@
+"""HardwarePanel: every NVIDIA GPU from NVML (memory, utilisation, temperature, power) refreshed about once a
+second, the CPU when there is none; which GPUs to use; and which card the memory plan is drawn against.
+
+NVML is polled on a pool thread (a driver call can stall for tens of ms); a poll still in flight skips a tick.
+"""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer, Signal, Slot
+from PySide6.QtWidgets import (QComboBox, QGroupBox, QHBoxLayout, QLabel, QTreeWidget, QTreeWidgetItem, QVBoxLayout,
+                               QWidget)
+
+from ..engine_access import engine, fmt_bytes
+from ..worker import JobRunner
+
+POLL_MS = 1000
+CARDS_GB = (24, 48, 80, 141)
+
+
+def _first(obj, *names, default=None):
+    for n in names:
+        v = getattr(obj, n, None)
+        if v is not None:
+            return v
+    return default
+
+
+def poll_hardware() -> dict:
+    hw = engine("hardware", "list_gpus", "cpu_info")
+    gpus = hw.list_gpus()
+    return {"gpus": gpus, "cpu": hw.cpu_info() if not gpus else None,
+            "message": hw.gpu_status_message() if not gpus and hasattr(hw, "gpu_status_message") else ""}
+
+
+class HardwarePanel(QGroupBox):
+    selectionChanged = Signal(list)  # ticked GPU indices
+    targetChanged = Signal(object, str)  # capacity in bytes (or None), label
+
+    def __init__(self, jobs_pool=None, parent: QWidget | None = None):
+        super().__init__("Hardware", parent)
+        self.setObjectName("hardwarePanel")
+        self.gpus: list = []
+        self.cpu = None
+        self.polls = 0
+        self._in_flight = False
+        self.jobs = JobRunner(jobs_pool, self)
+        self.jobs.done.connect(self._polled)
+        self.jobs.failed.connect(self._poll_failed)
+        self._build()
+        self.timer = QTimer(self)
+        self.timer.setInterval(POLL_MS)
+        self.timer.timeout.connect(self.poll)
+
+    def _build(self) -> None:
+        lay = QVBoxLayout(self)
+        self.table = QTreeWidget()
+        self.table.setObjectName("gpuTable")
+        self.table.setHeaderLabels(["use", "device", "memory", "util", "temp", "power"])
+        self.table.setRootIsDecorated(False)
+        self.table.setMinimumHeight(70)
+        self.table.itemChanged.connect(self._item_changed)
+        lay.addWidget(self.table)
+        self.note = QLabel("Looking for GPUs…")
+        self.note.setWordWrap(True)
+        lay.addWidget(self.note)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Plan memory for:"))
+        self.target = QComboBox()
+        self.target.setObjectName("targetCard")
+        self.target.setToolTip("The card the memory bar compares the plan with.")
+        self.target.currentIndexChanged.connect(self._target_changed)
+        row.addWidget(self.target, 1)
+        lay.addLayout(row)
+        self._fill_targets()
+
+    def start(self) -> None:
+        self.poll()
+        self.timer.start()
+
+    def stop(self) -> None:
+        self.timer.stop()
+
+    @Slot()
+    def poll(self) -> None:
+        if self._in_flight:
+            return
+        self._in_flight = True
+        self.jobs.submit("poll", poll_hardware)
+
+    # -- results -------------------------------------------------------------------------------
+    @Slot(object, object)
+    def _polled(self, _tag, result) -> None:
+        self._in_flight = False
+        self.polls += 1
+        first = not self.gpus and self.cpu is None
+        known = [int(_first(g, "index", default=i)) for i, g in enumerate(self.gpus)]
+        self.gpus, self.cpu = result["gpus"], result["cpu"]
+        now = [int(_first(g, "index", default=i)) for i, g in enumerate(self.gpus)]
+        if first or known != now:
+            self._rebuild_rows(result.get("message", ""))
+            self._fill_targets()
+        else:
+            self._update_rows()
+
+    @Slot(object, object)
+    def _poll_failed(self, _tag, exc) -> None:
+        self._in_flight = False
+        self.polls += 1
+        self.note.setText(f"Hardware not readable: {exc}")
+
+    def _rebuild_rows(self, message: str) -> None:
+        self.table.blockSignals(True)
+        self.table.clear()
+        if self.gpus:
+            for i, g in enumerate(self.gpus):
+                item = QTreeWidgetItem()
+                item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+                item.setCheckState(0, Qt.CheckState.Checked if i == 0 else Qt.CheckState.Unchecked)
+                self.table.addTopLevelItem(item)
+            self.note.setText("Tick the GPUs to train on. Runs use one GPU for now; multi-GPU (FSDP2) runs "
+                              "arrive in a later version.")
+        else:
+            item = QTreeWidgetItem()
+            self.table.addTopLevelItem(item)
+            self.note.setText((message or "No NVIDIA GPU found.") + " Training runs on the CPU (slow, but every "
+                              "feature works).")
+        self.table.blockSignals(False)
+        self._update_rows()
+        for c in range(6):
+            self.table.resizeColumnToContents(c)
+
+    def _update_rows(self) -> None:
+        self.table.blockSignals(True)
+        if self.gpus:
+            for i, g in enumerate(self.gpus):
+                item = self.table.topLevelItem(i)
+                if item is None:
+                    continue
+                used, total = _first(g, "used", "used_bytes", "memory_used"), _first(g, "total", "total_bytes",
+                                                                                      "memory_total")
+                temp, power = _first(g, "temperature", "temp", "temperature_c"), _first(g, "power", "power_w")
+                util = _first(g, "utilization", "util", "util_percent", "gpu_util")
+                item.setText(1, f"{_first(g, 'index', default=i)}: {_first(g, 'name', default='GPU')}")
+                item.setText(2, f"{fmt_bytes(used)} / {fmt_bytes(total)}")
+                item.setText(3, "–" if util is None else f"{util:.0f} %")
+                item.setText(4, "–" if temp is None else f"{temp:.0f} °C")
+                item.setText(5, "–" if power is None else f"{power:.0f} W")
+        elif self.cpu is not None:
+            item = self.table.topLevelItem(0)
+            if item is not None:
+                c = self.cpu
+                cores = _first(c, "cores", "logical_cores", "count")
+                item.setText(1, f"CPU: {_first(c, 'name', 'model', default='CPU')} ({cores} cores)")
+                used, total = _first(c, "ram_used", "memory_used", "used"), _first(c, "ram_total", "memory_total",
+                                                                                   "total")
+                item.setText(2, f"{fmt_bytes(used)} / {fmt_bytes(total)}")
+                util = _first(c, "utilization", "percent", "util")
+                item.setText(3, "–" if util is None else f"{util:.0f} %")
+        self.table.blockSignals(False)
+
+    @Slot(QTreeWidgetItem, int)
+    def _item_changed(self, _item, column: int) -> None:
+        if column == 0:
+            self.selectionChanged.emit(self.selected())
+            self._fill_targets()
+
+    def selected(self) -> list[int]:
+        out = []
+        for i, g in enumerate(self.gpus):
+            item = self.table.topLevelItem(i)
+            if item is not None and item.checkState(0) == Qt.CheckState.Checked:
+                out.append(int(_first(g, "index", default=i)))
+        return out
+
+    # -- target card ---------------------------------------------------------------------------
+    def _fill_targets(self) -> None:
+        current = self.target.currentText()
+        self.target.blockSignals(True)
+        self.target.clear()
+        for i, g in enumerate(self.gpus):
+            total = _first(g, "total", "total_bytes", "memory_total")
+            self.target.addItem(f"GPU {_first(g, 'index', default=i)}: {_first(g, 'name', default='GPU')} "
+                                f"({fmt_bytes(total)})", total)
+        for gb in CARDS_GB:
+            self.target.addItem(f"a {gb} GB card", gb * 1e9)
+        idx = self.target.findText(current)
+        self.target.setCurrentIndex(idx if idx >= 0 else (0 if self.gpus else CARDS_GB.index(80)))
+        self.target.blockSignals(False)
+        self._target_changed(self.target.currentIndex())
+
+    @Slot(int)
+    def _target_changed(self, index: int) -> None:
+        if index >= 0:
+            self.targetChanged.emit(self.target.itemData(index), self.target.itemText(index))
+
+    def capacity(self) -> tuple[float | None, str]:
+        return self.target.currentData(), self.target.currentText()

@@ -1,0 +1,297 @@
+"""TrainingPanel, the view of RunConfig: one editor per dataclass field, generated from the sections in
+core/config.py, with the field's docstring as its tooltip; presets; and the LR schedule drawn while editing.
+
+Nothing here lists fields by hand, so a field added to RunConfig appears in the form by itself.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pyqtgraph as pg
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QDoubleValidator
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+                               QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
+
+from ftstudio.core import config as C
+from ftstudio.core.errors import ConfigError
+from ftstudio.engine.schedule import lr_curve
+
+from ..theme import COLORS
+
+# Choices come from the tuples in config.py; a field named here gets a combo box.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "task": C.TASKS, "format": C.FORMATS, "schedule": C.SCHEDULES, "precision": C.PRECISIONS,
+    "optimizer": C.OPTIMIZERS, "loss": C.LOSSES, "nonfinite": C.NONFINITE_POLICIES, "l2sp_anchor": C.ANCHOR_PLACES,
+}
+EDITABLE_CHOICES = {"device": ("auto", "cpu", "cuda", "cuda:0", "cuda:1")}
+NONE_INT = -1  # an optional int's spin box shows "None" at this value
+
+# Presets set only fields that exist; a test checks each leaf against RunConfig.
+PRESETS: dict[str, dict] = {
+    "Safe defaults (seed)": dict(lr=2e-5, schedule="cosine", warmup_ratio=0.05, warmup_steps=None, epochs=2.0,
+                                 max_steps=None, weight_decay=0.01, grad_clip=1.0, min_lr_ratio=0.0,
+                                 layer_lr_decay=1.0),
+    "Constant LR with warmup (short runs)": dict(lr=2e-5, schedule="constant", warmup_ratio=0.05, warmup_steps=None,
+                                                 epochs=1.0),
+    "ULMFiT discriminative rates": dict(lr=2e-5, layer_lr_decay=2.6, schedule="cosine", warmup_ratio=0.05),
+    "Guard against forgetting": dict(lr=1e-5, epochs=1.0, mix_fraction=0.05, retention_eval=True, l2sp=0.01),
+    "Save memory": dict(activation_checkpointing=True, loss="chunked", optimizer_in_backward=False),
+    "Quick trial (20 steps)": dict(max_steps=20, eval_every=10, max_rows=200, checkpoint_every=0),
+}
+
+
+def _kind(f: dataclasses.Field) -> tuple[str, bool]:
+    """('int'|'float'|'bool'|'str'|'list', optional) from a field's (string) annotation."""
+    t = str(f.type).replace(" ", "")
+    optional = "None" in t
+    base = t.replace("|None", "").replace("None|", "")
+    if base.startswith("list"):
+        base = "list"
+    return base, optional
+
+
+class FieldEditor:
+    """Wraps one widget: get/set the python value, signal changes, show an error."""
+
+    def __init__(self, section: str, f: dataclasses.Field, default, on_change):
+        self.section, self.name = section, f.name
+        self.kind, self.optional = _kind(f)
+        self.default = default
+        self.widget = self._make(on_change)
+        self.widget.setObjectName(f"field_{f.name}")
+        doc = C.field_docs(C.SECTIONS[section]).get(f.name, "")
+        self.tooltip = f"<b>{section}.{f.name}</b> (--{f.name.replace('_', '-')})<br>{doc}"
+        self.widget.setToolTip(self.tooltip)
+        self.set(default)
+
+    def _make(self, on_change) -> QWidget:
+        if self.kind == "bool":
+            w = QCheckBox()
+            w.toggled.connect(on_change)
+        elif self.name in CHOICES:
+            w = QComboBox()
+            w.addItems(list(CHOICES[self.name]))
+            w.currentTextChanged.connect(on_change)
+        elif self.name in EDITABLE_CHOICES:
+            w = QComboBox()
+            w.setEditable(True)
+            w.addItems(list(EDITABLE_CHOICES[self.name]))
+            w.currentTextChanged.connect(on_change)
+        elif self.kind == "int":
+            w = QSpinBox()
+            w.setRange(NONE_INT if self.optional else 0, 2**31 - 1)
+            if self.optional:
+                w.setSpecialValueText("None")
+            w.setAccelerated(True)
+            w.valueChanged.connect(on_change)
+        else:  # float, str, list: text, so 2e-5 and "0, 1" can be typed as such
+            w = QLineEdit()
+            if self.kind == "float":
+                w.setValidator(QDoubleValidator())
+            if self.optional:
+                w.setPlaceholderText("None")
+            w.textChanged.connect(on_change)
+        return w
+
+    def get(self):
+        w = self.widget
+        if self.kind == "bool":
+            return w.isChecked()
+        if isinstance(w, QComboBox):
+            return w.currentText().strip()
+        if isinstance(w, QSpinBox):
+            v = w.value()
+            return None if self.optional and v == NONE_INT else v
+        text = w.text().strip()
+        if self.optional and text == "":
+            return None
+        if self.kind == "float":
+            try:
+                return float(text)
+            except ValueError:
+                return text  # RunConfig's check names the field
+        if self.kind == "list":
+            try:
+                return [int(x) for x in text.replace(",", " ").split()]
+            except ValueError:
+                return text
+        return text
+
+    def set(self, value) -> None:
+        w = self.widget
+        w.blockSignals(True)
+        try:
+            if self.kind == "bool":
+                w.setChecked(bool(value))
+            elif isinstance(w, QComboBox):
+                if w.findText(str(value)) < 0:
+                    w.addItem(str(value))
+                w.setCurrentText(str(value))
+            elif isinstance(w, QSpinBox):
+                w.setValue(NONE_INT if value is None else int(value))
+            elif self.kind == "list":
+                w.setText(", ".join(str(v) for v in (value or [])))
+            elif value is None:
+                w.setText("")
+            else:
+                w.setText(f"{value:g}" if isinstance(value, float) else str(value))
+        finally:
+            w.blockSignals(False)
+
+    def show_error(self, message: str | None) -> None:
+        self.widget.setStyleSheet("background: #f8d0d0; color: #000;" if message else "")
+        self.widget.setToolTip(self.tooltip + (f"<br><span style='color:#d62728'>{message}</span>" if message else ""))
+
+
+class TrainingPanel(QWidget):
+    """Every RunConfig field, presets, and the LR schedule preview."""
+
+    configChanged = Signal(object)  # a valid RunConfig after any edit
+    invalid = Signal(str)  # the ConfigError message when the form does not validate
+
+    def __init__(self, config: C.RunConfig | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.setObjectName("trainingPanel")
+        self.editors: dict[str, FieldEditor] = {}
+        self.train_rows: int | None = None
+        self._config = config or C.RunConfig()
+        self.error: str | None = None
+        self._build()
+        self.set_config(self._config)
+
+    def _build(self) -> None:
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Preset:"))
+        self.preset = QComboBox()
+        self.preset.setObjectName("presetCombo")
+        self.preset.addItem("(choose a preset)")
+        self.preset.addItems(list(PRESETS))
+        self.preset.setToolTip("Apply a set of field values on top of the current config.")
+        self.preset.activated.connect(self._apply_preset_index)
+        top.addWidget(self.preset, 1)
+        reset = QPushButton("Defaults")
+        reset.setToolTip("Reset every field to RunConfig's defaults (model and dataset are kept).")
+        reset.clicked.connect(self.reset_defaults)
+        top.addWidget(reset)
+        lay.addLayout(top)
+
+        self.lr_plot = pg.PlotWidget(title="LR schedule")
+        self.lr_plot.setObjectName("lrSchedulePlot")
+        self.lr_plot.setMinimumHeight(130)
+        self.lr_plot.setMaximumHeight(170)
+        self.lr_plot.setLabel("bottom", "step")
+        self.lr_plot.showGrid(x=True, y=True, alpha=0.2)
+        self.lr_curve = self.lr_plot.plot([], [], pen=pg.mkPen(COLORS["lr"], width=2))
+        lay.addWidget(self.lr_plot)
+        self.error_label = QLabel("")
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #d62728;")
+        lay.addWidget(self.error_label)
+
+        form_host = QWidget()
+        form_lay = QVBoxLayout(form_host)
+        form_lay.setContentsMargins(0, 0, 0, 0)
+        defaults = C.RunConfig()
+        for section, cls in C.SECTIONS.items():
+            box = QGroupBox(section)
+            box.setToolTip(C.field_docs(C.RunConfig).get(section, ""))
+            form = QFormLayout(box)
+            form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+            for f in dataclasses.fields(cls):
+                ed = FieldEditor(section, f, getattr(getattr(defaults, section), f.name), self._on_edit)
+                self.editors[f.name] = ed
+                label = QLabel(f.name)
+                label.setToolTip(ed.tooltip)
+                form.addRow(label, ed.widget)
+            form_lay.addWidget(box)
+        form_lay.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(form_host)
+        lay.addWidget(scroll, 1)
+
+    # -- values --------------------------------------------------------------------------------
+    def values(self) -> dict[str, dict]:
+        d: dict[str, dict] = {s: {} for s in C.SECTIONS}
+        for leaf, ed in self.editors.items():
+            d[ed.section][leaf] = ed.get()
+        return d
+
+    def config(self) -> C.RunConfig:
+        """The last valid config (the form may hold an invalid edit: see ``error``)."""
+        return self._config
+
+    def set_config(self, cfg: C.RunConfig) -> None:
+        for leaf, ed in self.editors.items():
+            ed.set(cfg.get(leaf))
+        self._on_edit()
+
+    def set_value(self, leaf: str, value) -> None:
+        """Set one field from outside (model/data panels) without echoing it back as a user edit."""
+        self.editors[leaf].set(value)
+        self._on_edit()
+
+    def apply_preset(self, name: str) -> None:
+        for leaf, value in PRESETS[name].items():
+            self.editors[leaf].set(value)
+        self._on_edit()
+
+    @Slot(int)
+    def _apply_preset_index(self, index: int) -> None:
+        if index > 0:
+            self.apply_preset(self.preset.itemText(index))
+        self.preset.setCurrentIndex(0)
+
+    @Slot()
+    def reset_defaults(self) -> None:
+        keep = {"source": self.editors["source"].get(), "dataset": self.editors["dataset"].get()}
+        self.set_config(C.RunConfig().replace(**keep))
+
+    def set_train_rows(self, rows: int | None) -> None:
+        """Rows of the training split (from the data check): sets the step count of the LR preview."""
+        self.train_rows = rows
+        self._draw_lr()
+
+    # -- validation ----------------------------------------------------------------------------
+    @Slot()
+    def _on_edit(self, *_args) -> None:
+        for ed in self.editors.values():
+            ed.show_error(None)
+        try:
+            cfg = C.RunConfig.from_dict(self.values())
+        except ConfigError as e:
+            self.error = str(e)
+            leaf = e.field.split(".")[-1]
+            if leaf in self.editors:
+                self.editors[leaf].show_error(e.message)
+            self.error_label.setText(f"{e.field}: {e.message}")
+            self.invalid.emit(self.error)
+            return
+        self.error = None
+        self.error_label.setText("")
+        self._config = cfg
+        self._draw_lr()
+        self.configChanged.emit(cfg)
+
+    def total_steps(self) -> tuple[int, bool]:
+        """(steps, exact): max_steps when set, else epochs × ceil(train rows / effective batch)."""
+        cfg = self._config
+        if cfg.train.max_steps:
+            return cfg.train.max_steps, True
+        rows = self.train_rows
+        per_step = cfg.train.batch_size * cfg.train.grad_accum * max(1, len(cfg.hardware.gpus))
+        if not rows:
+            return max(1, math.ceil(cfg.train.epochs * math.ceil(1000 / per_step))), False
+        return max(1, math.ceil(cfg.train.epochs * math.ceil(rows / per_step))), True
+
+    def _draw_lr(self) -> None:
+        cfg = self._config
+        steps, exact = self.total_steps()
+        xs, ys = lr_curve(steps, cfg.schedule, cfg.optim.lr)
+        self.lr_curve.setData(xs, ys)
+        note = "" if exact else " (assuming 1000 rows)"
+        self.lr_plot.setTitle(f"LR schedule: {cfg.schedule.schedule}, peak {cfg.optim.lr:g}, {steps} steps{note}")
