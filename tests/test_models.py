@@ -246,3 +246,33 @@ def test_our_code_never_unpickles_unsafely():
     for f in Path(engine.__file__).parent.glob("models*.py"):
         src = f.read_text()
         assert "torch.load(" not in src and "pickle.load" not in src, f
+
+
+def test_plain_pickle_checkpoint_still_loads(tiny_llama, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+    m = tmp_path / "m"
+    shutil.copytree(tiny_llama, m)
+    state = load_file(m / "model.safetensors")
+    (m / "model.safetensors").unlink()
+    torch.save(state, m / "pytorch_model.bin")
+    assert not describe_model(str(m)).params_exact  # no safetensors header to count from: an estimate
+    lm = load_model(ModelConfig(source=str(m)), task="causal-lm")
+    assert all(torch.equal(lm.model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_remote_code_never_runs_unless_trusted(tiny_llama, tmp_path):
+    m = tmp_path / "m"
+    shutil.copytree(tiny_llama, m)
+    marker = tmp_path / "code-ran"
+    (m / "configuration_custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n"
+                                               "from transformers import LlamaConfig\n"
+                                               "class CustomConfig(LlamaConfig):\n    model_type = 'custom-llama'\n")
+    (m / "modeling_custom.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    cfg = json.loads((m / "config.json").read_text())
+    cfg.update(model_type="custom-llama", auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                                                    "AutoModelForCausalLM": "modeling_custom.CustomModel"})
+    (m / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelError, match="ships its own Python code.*trust_remote_code"):
+        load_model(ModelConfig(source=str(m)), task="causal-lm")
+    assert not marker.exists()

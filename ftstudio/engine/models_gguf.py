@@ -6,6 +6,7 @@ optional dependency; without it, a clear ModelError says how to install it. No t
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def _value(reader, key):
 
 def gguf_metadata(path: str | Path) -> dict:
     """Config dict (HF key names), exact parameter count, dominant tensor type and the llama.cpp arch name."""
+    path = Path(path)
+    require_gguf()
+    st = path.stat()
+    meta = _cached_metadata(str(path.resolve()), st.st_mtime_ns, st.st_size)
+    return {**meta, "config": dict(meta["config"])}  # callers may edit the config; the cache stays clean
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_metadata(path: str, mtime_ns: int, size: int) -> dict:
+    # Parsing a GGUF's token and merge tables takes ~2 s for a 49k vocabulary; the GUI describes the same
+    # file repeatedly, so remember the answer until the file changes (mtime/size are part of the key).
     path = Path(path)
     reader = _reader(path)
     arch = _value(reader, "general.architecture")

@@ -53,6 +53,9 @@ def _explain(e: Exception, info: ModelInfo, what: str) -> ModelError:
     if "Weights only load failed" in text or type(e).__name__ == "UnpicklingError":
         return ModelError(f"{where}: refused to open the pickle (.bin) weights: they hold more than plain tensors, "
                           "and unpickling them could run code. Use the model's safetensors weights instead.")
+    if "custom code" in text or "trust_remote_code=True" in text:
+        return ModelError(f"{where}: this model ships its own Python code (auto_map in config.json), which runs "
+                          "only with trust_remote_code on. Turn it on only if you trust the model's author.")
     unknown = ("Unrecognized", "does not recognize", "not supported", "KeyError", "trust_remote_code")
     if any(u in text for u in unknown) and what == "model":
         return ModelError(
