@@ -73,6 +73,12 @@ def _block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
     return sorted(kept, key=lambda c: order[c[0]])
 
 
+def find_block_list(model: nn.Module) -> nn.ModuleList | None:
+    """The model's main stack of transformer blocks (the largest repeated-block ModuleList), or None."""
+    stacks = _block_lists(model)
+    return max(stacks, key=lambda c: _n_params(c[1]))[1] if stacks else None
+
+
 def layer_groups(model: nn.Module) -> list[tuple[str, list[str]]]:
     """Trainable parameter names grouped bottom (embeddings) → top (head); empty groups are left out.
 

@@ -1,0 +1,372 @@
+"""Remedies against catastrophic forgetting: L2-SP, EWC, drift, data mixing and retention evaluation.
+
+Choices, stated once:
+  * The pull toward θ0 is a PENALTY ADDED TO THE LOSS (the seed's formula), not a decoupled update:
+        L2-SP  λ/2 · ‖θ − θ0‖²                 (Li et al., 2018)
+        EWC    λ/2 · Σ F_i (θ_i − θ0_i)²       (Kirkpatrick et al., 2017)
+    Its gradient λ(θ−θ0) therefore goes through the optimizer like the task's gradient (Adam normalises
+    it). The penalty is an autograd Function per weight that keeps no (θ−θ0) copy for the backward pass
+    (it recomputes it there), so its only memory is θ0 (and F) themselves: ``nbytes``.
+  * θ0 lives where the user chooses (``l2sp_anchor``): "gpu" = fp32 next to the weights (4 B/weight),
+    "bf16" = next to the weights in bf16 (2 B/weight; θ0 is rounded to ~3 significant digits, so drift
+    below ~1e-3 is rounding), "cpu" = fp32 in (pinned) host memory (0 B on the GPU; copied over each step).
+    EWC's Fisher diagonal is stored the same way: another 4 or 2 B/weight.
+  * The Fisher diagonal is the mean of squared per-example gradients of the model's own loss
+    (``model(**batch).loss``) over ``ewc_batches`` batches, taken before training. For a causal LM the
+    trainer passes general-text batches (:func:`general_batches`); for a classifier, which has no LM
+    loss, it passes task batches and the Fisher measures what the pre-trained classifier relies on.
+    F is then scaled to mean 1 over all weights, so ``ewc = λ`` pulls as hard on average as
+    ``l2sp = λ``, only redistributed toward the weights that matter.
+  * Mixing: each batch holds general rows in the asked fraction. When fraction × batch_size is not
+    whole, batches get its floor or its ceiling so that the running share stays within one row of the
+    fraction (error diffusion), instead of always rounding (which would turn 10 % of 4 rows into 0).
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+from itertools import islice
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from ftstudio.core.config import RunConfig
+from ftstudio.core.errors import ConfigError, DataError
+from ftstudio.engine.optim import layer_groups
+
+IGNORE = -100
+
+
+def _clean(name: str) -> str:
+    # torch.compile wraps blocks in OptimizedModule, which adds "_orig_mod." to parameter names.
+    return name.replace("_orig_mod.", "")
+
+
+def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {_clean(n): p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+# -- the penalty -----------------------------------------------------------------------------------
+class _AnchorPull(torch.autograd.Function):
+    """½ Σ w·(θ−θ0)² for one weight tensor, with w = l2sp + ewc·F. Saves only θ (no copy) for backward."""
+
+    @staticmethod
+    def forward(ctx, p, anchor, fisher, l2sp: float, ewc: float):
+        ctx.save_for_backward(p)
+        ctx.anchor, ctx.fisher, ctx.l2sp, ctx.ewc = anchor, fisher, l2sp, ewc
+        d = p.detach().float() - anchor.to(p.device, torch.float32, non_blocking=True)
+        return 0.5 * (_weight(d, fisher, l2sp, ewc) * d * d).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (p,) = ctx.saved_tensors
+        d = p.detach().float() - ctx.anchor.to(p.device, torch.float32, non_blocking=True)
+        grad = grad_out * _weight(d, ctx.fisher, ctx.l2sp, ctx.ewc) * d
+        return grad.to(p.dtype), None, None, None, None
+
+
+def _weight(d: torch.Tensor, fisher, l2sp: float, ewc: float):
+    if fisher is None:
+        return l2sp
+    return l2sp + ewc * fisher.to(d.device, torch.float32, non_blocking=True)
+
+
+def _place(t: torch.Tensor, where: str) -> torch.Tensor:
+    t = t.detach()
+    if where == "gpu":
+        return t.to(torch.float32, copy=True)
+    if where == "bf16":
+        return t.to(torch.bfloat16, copy=True)
+    if where == "cpu":
+        out = t.to("cpu", torch.float32, copy=True)
+        return out.pin_memory() if t.is_cuda else out
+    raise ConfigError("regularize.l2sp_anchor", f"{where!r} is not one of gpu, bf16, cpu")
+
+
+class Regularizer:
+    """θ0 (and the Fisher diagonal) kept for the penalty and the drift monitor."""
+
+    def __init__(self, model: nn.Module, *, l2sp: float = 0.0, ewc: float = 0.0,
+                 fisher: dict[str, torch.Tensor] | None = None, anchor: str = "gpu"):
+        if ewc > 0 and fisher is None:
+            raise ConfigError("regularize.ewc", "EWC needs a Fisher diagonal (estimate_fisher)")
+        self.l2sp, self.ewc, self.anchor = float(l2sp), float(ewc), anchor
+        params = _trainable(model)
+        self.theta0 = {n: _place(p, anchor) for n, p in params.items()}
+        self.fisher = {n: _place(fisher[n], anchor) for n in params} if ewc > 0 else None
+        self.groups = [(g, [_clean(n) for n in names]) for g, names in layer_groups(model)]
+        with torch.no_grad():  # exact ‖θ0‖ per group, from the weights before any rounding
+            self._norm0 = {g: math.sqrt(sum(float(params[n].float().square().sum()) for n in names))
+                           for g, names in self.groups}
+
+    @property
+    def active(self) -> bool:
+        """Whether the penalty is non-zero (a drift-only regularizer adds nothing to the loss)."""
+        return self.l2sp > 0 or self.ewc > 0
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held for θ0 and F (wherever they live; see ``anchor``)."""
+        tensors = list(self.theta0.values()) + (list(self.fisher.values()) if self.fisher else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def penalty(self, model: nn.Module) -> torch.Tensor:
+        """λ_l2sp/2·‖θ−θ0‖² + λ_ewc/2·Σ F(θ−θ0)², a scalar to add to the loss (always backward-able)."""
+        params = _trainable(model)
+        if not self.active:
+            device = next(iter(params.values())).device
+            return torch.zeros((), device=device, requires_grad=True)
+        terms = [_AnchorPull.apply(p, self.theta0[n], self.fisher[n] if self.fisher else None, self.l2sp, self.ewc)
+                 for n, p in params.items() if n in self.theta0]
+        return torch.stack(terms).sum()
+
+    @torch.no_grad()
+    def drift(self, model: nn.Module) -> dict[str, float]:
+        """Per layer group (bottom → top): ‖θ−θ0‖ / ‖θ0‖."""
+        params = _trainable(model)
+        out = {}
+        for g, names in self.groups:
+            sq = sum(float((params[n].float() - self.theta0[n].to(params[n].device, torch.float32)).square().sum())
+                     for n in names)
+            out[g] = math.sqrt(sq) / max(self._norm0[g], 1e-12)
+        return out
+
+    def drift_metrics(self, model: nn.Module, step: int):
+        """A DriftMetrics event: per-group drift and the whole model's ‖θ−θ0‖/‖θ0‖."""
+        from ftstudio.core.events import DriftMetrics
+
+        layers = self.drift(model)
+        num = sum((layers[g] * self._norm0[g]) ** 2 for g in layers)
+        den = sum(v * v for v in self._norm0.values())
+        return DriftMetrics(step=step, layers=layers, total=math.sqrt(num / den) if den else 0.0)
+
+
+def estimate_fisher(model: nn.Module, batches: Iterable[dict], *, progress: Callable[[int, int], None] | None = None
+                    ) -> dict[str, torch.Tensor]:
+    """Diagonal Fisher: mean over examples of the squared gradient of ``model(**row).loss``, scaled to mean 1.
+
+    Each batch is split into single rows, so the squares are of per-example gradients (a batch's mean
+    gradient would underestimate F). Dropout is off while measuring; gradients are cleared afterwards.
+    """
+    params = _trainable(model)
+    device = next(iter(params.values())).device
+    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+    batches = list(batches)
+    total = sum(len(b["input_ids"]) for b in batches)
+    was_training, count = model.training, 0
+    model.eval()
+    try:
+        for batch in batches:
+            for i in range(len(batch["input_ids"])):
+                row = {k: v[i:i + 1] if torch.is_tensor(v) else v for k, v in batch.items()}
+                model.zero_grad(set_to_none=True)
+                model(**_to_device(row, device)).loss.backward()
+                for n, p in params.items():
+                    if p.grad is not None:
+                        fisher[n].add_(p.grad.detach().float().square())
+                count += 1
+                if progress is not None:
+                    progress(count, total)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    if count == 0:
+        raise ConfigError("regularize.ewc_batches", "no batches to estimate the Fisher diagonal from")
+    mean = sum(float(f.sum()) for f in fisher.values()) / (count * sum(f.numel() for f in fisher.values()))
+    if not mean > 0 or not math.isfinite(mean):
+        raise ConfigError("regularize.ewc", f"the Fisher estimate is {mean} (the loss gave no usable gradient)")
+    return {n: f.div_(count * mean) for n, f in fisher.items()}
+
+
+def build_regularizer(model: nn.Module, cfg: RunConfig, general_batches: Iterable[dict] | None = None,
+                      *, progress: Callable[[int, int], None] | None = None) -> Regularizer | None:
+    """The Regularizer ``cfg.regularize`` asks for, or None when no θ0 copy is needed.
+
+    A θ0 copy is needed for L2-SP, EWC or a drift monitor (``drift_every`` > 0). For EWC pass
+    ``general_batches`` (general text for a causal LM; task batches for a classifier); the first
+    ``ewc_batches`` of them are used. Call it on the freshly loaded model, before any training step
+    and before loading a checkpoint to resume: θ0 is the pre-trained weights.
+    """
+    r = cfg.regularize
+    if r.l2sp == 0 and r.ewc == 0 and r.drift_every == 0:
+        return None
+    fisher = None
+    if r.ewc > 0:
+        if general_batches is None:
+            raise ConfigError("regularize.ewc", "EWC needs batches to estimate the Fisher diagonal from")
+        fisher = estimate_fisher(model, islice(general_batches, r.ewc_batches), progress=progress)
+    return Regularizer(model, l2sp=r.l2sp, ewc=r.ewc, fisher=fisher, anchor=r.l2sp_anchor)
+
+
+# -- general text: the retention set and the mixing pool -------------------------------------------
+def general_text_path() -> Path:
+    """The bundled general-English paragraphs (resources/general/general.jsonl; see its README)."""
+    return Path(__file__).resolve().parents[2] / "resources" / "general" / "general.jsonl"
+
+
+def load_general_texts(path: str | Path | None = None) -> list[str]:
+    """Texts from a .jsonl/.json file (a "text" field per row) or a .txt/.md file (paragraphs split by blank lines)."""
+    p = Path(path) if path is not None else general_text_path()
+    try:
+        raw = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(str(p), None, None, "general-text file not found") from None
+    except UnicodeDecodeError:
+        raise DataError(str(p), None, None, "not UTF-8 text") from None
+    if p.suffix.lower() in (".jsonl", ".json"):
+        texts = _texts_from_json(p, raw)
+    else:
+        paragraphs = [" ".join(block.split()) for block in raw.split("\n\n")]
+        texts = [t for t in paragraphs if t]
+    if not texts:
+        raise DataError(str(p), None, None, "holds no text")
+    return texts
+
+
+def _texts_from_json(p: Path, raw: str) -> list[str]:
+    from ftstudio.core.errors import DataProblem
+
+    if p.suffix.lower() == ".json":
+        try:
+            rows = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise DataError(str(p), e.lineno, None, f"invalid JSON: {e.msg}") from None
+        if not isinstance(rows, list):
+            raise DataError(str(p), None, None, "a .json general-text file must hold a list of {\"text\": ...}")
+        numbered = list(enumerate(rows, 1))
+    else:
+        numbered = []
+        for i, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                try:
+                    numbered.append((i, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    numbered.append((i, DataProblem(str(p), i, None, f"invalid JSON: {e.msg}")))
+    texts, problems = [], []
+    for i, row in numbered:
+        if isinstance(row, DataProblem):
+            problems.append(row)
+        elif not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            problems.append(DataProblem(str(p), i, "text", "needs a string field \"text\""))
+        elif row["text"].strip():
+            texts.append(row["text"].strip())
+    if problems:
+        raise DataError(str(p), problems=problems)
+    return texts
+
+
+def general_examples(tokenizer, seq_len: int, path: str | Path | None = None) -> list[dict]:
+    """General texts as causal-LM examples (labels = input_ids); a text longer than seq_len becomes several."""
+    out = []
+    eos = tokenizer.eos_token_id
+    for text in load_general_texts(path):
+        ids = tokenizer(text, add_special_tokens=True, verbose=False)["input_ids"]
+        if eos is not None and (not ids or ids[-1] != eos):
+            ids = ids + [eos]  # the model also learns where a text ends
+        for start in range(0, len(ids), seq_len):
+            chunk = ids[start:start + seq_len]
+            if len(chunk) >= 2:  # a causal LM needs two tokens to predict one
+                out.append({"input_ids": chunk, "labels": list(chunk)})
+    return out
+
+
+def collate_causal(examples: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad causal-LM examples: input_ids, attention_mask, labels (IGNORE on padding)."""
+    width = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n] = torch.tensor(e["input_ids"])
+        labels[i, :n] = torch.tensor(e["labels"])
+        mask[i, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def general_batches(tokenizer, seq_len: int, batch_size: int, path: str | Path | None = None,
+                    limit: int | None = None) -> list[dict[str, torch.Tensor]]:
+    """Padded batches of the general set, in file order (retention evaluation, the EWC Fisher)."""
+    examples = general_examples(tokenizer, seq_len, path)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    batches = [collate_causal(examples[i:i + batch_size], pad) for i in range(0, len(examples), batch_size)]
+    return batches[:limit] if limit is not None else batches
+
+
+def general_count(batch_index: int, batch_size: int, fraction: float) -> int:
+    """General rows in batch ``batch_index``: the running total tracks fraction × rows to within one row."""
+    per = fraction * batch_size
+    return round(per * (batch_index + 1)) - round(per * batch_index)
+
+
+def mix_examples(task_examples: list, general_examples: list, fraction: float, batch_size: int,
+                 seed: int) -> list[list]:
+    """One epoch of batches (lists of examples) in which ``fraction`` of the rows are general examples.
+
+    Task rows are shuffled and each used once; general rows are drawn from a shuffled pool that is
+    reshuffled whenever it runs out. Batch i holds g_i = round(f·B·(i+1)) − round(f·B·i) general rows
+    (B = batch_size) and B − g_i task rows; with B = 1 and f = 0.1 every tenth batch is a general row.
+    The last, short batch keeps the fraction too. Same seed, same batches.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError("regularize.mix_fraction", f"{fraction!r} must be in [0, 1)")
+    if batch_size < 1:
+        raise ConfigError("train.batch_size", f"{batch_size!r} must be >= 1")
+    if fraction > 0 and not general_examples:
+        raise ConfigError("regularize.mix_fraction", "the general set holds no examples to mix in")
+    rng = random.Random(seed)
+    task = list(task_examples)
+    rng.shuffle(task)
+    pool: list = []
+    batches, used, i = [], 0, 0
+    while used < len(task):
+        g = general_count(i, batch_size, fraction)
+        t_rows = task[used:used + batch_size - g]
+        used += len(t_rows)
+        if len(t_rows) < batch_size - g:  # the last, short batch keeps the fraction
+            g = round(fraction * len(t_rows) / (1.0 - fraction))
+        rows = list(t_rows)
+        for _ in range(g):
+            if not pool:
+                pool = list(general_examples)
+                rng.shuffle(pool)
+            rows.append(pool.pop())
+        batches.append(rows)
+        i += 1
+    return batches
+
+
+# -- retention evaluation --------------------------------------------------------------------------
+@torch.no_grad()
+def retention_loss(model: nn.Module, batches: Iterable[dict]) -> tuple[float, float]:
+    """(mean loss per predicted token, perplexity) of a causal LM on general-text batches.
+
+    Weighted by tokens (not batches), so the result does not depend on how rows were batched. The
+    caller wraps it in its autocast context if it trains in mixed precision.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    tokens = 0
+    try:
+        for batch in batches:
+            batch = _to_device(batch, device)
+            n = int((batch["labels"][..., 1:] != IGNORE).sum())  # HF shifts the labels by one
+            if n == 0:
+                continue
+            total += model(**batch).loss.double() * n
+            tokens += n
+    finally:
+        model.train(was_training)
+    if tokens == 0:
+        raise ConfigError("regularize.retention_data", "the general set has no tokens to evaluate")
+    loss = float(total) / tokens
+    return loss, math.exp(loss) if loss < 700 else float("inf")
