@@ -190,8 +190,16 @@ class LoadedModel:
 
 
 def load_model(cfg, *, task: str, num_labels: int | None = None, id2label: dict[int, str] | None = None,
-               dtype=None) -> LoadedModel:
-    """Load cfg.source (a ModelConfig) for full fine-tuning on CPU; see models_load.load for the details."""
+               dtype=None, tokenizer=None) -> LoadedModel:
+    """Load cfg.source (a ModelConfig) for full fine-tuning on CPU; see models_load.load for the details.
+    Pass the ``tokenizer`` already loaded by :func:`load_tokenizer` to reuse it (the data was tokenised with it)."""
     from ftstudio.engine.models_load import load
 
-    return load(cfg, task=task, num_labels=num_labels, id2label=id2label, dtype=dtype)
+    return load(cfg, task=task, num_labels=num_labels, id2label=id2label, dtype=dtype, tokenizer=tokenizer)
+
+
+def load_tokenizer(cfg):
+    """The tokenizer of cfg.source (a ModelConfig), with a pad token and right padding; no weights loaded."""
+    from ftstudio.engine.models_load import load_tokenizer as _load
+
+    return _load(cfg)

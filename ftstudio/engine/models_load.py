@@ -81,16 +81,30 @@ def _load_tokenizer(target: str, info: ModelInfo, kw: dict):
     return tok
 
 
-def _ensure_pad(tok, model) -> None:
+def prepare_tokenizer(tok) -> None:
     """Batches need a pad token: reuse EOS (the usual choice; padded positions are masked), else add one."""
     if tok.pad_token is None:
         if tok.eos_token is not None:
             tok.pad_token = tok.eos_token
         else:
             tok.add_special_tokens({"pad_token": "[PAD]"})
-            model.resize_token_embeddings(len(tok))
     tok.padding_side = "right"  # loss masks and classifier pooling both assume right padding
+
+
+def _ensure_pad(tok, model) -> None:
+    prepare_tokenizer(tok)
+    emb = model.get_input_embeddings()
+    if emb is not None and len(tok) > emb.weight.shape[0]:  # a pad token was added
+        model.resize_token_embeddings(len(tok))
     model.config.pad_token_id = tok.pad_token_id
+
+
+def load_tokenizer(cfg):
+    """The tokenizer of cfg.source (a ModelConfig), with a pad token, without loading the weights."""
+    info = describe_model(cfg.source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
+    tok = _load_tokenizer(info.load_path, info, _source_kwargs(cfg, info))
+    prepare_tokenizer(tok)
+    return tok
 
 
 def _make_trainable(model, where: str) -> None:
@@ -127,14 +141,14 @@ def _model_kwargs(task: str, num_labels, id2label, info: ModelInfo) -> dict:
             "ignore_mismatched_sizes": True}  # a head for other labels is replaced, not an error
 
 
-def load(cfg, *, task: str, num_labels=None, id2label=None, dtype=None) -> LoadedModel:
+def load(cfg, *, task: str, num_labels=None, id2label=None, dtype=None, tokenizer=None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     info = describe_model(cfg.source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
     check_task(task, info)
     kw = _source_kwargs(cfg, info)
     target = info.load_path
-    tok = _load_tokenizer(target, info, kw)
+    tok = tokenizer if tokenizer is not None else _load_tokenizer(target, info, kw)
     auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
     try:
         model, loading = auto.from_pretrained(target, dtype=torch_dtype(dtype), weights_only=True,
