@@ -31,6 +31,11 @@ from .runs_tab import RunsTab
 from .theme import apply_theme
 
 
+def _warm_imports() -> None:
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+
+
 class MainWindow(QMainWindow):
     runFinished = Signal(object)  # RunFinished | RunFailed, after the thread ended
     planUpdated = Signal(object)  # MemoryBreakdown
@@ -104,7 +109,8 @@ class MainWindow(QMainWindow):
             controls.addWidget(b)
         self.status_label = QLabel("")
         self.status_label.setObjectName("statusLabel")
-        self.status_label.setWordWrap(True)
+        self.status_label.setMinimumWidth(100)
+        self.status_text = ""
         controls.addWidget(self.status_label, 1)
 
         host = QWidget()
@@ -125,6 +131,7 @@ class MainWindow(QMainWindow):
         self.hardware_panel.targetChanged.connect(self._target_changed)
         self.hardware_panel.selectionChanged.connect(self._gpus_changed)
         self.monitor.memoryMeasured.connect(self.memory_bar.set_measured)
+        self.monitor.eventsProcessed.connect(self._events_processed)
         self.runs_tab.openRun.connect(self._open_run)
         self.runs_tab.resumeRun.connect(self._resume_run)
 
@@ -286,6 +293,20 @@ class MainWindow(QMainWindow):
         self._status("Running… (loading the model and data)")
         return True
 
+    @Slot(int)
+    def _events_processed(self, _n: int) -> None:
+        if self.monitor.counts["step"]:
+            self.heartbeat.mark()
+
+    def checks_pending(self) -> bool:
+        """True while the model is being described or the data checked (autostart waits for them)."""
+        return self.model_panel.busy or self.data_panel.busy
+
+    @Slot()
+    def warm_up(self) -> None:
+        """Import torch and transformers on a pool thread while the user looks around, so Start is quick."""
+        self.pool.start(_warm_imports)
+
     @Slot()
     def toggle_pause(self) -> None:
         if not self.runs.running:
@@ -338,8 +359,15 @@ class MainWindow(QMainWindow):
         self.model_panel.setEnabled(not running)
 
     def _status(self, text: str, error: bool = False) -> None:
-        self.status_label.setText(text)
+        """One line beside the buttons (elided; the whole text in the tooltip and, for errors, in the log)."""
+        self.status_text = text
+        width = max(200, self.status_label.width())
+        self.status_label.setText(self.status_label.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight,
+                                                                               width))
+        self.status_label.setToolTip(text)
         self.status_label.setStyleSheet("color: #d62728;" if error else "")
+        if error:
+            self.monitor.append_log(text, "error")
 
     # -- runs tab ------------------------------------------------------------------------------
     @Slot(str, list)

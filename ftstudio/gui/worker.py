@@ -31,6 +31,7 @@ class TrainingWorker(QObject):
         self.control = control
         self.events = events
         self.resume_from = resume_from
+        self.result = None  # also kept here: at close the queued finished signal cannot be delivered
 
     @Slot()
     def run(self) -> None:
@@ -45,6 +46,7 @@ class TrainingWorker(QObject):
             traceback.print_exc()
         if result is None:
             result = RunFailed(reason="the trainer returned nothing", error_type="RuntimeError")
+        self.result = result
         self.finished.emit(result)
 
 
@@ -125,9 +127,10 @@ class RunController(QObject):
         if self._thread is None:
             return
         self._thread.wait()
+        result = self._result or (self._worker.result if self._worker is not None else None)
         self._thread = None
         self._worker = None
-        self.done.emit(self._result)
+        self.done.emit(result)
 
 
 class _Job(QRunnable):

@@ -96,6 +96,7 @@ class DatasetPanel(QGroupBox):
         self.tokenizer = None
         self.error: str | None = None
         self._generation = 0
+        self.jobs_in_flight = 0
         self.jobs = JobRunner(jobs_pool, self)
         self.jobs.done.connect(self._job_done)
         self.jobs.failed.connect(self._job_failed)
@@ -171,6 +172,10 @@ class DatasetPanel(QGroupBox):
         lay.addWidget(self.tabs, 1)
 
     # -- inputs --------------------------------------------------------------------------------
+    @property
+    def busy(self) -> bool:
+        return self._debounce.isActive() or self.jobs_in_flight > 0
+
     def set_data_config(self, cfg: DataConfig) -> None:
         """Called on every valid config edit; re-checks (debounced) only when something that matters changed."""
         changed = dataclasses.asdict(cfg) != dataclasses.asdict(self.cfg)
@@ -197,6 +202,7 @@ class DatasetPanel(QGroupBox):
     def check_now(self) -> None:
         self._debounce.stop()
         self._generation += 1
+        self.jobs_in_flight += 1
         self.status.setText(f"Checking {self.cfg.dataset}…")
         self.status.setStyleSheet("")
         cfg, info, task, trust = self.cfg, self.model_info, self.task, self.trust
@@ -222,6 +228,7 @@ class DatasetPanel(QGroupBox):
     # -- results -------------------------------------------------------------------------------
     @Slot(object, object)
     def _job_done(self, gen, result) -> None:
+        self.jobs_in_flight -= 1
         if gen != self._generation:
             return
         rep = result["report"]
@@ -241,6 +248,7 @@ class DatasetPanel(QGroupBox):
 
     @Slot(object, object)
     def _job_failed(self, gen, exc) -> None:
+        self.jobs_in_flight -= 1
         if gen != self._generation:
             return
         self.report = None

@@ -32,6 +32,7 @@ class ModelPanel(QGroupBox):
         self.error: str | None = None
         self.recent: list[str] = []
         self._generation = 0
+        self.busy = False
         self.jobs = JobRunner(jobs_pool, self)
         self.jobs.done.connect(self._job_done)
         self.jobs.failed.connect(self._job_failed)
@@ -88,6 +89,7 @@ class ModelPanel(QGroupBox):
         if not source:
             return
         self._generation += 1
+        self.busy = True
         self.status.setText(f"Reading {source}…")
         self.status.setStyleSheet("")
         trust = self.trust.isChecked()
@@ -174,6 +176,7 @@ class ModelPanel(QGroupBox):
             return
         if gen != self._generation:
             return  # the user chose another model meanwhile
+        self.busy = False
         self.info, self.error = result, None
         self._show(result)
         self.status.setText("")
@@ -190,6 +193,8 @@ class ModelPanel(QGroupBox):
             return  # no cache, or no huggingface_hub: the list just stays short
         if gen != self._generation:
             return
+        self.busy = False
+        self.info = None
         self.error = str(exc) if not isinstance(exc, EngineMissing) else f"Model inspection not available: {exc}"
         self.status.setText(self.error)
         self.status.setStyleSheet("color: #d62728;")

@@ -1,0 +1,256 @@
+"""The desktop app driven through pytest-qt, offscreen: the window, the generated training form, the plan on
+the memory bar, data problems in the panel, a real tiny run to the end, Stop within one step, and nothing
+(thread or timer) left running afterwards.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import time
+
+import pytest
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QSettings, QThread, QTimer  # noqa: E402
+from PySide6.QtWidgets import QMessageBox, QWidget  # noqa: E402
+
+from ftstudio.core import config as C  # noqa: E402
+from ftstudio.core.events import RunFinished, StepMetrics  # noqa: E402
+
+OBJECT_NAMES = ("modelPanel", "datasetPanel", "hardwarePanel", "trainingPanel", "memoryBar", "lossPlot", "lrPlot",
+                "startButton", "pauseButton", "stopButton")
+WORDS = "the contract shall terminate on notice and the party shall pay the damages of one two three".split()
+
+
+def write_lm_data(path, n=40):
+    with open(path, "w", encoding="utf-8") as fh:
+        for i in range(n):
+            fh.write(json.dumps({"prompt": " ".join(WORDS[i % 5:i % 5 + 4]),
+                                 "completion": " ".join(WORDS[(i + 3) % 8:(i + 3) % 8 + 3])}) + "\n")
+    return path
+
+
+def write_broken_data(path):
+    path.write_text('{"text": "the contract shall terminate"}\n{"text": broken json\n{"text": 5}\n', encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_dangling_threads(qapp):
+    """Like napari's _dangling_qthreads: a QThread still running after a test would abort the whole run."""
+    yield
+    qapp.processEvents()
+    running = [o for o in gc.get_objects() if issubclass(type(o), QThread) and o.isRunning()]
+    assert not running, f"threads outlived the test: {running}"
+
+
+@pytest.fixture
+def make_window(qtbot, tmp_path):
+    from ftstudio.gui.main_window import MainWindow
+
+    made = []
+
+    def make(**leaves):
+        leaves.setdefault("output", str(tmp_path / "runs"))
+        cfg = C.RunConfig().replace(**leaves)
+        settings = QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+        win = MainWindow(config=cfg, settings=settings)
+        win.ask_on_close = False
+        win.resize(1280, 800)
+        win.show()
+        made.append(win)
+        return win
+
+    yield make
+    for win in made:
+        win.close()
+        timers = [t for t in win.findChildren(QTimer) if t.isActive()]
+        assert not timers, f"timers still running after close: {[t.parent() for t in timers]}"
+        assert win.pool.activeThreadCount() == 0
+        win.deleteLater()
+
+
+def wait_ready(qtbot, win, timeout=60_000):
+    qtbot.waitUntil(lambda: not win.checks_pending(), timeout=timeout)
+
+
+def lm_window(make_window, tiny_llama, tmp_path, **leaves):
+    base = dict(source=str(tiny_llama), dataset=str(write_lm_data(tmp_path / "lm.jsonl")), device="cpu",
+                precision="fp32", batch_size=4, seq_len=32, lr=5e-3, eval_every=3, val_fraction=0.2,
+                memory_snapshot_every=2, run_name="gui-run", max_steps=6)
+    base.update(leaves)
+    return make_window(**base)
+
+
+def test_window_has_the_named_parts_and_the_demo(make_window, qtbot):
+    win = make_window()
+    for name in OBJECT_NAMES:
+        assert win.findChild(QWidget, name) is not None, name
+    wait_ready(qtbot, win)
+    assert win.model_info is not None and win.model_info.source == "demo"
+    assert win.model_panel.fields["params"].text().startswith("22,")
+    assert win.memory_bar.plan is not None  # the demo's plan is drawn before any run
+    assert not win.stop_button.isEnabled() and win.start_button.isEnabled()
+
+
+def test_training_form_has_every_field_with_its_doc_and_choices(make_window):
+    from ftstudio.gui.panels.training_panel import PRESETS
+
+    panel = make_window().training_panel
+    assert set(panel.editors) == set(C.LEAF_TO_SECTION)
+    for leaf, ed in panel.editors.items():
+        assert C.leaf_doc(leaf) in ed.tooltip
+    assert [panel.editors["schedule"].widget.itemText(i) for i in range(len(C.SCHEDULES))] == list(C.SCHEDULES)
+    assert panel.editors["precision"].widget.count() == len(C.PRECISIONS)
+    for values in PRESETS.values():
+        assert set(values) <= set(C.LEAF_TO_SECTION)  # presets only set fields that exist
+        C.RunConfig().replace(**values)  # and valid values
+    panel.apply_preset("Safe defaults (seed)")
+    cfg = panel.config()
+    assert (cfg.optim.lr, cfg.schedule.schedule, cfg.schedule.warmup_ratio, cfg.train.epochs) == \
+        (2e-5, "cosine", 0.05, 2.0)
+
+
+def test_lr_plot_redraws_while_editing_and_bad_values_name_the_field(make_window):
+    panel = make_window().training_panel
+    before = max(panel.lr_curve.getData()[1])
+    panel.editors["lr"].widget.setText("1e-4")
+    assert max(panel.lr_curve.getData()[1]) == pytest.approx(1e-4) != before
+    panel.editors["schedule"].widget.setCurrentText("constant")
+    ys = panel.lr_curve.getData()[1]
+    assert ys[-1] == pytest.approx(1e-4)  # constant holds the peak to the end
+    panel.editors["warmup_ratio"].widget.setText("2")
+    assert panel.error and "warmup_ratio" in panel.error
+    assert panel.config().schedule.warmup_ratio == 0.05  # the last valid config is kept
+
+
+def test_choosing_a_tiny_model_and_dataset_updates_the_plan(make_window, qtbot, tiny_llama, tmp_path):
+    win = make_window()
+    wait_ready(qtbot, win)
+    demo_plan = win.memory_bar.plan
+    with qtbot.waitSignal(win.planUpdated, timeout=30_000):
+        win.model_panel.choose(str(tiny_llama))
+    assert win.model_info.model_type == "llama"
+    assert win.memory_bar.plan.params == win.model_info.params < demo_plan.params
+    assert win.config().model.source == str(tiny_llama)
+    data = write_lm_data(tmp_path / "lm.jsonl")
+    with qtbot.waitSignal(win.data_panel.reportReady, timeout=60_000) as blocker:
+        win.data_panel.datasetRequested.emit(str(data))
+    report = blocker.args[0]
+    assert report.format == "prompt-completion" and report.rows == 40
+    assert win.data_panel.fields["rows"].text().startswith("40 ")
+    assert "causal-lm" in win.model_panel.fields["task"].text()
+    plan_before = win.memory_bar.plan.activations
+    with qtbot.waitSignal(win.planUpdated, timeout=5_000):
+        win.training_panel.editors["batch_size"].widget.setValue(64)
+    assert win.memory_bar.plan.activations > plan_before  # the bar follows the form
+
+
+def test_broken_dataset_lists_its_problems_and_blocks_start(make_window, qtbot, tiny_llama, tmp_path):
+    win = lm_window(make_window, tiny_llama, tmp_path, dataset=str(write_broken_data(tmp_path / "bad.jsonl")))
+    wait_ready(qtbot, win)
+    tree = win.data_panel.problems
+    assert tree.topLevelItemCount() >= 2
+    rows = {tree.topLevelItem(i).text(1) for i in range(tree.topLevelItemCount())}
+    assert {"2", "3"} <= rows
+    assert all(tree.topLevelItem(i).text(0) == "bad.jsonl" for i in range(tree.topLevelItemCount()))
+    assert win.data_panel.error
+    assert win.start_run() is False and not win.runs.running
+    assert "data" in win.status_text
+
+
+def test_start_trains_to_the_end_and_feeds_plots_and_bar(make_window, qtbot, tiny_llama, tmp_path):
+    win = lm_window(make_window, tiny_llama, tmp_path)
+    wait_ready(qtbot, win)
+    with qtbot.waitSignal(win.runFinished, timeout=180_000) as blocker:
+        qtbot.mouseClick(win.start_button, __import__("PySide6.QtCore").QtCore.Qt.MouseButton.LeftButton)
+        assert win.runs.running and win.stop_button.isEnabled()
+    result = blocker.args[0]
+    assert isinstance(result, RunFinished) and result.status == "finished", result
+    m = win.monitor
+    assert m.train.x == [1, 2, 3, 4, 5, 6]
+    assert m.train.curve.getData()[0] is not None and len(m.train.curve.getData()[0]) == 6  # drawn, not only kept
+    assert len(m.lr.y) == 6 and len(m.grad.y) == 6 and len(m.tps.y) == 6
+    assert m.eval.x and m.mem.x
+    assert win.memory_bar.measured is not None and win.memory_bar.measured.weights > 0
+    assert m.progress.value() == m.progress.maximum() == 6
+    assert win.heartbeat.stats()["beats"] > 0
+    assert win.start_button.isEnabled() and not win.stop_button.isEnabled()
+    with qtbot.waitSignal(win.runs_tab.refreshed, timeout=10_000):
+        win.runs_tab.refresh()
+    assert [s.name for s in win.runs_tab.summaries] == ["gui-run"]
+
+
+def test_stop_ends_the_run_within_one_step_and_pause_holds(make_window, qtbot, tiny_llama, tmp_path):
+    win = lm_window(make_window, tiny_llama, tmp_path, max_steps=100_000, eval_every=0, memory_snapshot_every=1000)
+    wait_ready(qtbot, win)
+    assert win.start_run()
+    qtbot.waitUntil(lambda: win.monitor.counts["step"] >= 2, timeout=120_000)
+    win.toggle_pause()
+    time.sleep(0.3)  # let the step in flight finish
+    held = len([e for e in list(win.runs.events) if isinstance(e, StepMetrics)]) + win.monitor.counts["step"]
+    qtbot.wait(700)
+    assert len([e for e in list(win.runs.events) if isinstance(e, StepMetrics)]) + win.monitor.counts["step"] == held
+    win.toggle_pause()
+    qtbot.waitUntil(lambda: win.monitor.counts["step"] > held, timeout=30_000)
+    with qtbot.waitSignal(win.runFinished, timeout=60_000) as blocker:
+        win.stop_run()  # request first, then read: the trainer cannot have taken more than one step since
+        seen = max([e.step for e in list(win.runs.events) if isinstance(e, StepMetrics)] + [win.monitor.step])
+    result = blocker.args[0]
+    assert result.status == "stopped"
+    assert result.steps <= seen + 1
+
+
+def test_closing_during_a_run_asks_then_stops_and_waits(make_window, qtbot, tiny_llama, tmp_path, monkeypatch):
+    win = lm_window(make_window, tiny_llama, tmp_path, max_steps=100_000, eval_every=0)
+    wait_ready(qtbot, win)
+    win.ask_on_close = True
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: asked.append(a) or QMessageBox.StandardButton.No)
+    assert win.start_run()
+    qtbot.waitUntil(lambda: win.monitor.counts["step"] >= 1, timeout=120_000)
+    win.close()
+    assert asked and win.isVisible() and win.runs.running  # "No" keeps the run
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    win.close()
+    assert not win.runs.running and not win.isVisible()
+    assert win.last_result is not None and win.last_result.status == "stopped"
+
+
+def test_trust_remote_code_asks_first(make_window, monkeypatch):
+    win = make_window()
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: QMessageBox.StandardButton.No)
+    win.model_panel.trust.setChecked(True)
+    assert not win.model_panel.trust.isChecked() and win.config().model.trust_remote_code is False
+    monkeypatch.setattr(QMessageBox, "warning", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    win.model_panel.trust.setChecked(True)
+    assert win.config().model.trust_remote_code is True
+
+
+def test_cli_command_and_yaml_round_trip(make_window, tmp_path):
+    win = make_window()
+    win.training_panel.apply_preset("Safe defaults (seed)")
+    cmd = win.cli_command()
+    assert cmd.startswith("ftstudio train ") and "--lr 2e-05" in cmd and "--epochs 2.0" in cmd
+    path = tmp_path / "run.yaml"
+    win.config().save(path)
+    win.training_panel.editors["lr"].widget.setText("3e-5")
+    assert win.load_config(str(path)) and win.config().optim.lr == 2e-5
+
+
+def test_memory_bar_turns_red_with_advice_when_the_plan_does_not_fit(qtbot):
+    from ftstudio.engine import memory
+    from ftstudio.gui.memory_bar import MemoryBar
+
+    llama7b = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
+               "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+               "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096}
+    cfg = C.RunConfig().replace(device="cuda", precision="bf16-mixed", batch_size=1, seq_len=2048)
+    bar = MemoryBar()
+    qtbot.addWidget(bar)
+    bar.set_capacity(24e9, "a 24 GB card")
+    bar.set_plan(memory.estimate(llama7b, cfg), memory.solve(llama7b, cfg, int(24e9)))
+    assert not bar.fits
+    assert "Does not fit" in bar.summary.text() and "#d62728" in bar.summary.text()
+    assert bar.textbook == pytest.approx(16 * bar.plan.params + 2048 * 4096 * 32 * 12, rel=1e-6)
+    bar.grab()  # paints without error
