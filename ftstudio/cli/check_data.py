@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     task = None
     if args.task != "auto":
         task = args.task
-    report = data_mod.check_data(cfg, tokenizer, task=task, seed=args.seed, model_info=info)
+    report = data_mod.check_data(cfg, tokenizer, task=task, seed=args.seed)
     d = report.to_dict()
     errors = [p for p in report.problems if getattr(p, "severity", "error") == "error"]
     for p in report.problems:

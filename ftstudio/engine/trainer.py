@@ -111,7 +111,7 @@ class Trainer:
         # 1. Model description and data first: a bad dataset must fail before anything is written.
         info = models_mod.describe_model(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
         self._model_config = info.config
-        records = data_mod.load_records(_dataset_path(cfg), fmt_hint=cfg.data.format)
+        records = data_mod.load_records(_dataset_path(cfg))
         fmt = data_mod.detect_format(records, cfg.data)
         task = models_mod.resolve_task(cfg.model.task, info, fmt)
         self.report(LogLine(f"Model {info.architecture} ({_fmt_params(info.params)} parameters), "
