@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (QFileDialog, QFormLayout, QGroupBox, QHBoxLayout,
                                QSpinBox, QSplitter, QTabWidget, QTextBrowser, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
-from ftstudio.core.config import DataConfig
+from ftstudio.core.config import DataConfig, ModelConfig
 from ftstudio.core.errors import DataError, DataProblem
 
 from ..engine_access import EngineMissing, engine, fmt_count
@@ -34,16 +34,21 @@ def load_tokenizer(info, trust_remote_code: bool = False):
     """The model's tokenizer (cached per model), loaded on a worker thread; None if it cannot be loaded offline."""
     if info is None:
         return None
-    key = (info.load_path, trust_remote_code)
+    key = (info.source, info.load_path, trust_remote_code)
     with _tok_lock:
         if key in _tok_cache:
             return _tok_cache[key]
-        from transformers import AutoTokenizer  # heavy import, off the GUI thread
+        models = engine("models")
+        if hasattr(models, "load_tokenizer"):  # the trainer's own loader: same pad token, same chat template
+            tok = models.load_tokenizer(ModelConfig(source=info.source, trust_remote_code=trust_remote_code,
+                                                    revision=getattr(info, "revision", None)))
+        else:
+            from transformers import AutoTokenizer  # heavy import, off the GUI thread
 
-        kw = {"trust_remote_code": trust_remote_code}
-        if info.kind == "gguf" and info.path:
-            kw["gguf_file"] = info.path.rsplit("/", 1)[-1]
-        tok = AutoTokenizer.from_pretrained(info.load_path, **kw)
+            kw = {"trust_remote_code": trust_remote_code}
+            if info.kind == "gguf" and info.path:
+                kw["gguf_file"] = info.path.rsplit("/", 1)[-1]
+            tok = AutoTokenizer.from_pretrained(info.load_path, **kw)
         _tok_cache[key] = tok
         return tok
 

@@ -16,14 +16,6 @@ POLL_MS = 1000
 CARDS_GB = (24, 48, 80, 141)
 
 
-def _first(obj, *names, default=None):
-    for n in names:
-        v = getattr(obj, n, None)
-        if v is not None:
-            return v
-    return default
-
-
 def poll_hardware() -> dict:
     hw = engine("hardware", "list_gpus", "cpu_info")
     gpus = hw.list_gpus()
@@ -92,9 +84,9 @@ class HardwarePanel(QGroupBox):
         self._in_flight = False
         self.polls += 1
         first = not self.gpus and self.cpu is None
-        known = [int(_first(g, "index", default=i)) for i, g in enumerate(self.gpus)]
+        known = [g.index for g in self.gpus]
         self.gpus, self.cpu = result["gpus"], result["cpu"]
-        now = [int(_first(g, "index", default=i)) for i, g in enumerate(self.gpus)]
+        now = [g.index for g in self.gpus]
         if first or known != now:
             self._rebuild_rows(result.get("message", ""))
             self._fill_targets()
@@ -130,31 +122,20 @@ class HardwarePanel(QGroupBox):
 
     def _update_rows(self) -> None:
         self.table.blockSignals(True)
-        if self.gpus:
-            for i, g in enumerate(self.gpus):
-                item = self.table.topLevelItem(i)
-                if item is None:
-                    continue
-                used, total = _first(g, "used", "used_bytes", "memory_used"), _first(g, "total", "total_bytes",
-                                                                                      "memory_total")
-                temp, power = _first(g, "temperature", "temp", "temperature_c"), _first(g, "power", "power_w")
-                util = _first(g, "utilization", "util", "util_percent", "gpu_util")
-                item.setText(1, f"{_first(g, 'index', default=i)}: {_first(g, 'name', default='GPU')}")
-                item.setText(2, f"{fmt_bytes(used)} / {fmt_bytes(total)}")
-                item.setText(3, "–" if util is None else f"{util:.0f} %")
-                item.setText(4, "–" if temp is None else f"{temp:.0f} °C")
-                item.setText(5, "–" if power is None else f"{power:.0f} W")
-        elif self.cpu is not None:
-            item = self.table.topLevelItem(0)
-            if item is not None:
-                c = self.cpu
-                cores = _first(c, "cores", "logical_cores", "count")
-                item.setText(1, f"CPU: {_first(c, 'name', 'model', default='CPU')} ({cores} cores)")
-                used, total = _first(c, "ram_used", "memory_used", "used"), _first(c, "ram_total", "memory_total",
-                                                                                   "total")
-                item.setText(2, f"{fmt_bytes(used)} / {fmt_bytes(total)}")
-                util = _first(c, "utilization", "percent", "util")
-                item.setText(3, "–" if util is None else f"{util:.0f} %")
+        for i, g in enumerate(self.gpus):
+            item = self.table.topLevelItem(i)
+            if item is None:
+                continue
+            item.setText(1, f"{g.index}: {g.name}")
+            item.setText(2, f"{fmt_bytes(g.used_bytes)} / {fmt_bytes(g.total_bytes)}")
+            item.setText(3, "–" if g.utilization is None else f"{g.utilization:.0f} %")
+            item.setText(4, "–" if g.temperature is None else f"{g.temperature:.0f} °C")
+            item.setText(5, "–" if g.power_watts is None else f"{g.power_watts:.0f} W")
+        if not self.gpus and self.cpu is not None and self.table.topLevelItem(0) is not None:
+            c, item = self.cpu, self.table.topLevelItem(0)
+            item.setText(1, f"CPU: {c.name} ({c.logical_cores or '?'} threads)")
+            item.setText(2, f"{fmt_bytes(c.ram_total_bytes - c.ram_available_bytes)} / {fmt_bytes(c.ram_total_bytes)}")
+            item.setText(3, f"{c.utilization:.0f} %")
         self.table.blockSignals(False)
 
     @Slot(QTreeWidgetItem, int)
@@ -168,7 +149,7 @@ class HardwarePanel(QGroupBox):
         for i, g in enumerate(self.gpus):
             item = self.table.topLevelItem(i)
             if item is not None and item.checkState(0) == Qt.CheckState.Checked:
-                out.append(int(_first(g, "index", default=i)))
+                out.append(int(g.index))
         return out
 
     # -- target card ---------------------------------------------------------------------------
@@ -176,10 +157,8 @@ class HardwarePanel(QGroupBox):
         current = self.target.currentText()
         self.target.blockSignals(True)
         self.target.clear()
-        for i, g in enumerate(self.gpus):
-            total = _first(g, "total", "total_bytes", "memory_total")
-            self.target.addItem(f"GPU {_first(g, 'index', default=i)}: {_first(g, 'name', default='GPU')} "
-                                f"({fmt_bytes(total)})", total)
+        for g in self.gpus:
+            self.target.addItem(f"GPU {g.index}: {g.name} ({fmt_bytes(g.total_bytes)})", g.total_bytes)
         for gb in CARDS_GB:
             self.target.addItem(f"a {gb} GB card", gb * 1e9)
         idx = self.target.findText(current)
