@@ -98,7 +98,7 @@ def test_drift_per_layer_matches_hand_value(tiny_llama):
     assert event.step == 7 and 0 < event.total < drift["layer.1"]
 
 
-def _train(model, reg, steps=25, lr=5e-3):
+def _train(model, reg, steps=12, lr=5e-3):
     opt = build_optimizer(model, OptimConfig(lr=lr, weight_decay=0.0), device_type="cpu")
     g = torch.Generator().manual_seed(0)
     for _ in range(steps):
@@ -243,3 +243,16 @@ def test_retention_loss_is_token_weighted_and_batching_independent(tiny_llama):
     model.train()
     retention_loss(model, one)
     assert model.training
+
+
+def test_penalty_keeps_no_copy_of_the_weights_for_backward():
+    """The penalty's graph saves only the parameters (no θ−θ0 temporaries): its memory is θ0 and F alone."""
+    model = _tiny_net()
+    reg = Regularizer(model, l2sp=1.0)
+    _perturb(model)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.data_ptr()) or t, lambda t: t):
+        penalty = reg.penalty(model)
+    param_ptrs = {p.data_ptr() for p in model.parameters()}
+    assert saved and set(saved) <= param_ptrs
+    penalty.backward()
