@@ -118,7 +118,7 @@ class Regularizer:
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
-        """λ_l2sp/2·‖θ−θ0‖² + λ_ewc/2·Σ F(θ−θ0)²: a scalar to add to the loss, always backward-able."""
+        """λ_l2sp/2·‖θ−θ0‖² + λ_ewc/2·Σ F(θ−θ0)²: a scalar to add to the loss (backward-able)."""
         params = _trainable(model)
         if not self.active:
             device = next(iter(params.values())).device
