@@ -159,3 +159,27 @@ def test_chat_mask_is_exactly_the_assistant_turns(turns, system, fallback):
     expected = [w for _, a in turns for w in a.split() + [end]]
     assert [t for t, m in toks if m] == expected
     assert not any(m for t, m in toks if t in ("<|user|>", "<|assistant|>", "<|system|>"))
+
+
+class _NoOffsets:
+    """A tokenizer without offset mappings (as slow tokenizers are): the piecewise path must agree."""
+
+    is_fast = False
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __getattr__(self, name):
+        return getattr(self._tok, name)
+
+    def __call__(self, *a, **k):
+        return self._tok(*a, **k)
+
+
+@pytest.mark.parametrize("rec", [
+    {"prompt": "the cat is", "completion": " good"},
+    {"messages": [{"role": "user", "content": "hello world"}, {"role": "assistant", "content": "yes"},
+                  {"role": "user", "content": "one"}, {"role": "assistant", "content": "two three"}]},
+])
+def test_tokenizers_without_offsets_give_the_same_mask(rec):
+    assert mask(rec, tok=_NoOffsets(TOK)) == mask(rec)

@@ -257,10 +257,15 @@ def _load_tokenizer(tokenizer):
         return tokenizer
     from transformers import AutoTokenizer
 
+    from ftstudio.core.errors import ModelError
+
     if str(tokenizer) == "demo":
         from ftstudio.engine.models import demo_model_path
         tokenizer = demo_model_path()
-    return AutoTokenizer.from_pretrained(str(tokenizer))
+    try:
+        return AutoTokenizer.from_pretrained(str(tokenizer))
+    except Exception as e:  # a missing folder, no tokenizer files, offline hub id...
+        raise ModelError(f"cannot load a tokenizer from {tokenizer}: {str(e).splitlines()[0][:300]}") from e
 
 
 def check_data(cfg, tokenizer=None, *, task: str | None = None, seed: int = 42) -> DataReport:

@@ -67,8 +67,9 @@ def render_chat(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, i
         if m["role"] != "assistant":
             continue
         start = len(_render(tokenizer, messages[:i], gen=True)) if i else 0
-        end = len(_render(tokenizer, messages[: i + 1], gen=False))
-        if start < cursor or end <= start or not text.startswith(_render(tokenizer, messages[: i + 1], gen=False)):
+        through = _render(tokenizer, messages[: i + 1], gen=False)
+        end = len(through)
+        if start < cursor or end <= start or not text.startswith(through):
             found = text.find(m["content"], cursor)
             if found < 0:
                 raise TemplateError(f"the chat template dropped assistant turn {i + 1}; cannot mask it")
@@ -91,13 +92,12 @@ def encode_spans(tokenizer, text: str, spans, *, add_special: bool, add_eos: boo
         special = enc["special_tokens_mask"] if add_special else [0] * len(ids)
         keep = [not sp and _in_spans(e, spans) and e > s for (s, e), sp in zip(enc["offset_mapping"], special)]
     else:  # slow tokenizers have no offsets: tokenise the pieces between span borders separately
-        ids, keep, pos = [], [], 0
+        ids, keep = [], []
         cuts = sorted({0, len(text), *[b for sp in spans for b in sp]})
         for a, b in zip(cuts, cuts[1:]):
             piece = tokenizer(text[a:b], add_special_tokens=False, verbose=False)["input_ids"]
             ids += piece
             keep += [_in_spans(b, spans)] * len(piece)
-            pos = b
         if add_special and getattr(tokenizer, "bos_token_id", None) is not None and \
                 getattr(tokenizer, "add_bos_token", False):
             ids, keep = [tokenizer.bos_token_id] + ids, [False] + keep
