@@ -304,3 +304,28 @@ def test_window_appears_fast_without_importing_torch(tmp_path):
     # goal: 3 s on an idle machine (measured 2.8 s); the bound leaves room for a shared CI box, and still
     # fails the moment torch (5-10 s to import) sneaks into start-up.
     assert elapsed < 10.0, f"whole process took {elapsed:.1f} s"
+
+
+def test_compare_tab_confusion_matrix_before_and_after(make_window, qtbot, tiny_bert, tmp_path):
+    data = tmp_path / "cls.jsonl"
+    rows = [("the party shall terminate the agreement on notice", "termination"),
+            ("confidential information shall not be shared", "confidentiality")]
+    data.write_text("".join(json.dumps({"text": f"{t} {i}", "label": lab}) + "\n"
+                            for i in range(30) for t, lab in [rows[i % 2]]), encoding="utf-8")
+    win = make_window(source=str(tiny_bert), dataset=str(data), device="cpu", precision="fp32", batch_size=4,
+                      seq_len=32, max_steps=3, eval_every=0, val_fraction=0.2, run_name="cls")
+    wait_ready(qtbot, win)
+    with qtbot.waitSignal(win.runFinished, timeout=180_000) as blocker:
+        win.start_run()
+    assert blocker.args[0].status == "finished", blocker.args[0]
+    tab = win.compare_tab
+    assert tab.eval_button.isEnabled() and not tab.lm_box.isVisibleTo(win)
+    with qtbot.waitSignal(tab.compared, timeout=60_000) as done:
+        tab.evaluate()
+    out = done.args[0]
+    assert sorted(out["labels"]) == ["confidentiality", "termination"]
+    for name in ("base", "tuned"):
+        matrix = out[name]["matrix"]
+        assert sum(map(sum, matrix)) == 6  # every validation row counted once
+        assert 0.0 <= out[name]["accuracy"] <= 1.0
+        assert tab.tables[name].rowCount() == 2 and "accuracy" in tab.acc_labels[name].text()

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import time
 
-from PySide6.QtCore import QSettings, Qt, QThreadPool, QTimer, Signal, Slot
-from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import (QFileDialog, QHBoxLayout, QLabel, QMainWindow, QMessageBox, QPushButton, QSplitter,
+from PySide6.QtCore import QSettings, Qt, QThreadPool, Signal, Slot
+from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QMessageBox, QPushButton, QSplitter,
                                QTabWidget, QVBoxLayout, QWidget)
 
 from ftstudio.core.config import RunConfig
 from ftstudio.core.errors import ConfigError
 from ftstudio.core.events import RunFinished
 
-from . import help_text
 from .compare_tab import CompareTab
 from .engine_access import EngineMissing, engine
 from .heartbeat import Heartbeat
@@ -28,7 +26,7 @@ from .panels.hardware_panel import HardwarePanel
 from .panels.model_panel import ModelPanel
 from .panels.training_panel import TrainingPanel
 from .runs_tab import RunsTab
-from .theme import apply_theme
+from .window_menus import WindowMenusMixin
 
 
 def _warm_imports() -> None:
@@ -36,7 +34,7 @@ def _warm_imports() -> None:
     import transformers  # noqa: F401
 
 
-class MainWindow(QMainWindow):
+class MainWindow(WindowMenusMixin, QMainWindow):
     runFinished = Signal(object)  # RunFinished | RunFailed, after the thread ended
     planUpdated = Signal(object)  # MemoryBreakdown
 
@@ -141,44 +139,6 @@ class MainWindow(QMainWindow):
         b.setToolTip(tip)
         b.clicked.connect(slot)
         return b
-
-    def _build_menus(self) -> None:
-        m = self.menuBar().addMenu("&File")
-        self._action(m, "Open model folder…", self.model_panel.open_folder, QKeySequence.StandardKey.Open)
-        self._action(m, "Open GGUF model…", self.model_panel.open_gguf)
-        self._action(m, "Open dataset…", self.data_panel.open_file, "Ctrl+D")
-        m.addSeparator()
-        self._action(m, "Load config YAML…", self.load_config_dialog, "Ctrl+L")
-        self._action(m, "Save config YAML…", self.save_config_dialog, QKeySequence.StandardKey.Save)
-        self._action(m, "Copy CLI command", self.copy_cli_command, "Ctrl+Shift+C")
-        m.addSeparator()
-        self._action(m, "Quit", self.close, QKeySequence.StandardKey.Quit)
-        m = self.menuBar().addMenu("&Run")
-        self._action(m, "Start", self.start_run, "Ctrl+R")
-        self._action(m, "Pause / Resume", self.toggle_pause, "Ctrl+P")
-        self._action(m, "Stop", self.stop_run, "Ctrl+.")
-        self._action(m, "Save checkpoint now", self.save_now, "Ctrl+K")
-        self._action(m, "Check data again", self.data_panel.check_now)
-        m = self.menuBar().addMenu("&View")
-        group = QActionGroup(self)
-        self.theme_actions = {}
-        for theme in ("light", "dark"):
-            a = self._action(m, theme.capitalize(), self._theme_from_action)
-            a.setCheckable(True)
-            a.setData(theme)
-            group.addAction(a)
-            self.theme_actions[theme] = a
-        m = self.menuBar().addMenu("&Help")
-        self._action(m, "The ideas behind FT Studio", self.show_ideas, QKeySequence.StandardKey.HelpContents)
-        self._action(m, "About FT Studio", self.show_about)
-
-    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
-        a = QAction(text, self)
-        if shortcut is not None:
-            a.setShortcut(QKeySequence(shortcut))
-        a.triggered.connect(slot)
-        menu.addAction(a)
-        return a
 
     # -- config and plan -----------------------------------------------------------------------
     def config(self) -> RunConfig:
@@ -391,90 +351,7 @@ class MainWindow(QMainWindow):
             return
         self.start_run(resume_from=run_dir)
 
-    # -- menus ---------------------------------------------------------------------------------
-    @Slot()
-    def load_config_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Load a run config", "", "YAML (*.yaml *.yml)")
-        if path:
-            self.load_config(path)
-
-    def load_config(self, path: str) -> bool:
-        try:
-            cfg = RunConfig.load(path)
-        except ConfigError as e:
-            QMessageBox.warning(self, "Cannot load the config", str(e))
-            return False
-        self.training_panel.set_config(cfg)
-        self.model_panel.set_trust(cfg.model.trust_remote_code)
-        return True
-
-    @Slot()
-    def save_config_dialog(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save the run config", "run.yaml", "YAML (*.yaml *.yml)")
-        if path:
-            self.config().save(path)
-            self._status(f"Saved {path}. Run it headless: ftstudio train --config {path}")
-
-    def cli_command(self) -> str:
-        import shlex
-
-        from ftstudio.cli.flags import config_to_flags
-        return shlex.join(["ftstudio", "train", *config_to_flags(self.config())])
-
-    @Slot()
-    def copy_cli_command(self) -> None:
-        cmd = self.cli_command()
-        QGuiApplication.clipboard().setText(cmd)
-        self._status(f"Copied: {cmd}")
-
-    @Slot()
-    def _theme_from_action(self) -> None:
-        self.set_theme(self.sender().data())
-
-    def set_theme(self, theme: str) -> None:
-        apply_theme(theme, self)
-        self.theme = theme
-        if theme in getattr(self, "theme_actions", {}):
-            self.theme_actions[theme].setChecked(True)
-        self.settings.setValue("theme", theme)
-
-    @Slot()
-    def show_about(self) -> None:
-        QMessageBox.about(self, "About FT Studio", help_text.ABOUT)
-
-    @Slot()
-    def show_ideas(self) -> None:
-        box = QMessageBox(QMessageBox.Icon.Information, "The ideas behind FT Studio", help_text.IDEAS,
-                          QMessageBox.StandardButton.Close, self)
-        box.setTextFormat(Qt.TextFormat.RichText)
-        box.exec()
-
     # -- settings and close --------------------------------------------------------------------
-    def _remember(self, key: str, value: str) -> None:
-        items = [v for v in (self.settings.value(key, []) or []) if v != value]
-        if isinstance(items, str):
-            items = [items]
-        self.settings.setValue(key, [value, *items][:10])
-        if key == "recentModels":
-            self.model_panel.set_recent([value, *items])
-
-    def _last_config(self) -> RunConfig | None:
-        text = self.settings.value("lastConfig")
-        if not text:
-            return None
-        try:
-            return RunConfig.from_yaml(str(text))
-        except ConfigError:
-            return None  # an old or damaged setting must not keep the app from opening
-
-    def _restore_settings(self) -> None:
-        geom = self.settings.value("geometry")
-        if geom is not None:
-            self.restoreGeometry(geom)
-        recent = self.settings.value("recentModels", []) or []
-        self.model_panel.set_recent([recent] if isinstance(recent, str) else list(recent))
-        self.set_theme(str(self.settings.value("theme", "light")))
-
     def shutdown(self) -> None:
         """Stop everything this window started and wait for it (close, tests)."""
         self.runs.shutdown(save=True)

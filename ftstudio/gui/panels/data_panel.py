@@ -13,9 +13,9 @@ import json
 import threading
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer, Signal, Slot
-from PySide6.QtWidgets import (QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
-                               QSpinBox, QSplitter, QTabWidget, QTextBrowser, QTreeWidget, QTreeWidgetItem,
+from PySide6.QtCore import QTimer, Signal, Slot
+from PySide6.QtWidgets import (QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+                               QPushButton, QSpinBox, QTabWidget, QTextBrowser, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
 from ftstudio.core.config import DataConfig, ModelConfig
@@ -180,6 +180,10 @@ class DatasetPanel(QGroupBox):
     @property
     def busy(self) -> bool:
         return self._debounce.isActive() or self.jobs_in_flight > 0
+
+    def set_recent(self, recent: list[str]) -> None:
+        """Recent datasets (QSettings) offered as completions while typing a path."""
+        self.path_edit.setCompleter(QCompleter([r for r in recent if r], self))
 
     def set_data_config(self, cfg: DataConfig) -> None:
         """Called on every valid config edit; re-checks (debounced) only when something that matters changed."""

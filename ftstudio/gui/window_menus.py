@@ -1,0 +1,140 @@
+"""The window's menus (File, Run, View, Help), config files, the CLI command and the settings kept in QSettings.
+
+A mixin of MainWindow, kept apart so the window's file stays about layout and the run.
+"""
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Slot
+from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QKeySequence
+from PySide6.QtWidgets import QFileDialog, QMessageBox
+
+from ftstudio.core.config import RunConfig
+from ftstudio.core.errors import ConfigError
+
+from . import help_text
+from .theme import apply_theme
+
+
+class WindowMenusMixin:
+    def _build_menus(self) -> None:
+        m = self.menuBar().addMenu("&File")
+        self._action(m, "Open model folder…", self.model_panel.open_folder, QKeySequence.StandardKey.Open)
+        self._action(m, "Open GGUF model…", self.model_panel.open_gguf)
+        self._action(m, "Open dataset…", self.data_panel.open_file, "Ctrl+D")
+        m.addSeparator()
+        self._action(m, "Load config YAML…", self.load_config_dialog, "Ctrl+L")
+        self._action(m, "Save config YAML…", self.save_config_dialog, QKeySequence.StandardKey.Save)
+        self._action(m, "Copy CLI command", self.copy_cli_command, "Ctrl+Shift+C")
+        m.addSeparator()
+        self._action(m, "Quit", self.close, QKeySequence.StandardKey.Quit)
+        m = self.menuBar().addMenu("&Run")
+        self._action(m, "Start", self.start_run, "Ctrl+R")
+        self._action(m, "Pause / Resume", self.toggle_pause, "Ctrl+P")
+        self._action(m, "Stop", self.stop_run, "Ctrl+.")
+        self._action(m, "Save checkpoint now", self.save_now, "Ctrl+K")
+        self._action(m, "Check data again", self.data_panel.check_now)
+        m = self.menuBar().addMenu("&View")
+        group = QActionGroup(self)
+        self.theme_actions = {}
+        for theme in ("light", "dark"):
+            a = self._action(m, theme.capitalize(), self._theme_from_action)
+            a.setCheckable(True)
+            a.setData(theme)
+            group.addAction(a)
+            self.theme_actions[theme] = a
+        m = self.menuBar().addMenu("&Help")
+        self._action(m, "The ideas behind FT Studio", self.show_ideas, QKeySequence.StandardKey.HelpContents)
+        self._action(m, "About FT Studio", self.show_about)
+
+    def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
+        a = QAction(text, self)
+        if shortcut is not None:
+            a.setShortcut(QKeySequence(shortcut))
+        a.triggered.connect(slot)
+        menu.addAction(a)
+        return a
+
+    @Slot()
+    def load_config_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load a run config", "", "YAML (*.yaml *.yml)")
+        if path:
+            self.load_config(path)
+
+    def load_config(self, path: str) -> bool:
+        try:
+            cfg = RunConfig.load(path)
+        except ConfigError as e:
+            QMessageBox.warning(self, "Cannot load the config", str(e))
+            return False
+        self.training_panel.set_config(cfg)
+        self.model_panel.set_trust(cfg.model.trust_remote_code)
+        return True
+
+    @Slot()
+    def save_config_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save the run config", "run.yaml", "YAML (*.yaml *.yml)")
+        if path:
+            self.config().save(path)
+            self._status(f"Saved {path}. Run it headless: ftstudio train --config {path}")
+
+    def cli_command(self) -> str:
+        import shlex
+
+        from ftstudio.cli.flags import config_to_flags
+        return shlex.join(["ftstudio", "train", *config_to_flags(self.config())])
+
+    @Slot()
+    def copy_cli_command(self) -> None:
+        cmd = self.cli_command()
+        QGuiApplication.clipboard().setText(cmd)
+        self._status(f"Copied: {cmd}")
+
+    @Slot()
+    def _theme_from_action(self) -> None:
+        self.set_theme(self.sender().data())
+
+    def set_theme(self, theme: str) -> None:
+        apply_theme(theme, self)
+        self.theme = theme
+        if theme in getattr(self, "theme_actions", {}):
+            self.theme_actions[theme].setChecked(True)
+        self.settings.setValue("theme", theme)
+
+    @Slot()
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About FT Studio", help_text.ABOUT)
+
+    @Slot()
+    def show_ideas(self) -> None:
+        box = QMessageBox(QMessageBox.Icon.Information, "The ideas behind FT Studio", help_text.IDEAS,
+                          QMessageBox.StandardButton.Close, self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.exec()
+
+    def _remember(self, key: str, value: str) -> None:
+        stored = self.settings.value(key, []) or []
+        items = [v for v in ([stored] if isinstance(stored, str) else stored) if v != value]
+        self.settings.setValue(key, [value, *items][:10])
+        if key == "recentModels":
+            self.model_panel.set_recent([value, *items])
+        else:
+            self.data_panel.set_recent([value, *items])
+
+    def _last_config(self) -> RunConfig | None:
+        text = self.settings.value("lastConfig")
+        if not text:
+            return None
+        try:
+            return RunConfig.from_yaml(str(text))
+        except ConfigError:
+            return None  # an old or damaged setting must not keep the app from opening
+
+    def _restore_settings(self) -> None:
+        geom = self.settings.value("geometry")
+        if geom is not None:
+            self.restoreGeometry(geom)
+        recent = self.settings.value("recentModels", []) or []
+        self.model_panel.set_recent([recent] if isinstance(recent, str) else list(recent))
+        recent = self.settings.value("recentDatasets", []) or []
+        self.data_panel.set_recent([recent] if isinstance(recent, str) else list(recent))
+        self.set_theme(str(self.settings.value("theme", "light")))
