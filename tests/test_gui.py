@@ -329,3 +329,27 @@ def test_compare_tab_confusion_matrix_before_and_after(make_window, qtbot, tiny_
         assert sum(map(sum, matrix)) == 6  # every validation row counted once
         assert 0.0 <= out[name]["accuracy"] <= 1.0
         assert tab.tables[name].rowCount() == 2 and "accuracy" in tab.acc_labels[name].text()
+
+
+def test_out_of_memory_ends_the_run_cleanly_and_the_gui_can_start_again(make_window, qtbot, tiny_llama, tmp_path,
+                                                                         monkeypatch):
+    import torch
+
+    from ftstudio.engine import trainer
+
+    win = lm_window(make_window, tiny_llama, tmp_path, max_steps=2, eval_every=0)
+    wait_ready(qtbot, win)
+    real_run = trainer.Trainer._run
+
+    def oom(self):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(trainer.Trainer, "_run", oom)
+    with qtbot.waitSignal(win.runFinished, timeout=60_000) as blocker:
+        win.start_run()
+    assert blocker.args[0].kind == "failed"
+    assert "memory" in win.status_text.lower() and win.start_button.isEnabled() and not win.runs.running
+    monkeypatch.setattr(trainer.Trainer, "_run", real_run)
+    with qtbot.waitSignal(win.runFinished, timeout=120_000) as blocker:
+        assert win.start_run()
+    assert blocker.args[0].status == "finished"
