@@ -1,0 +1,130 @@
+"""`ftstudio estimate`: the plan for a model folder / config.json / cached hub id, or for a bare
+(params, hidden, layers) as in the seed's table. No torch import: it must answer in well under 2 s."""
+from __future__ import annotations
+
+
+
+from ftstudio.core.config import RunConfig
+from ftstudio.core.errors import ConfigError
+
+from .memory import estimate, textbook_bytes
+from .memory_shape import ModelShape, load_shape, shape_from_config
+from .memory_solve import solve
+
+# The seed's table: LLaMA sizes, s = 2048, b = 1, k = 12, 80 GB cards.
+SEED_MODELS = (("LLaMA-7B", 7e9, 4096, 32), ("LLaMA-13B", 13e9, 5120, 40), ("LLaMA-70B", 70e9, 8192, 80))
+
+
+def seed_table(seq_len: int = 2048, batch_size: int = 1, gpu_gb: int = 80) -> list[dict]:
+    """Rows of the seed's table, computed the seed's way (whole GB truncated, then ceil-divided by 80)."""
+    rows = []
+    for name, n, d, layers in SEED_MODELS:
+        states = 16 * n / 1e9
+        act = seq_len * batch_size * d * layers * 12 / 1e9
+        total = states + act
+        rows.append({"model": name, "params": int(n), "weights_grads_optimizer_gb": round(states, 1),
+                     "activations_gb": round(act, 1), "total_gb": round(total, 1),
+                     "min_gpus": max(1, -(-int(total) // gpu_gb))})
+    return rows
+
+
+def synthetic_shape(params: float, hidden: int, layers: int, vocab: int = 32000) -> ModelShape:
+    """A LLaMA-like shape with about ``params`` parameters (MLP width solved for), for --params/--hidden/--layers."""
+    heads = max(1, hidden // 128)
+    # params ≈ 2·V·d (embedding + head) + L·(4d² + 3·d·i) + norms
+    i = max(hidden, int((params - 2 * vocab * hidden - 4 * layers * hidden ** 2) / (3 * layers * hidden)))
+    cfg = {"model_type": "llama", "hidden_size": hidden, "num_hidden_layers": layers, "vocab_size": vocab,
+           "num_attention_heads": heads, "num_key_value_heads": heads, "intermediate_size": i,
+           "tie_word_embeddings": False}
+    return shape_from_config(cfg)
+
+
+def estimate_report(model: str | None = None, *, params: float | None = None, hidden: int | None = None,
+                    layers: int | None = None, seq_len: int = 2048, batch_size: int = 1,
+                    precision: str = "bf16-mixed", optimizer: str = "adamw", loss: str = "full",
+                    activation_checkpointing: bool = False, grad_accum: int = 1, gpus: int = 1,
+                    gpu_memory_gb: float | None = 80.0, run_config: RunConfig | None = None,
+                    model_config: dict | None = None) -> dict:
+    """The --json payload of ``ftstudio estimate`` (bytes per GPU). Raises ModelError / ConfigError."""
+    if model is None and model_config is None and not (params and hidden and layers):
+        raise ConfigError("model", "give a MODEL (folder, config.json or cached hub id) or --params, --hidden "
+                                   "and --layers")
+    base = run_config or RunConfig()
+    run = base.replace(device="cuda" if base.hardware.device == "cpu" else base.hardware.device,
+                       seq_len=seq_len, batch_size=batch_size, precision=precision, optimizer=optimizer,
+                       loss=loss, activation_checkpointing=activation_checkpointing, grad_accum=grad_accum)
+    if model_config is not None:
+        shape, source = shape_from_config(model_config), "config"
+    elif model is not None:
+        shape, _ = load_shape(model)
+        source = model
+    else:
+        shape, source = synthetic_shape(params, hidden, layers), f"{params:.3g} params"
+    n = shape.params if params is None or model is not None else int(params)
+    est = estimate(shape, run, gpus)
+    report = {
+        "model": source, "model_type": shape.model_type, "params": n, "params_exact": shape.exact,
+        "hidden": shape.hidden, "layers": shape.layers, "vocab": shape.vocab,
+        "seq_len": seq_len, "batch_size": batch_size, "precision": precision, "optimizer": optimizer,
+        "loss": loss, "activation_checkpointing": activation_checkpointing, "grad_accum": grad_accum,
+        "gpus": gpus,
+        "textbook_bytes": textbook_bytes(n, shape.hidden, shape.layers, seq_len, batch_size),
+        "peak_bytes": est.total, "peak_allocated_bytes": est.peak_allocated,
+        "peak_reserved_bytes": est.peak_reserved, "peak_phase": est.peak_phase,
+        "breakdown": {"weights": est.weights, "gradients": est.gradients, "optimizer": est.optimizer,
+                      "activations": est.activations, "other": est.other, "anchor": est.anchor},
+        "max_batch_size": None, "max_seq_len": None, "fits": None, "suggestions": [],
+        "gpu_memory_bytes": int(gpu_memory_gb * 1e9) if gpu_memory_gb else None,
+    }
+    if gpu_memory_gb:
+        adv = solve(shape, run, int(gpu_memory_gb * 1e9), gpus)
+        report.update(max_batch_size=adv.max_batch_size, max_seq_len=adv.max_seq_len, fits=adv.fits,
+                      suggestions=adv.suggestions[:5])
+        report["min_gpus"] = _min_gpus(shape, run, int(gpu_memory_gb * 1e9))
+    if model is None and params:
+        report["seed_table"] = seed_table(seq_len=2048, batch_size=1, gpu_gb=int(gpu_memory_gb or 80))
+    return report
+
+
+def _min_gpus(shape: ModelShape, run: RunConfig, capacity: int, margin: float = 0.05) -> int | None:
+    for g in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64):
+        if estimate(shape, run, g).total <= capacity * (1 - margin):
+            return g
+    return None
+
+
+def format_report(report: dict) -> str:
+    """Human-readable plan: the breakdown beside the textbook figure, what fits, what would help."""
+    gb = lambda x: f"{x / 1e9:,.1f} GB"  # noqa: E731
+    b = report["breakdown"]
+    lines = [f"{report['model']} ({report['model_type']}, {report['params'] / 1e9:.2f} B params"
+             f"{'' if report.get('params_exact') else ', from config'}); batch {report['batch_size']} × "
+             f"{report['seq_len']} tokens, {report['precision']}, {report['optimizer']}, loss {report['loss']}"
+             f"{', checkpointing' if report['activation_checkpointing'] else ''}"
+             f"{', ' + str(report['gpus']) + ' GPUs' if report['gpus'] > 1 else ''}", ""]
+    for key in ("weights", "gradients", "optimizer", "anchor", "activations", "other"):
+        if key == "anchor" and not b.get(key):
+            continue
+        lines.append(f"  {key:<12}{gb(b[key]):>12}")
+    lines.append(f"  {'peak':<12}{gb(report['peak_bytes']):>12}   per GPU (largest at the {report['peak_phase']})")
+    lines.append(f"  {'textbook':<12}{gb(report['textbook_bytes']):>12}   the seed's 16N + s·b·d·L·12")
+    if report.get("gpu_memory_bytes"):
+        cap = gb(report["gpu_memory_bytes"])
+        lines += ["", f"On a {cap} GPU: {'fits' if report['fits'] else 'does NOT fit'}; largest batch "
+                      f"{report['max_batch_size']} at {report['seq_len']} tokens, longest sequence "
+                      f"{report['max_seq_len']} at batch {report['batch_size']}"
+                      + (f"; needs {report['min_gpus']} GPU(s)" if report.get("min_gpus") else "")]
+        if report["suggestions"]:
+            lines.append("Single changes that save the most:")
+            lines += [f"  - {s}" for s in report["suggestions"]]
+    if report.get("seed_table"):
+        lines += ["", "The seed's table (b = 1, s = 2048, k = 12):",
+                  f"  {'model':<10} {'params':>7} {'W+G+Opt':>10} {'activ.':>8} {'total':>9}  min GPUs"]
+        for r in report["seed_table"]:
+            lines.append(f"  {r['model']:<10} {r['params'] / 1e9:>6.0f}B {r['weights_grads_optimizer_gb']:>7.1f} GB"
+                         f" {r['activations_gb']:>5.1f} GB {r['total_gb']:>6.1f} GB  {r['min_gpus']}")
+    return "\n".join(lines)
+
+
+__all__ = ["estimate_report", "format_report", "seed_table", "synthetic_shape"]
+
