@@ -179,6 +179,15 @@ def test_start_trains_to_the_end_and_feeds_plots_and_bar(make_window, qtbot, tin
     with qtbot.waitSignal(win.runs_tab.refreshed, timeout=10_000):
         win.runs_tab.refresh()
     assert [s.name for s in win.runs_tab.summaries] == ["gui-run"]
+    win.pool.waitForDone()  # the window's own refresh after the run may still be queued
+    qtbot.wait(50)
+    with qtbot.waitSignal(win.runs_tab.curvesLoaded, timeout=10_000,
+                          check_params_cb=lambda n: n == 1):
+        win.runs_tab.table.setCurrentItem(win.runs_tab.table.topLevelItem(0))
+    assert [x for x, _ in win.runs_tab.curves[win.runs_tab.selected_dirs()[0]]["train"]] == [1, 2, 3, 4, 5, 6]
+    m.reset()
+    win.runs_tab.buttons["Open"].click()  # a past run's curves back in the monitor, its config in the form
+    assert m.train.x == [1, 2, 3, 4, 5, 6] and win.config().data.seq_len == 32
 
 
 def test_stop_ends_the_run_within_one_step_and_pause_holds(make_window, qtbot, tiny_llama, tmp_path):

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
             state["shot"] = True
             Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
             win.grab().save(args.screenshot)
+            win.heartbeat.skip()  # the grab is our stall, not the run's
             print(f"screenshot: {args.screenshot} ({win.width()}x{win.height()})")
 
     def shown() -> None:
@@ -104,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def on_finished(result) -> None:
         print(win.heartbeat.summary())
+        if win.heartbeat.long_stalls:
+            print("stalls over 100 ms (s since start, ms):", win.heartbeat.long_stalls[:20])
         state["rc"] = 0 if getattr(result, "status", None) in ("finished", "stopped") else 1
         if args.quit_when_done:
             shoot()

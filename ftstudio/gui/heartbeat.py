@@ -20,12 +20,15 @@ class Heartbeat(QObject):
         self.stalls_ms: list[float] = []
         self.times: list[float] = []
         self.mark_t: float | None = None  # when training steps began (setup imports torch and loads the model)
+        self.long_stalls: list[tuple[float, float]] = []  # (seconds since start, stall ms) over 100 ms
+        self.t0 = 0.0
 
     def start(self) -> None:
         self.stalls_ms.clear()
         self.times.clear()
         self.mark_t = None
-        self._last = time.perf_counter()
+        self.long_stalls.clear()
+        self._last = self.t0 = time.perf_counter()
         self._timer.start()
 
     def stop(self) -> None:
@@ -40,9 +43,17 @@ class Heartbeat(QObject):
     def _beat(self) -> None:
         now = time.perf_counter()
         if self._last is not None:
-            self.stalls_ms.append(max(0.0, (now - self._last) * 1000.0 - self.interval_ms))
+            stall = max(0.0, (now - self._last) * 1000.0 - self.interval_ms)
+            self.stalls_ms.append(stall)
             self.times.append(now)
+            if stall > 100:
+                self.long_stalls.append((round(now - self.t0, 2), round(stall, 1)))
         self._last = now
+
+    def skip(self) -> None:
+        """Forget the time since the last beat: for a stall we caused on purpose (a screenshot), not the run."""
+        if self._last is not None:
+            self._last = time.perf_counter()
 
     def mark(self) -> None:
         """Note the start of the training steps, so their stalls can be told from the setup's."""

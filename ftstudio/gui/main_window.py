@@ -255,8 +255,9 @@ class MainWindow(WindowMenusMixin, QMainWindow):
 
     @Slot(int)
     def _events_processed(self, _n: int) -> None:
-        if self.monitor.counts["step"]:
+        if self.monitor.counts["step"] and self.heartbeat.mark_t is None:
             self.heartbeat.mark()
+            self._status("Training. Pause holds between steps; Stop ends after the current step.")
 
     def checks_pending(self) -> bool:
         """True while the model is being described or the data checked (autostart waits for them)."""

@@ -94,7 +94,8 @@ class Monitor(QWidget):
         self.lr_plot = make_plot("Learning rate", "lr", "lrPlot")
         self.grad_plot = make_plot("Gradient norm", "‖g‖", "gradPlot")
         self.tps_plot = make_plot("Throughput", "tokens/s", "tokensPlot")
-        self.mem_plot = make_plot("Memory (measured)", "GB", "memoryPlot")
+        self.mem_plot = make_plot("Memory (measured)", "memory", "memoryPlot")
+        self.mem_plot.setLabel("left", "memory", units="B")  # SI prefixes: MB for a small model, GB for a big one
         self.mem_plot.addLegend(offset=(-10, 10))
         self.train = Series(self.loss_plot, COLORS["train"], "train")
         self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
@@ -253,9 +254,9 @@ class Monitor(QWidget):
 
     def _on_memory(self, e: ev.MemorySnapshot) -> None:
         tensors = (e.weights or 0) + (e.gradients or 0) + (e.optimizer or 0) + (e.activations or 0)
-        self.mem.append(e.step, max(tensors, e.allocated_peak or 0) / 1e9)
+        self.mem.append(e.step, max(tensors, e.allocated_peak or 0))
         if e.nvml_used:
-            self.mem_nvml.append(e.step, e.nvml_used / 1e9)
+            self.mem_nvml.append(e.step, e.nvml_used)
         self.memoryMeasured.emit(e)
 
     def _on_finished(self, e: ev.RunFinished) -> None:

@@ -35,6 +35,7 @@ class RunsTab(QWidget):
     openRun = Signal(str, list)  # run folder, its events
     resumeRun = Signal(str)
     refreshed = Signal(int)
+    curvesLoaded = Signal(int)
 
     def __init__(self, jobs_pool=None, parent: QWidget | None = None):
         super().__init__(parent)
@@ -114,6 +115,7 @@ class RunsTab(QWidget):
         elif tag[0] == "curves" and list(tag[1]) == self.selected_dirs()[:8]:
             self.curves = result
             self._draw(result)
+            self.curvesLoaded.emit(len(result))
 
     @Slot(object, object)
     def _job_failed(self, tag, exc) -> None:
