@@ -59,36 +59,75 @@ def pick_numerics(precision: str, device: str) -> Numerics:
 
 @dataclass
 class Schedule:
-    """How many micro-batches and optimizer steps the run has, and which examples each micro-batch holds."""
+    """How many micro-batches and optimizer steps the run has, and which examples each micro-batch holds.
+
+    With data mixing (fraction f of each batch from the general set), micro-batch i holds
+    g_i = round(f·B·(i+1)) − round(f·B·i) general rows and B − g_i task rows, so the running share of
+    general rows tracks f to within one row. Task and general rows are read from two endless streams,
+    each a sequence of seeded per-epoch shuffles: any micro-batch can be recomputed from its number
+    alone, which is what makes a resumed run continue exactly.
+    """
     n_examples: int
     batch_size: int
     grad_accum: int
     seed: int
     total_steps: int
+    mix_fraction: float = 0.0
+    n_general: int = 0
+
+    @property
+    def task_rows_per_batch(self) -> float:
+        return self.batch_size * (1.0 - self.mix_fraction)
 
     @property
     def batches_per_epoch(self) -> int:
-        return max(1, math.ceil(self.n_examples / self.batch_size))
+        return max(1, math.ceil(self.n_examples / self.task_rows_per_batch))
 
     @property
     def steps_per_epoch(self) -> float:
         return self.batches_per_epoch / self.grad_accum
 
-    def batch_indices(self, micro_batch: int) -> list[int]:
-        """Example indices of global micro-batch number ``micro_batch``. Each epoch reshuffles with its own
-        seed, so any position can be recomputed after a resume without replaying the data."""
+    def _general_before(self, micro_batch: int) -> int:
+        return round(self.mix_fraction * self.batch_size * micro_batch)
+
+    @staticmethod
+    def _stream(start: int, count: int, n: int, seed: int) -> list[int]:
         import torch
 
-        epoch, pos = divmod(micro_batch, self.batches_per_epoch)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        perm = torch.randperm(self.n_examples, generator=g)
-        return perm[pos * self.batch_size:(pos + 1) * self.batch_size].tolist()
+        out: list[int] = []
+        epoch, pos = divmod(start, n)
+        while len(out) < count:
+            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+            perm = torch.randperm(n, generator=g).tolist()
+            take = perm[pos:pos + count - len(out)]
+            out += take
+            epoch, pos = epoch + 1, 0
+        return out
+
+    def batch_indices(self, micro_batch: int) -> list[int]:
+        """Task example indices of global micro-batch number ``micro_batch``."""
+        if self.mix_fraction == 0:
+            # Without mixing, batches never straddle epochs: the last batch of an epoch may be short.
+            epoch, pos = divmod(micro_batch, self.batches_per_epoch)
+            perm = self._stream(epoch * self.n_examples, self.n_examples, self.n_examples, self.seed)
+            return perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+        g0, g1 = self._general_before(micro_batch), self._general_before(micro_batch + 1)
+        t0 = micro_batch * self.batch_size - g0
+        return self._stream(t0, self.batch_size - (g1 - g0), self.n_examples, self.seed)
+
+    def general_indices(self, micro_batch: int) -> list[int]:
+        """General-set example indices mixed into micro-batch ``micro_batch`` (empty without mixing)."""
+        if self.mix_fraction == 0 or self.n_general == 0:
+            return []
+        g0, g1 = self._general_before(micro_batch), self._general_before(micro_batch + 1)
+        return self._stream(g0, g1 - g0, self.n_general, self.seed + 7919)
 
 
-def plan_schedule(cfg: RunConfig, n_examples: int) -> Schedule:
+def plan_schedule(cfg: RunConfig, n_examples: int, n_general: int = 0) -> Schedule:
     if n_examples == 0:
         raise ConfigError("data.dataset", "the training split is empty")
-    s = Schedule(n_examples, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed, 0)
+    mix = cfg.regularize.mix_fraction if n_general else 0.0
+    s = Schedule(n_examples, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed, 0, mix, n_general)
     if cfg.train.max_steps is not None:
         s.total_steps = cfg.train.max_steps
     else:

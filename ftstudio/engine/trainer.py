@@ -8,7 +8,7 @@ cannot load, out of memory) end the run with a ``RunFailed`` event, never an exc
 from __future__ import annotations
 
 import gc
-import math
+import sys
 import time
 import traceback
 from contextlib import nullcontext
@@ -38,8 +38,10 @@ class Trainer:
         self.step = 0
         self.micro_batch = 0
         self._metrics: MetricsWriter | None = None
+        self._model_config: dict = {}
         self._last_loss: float | None = None
         self._lr_factor = 1.0
+        self._first_eval: dict | None = None
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> RunFinished | RunFailed:
@@ -65,18 +67,27 @@ class Trainer:
         return event
 
     def _fail_oom(self, error) -> RunFailed:
+        import torch
+
+        capacity = peak = None
+        device = getattr(self, "_device", "cpu")
+        if device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated(device)
+            capacity = torch.cuda.get_device_properties(device).total_memory
         # Free what the failed step held before planning the advice, so the GUI can start again.
         self._release()
-        reason, advice = "out of memory", "lower batch_size or seq_len, or turn on activation_checkpointing"
+        reason = f"out of memory ({str(error).splitlines()[0][:200]})"
+        advice = "lower batch_size or seq_len, or turn on activation_checkpointing"
         try:
             from ftstudio.engine.memory import explain_oom
-            reason, advice = explain_oom(getattr(self, "_model_config", {}) or {}, self.cfg, 1, None, None)
-        except Exception:  # noqa: BLE001 - the advice is a bonus; the failure must still be reported
-            pass
-        return self._fail(f"Out of memory at step {self.step}: {reason}", "OutOfMemoryError", advice)
+            reason, advice = explain_oom(self._model_config, self.cfg, max(1, len(self.cfg.hardware.gpus)),
+                                         capacity, peak)
+        except Exception as e:  # noqa: BLE001 - the advice is a bonus; the failure must still be reported
+            self.report(LogLine(f"could not plan the out-of-memory advice: {e}", "warning"))
+        return self._fail(f"Out of memory at step {self.step + 1}: {reason}", "OutOfMemoryError", advice)
 
     def _release(self) -> None:
-        for name in ("model", "optimizer", "scheduler", "regularizer", "_batch"):
+        for name in ("model", "optimizer", "scheduler", "regularizer", "forgetting"):
             if hasattr(self, name):
                 setattr(self, name, None)
         gc.collect()
@@ -104,6 +115,7 @@ class Trainer:
         t_setup = time.perf_counter()
         torch.manual_seed(cfg.train.seed)
         device = pick_device(cfg)
+        self._device = device
         numerics = pick_numerics(cfg.hardware.precision, device)
         if cfg.memory.compile and not device.startswith("cuda"):
             self.report(LogLine("compile is for CUDA runs; training uncompiled on the CPU", "warning"))
@@ -116,6 +128,7 @@ class Trainer:
         task = models_mod.resolve_task(cfg.model.task, info, fmt)
         self.report(LogLine(f"Model {info.architecture} ({_fmt_params(info.params)} parameters), "
                             f"data format {fmt}, task {task}, device {device}, precision {numerics.precision}"))
+        _quiet_transformers()
         tokenizer = models_mod.load_tokenizer(cfg.model)
         prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
         labels = prepared.label_names
@@ -130,20 +143,26 @@ class Trainer:
         loaded = models_mod.load_model(cfg.model, task=task, num_labels=len(labels) if labels else None,
                                        id2label=id2label, tokenizer=tokenizer)
         model = loaded.model.to(device=device, dtype=numerics.param_dtype)
+        if loaded.new_params:
+            self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
         if cfg.memory.activation_checkpointing:
             # Recompute each block in backward instead of storing its activations.
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.memory.compile and device.startswith("cuda"):
+        if cfg.memory.compile and device.startswith("cuda") and not getattr(sys, "frozen", False):
             _compile_blocks(model)
         model.train()
         self.model = model
         n_params = sum(p.numel() for p in model.parameters())
 
-        sched = plan_schedule(cfg, len(prepared.train))
+        # θ0 copies (L2-SP, EWC, drift) are taken here, before a resume overwrites the weights.
+        from ftstudio.engine.forgetting import Forgetting
+        self.forgetting = Forgetting(cfg, model, tokenizer, task, prepared, device, numerics.autocast_dtype,
+                                     self.report)
+        self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
+        sched = plan_schedule(cfg, len(prepared.train), len(self.forgetting.general))
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0])
         self.scheduler = build_scheduler(self.optimizer, sched.total_steps, cfg.schedule)
         scaler = torch.amp.GradScaler("cuda", enabled=numerics.grad_scaler)
-        self.regularizer = self._build_regularizer(model, tokenizer, task, device)
 
         if self.resume_from is not None:
             ckpt = latest_checkpoint(self.run_dir / "checkpoints")
@@ -159,15 +178,18 @@ class Trainer:
                                train_rows=len(prepared.train), val_rows=len(prepared.val),
                                resumed_from_step=self.step, labels=labels))
         self.report(LogLine(f"Setup took {time.perf_counter() - t_setup:.1f} s"))
-        if self.step == 0 and self.regularizer is not None and cfg.regularize.retention_eval:
-            self._retention_eval(model, device, numerics)
+        if self.step == 0:
+            self.forgetting.evaluate(model, 0)
 
         status = self._loop(model, prepared, sched, device, numerics, scaler)
 
         # 4. End: final evaluation and export.
         eval_result = {}
-        if prepared.val and status == "finished":
-            eval_result = self._evaluate(model, prepared, device, numerics, task)
+        if status == "finished":
+            if prepared.val:
+                eval_result = self._evaluate(model, prepared, device, numerics, task)
+            self.forgetting.evaluate(model, self.step)
+            self.forgetting.summary(self._first_eval, eval_result)
         final_dir = None
         if status == "stopped":
             self._save_checkpoint(model, scaler)
@@ -200,7 +222,9 @@ class Trainer:
             # One optimizer step = grad_accum micro-batches whose gradients add up.
             step_loss = torch.zeros((), device=device)
             for _ in range(cfg.train.grad_accum):
-                batch = prepared.collate([prepared.train[i] for i in sched.batch_indices(self.micro_batch)])
+                rows = [prepared.train[i] for i in sched.batch_indices(self.micro_batch)]
+                rows += [self.forgetting.general[i] for i in sched.general_indices(self.micro_batch)]
+                batch = prepared.collate(rows)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 self.micro_batch += 1
                 window_tokens += int(batch["attention_mask"].sum()) if batch.get("attention_mask") is not None \
@@ -230,8 +254,11 @@ class Trainer:
             scaler.step(self.optimizer)
             scaler.update()
             self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
+            every = cfg.hardware.memory_snapshot_every
+            if every and (self.step % every == 0 or self.step == 1):
+                self._memory_snapshot(model, device)  # gradients still exist: they are counted
+            self.optimizer.zero_grad(set_to_none=True)
             loss_sum += step_loss
             loss_count += 1
 
@@ -254,17 +281,19 @@ class Trainer:
         return "finished"
 
     def _forward_loss(self, model, batch):
-        if self.cfg.memory.loss == "chunked" and "labels" in batch and batch["labels"].dim() == 2:
-            from ftstudio.engine.losses import causal_lm_forward_chunked
-            return causal_lm_forward_chunked(model, batch)
+        if "labels" in batch and batch["labels"].dim() == 2:  # causal LM: the plan and the loss agree
+            from ftstudio.engine.memory_loss import causal_lm_loss
+            return causal_lm_loss(model, batch, chunked=self.cfg.memory.loss == "chunked")
         return model(**batch).loss
 
     def _periodic(self, model, prepared, device, numerics, scaler, sched) -> None:
         cfg, step = self.cfg, self.step
-        if cfg.hardware.memory_snapshot_every and step % cfg.hardware.memory_snapshot_every == 0:
-            self._memory_snapshot(model, device)
-        if prepared.val and cfg.eval.eval_every and step % cfg.eval.eval_every == 0 and step < sched.total_steps:
-            self._evaluate(model, prepared, device, numerics, prepared.task)
+        if cfg.eval.eval_every and step % cfg.eval.eval_every == 0 and step < sched.total_steps:
+            if prepared.val:
+                self._evaluate(model, prepared, device, numerics, prepared.task)
+            self.forgetting.evaluate(model, step)
+        else:
+            self.forgetting.maybe_drift(model, step)
         every = cfg.checkpoint.checkpoint_every
         if (every and step % every == 0) or self.control.take_save_request():
             self._save_checkpoint(model, scaler)
@@ -296,17 +325,9 @@ class Trainer:
         result = evaluate(model, prepared, device=device, autocast_dtype=numerics.autocast_dtype, task=task,
                           batch_size=self.cfg.train.batch_size, max_batches=self.cfg.eval.eval_batches)
         self.report(EvalMetrics(step=self.step, **result))
-        return {k: v for k, v in result.items() if v is not None}
-
-    def _retention_eval(self, model, device, numerics) -> None:
-        pass  # wired with the forgetting features
-
-    def _build_regularizer(self, model, tokenizer, task, device):
-        reg = self.cfg.regularize
-        if reg.l2sp == 0 and reg.ewc == 0:
-            return None
-        from ftstudio.engine.regularize import build_regularizer
-        return build_regularizer(model, self.cfg)
+        kept = {k: v for k, v in result.items() if v is not None}
+        self._first_eval = self._first_eval or kept
+        return kept
 
     def _memory_snapshot(self, model, device) -> None:
         try:
@@ -360,6 +381,14 @@ def _fmt_params(n: int | None) -> str:
         if n >= div:
             return f"{n / div:.1f}{unit}"
     return str(n)
+
+
+def _quiet_transformers() -> None:
+    """transformers' load reports and progress bars would drown our own events; we report new heads ourselves."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def _compile_blocks(model) -> None:
