@@ -53,10 +53,10 @@ def run(args: argparse.Namespace) -> int:
     control = Control()
     _install_sigint(control)
     sink = ConsoleSink(quiet=args.quiet)
-    from ftstudio.engine.trainer import Trainer
+    from ftstudio.engine.trainer import train
 
     try:
-        result = Trainer(cfg, sink, control, resume_from=args.resume).run()
+        result = train(cfg, sink, control, resume_from=args.resume)
     finally:
         sink.close()
     if args.json:

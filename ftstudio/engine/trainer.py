@@ -401,3 +401,13 @@ def _compile_blocks(model) -> None:
         return
     for i, block in enumerate(blocks):
         blocks[i] = torch.compile(block)
+
+
+def train(config: RunConfig, reporter: Reporter | None = None, control: Control | None = None,
+          *, resume_from: str | Path | None = None) -> RunFinished | RunFailed:
+    """Run a fine-tune: in this process on one device, or, when several GPUs are ticked, as a supervised
+    ``torchrun`` FSDP2 subprocess whose rank 0 streams the same events. The GUI worker and the CLI call this."""
+    if len(config.hardware.gpus) > 1:
+        from ftstudio.engine.launch import run_distributed
+        return run_distributed(config, reporter, control, resume_from=resume_from)
+    return Trainer(config, reporter, control, resume_from=resume_from).run()
