@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ftstudio.core.errors import FTStudioError
-    from ftstudio.engine.memory import estimate_report, format_report
+    from ftstudio.engine.memory_report import estimate_report, format_report
 
     from . import fail
 

@@ -26,5 +26,6 @@ def run(args: argparse.Namespace) -> int:
     for g in gpus:
         print(f"GPU {g.index}: {g.name}, {g.used_bytes / 1e9:.1f} / {g.total_bytes / 1e9:.1f} GB used, "
               f"{g.utilization}% busy, {g.temperature} °C")
-    print(f"CPU: {cpu}")
+    print(f"CPU: {cpu.name}, {cpu.physical_cores} cores ({cpu.logical_cores} threads), "
+          f"{cpu.ram_available_bytes / 1e9:.1f} of {cpu.ram_total_bytes / 1e9:.1f} GB RAM free")
     return 0
