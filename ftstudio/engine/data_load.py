@@ -225,7 +225,8 @@ def _read_csv(text: str, res: LoadResult, delimiter: str) -> None:
                         res.problem(row, h, f"column name {h!r} appears twice in the {name} header")
                 continue
             if len(cells) != len(header):
-                res.problem(row, None, f"row has {len(cells)} field{'s' * (len(cells) != 1)} but the header has {len(header)} "
+                plural = "s" if len(cells) != 1 else ""
+                res.problem(row, None, f"row has {len(cells)} field{plural} but the header has {len(header)} "
                                        f"({', '.join(header)}); check quoting and delimiters")
                 continue
             long = [h for h, c in zip(header, cells) if len(c) > MAX_LINE_CHARS]

@@ -151,6 +151,16 @@ TEMPLATES = {
     ],
 }
 
+# Cross-references appended to some clauses: they name other clause types ("liability", "confidential",
+# "terminate", "fees"), so keyword spotting is misleading and the model must weigh the main clause.
+TAILS = [", subject to the limitation of liability set out below", ", without prejudice to the payment "
+         "obligations of the Customer", ", save for claims covered by the indemnity in Section 9", ", and the "
+         "confidentiality obligations shall continue to apply", ", in accordance with the governing law clause",
+         ", provided that neither Party may terminate for this reason alone", ", including any fees already "
+         "invoiced", ", without affecting the ownership of intellectual property", ", except in the case of a "
+         "force majeure event", ", notwithstanding any earlier notice of termination"]
+TAIL_SHARE = 0.4
+
 
 def _fill(template: str, rng: random.Random) -> str:
     values = {k: rng.choice(v) for k, v in V.items()}
@@ -159,6 +169,8 @@ def _fill(template: str, rng: random.Random) -> str:
     if values["party"] in values["other"]:
         values["other"] = "the other Party"
     text = template.format(**values)
+    if rng.random() < TAIL_SHARE:
+        text = text[:-1] + rng.choice(TAILS) + "."
     return text[0].upper() + text[1:]
 
 
