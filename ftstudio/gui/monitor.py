@@ -13,7 +13,7 @@ import time
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QTextCursor
-from PySide6.QtWidgets import (QGridLayout, QHBoxLayout, QLabel, QPlainTextEdit, QProgressBar, QSplitter, QVBoxLayout,
+from PySide6.QtWidgets import (QGridLayout, QPlainTextEdit, QProgressBar, QSplitter, QVBoxLayout,
                                QWidget)
 
 from ftstudio.core import events as ev
@@ -103,8 +103,8 @@ class Monitor(QWidget):
         self.lr = Series(self.lr_plot, COLORS["lr"], "lr")
         self.grad = Series(self.grad_plot, COLORS["grad"], "grad norm")
         self.tps = Series(self.tps_plot, COLORS["tps"], "tokens/s")
-        self.mem = Series(self.mem_plot, COLORS["mem"], "tensors + allocator")
-        self.mem_nvml = Series(self.mem_plot, COLORS["measured"], "NVML")
+        self.mem = Series(self.mem_plot, COLORS["mem"], "tensors + allocator", symbol="o")
+        self.mem_nvml = Series(self.mem_plot, COLORS["measured"], "NVML", symbol="o")
         self.series = [self.train, self.eval, self.retention, self.lr, self.grad, self.tps, self.mem, self.mem_nvml]
 
         grid = QGridLayout()
@@ -124,11 +124,7 @@ class Monitor(QWidget):
         self.progress.setObjectName("progressBar")
         self.progress.setFormat("idle")
         self.progress.setTextVisible(True)
-        self.eta_label = QLabel("")
-        self.eta_label.setObjectName("etaLabel")
-        prow = QHBoxLayout()
-        prow.addWidget(self.progress, 1)
-        prow.addWidget(self.eta_label)
+        self.eta_text = ""  # the ETA, elapsed time and throughput live in the bar's own text (never clipped)
 
         self.log = QPlainTextEdit()
         self.log.setObjectName("logView")
@@ -143,7 +139,7 @@ class Monitor(QWidget):
         split.setStretchFactor(1, 1)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(prow)
+        lay.addWidget(self.progress)
         lay.addWidget(split, 1)
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -169,7 +165,7 @@ class Monitor(QWidget):
         self.progress.setRange(0, 1)
         self.progress.setValue(0)
         self.progress.setFormat("starting…")
-        self.eta_label.setText("")
+        self.eta_text = ""
         self.log.clear()
         self._t0 = time.monotonic()
 
@@ -246,11 +242,11 @@ class Monitor(QWidget):
         if e.total_steps and e.total_steps != self.total_steps:
             self.total_steps = e.total_steps
             self.progress.setRange(0, e.total_steps)
-            self.progress.setFormat("step %v / %m")
         self.progress.setValue(min(e.step, self.progress.maximum()))
         self.last_eta = e.eta_s
-        self.eta_label.setText(f"epoch {e.epoch:.2f} · elapsed {fmt_duration(e.elapsed_s)} · "
-                               f"ETA {fmt_duration(e.eta_s)} · {e.tokens_per_s:,.0f} tok/s")
+        self.eta_text = (f"epoch {e.epoch:.2f} · elapsed {fmt_duration(e.elapsed_s)} · ETA {fmt_duration(e.eta_s)} · "
+                         f"{e.tokens_per_s:,.0f} tokens/s")
+        self.progress.setFormat(f"step %v / %m · {self.eta_text}")
 
     def _on_memory(self, e: ev.MemorySnapshot) -> None:
         tensors = (e.weights or 0) + (e.gradients or 0) + (e.optimizer or 0) + (e.activations or 0)

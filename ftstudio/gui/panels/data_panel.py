@@ -253,6 +253,8 @@ class DatasetPanel(QGroupBox):
         else:
             self.status.setText("Data OK. " + " ".join(notes))
             self.status.setStyleSheet("")
+            if self.tabs.currentWidget() is self.problems:
+                self.tabs.setCurrentIndex(1)  # nothing to fix: show the rows as the model sees them
         self.reportReady.emit(rep)
 
     @Slot(object, object)
