@@ -106,15 +106,15 @@ class Trainer:
 
         from ftstudio.engine import data as data_mod
         from ftstudio.engine import models as models_mod
-        from ftstudio.engine.checkpoint import latest_checkpoint, load_checkpoint
+        from ftstudio.engine.checkpoint import latest_checkpoint
         from ftstudio.engine.optim import build_optimizer
-        from ftstudio.engine.runtime import pick_device, pick_numerics, plan_schedule
+        from ftstudio.engine.runtime import pick_numerics
         from ftstudio.engine.schedule import build_scheduler
 
         cfg = self.cfg
         t_setup = time.perf_counter()
         torch.manual_seed(cfg.train.seed)
-        device = pick_device(cfg)
+        device = self._pick_device()
         self._device = device
         numerics = pick_numerics(cfg.hardware.precision, device)
         if cfg.memory.compile and not device.startswith("cuda"):
@@ -136,13 +136,12 @@ class Trainer:
 
         # 2. The run folder: config.yaml first, so the run can be resumed from its own config.
         self.run_dir = self._open_run_dir()
-        self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
-        self.report = Fanout(self._metrics, self._user_reporter)
+        self._open_metrics()
 
         # 3. Model on the device. Full fine-tuning: every weight trains (load_model asserts it).
         loaded = models_mod.load_model(cfg.model, task=task, num_labels=len(labels) if labels else None,
                                        id2label=id2label, tokenizer=tokenizer)
-        model = loaded.model.to(device=device, dtype=numerics.param_dtype)
+        model = loaded.model
         if loaded.new_params:
             self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
         if cfg.memory.activation_checkpointing:
@@ -150,6 +149,7 @@ class Trainer:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.memory.compile and device.startswith("cuda") and not getattr(sys, "frozen", False):
             _compile_blocks(model)
+        model = self._place_model(model, device, numerics)
         model.train()
         self.model = model
         n_params = sum(p.numel() for p in model.parameters())
@@ -159,7 +159,7 @@ class Trainer:
         self.forgetting = Forgetting(cfg, model, tokenizer, task, prepared, device, numerics.autocast_dtype,
                                      self.report)
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
-        sched = plan_schedule(cfg, len(prepared.train), len(self.forgetting.general))
+        sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general))
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0])
         self.scheduler = build_scheduler(self.optimizer, sched.total_steps, cfg.schedule)
         scaler = torch.amp.GradScaler("cuda", enabled=numerics.grad_scaler)
@@ -168,8 +168,7 @@ class Trainer:
             ckpt = latest_checkpoint(self.run_dir / "checkpoints")
             if ckpt is None:
                 raise ConfigError("resume", f"{self.run_dir} has no complete checkpoint to resume from")
-            state = load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                    scaler=scaler)
+            state = self._load_checkpoint(ckpt, model, scaler)
             self.step, self.micro_batch = state.step, state.micro_batch
             self.report(LogLine(f"Resumed from {ckpt} (step {self.step})"))
 
@@ -238,7 +237,8 @@ class Trainer:
                 scaler.scale(self.regularizer.penalty(model)).backward()
             scaler.unscale_(self.optimizer)
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+            grad_norm = self._clip_grads(params, max_norm)
+            step_loss = self._reduce_loss(step_loss)  # several GPUs: the mean over ranks, the same on each
 
             # Non-finite loss or gradients: never let them into the weights.
             if not (torch.isfinite(step_loss) and torch.isfinite(grad_norm)):
@@ -272,13 +272,44 @@ class Trainer:
                 per_step = elapsed / max(1, self.step - start_step)
                 self.report(StepMetrics(step=self.step, loss=self._last_loss,
                                         lr=self.optimizer.param_groups[-1]["lr"], grad_norm=float(grad_norm),
-                                        tokens_per_s=window_tokens / max(1e-9, now - window_t0),
+                                        tokens_per_s=self._global_tokens(window_tokens) / max(1e-9, now - window_t0),
                                         epoch=self.micro_batch / sched.batches_per_epoch, elapsed_s=elapsed,
                                         eta_s=per_step * (sched.total_steps - self.step),
                                         total_steps=sched.total_steps))
                 window_tokens, window_t0 = 0, now
             self._periodic(model, prepared, device, numerics, scaler, sched)
         return "finished"
+
+    # -- hooks: one device here; engine/distributed.py's FSDPTrainer overrides them for several GPUs ----
+    def _pick_device(self) -> str:
+        from ftstudio.engine.runtime import pick_device
+        return pick_device(self.cfg)
+
+    def _place_model(self, model, device, numerics):
+        return model.to(device=device, dtype=numerics.param_dtype)
+
+    def _open_metrics(self) -> None:
+        self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
+        self.report = Fanout(self._metrics, self._user_reporter)
+
+    def _plan_schedule(self, n_train: int, n_general: int):
+        from ftstudio.engine.runtime import plan_schedule
+        return plan_schedule(self.cfg, n_train, n_general)
+
+    def _load_checkpoint(self, ckpt, model, scaler, *, restore_rng: bool = True):
+        from ftstudio.engine.checkpoint import load_checkpoint
+        return load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
+                               scaler=scaler, restore_rng=restore_rng)
+
+    def _clip_grads(self, params, max_norm: float):
+        import torch
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+    def _reduce_loss(self, step_loss):
+        return step_loss
+
+    def _global_tokens(self, tokens: int) -> int:
+        return tokens
 
     def _forward_loss(self, model, batch):
         if "labels" in batch and batch["labels"].dim() == 2:  # causal LM: the plan and the loss agree
@@ -305,13 +336,12 @@ class Trainer:
             self.report(NonFiniteStep(self.step, what, "stopped", advice))
             raise FTStudioError(f"non-finite {what} at step {self.step + 1}; {advice}")
         if cfg.train.nonfinite == "rollback":
-            from ftstudio.engine.checkpoint import latest_checkpoint, load_checkpoint
+            from ftstudio.engine.checkpoint import latest_checkpoint
             ckpt = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
             if ckpt is None or skips > cfg.train.max_skips:
                 self.report(NonFiniteStep(self.step, what, "stopped", "no checkpoint to roll back to; " + advice))
                 raise FTStudioError(f"non-finite {what} at step {self.step + 1} and no checkpoint to roll back to")
-            state = load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                    scaler=scaler, restore_rng=False)
+            state = self._load_checkpoint(ckpt, model, scaler, restore_rng=False)
             self.step = state.step  # the data position (micro_batch) keeps moving past the bad batch
             self._lr_factor *= 0.5
             self.scheduler.base_lrs = [b * self._lr_factor for b in self.scheduler.base_lrs]
