@@ -28,7 +28,9 @@ Decay pulls weights toward zero; L2-SP (engine/regularize.py) pulls them toward 
 """
 from __future__ import annotations
 
+import math
 import re
+
 import torch
 from torch import nn
 
@@ -169,37 +171,146 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, *, device_type: str) -> torch.optim.Optimizer:
-    """The optimizer ``cfg.optimizer`` names over :func:`param_groups` (each group's "lr" is its peak)."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, *, device_type: str,
+                    in_backward: bool = False) -> torch.optim.Optimizer:
+    """The optimizer ``cfg.optimizer`` names over :func:`param_groups` (each group's "lr" is its peak).
+
+    Weights stored in bf16 (``precision: bf16``) get update rules that do not lose small steps to bf16
+    rounding: adamw → :class:`CompensatedAdamW` (Kahan), adamw8bit → torchao's 8-bit AdamW with stochastic
+    rounding. ``in_backward`` wraps the same rule in :class:`speed.OptimizerInBackward` (one optimizer per
+    parameter, stepped as its gradient completes).
+    """
     groups = param_groups(model, cfg)
+    bf16 = all(p.dtype == torch.bfloat16 for g in groups for p in g["params"])
+    make = optimizer_factory(cfg, device_type=device_type, bf16_weights=bf16)
+    if in_backward:
+        from .speed import OptimizerInBackward
+        return OptimizerInBackward(groups, make, max_norm=cfg.grad_clip)
+    return make(groups)
+
+
+def optimizer_factory(cfg: OptimConfig, *, device_type: str, bf16_weights: bool = False):
+    """A function param groups → optimizer for ``cfg.optimizer``; raises ConfigError if it cannot run here."""
     kind = cfg.optimizer
+    betas = (cfg.beta1, cfg.beta2)
+    common = dict(lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    accel = {"fused": True} if device_type == "cuda" else {"foreach": True}
     if kind == "adamw":
+        if bf16_weights:
+            return lambda groups: CompensatedAdamW(groups, **common)
         # fused: one CUDA kernel for the whole update; foreach: batched ops elsewhere (CPU, MPS).
-        accel = {"fused": True} if device_type == "cuda" else {"foreach": True}
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay, **accel)
+        return lambda groups: torch.optim.AdamW(groups, **common, **accel)
     if kind == "adamw8bit":
-        if device_type != "cuda":
-            raise ConfigError("optim.optimizer", "adamw8bit (bitsandbytes) needs a CUDA GPU; use adamw on "
-                                                 f"{device_type}")
-        try:
-            import bitsandbytes as bnb
-        except ImportError:
-            raise ConfigError("optim.optimizer", "adamw8bit needs bitsandbytes: pip install bitsandbytes") from None
-        return bnb.optim.AdamW8bit(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                   weight_decay=cfg.weight_decay)
+        return _adamw8bit_factory(common, device_type, bf16_weights)
     if kind == "adafactor":
         from transformers.optimization import Adafactor
         # Our schedule sets the LR, so Adafactor's own relative step and parameter scaling are off.
         # beta1=None keeps no first moment: Adafactor's point is the memory it saves.
-        return Adafactor(groups, lr=cfg.lr, scale_parameter=False, relative_step=False, warmup_init=False,
-                         beta1=None, weight_decay=cfg.weight_decay)
+        return lambda groups: Adafactor(groups, lr=cfg.lr, scale_parameter=False, relative_step=False,
+                                        warmup_init=False, beta1=None, weight_decay=cfg.weight_decay)
     if kind == "sgd":
         # torch's SGD adds weight decay to the gradient (coupled); with momentum this differs slightly
         # from AdamW's decoupled decay.
-        accel = {"fused": True} if device_type == "cuda" else {"foreach": True}
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1, weight_decay=cfg.weight_decay, **accel)
+        return lambda groups: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1,
+                                              weight_decay=cfg.weight_decay, **accel)
     raise ConfigError("optim.optimizer", f"{kind!r} is not one of adamw, adamw8bit, adafactor, sgd")
+
+
+def _adamw8bit_factory(common: dict, device_type: str, bf16_weights: bool):
+    """8-bit AdamW states (blockwise-quantised moments, ~2 bytes per parameter instead of 8).
+
+    torchao first: it rounds bf16 weights stochastically, so small updates survive on average; bitsandbytes
+    otherwise (fp32 weights, or torchao absent). Both are imported only when chosen.
+    """
+    if device_type != "cuda":
+        raise ConfigError("optim.optimizer", f"adamw8bit needs a CUDA GPU; use adamw on {device_type}")
+    try:
+        from torchao.optim import AdamW8bit
+        return lambda groups: AdamW8bit(groups, **common, bf16_stochastic_round=bf16_weights)
+    except ImportError:
+        pass
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise ConfigError("optim.optimizer", "adamw8bit needs torchao or bitsandbytes: pip install torchao") from None
+    return lambda groups: bnb.optim.AdamW8bit(groups, **common)
+
+
+# -- AdamW for bf16 weights ------------------------------------------------------------------------
+def stochastic_round_bf16(x: torch.Tensor) -> torch.Tensor:
+    """fp32 → bf16, rounding up or down with probability proportional to the distance (unbiased: E[r(x)] = x).
+
+    bf16 is the top 16 bits of fp32: add uniform noise to the 16 bits that are dropped, then truncate.
+    """
+    bits = x.contiguous().view(torch.int32)
+    noise = torch.randint_like(bits, 0, 1 << 16)
+    return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
+
+
+class CompensatedAdamW(torch.optim.Optimizer):
+    """AdamW for weights stored in bf16, with the arithmetic in fp32 and bf16 moments.
+
+    A bf16 weight near 1 moves in steps of 2^-8 ≈ 0.004; an update of lr·(m/√v) ≈ 2e-5 rounds to nothing, so
+    naive bf16 AdamW stops learning at fine-tuning rates. ``rounding="kahan"`` keeps, per weight, a bf16
+    buffer of what rounding dropped and adds it to the next update (Kahan summation; 2 more bytes per
+    parameter); ``"stochastic"`` rounds the new weight up or down at random, unbiased, with no buffer;
+    ``"nearest"`` is plain bf16 (for comparison). fp32 parameters are updated exactly (no compensation).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, *, rounding="kahan"):
+        if rounding not in ("kahan", "stochastic", "nearest"):
+            raise ValueError(f"rounding {rounding!r} is not one of kahan, stochastic, nearest")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.rounding = rounding
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = float(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    if self.rounding == "kahan" and p.dtype != torch.float32:
+                        state["compensation"] = torch.zeros_like(p)
+                state["step"] += 1
+                self._update(p, state, int(state["step"].item()), lr, b1, b2, eps, wd)
+        return loss
+
+    def _update(self, p, state, t, lr, b1, b2, eps, wd) -> None:
+        g = p.grad.float()
+        m = state["exp_avg"].float().lerp_(g, 1 - b1)
+        v = state["exp_avg_sq"].float().mul_(b2).addcmul_(g, g, value=1 - b2)
+        state["exp_avg"].copy_(m)
+        state["exp_avg_sq"].copy_(v)
+        denom = v.sqrt_().div_(math.sqrt(1 - b2 ** t)).add_(eps)
+        delta = m.div_(denom).mul_(-lr / (1 - b1 ** t))        # the intended change, fp32
+        w = p.float()
+        if wd:
+            delta.add_(w, alpha=-lr * wd)                        # decoupled decay
+        if p.dtype == torch.float32:
+            p.add_(delta)
+            return
+        comp = state.get("compensation")
+        if comp is not None:
+            delta.add_(comp.float())                             # what earlier roundings dropped
+        new = w.add_(delta)
+        if self.rounding == "stochastic":
+            rounded = stochastic_round_bf16(new).to(p.dtype)
+        else:
+            rounded = new.to(p.dtype)
+        if comp is not None:
+            # lost = intended new weight − stored new weight (exact in fp32 for these magnitudes)
+            comp.copy_(new.sub_(rounded.float()))
+        p.copy_(rounded)
 
 
 def describe_groups(optimizer: torch.optim.Optimizer) -> list[dict]:

@@ -146,7 +146,9 @@ class Trainer:
             self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
         if cfg.memory.activation_checkpointing:
             # Recompute each block in backward instead of storing its activations.
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            from ftstudio.engine.speed import checkpoint_kwargs  # reentrant when the inputs are offloaded
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=checkpoint_kwargs(cfg.memory.offload_activations))
         if cfg.memory.compile and device.startswith("cuda") and not getattr(sys, "frozen", False):
             _compile_blocks(model)
         model = self._place_model(model, device, numerics)
@@ -160,7 +162,11 @@ class Trainer:
                                      self.report)
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
         sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general))
-        self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0])
+        if cfg.memory.optimizer_in_backward:
+            from ftstudio.engine.speed import check_in_backward
+            check_in_backward(numerics.precision)
+        self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0],
+                                         in_backward=cfg.memory.optimizer_in_backward)
         self.scheduler = build_scheduler(self.optimizer, sched.total_steps, cfg.schedule)
         scaler = torch.amp.GradScaler("cuda", enabled=numerics.grad_scaler)
 
@@ -208,6 +214,8 @@ class Trainer:
         autocast = (torch.autocast(device_type=device.split(":")[0], dtype=numerics.autocast_dtype)
                     if numerics.autocast_dtype is not None else nullcontext())
         params = [p for p in model.parameters()]
+        from ftstudio.engine.speed import offload_context
+        in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (speed.py)
         skips = 0
         window_tokens, window_t0 = 0, time.perf_counter()
         run_t0, start_step = time.perf_counter(), self.step
@@ -228,16 +236,20 @@ class Trainer:
                 self.micro_batch += 1
                 window_tokens += int(batch["attention_mask"].sum()) if batch.get("attention_mask") is not None \
                     and batch["attention_mask"].dim() == 2 else batch["input_ids"].numel()
-                with autocast:
-                    loss = self._forward_loss(model, batch)
-                scaler.scale(loss / cfg.train.grad_accum).backward()
-                step_loss += loss.detach() / cfg.train.grad_accum
-            if self.regularizer is not None:
+                with offload_context(cfg.memory.offload_activations, device):
+                    with autocast:
+                        loss = self._forward_loss(model, batch)
+                    step_loss += loss.detach() / cfg.train.grad_accum
+                    if in_backward and self.regularizer is not None:
+                        loss = loss + self.regularizer.penalty(model)  # one backward: one step per parameter
+                    scaler.scale(loss / cfg.train.grad_accum).backward()
+            if self.regularizer is not None and not in_backward:
                 # Once per optimizer step: the pull toward θ0 (L2-SP / EWC), its gradient added to the task's.
                 scaler.scale(self.regularizer.penalty(model)).backward()
             scaler.unscale_(self.optimizer)
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            grad_norm = self._clip_grads(params, max_norm)
+            grad_norm = (self.optimizer.grad_norm() if in_backward  # clipped per tensor inside backward
+                         else self._clip_grads(params, max_norm))
             step_loss = self._reduce_loss(step_loss)  # several GPUs: the mean over ranks, the same on each
 
             # Non-finite loss or gradients: never let them into the weights.
@@ -271,7 +283,8 @@ class Trainer:
                 elapsed = now - run_t0
                 per_step = elapsed / max(1, self.step - start_step)
                 self.report(StepMetrics(step=self.step, loss=self._last_loss,
-                                        lr=self.optimizer.param_groups[-1]["lr"], grad_norm=float(grad_norm),
+                                        lr=float(self.optimizer.param_groups[-1]["lr"]),
+                                        grad_norm=float(grad_norm),
                                         tokens_per_s=self._global_tokens(window_tokens) / max(1e-9, now - window_t0),
                                         epoch=self.micro_batch / sched.batches_per_epoch, elapsed_s=elapsed,
                                         eta_s=per_step * (sched.total_steps - self.step),
@@ -313,8 +326,8 @@ class Trainer:
 
     def _forward_loss(self, model, batch):
         if "labels" in batch and batch["labels"].dim() == 2:  # causal LM: the plan and the loss agree
-            from ftstudio.engine.memory_loss import causal_lm_loss
-            return causal_lm_loss(model, batch, chunked=self.cfg.memory.loss == "chunked")
+            from ftstudio.engine.speed import causal_lm_loss  # fused (Liger) or sliced when chunked
+            return causal_lm_loss(model, batch, loss=self.cfg.memory.loss)
         return model(**batch).loss
 
     def _periodic(self, model, prepared, device, numerics, scaler, sched) -> None:
@@ -422,15 +435,10 @@ def _quiet_transformers() -> None:
 
 
 def _compile_blocks(model) -> None:
-    """torch.compile each repeated transformer block (compiling one block type takes seconds, not minutes)."""
-    import torch
-
-    from ftstudio.engine.optim import find_block_list
-    blocks = find_block_list(model)
-    if blocks is None:
-        return
-    for i, block in enumerate(blocks):
-        blocks[i] = torch.compile(block)
+    """torch.compile each repeated transformer block in place (one block type compiles in seconds; in place
+    keeps the state-dict keys and leaves checkpointing outside the compiled region)."""
+    from ftstudio.engine.speed import compile_blocks
+    compile_blocks(model)
 
 
 def train(config: RunConfig, reporter: Reporter | None = None, control: Control | None = None,

@@ -1,0 +1,81 @@
+"""Named presets: sets of RunConfig leaf values the user picks by intent (GUI menu, ``--preset NAME``).
+
+A preset is a dict of leaf name → value (the same names as the CLI flags), applied with
+:func:`apply_preset` on top of a config; flags given after it still override it. Leaves a preset does not
+name keep their values, so a preset never forgets the user's model, data or run length.
+
+Pure Python: importing this module imports neither torch nor Qt.
+"""
+from __future__ import annotations
+
+from .config import LEAF_TO_SECTION, RunConfig
+from .errors import ConfigError
+
+# The memory/speed leaves every preset sets, so switching presets never leaves one preset's trick behind.
+_PLAIN = {"activation_checkpointing": False, "offload_activations": False, "loss": "full", "compile": False,
+          "optimizer_in_backward": False}
+
+PRESETS: dict[str, dict] = {
+    "Safe defaults (the seed)": {
+        "lr": 2e-5, "schedule": "cosine", "warmup_ratio": 0.05, "epochs": 2.0, "optimizer": "adamw",
+        "weight_decay": 0.01, "grad_clip": 1.0, "precision": "auto", "nonfinite": "skip", **_PLAIN,
+    },
+    "Reference (the seed's 16N recipe)": {
+        "precision": "bf16-mixed", "optimizer": "adamw", **_PLAIN,
+    },
+    "Fastest": {
+        # Pure bf16 (half the weight bytes moved, no autocast casts; Kahan-compensated AdamW keeps small
+        # updates), each block compiled, the fused/chunked loss, and packed rows (no padding computed).
+        **_PLAIN, "precision": "bf16", "optimizer": "adamw", "compile": True, "loss": "chunked",
+        "packing": True,
+    },
+    "Largest model that fits": {
+        # bf16 weights, 8-bit AdamW states with stochastic rounding, the step inside backward (gradients of
+        # one tensor at a time), checkpointed blocks with their inputs in CPU memory, the chunked loss.
+        "precision": "bf16", "optimizer": "adamw8bit", "optimizer_in_backward": True, "grad_accum": 1,
+        "activation_checkpointing": True, "offload_activations": True, "loss": "chunked", "compile": True,
+    },
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "Safe defaults (the seed)": "lr 2e-5, cosine schedule with 5 % warmup, 2 epochs, AdamW, clipping at 1.0: "
+                                "a full fine-tune that rarely goes wrong.",
+    "Reference (the seed's 16N recipe)": "fp32 master weights and AdamW states with bf16 autocast (16 bytes per "
+                                         "parameter), nothing recomputed or compiled: the numbers to compare "
+                                         "against.",
+    "Fastest": "pure bf16 with Kahan-compensated AdamW, torch.compile per block, fused/chunked loss, packing. "
+               "Needs a CUDA GPU with bf16; about 10 bytes per parameter.",
+    "Largest model that fits": "bf16 weights + 8-bit AdamW states (torchao or bitsandbytes), the optimizer step "
+                               "fused into backward, checkpointed blocks offloaded to CPU memory: about 4 bytes "
+                               "per parameter. Slower; gradient clipping becomes per tensor.",
+}
+
+
+def preset_names() -> list[str]:
+    return list(PRESETS)
+
+
+def get_preset(name: str) -> dict:
+    """The preset's leaf values; a unique case-insensitive prefix of a name works too ("fastest", "largest")."""
+    if name in PRESETS:
+        return dict(PRESETS[name])
+    hits = [n for n in PRESETS if n.lower().startswith(name.strip().lower())] if name.strip() else []
+    if len(hits) == 1:
+        return dict(PRESETS[hits[0]])
+    raise ConfigError("preset", f"{name!r} is not a preset; choose one of: {', '.join(PRESETS)}")
+
+
+def apply_preset(config: RunConfig, name: str) -> RunConfig:
+    """``config`` with the preset's leaves set (validated; an unknown leaf would be a bug here, not user error)."""
+    leaves = get_preset(name)
+    for leaf in leaves:
+        assert leaf in LEAF_TO_SECTION, f"preset {name!r} names unknown field {leaf!r}"
+    return config.replace(**leaves)
+
+
+def matching_preset(config: RunConfig) -> str | None:
+    """The first preset whose every leaf equals the config's (for the GUI to show which one is active)."""
+    for name, leaves in PRESETS.items():
+        if all(config.get(leaf) == value for leaf, value in leaves.items()):
+            return name
+    return None

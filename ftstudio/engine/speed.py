@@ -1,0 +1,197 @@
+"""Speed and size options of the training step (the ``memory`` section of RunConfig).
+
+* :func:`compile_blocks` — ``torch.compile`` each transformer block in place (``Module.compile``), so one
+  block type compiles once (seconds), state-dict keys keep their names, and checkpointing wrappers stay
+  outside the compiled region (the recompute in backward runs the compiled block again).
+* :func:`offload_context` + :func:`checkpoint_kwargs` — activation offload: with activation checkpointing
+  each block keeps only its input for the backward pass; reentrant checkpointing saves that input through
+  ``ctx.save_for_backward``, which ``torch.autograd.graph.save_on_cpu(pin_memory=True)`` moves to pinned CPU
+  memory and brings back (asynchronously) when the block is recomputed. Non-reentrant checkpointing keeps its
+  inputs alive in a closure on the GPU, so offload switches checkpointing to the reentrant variant.
+* :class:`OptimizerInBackward` — one optimizer per parameter, stepped from the parameter's
+  post-accumulate-grad hook (torch's documented "optimizer step in backward" pattern), then the gradient is
+  freed: full gradients never coexist. The global gradient norm is not known before the first parameter is
+  updated, so ``grad_clip`` clips each parameter's gradient to that norm on its own (documented in
+  :class:`OptimizerInBackward`); a non-finite gradient is zeroed for its tensor, since the step cannot wait.
+* :func:`causal_lm_loss` — the chunked loss: Liger's fused linear cross-entropy on CUDA when liger-kernel is
+  installed (no recompute of the logits), else :func:`memory_loss.chunked_cross_entropy` (checkpointed slices).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from typing import Callable
+
+import torch
+
+from ftstudio.core.errors import ConfigError
+
+
+# -- torch.compile per block ---------------------------------------------------------------------------
+def compile_blocks(model: torch.nn.Module, **compile_kwargs) -> int:
+    """Compile every block of the model's main block list in place; returns how many (0 if none found)."""
+    from .optim import find_block_list
+
+    blocks = find_block_list(model)
+    if blocks is None:
+        return 0
+    for block in blocks:
+        block.compile(**compile_kwargs)     # in place: no "_orig_mod." in the state dict, wrappers outside
+    return len(blocks)
+
+
+# -- activation offload --------------------------------------------------------------------------------
+def checkpoint_kwargs(offload: bool) -> dict:
+    """``gradient_checkpointing_kwargs`` for HF models: reentrant when the saved block inputs are offloaded
+    (only ``ctx.save_for_backward`` passes through the saved-tensor hooks that move them to the CPU)."""
+    return {"use_reentrant": bool(offload)}
+
+
+def offload_context(enabled: bool, device: str = "cuda"):
+    """Wrap forward + backward: every tensor saved for backward outside a non-reentrant checkpoint (the block
+    inputs of reentrant checkpointing, the final norm's input) lives in (pinned) CPU memory until needed."""
+    if not enabled:
+        return nullcontext()
+    pin = device.startswith("cuda") and torch.cuda.is_available()
+    return torch.autograd.graph.save_on_cpu(pin_memory=pin)
+
+
+# -- the optimizer step inside backward ----------------------------------------------------------------
+class OptimizerInBackward(torch.optim.Optimizer):
+    """Steps each parameter as soon as its gradient is complete, then frees that gradient.
+
+    ``groups`` are ordinary param groups (``optim.param_groups``); ``make`` builds an optimizer from a list
+    of groups. Each parameter gets its own optimizer over a one-parameter copy of its group, and
+    ``param_groups`` lists those groups, so an LR scheduler over this object sets every parameter's LR.
+    ``step()`` and ``zero_grad()`` are no-ops: the work happened in backward.
+
+    Clipping: with ``max_norm > 0`` each parameter's gradient is scaled to norm ≤ ``max_norm`` on its own
+    (per-tensor clipping; the global norm is only known after every tensor has been updated). The global
+    norm is still measured: :meth:`grad_norm` returns √Σ‖g‖² of the last backward. A parameter whose gradient
+    is not finite is left unchanged except for decay of its moments (its gradient is zeroed): the trainer sees
+    the non-finite norm and applies its policy.
+    """
+
+    def __init__(self, groups: list[dict], make: Callable[[list[dict]], torch.optim.Optimizer], *,
+                 max_norm: float = 0.0):
+        self.max_norm = float(max_norm)
+        self._opts: dict[torch.nn.Parameter, torch.optim.Optimizer] = {}
+        self._hooks = []
+        self.param_groups: list[dict] = []
+        self._sq: torch.Tensor | None = None
+        for group in groups:
+            names = group.get("param_names")
+            for i, p in enumerate(group["params"]):
+                if p in self._opts:
+                    continue                      # a tied parameter listed twice
+                one = {k: v for k, v in group.items() if k not in ("params", "param_names")}
+                one["params"] = [p]
+                if names is not None:
+                    one["param_names"] = [names[i]]
+                opt = make([one])
+                self._opts[p] = opt
+                self.param_groups.append(opt.param_groups[0])
+                self._hooks.append(p.register_post_accumulate_grad_hook(self._hook))
+        if not self._opts:
+            raise ConfigError("optim.optimizer", "the model has no trainable parameters")
+        self.defaults = dict(next(iter(self._opts.values())).defaults)
+
+    @torch.no_grad()
+    def _hook(self, p: torch.Tensor) -> None:
+        g = p.grad
+        n = torch.linalg.vector_norm(g, dtype=torch.float32)
+        self._sq = n * n if self._sq is None else self._sq + n * n
+        finite = torch.isfinite(n)
+        if self.max_norm > 0:
+            g.mul_(torch.where(finite, (self.max_norm / (n + 1e-6)).clamp(max=1.0), 1.0).to(g.dtype))
+        g.masked_fill_(~finite, 0)
+        opt = self._opts[p]
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def grad_norm(self) -> torch.Tensor:
+        """√Σ‖g‖² over the gradients of the last backward (before clipping); resets for the next one."""
+        sq, self._sq = self._sq, None
+        return torch.zeros(()) if sq is None else sq.sqrt()
+
+    def step(self, closure=None):  # noqa: D102 - the steps ran in backward
+        return closure() if closure is not None else None
+
+    def zero_grad(self, set_to_none: bool = True) -> None:  # gradients are freed in the hooks
+        return None
+
+    @property
+    def state(self) -> dict:
+        return {p: opt.state[p] for p, opt in self._opts.items() if opt.state.get(p)}
+
+    def state_dict(self) -> dict:
+        return {"in_backward": [opt.state_dict() for opt in self._opts.values()]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        parts = state_dict.get("in_backward")
+        if parts is None or len(parts) != len(self._opts):
+            raise ConfigError("memory.optimizer_in_backward", "the checkpoint's optimizer state was saved "
+                                                              "with a different optimizer_in_backward setting")
+        for opt, part in zip(self._opts.values(), parts):
+            opt.load_state_dict(part)
+
+    def remove_hooks(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+
+    def __repr__(self) -> str:
+        inner = next(iter(self._opts.values()))
+        return f"OptimizerInBackward({len(self._opts)} × {type(inner).__name__}, max_norm={self.max_norm})"
+
+
+def check_in_backward(precision: str) -> None:
+    if precision == "fp16-mixed":
+        raise ConfigError("memory.optimizer_in_backward", "cannot be combined with fp16-mixed (the loss-scaled "
+                                                          "gradients would be applied unscaled); use bf16-mixed "
+                                                          "or bf16")
+
+
+# -- the chunked / fused causal-LM loss ----------------------------------------------------------------
+def liger_available() -> bool:
+    try:
+        import liger_kernel.transformers.functional  # noqa: F401
+    except Exception:  # noqa: BLE001 - absent, or present but broken (no triton): fall back
+        return False
+    return True
+
+
+def fused_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """Liger's fused linear cross-entropy (CUDA): mean next-token loss, logits never materialised whole."""
+    from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
+
+    targets = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1)
+    # Liger is a Triton kernel: autocast does not reach it, so cast to the compute dtype ourselves (the
+    # cast's backward carries the gradient to fp32 master weights).
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else hidden.dtype
+    h = hidden.reshape(-1, hidden.shape[-1]).to(dtype)
+    bias = head.bias.to(dtype) if getattr(head, "bias", None) is not None else None
+    return liger_fused_linear_cross_entropy(h, head.weight.to(dtype), targets, bias, ignore_index=-100)
+
+
+def causal_lm_loss(model, batch: dict, *, loss: str) -> torch.Tensor:
+    """The trainer's causal-LM loss: "full" (the model's own), or "chunked" (fused Liger kernel on CUDA when
+    installed, else the checkpointed slices of memory_loss)."""
+    from .memory_loss import causal_lm_loss as sliced
+
+    if loss != "chunked" or not batch["input_ids"].is_cuda or not liger_available():
+        return sliced(model, batch, chunked=loss == "chunked")
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    base = getattr(model, model.base_model_prefix, None) or model.model
+    hidden = base(**inputs).last_hidden_state
+    return fused_cross_entropy(hidden, model.get_output_embeddings(), batch["labels"])
+
+
+def step_flops(params: int, layers: int, hidden: int, seq_len: int, tokens: int) -> float:
+    """Training FLOPs for ``tokens`` tokens: 6·N per token plus attention 12·L·d·s (PaLM's MFU convention,
+    causal attention counted fully), as the HF Trainer anchor counts them."""
+    return float(6 * params + 12 * layers * hidden * seq_len) * tokens
+
+
+def mfu(flops: float, seconds: float, peak_tflops: float = 989.0) -> float:
+    return flops / max(seconds, 1e-12) / (peak_tflops * 1e12) if math.isfinite(flops) else float("nan")
