@@ -6,14 +6,24 @@ name, every file is fsync'ed, and only then is the folder renamed to ``step-N``:
 crash (even SIGKILL mid-write) leaves either the complete new checkpoint or none, and the previous one
 is untouched. Older checkpoints are pruned only after the new one is in place.
 
+Deleting is made atomic the same way (rename to a hidden ``.trash-`` name, then remove), so a folder
+named ``step-N`` is always complete. Leftover ``.tmp-``/``.trash-`` folders of a killed process are
+removed at the next save.
+
 Everything loads with ``torch.load(weights_only=True)``: no pickle code runs from a checkpoint.
+
+Test hook: the environment variable ``FTSTUDIO_FAULT_SLOW_CHECKPOINT=<seconds>`` sleeps that long after
+each file of a checkpoint is written (and before the final rename), so a test can kill the process in
+the middle of a write (tests/test_reliability_kill.py). It has no other effect and is unset in normal use.
 """
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +44,41 @@ class TrainState:
     micro_batch: int  # micro-batches consumed so far: the data position
     rng: dict[str, Any]
     extra: dict[str, Any]
+
+
+def _fault_pause() -> None:
+    """Test hook (see the module docstring): widen the window in which a write can be interrupted."""
+    delay = os.environ.get("FTSTUDIO_FAULT_SLOW_CHECKPOINT")
+    if delay:
+        time.sleep(float(delay))
+
+
+def _discard(path: Path) -> None:
+    """Remove a checkpoint folder so that no half-deleted ``step-N`` is ever visible: rename, then delete."""
+    trash = path.parent / f".trash-{path.name}-{os.getpid()}"
+    try:
+        os.rename(path, trash)
+    except OSError:
+        return
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _write_error(final: Path, e: Exception) -> CheckpointError:
+    """A clear message for a failed write; torch.save reports a full disk as a RuntimeError, not ENOSPC."""
+    if isinstance(e, OSError):
+        what = os.strerror(e.errno) if e.errno else str(e)
+    else:
+        what = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    try:
+        free = shutil.disk_usage(final.parent if final.parent.exists() else final.parent.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 * 2**20:
+        full = True
+    hint = (" The disk is full: free some space (or set a larger checkpoint_every / smaller keep_last) "
+            "and resume." if full else "")
+    return CheckpointError(f"could not write checkpoint {final}: {what}. The previous checkpoint is intact.{hint}")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -103,20 +148,23 @@ def save_checkpoint(checkpoints_dir: str | Path, step: int, *, model, optimizer,
             shutil.rmtree(tmp)
         tmp.mkdir()
         save_file(model_state_dict(model), str(tmp / "model.safetensors"))
+        _fault_pause()
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _fault_pause()
         state = {"step": step, "micro_batch": micro_batch, "rng": rng_state(), "extra": extra or {},
                  "scheduler": scheduler.state_dict() if scheduler is not None else None,
                  "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
+        # The state file is written last: list_checkpoints treats a folder without it as incomplete.
         torch.save(state, tmp / STATE_FILE)
         _fsync_tree(tmp)
+        _fault_pause()
         if final.exists():  # a re-save of the same step (e.g. save-now, then stop)
-            shutil.rmtree(final)
+            _discard(final)
         os.rename(tmp, final)
         _fsync_dir(root)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # RuntimeError: torch.save's writer on a full disk
         shutil.rmtree(tmp, ignore_errors=True)
-        raise CheckpointError(f"could not write checkpoint {final}: {e.strerror or e}. "
-                              f"The previous checkpoint is intact.") from None
+        raise _write_error(final, e) from None
     prune_checkpoints(root, keep_last)
     return final
 
@@ -141,9 +189,17 @@ def latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:
 
 def prune_checkpoints(checkpoints_dir: str | Path, keep_last: int) -> None:
     root = Path(checkpoints_dir)
-    for _, p in list_checkpoints(root)[:-keep_last]:
-        shutil.rmtree(p, ignore_errors=True)
-    for p in root.glob(".tmp-step-*"):  # leftovers of writes killed mid-way
+    for _, p in list_checkpoints(root)[:-max(1, keep_last)]:
+        _discard(p)
+    clean_temporaries(root)
+
+
+def clean_temporaries(checkpoints_dir: str | Path) -> None:
+    """Remove what writes and deletes killed mid-way left behind (never a complete ``step-N``)."""
+    root = Path(checkpoints_dir)
+    if not root.is_dir():
+        return
+    for p in list(root.glob(".tmp-step-*")) + list(root.glob(".trash-*")):
         shutil.rmtree(p, ignore_errors=True)
 
 
