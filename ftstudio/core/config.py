@@ -101,8 +101,8 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: float = 3.0
-    """Passes over the training data (fractions allowed); ignored when max_steps is set."""
+    epochs: float = 2.0
+    """Passes over the training data (fractions allowed); ignored when max_steps is set. 1–3 is usual: each extra epoch moves further from θ0."""
     max_steps: int | None = None
     """Stop after this many optimizer steps; None trains for `epochs`."""
     batch_size: int = 16
@@ -228,7 +228,7 @@ class RegularizeConfig:
 
 @dataclass
 class EvalConfig:
-    eval_every: int = 50
+    eval_every: int = 20
     """Evaluate on the validation split every N optimizer steps (and always at the end); 0 = only at the end."""
     eval_batches: int | None = None
     """Evaluate on at most this many validation batches; None uses the whole split."""
