@@ -96,7 +96,7 @@ class Monitor(QWidget):
         self.tps_plot = make_plot("Throughput", "tokens/s", "tokensPlot")
         self.mem_plot = make_plot("Memory (measured)", "memory", "memoryPlot")
         self.mem_plot.setLabel("left", "memory", units="B")  # SI prefixes: MB for a small model, GB for a big one
-        self.mem_plot.addLegend(offset=(-10, 10))
+        self.mem_plot.addLegend(offset=(-10, -10))  # bottom right: the curves sit near the top
         self.train = Series(self.loss_plot, COLORS["train"], "train")
         self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
         self.retention = Series(self.loss_plot, COLORS["retention"], "general text", symbol="t")
@@ -186,10 +186,17 @@ class Monitor(QWidget):
                 break
             self.handle(e)
             n += 1
-        for s in self.series:
-            s.flush()
+        self._flush()
         if n:
             self.eventsProcessed.emit(n)
+
+    def _flush(self) -> None:
+        grew = self.mem.dirty or self.mem_nvml.dirty
+        for s in self.series:
+            s.flush()
+        if grew:  # memory from zero: a flat line must not be blown up to its last digits
+            top = max(self.mem.y + self.mem_nvml.y + [1.0])
+            self.mem_plot.setYRange(0, top * 1.15, padding=0)
 
     def handle(self, e: ev.Event) -> None:
         self.counts[e.kind] += 1
@@ -273,5 +280,4 @@ class Monitor(QWidget):
                 self.handle(ev.event_from_dict(d))
             except (KeyError, TypeError, ValueError):
                 continue  # a line from a newer/older version: skip, the rest still draws
-        for s in self.series:
-            s.flush()
+        self._flush()
