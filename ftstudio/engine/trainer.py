@@ -176,6 +176,7 @@ class Trainer:
                 raise ConfigError("resume", f"{self.run_dir} has no complete checkpoint to resume from")
             state = self._load_checkpoint(ckpt, model, scaler)
             self.step, self.micro_batch = state.step, state.micro_batch
+            self._lr_factor = (getattr(state, "extra", None) or {}).get("lr_factor", 1.0)  # after a rollback
             self.report(LogLine(f"Resumed from {ckpt} (step {self.step})"))
 
         self.report(RunStarted(run_dir=str(self.run_dir), model=cfg.model.source, task=task, device=device,
@@ -356,8 +357,14 @@ class Trainer:
                 raise FTStudioError(f"non-finite {what} at step {self.step + 1} and no checkpoint to roll back to")
             state = self._load_checkpoint(ckpt, model, scaler, restore_rng=False)
             self.step = state.step  # the data position (micro_batch) keeps moving past the bad batch
-            self._lr_factor *= 0.5
-            self.scheduler.base_lrs = [b * self._lr_factor for b in self.scheduler.base_lrs]
+            # Half of the smaller of our LR factor and the checkpoint's (its schedule already carries its own),
+            # applied to the optimizer too: the redone step itself runs at the lower LR, not only the next.
+            ckpt_factor = (getattr(state, "extra", None) or {}).get("lr_factor", 1.0)
+            self._lr_factor = min(self._lr_factor, ckpt_factor) * 0.5
+            scale = self._lr_factor / ckpt_factor
+            self.scheduler.base_lrs = [b * scale for b in self.scheduler.base_lrs]
+            for group in self.optimizer.param_groups:
+                group["lr"] *= scale
             self.report(NonFiniteStep(self.step, what, "rolled back", f"rolled back to {ckpt.name} with half the LR"))
             return
         self.report(NonFiniteStep(self.step, what, "skipped", advice))
@@ -383,7 +390,7 @@ class Trainer:
         from ftstudio.engine.checkpoint import save_checkpoint
         path = save_checkpoint(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
                                scheduler=self.scheduler, scaler=scaler, micro_batch=self.micro_batch,
-                               keep_last=self.cfg.checkpoint.keep_last)
+                               keep_last=self.cfg.checkpoint.keep_last, extra={"lr_factor": self._lr_factor})
         self.report(CheckpointSaved(step=self.step, path=str(path)))
 
     def _export(self, model, tokenizer) -> Path:
