@@ -213,8 +213,9 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
         weights = load_file(str(path / "model.safetensors"))
         state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
         opt_state = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu") if optimizer else None
-    except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from None
+    except Exception as e:  # noqa: BLE001 - OSError, a truncated zip (RuntimeError), SafetensorError, UnpicklingError
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be read: {first}") from None
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {n for n in missing if _is_tied(model, n)}
     if unexpected or set(missing) - tied:
