@@ -240,7 +240,15 @@ def test_cli_command_and_yaml_round_trip(make_window, tmp_path):
     win = make_window()
     win.training_panel.apply_preset("Safe defaults (seed)")
     cmd = win.cli_command()
-    assert cmd.startswith("ftstudio train ") and "--lr 2e-05" in cmd and "--epochs 2.0" in cmd
+    assert cmd.startswith("ftstudio train ") and "--lr 2e-05" in cmd
+    import argparse
+    import shlex
+
+    from ftstudio.cli.flags import add_config_flags, apply_config_flags
+    parser = argparse.ArgumentParser()
+    add_config_flags(parser)
+    args = parser.parse_args(shlex.split(cmd)[2:])
+    assert apply_config_flags(C.RunConfig(), args) == win.config()  # the command reproduces the session
     path = tmp_path / "run.yaml"
     win.config().save(path)
     win.training_panel.editors["lr"].widget.setText("3e-5")
