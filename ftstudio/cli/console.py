@@ -52,12 +52,14 @@ class ConsoleSink:
         elif isinstance(event, CheckpointSaved):
             c.print(f"checkpoint saved: {event.path}")
         elif isinstance(event, NonFiniteStep):
-            c.print(f"[yellow]non-finite {event.what} at step {event.step}: {event.action}. {event.advice}")
+            c.print(f"non-finite {event.what} at step {event.step}: {event.action}. {event.advice}", style="yellow",
+                    markup=False, soft_wrap=True)
         elif isinstance(event, LogLine):
+            # soft_wrap: a problem stays on one line however long its path (grep-able, one line per problem).
             if event.level == "error":
-                c.print(event.message, style="red", markup=False)
+                c.print(event.message, style="red", markup=False, soft_wrap=True)
             elif event.level == "warning":
-                c.print(event.message, style="yellow", markup=False)
+                c.print(event.message, style="yellow", markup=False, soft_wrap=True)
             elif not self.quiet:
                 c.print(event.message, style="dim", markup=False)
         elif isinstance(event, RunFinished):
@@ -66,9 +68,9 @@ class ConsoleSink:
                     f"Final model: {event.final_model or '-'}")
         elif isinstance(event, RunFailed):
             self.close()
-            c.print(f"ftstudio: error: {event.reason}", style="bold red", markup=False)
+            c.print(f"ftstudio: error: {event.reason}", style="bold red", markup=False, soft_wrap=True)
             if event.advice:
-                c.print(f"advice: {event.advice}", markup=False)
+                c.print(f"advice: {event.advice}", markup=False, soft_wrap=True)
 
     def close(self) -> None:
         if self.progress is not None:
