@@ -151,7 +151,9 @@ def test_out_of_memory_ends_cleanly_releases_the_model_and_the_next_run_works(ti
 
     faults = Faults(monkeypatch, oom={3})
     cfg = _cfg(tiny_llama, data, tmp_path, max_steps=4)
-    result, events = run(cfg)
+    events = []
+    trainer = Trainer(cfg, events.append)  # held on to, as a GUI worker may: it must not pin the model
+    result = trainer.run()
     assert isinstance(result, RunFailed) and result.error_type == "OutOfMemoryError" and result.step == 2
     reason, advice = explain_oom(describe_model(str(tiny_llama)).config, cfg, 1, None, None)
     assert result.reason == f"Out of memory at step 3: {reason}" and result.advice == advice
@@ -235,6 +237,36 @@ def test_keep_last_and_resume_needs_a_complete_checkpoint(tiny_llama, data, tmp_
         (p / "trainer_state.pt").unlink()
     resumed, _ = run(cfg, resume_from=other)
     assert isinstance(resumed, RunFailed) and "no complete checkpoint" in resumed.reason
+
+
+def test_checkpoint_folders_are_all_or_nothing(tmp_path):
+    """Only a renamed-into-place ``step-N`` with its trainer state counts; leftovers of killed writes and
+    deletes are ignored, then removed by the next save; a re-save of the same step replaces it whole."""
+    from ftstudio.engine.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints,
+                                            load_checkpoint, save_checkpoint)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters())
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 3):
+        save_checkpoint(root, step, model=model, optimizer=opt, scheduler=None, micro_batch=step, keep_last=2)
+    assert [s for s, _ in list_checkpoints(root)] == [2, 3]
+    (root / ".tmp-step-4-99999").mkdir()
+    (root / ".tmp-step-4-99999" / "model.safetensors").write_bytes(b"half")
+    (root / ".trash-step-1-99999").mkdir()
+    (root / "step-9").mkdir()  # no trainer state: not a checkpoint
+    assert latest_checkpoint(root).name == "step-3"
+    with torch.no_grad():
+        model.weight.fill_(7.0)
+    save_checkpoint(root, 4, model=model, optimizer=opt, scheduler=None, micro_batch=4, keep_last=2)
+    save_checkpoint(root, 4, model=model, optimizer=opt, scheduler=None, micro_batch=5, keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-3", "step-4", "step-9"]
+    fresh = torch.nn.Linear(3, 2)
+    state = load_checkpoint(latest_checkpoint(root), model=fresh, optimizer=torch.optim.AdamW(fresh.parameters()),
+                            restore_rng=False)
+    assert (state.step, state.micro_batch) == (4, 5) and fresh.weight.eq(7.0).all()
+    (root / "step-4" / "optimizer.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CheckpointError, match="step-4 cannot be read"):
+        load_checkpoint(root / "step-4", model=fresh, optimizer=torch.optim.AdamW(fresh.parameters()))
 
 
 # -- control ------------------------------------------------------------------------------------------------
