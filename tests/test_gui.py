@@ -241,6 +241,7 @@ def test_cli_command_and_yaml_round_trip(make_window, tmp_path):
     win.training_panel.apply_preset("Safe defaults (seed)")
     cmd = win.cli_command()
     assert cmd.startswith("ftstudio train ") and "--lr 2e-05" in cmd
+    assert "--epochs" not in cmd or "--epochs 2.0" in cmd  # only fields that differ from the defaults
     import argparse
     import shlex
 

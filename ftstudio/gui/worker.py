@@ -21,7 +21,8 @@ from ftstudio.core.events import Event, RunFailed
 
 
 class TrainingWorker(QObject):
-    """Runs one ``Trainer(config, reporter, control).run()`` inside its QThread."""
+    """Runs one ``engine.trainer.train(config, reporter, control)`` inside its QThread (one device in this
+    process, or several GPUs through a supervised torchrun subprocess: the events look the same)."""
 
     finished = Signal(object)  # RunFinished | RunFailed
 
@@ -36,9 +37,9 @@ class TrainingWorker(QObject):
     @Slot()
     def run(self) -> None:
         try:
-            from ftstudio.engine.trainer import Trainer  # lazy: torch is imported here, on the worker thread
+            from ftstudio.engine.trainer import train  # lazy: torch is imported here, on the worker thread
 
-            result = Trainer(self.config, self.events.append, self.control, resume_from=self.resume_from).run()
+            result = train(self.config, self.events.append, self.control, resume_from=self.resume_from)
         except Exception as exc:  # the trainer reports user errors itself; this catches bugs and a missing engine
             result = RunFailed(reason=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__,
                                advice="This is a bug or a missing part of FT Studio, not a problem with your data.")
