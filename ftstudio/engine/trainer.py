@@ -22,8 +22,12 @@ from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Event, Fanout, L
 from ftstudio.core.runs import MetricsWriter, make_run_name
 
 
-class _Stop(Exception):
-    """Internal: the non-finite policy ended the run."""
+class _NonFinite(FTStudioError):
+    """The non-finite policy ended the run; ``advice`` goes into RunFailed.advice."""
+
+    def __init__(self, message: str, advice: str):
+        super().__init__(message)
+        self.advice = advice
 
 
 class Trainer:
@@ -50,7 +54,7 @@ class Trainer:
         except FTStudioError as e:
             for problem in getattr(e, "problems", [])[:200]:  # DataError: one line per bad row
                 self.report(LogLine(str(problem), level="error"))
-            return self._fail(str(e), type(e).__name__)
+            return self._fail(str(e), type(e).__name__, getattr(e, "advice", ""))
         except Exception as e:  # noqa: BLE001 - the GUI must survive anything the engine throws
             import torch
             if isinstance(e, torch.OutOfMemoryError):
@@ -237,13 +241,14 @@ class Trainer:
                 self.micro_batch += 1
                 window_tokens += int(batch["attention_mask"].sum()) if batch.get("attention_mask") is not None \
                     and batch["attention_mask"].dim() == 2 else batch["input_ids"].numel()
-                with offload_context(cfg.memory.offload_activations, device):
-                    with autocast:
-                        loss = self._forward_loss(model, batch)
-                    step_loss += loss.detach() / cfg.train.grad_accum
-                    if in_backward and self.regularizer is not None:
-                        loss = loss + self.regularizer.penalty(model)  # one backward: one step per parameter
-                    scaler.scale(loss / cfg.train.grad_accum).backward()
+                # Offload wraps the forward only: the block inputs it saves go to CPU; the recompute in
+                # backward keeps its tensors on the GPU (compiled blocks need their saved strides).
+                with offload_context(cfg.memory.offload_activations, device), autocast:
+                    loss = self._forward_loss(model, batch)
+                step_loss += loss.detach() / cfg.train.grad_accum
+                if in_backward and self.regularizer is not None:
+                    loss = loss + self.regularizer.penalty(model)  # one backward: one step per parameter
+                scaler.scale(loss / cfg.train.grad_accum).backward()
             if self.regularizer is not None and not in_backward:
                 # Once per optimizer step: the pull toward θ0 (L2-SP / EWC), its gradient added to the task's.
                 scaler.scale(self.regularizer.penalty(model)).backward()
@@ -348,13 +353,13 @@ class Trainer:
         advice = "lower the learning rate, check the data for empty or extreme rows, or use bf16-mixed"
         if cfg.train.nonfinite == "stop" or (cfg.train.nonfinite == "skip" and skips > cfg.train.max_skips):
             self.report(NonFiniteStep(self.step, what, "stopped", advice))
-            raise FTStudioError(f"non-finite {what} at step {self.step + 1}; {advice}")
+            raise _NonFinite(f"non-finite {what} at step {self.step + 1}", advice)
         if cfg.train.nonfinite == "rollback":
             from ftstudio.engine.checkpoint import latest_checkpoint
             ckpt = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
             if ckpt is None or skips > cfg.train.max_skips:
                 self.report(NonFiniteStep(self.step, what, "stopped", "no checkpoint to roll back to; " + advice))
-                raise FTStudioError(f"non-finite {what} at step {self.step + 1} and no checkpoint to roll back to")
+                raise _NonFinite(f"non-finite {what} at step {self.step + 1} and no checkpoint to roll back to", advice)
             state = self._load_checkpoint(ckpt, model, scaler, restore_rng=False)
             self.step = state.step  # the data position (micro_batch) keeps moving past the bad batch
             # Half of the smaller of our LR factor and the checkpoint's (its schedule already carries its own),
