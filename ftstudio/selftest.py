@@ -75,9 +75,11 @@ def check_runtime(ctx: dict) -> str:
     detail = f"torch {torch.__version__}, {'frozen bundle' if frozen else 'python ' + sys.version.split()[0]}"
     if frozen:
         import torch._dynamo.config as dynamo_config
-        _expect(bool(dynamo_config.disable), "torch.compile (Dynamo) is enabled inside the bundle; "
-                                             "the runtime hook should set TORCHDYNAMO_DISABLE=1")
-        detail += ", torch.compile off"
+        _expect(bool(dynamo_config.disable), "torch.compile (Dynamo) is enabled inside the bundle; the runtime "
+                                             "hook should set TORCH_COMPILE_DISABLE=1 and TORCHDYNAMO_DISABLE=1")
+        doubled = torch.compile(lambda x: x * 2)(torch.ones(2))  # must run eagerly: no compiler in the bundle
+        _expect(doubled.tolist() == [2.0, 2.0], f"a torch.compile'd function gave {doubled.tolist()}")
+        detail += ", torch.compile off (runs eagerly)"
     return detail
 
 
