@@ -95,6 +95,8 @@ def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int) -> int:
         n = math.prod(shp)
         if optimizer == "adamw":
             total += 2 * wbytes * n + 4          # exp_avg, exp_avg_sq, and a fp32 `step` scalar tensor
+            if wbytes == 2:
+                total += 2 * n                   # bf16 weights: CompensatedAdamW's Kahan buffer (optim.py)
         elif optimizer == "adamw8bit":
             total += 2 * n + 8 * math.ceil(n / BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n
         elif optimizer == "adafactor":

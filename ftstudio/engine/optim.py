@@ -269,8 +269,10 @@ class CompensatedAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        stochastic = self.rounding == "stochastic"
         for group in self.param_groups:
-            lr, (b1, b2), eps, wd = float(group["lr"]), group["betas"], group["eps"], group["weight_decay"]
+            lr = torch.as_tensor(float(group["lr"]), dtype=torch.float32)   # a tensor: no recompile per LR
+            (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
             for p in group["params"]:
                 if p.grad is None:
                     continue
@@ -282,35 +284,43 @@ class CompensatedAdamW(torch.optim.Optimizer):
                     if self.rounding == "kahan" and p.dtype != torch.float32:
                         state["compensation"] = torch.zeros_like(p)
                 state["step"] += 1
-                self._update(p, state, int(state["step"].item()), lr, b1, b2, eps, wd)
+                fn = _compiled_update() if p.is_cuda else _adamw_update
+                fn(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state.get("compensation"), state["step"], lr,
+                   b1, b2, eps, wd, stochastic and p.dtype == torch.bfloat16)
         return loss
 
-    def _update(self, p, state, t, lr, b1, b2, eps, wd) -> None:
-        g = p.grad.float()
-        m = state["exp_avg"].float().lerp_(g, 1 - b1)
-        v = state["exp_avg_sq"].float().mul_(b2).addcmul_(g, g, value=1 - b2)
-        state["exp_avg"].copy_(m)
-        state["exp_avg_sq"].copy_(v)
-        denom = v.sqrt_().div_(math.sqrt(1 - b2 ** t)).add_(eps)
-        delta = m.div_(denom).mul_(-lr / (1 - b1 ** t))        # the intended change, fp32
-        w = p.float()
-        if wd:
-            delta.add_(w, alpha=-lr * wd)                        # decoupled decay
-        if p.dtype == torch.float32:
-            p.add_(delta)
-            return
-        comp = state.get("compensation")
-        if comp is not None:
-            delta.add_(comp.float())                             # what earlier roundings dropped
-        new = w.add_(delta)
-        if self.rounding == "stochastic":
-            rounded = stochastic_round_bf16(new).to(p.dtype)
-        else:
-            rounded = new.to(p.dtype)
-        if comp is not None:
-            # lost = intended new weight − stored new weight (exact in fp32 for these magnitudes)
-            comp.copy_(new.sub_(rounded.float()))
-        p.copy_(rounded)
+
+def _adamw_update(p, grad, exp_avg, exp_avg_sq, comp, step, lr, b1: float, b2: float, eps: float, wd: float,
+                  stochastic: bool) -> None:
+    """One AdamW update of one tensor in fp32, written back to its (bf16) storage; see CompensatedAdamW."""
+    g = grad.float()
+    w = p.float()
+    m = exp_avg.float().lerp(g, 1 - b1)
+    v = exp_avg_sq.float() * b2 + (1 - b2) * g * g
+    exp_avg.copy_(m)
+    exp_avg_sq.copy_(v)
+    step = step.to(g.device)
+    denom = v.sqrt() / torch.sqrt(1 - b2 ** step) + eps
+    delta = -lr.to(g.device) * (m / (1 - b1 ** step) / denom + wd * w)   # decoupled decay: −lr·wd·w
+    if comp is not None:
+        delta = delta + comp.float()                 # what earlier roundings dropped (Kahan)
+    new = w + delta
+    rounded = stochastic_round_bf16(new) if stochastic else new.to(p.dtype)
+    if comp is not None:
+        comp.copy_(new - rounded.float())            # intended − stored: exact in fp32 at these magnitudes
+    p.copy_(rounded)
+
+
+_COMPILED = None
+
+
+def _compiled_update():
+    """The update compiled once per tensor shape (one fused kernel instead of ~15): the optimizer step of a
+    bf16 model is memory-bound, and eager temporaries would cost as much as the update itself."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(_adamw_update, dynamic=False)
+    return _COMPILED
 
 
 def describe_groups(optimizer: torch.optim.Optimizer) -> list[dict]:

@@ -35,6 +35,14 @@ def compile_blocks(model: torch.nn.Module, **compile_kwargs) -> int:
     blocks = find_block_list(model)
     if blocks is None:
         return 0
+    # Training never reads a KV cache; building one keys each block's graph on its layer index (a recompile
+    # per block). Blocks of one class then share one compiled graph; the limit is a guard for odd models.
+    if getattr(getattr(model, "config", None), "use_cache", None):
+        model.config.use_cache = False
+    dynamo = torch._dynamo.config
+    for key in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo, key):
+            setattr(dynamo, key, max(getattr(dynamo, key), len(blocks) + 8))
     for block in blocks:
         block.compile(**compile_kwargs)     # in place: no "_orig_mod." in the state dict, wrappers outside
     return len(blocks)
@@ -48,8 +56,10 @@ def checkpoint_kwargs(offload: bool) -> dict:
 
 
 def offload_context(enabled: bool, device: str = "cuda"):
-    """Wrap forward + backward: every tensor saved for backward outside a non-reentrant checkpoint (the block
-    inputs of reentrant checkpointing, the final norm's input) lives in (pinned) CPU memory until needed."""
+    """Wrap the forward only: every tensor it saves outside a non-reentrant checkpoint (the block inputs of
+    reentrant checkpointing, the final norm's input) lives in (pinned) CPU memory until backward needs it.
+    The backward's recompute must run outside: compiled blocks check the strides of what they saved, and
+    the CPU copies are contiguous."""
     if not enabled:
         return nullcontext()
     pin = device.startswith("cuda") and torch.cuda.is_available()
