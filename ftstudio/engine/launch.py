@@ -126,10 +126,10 @@ def run_distributed(config: RunConfig, reporter: Reporter | None = None, control
             event = RunFailed(reason=f"could not start torchrun: {e}", error_type="LaunchError")
             report(event)
             return event
-        return _supervise(proc, ctl, control, report, config, timeout_s)
+        return _supervise(proc, ctl, control, report, timeout_s)
 
 
-def _supervise(proc, ctl: _ControlFile, control: Control, report: Reporter, config: RunConfig,
+def _supervise(proc, ctl: _ControlFile, control: Control, report: Reporter,
                timeout_s: float | None) -> RunFinished | RunFailed:
     lines: queue.Queue = queue.Queue()
     for stream, tag in ((proc.stdout, "out"), (proc.stderr, "err")):
