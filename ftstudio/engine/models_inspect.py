@@ -84,26 +84,15 @@ def config_facts(cfg: dict) -> dict:
 
 
 def estimate_params(cfg: dict) -> int | None:
-    """A config-only parameter estimate (when no weights are at hand): embeddings + attention + MLP + head."""
-    c = text_config(cfg)
-    d = _first(c, "hidden_size", "n_embd", "d_model")
-    layers = _first(c, "num_hidden_layers", "n_layer", "num_layers")
-    vocab = _first(c, "vocab_size", "n_vocab")
-    if not (d and layers and vocab):
+    """A config-only parameter count (when no weights are at hand), from the memory model's tensor list for
+    the architecture, so the model panel and the memory plan never disagree."""
+    from ftstudio.core.errors import ModelError
+    from ftstudio.engine.memory_shape import shape_from_config
+
+    try:
+        return shape_from_config(cfg).params
+    except (ModelError, KeyError, TypeError, ValueError):
         return None
-    heads = _first(c, "num_attention_heads", "n_head") or 1
-    kv_heads = _first(c, "num_key_value_heads") or heads
-    head_dim = _first(c, "head_dim") or d // heads
-    ff = _first(c, "intermediate_size", "n_inner", "ffn_dim") or 4 * d
-    attention = d * heads * head_dim * 2 + d * kv_heads * head_dim * 2  # q, o and k, v
-    gated = str(c.get("hidden_act", c.get("activation_function", ""))) in ("silu", "swiglu", "geglu") \
-        or c.get("model_type") in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi3")
-    mlp = (3 if gated else 2) * d * ff
-    # Only some families learn a position table; rotary/ALiBi models (most decoders today) have none.
-    learned = c.get("model_type") in ENCODER_TYPES | _LEARNED_POSITIONS
-    positions = (_first(c, *_CONTEXT_KEYS) or 0) * d if learned else 0
-    head = 0 if c.get("tie_word_embeddings", True) else vocab * d
-    return vocab * d + positions + layers * (attention + mlp + 4 * d) + head
 
 
 def _safetensors_header(path: Path) -> dict:
