@@ -40,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
             kw["val_fraction"] = args.val_fraction
         cfg = DataConfig(**kw)
         model_cfg = ModelConfig(source=args.model or "demo", task=args.task)
-        info = models_mod.describe_model(model_cfg.source)
         tokenizer = models_mod.load_tokenizer(model_cfg)
     except FTStudioError as e:
         return fail(str(e))

@@ -2,8 +2,6 @@
 stdout stays free for --json."""
 from __future__ import annotations
 
-import sys
-
 from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Event, LogLine, NonFiniteStep, RunFailed,
                                   RunFinished, RunStarted, StepMetrics)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from ftstudio.core.config import RunConfig
 from ftstudio.core.control import Control
 from ftstudio.core.errors import ConfigError, FTStudioError
-from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Event, Fanout, LogLine, NonFiniteStep,
+from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine, NonFiniteStep,
                                   Reporter, RunFailed, RunFinished, RunStarted, StepMetrics)
 from ftstudio.core.runs import MetricsWriter, make_run_name
 
