@@ -284,7 +284,58 @@ def test_hardware_panel_polls_about_once_a_second(make_window, qtbot):
         assert first.text(1).startswith("CPU") and "/" in first.text(2)
         assert panel.target.currentData() == 80e9  # no GPU: plan against the seed's 80 GB card
     else:
-        assert panel.selected() == [panel.gpus[0].index] and "multi-GPU" in panel.note.text()
+        assert panel.selected() == [panel.gpus[0].index] and "FSDP2" in panel.note.text()
+
+
+def test_ticking_two_gpus_makes_one_fsdp_run_planned_per_gpu(make_window, qtbot, monkeypatch, tmp_path):
+    from PySide6.QtCore import Qt
+
+    from ftstudio.core.events import MemorySnapshot
+    from ftstudio.engine import hardware, memory
+
+    fake = [hardware.GpuInfo(index=i, name="NVIDIA H200", total_bytes=int(141e9), used_bytes=int(1e9),
+                             free_bytes=int(140e9), utilization=0, temperature=30) for i in range(2)]
+    monkeypatch.setattr(hardware, "list_gpus", lambda: list(fake))
+    win = make_window(device="auto", precision="bf16-mixed")
+    wait_ready(qtbot, win)
+    panel = win.hardware_panel
+    qtbot.waitUntil(lambda: panel.table.topLevelItemCount() == 2, timeout=10_000)
+    assert panel.selected() == [0]  # "auto" is the first GPU
+    assert "later" not in panel.note.text()
+    one_gpu = win.memory_bar.plan
+    with qtbot.waitSignal(win.planUpdated, timeout=5_000):
+        panel.table.topLevelItem(1).setCheckState(0, Qt.CheckState.Checked)  # what a click does
+    cfg = win.config()
+    assert cfg.hardware.gpus == [0, 1] and cfg.hardware.device == "cuda"
+    assert win.training_panel.editors["gpus"].widget.text() == "0, 1"
+    plan = win.memory_bar.plan
+    assert plan.to_dict() == memory.estimate(win.model_info.config, cfg, gpus=2).to_dict()  # per GPU, sharded
+    assert plan.weights < one_gpu.weights and plan.optimizer < one_gpu.optimizer
+    assert "FSDP2" in panel.note.text() and win.memory_bar.capacity == 141e9
+    panel.table.topLevelItem(0).setCheckState(0, Qt.CheckState.Unchecked)
+    assert (win.config().hardware.device, win.config().hardware.gpus) == ("cuda:1", [])
+    panel.table.topLevelItem(1).setCheckState(0, Qt.CheckState.Unchecked)
+    assert (win.config().hardware.device, win.config().hardware.gpus) == ("cpu", [])
+    win.training_panel.set_values(device="cuda", gpus=[0, 1])  # a loaded config shows as ticks
+    assert panel.selected() == [0, 1]
+    for dev in ("cuda:0", "cuda:1"):  # during a run: one measured row (and one memory curve pair) per card
+        snap = MemorySnapshot(step=2, device=dev, weights=int(2e9), gradients=int(2e9), optimizer=int(8e9),
+                              activations=int(1e9), allocated_peak=int(14e9), nvml_used=int(15e9))
+        win.monitor.handle(snap)
+    assert [name for name, _ in win.memory_bar.canvas.rows()] == ["plan", "cuda:0", "cuda:1"]
+    assert set(win.monitor.mem_by_device) == {"cuda:0", "cuda:1"}
+    win.memory_bar.grab()
+
+
+def test_export_launch_script_saves_config_and_script(make_window, tmp_path):
+    win = make_window(lr=3e-5)
+    script = win.export_launch_script(str(tmp_path / "cluster.yaml"), 2, 4, True)
+    text = script.read_text()
+    assert script.name == "cluster.sbatch" and "#SBATCH --nodes=2" in text and "--nproc-per-node=4" in text
+    assert str(tmp_path / "cluster.yaml") in text
+    assert C.RunConfig.load(tmp_path / "cluster.yaml") == win.config()
+    plain = win.export_launch_script(str(tmp_path / "one.yaml"), 1, 2, False)
+    assert plain.name == "one-launch.sh" and "--standalone --nproc-per-node=2" in plain.read_text()
 
 
 def test_compare_tab_generates_with_base_and_fine_tuned(make_window, qtbot, tiny_llama, tmp_path):

@@ -151,6 +151,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
             self.model_panel.choose(cfg.model.source)
         self.data_panel.set_data_config(cfg.data)
         self.data_panel.set_task(None if cfg.model.task == "auto" else cfg.model.task)
+        self.hardware_panel.set_config(cfg.hardware.device, cfg.hardware.gpus)
         self.runs_tab.set_root(cfg.train.output)
         self._update_plan()
 
@@ -193,7 +194,9 @@ class MainWindow(WindowMenusMixin, QMainWindow):
 
     @Slot(list)
     def _gpus_changed(self, gpus: list) -> None:
-        self._update_plan()
+        """A tick in the hardware panel: none = CPU, one = that card, several = one FSDP2 run over them."""
+        from .panels.hardware_panel import hardware_fields
+        self.training_panel.set_values(**hardware_fields(gpus))  # → _config_changed → _update_plan
 
     def _resolve_task(self) -> None:
         if self.model_info is None:
@@ -214,7 +217,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         if self.model_info is None or not self.model_info.config:
             return
         cfg = self.config()
-        gpus = max(1, len(cfg.hardware.gpus))
+        gpus = max(1, len(cfg.hardware.gpus))  # the plan is per GPU: FSDP2 shards over the ticked cards
         t0 = time.perf_counter()
         try:
             mem = engine("memory", "estimate", "solve")

@@ -2,9 +2,11 @@
 as stacked bars against the chosen card, with markers where 24, 48, 80 and 141 GB cards end.
 
 Before the run the row "plan" shows the calibrated estimate and the seed's textbook figure (16N + s·b·d·L·12)
-is drawn as a tick beside it; during the run the row "measured" fills from MemorySnapshot events, so plan
-and truth can be compared at a glance. The bar turns red, with the solver's advice below it, when the plan
-does not fit.
+is drawn as a tick beside it; during the run the row "measured" fills from MemorySnapshot events (a
+multi-GPU run gets one row per card, "cuda:0", "cuda:1", …: the plan is per GPU), so plan and truth can be
+compared at a glance. The bar turns red, with the solver's advice below it, when the plan does not fit.
+The scale always spans at least 150 GB so every card marker is in view; a small model's bar is a sliver,
+so its total is printed beside it.
 """
 from __future__ import annotations
 
@@ -32,32 +34,51 @@ def _parts_of_snapshot(snap) -> dict[str, float]:
     return parts
 
 
+MIN_SPAN = 150e9  # the bar always reaches past the 141 GB marker, so every card size is in view
+
+
 class _BarCanvas(QWidget):
     ROW_H = 22
+    TOP = 16
 
     def __init__(self, owner: "MemoryBar"):
         super().__init__(owner)
         self.owner = owner
-        self.setMinimumHeight(3 * self.ROW_H + 22)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+        self.fit_rows()
 
-    def _scale(self) -> float:
+    def rows(self) -> list[tuple[str, dict[str, float] | None]]:
+        """("plan", parts), then one measured row per device (a multi-GPU run has one per card)."""
+        o = self.owner
+        out = [("plan", _parts_of_plan(o.plan) if o.plan is not None else None)]
+        snaps = o.measured_by_device
+        if not snaps:
+            out.append(("measured", None))
+        elif len(snaps) == 1:
+            out.append(("measured", _parts_of_snapshot(next(iter(snaps.values())))))
+        else:
+            out += [(dev, _parts_of_snapshot(snap)) for dev, snap in sorted(snaps.items())]
+        return out
+
+    def fit_rows(self) -> None:
+        n = max(2, len(self.owner.measured_by_device) + 1)
+        self.setFixedHeight(self.TOP + n * (self.ROW_H + 4) + 20)
+
+    def scale(self) -> float:
+        """Bytes across the full width: at least 150 GB (every card marker shows), more if the plan is larger."""
         o = self.owner
         values = [o.capacity or 0, o.textbook or 0]
-        if o.plan is not None:
-            values.append(sum(_parts_of_plan(o.plan).values()))
-        if o.measured is not None:
-            values.append(sum(_parts_of_snapshot(o.measured).values()))
-        return max(values + [1.0]) * 1.08
+        values += [sum(parts.values()) for _name, parts in self.rows() if parts]
+        return max(MIN_SPAN, max(values) * 1.05)
 
     def paintEvent(self, _event) -> None:  # noqa: N802 (Qt name)
         o = self.owner
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         fg = self.palette().windowText().color()
-        label_w, top = 70, 16
+        label_w, top = 70, self.TOP
         width = max(10, self.width() - label_w - 8)
-        scale = self._scale()
+        scale = self.scale()
 
         def x_of(b: float) -> float:
             return label_w + width * min(b, scale) / scale
@@ -65,8 +86,7 @@ class _BarCanvas(QWidget):
         small = QFont(self.font())
         small.setPointSizeF(max(7.0, small.pointSizeF() * 0.85))
         p.setFont(small)
-        rows = [("plan", _parts_of_plan(o.plan) if o.plan is not None else None),
-                ("measured", _parts_of_snapshot(o.measured) if o.measured is not None else None)]
+        rows = self.rows()
         for i, (name, parts) in enumerate(rows):
             y = top + i * (self.ROW_H + 4)
             p.setPen(fg)
@@ -75,45 +95,49 @@ class _BarCanvas(QWidget):
             p.setPen(QPen(fg.darker(150) if fg.lightness() > 128 else fg.lighter(250), 1))
             p.setBrush(Qt.BrushStyle.NoBrush)
             p.drawRect(QRectF(label_w, y, width, self.ROW_H))
-            if not parts:
-                continue
-            x = float(label_w)
-            for part in PARTS:
-                w = x_of(sum(list(parts.values())[:PARTS.index(part) + 1])) - x
-                if w > 0:
-                    color = QColor(COLORS[part])
-                    if name == "plan" and not o.fits:
-                        color = color.darker(110)
-                    p.fillRect(QRectF(x, y + 1, w, self.ROW_H - 2), color)
-                    x += w
-        # the textbook 16N figure beside the plan
-        if o.textbook:
+            if parts:
+                self._paint_parts(p, parts, y, x_of, red=(name == "plan" and not o.fits), fg=fg)
+        if o.textbook:  # the seed's textbook 16N figure beside the plan
             xt = x_of(o.textbook)
             p.setPen(QPen(QColor("#b07aa1"), 2, Qt.PenStyle.DashLine))
             p.drawLine(int(xt), top - 2, int(xt), top + self.ROW_H + 2)
-        # card markers and the chosen card's capacity
-        ybot = top + 2 * (self.ROW_H + 4)
-        for gb in CARD_MARKERS_GB:
-            b = gb * 1e9
-            if b < scale:
-                xm = x_of(b)
-                p.setPen(QPen(fg, 1, Qt.PenStyle.DotLine))
-                p.drawLine(int(xm), top - 4, int(xm), ybot)
-                p.setPen(fg)
-                p.drawText(int(xm) + 2, top - 4, f"{gb} GB")
+        ybot = top + len(rows) * (self.ROW_H + 4)
+        for gb in CARD_MARKERS_GB:  # card markers and the chosen card's capacity
+            xm = x_of(gb * 1e9)
+            p.setPen(QPen(fg, 1, Qt.PenStyle.DotLine))
+            p.drawLine(int(xm), top - 4, int(xm), ybot)
+            p.setPen(fg)
+            p.drawText(int(xm) + 2, top - 4, f"{gb} GB")
         if o.capacity:
             xc = x_of(o.capacity)
             p.setPen(QPen(QColor("#d62728") if not o.fits else QColor("#2ca02c"), 2))
             p.drawLine(int(xc), top - 6, int(xc), ybot + 2)
             p.drawText(QRectF(xc - 200, ybot + 2, 196, 16), Qt.AlignmentFlag.AlignRight, f"{o.capacity_label}")
-        # legend
         x = label_w
-        for part in PARTS:
+        for part in PARTS:  # legend
             p.fillRect(QRectF(x, ybot + 6, 10, 10), QColor(COLORS[part]))
             p.setPen(fg)
             p.drawText(int(x) + 13, ybot + 15, part)
             x += 13 + p.fontMetrics().horizontalAdvance(part) + 12
         p.end()
+
+    def _paint_parts(self, p: QPainter, parts: dict[str, float], y: float, x_of, red: bool, fg) -> None:
+        x0 = x = float(x_of(0))
+        total = 0.0
+        for part in PARTS:
+            total += parts.get(part, 0.0)
+            w = x_of(total) - x
+            if w > 0:
+                color = QColor(COLORS[part])
+                p.fillRect(QRectF(x, y + 1, w, self.ROW_H - 2), color.darker(110) if red else color)
+                x += w
+        if x - x0 < 3 and total > 0:  # a small model is a sliver on a 150 GB scale: keep it visible
+            p.fillRect(QRectF(x0, y + 1, 3, self.ROW_H - 2), QColor(COLORS["weights"]))
+            x = x0 + 3
+        if x - x0 < 0.5 * self.width():  # the total beside the bar, so a sliver still reads
+            p.setPen(fg)
+            p.drawText(QRectF(x + 6, y, 160, self.ROW_H), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
+                       fmt_bytes(total))
 
 
 class MemoryBar(QWidget):
@@ -125,7 +149,8 @@ class MemoryBar(QWidget):
         self.plan = None
         self.textbook: float | None = None
         self.advice = None
-        self.measured = None
+        self.measured = None  # the latest MemorySnapshot (any device)
+        self.measured_by_device: dict[str, object] = {}  # device ("cuda:0", "cpu") → its latest snapshot
         self.capacity: float | None = None
         self.capacity_label = ""
         self.fits = True
@@ -160,11 +185,18 @@ class MemoryBar(QWidget):
         self.canvas.update()
 
     def set_measured(self, snapshot) -> None:
+        """A MemorySnapshot: each device keeps its own row (one per GPU of a multi-GPU run)."""
         self.measured = snapshot
+        new_device = snapshot.device not in self.measured_by_device
+        self.measured_by_device[snapshot.device] = snapshot
+        if new_device:
+            self.canvas.fit_rows()
         self._refresh()
 
     def clear_measured(self) -> None:
         self.measured = None
+        self.measured_by_device.clear()
+        self.canvas.fit_rows()
         self._refresh()
 
     def _refresh(self) -> None:
@@ -177,9 +209,8 @@ class MemoryBar(QWidget):
                 detail += f" (other includes θ0 anchor {fmt_bytes(anchor)})"
             lines.append(f"<b>Plan {fmt_bytes(sum(parts.values()))}</b> per GPU ({detail}); "
                          f"textbook 16N + s·b·d·L·12: {fmt_bytes(self.textbook)}.")
-        if self.measured is not None:
-            m = self.measured
-            lines.append(f"<b>Measured</b> at step {m.step} on {m.device}: weights {fmt_bytes(m.weights)}, "
+        for dev, m in sorted(self.measured_by_device.items()):
+            lines.append(f"<b>Measured</b> at step {m.step} on {dev}: weights {fmt_bytes(m.weights)}, "
                          f"gradients {fmt_bytes(m.gradients)}, optimizer {fmt_bytes(m.optimizer)}, "
                          f"allocator peak {fmt_bytes(m.allocated_peak)}, NVML {fmt_bytes(m.nvml_used)}.")
         if self.plan is not None and not self.fits:

@@ -22,6 +22,7 @@ from .engine_access import fmt_duration
 from .theme import COLORS
 
 REDRAW_MS = 100
+MEM_COLORS = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#1f77b4", "#ff7f0e", "#2ca02c")
 
 
 def make_plot(title: str, ylabel: str, object_name: str | None = None) -> pg.PlotWidget:
@@ -106,6 +107,7 @@ class Monitor(QWidget):
         self.mem = Series(self.mem_plot, COLORS["mem"], "tensors + allocator", symbol="o")
         self.mem_nvml = Series(self.mem_plot, COLORS["measured"], "NVML", symbol="o")
         self.series = [self.train, self.eval, self.retention, self.lr, self.grad, self.tps, self.mem, self.mem_nvml]
+        self.mem_by_device: dict[str, tuple[Series, Series]] = {}  # a multi-GPU run: one pair of curves per card
 
         grid = QGridLayout()
         grid.setSpacing(4)
@@ -156,6 +158,13 @@ class Monitor(QWidget):
         self.source = None
 
     def reset(self) -> None:
+        for pair in list(self.mem_by_device.values())[1:]:  # the extra cards' curves of the last run
+            for extra in pair:
+                self.mem_plot.removeItem(extra.curve)
+                self.series.remove(extra)
+        self.mem_by_device.clear()
+        self._rename(self.mem, "tensors + allocator")
+        self._rename(self.mem_nvml, "NVML")
         for s in self.series:
             s.clear()
         self.counts.clear()
@@ -191,11 +200,12 @@ class Monitor(QWidget):
             self.eventsProcessed.emit(n)
 
     def _flush(self) -> None:
-        grew = self.mem.dirty or self.mem_nvml.dirty
+        mem_curves = [s for pair in self.mem_by_device.values() for s in pair] or [self.mem, self.mem_nvml]
+        grew = any(s.dirty for s in mem_curves)
         for s in self.series:
             s.flush()
         if grew:  # memory from zero: a flat line must not be blown up to its last digits
-            top = max(self.mem.y + self.mem_nvml.y + [1.0])
+            top = max([y for s in mem_curves for y in s.y] + [1.0])
             self.mem_plot.setYRange(0, top * 1.15, padding=0)
 
     def handle(self, e: ev.Event) -> None:
@@ -255,11 +265,37 @@ class Monitor(QWidget):
                          f"{e.tokens_per_s:,.0f} tokens/s")
         self.progress.setFormat(f"step %v / %m · {self.eta_text}")
 
+    def _mem_series(self, device: str) -> tuple[Series, Series]:
+        """The curves of one device: the first device uses the plot's own pair, each further card gets one."""
+        if device not in self.mem_by_device:
+            if not self.mem_by_device:
+                self.mem_by_device[device] = (self.mem, self.mem_nvml)
+            else:
+                k = len(self.mem_by_device)
+                color = MEM_COLORS[k % len(MEM_COLORS)]
+                pair = (Series(self.mem_plot, color, f"{device} tensors + allocator", symbol="o"),
+                        Series(self.mem_plot, color, f"{device} NVML", symbol="t"))
+                self.series += list(pair)
+                self.mem_by_device[device] = pair
+            if len(self.mem_by_device) == 2:  # name the first pair by its device too, now that there are several
+                first_dev, (a, b) = next(iter(self.mem_by_device.items()))
+                self._rename(a, f"{first_dev} tensors + allocator")
+                self._rename(b, f"{first_dev} NVML")
+        return self.mem_by_device[device]
+
+    def _rename(self, series: Series, name: str) -> None:
+        series.curve.opts["name"] = name
+        legend = self.mem_plot.getPlotItem().legend
+        if legend is not None:
+            legend.removeItem(series.curve)
+            legend.addItem(series.curve, name)
+
     def _on_memory(self, e: ev.MemorySnapshot) -> None:
         tensors = (e.weights or 0) + (e.gradients or 0) + (e.optimizer or 0) + (e.activations or 0)
-        self.mem.append(e.step, max(tensors, e.allocated_peak or 0))
+        mem, nvml = self._mem_series(e.device)
+        mem.append(e.step, max(tensors, e.allocated_peak or 0))
         if e.nvml_used:
-            self.mem_nvml.append(e.step, e.nvml_used)
+            nvml.append(e.step, e.nvml_used)
         self.memoryMeasured.emit(e)
 
     def _on_finished(self, e: ev.RunFinished) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtGui import QAction, QActionGroup, QGuiApplication, QKeySequence
-from PySide6.QtWidgets import QFileDialog, QMessageBox
+from PySide6.QtWidgets import (QCheckBox, QDialog, QDialogButtonBox, QFileDialog, QFormLayout, QLabel, QMessageBox,
+                               QSpinBox)
 
 from ftstudio.core.config import RunConfig
 from ftstudio.core.errors import ConfigError
@@ -25,6 +26,7 @@ class WindowMenusMixin:
         self._action(m, "Load config YAML…", self.load_config_dialog, "Ctrl+L")
         self._action(m, "Save config YAML…", self.save_config_dialog, QKeySequence.StandardKey.Save)
         self._action(m, "Copy CLI command", self.copy_cli_command, "Ctrl+Shift+C")
+        self._action(m, "Export launch script…", self.export_launch_dialog)
         m.addSeparator()
         self._action(m, "Quit", self.close, QKeySequence.StandardKey.Quit)
         m = self.menuBar().addMenu("&Run")
@@ -90,6 +92,38 @@ class WindowMenusMixin:
         self._status(f"Copied: {cmd}")
 
     @Slot()
+    def export_launch_dialog(self) -> None:
+        """Ask nodes / GPUs per node / SLURM, then where to save the config; the script goes beside it."""
+        gpus = len(self.config().hardware.gpus) or 8
+        dlg = LaunchDialog(self, gpus_per_node=gpus)
+        if dlg.exec() != QDialog.DialogCode.Accepted:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save the config the script will run", "run.yaml",
+                                              "YAML (*.yaml *.yml)")
+        if path:
+            try:
+                script = self.export_launch_script(path, *dlg.values())
+            except (OSError, ValueError) as e:
+                QMessageBox.warning(self, "Cannot write the launch script", str(e))
+                return
+            self._status(f"Saved {path} and {script}: copy both to the cluster and run "
+                         + ("`sbatch " if dlg.values()[2] else "`bash ") + f"{script.name}`.")
+
+    def export_launch_script(self, config_path: str, nodes: int, gpus_per_node: int, slurm: bool):
+        """Save the current config to ``config_path`` and the torchrun (or SLURM) script that runs it beside it
+        (``<stem>.sbatch`` or ``<stem>-launch.sh``); returns the script's path."""
+        from pathlib import Path
+
+        from .engine_access import engine
+        cfg_path = Path(config_path).resolve()
+        self.config().save(cfg_path)
+        text = engine("launch", "launch_script").launch_script(cfg_path, nodes, gpus_per_node, slurm)
+        script = cfg_path.with_name(cfg_path.stem + (".sbatch" if slurm else "-launch.sh"))
+        script.write_text(text, encoding="utf-8")
+        script.chmod(0o755)
+        return script
+
+    @Slot()
     def _theme_from_action(self) -> None:
         self.set_theme(self.sender().data())
 
@@ -138,3 +172,33 @@ class WindowMenusMixin:
         recent = self.settings.value("recentDatasets", []) or []
         self.data_panel.set_recent([recent] if isinstance(recent, str) else list(recent))
         self.set_theme(str(self.settings.value("theme", "light")))
+
+
+class LaunchDialog(QDialog):
+    """Nodes, GPUs per node and whether to wrap the command in a SLURM batch header."""
+
+    def __init__(self, parent=None, gpus_per_node: int = 8):
+        super().__init__(parent)
+        self.setWindowTitle("Export launch script")
+        form = QFormLayout(self)
+        intro = QLabel("A torchrun command (FSDP2) that runs this config on a cluster; every node needs the same "
+                       "environment and the model, data and output folder on a shared filesystem.")
+        intro.setWordWrap(True)
+        form.addRow(intro)
+        self.nodes = QSpinBox()
+        self.nodes.setRange(1, 4096)
+        self.gpus = QSpinBox()
+        self.gpus.setRange(1, 64)
+        self.gpus.setValue(gpus_per_node)
+        self.slurm = QCheckBox("Write an sbatch script (SLURM picks the nodes)")
+        self.slurm.setChecked(True)
+        form.addRow("Nodes:", self.nodes)
+        form.addRow("GPUs per node:", self.gpus)
+        form.addRow(self.slurm)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self.accept)
+        buttons.rejected.connect(self.reject)
+        form.addRow(buttons)
+
+    def values(self) -> tuple[int, int, bool]:
+        return self.nodes.value(), self.gpus.value(), self.slurm.isChecked()

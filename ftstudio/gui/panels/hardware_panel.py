@@ -1,5 +1,10 @@
 """HardwarePanel: every NVIDIA GPU from NVML (memory, utilisation, temperature, power) refreshed about once a
-second, the CPU when there is none; which GPUs to use; and which card the memory plan is drawn against.
+second, the CPU when there is none; which GPUs to train on; and which card the memory plan is drawn against.
+
+The ticks are the view of ``hardware.device`` / ``hardware.gpus`` (see :func:`hardware_fields` and
+:func:`ticked_for`): none ticked trains on the CPU, one on that card, several as one FSDP2 run (torchrun,
+sharded weights, gradients and optimizer state). Only a user's click writes the config; ticks set from a
+loaded config do not echo back.
 
 NVML is polled on a pool thread (a driver call can stall for tens of ms); a poll still in flight skips a tick.
 """
@@ -16,6 +21,27 @@ POLL_MS = 1000
 CARDS_GB = (24, 48, 80, 141)
 
 
+def hardware_fields(selected: list[int]) -> dict:
+    """The config leaves the ticked GPUs stand for."""
+    if not selected:
+        return {"device": "cpu", "gpus": []}
+    if len(selected) == 1:
+        return {"device": f"cuda:{selected[0]}", "gpus": []}
+    return {"device": "cuda", "gpus": sorted(selected)}
+
+
+def ticked_for(device: str, gpus: list[int], available: list[int]) -> list[int]:
+    """The ticks that show a config's device/gpus on the GPUs present ("auto"/"cuda": the first one)."""
+    if gpus:
+        return [g for g in gpus if g in available]
+    if device.startswith("cuda:"):
+        n = int(device[5:])
+        return [n] if n in available else []
+    if device == "cpu" or not available:
+        return []
+    return available[:1]
+
+
 def poll_hardware() -> dict:
     hw = engine("hardware", "list_gpus", "cpu_info")
     gpus = hw.list_gpus()
@@ -24,7 +50,7 @@ def poll_hardware() -> dict:
 
 
 class HardwarePanel(QGroupBox):
-    selectionChanged = Signal(list)  # ticked GPU indices
+    selectionChanged = Signal(list)  # ticked GPU indices, after a user's click only
     targetChanged = Signal(object, str)  # capacity in bytes (or None), label
 
     def __init__(self, jobs_pool=None, parent: QWidget | None = None):
@@ -32,6 +58,7 @@ class HardwarePanel(QGroupBox):
         self.setObjectName("hardwarePanel")
         self.gpus: list = []
         self.cpu = None
+        self.wanted: tuple[str, list[int]] = ("auto", [])  # the config's device/gpus, ticked when GPUs appear
         self.polls = 0
         self._in_flight = False
         self.jobs = JobRunner(jobs_pool, self)
@@ -103,13 +130,12 @@ class HardwarePanel(QGroupBox):
         self.table.blockSignals(True)
         self.table.clear()
         if self.gpus:
-            for i, g in enumerate(self.gpus):
+            for _g in self.gpus:
                 item = QTreeWidgetItem()
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-                item.setCheckState(0, Qt.CheckState.Checked if i == 0 else Qt.CheckState.Unchecked)
+                item.setCheckState(0, Qt.CheckState.Unchecked)
                 self.table.addTopLevelItem(item)
-            self.note.setText("Tick the GPUs to train on. Runs use one GPU for now; multi-GPU (FSDP2) runs "
-                              "arrive in a later version.")
+            self._tick(ticked_for(*self.wanted, [int(g.index) for g in self.gpus]))
         else:
             item = QTreeWidgetItem()
             self.table.addTopLevelItem(item)
@@ -138,11 +164,48 @@ class HardwarePanel(QGroupBox):
             item.setText(3, f"{c.utilization:.0f} %")
         self.table.blockSignals(False)
 
+    def set_config(self, device: str, gpus: list[int]) -> None:
+        """Show a config's choice as ticks (no selectionChanged: the config already says so)."""
+        self.wanted = (device, list(gpus))
+        if self.gpus:
+            self._tick(ticked_for(device, list(gpus), [int(g.index) for g in self.gpus]))
+
+    def _tick(self, indices: list[int]) -> None:
+        self.table.blockSignals(True)
+        for i, g in enumerate(self.gpus):
+            item = self.table.topLevelItem(i)
+            if item is not None:
+                item.setCheckState(0, Qt.CheckState.Checked if int(g.index) in indices else Qt.CheckState.Unchecked)
+        self.table.blockSignals(False)
+        self._show_choice()
+
+    def _show_choice(self) -> None:
+        if not self.gpus:
+            return
+        chosen = self.selected()
+        if not chosen:
+            text = "No GPU ticked: training runs on the CPU (slow). Tick one GPU, or several for one run."
+        elif len(chosen) == 1:
+            text = (f"Training on GPU {chosen[0]}. Tick more GPUs to shard the run over them (FSDP2: weights, "
+                    "gradients and optimizer state split across the cards; the memory bar plans per GPU).")
+        else:
+            text = (f"One FSDP2 run over GPUs {', '.join(map(str, chosen))} (torchrun, {len(chosen)} processes): "
+                    f"weights, gradients and optimizer state are sharded, so each card holds about 1/{len(chosen)} "
+                    "of them; the memory bar plans per GPU and shows each card during the run.")
+        self.note.setText(text)
+
     @Slot(QTreeWidgetItem, int)
     def _item_changed(self, _item, column: int) -> None:
         if column == 0:
-            self.selectionChanged.emit(self.selected())
+            chosen = self.selected()
+            self.wanted = (hardware_fields(chosen)["device"], hardware_fields(chosen)["gpus"])
+            self._show_choice()
             self._fill_targets()
+            if chosen:  # plan against the first ticked card (all ticked cards of one run are usually alike)
+                idx = self.target.findData(next(g.total_bytes for g in self.gpus if int(g.index) == chosen[0]))
+                if idx >= 0:
+                    self.target.setCurrentIndex(idx)
+            self.selectionChanged.emit(chosen)
 
     def selected(self) -> list[int]:
         out = []

@@ -232,7 +232,12 @@ class TrainingPanel(QWidget):
 
     def set_value(self, leaf: str, value) -> None:
         """Set one field from outside (model/data panels) without echoing it back as a user edit."""
-        self.editors[leaf].set(value)
+        self.set_values(**{leaf: value})
+
+    def set_values(self, **leaves) -> None:
+        """Set several fields at once and validate once (hardware.device and .gpus change together)."""
+        for leaf, value in leaves.items():
+            self.editors[leaf].set(value)
         self._on_edit()
 
     def apply_preset(self, name: str) -> None:
