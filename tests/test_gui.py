@@ -94,7 +94,7 @@ def test_window_has_the_named_parts_and_the_demo(make_window, qtbot):
 
 
 def test_training_form_has_every_field_with_its_doc_and_choices(make_window):
-    from ftstudio.gui.panels.training_panel import PRESETS
+    from ftstudio.core import presets
 
     panel = make_window().training_panel
     assert set(panel.editors) == set(C.LEAF_TO_SECTION)
@@ -102,13 +102,19 @@ def test_training_form_has_every_field_with_its_doc_and_choices(make_window):
         assert C.leaf_doc(leaf) in ed.tooltip
     assert [panel.editors["schedule"].widget.itemText(i) for i in range(len(C.SCHEDULES))] == list(C.SCHEDULES)
     assert panel.editors["precision"].widget.count() == len(C.PRECISIONS)
-    for values in PRESETS.values():
-        assert set(values) <= set(C.LEAF_TO_SECTION)  # presets only set fields that exist
-        C.RunConfig().replace(**values)  # and valid values
-    panel.apply_preset("Safe defaults (seed)")
+    combo = panel.preset
+    assert [combo.itemText(i) for i in range(1, combo.count())] == presets.preset_names()  # one source
+    panel.editors["lr"].widget.setText("7e-5")
+    assert combo.currentIndex() == 0  # no preset sets lr 7e-5
+    panel.apply_preset("Safe defaults (the seed)")
     cfg = panel.config()
     assert (cfg.optim.lr, cfg.schedule.schedule, cfg.schedule.warmup_ratio, cfg.train.epochs) == \
         (2e-5, "cosine", 0.05, 2.0)
+    assert combo.currentText() == presets.matching_preset(cfg) == "Safe defaults (the seed)"
+    combo.activated.emit(presets.preset_names().index("Fastest") + 1)  # what choosing it in the list does
+    assert panel.config() == presets.apply_preset(cfg, "Fastest") and combo.currentText() == "Fastest"
+    panel.editors["compile"].widget.setChecked(False)  # an edit that leaves the preset un-matches it
+    assert combo.currentIndex() == 0
 
 
 def test_lr_plot_redraws_while_editing_and_bad_values_name_the_field(make_window):
@@ -238,7 +244,7 @@ def test_trust_remote_code_asks_first(make_window, monkeypatch):
 
 def test_cli_command_and_yaml_round_trip(make_window, tmp_path):
     win = make_window()
-    win.training_panel.apply_preset("Safe defaults (seed)")
+    win.training_panel.apply_preset("Safe defaults (the seed)")
     cmd = win.cli_command()
     assert cmd.startswith("ftstudio train ") and "--lr 2e-05" in cmd
     assert "--epochs" not in cmd or "--epochs 2.0" in cmd  # only fields that differ from the defaults

@@ -25,4 +25,4 @@ text into the batches (<i>mix_fraction</i>), and pulling the weights back toward
 below pre-training. Linear warmup (3–10 % of the steps) then cosine decay is the standard schedule; constant
 with warmup works for short runs. <b>Discriminative rates</b> (<i>layer_lr_decay</i> ξ, ULMFiT's 2.6) train
 layer l from the top at lr·ξ^-l, so the general early layers move least.</p>
-<p>The preset <i>Safe defaults (seed)</i> sets LR 2e-5, warmup + cosine, 5 % warmup, 2 epochs.</p>"""
+<p>The preset <i>Safe defaults (the seed)</i> sets LR 2e-5, warmup + cosine, 5 % warmup, 2 epochs.</p>"""

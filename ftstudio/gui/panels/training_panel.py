@@ -1,5 +1,7 @@
 """TrainingPanel, the view of RunConfig: one editor per dataclass field, generated from the sections in
-core/config.py, with the field's docstring as its tooltip; presets; and the LR schedule drawn while editing.
+core/config.py, with the field's docstring as its tooltip; the presets of core/presets.py (the combo shows the
+one the config matches); the LR schedule drawn while editing; and, when layer_lr_decay ξ > 1, each layer
+group's learning rate as bars.
 
 Nothing here lists fields by hand, so a field added to RunConfig appears in the form by itself.
 """
@@ -9,12 +11,13 @@ import dataclasses
 import math
 
 import pyqtgraph as pg
-from PySide6.QtCore import Signal, Slot
+from PySide6.QtCore import Qt, Signal, Slot
 from PySide6.QtGui import QDoubleValidator
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QScrollArea, QSpinBox, QVBoxLayout, QWidget)
 
 from ftstudio.core import config as C
+from ftstudio.core import presets as P
 from ftstudio.core.errors import ConfigError
 from ftstudio.engine.schedule import lr_curve
 
@@ -27,20 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 EDITABLE_CHOICES = {"device": ("auto", "cpu", "cuda", "cuda:0", "cuda:1")}
 NONE_INT = -1  # an optional int's spin box shows "None" at this value
-
-# Presets set only fields that exist; a test checks each leaf against RunConfig.
-PRESETS: dict[str, dict] = {
-    "Safe defaults (seed)": dict(lr=2e-5, schedule="cosine", warmup_ratio=0.05, warmup_steps=None, epochs=2.0,
-                                 max_steps=None, weight_decay=0.01, grad_clip=1.0, min_lr_ratio=0.0,
-                                 layer_lr_decay=1.0),
-    "Constant LR with warmup (short runs)": dict(lr=2e-5, schedule="constant", warmup_ratio=0.05, warmup_steps=None,
-                                                 epochs=1.0),
-    "ULMFiT discriminative rates": dict(lr=2e-5, layer_lr_decay=2.6, schedule="cosine", warmup_ratio=0.05),
-    "Guard against forgetting": dict(lr=1e-5, epochs=1.0, mix_fraction=0.05, retention_eval=True, l2sp=0.01),
-    "Save memory": dict(activation_checkpointing=True, loss="chunked", optimizer_in_backward=False),
-    "Quick trial (20 steps)": dict(max_steps=20, eval_every=10, max_rows=200, checkpoint_every=0),
-}
-
+NO_PRESET = "(no preset matches: choose one)"
 
 def _kind(f: dataclasses.Field) -> tuple[str, bool]:
     """('int'|'float'|'bool'|'str'|'list', optional) from a field's (string) annotation."""
@@ -168,9 +158,13 @@ class TrainingPanel(QWidget):
         top.addWidget(QLabel("Preset:"))
         self.preset = QComboBox()
         self.preset.setObjectName("presetCombo")
-        self.preset.addItem("(choose a preset)")
-        self.preset.addItems(list(PRESETS))
-        self.preset.setToolTip("Apply a set of field values on top of the current config.")
+        self.preset.addItem(NO_PRESET)
+        for i, name in enumerate(P.preset_names(), start=1):
+            self.preset.addItem(name)
+            self.preset.setItemData(i, P.DESCRIPTIONS.get(name, ""), Qt.ItemDataRole.ToolTipRole)
+        self.preset.setToolTip("Presets by intent (core/presets.py): each sets a few fields on top of the current "
+                               "config and keeps the model, data and run length. Shown here when the config "
+                               "matches one.")
         self.preset.activated.connect(self._apply_preset_index)
         top.addWidget(self.preset, 1)
         reset = QPushButton("Defaults")
@@ -241,15 +235,22 @@ class TrainingPanel(QWidget):
         self._on_edit()
 
     def apply_preset(self, name: str) -> None:
-        for leaf, value in PRESETS[name].items():
-            self.editors[leaf].set(value)
-        self._on_edit()
+        """The preset's leaves on top of the last valid config (core.presets.apply_preset)."""
+        self.set_config(P.apply_preset(self._config, name))
 
     @Slot(int)
     def _apply_preset_index(self, index: int) -> None:
         if index > 0:
             self.apply_preset(self.preset.itemText(index))
-        self.preset.setCurrentIndex(0)
+        self._show_preset()
+
+    def _show_preset(self) -> None:
+        """Select the preset the config matches (or the placeholder): never applies anything itself."""
+        name = P.matching_preset(self._config)
+        idx = self.preset.findText(name) if name else 0
+        self.preset.blockSignals(True)
+        self.preset.setCurrentIndex(max(0, idx))
+        self.preset.blockSignals(False)
 
     @Slot()
     def reset_defaults(self) -> None:
@@ -280,6 +281,7 @@ class TrainingPanel(QWidget):
         self.error_label.setText("")
         self._config = cfg
         self._draw_lr()
+        self._show_preset()
         self.configChanged.emit(cfg)
 
     def total_steps(self) -> tuple[int, bool]:
