@@ -218,3 +218,14 @@ def test_memory_plan_counts_the_new_options():
     ck = base.replace(activation_checkpointing=True)
     assert estimate(cfg, ck.replace(offload_activations=True)).parts["layers"] < estimate(cfg, ck).parts["layers"]
     assert estimate(cfg, base.replace(optimizer_in_backward=True)).gradients >= 0
+
+
+def test_cli_preset_flag_applies_before_the_flags():
+    import argparse
+    from ftstudio.cli.train import add_parser, load_config
+    ap = argparse.ArgumentParser()
+    add_parser(ap.add_subparsers())
+    cfg = load_config(ap.parse_args(["train", "--preset", "largest", "--lr", "1e-5"]))
+    assert cfg.memory.optimizer_in_backward and cfg.optim.optimizer == "adamw8bit" and cfg.optim.lr == 1e-5
+    with pytest.raises(ConfigError, match="not a preset"):
+        load_config(ap.parse_args(["train", "--preset", "nope"]))

@@ -18,6 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("--demo", action="store_true", help="the bundled demo: all-MiniLM-L6-v2 on legal clauses")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its newest checkpoint "
                                                         "(reads the run's own config.yaml)")
+    p.add_argument("--preset", metavar="NAME", help="apply a named preset before the flags: 'Safe defaults', "
+                                                     "'Reference', 'Fastest', 'Largest' (core/presets.py)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(p)
@@ -36,6 +38,9 @@ def load_config(args: argparse.Namespace):
         cfg = RunConfig()
     if args.demo:
         cfg = cfg.replace(source="demo", dataset="demo")
+    if getattr(args, "preset", None):
+        from ftstudio.core.presets import apply_preset
+        cfg = apply_preset(cfg, args.preset)      # flags given too still override the preset
     return apply_config_flags(cfg, args)
 
 
