@@ -99,6 +99,20 @@ def _ensure_pad(tok, model) -> None:
     model.config.pad_token_id = tok.pad_token_id
 
 
+def _forget_gguf_quantization(model) -> None:
+    """transformers de-quantises GGUF weights to plain floats but keeps a GGUF "quantizer" on the model, which
+    makes save_pretrained refuse to export. After fine-tuning nothing of the GGUF encoding is left: drop it,
+    so final/ is an ordinary safetensors folder."""
+    model.hf_quantizer = None
+    for holder in (model, model.config):
+        for attr in ("quantization_config", "is_quantized", "quantization_method"):
+            if attr in getattr(holder, "__dict__", {}):
+                try:
+                    delattr(holder, attr)
+                except AttributeError:
+                    pass
+
+
 def load_tokenizer(cfg):
     """The tokenizer of cfg.source (a ModelConfig), with a pad token, without loading the weights."""
     info = describe_model(cfg.source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
@@ -158,6 +172,8 @@ def load(cfg, *, task: str, num_labels=None, id2label=None, dtype=None, tokenize
         raise
     except Exception as e:
         raise _explain(e, info, "model") from e
+    if info.kind == "gguf":
+        _forget_gguf_quantization(model)
     _ensure_pad(tok, model)
     _make_trainable(model, info.path or info.source)
     new = sorted(set(loading.get("missing_keys", [])) | {m[0] if isinstance(m, tuple) else m
