@@ -26,3 +26,30 @@ below pre-training. Linear warmup (3–10 % of the steps) then cosine decay is t
 with warmup works for short runs. <b>Discriminative rates</b> (<i>layer_lr_decay</i> ξ, ULMFiT's 2.6) train
 layer l from the top at lr·ξ^-l, so the general early layers move least.</p>
 <p>The preset <i>Safe defaults (the seed)</i> sets LR 2e-5, warmup + cosine, 5 % warmup, 2 epochs.</p>"""
+
+FORGETTING = """<h3>Forgetting and its remedies</h3>
+<p>Full fine-tuning moves every weight away from the pre-trained θ0. The further it drifts, the more of the
+model's general skill can be lost: <b>catastrophic forgetting</b>. FT Studio lets you see it happen and
+lets you pull against it.</p>
+<p><b>Seeing it.</b> <i>retention_eval</i> measures loss on general text (a bundled set, or
+<i>retention_data</i>) before training and at every evaluation: the green <i>general text (forgetting)</i>
+curve on the loss plot. A rising curve while the task loss falls is forgetting. The <i>drift</i> heat strip
+shows ‖θ−θ0‖/‖θ0‖ per layer over the steps (set <i>drift_every</i>, or use l2sp/ewc), bottom (embeddings)
+to top (head).</p>
+<p><b>The cheap remedies.</b> A <b>low learning rate</b> (1e-5 to 5e-5) and <b>short training</b> (1–3 epochs,
+or <i>max_steps</i>) keep θ near θ0 simply by taking fewer, smaller steps. <b>Data mixing</b>
+(<i>mix_fraction</i>, 5–10 %) replays general text inside every batch, so the old skill keeps getting
+gradient.</p>
+<p><b>L2-SP vs weight decay: different things.</b> AdamW's <i>weight_decay</i> is decoupled: each step
+shrinks θ by lr·wd·θ, a pull toward <b>zero</b>, applied outside the adaptive update. It regularises a
+model trained from scratch; for fine-tuning, zero is not where the knowledge is. <b>L2-SP</b> (<i>l2sp</i> λ)
+adds λ/2·‖θ−θ0‖² to the loss: a pull toward the <b>pre-trained weights θ0</b> (Li et al. 2018). Here the
+penalty goes through the optimizer with the task gradient. It needs a copy of θ0 (<i>l2sp_anchor</i>:
+fp32 or bf16 on the GPU, or in CPU memory), which the memory bar counts.</p>
+<p><b>EWC</b> (<i>ewc</i> λ, Kirkpatrick et al. 2017) weights that pull per parameter by a diagonal Fisher
+F, measured on the general text before training: λ/2·Σ F_i(θ_i−θ0_i)². Weights that matter to the old
+skill are held hard, the rest move freely. F costs another copy of the weights' size.</p>
+<p><b>Discriminative rates</b> (<i>layer_lr_decay</i> ξ, ULMFiT's 2.6): the layer at depth l from the top
+trains at lr·ξ^-l, so the general early layers (and the embeddings) move least and the head most. The
+Training panel draws each layer's rate as a bar; with many layers keep ξ small (1.1–1.3), since ξ^-l
+quickly freezes the bottom.</p>"""

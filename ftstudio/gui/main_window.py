@@ -158,6 +158,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     @Slot(object)
     def _model_changed(self, info) -> None:
         self.model_info = info
+        self.training_panel.set_model_layers(info.num_layers)
         self._requested_source = info.source
         if self.config().model.source != info.source:
             self.training_panel.set_value("source", info.source)
@@ -171,6 +172,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     @Slot(str)
     def _model_failed(self, message: str) -> None:
         self.model_info = None
+        self.training_panel.set_model_layers(None)
         self.memory_bar.set_unavailable(f"No memory plan: {message}")
 
     @Slot(bool)

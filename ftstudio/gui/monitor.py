@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (QGridLayout, QPlainTextEdit, QProgressBar, QSplit
 from ftstudio.core import events as ev
 
 from .engine_access import fmt_duration
+from .forgetting_views import DriftStrip
 from .theme import COLORS
 
 REDRAW_MS = 100
@@ -100,7 +101,8 @@ class Monitor(QWidget):
         self.mem_plot.addLegend(offset=(-10, -10))  # bottom right: the curves sit near the top
         self.train = Series(self.loss_plot, COLORS["train"], "train")
         self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
-        self.retention = Series(self.loss_plot, COLORS["retention"], "general text", symbol="t")
+        self.retention = Series(self.loss_plot, COLORS["retention"], "general text (forgetting)", symbol="t")
+        self.drift = DriftStrip()
         self.lr = Series(self.lr_plot, COLORS["lr"], "lr")
         self.grad = Series(self.grad_plot, COLORS["grad"], "grad norm")
         self.tps = Series(self.tps_plot, COLORS["tps"], "tokens/s")
@@ -111,7 +113,8 @@ class Monitor(QWidget):
 
         grid = QGridLayout()
         grid.setSpacing(4)
-        grid.addWidget(self.loss_plot, 0, 0, 1, 2)
+        grid.addWidget(self.loss_plot, 0, 0)
+        grid.addWidget(self.drift, 0, 1)
         grid.addWidget(self.lr_plot, 1, 0)
         grid.addWidget(self.grad_plot, 1, 1)
         grid.addWidget(self.tps_plot, 2, 0)
@@ -167,6 +170,7 @@ class Monitor(QWidget):
         self._rename(self.mem_nvml, "NVML")
         for s in self.series:
             s.clear()
+        self.drift.clear_data()
         self.counts.clear()
         self.total_steps = self.step = 0
         self.last_eta = None
@@ -204,6 +208,7 @@ class Monitor(QWidget):
         grew = any(s.dirty for s in mem_curves)
         for s in self.series:
             s.flush()
+        self.drift.flush()
         if grew:  # memory from zero: a flat line must not be blown up to its last digits
             top = max([y for s in mem_curves for y in s.y] + [1.0])
             self.mem_plot.setYRange(0, top * 1.15, padding=0)
@@ -221,6 +226,7 @@ class Monitor(QWidget):
             self.retention.append(e.step, e.loss)
             self.append_log(f"general text at step {e.step}: loss {e.loss:.4f}, perplexity {e.perplexity:.2f}")
         elif isinstance(e, ev.DriftMetrics):
+            self.drift.add(e.step, e.layers)
             self.append_log(f"drift ‖θ−θ0‖/‖θ0‖ at step {e.step}: {e.total:.3g}")
         elif isinstance(e, ev.MemorySnapshot):
             self._on_memory(e)

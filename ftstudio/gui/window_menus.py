@@ -46,6 +46,7 @@ class WindowMenusMixin:
             self.theme_actions[theme] = a
         m = self.menuBar().addMenu("&Help")
         self._action(m, "The ideas behind FT Studio", self.show_ideas, QKeySequence.StandardKey.HelpContents)
+        self._action(m, "Forgetting and its remedies", self.show_forgetting)
         self._action(m, "About FT Studio", self.show_about)
 
     def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
@@ -140,10 +141,17 @@ class WindowMenusMixin:
 
     @Slot()
     def show_ideas(self) -> None:
-        box = QMessageBox(QMessageBox.Icon.Information, "The ideas behind FT Studio", help_text.IDEAS,
-                          QMessageBox.StandardButton.Close, self)
+        self._help_box("The ideas behind FT Studio", help_text.IDEAS).exec()
+
+    @Slot()
+    def show_forgetting(self) -> None:
+        self._help_box("Forgetting and its remedies", help_text.FORGETTING).exec()
+
+    def _help_box(self, title: str, text: str) -> QMessageBox:
+        box = QMessageBox(QMessageBox.Icon.Information, title, text, QMessageBox.StandardButton.Close, self)
+        box.setObjectName("helpBox")
         box.setTextFormat(Qt.TextFormat.RichText)
-        box.exec()
+        return box
 
     def _remember(self, key: str, value: str) -> None:
         stored = self.settings.value(key, []) or []

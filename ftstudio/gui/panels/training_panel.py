@@ -21,6 +21,7 @@ from ftstudio.core import presets as P
 from ftstudio.core.errors import ConfigError
 from ftstudio.engine.schedule import lr_curve
 
+from ..forgetting_views import LayerRateBars
 from ..theme import COLORS
 
 # Choices come from the tuples in config.py; a field named here gets a combo box.
@@ -146,6 +147,7 @@ class TrainingPanel(QWidget):
         self.setObjectName("trainingPanel")
         self.editors: dict[str, FieldEditor] = {}
         self.train_rows: int | None = None
+        self.num_layers: int | None = None  # blocks of the chosen model (ModelInfo), for the per-layer LR bars
         self._config = config or C.RunConfig()
         self.error: str | None = None
         self._build()
@@ -201,6 +203,12 @@ class TrainingPanel(QWidget):
                 label = QLabel(f.name)
                 label.setToolTip(ed.tooltip)
                 form.addRow(label, ed.widget)
+                if f.name == "layer_lr_decay":  # ULMFiT's rates drawn right under ξ
+                    self.layer_bars = LayerRateBars()
+                    self.layer_note = QLabel("")
+                    self.layer_note.setWordWrap(True)
+                    form.addRow(self.layer_bars)
+                    form.addRow(self.layer_note)
             form_lay.addWidget(box)
         form_lay.addStretch(1)
         scroll = QScrollArea()
@@ -257,6 +265,25 @@ class TrainingPanel(QWidget):
         keep = {"source": self.editors["source"].get(), "dataset": self.editors["dataset"].get()}
         self.set_config(C.RunConfig().replace(**keep))
 
+    def set_model_layers(self, num_layers: int | None) -> None:
+        """The chosen model's number of blocks (from its description; no weights are loaded)."""
+        self.num_layers = num_layers
+        self._draw_layer_rates()
+
+    def _draw_layer_rates(self) -> None:
+        xi, lr = self._config.optim.layer_lr_decay, self._config.optim.lr
+        show = xi > 1.0 and bool(self.num_layers)
+        self.layer_bars.setVisible(show)
+        if show:
+            self.layer_bars.show_rates(int(self.num_layers), xi, lr)
+            self.layer_note.setText("")
+        elif xi > 1.0:
+            self.layer_note.setText("The per-layer rates appear once the model's layer count is known.")
+        else:
+            self.layer_note.setText("ξ = 1: every layer trains at lr. ξ > 1 (ULMFiT: 2.6) lowers the rate of each "
+                                    "layer below the head by ×ξ, so general early layers move least.")
+        self.layer_note.setVisible(bool(self.layer_note.text()))
+
     def set_train_rows(self, rows: int | None) -> None:
         """Rows of the training split (from the data check): sets the step count of the LR preview."""
         self.train_rows = rows
@@ -281,6 +308,7 @@ class TrainingPanel(QWidget):
         self.error_label.setText("")
         self._config = cfg
         self._draw_lr()
+        self._draw_layer_rates()
         self._show_preset()
         self.configChanged.emit(cfg)
 

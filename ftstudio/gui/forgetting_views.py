@@ -1,0 +1,147 @@
+"""Views of the seed's forgetting science: the drift heat strip (‖θ−θ0‖/‖θ0‖ per layer over steps, from
+DriftMetrics events) and the per-layer learning-rate bars of ULMFiT's discriminative rates.
+
+The bars are computed from the model description (ModelInfo.num_layers), not from a loaded model, so the GUI
+thread never loads weights: groups embeddings, layer.0 … layer.{L-1}, head, with depth l from the top
+(head 0, layer.{L-1} 1, …, layer.0 L, embeddings L+1) and multiplier ξ^-l — engine/optim.py's rule
+(``layer_depths`` / ``layer_lr_scales``) for a model whose groups all hold parameters.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF
+
+from .theme import COLORS
+
+MAX_COLUMNS = 400  # the strip resamples onto at most this many step columns
+
+
+def layer_lr_bars(num_layers: int, xi: float) -> dict[str, float]:
+    """Group name (bottom → top) → learning-rate multiplier ξ^-l, as engine.optim.layer_lr_scales gives it."""
+    groups = ["embeddings", *(f"layer.{i}" for i in range(num_layers)), "head"]
+    return {g: float(xi) ** -(len(groups) - 1 - i) for i, g in enumerate(groups)}
+
+
+def short_name(group: str) -> str:
+    return {"embeddings": "emb", "head": "head"}.get(group, group.replace("layer.", "L"))
+
+
+def _tick_labels(names: list[str], most: int = 10) -> list[tuple[float, str]]:
+    """Every k-th group's name (the bottom and top always), so a 40-layer model's axis stays legible."""
+    k = max(1, math.ceil(len(names) / most))
+    keep = set(range(0, len(names), k)) | {len(names) - 1}
+    return [(i, short_name(n)) for i, n in enumerate(names) if i in keep]
+
+
+class DriftStrip(pg.PlotWidget):
+    """Heat map of per-layer drift: steps along x, layer groups bottom (embeddings) → top (head) along y."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent=parent, title="Drift from θ0: ‖θ−θ0‖/‖θ0‖ per layer")
+        self.setObjectName("driftStrip")
+        self.setMinimumHeight(120)
+        self.setLabel("bottom", "step")
+        self.setLabel("left", "layer")
+        self.setMouseEnabled(x=False, y=False)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.image.setColorMap(pg.colormap.get("viridis"))
+        self.addItem(self.image)
+        self.colorbar = self.getPlotItem().addColorBar(self.image, colorMap="viridis", values=(0.0, 1e-3),
+                                                       interactive=False, width=12)
+        self.empty = pg.TextItem("no drift yet: set drift_every, l2sp or ewc", anchor=(0.5, 0.5),
+                                 color=COLORS["other"])
+        self.addItem(self.empty)
+        self.empty.setPos(0.5, 0.5)
+        self.steps: list[int] = []
+        self.rows: list[dict[str, float]] = []
+        self.names: list[str] = []
+        self.dirty = False
+
+    def add(self, step: int, layers: dict[str, float]) -> None:
+        if not layers:
+            return
+        for name in layers:
+            if name not in self.names:
+                self.names.append(name)  # the engine sends them bottom → top
+        if self.steps and step <= self.steps[-1]:
+            if step == self.steps[-1]:  # measured twice at one step (an evaluation and drift_every agree)
+                self.rows[-1] = dict(layers)
+                self.dirty = True
+            return
+        self.steps.append(int(step))
+        self.rows.append(dict(layers))
+        self.dirty = True
+
+    def clear_data(self) -> None:
+        self.steps.clear()
+        self.rows.clear()
+        self.names.clear()
+        self.image.clear()
+        self.empty.setVisible(True)
+        self.dirty = False
+
+    def matrix(self) -> tuple[np.ndarray, float, float]:
+        """(layers × columns array, first step, step width of a column): each column holds the latest
+        measurement at or before its step, so irregular measurement steps still share one regular grid."""
+        steps = np.asarray(self.steps, dtype=float)
+        values = np.array([[r.get(n, np.nan) for n in self.names] for r in self.rows], dtype=float)
+        if len(steps) == 1:
+            return values.T, steps[0] - 0.5, 1.0
+        span = steps[-1] - steps[0]
+        width = max(span / MAX_COLUMNS, float(np.min(np.diff(steps))), 1.0)
+        grid = steps[0] + width * np.arange(int(math.floor(span / width)) + 1)
+        idx = np.searchsorted(steps, grid + 1e-9, side="right") - 1
+        return values[idx].T, steps[0], width
+
+    def flush(self) -> None:
+        if not self.dirty or not self.rows:
+            return
+        self.dirty = False
+        m, x0, width = self.matrix()
+        top = float(np.nanmax(m)) if np.isfinite(m).any() else 1.0
+        top = top if top > 0 else 1e-6
+        self.image.setImage(np.nan_to_num(m, nan=0.0), autoLevels=False, levels=(0.0, top))
+        self.image.setRect(QRectF(x0, 0.0, width * m.shape[1], float(m.shape[0])))
+        self.colorbar.setLevels((0.0, top))
+        self.getPlotItem().getAxis("left").setTicks([[(i + 0.5, t) for i, t in _tick_labels(self.names)]])
+        self.empty.setVisible(False)
+        self.setXRange(x0, x0 + width * m.shape[1], padding=0)
+        self.setYRange(0, m.shape[0], padding=0)
+        last = self.rows[-1]
+        worst = max(last, key=lambda n: last[n])
+        self.setTitle(f"Drift from θ0 per layer (step {self.steps[-1]}: most {short_name(worst)} {last[worst]:.2g})")
+
+
+class LayerRateBars(pg.PlotWidget):
+    """Each layer group's peak learning rate lr·ξ^-l as a horizontal bar, bottom (embeddings) → top (head)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent=parent)
+        self.setObjectName("layerRateBars")
+        self.setMinimumHeight(140)
+        self.setMaximumHeight(200)
+        self.setMouseEnabled(x=False, y=False)
+        self.setLabel("bottom", "peak learning rate")
+        self.getPlotItem().hideButtons()
+        self.bars: pg.BarGraphItem | None = None
+        self.rates: dict[str, float] = {}
+        self.setToolTip("ULMFiT discriminative rates: the group at depth l from the top trains at lr·ξ^-l "
+                        "(head l=0, last block l=1, …, embeddings lowest). Drawn from the model's layer count; "
+                        "a model without head parameters shifts every depth down by one.")
+
+    def show_rates(self, num_layers: int, xi: float, lr: float) -> None:
+        self.rates = {g: lr * s for g, s in layer_lr_bars(num_layers, xi).items()}
+        names = list(self.rates)
+        if self.bars is not None:
+            self.removeItem(self.bars)
+        self.bars = pg.BarGraphItem(x0=0, y=np.arange(len(names)), height=0.75, width=list(self.rates.values()),
+                                    brush=COLORS["lr"], pen=None)
+        self.addItem(self.bars)
+        self.getPlotItem().getAxis("left").setTicks([_tick_labels(names, most=8)])
+        self.setXRange(0, lr * 1.02, padding=0)
+        self.setYRange(-0.6, len(names) - 0.4, padding=0)
+        low = min(self.rates.values())
+        self.setTitle(f"Per-layer LR, ξ = {xi:g}: head {lr:.2g} … embeddings {low:.2g} (×{low / lr:.1e})")
