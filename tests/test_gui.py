@@ -295,6 +295,9 @@ def test_memory_bar_turns_red_with_advice_when_the_plan_does_not_fit(qtbot):
     assert not bar.fits
     assert "Does not fit" in bar.summary.text() and "#d62728" in bar.summary.text()
     assert bar.textbook == pytest.approx(16 * bar.plan.params + 2048 * 4096 * 32 * 12, rel=1e-6)
+    assert bar.canvas.scale() >= 150e9 > 141e9  # every card marker, 141 GB included, is in view
+    bar.set_plan(memory.estimate(llama7b, cfg.replace(batch_size=64)), None)
+    assert bar.canvas.scale() > bar.plan.total  # a plan beyond 150 GB widens the bar
     bar.grab()  # paints without error
 
 
@@ -513,3 +516,20 @@ def test_help_explains_forgetting_remedies(make_window):
     text = win._help_box("Forgetting and its remedies", help_text.FORGETTING).text()
     for words in ("toward <b>zero</b>", "θ0", "EWC", "mix_fraction", "ξ", "low learning rate"):
         assert words in text
+
+
+def test_memory_plot_ticks_read_in_one_unit_and_its_key_covers_no_data(make_window):
+    from ftstudio.core.events import MemorySnapshot
+    from ftstudio.gui.monitor import BytesAxis
+
+    axis = BytesAxis("left")
+    assert axis.tickStrings([0.0, 1e8, 2e8, 3e8], 1.0, 1e8) == ["0 MB", "100 MB", "200 MB", "300 MB"]
+    assert axis.tickStrings([0.0, 2e10, 4e10], 1.0, 2e10) == ["0 GB", "20 GB", "40 GB"]
+    assert axis.tickStrings([0.0, 5e8, 1e9, 1.5e9], 1.0, 5e8) == ["0.0 GB", "0.5 GB", "1.0 GB", "1.5 GB"]
+    m = make_window().monitor
+    for step in (1, 2, 3):  # a flat line: the axis still starts at zero with round ticks
+        m.handle(MemorySnapshot(step=step, device="cpu", weights=363_461_156, gradients=0, optimizer=0))
+    m._flush()
+    lo, hi = m.mem_plot.getPlotItem().viewRange()[1]
+    assert lo == 0 and hi == pytest.approx(363_461_156 * 1.15)
+    assert m.mem_plot.getPlotItem().legend is None and "tensors + allocator" in m.mem_plot.getPlotItem().titleLabel.text

@@ -208,7 +208,8 @@ class MemoryBar(QWidget):
             if anchor:
                 detail += f" (other includes θ0 anchor {fmt_bytes(anchor)})"
             lines.append(f"<b>Plan {fmt_bytes(sum(parts.values()))}</b> per GPU ({detail}); "
-                         f"textbook 16N + s·b·d·L·12: {fmt_bytes(self.textbook)}.")
+                         f"textbook 16N + s·b·d·L·12: {fmt_bytes(self.textbook)}. "
+                         f"<small>(bar 0–{fmt_bytes(self.canvas.scale())}, so the 141 GB card shows)</small>")
         for dev, m in sorted(self.measured_by_device.items()):
             lines.append(f"<b>Measured</b> at step {m.step} on {dev}: weights {fmt_bytes(m.weights)}, "
                          f"gradients {fmt_bytes(m.gradients)}, optimizer {fmt_bytes(m.optimizer)}, "

@@ -8,6 +8,8 @@ step rate (CONVENTIONS "Live plots are pulled at a fixed rate").
 from __future__ import annotations
 
 import collections
+import html
+import math
 import time
 
 import pyqtgraph as pg
@@ -26,8 +28,20 @@ REDRAW_MS = 100
 MEM_COLORS = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#1f77b4", "#ff7f0e", "#2ca02c")
 
 
-def make_plot(title: str, ylabel: str, object_name: str | None = None) -> pg.PlotWidget:
-    w = pg.PlotWidget(title=title)
+class BytesAxis(pg.AxisItem):
+    """A y axis in bytes whose ticks read "0 MB, 100 MB, 200 MB" or "20 GB, 40 GB": one unit for the whole axis
+    and only as many decimals as the tick spacing needs (no "363.4611564" when the value is flat)."""
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph name)
+        top = max([abs(v) for v in values] + [spacing])
+        unit, div = next(((u, d) for u, d in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)) if top >= d), ("B", 1.0))
+        step = spacing / div
+        decimals = 0 if step >= 1 else min(3, int(math.ceil(-math.log10(step))))
+        return [f"{v / div:.{decimals}f} {unit}" for v in values]
+
+
+def make_plot(title: str, ylabel: str, object_name: str | None = None, left_axis=None) -> pg.PlotWidget:
+    w = pg.PlotWidget(title=title, axisItems={"left": left_axis} if left_axis is not None else None)
     if object_name:
         w.setObjectName(object_name)
     w.setLabel("bottom", "step")
@@ -96,9 +110,8 @@ class Monitor(QWidget):
         self.lr_plot = make_plot("Learning rate", "lr", "lrPlot")
         self.grad_plot = make_plot("Gradient norm", "‖g‖", "gradPlot")
         self.tps_plot = make_plot("Throughput", "tokens/s", "tokensPlot")
-        self.mem_plot = make_plot("Memory (measured)", "memory", "memoryPlot")
-        self.mem_plot.setLabel("left", "memory", units="B")  # SI prefixes: MB for a small model, GB for a big one
-        self.mem_plot.addLegend(offset=(-10, -10))  # bottom right: the curves sit near the top
+        self.mem_plot = make_plot("Memory (measured)", "memory", "memoryPlot", left_axis=BytesAxis("left"))
+        self.mem_plot.getPlotItem().getAxis("left").setWidth(62)
         self.train = Series(self.loss_plot, COLORS["train"], "train")
         self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
         self.retention = Series(self.loss_plot, COLORS["retention"], "general text (forgetting)", symbol="t")
@@ -107,7 +120,7 @@ class Monitor(QWidget):
         self.grad = Series(self.grad_plot, COLORS["grad"], "grad norm")
         self.tps = Series(self.tps_plot, COLORS["tps"], "tokens/s")
         self.mem = Series(self.mem_plot, COLORS["mem"], "tensors + allocator", symbol="o")
-        self.mem_nvml = Series(self.mem_plot, COLORS["measured"], "NVML", symbol="o")
+        self.mem_nvml = Series(self.mem_plot, COLORS["measured"], "NVML", symbol="t")
         self.series = [self.train, self.eval, self.retention, self.lr, self.grad, self.tps, self.mem, self.mem_nvml]
         self.mem_by_device: dict[str, tuple[Series, Series]] = {}  # a multi-GPU run: one pair of curves per card
 
@@ -171,6 +184,7 @@ class Monitor(QWidget):
         for s in self.series:
             s.clear()
         self.drift.clear_data()
+        self._mem_title()
         self.counts.clear()
         self.total_steps = self.step = 0
         self.last_eta = None
@@ -212,6 +226,7 @@ class Monitor(QWidget):
         if grew:  # memory from zero: a flat line must not be blown up to its last digits
             top = max([y for s in mem_curves for y in s.y] + [1.0])
             self.mem_plot.setYRange(0, top * 1.15, padding=0)
+            self._mem_title()
 
     def handle(self, e: ev.Event) -> None:
         self.counts[e.kind] += 1
@@ -291,10 +306,18 @@ class Monitor(QWidget):
 
     def _rename(self, series: Series, name: str) -> None:
         series.curve.opts["name"] = name
-        legend = self.mem_plot.getPlotItem().legend
-        if legend is not None:
-            legend.removeItem(series.curve)
-            legend.addItem(series.curve, name)
+        self._mem_title()
+
+    def _mem_title(self) -> None:
+        """The memory plot's legend lives in its title: an in-plot legend covered the flat curves."""
+        curves = [s for pair in self.mem_by_device.values() for s in pair] or [self.mem, self.mem_nvml]
+        keys = []
+        for s in curves:
+            if s.y:
+                mark = "▲" if s.curve.opts["symbol"] == "t" else "●"
+                color = s.curve.opts["pen"].color().name()
+                keys.append(f"<span style='color:{color}'>{mark} {html.escape(s.curve.opts['name'])}</span>")
+        self.mem_plot.setTitle("Memory (measured)" + (": " + " · ".join(keys) if keys else ""), size="9pt")
 
     def _on_memory(self, e: ev.MemorySnapshot) -> None:
         tensors = (e.weights or 0) + (e.gradients or 0) + (e.optimizer or 0) + (e.activations or 0)
