@@ -26,12 +26,18 @@ class Forgetting:
         if not causal and (r.retention_eval or r.mix_fraction > 0):
             report(LogLine("retention evaluation and data mixing need a language model; they are off for a "
                            "classifier", "warning"))
-        self.general: list[dict] = (reg.general_examples(tokenizer, cfg.data.seq_len, r.retention_data)
-                                    if wants_general else [])
+        general = reg.general_examples(tokenizer, cfg.data.seq_len, r.retention_data) if wants_general else []
+        # Never measure retention on text the run may train on: every 5th general example is held out for the
+        # retention evaluation (whether or not mixing is on, so runs compare on the same text); the rest is mixed.
+        if r.retention_eval and len(general) >= 5:
+            held_out = [ex for i, ex in enumerate(general) if i % 5 == 0]
+            self.general = [ex for i, ex in enumerate(general) if i % 5 != 0]
+        else:
+            held_out = self.general = general
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._collate_general = lambda rows: reg.collate_causal(rows, pad)
-        self.retention_batches = ([self._collate_general(self.general[i:i + cfg.train.batch_size])
-                                   for i in range(0, len(self.general), cfg.train.batch_size)]
+        self.retention_batches = ([self._collate_general(held_out[i:i + cfg.train.batch_size])
+                                   for i in range(0, len(held_out), cfg.train.batch_size)]
                                   if causal and r.retention_eval else [])
         fisher_batches = None
         if r.ewc > 0:
