@@ -153,7 +153,10 @@ class Trainer:
             from ftstudio.engine.speed import checkpoint_kwargs  # reentrant when the inputs are offloaded
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs=checkpoint_kwargs(cfg.memory.offload_activations))
-        if cfg.memory.compile and device.startswith("cuda") and not getattr(sys, "frozen", False):
+        if cfg.memory.compile and getattr(sys, "frozen", False):
+            self.report(LogLine("torch.compile is off in the bundled app (no compiler inside); training "
+                                "uncompiled", "warning"))
+        elif cfg.memory.compile and device.startswith("cuda"):
             _compile_blocks(model)
         model = self._place_model(model, device, numerics)
         model.train()
