@@ -1,0 +1,88 @@
+"""The CLI end to end, as a user runs it: train (YAML + flags, --json), check-data, estimate, gpus."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from ftstudio.cli import main
+from ftstudio.core.config import RunConfig
+from test_trainer import write_class_data, write_text_data
+
+
+def last_json(capsys):
+    out = capsys.readouterr().out.strip().splitlines()
+    return json.loads(out[-1])
+
+
+def test_train_json_summary_and_exported_model(tiny_llama, tmp_path, capsys):
+    data = write_text_data(tmp_path / "d.jsonl")
+    cfg = tmp_path / "run.yaml"
+    RunConfig().replace(source=str(tiny_llama), dataset=str(data), max_steps=50, lr=1e-3).save(cfg)
+    # flags override the YAML
+    code = main(["train", str(cfg), "--max-steps", "4", "--batch-size", "4", "--seq-len", "32", "--device", "cpu",
+                 "--output", str(tmp_path / "runs"), "--run-name", "cli", "--eval-every", "2", "--json", "--quiet"])
+    assert code == 0
+    summary = last_json(capsys)
+    assert summary["status"] == "finished" and summary["steps"] == 4
+    assert summary["eval"]["perplexity"] > 1 and summary["train_loss"] > 0
+    assert summary["output_dir"].endswith("cli") and summary["final_model"].endswith("final")
+    saved = RunConfig.load(tmp_path / "runs" / "cli" / "config.yaml")
+    assert saved.train.max_steps == 4 and saved.optim.lr == 1e-3  # the YAML's value, the flag's override
+    from transformers import AutoModelForCausalLM
+    AutoModelForCausalLM.from_pretrained(summary["final_model"])
+
+
+def test_classifier_export_carries_label_names(tiny_bert, tmp_path, capsys):
+    data = write_class_data(tmp_path / "c.jsonl")
+    code = main(["train", "--model", str(tiny_bert), "--dataset", str(data), "--max-steps", "3", "--batch-size", "8",
+                 "--device", "cpu", "--output", str(tmp_path / "runs"), "--json", "--quiet"])
+    assert code == 0
+    summary = last_json(capsys)
+    assert 0 <= summary["eval"]["accuracy"] <= 1 and "macro_f1" in summary["eval"]
+    from transformers import AutoModelForSequenceClassification
+    model = AutoModelForSequenceClassification.from_pretrained(summary["final_model"])
+    assert sorted(model.config.id2label.values()) == ["confidentiality", "liability", "termination"]
+
+
+def test_check_data_json_keys(tiny_llama, tmp_path, capsys):
+    p = tmp_path / "chat.jsonl"
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "hello"},
+                                          {"role": "assistant", "content": "yes good"}]}) + "\n", encoding="utf-8")
+    assert main(["check-data", str(p), "--model", str(tiny_llama), "--json", "--val-fraction", "0"]) == 0
+    report = last_json(capsys)
+    for key in ("format", "rows", "train_rows", "val_rows", "tokens", "trainable_tokens", "errors"):
+        assert key in report
+    assert report["format"] == "chat" and report["rows"] == 1 and report["errors"] == []
+    assert 0 < report["trainable_tokens"] < report["tokens"]  # only the assistant's turn is under the loss
+
+
+def test_estimate_json_without_torch(tmp_path):
+    code = ("import json, sys; from ftstudio.cli import main; main(['estimate', '--params', '7e9', '--hidden', "
+            "'4096', '--layers', '32', '--json']); print(json.dumps('torch' in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    lines = out.stdout.strip().splitlines()
+    report, torch_loaded = json.loads(lines[-2]), json.loads(lines[-1])
+    assert torch_loaded is False
+    assert report["params"] == 7e9 and report["textbook_bytes"] > 112e9
+    assert set(report["breakdown"]) >= {"weights", "gradients", "optimizer", "activations", "other"}
+    assert report["peak_bytes"] > report["textbook_bytes"] * 0.9 and "max_batch_size" in report
+
+
+def test_gpus_json(capsys):
+    assert main(["gpus", "--json"]) == 0
+    report = last_json(capsys)
+    assert isinstance(report["gpus"], list) and report["cpu"]["logical_cores"] >= 1
+    if not report["gpus"]:
+        assert report["message"] == "no NVIDIA GPU"
+
+
+def test_invalid_value_names_the_field_and_exits_2(capsys):
+    assert main(["train", "--lr", "-1"]) == 2
+    assert "optim.lr" in capsys.readouterr().err
+
+
+def test_unknown_choice_is_refused_by_the_parser(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--schedule", "step"])
+    assert info.value.code == 2 and "cosine" in capsys.readouterr().err
