@@ -533,3 +533,38 @@ def test_memory_plot_ticks_read_in_one_unit_and_its_key_covers_no_data(make_wind
     lo, hi = m.mem_plot.getPlotItem().viewRange()[1]
     assert lo == 0 and hi == pytest.approx(363_461_156 * 1.15)
     assert m.mem_plot.getPlotItem().legend is None and "tensors + allocator" in m.mem_plot.getPlotItem().titleLabel.text
+
+
+def test_training_thread_runs_at_lower_priority_than_the_gui():
+    import os
+    import threading
+
+    from ftstudio.gui.worker import TRAINING_NICE, lower_priority
+
+    if not hasattr(os, "setpriority"):
+        pytest.skip("no per-thread priorities here")
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = []
+
+    def body():
+        lower_priority()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert seen == [max(base, TRAINING_NICE)]  # that thread only...
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base  # ...not the GUI thread
+
+
+def test_stall_probe_tells_gil_holds_from_starvation():
+    from ftstudio.gui.stall_probe import StallProbe
+
+    probe = StallProbe()
+    base = {"stall_ms": 200.0, "gui_cpu_ms": 1.0, "gui_queue_ms": 1.0, "gui_sleep_ms": 1.0}
+    assert "GIL" in probe.verdict({**base, "gui_sleep_ms": 190.0})
+    assert "starvation" in probe.verdict({**base, "gui_queue_ms": 150.0})
+    assert "GUI thread busy" in probe.verdict({**base, "gui_cpu_ms": 150.0})
+    probe.beat(0.0, 0.0)
+    probe.beat(0.25, 230.0)  # a real reading of this thread's /proc schedstat: it slept, so "asleep"
+    assert len(probe.reports) == 1 and probe.reports[0]["wall_ms"] == 250.0

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             print(f"ftstudio gui: error: {e}", file=sys.stderr)
             return 2
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    from . import stall_probe
+    app_class = stall_probe.timed_application_class() if stall_probe.enabled() else QApplication
+    app = QApplication.instance() or app_class(sys.argv[:1])
     app.setOrganizationName("FTStudio")
     app.setApplicationName("FT Studio")
     app.setWindowIcon(_icon())
@@ -107,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         print(win.heartbeat.summary())
         if win.heartbeat.long_stalls:
             print("stalls over 100 ms (s since start, ms):", win.heartbeat.long_stalls[:20])
+        if win.heartbeat.probe is not None:
+            print(win.heartbeat.probe.summary())
+            slow = getattr(type(app), "slow", [])
+            print(f"GUI event deliveries over 25 ms: {len(slow)}; the slowest:")
+            for ms, what in sorted(slow, reverse=True)[:15]:
+                print(f"  {ms} ms {what}")
         state["rc"] = 0 if getattr(result, "status", None) in ("finished", "stopped") else 1
         if args.quit_when_done:
             shoot()

@@ -22,6 +22,8 @@ class Heartbeat(QObject):
         self.mark_t: float | None = None  # when training steps began (setup imports torch and loads the model)
         self.long_stalls: list[tuple[float, float]] = []  # (seconds since start, stall ms) over 100 ms
         self.t0 = 0.0
+        self.probe = None  # a StallProbe when FTSTUDIO_STALL_DIAG=1 (see stall_probe.py)
+        self.training_ids = None  # () -> (ident, native id) of the training thread, or None
 
     def start(self) -> None:
         self.stalls_ms.clear()
@@ -29,11 +31,16 @@ class Heartbeat(QObject):
         self.mark_t = None
         self.long_stalls.clear()
         self._last = self.t0 = time.perf_counter()
+        from . import stall_probe
+        if stall_probe.enabled():
+            self.probe = stall_probe.StallProbe()
         self._timer.start()
 
     def stop(self) -> None:
         self._timer.stop()
         self._last = None
+        if self.probe is not None:
+            self.probe.stop()
 
     @property
     def active(self) -> bool:
@@ -48,6 +55,10 @@ class Heartbeat(QObject):
             self.times.append(now)
             if stall > 100:
                 self.long_stalls.append((round(now - self.t0, 2), round(stall, 1)))
+        if self.probe is not None:
+            if self.probe.train_tid is None and self.training_ids is not None and self.training_ids():
+                self.probe.set_training_thread(*self.training_ids())
+            self.probe.beat(now, stall if self._last is not None else 0.0)
         self._last = now
 
     def skip(self) -> None:

@@ -6,6 +6,7 @@ window asks, stops the run through Control (saving a checkpoint), and waits for 
 """
 from __future__ import annotations
 
+import gc
 import time
 
 from PySide6.QtCore import QSettings, Qt, QThreadPool, Signal, Slot
@@ -27,6 +28,15 @@ from .panels.model_panel import ModelPanel
 from .panels.training_panel import TrainingPanel
 from .runs_tab import RunsTab
 from .window_menus import WindowMenusMixin
+
+
+def freeze_setup_objects() -> None:
+    """Move every object alive when training steps begin (imported torch/transformers, the loaded model) out
+    of the cyclic collector's reach until the run ends. A full collection over them holds the GIL for
+    200–300 ms on this machine: the trainer's own ``gc.collect()`` at the end of a run, or one the
+    interpreter triggers mid-run, froze the event loop that long. The window unfreezes them when the run
+    ends; a later full collection (at the next Start) frees any cycles among them."""
+    gc.freeze()
 
 
 def _warm_imports() -> None:
@@ -55,6 +65,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.runs = RunController(self)
         self.runs.done.connect(self._run_done)
         self.heartbeat = Heartbeat(parent=self)
+        self.heartbeat.training_ids = self.runs.training_thread_ids
         self._build()
         self._build_menus()
         cfg = config or (self._last_config() if restore_last else None) or RunConfig()
@@ -249,6 +260,8 @@ class MainWindow(WindowMenusMixin, QMainWindow):
             return False
         cfg = self.config()
         self.settings.setValue("lastConfig", cfg.to_yaml())
+        if gc.get_freeze_count() == 0 and self.last_result is not None:
+            gc.collect()  # a previous run's cycles (its model, on a GPU) go before the next run loads its own
         self.memory_bar.clear_measured()
         self.monitor.attach(self.runs.events)
         self.runs.start(cfg, resume_from=resume_from)
@@ -262,6 +275,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     def _events_processed(self, _n: int) -> None:
         if self.monitor.counts["step"] and self.heartbeat.mark_t is None:
             self.heartbeat.mark()
+            freeze_setup_objects()
             self._status("Training. Pause holds between steps; Stop ends after the current step.")
 
     def checks_pending(self) -> bool:
@@ -300,6 +314,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
 
     @Slot(object)
     def _run_done(self, result) -> None:
+        gc.unfreeze()  # the run's objects are ordinary garbage again (collected by the next full collection)
         self.heartbeat.stop()
         self.monitor.detach()
         self.last_result = result

@@ -11,6 +11,8 @@ thread-safe) and the monitor drains it on its ~10 Hz timer, so a fast run cannot
 from __future__ import annotations
 
 import collections
+import os
+import threading
 import traceback
 from typing import Any, Callable
 
@@ -18,6 +20,21 @@ from PySide6.QtCore import QObject, QRunnable, QThread, QThreadPool, Signal, Slo
 
 from ftstudio.core.control import Control
 from ftstudio.core.events import Event, RunFailed
+
+
+TRAINING_NICE = 10
+
+
+def lower_priority() -> None:
+    """Lower this thread's CPU priority (Linux threads have their own nice value; the threads it starts, such
+    as torch's intra-op pool and a torchrun subprocess, inherit it). On a machine with few cores, torch's
+    threads otherwise keep the GUI thread waiting in the run queue: the event loop stalls while a step runs.
+    Training loses nothing when the GUI is idle; the GUI thread gets a core the moment it needs one."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), TRAINING_NICE))
+    except (AttributeError, OSError):  # not Linux/macOS, or not permitted: the run goes on at normal priority
+        pass
 
 
 class TrainingWorker(QObject):
@@ -33,9 +50,12 @@ class TrainingWorker(QObject):
         self.events = events
         self.resume_from = resume_from
         self.result = None  # also kept here: at close the queued finished signal cannot be delivered
+        self.thread_ids: tuple[int, int] | None = None  # (Python ident, OS thread id), for the stall probe
 
     @Slot()
     def run(self) -> None:
+        self.thread_ids = (threading.get_ident(), threading.get_native_id())
+        lower_priority()
         try:
             from ftstudio.engine.trainer import train  # lazy: torch is imported here, on the worker thread
 
@@ -102,6 +122,9 @@ class RunController(QObject):
     def request_save(self) -> None:
         if self.control is not None:
             self.control.request_save()
+
+    def training_thread_ids(self) -> tuple[int, int] | None:
+        return self._worker.thread_ids if self._worker is not None else None
 
     @property
     def paused(self) -> bool:
