@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+SETUP_TABS = ("model", "training", "hardware")
 ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "ftstudio.svg"
 
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default=None, metavar="WxH", help="window size, e.g. 1280x800")
     p.add_argument("--theme", choices=("light", "dark"), help="override the saved theme")
     p.add_argument("--fresh", action="store_true", help="ignore the last config kept in the settings")
+    p.add_argument("--setup-tab", choices=SETUP_TABS, help="which setup tab to show on the left (screenshots)")
     return p
 
 
@@ -69,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     win = MainWindow(config=cfg, restore_last=not (unattended or args.fresh or cfg))
     if args.theme:
         win.set_theme(args.theme)
+    if args.setup_tab:
+        win.left.setCurrentIndex(SETUP_TABS.index(args.setup_tab))
     if args.size:
         w, h = (int(x) for x in args.size.lower().split("x"))
         win.resize(w, h)
@@ -79,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.screenshot and not state["shot"]:
             state["shot"] = True
             Path(args.screenshot).parent.mkdir(parents=True, exist_ok=True)
+            panel = win.training_panel
+            if args.setup_tab == "training" and panel.layer_bars.isVisibleTo(panel):
+                panel.scroll.ensureWidgetVisible(panel.layer_bars, 0, 150)  # the per-layer rates in view
+                app.processEvents()
             win.grab().save(args.screenshot)
             win.heartbeat.skip()  # the grab is our stall, not the run's
             print(f"screenshot: {args.screenshot} ({win.width()}x{win.height()})")

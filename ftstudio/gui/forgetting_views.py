@@ -40,7 +40,11 @@ class DriftStrip(pg.PlotWidget):
     """Heat map of per-layer drift: steps along x, layer groups bottom (embeddings) → top (head) along y."""
 
     def __init__(self, parent=None):
-        super().__init__(parent=parent, title="Drift from θ0: ‖θ−θ0‖/‖θ0‖ per layer")
+        super().__init__(parent=parent)
+        self.setTitle("Drift from θ0 per layer", size="9pt")
+        self.setToolTip("‖θ−θ0‖/‖θ0‖ of each layer group (embeddings at the bottom, head at the top) over the "
+                        "steps, on a log colour scale from dark (least) to yellow (most). From DriftMetrics "
+                        "events: set drift_every, or use l2sp/ewc.")
         self.setObjectName("driftStrip")
         self.setMinimumHeight(120)
         self.setLabel("bottom", "step")
@@ -49,8 +53,6 @@ class DriftStrip(pg.PlotWidget):
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setColorMap(pg.colormap.get("viridis"))
         self.addItem(self.image)
-        self.colorbar = self.getPlotItem().addColorBar(self.image, colorMap="viridis", values=(0.0, 1e-3),
-                                                       interactive=False, width=12)
         self.empty = pg.TextItem("no drift yet: set drift_every, l2sp or ewc", anchor=(0.5, 0.5),
                                  color=COLORS["other"])
         self.addItem(self.empty)
@@ -59,6 +61,7 @@ class DriftStrip(pg.PlotWidget):
         self.rows: list[dict[str, float]] = []
         self.names: list[str] = []
         self.dirty = False
+        self.last_matrix: np.ndarray | None = None  # layers × columns, the drift values behind the colours
 
     def add(self, step: int, layers: dict[str, float]) -> None:
         if not layers:
@@ -101,18 +104,20 @@ class DriftStrip(pg.PlotWidget):
             return
         self.dirty = False
         m, x0, width = self.matrix()
-        top = float(np.nanmax(m)) if np.isfinite(m).any() else 1.0
-        top = top if top > 0 else 1e-6
-        self.image.setImage(np.nan_to_num(m, nan=0.0), autoLevels=False, levels=(0.0, top))
+        self.last_matrix = m
+        # Log colour scale: a freshly initialised head drifts 100× more than the pre-trained blocks, and on a
+        # linear scale it would leave every other row the same dark colour.
+        positive = m[np.isfinite(m) & (m > 0)]
+        top = float(positive.max()) if positive.size else 1e-6
+        floor = max(float(positive.min()) if positive.size else top / 10, top * 1e-4)
+        logs = np.log10(np.clip(np.nan_to_num(m, nan=floor), floor, None))
+        self.image.setImage(logs, autoLevels=False, levels=(math.log10(floor), math.log10(top) + 1e-9))
         self.image.setRect(QRectF(x0, 0.0, width * m.shape[1], float(m.shape[0])))
-        self.colorbar.setLevels((0.0, top))
         self.getPlotItem().getAxis("left").setTicks([[(i + 0.5, t) for i, t in _tick_labels(self.names)]])
         self.empty.setVisible(False)
         self.setXRange(x0, x0 + width * m.shape[1], padding=0)
         self.setYRange(0, m.shape[0], padding=0)
-        last = self.rows[-1]
-        worst = max(last, key=lambda n: last[n])
-        self.setTitle(f"Drift from θ0 per layer (step {self.steps[-1]}: most {short_name(worst)} {last[worst]:.2g})")
+        self.setTitle(f"Drift from θ0 per layer (log colour {floor:.0e}…{top:.0e})", size="9pt")
 
 
 class LayerRateBars(pg.PlotWidget):
@@ -121,8 +126,8 @@ class LayerRateBars(pg.PlotWidget):
     def __init__(self, parent=None):
         super().__init__(parent=parent)
         self.setObjectName("layerRateBars")
-        self.setMinimumHeight(140)
-        self.setMaximumHeight(200)
+        self.setMinimumHeight(170)
+        self.setMaximumHeight(220)
         self.setMouseEnabled(x=False, y=False)
         self.setLabel("bottom", "peak learning rate")
         self.getPlotItem().hideButtons()
@@ -140,8 +145,8 @@ class LayerRateBars(pg.PlotWidget):
         self.bars = pg.BarGraphItem(x0=0, y=np.arange(len(names)), height=0.75, width=list(self.rates.values()),
                                     brush=COLORS["lr"], pen=None)
         self.addItem(self.bars)
-        self.getPlotItem().getAxis("left").setTicks([_tick_labels(names, most=8)])
+        self.getPlotItem().getAxis("left").setTicks([_tick_labels(names, most=6)])
         self.setXRange(0, lr * 1.02, padding=0)
         self.setYRange(-0.6, len(names) - 0.4, padding=0)
         low = min(self.rates.values())
-        self.setTitle(f"Per-layer LR, ξ = {xi:g}: head {lr:.2g} … embeddings {low:.2g} (×{low / lr:.1e})")
+        self.setTitle(f"Per-layer peak LR, ξ = {xi:g}: head {lr:.2g} … emb {low:.2g}", size="9pt")

@@ -28,6 +28,16 @@ REDRAW_MS = 100
 MEM_COLORS = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#1f77b4", "#ff7f0e", "#2ca02c")
 
 
+def keyed_title(plot: pg.PlotWidget, title: str, series: list["Series"]) -> None:
+    """The plot's key in its title line: an in-plot legend covered the curves of these small plots."""
+    keys = []
+    for s in series:
+        mark = {"t": "▲", "o": "●"}.get(s.curve.opts["symbol"], "━")
+        color = s.curve.opts["pen"].color().name()
+        keys.append(f"<span style='color:{color}'>{mark} {html.escape(s.curve.opts['name'])}</span>")
+    plot.setTitle(title + (": " + " · ".join(keys) if keys else ""), size="9pt")
+
+
 class BytesAxis(pg.AxisItem):
     """A y axis in bytes whose ticks read "0 MB, 100 MB, 200 MB" or "20 GB, 40 GB": one unit for the whole axis
     and only as many decimals as the tick spacing needs (no "363.4611564" when the value is flat)."""
@@ -106,15 +116,15 @@ class Monitor(QWidget):
 
     def _build(self) -> None:
         self.loss_plot = make_plot("Loss", "loss", "lossPlot")
-        self.loss_plot.addLegend(offset=(-10, 10))
         self.lr_plot = make_plot("Learning rate", "lr", "lrPlot")
-        self.grad_plot = make_plot("Gradient norm", "‖g‖", "gradPlot")
+        self.grad_plot = make_plot("Gradient norm", "norm", "gradPlot")
         self.tps_plot = make_plot("Throughput", "tokens/s", "tokensPlot")
         self.mem_plot = make_plot("Memory (measured)", "memory", "memoryPlot", left_axis=BytesAxis("left"))
         self.mem_plot.getPlotItem().getAxis("left").setWidth(62)
         self.train = Series(self.loss_plot, COLORS["train"], "train")
         self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
         self.retention = Series(self.loss_plot, COLORS["retention"], "general text (forgetting)", symbol="t")
+        keyed_title(self.loss_plot, "Loss", [self.train, self.eval, self.retention])
         self.drift = DriftStrip()
         self.lr = Series(self.lr_plot, COLORS["lr"], "lr")
         self.grad = Series(self.grad_plot, COLORS["grad"], "grad norm")
@@ -309,15 +319,8 @@ class Monitor(QWidget):
         self._mem_title()
 
     def _mem_title(self) -> None:
-        """The memory plot's legend lives in its title: an in-plot legend covered the flat curves."""
         curves = [s for pair in self.mem_by_device.values() for s in pair] or [self.mem, self.mem_nvml]
-        keys = []
-        for s in curves:
-            if s.y:
-                mark = "▲" if s.curve.opts["symbol"] == "t" else "●"
-                color = s.curve.opts["pen"].color().name()
-                keys.append(f"<span style='color:{color}'>{mark} {html.escape(s.curve.opts['name'])}</span>")
-        self.mem_plot.setTitle("Memory (measured)" + (": " + " · ".join(keys) if keys else ""), size="9pt")
+        keyed_title(self.mem_plot, "Memory (measured)", [s for s in curves if s.y])
 
     def _on_memory(self, e: ev.MemorySnapshot) -> None:
         tensors = (e.weights or 0) + (e.gradients or 0) + (e.optimizer or 0) + (e.activations or 0)

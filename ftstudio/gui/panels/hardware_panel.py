@@ -223,7 +223,7 @@ class HardwarePanel(QGroupBox):
         for g in self.gpus:
             self.target.addItem(f"GPU {g.index}: {g.name} ({fmt_bytes(g.total_bytes)})", g.total_bytes)
         for gb in CARDS_GB:
-            self.target.addItem(f"a {gb} GB card", gb * 1e9)
+            self.target.addItem(f"{gb} GB card", gb * 1e9)
         idx = self.target.findText(current)
         self.target.setCurrentIndex(idx if idx >= 0 else (0 if self.gpus else CARDS_GB.index(80)))
         self.target.blockSignals(False)

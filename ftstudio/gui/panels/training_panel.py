@@ -211,10 +211,10 @@ class TrainingPanel(QWidget):
                     form.addRow(self.layer_note)
             form_lay.addWidget(box)
         form_lay.addStretch(1)
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(form_host)
-        lay.addWidget(scroll, 1)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        self.scroll.setWidget(form_host)
+        lay.addWidget(self.scroll, 1)
 
     # -- values --------------------------------------------------------------------------------
     def values(self) -> dict[str, dict]:
