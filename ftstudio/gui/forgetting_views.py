@@ -42,8 +42,8 @@ class DriftStrip(pg.PlotWidget):
     def __init__(self, parent=None):
         super().__init__(parent=parent)
         self.setTitle("Drift from θ0 per layer", size="9pt")
-        self.setToolTip("‖θ−θ0‖/‖θ0‖ of each layer group (embeddings at the bottom, head at the top) over the "
-                        "steps, on a log colour scale from dark (least) to yellow (most). From DriftMetrics "
+        self.setToolTip("‖θ−θ0‖/‖θ0‖ of each layer group (embeddings at the bottom, head at the top) over "
+                        "the steps, on a log colour scale from dark (least) to yellow (most). From DriftMetrics "
                         "events: set drift_every, or use l2sp/ewc.")
         self.setObjectName("driftStrip")
         self.setMinimumHeight(120)
