@@ -35,9 +35,24 @@ PRESETS: dict[str, dict] = {
         "precision": "bf16", "optimizer": "adamw8bit", "optimizer_in_backward": True, "grad_accum": 1,
         "activation_checkpointing": True, "offload_activations": True, "loss": "chunked", "compile": True,
     },
+    "Guard against forgetting": {
+        # The seed's remedies together, at strengths the SmolLM2 table in README supports: a low LR, one
+        # epoch, 5 % general text in every batch, an L2-SP pull toward θ0, and the forgetting curve measured.
+        "lr": 1e-5, "epochs": 1.0, "schedule": "cosine", "warmup_ratio": 0.05, "mix_fraction": 0.05,
+        "l2sp": 0.1, "retention_eval": True, "drift_every": 10,
+    },
+    "ULMFiT discriminative rates": {
+        # ULMFiT's ξ = 2.6 per layer from the top (head at lr). On deep models (30 blocks span 2.6^31) with
+        # tied embeddings the head barely trains; use ξ near 1.1 there.
+        "layer_lr_decay": 2.6, "lr": 5e-5, "schedule": "linear", "warmup_ratio": 0.1, "drift_every": 10,
+    },
 }
 
 DESCRIPTIONS: dict[str, str] = {
+    "Guard against forgetting": "low LR (1e-5), 1 epoch, 5 % general text mixed into each batch, L2-SP 0.1, "
+                                "retention (general-text perplexity) and per-layer drift measured.",
+    "ULMFiT discriminative rates": "layer l from the top trains at lr·2.6^-l (embeddings slowest), linear "
+                                   "decay with 10 % warmup; per-layer drift measured.",
     "Safe defaults (the seed)": "lr 2e-5, cosine schedule with 5 % warmup, 2 epochs, AdamW, clipping at 1.0: "
                                 "a full fine-tune that rarely goes wrong.",
     "Reference (the seed's 16N recipe)": "fp32 master weights and AdamW states with bf16 autocast (16 bytes per "

@@ -46,6 +46,7 @@ class Trainer:
         self._last_loss: float | None = None
         self._lr_factor = 1.0
         self._first_eval: dict | None = None
+        self._failed = False
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> RunFinished | RunFailed:
@@ -65,6 +66,7 @@ class Trainer:
             self._release()
 
     def _fail(self, reason: str, error_type: str, advice: str = "") -> RunFailed:
+        self._failed = True
         event = RunFailed(reason=reason, advice=advice, error_type=error_type, step=self.step,
                           output_dir=str(self.run_dir or ""))
         self.report(event)
@@ -72,6 +74,8 @@ class Trainer:
 
     def _fail_oom(self, error) -> RunFailed:
         import torch
+
+        self._failed = True  # _release below must collect: the memory is what failed
 
         capacity = peak = None
         device = getattr(self, "_device", "cpu")
@@ -94,7 +98,10 @@ class Trainer:
         for name in ("model", "optimizer", "scheduler", "regularizer", "forgetting"):
             if hasattr(self, name):
                 setattr(self, name, None)
-        gc.collect()
+        # A full collection frees GPU tensors held in reference cycles at once, but holds the GIL for a few
+        # hundred ms (a visible stall in the GUI): only pay it where device memory must come back now.
+        if getattr(self, "_device", "cpu").startswith("cuda") or self._failed:
+            gc.collect()
         try:
             import torch
             if torch.cuda.is_available():
