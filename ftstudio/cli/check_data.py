@@ -58,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"tokens {d['tokens']:,} (under the loss: {d['trainable_tokens']:,}), "
                   f"truncated rows at seq_len {cfg.seq_len}: {d.get('truncated', 0)}"
                   + (f"; counted with {'the demo model' if not args.model else args.model}'s tokenizer"))
+        lengths = d.get("lengths") or {}
+        if lengths:
+            print("tokens per row: " + ", ".join(f"{k} {lengths[k]}" for k in ("min", "mean", "p50", "p95", "max")
+                                                  if k in lengths))
         if d.get("labels"):
             print(f"labels: {', '.join(map(str, d['labels']))}")
     else:
