@@ -86,3 +86,14 @@ def test_unknown_choice_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit) as info:
         main(["train", "--schedule", "step"])
     assert info.value.code == 2 and "cosine" in capsys.readouterr().err
+
+
+def test_train_lists_broken_lines_and_bad_fields_at_once(tiny_llama, tmp_path, capsys):
+    bad = tmp_path / "mixed.jsonl"
+    bad.write_text('{"text": "fine row"}\n{"text": \n{"text": 7}\n{"text": "another fine row"}\n', encoding="utf-8")
+    code = main(["train", "--model", str(tiny_llama), "--dataset", str(bad), "--device", "cpu",
+                 "--output", str(tmp_path / "runs"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "row 2" in err and "row 3" in err and "'text'" in err  # the JSON error and the wrong type together
+    assert not (tmp_path / "runs").exists()

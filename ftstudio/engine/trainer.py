@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ftstudio.core.config import RunConfig
 from ftstudio.core.control import Control
-from ftstudio.core.errors import ConfigError, FTStudioError
+from ftstudio.core.errors import ConfigError, DataError, FTStudioError
 from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine, NonFiniteStep,
                                   Reporter, RunFailed, RunFinished, RunStarted, StepMetrics)
 from ftstudio.core.runs import MetricsWriter, make_run_name
@@ -134,8 +134,16 @@ class Trainer:
         # 1. Model description and data first: a bad dataset must fail before anything is written.
         info = models_mod.describe_model(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
         self._model_config = info.config
-        records = data_mod.load_records(_dataset_path(cfg))
-        fmt = data_mod.detect_format(records, cfg.data)
+        # One full validation pass first, so that every problem (broken lines and bad fields alike) is
+        # reported at once, as `ftstudio check-data` would list them.
+        report = data_mod.check_data(cfg.data, task=None if cfg.model.task == "auto" else cfg.model.task,
+                                     seed=cfg.train.seed)
+        errors = [p for p in report.problems if p.severity == "error"]
+        if errors:
+            raise DataError(report.path, problems=errors)
+        for warning in (p for p in report.problems if p.severity != "error"):
+            self.report(LogLine(str(warning), "warning"))
+        fmt = report.format
         task = models_mod.resolve_task(cfg.model.task, info, fmt)
         self.report(LogLine(f"Model {info.architecture} ({_fmt_params(info.params)} parameters), "
                             f"data format {fmt}, task {task}, device {device}, precision {numerics.precision}"))
@@ -430,13 +438,6 @@ class Trainer:
         except OSError as e:
             raise ConfigError("train.output", f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
         return run_dir
-
-
-def _dataset_path(cfg: RunConfig) -> str:
-    if cfg.data.dataset == "demo":
-        from ftstudio.engine.data import demo_dataset_path
-        return str(demo_dataset_path())
-    return cfg.data.dataset
 
 
 def _fmt_params(n: int | None) -> str:
