@@ -110,7 +110,14 @@ def _build(cfg, task: str | None, seed: int) -> _Built:
     problems += res.problems
     fmt = detect_format(res.records, cfg)
     text_col, label_col = resolve_columns(res.records, cfg)
-    if fmt == "classification" and res.records and not any(label_col in r for r in res.records):
+    if fmt in ("text", "classification") and res.records and not any(text_col in r for r in res.records):
+        # One line for the file, not one per row: the column is simply not there.
+        columns = ", ".join(sorted({k for r in res.records[:50] for k in r}, key=str))
+        problems.append(DataProblem(res.path, None, text_col, f"no text column {text_col!r}; the columns are "
+                                    f"{columns}. Name them with --text-column (and --label-column for labels), "
+                                    "or pick a format with --format"))
+        res.records, res.rows = [], []
+    elif fmt == "classification" and res.records and not any(label_col in r for r in res.records):
         problems.append(DataProblem(res.path, None, label_col, f"label column {label_col!r} is missing; columns "
                                     f"are {', '.join(sorted({k for r in res.records[:50] for k in r}))}"))
         res.records, res.rows = [], []
