@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] == "gui" or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         gui_args = argv[1:] if argv and argv[0] == "gui" else argv
         return _run_gui(gui_args)
+    _default_sigpipe()
     args = build_parser().parse_args(argv)
     if getattr(args, "func", None) is None:
         return _run_gui(argv[1:])
@@ -56,6 +57,14 @@ def _run_gui(argv: list[str]) -> int:
               f"ftstudio train --demo, ftstudio estimate, ftstudio check-data, ftstudio gpus.", file=sys.stderr)
         return 2
     return int(gui_main(argv) or 0)
+
+
+def _default_sigpipe() -> None:
+    """`ftstudio check-data x | head` should end quietly when head closes the pipe, as Unix tools do."""
+    import signal
+
+    if hasattr(signal, "SIGPIPE"):
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
 
 
 def _guard_windowed_streams() -> None:
