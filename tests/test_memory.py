@@ -144,12 +144,14 @@ def test_load_shape_reads_safetensors_and_errors(tiny_llama, tmp_path):
     shape, cfg = load_shape(str(tiny_llama))
     assert shape.exact and shape.params == shape_from_config(cfg).params
     assert load_shape(str(tiny_llama / "config.json"))[0].params == shape.params
-    with pytest.raises(ModelError, match="no such folder"):
+    with pytest.raises(ModelError, match="no such file or folder"):
         load_shape(str(tmp_path / "nope"))
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ModelError, match="cannot read config.json"):
+    with pytest.raises(ModelError, match="line 1, column 2: config.json is not valid JSON"):
         load_shape(str(tmp_path))
-    with pytest.raises(ModelError, match="local Hugging Face cache"):
+    with pytest.raises(ModelError, match="cannot read config.json"):
+        load_shape(str(tmp_path / "config.json"))
+    with pytest.raises(ModelError, match="not in the Hugging Face cache"):
         load_shape("nobody/no-such-model-xyz")
 
 

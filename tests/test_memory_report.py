@@ -46,3 +46,22 @@ def test_answers_fast_without_torch(tiny_llama):
     assert p.returncode == 0, p.stderr
     assert KEYS <= set(json.loads(p.stdout.splitlines()[-1]))
     assert elapsed < 2.0, f"estimate took {elapsed:.2f} s"
+
+
+def test_estimate_reads_a_gguf_file_without_torch(tiny_llama, tmp_path):
+    """MODEL may be a .gguf file: its metadata gives the same shape as the HF folder it came from."""
+    import json
+    import subprocess
+    import sys
+
+    from test_models_gguf import write_tiny_gguf  # the GGUF writer the model tests use
+
+    gguf = write_tiny_gguf(tiny_llama, tmp_path / "tiny.gguf")
+    code = ("import json, sys; from ftstudio.engine.memory_report import estimate_report; "
+            f"r = estimate_report({str(gguf)!r}, seq_len=64, batch_size=2, precision='bf16-mixed', optimizer='adamw', "
+            "loss='full', activation_checkpointing=False, gpus=1, gpu_memory_gb=24); "
+            "print(json.dumps([r['params'], 'torch' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    params, torch_loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    from ftstudio.engine.memory_shape import load_shape
+    assert params == load_shape(str(tiny_llama))[0].params and torch_loaded is False

@@ -156,3 +156,17 @@ def test_smollm2_gguf_loads_dequantized_and_trainable():
     with torch.no_grad():
         loss = lm.model(**batch, labels=batch["input_ids"]).loss.item()
     assert loss < 5.0  # a de-quantized pre-trained model, not random weights (random: ~ln(49152) = 10.8)
+
+
+def test_a_model_loaded_from_gguf_exports_as_plain_safetensors(tiny_gguf, tmp_path):
+    """transformers keeps a GGUF quantizer marker that makes save_pretrained refuse; final/ must still be written."""
+    from transformers import AutoModelForCausalLM
+
+    from ftstudio.core.config import ModelConfig
+    from ftstudio.engine.models import load_model
+    lm = load_model(ModelConfig(source=str(tiny_gguf)), task="causal-lm")
+    lm.model.save_pretrained(tmp_path / "final")
+    lm.tokenizer.save_pretrained(tmp_path / "final")
+    again = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
+    for (n, a), (_, b) in zip(lm.model.state_dict().items(), again.state_dict().items()):
+        assert (a == b).all(), n

