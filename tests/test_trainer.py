@@ -120,3 +120,14 @@ def test_bad_data_fails_cleanly_and_writes_nothing(tiny_llama, tmp_path):
     assert isinstance(result, RunFailed)
     assert "bad.jsonl" in result.reason and "2" in result.reason
     assert not out.exists()
+
+
+def test_runs_started_in_the_same_second_get_their_own_folders(tiny_llama, tmp_path):
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=1,
+                    val_fraction=0.0).replace(run_name=None)
+    first, _ = run(cfg)
+    second, _ = run(cfg)
+    assert isinstance(first, RunFinished) and isinstance(second, RunFinished)
+    assert first.output_dir != second.output_dir
+    again, _ = run(cfg.replace(run_name=first.output_dir.rsplit("/", 1)[-1]))
+    assert isinstance(again, RunFailed) and "already holds a run" in again.reason  # a named run is never mixed

@@ -428,13 +428,25 @@ class Trainer:
         if self.resume_from is not None:
             return self.resume_from
         root = Path(cfg.train.output)
-        name = cfg.train.run_name or make_run_name(cfg.model.source)
-        run_dir = root / name
         try:
-            run_dir.mkdir(parents=True, exist_ok=cfg.train.run_name is not None)
+            if cfg.train.run_name:
+                run_dir = root / cfg.train.run_name
+                if (run_dir / "config.yaml").exists():  # never mix two runs' metrics in one folder
+                    raise FileExistsError
+                run_dir.mkdir(parents=True, exist_ok=True)
+            else:  # a new folder per run, even for runs started within the same second
+                base = make_run_name(cfg.model.source)
+                for n in range(1, 1000):
+                    run_dir = root / (base if n == 1 else f"{base}-{n}")
+                    try:
+                        run_dir.mkdir(parents=True)
+                        break
+                    except FileExistsError:
+                        continue
             cfg.save(run_dir / "config.yaml")
         except FileExistsError:
-            raise ConfigError("train.run_name", f"{run_dir} already exists; pick another name or --resume it") from None
+            raise ConfigError("train.run_name", f"{run_dir} already holds a run; pick another name or --resume "
+                                                "it") from None
         except OSError as e:
             raise ConfigError("train.output", f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
         return run_dir
