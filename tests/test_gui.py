@@ -570,3 +570,19 @@ def test_stall_probe_tells_gil_holds_from_starvation():
     probe.beat(0.0, 0.0)
     probe.beat(0.25, 230.0)  # a real reading of this thread's /proc schedstat: it slept, so "asleep"
     assert len(probe.reports) == 1 and probe.reports[0]["wall_ms"] == 250.0
+
+
+def test_relative_output_moves_home_when_the_start_folder_is_read_only(make_window, monkeypatch, tmp_path):
+    import os
+    from pathlib import Path
+
+    from ftstudio.gui.app import _writable_output
+
+    win = make_window(output="runs")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # e.g. double-clicked from a read-only share
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path / "home"))
+    _writable_output(win)
+    assert win.config().train.output == str(tmp_path / "home" / "ftstudio-runs" / "runs")
+    keep = make_window(output=str(tmp_path / "abs"))
+    _writable_output(keep)
+    assert keep.config().train.output == str(tmp_path / "abs")  # an absolute choice is the user's

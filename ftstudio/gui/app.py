@@ -42,6 +42,17 @@ def _icon():
     return QIcon()
 
 
+def _writable_output(win) -> None:
+    """A double-clicked app may start in a folder the user cannot write (/, the bundle's folder on a shared
+    drive): then a relative output folder ("runs", the default) goes under the home folder instead."""
+    import os
+
+    cfg = win.config()
+    out = Path(cfg.train.output)
+    if not out.is_absolute() and not os.access(os.getcwd(), os.W_OK):
+        win.training_panel.set_value("output", str(Path.home() / "ftstudio-runs" / out))
+
+
 def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     from ftstudio.cli import _guard_windowed_streams
@@ -72,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     unattended = bool(args.autostart or args.screenshot)
     win = MainWindow(config=cfg, restore_last=not (unattended or args.fresh or cfg))
+    _writable_output(win)
     if args.theme:
         win.set_theme(args.theme)
     if args.setup_tab:

@@ -78,7 +78,7 @@ class WindowMenusMixin:
         path, _ = QFileDialog.getSaveFileName(self, "Save the run config", "run.yaml", "YAML (*.yaml *.yml)")
         if path:
             self.config().save(path)
-            self._status(f"Saved {path}. Run it headless: ftstudio train --config {path}")
+            self._status(f"Saved {path}. Run it headless: ftstudio train {path}")
 
     def cli_command(self) -> str:
         import shlex
