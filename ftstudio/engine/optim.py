@@ -322,7 +322,12 @@ def _compiled_update():
         # emulate_precision_casts: without it inductor fuses `new.to(bf16).float()` into `new`, so the Kahan
         # remainder `new - rounded` is always 0 and the compiled update is plain bf16 AdamW, which stops
         # learning at fine-tuning rates (seen on the H200: "Fastest" trailed the reference preset).
-        _COMPILED = torch.compile(_adamw_update, dynamic=False, options={"emulate_precision_casts": True})
+        from torch._inductor import config as inductor_config
+
+        if not hasattr(inductor_config, "emulate_precision_casts"):  # an older torch: exact beats fast
+            _COMPILED = _adamw_update
+        else:
+            _COMPILED = torch.compile(_adamw_update, dynamic=False, options={"emulate_precision_casts": True})
     return _COMPILED
 
 
