@@ -14,7 +14,7 @@ import threading
 
 import pyqtgraph as pg
 from PySide6.QtCore import QTimer, Signal, Slot
-from PySide6.QtWidgets import (QCompleter, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
+from PySide6.QtWidgets import (QCompleter, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit,
                                QPushButton, QSpinBox, QTabWidget, QTextBrowser, QTreeWidget, QTreeWidgetItem,
                                QVBoxLayout, QWidget)
 
@@ -22,6 +22,7 @@ from ftstudio.core.config import DataConfig, ModelConfig
 from ftstudio.core.errors import DataError, DataProblem
 
 from ..engine_access import EngineMissing, engine, fmt_count
+from . import add_fact_rows
 from ..theme import COLORS
 from ..worker import JobRunner
 
@@ -125,18 +126,8 @@ class DatasetPanel(QGroupBox):
             row.addWidget(b)
         lay.addLayout(row)
 
-        form = QFormLayout()
-        self.fields: dict[str, QLabel] = {}
-        for key, label in (("format", "Format"), ("rows", "Rows"), ("tokens", "Tokens"), ("labels", "Labels")):
-            w = QLabel("–")
-            w.setWordWrap(True)
-            self.fields[key] = w
-            form.addRow(label + ":", w)
-        lay.addLayout(form)
-        self.status = QLabel("")
-        self.status.setObjectName("dataStatus")
-        self.status.setWordWrap(True)
-        lay.addWidget(self.status)
+        self.fields, self.status = add_fact_rows(
+            lay, (("format", "Format"), ("rows", "Rows"), ("tokens", "Tokens"), ("labels", "Labels")), "dataStatus")
 
         self.tabs = QTabWidget()
         self.problems = QTreeWidget()

@@ -6,11 +6,12 @@ the network), so the GUI thread never waits.
 """
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+from PySide6.QtCore import Signal, Slot
+from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout,
                                QLineEdit, QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
 from ..engine_access import EngineMissing, engine, fmt_count
+from . import add_fact_rows
 from ..worker import JobRunner
 
 DEMO_LABEL = "Demo: all-MiniLM-L6-v2 (22M, bundled)"
@@ -66,21 +67,10 @@ class ModelPanel(QGroupBox):
         self.trust.toggled.connect(self._trust_toggled)
         lay.addWidget(self.trust)
 
-        form = QFormLayout()
-        self.fields: dict[str, QLabel] = {}
-        for key, label in (("source", "Source"), ("architecture", "Architecture"), ("params", "Parameters"),
-                           ("dtype", "Stored dtype"), ("context", "Context length"), ("shape", "Layers × width"),
-                           ("task", "Task")):
-            w = QLabel("–")
-            w.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-            w.setWordWrap(True)
-            self.fields[key] = w
-            form.addRow(label + ":", w)
-        lay.addLayout(form)
-        self.status = QLabel("")
-        self.status.setObjectName("modelStatus")
-        self.status.setWordWrap(True)
-        lay.addWidget(self.status)
+        facts = (("source", "Source"), ("architecture", "Architecture"), ("params", "Parameters"),
+                 ("dtype", "Stored dtype"), ("context", "Context length"), ("shape", "Layers × width"),
+                 ("task", "Task"))
+        self.fields, self.status = add_fact_rows(lay, facts, "modelStatus", selectable=True)
 
     # -- choosing ------------------------------------------------------------------------------
     def choose(self, source: str) -> None:
