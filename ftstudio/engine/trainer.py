@@ -255,10 +255,11 @@ class Trainer:
                 rows = [prepared.train[i] for i in sched.batch_indices(self.micro_batch)]
                 rows += [self.forgetting.general[i] for i in sched.general_indices(self.micro_batch)]
                 batch = prepared.collate(rows)
+                # Counted on the CPU copy: int() of a GPU tensor would sync the device every micro-batch.
+                mask = batch.get("attention_mask")
+                window_tokens += int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 self.micro_batch += 1
-                window_tokens += int(batch["attention_mask"].sum()) if batch.get("attention_mask") is not None \
-                    and batch["attention_mask"].dim() == 2 else batch["input_ids"].numel()
                 # Offload wraps the forward only: the block inputs it saves go to CPU; the recompute in
                 # backward keeps its tensors on the GPU (compiled blocks need their saved strides).
                 with offload_context(cfg.memory.offload_activations, device), autocast:
@@ -277,7 +278,8 @@ class Trainer:
             step_loss = self._reduce_loss(step_loss)  # several GPUs: the mean over ranks, the same on each
 
             # Non-finite loss or gradients: never let them into the weights.
-            if not (torch.isfinite(step_loss) and torch.isfinite(grad_norm)):
+            # One device sync per step for both checks (each `if tensor` is a sync of its own).
+            if not bool(torch.isfinite(torch.stack([step_loss.float(), grad_norm.float()])).all()):
                 what = "loss" if not torch.isfinite(step_loss) else "gradient"
                 self.optimizer.zero_grad(set_to_none=True)
                 skips += 1
