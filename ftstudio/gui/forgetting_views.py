@@ -53,10 +53,11 @@ class DriftStrip(pg.PlotWidget):
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setColorMap(pg.colormap.get("viridis"))
         self.addItem(self.image)
-        self.empty = pg.TextItem("no drift yet: set drift_every, l2sp or ewc", anchor=(0.5, 0.5),
+        self.empty = pg.TextItem("no drift yet:\nset drift_every, l2sp or ewc", anchor=(0.5, 0.5),
                                  color=COLORS["other"])
         self.addItem(self.empty)
         self.empty.setPos(0.5, 0.5)
+        self.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)  # centred text, no stray axis scale
         self.steps: list[int] = []
         self.rows: list[dict[str, float]] = []
         self.names: list[str] = []
