@@ -69,6 +69,23 @@ def test_estimate_json_without_torch(tmp_path):
     assert report["peak_bytes"] > report["textbook_bytes"] * 0.9 and "max_batch_size" in report
 
 
+def test_estimate_takes_a_preset_and_the_step_in_backward(capsys):
+    """--preset largest plans bf16 + 8-bit states + the step in backward; flags after it override it."""
+    shape = ["--params", "14e9", "--hidden", "5120", "--layers", "48", "--seq-len", "4096", "--json"]
+    assert main(["estimate", *shape]) == 0
+    plain = last_json(capsys)
+    assert main(["estimate", *shape, "--preset", "largest"]) == 0
+    largest = last_json(capsys)
+    assert (largest["precision"], largest["optimizer"]) == ("bf16", "adamw8bit")
+    assert largest["breakdown"]["gradients"] < plain["breakdown"]["gradients"] / 20   # one tensor, not 14B
+    assert largest["peak_allocated_bytes"] < plain["peak_allocated_bytes"] / 3
+    assert main(["estimate", *shape, "--preset", "largest", "--optimizer", "adamw4bit"]) == 0
+    four = last_json(capsys)
+    assert four["optimizer"] == "adamw4bit" and four["breakdown"]["optimizer"] < largest["breakdown"]["optimizer"]
+    assert main(["estimate", *shape, "--optimizer-in-backward"]) == 0
+    assert last_json(capsys)["breakdown"]["gradients"] < plain["breakdown"]["gradients"] / 20
+
+
 def test_gpus_json(capsys):
     assert main(["gpus", "--json"]) == 0
     report = last_json(capsys)

@@ -254,3 +254,47 @@ def test_compiled_kahan_update_keeps_its_compensation():
         pytest.skip(f"torch.compile unavailable on CPU here: {type(e).__name__}")
     assert c_eager.abs().sum() > 0
     assert torch.equal(p_eager, p_comp) and torch.allclose(c_eager.float(), c_comp.float(), atol=1e-7)
+
+
+def test_compiled_head_loss_equals_the_models_own_loss_and_gradients(tiny_llama):
+    """loss=full with compile: the head + cross-entropy graph must give the model's own loss and gradients."""
+    m = _model(tiny_llama)
+    b = _batch(m.config.vocab_size, rows=3, length=12)
+    b["labels"][0, :5] = -100                                  # prompt tokens masked, as the data layer does
+    ref = m(**b).loss
+    ref.backward()
+    want = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad(set_to_none=True)
+    assert speed.plain_head(m)
+    hidden = m.model(input_ids=b["input_ids"]).last_hidden_state
+    try:
+        got = speed.compiled_cross_entropy(hidden, m.get_output_embeddings(), b["labels"])
+    except Exception as e:  # no C++ compiler for inductor on this machine
+        pytest.skip(f"torch.compile unavailable on CPU here: {type(e).__name__}")
+    got.backward()
+    assert torch.allclose(got, ref, atol=1e-5)
+    for n, p in m.named_parameters():
+        assert torch.allclose(p.grad, want[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_plain_head_refuses_models_that_scale_their_logits(tiny_llama):
+    m = _model(tiny_llama)
+    m.config.final_logit_softcapping = 30.0                     # Gemma 2 style: the loss must use the model's forward
+    assert not speed.plain_head(m)
+
+
+def test_adamw4bit_is_a_choice_with_its_own_memory_and_a_clear_cpu_error(tiny_llama):
+    import math
+
+    from ftstudio.engine.memory import optimizer_bytes
+    from ftstudio.engine.memory_shape import shape_from_config
+    m = _model(tiny_llama)
+    with pytest.raises(ConfigError, match="adamw4bit needs a CUDA GPU"):
+        build_optimizer(m, OptimConfig(optimizer="adamw4bit"), device_type="cpu")
+    assert RunConfig().replace(optimizer="adamw4bit").optim.optimizer == "adamw4bit"
+    shape = shape_from_config(m.config.to_dict())
+    four, eight = optimizer_bytes(shape, "adamw4bit", 2), optimizer_bytes(shape, "adamw8bit", 2)
+    big = [math.prod(s) for s in shape.tensors.values() if math.prod(s) >= 4096 and math.prod(s) % 128 == 0]
+    small = [math.prod(s) for s in shape.tensors.values() if math.prod(s) not in big]
+    assert four == sum(n + 8 * (n // 128) for n in big) + 4 * sum(small)
+    assert four < eight

@@ -16,10 +16,15 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--precision", choices=[x for x in PRECISIONS if x != "auto"], default="bf16-mixed")
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw")
-    p.add_argument("--loss", choices=LOSSES, default="full")
-    p.add_argument("--activation-checkpointing", action="store_true")
+    p.add_argument("--preset", help="start from a preset (e.g. fastest, largest); the flags below override it")
+    p.add_argument("--precision", choices=[x for x in PRECISIONS if x != "auto"], help="default bf16-mixed")
+    p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adamw")
+    p.add_argument("--loss", choices=LOSSES, help="default full")
+    p.add_argument("--activation-checkpointing", action="store_true", default=None)
+    p.add_argument("--offload-activations", action="store_true", default=None,
+                   help="checkpointed block inputs in pinned CPU memory (implies --activation-checkpointing)")
+    p.add_argument("--optimizer-in-backward", action="store_true", default=None,
+                   help="the optimizer step inside backward: one gradient tensor at a time")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs sharing the state (FSDP)")
     p.add_argument("--gpu-memory", type=float, default=80.0, help="memory of one card in GB (default 80)")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON on the last line of stdout")
@@ -27,7 +32,9 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ftstudio.core.config import RunConfig
     from ftstudio.core.errors import FTStudioError
+    from ftstudio.core.presets import apply_preset
     from ftstudio.engine.memory_report import estimate_report, format_report
 
     from . import fail
@@ -35,11 +42,19 @@ def run(args: argparse.Namespace) -> int:
     if not args.model and not (args.params and args.hidden and args.layers):
         return fail("give MODEL (a folder, config.json or cached hub id) or --params, --hidden and --layers")
     try:
+        base = apply_preset(RunConfig(), args.preset) if args.preset else RunConfig()
+        m = base.memory
+        ckpt = args.activation_checkpointing or args.offload_activations or m.activation_checkpointing
+        base = base.replace(activation_checkpointing=bool(ckpt),
+                            offload_activations=bool(args.offload_activations or m.offload_activations),
+                            optimizer_in_backward=bool(args.optimizer_in_backward or m.optimizer_in_backward))
+        precision = args.precision or (base.hardware.precision if base.hardware.precision != "auto"
+                                       else "bf16-mixed")
         report = estimate_report(args.model, params=args.params, hidden=args.hidden, layers=args.layers,
                                  seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                                 precision=args.precision, optimizer=args.optimizer, loss=args.loss,
-                                 activation_checkpointing=args.activation_checkpointing, gpus=args.gpus,
-                                 gpu_memory_gb=args.gpu_memory)
+                                 precision=precision, optimizer=args.optimizer or base.optim.optimizer,
+                                 loss=args.loss or m.loss, activation_checkpointing=bool(ckpt), gpus=args.gpus,
+                                 gpu_memory_gb=args.gpu_memory, run_config=base)
     except FTStudioError as e:
         return fail(str(e))
     if args.json:

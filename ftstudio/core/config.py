@@ -24,7 +24,7 @@ TASKS = ("auto", "causal-lm", "classification")
 FORMATS = ("auto", "text", "prompt-completion", "alpaca", "chat", "sharegpt", "classification")
 SCHEDULES = ("cosine", "constant", "linear")
 PRECISIONS = ("auto", "bf16-mixed", "fp16-mixed", "bf16", "fp32")
-OPTIMIZERS = ("adamw", "adamw8bit", "adafactor", "sgd")
+OPTIMIZERS = ("adamw", "adamw8bit", "adamw4bit", "adafactor", "sgd")
 LOSSES = ("full", "chunked")
 NONFINITE_POLICIES = ("skip", "stop", "rollback")
 ANCHOR_PLACES = ("gpu", "bf16", "cpu")
@@ -136,7 +136,7 @@ class TrainConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"
-    """Optimizer: adamw (fused on CUDA), adamw8bit (bitsandbytes), adafactor, or sgd (with momentum)."""
+    """Optimizer: adamw (fused on CUDA; Kahan-compensated for bf16 weights), adamw8bit (torchao or bitsandbytes, ~2 bytes of state per parameter), adamw4bit (torchao, ~1 byte), adafactor, or sgd (with momentum)."""
     lr: float = 5e-5
     """Peak learning rate. Fine-tuning wants 1e-5 to 5e-5: small steps stay near the pre-trained weights."""
     weight_decay: float = 0.01

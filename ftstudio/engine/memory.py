@@ -36,6 +36,7 @@ ALLOCATOR_SLACK_BYTES = 1_600_000_000
 ALLOCATOR_SLACK_LOSS = 0.23
 LOSS_FULL_PER_LOGIT = 12        # fp32 log-softmax output + its gradient + nll's gradient, bytes per logit
 BNB_BLOCK = 256                 # bitsandbytes 8-bit blockwise optimizer: one fp32 absmax per 256 values
+AO4_BLOCK = 128                 # torchao AdamW4bit: one fp32 scale per 128 values (two 4-bit codes a byte)
 BNB_MIN_8BIT = 4096             # bitsandbytes keeps tensors smaller than this in 32-bit state
 
 # precision → (weight bytes, compute bytes, residual-stream bytes, autocast?)
@@ -99,6 +100,9 @@ def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int) -> int:
                 total += 2 * n                   # bf16 weights: CompensatedAdamW's Kahan buffer (optim.py)
         elif optimizer == "adamw8bit":
             total += 2 * n + 8 * math.ceil(n / BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n
+        elif optimizer == "adamw4bit":            # torchao: 4-bit codes + a fp32 scale per 128 values
+            quantised = n >= BNB_MIN_8BIT and n % AO4_BLOCK == 0
+            total += n + 8 * (n // AO4_BLOCK) if quantised else 2 * wbytes * n
         elif optimizer == "adafactor":
             # torch.optim.Adafactor: factored row/column second moments for matrices, full for vectors
             total += 4 + wbytes * ((math.prod(shp[:-1]) + math.prod(shp[:-2]) * shp[-1]) if len(shp) >= 2 else n)
@@ -227,12 +231,14 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
         if gpus > 1:  # FSDP's all-gather/reduce-scatter buffers fragment the cache: reserved ran 12–25 % above
             reserved = max(reserved, int(peak * FSDP_RESERVED_RATIO))
         other = CUDA_CONTEXT + reserved - peak
-    activations = max(0, peak - (weights + grads + opt + anchor))
+    # With the step inside backward only one tensor's gradient exists at a time: the bar shows that, not N.
+    shown_grads = grads_end if run.memory.optimizer_in_backward else grads
+    activations = max(0, peak - (weights + shown_grads + opt + anchor))
     textbook = 16 * N + s * b * d * L * 12
     parts = {"layers": layers_act, "head": head_act, "loss": max(loss_fwd, loss_bwd),
              "weight_copies": max(cache_fwd, cache_bwd), "per_layer_per_token": per_layer}
     parts.update({f"phase:{k}": v for k, v in phases.items()})
-    return MemoryBreakdown(weights=weights, gradients=grads, optimizer=opt, activations=activations,
+    return MemoryBreakdown(weights=weights, gradients=shown_grads, optimizer=opt, activations=activations,
                            other=other, anchor=anchor, textbook=textbook, params=N, peak_allocated=peak,
                            peak_reserved=reserved, peak_phase=phase, parts=parts)
 

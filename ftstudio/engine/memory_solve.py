@@ -58,6 +58,8 @@ def _changes(run: RunConfig, gpus: int, shape: ModelShape) -> list[tuple[str, Ru
         out.append(("chunked loss (--loss chunked)", _variant(run, loss="chunked"), gpus))
     if o.optimizer in ("adamw", "sgd"):
         out.append(("8-bit AdamW (--optimizer adamw8bit)", _variant(run, optimizer="adamw8bit"), gpus))
+    if o.optimizer in ("adamw", "sgd", "adamw8bit"):
+        out.append(("4-bit AdamW (--optimizer adamw4bit)", _variant(run, optimizer="adamw4bit"), gpus))
     if o.optimizer != "adafactor":
         out.append(("Adafactor (--optimizer adafactor)", _variant(run, optimizer="adafactor"), gpus))
     if h.precision in ("fp32", "bf16-mixed", "fp16-mixed", "auto") and h.device != "cpu":

@@ -202,6 +202,8 @@ def optimizer_factory(cfg: OptimConfig, *, device_type: str, bf16_weights: bool 
         return lambda groups: torch.optim.AdamW(groups, **common, **accel)
     if kind == "adamw8bit":
         return _adamw8bit_factory(common, device_type, bf16_weights)
+    if kind == "adamw4bit":
+        return _adamw4bit_factory(common, device_type, bf16_weights)
     if kind == "adafactor":
         from transformers.optimization import Adafactor
         # Our schedule sets the LR, so Adafactor's own relative step and parameter scaling are off.
@@ -213,7 +215,7 @@ def optimizer_factory(cfg: OptimConfig, *, device_type: str, bf16_weights: bool 
         # from AdamW's decoupled decay.
         return lambda groups: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.beta1,
                                               weight_decay=cfg.weight_decay, **accel)
-    raise ConfigError("optim.optimizer", f"{kind!r} is not one of adamw, adamw8bit, adafactor, sgd")
+    raise ConfigError("optim.optimizer", f"{kind!r} is not one of adamw, adamw8bit, adamw4bit, adafactor, sgd")
 
 
 def _adamw8bit_factory(common: dict, device_type: str, bf16_weights: bool):
@@ -234,6 +236,19 @@ def _adamw8bit_factory(common: dict, device_type: str, bf16_weights: bool):
     except ImportError:
         raise ConfigError("optim.optimizer", "adamw8bit needs torchao or bitsandbytes: pip install torchao") from None
     return lambda groups: bnb.optim.AdamW8bit(groups, **common)
+
+
+def _adamw4bit_factory(common: dict, device_type: str, bf16_weights: bool):
+    """4-bit AdamW states (torchao: blockwise 4-bit codes, one fp32 scale per 128 values, ~1.06 bytes per
+    parameter for both moments): what lets a 32B-parameter model's optimizer sit beside its bf16 weights on
+    one 141 GB card. Tensors under 4096 values keep plain states."""
+    if device_type != "cuda":
+        raise ConfigError("optim.optimizer", f"adamw4bit needs a CUDA GPU; use adamw on {device_type}")
+    try:
+        from torchao.optim import AdamW4bit
+    except ImportError:
+        raise ConfigError("optim.optimizer", "adamw4bit needs torchao: pip install torchao") from None
+    return lambda groups: AdamW4bit(groups, **common, bf16_stochastic_round=bf16_weights)
 
 
 # -- AdamW for bf16 weights ------------------------------------------------------------------------

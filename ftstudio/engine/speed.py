@@ -14,7 +14,8 @@
   updated, so ``grad_clip`` clips each parameter's gradient to that norm on its own (documented in
   :class:`OptimizerInBackward`); a non-finite gradient is zeroed for its tensor, since the step cannot wait.
 * :func:`causal_lm_loss` — the chunked loss: Liger's fused linear cross-entropy on CUDA when liger-kernel is
-  installed (no recompute of the logits), else :func:`memory_loss.chunked_cross_entropy` (checkpointed slices).
+  installed (no recompute of the logits), else :func:`memory_loss.chunked_cross_entropy` (checkpointed slices);
+  the full loss with ``compile``: the head and cross-entropy compiled as one graph (fp32 logits never stored).
 """
 from __future__ import annotations
 
@@ -184,17 +185,54 @@ def fused_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: tor
     return liger_fused_linear_cross_entropy(h, head.weight.to(dtype), targets, bias, ignore_index=-100)
 
 
-def causal_lm_loss(model, batch: dict, *, loss: str) -> torch.Tensor:
-    """The trainer's causal-LM loss: "full" (the model's own), or "chunked" (fused Liger kernel on CUDA when
-    installed, else the checkpointed slices of memory_loss)."""
+def plain_head(model) -> bool:
+    """True when the model's logits are just ``lm_head(hidden)``: no soft-capping (Gemma 2) or logit scaling
+    (Cohere, Granite) that the model's own forward would apply. Only then may the loss bypass that forward."""
+    cfg = getattr(model, "config", None)
+    for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        value = getattr(cfg, key, None)
+        if value not in (None, 1, 1.0):
+            return False
+    return model.get_output_embeddings() is not None
+
+
+def _head_cross_entropy(hidden, weight, bias, targets):
+    logits = torch.nn.functional.linear(hidden, weight, bias)     # bf16 under autocast, like the model's own
+    return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=-100)
+
+
+_COMPILED_HEAD = None
+
+
+def compiled_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+    """The LM head and mean next-token cross-entropy as one compiled graph: the same numbers as the model's
+    own loss (bf16 logits under autocast, upcast to fp32), but inductor fuses the upcast, log-softmax and
+    gather, and backward recomputes the softmax from the saved bf16 logits, so the fp32 logits and their
+    gradient are never stored whole (with ``compile``, ``loss: full``)."""
+    global _COMPILED_HEAD
+    if _COMPILED_HEAD is None:
+        _COMPILED_HEAD = torch.compile(_head_cross_entropy)
+    targets = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1)
+    return _COMPILED_HEAD(hidden.reshape(-1, hidden.shape[-1]), head.weight, getattr(head, "bias", None), targets)
+
+
+def causal_lm_loss(model, batch: dict, *, loss: str, compiled: bool = False) -> torch.Tensor:
+    """The trainer's causal-LM loss: "full" (the model's own; with ``compiled``, the head and loss as one
+    compiled graph), or "chunked" (fused Liger kernel on CUDA when installed, else the checkpointed slices of
+    memory_loss)."""
     from .memory_loss import causal_lm_loss as sliced
 
-    if loss != "chunked" or not batch["input_ids"].is_cuda or not liger_available():
+    fast = batch["input_ids"].is_cuda and plain_head(model)
+    if loss == "chunked" and fast and liger_available():
+        head = fused_cross_entropy
+    elif loss == "full" and compiled and fast:
+        head = compiled_cross_entropy
+    else:
         return sliced(model, batch, chunked=loss == "chunked")
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     base = getattr(model, model.base_model_prefix, None) or model.model
     hidden = base(**inputs).last_hidden_state
-    return fused_cross_entropy(hidden, model.get_output_embeddings(), batch["labels"])
+    return head(hidden, model.get_output_embeddings(), batch["labels"])
 
 
 def step_flops(params: int, layers: int, hidden: int, seq_len: int, tokens: int) -> float:

@@ -41,6 +41,7 @@ class Trainer:
         self.run_dir: Path | None = None
         self.step = 0
         self.micro_batch = 0
+        self.compiled = False            # blocks compiled (CUDA): the full loss then compiles its head too
         self._metrics: MetricsWriter | None = None
         self._model_config: dict = {}
         self._last_loss: float | None = None
@@ -173,6 +174,7 @@ class Trainer:
                                 "uncompiled", "warning"))
         elif cfg.memory.compile and device.startswith("cuda"):
             _compile_blocks(model)
+            self.compiled = True
         model = self._place_model(model, device, numerics)
         model.train()
         self.model = model
@@ -353,7 +355,7 @@ class Trainer:
     def _forward_loss(self, model, batch):
         if "labels" in batch and batch["labels"].dim() == 2:  # causal LM: the plan and the loss agree
             from ftstudio.engine.speed import causal_lm_loss  # fused (Liger) or sliced when chunked
-            return causal_lm_loss(model, batch, loss=self.cfg.memory.loss)
+            return causal_lm_loss(model, batch, loss=self.cfg.memory.loss, compiled=self.compiled)
         return model(**batch).loss
 
     def _periodic(self, model, prepared, device, numerics, scaler, sched) -> None:

@@ -11,8 +11,8 @@ adamw_torch_fused, SDPA, random weights from the public config). MODE "engine" i
 Kahan/8-bit AdamW, optionally inside backward), schedule.build_scheduler, speed.compile_blocks,
 speed.checkpoint_kwargs + offload_context, speed.causal_lm_loss (Liger fused or chunked), autocast for
 bf16-mixed, clip (or the in-backward norm), the non-finite check (a GPU sync, as in the trainer),
-step, scheduler, zero_grad. Options: precision, compile, loss, ckpt, offload, optimizer, inbwd, steps.
-optimizer=adamw4bit (torchao AdamW4bit) is benchmark-only: RunConfig has no such choice yet.
+step, scheduler, zero_grad. Options: precision, compile, loss (with compile, "full" is the compiled head +
+cross-entropy), ckpt, offload, optimizer (adamw, adamw8bit, adamw4bit, ...), inbwd, sdpa=cudnn, steps.
 
 MFU = (6·N + 12·L·d·s)·tokens / time / 989 TFLOP/s (the anchor's convention).
 """
@@ -46,15 +46,18 @@ DEV = os.environ.get("FTS_BENCH_DEVICE", "cuda")
 FASTEST = dict(precision="bf16", compile=1, loss="chunked")
 LARGEST = dict(precision="bf16", compile=1, loss="chunked", ckpt=1, offload=1, optimizer="adamw8bit", inbwd=1)
 # (name, model, mode, batch, seq, options, time limit s), in priority order
+MIXED = dict(precision="bf16-mixed", compile=1, loss="chunked")
 SUITE = [
-    ("fastest-8b", "llama3-8b", "engine", 1, 4096, dict(FASTEST, steps=4), 90),
+    ("anchor-1b", "llama3.2-1b", "hf", 4, 2048, dict(steps=15), 90),
+    ("ours-1b-mixed", "llama3.2-1b", "engine", 4, 2048, dict(MIXED, steps=20), 80),
+    ("ours-1b-mixed-fullc", "llama3.2-1b", "engine", 4, 2048, dict(MIXED, loss="full", steps=20), 80),
+    ("ours-1b-mixed-cudnn", "llama3.2-1b", "engine", 4, 2048, dict(MIXED, sdpa="cudnn", steps=20), 80),
+    ("fastest-1b", "llama3.2-1b", "engine", 4, 2048, dict(FASTEST, steps=15), 80),
+    ("fastest-8b", "llama3-8b", "engine", 1, 4096, dict(FASTEST, steps=6), 100),
+    ("fastest-8b-b2", "llama3-8b", "engine", 2, 4096, dict(FASTEST, steps=6), 110),
     ("largest-8b", "llama3-8b", "engine", 1, 4096, dict(LARGEST, steps=3), 110),
-    ("anchor-1b", "llama3.2-1b", "hf", 4, 2048, dict(steps=10), 60),
-    ("ours-1b-mixed", "llama3.2-1b", "engine", 4, 2048, dict(precision="bf16-mixed", compile=1, loss="chunked",
-                                                                steps=10), 60),
-    ("fastest-1b", "llama3.2-1b", "engine", 4, 2048, dict(FASTEST, steps=6), 90),
-    ("largest-14b", "qwen2.5-14b", "engine", 1, 4096, dict(LARGEST, steps=3), 150),
-    ("largest-32b", "qwen2.5-32b", "engine", 1, 2048, dict(LARGEST, optimizer="adamw4bit", steps=3), 220),
+    ("largest-14b", "qwen2.5-14b", "engine", 1, 4096, dict(LARGEST, steps=3), 200),
+    ("largest-32b", "qwen2.5-32b", "engine", 1, 2048, dict(LARGEST, optimizer="adamw4bit", steps=3), 280),
 ]
 
 
@@ -113,15 +116,19 @@ def _hf(m, data, b, s, steps, warm, times):
 
 def _optimizer(model, o):
     from ftstudio.core.config import OptimConfig
-    from ftstudio.engine.optim import build_optimizer, param_groups
-    if o.get("optimizer") == "adamw4bit":
-        from torchao.optim import AdamW4bit
-        from ftstudio.engine.speed import OptimizerInBackward
-        cfg = OptimConfig(lr=2e-5)
-        make = lambda g: AdamW4bit(g, lr=cfg.lr, weight_decay=cfg.weight_decay, bf16_stochastic_round=True)  # noqa
-        return OptimizerInBackward(param_groups(model, cfg), make, max_norm=1.0)
+    from ftstudio.engine.optim import build_optimizer
     cfg = OptimConfig(optimizer=o.get("optimizer", "adamw"), lr=2e-5)
     return build_optimizer(model, cfg, device_type=DEV, in_backward=bool(int(o.get("inbwd", 0))))
+
+
+def _attention_priority(o):
+    """sdpa=cudnn: put cuDNN attention first in SDPA's backend order (before the blocks compile)."""
+    from contextlib import nullcontext
+    if o.get("sdpa") != "cudnn":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    return sdpa_kernel(order, set_priority=True)
 
 
 def _engine(m, data, steps, warm, times, o, res):
@@ -138,7 +145,7 @@ def _engine(m, data, steps, warm, times, o, res):
     if int(o.get("compile", 0)):
         speed.compile_blocks(m)
     m.train()
-    inbwd = bool(int(o.get("inbwd", 0))) or o.get("optimizer") == "adamw4bit"
+    inbwd = bool(int(o.get("inbwd", 0)))
     opt = _optimizer(m, o)
     sched = build_scheduler(opt, steps + warm, ScheduleConfig())
     params = list(m.parameters())
@@ -150,7 +157,8 @@ def _engine(m, data, steps, warm, times, o, res):
         _sync()
         t = time.perf_counter()
         with speed.offload_context(offload, DEV), torch.autocast(DEV, dtype=torch.bfloat16, enabled=mixed):
-            loss = speed.causal_lm_loss(m, {"input_ids": x, "labels": x}, loss=loss_kind)
+            loss = speed.causal_lm_loss(m, {"input_ids": x, "labels": x}, loss=loss_kind,
+                                        compiled=bool(int(o.get("compile", 0))))
         loss.backward()
         gn = opt.grad_norm() if inbwd else torch.nn.utils.clip_grad_norm_(params, 1.0)
         if not (torch.isfinite(loss.detach()) and torch.isfinite(gn)):   # the trainer's check (a sync)
@@ -182,7 +190,8 @@ def one(name: str, mode: str, b: int, s: int, opts: dict) -> dict:
         if mode == "hf":
             _hf(m, data, b, s, steps, warm, times)
         else:
-            _engine(m, data, steps, warm, times, opts, res)
+            with _attention_priority(opts):
+                _engine(m, data, steps, warm, times, opts, res)
         t = sorted(times[warm:])
         med = t[len(t) // 2]
         res["first_step_s"] = round(times[0], 2)
