@@ -30,8 +30,10 @@ def test_params_and_state_terms_by_hand():
     assert est.weights == 4 * N and est.gradients == 4 * N
     assert est.optimizer == 8 * N + 4 * TENSORS              # exp_avg + exp_avg_sq + one fp32 step per tensor
     pure = estimate(TINY, gpu_run(precision="bf16", optimizer="adamw"))
-    # pure bf16 AdamW is CompensatedAdamW: two bf16 moments + a bf16 Kahan buffer (engine/optim.py)
-    assert (pure.weights, pure.gradients, pure.optimizer) == (2 * N, 2 * N, 6 * N + 4 * TENSORS)
+    # pure bf16 AdamW is CompensatedAdamW: two bf16 moments (stochastic rounding), + a bf16 Kahan buffer
+    assert (pure.weights, pure.gradients, pure.optimizer) == (2 * N, 2 * N, 4 * N + 4 * TENSORS)
+    kahan = estimate(TINY, gpu_run(precision="bf16", optimizer="adamw", bf16_rounding="kahan"))
+    assert kahan.optimizer == 6 * N + 4 * TENSORS
     assert estimate(TINY, gpu_run(optimizer="sgd")).optimizer == 4 * N
     # Adafactor: rows + columns per matrix, full vectors, plus the step
     fact = sum((s[0] + s[1]) if len(s) == 2 else s[0] for s in shape.tensors.values())

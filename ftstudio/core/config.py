@@ -25,6 +25,7 @@ FORMATS = ("auto", "text", "prompt-completion", "alpaca", "chat", "sharegpt", "c
 SCHEDULES = ("cosine", "constant", "linear")
 PRECISIONS = ("auto", "bf16-mixed", "fp16-mixed", "bf16", "fp32")
 OPTIMIZERS = ("adamw", "adamw8bit", "adamw4bit", "adafactor", "sgd")
+BF16_ROUNDINGS = ("stochastic", "kahan")
 LOSSES = ("full", "chunked")
 NONFINITE_POLICIES = ("skip", "stop", "rollback")
 ANCHOR_PLACES = ("gpu", "bf16", "cpu")
@@ -136,7 +137,7 @@ class TrainConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"
-    """Optimizer: adamw (fused on CUDA; Kahan-compensated for bf16 weights), adamw8bit (torchao or bitsandbytes, ~2 bytes of state per parameter), adamw4bit (torchao, ~1 byte), adafactor, or sgd (with momentum)."""
+    """Optimizer: adamw (fused on CUDA; for bf16 weights, our AdamW that keeps small updates, see bf16_rounding), adamw8bit (torchao or bitsandbytes, ~2 bytes of state per parameter), adamw4bit (torchao, ~1 byte), adafactor, or sgd (with momentum)."""
     lr: float = 5e-5
     """Peak learning rate. Fine-tuning wants 1e-5 to 5e-5: small steps stay near the pre-trained weights."""
     weight_decay: float = 0.01
@@ -151,9 +152,12 @@ class OptimConfig:
     """Clip the global gradient norm to this value; 0 turns clipping off."""
     layer_lr_decay: float = 1.0
     """ULMFiT discriminative rates: layer l from the top trains at lr·ξ^-l. 1 = off; 2.6 is ULMFiT's value."""
+    bf16_rounding: str = "stochastic"
+    """How AdamW writes updates into bf16 weights (precision bf16): "stochastic" rounds up or down at random, unbiased, no extra memory; "kahan" keeps what rounding dropped in a bf16 buffer (+2 bytes/param) and adds it back later, but the weights the model computes with lag by up to half a bf16 step, which slows the first steps of a low-LR fine-tune."""
 
     def __post_init__(self) -> None:
         _check_choice("optim", "optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("optim", "bf16_rounding", self.bf16_rounding, BF16_ROUNDINGS)
         _check_range("optim", "lr", self.lr, 0.0, 1.0, lo_open=True)
         _check_range("optim", "weight_decay", self.weight_decay, 0.0, 10.0)
         _check_range("optim", "beta1", self.beta1, 0.0, 0.999999)

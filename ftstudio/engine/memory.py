@@ -89,14 +89,14 @@ def _task(shape: ModelShape, run: RunConfig) -> str:
     return "classification" if shape.is_encoder else "causal-lm"
 
 
-def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int) -> int:
+def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int, kahan: bool = False) -> int:
     """Optimizer state as torch / bitsandbytes allocate it, per tensor (states share the weight's dtype)."""
     total = 0
     for shp in shape.tensors.values():
         n = math.prod(shp)
         if optimizer == "adamw":
             total += 2 * wbytes * n + 4          # exp_avg, exp_avg_sq, and a fp32 `step` scalar tensor
-            if wbytes == 2:
+            if wbytes == 2 and kahan:
                 total += 2 * n                   # bf16 weights: CompensatedAdamW's Kahan buffer (optim.py)
         elif optimizer == "adamw8bit":
             total += 2 * n + 8 * math.ceil(n / BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n
@@ -161,7 +161,7 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
 
     weights = wb * N // gpus
     grads = wb * N // gpus
-    opt = optimizer_bytes(shape, run.optim.optimizer, wb) // gpus
+    opt = optimizer_bytes(shape, run.optim.optimizer, wb, kahan=run.optim.bf16_rounding == "kahan") // gpus
     reg = run.regularize
     anchor_copies = (1 if (reg.l2sp > 0 or reg.ewc > 0) else 0) + (1 if reg.ewc > 0 else 0)
     anchor_bytes = {"gpu": wb, "bf16": 2, "cpu": 0}[reg.l2sp_anchor] if not on_cpu else wb

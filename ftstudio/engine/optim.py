@@ -176,7 +176,7 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *, device_type: str,
     """The optimizer ``cfg.optimizer`` names over :func:`param_groups` (each group's "lr" is its peak).
 
     Weights stored in bf16 (``precision: bf16``) get update rules that do not lose small steps to bf16
-    rounding: adamw → :class:`CompensatedAdamW` (Kahan), adamw8bit → torchao's 8-bit AdamW with stochastic
+    rounding: adamw → :class:`CompensatedAdamW` (stochastic rounding or Kahan, ``bf16_rounding``), adamw8bit → torchao's 8-bit AdamW with stochastic
     rounding. ``in_backward`` wraps the same rule in :class:`speed.OptimizerInBackward` (one optimizer per
     parameter, stepped as its gradient completes).
     """
@@ -197,7 +197,7 @@ def optimizer_factory(cfg: OptimConfig, *, device_type: str, bf16_weights: bool 
     accel = {"fused": True} if device_type == "cuda" else {"foreach": True}
     if kind == "adamw":
         if bf16_weights:
-            return lambda groups: CompensatedAdamW(groups, **common)
+            return lambda groups: CompensatedAdamW(groups, **common, rounding=cfg.bf16_rounding)
         # fused: one CUDA kernel for the whole update; foreach: batched ops elsewhere (CPU, MPS).
         return lambda groups: torch.optim.AdamW(groups, **common, **accel)
     if kind == "adamw8bit":
@@ -300,9 +300,16 @@ class CompensatedAdamW(torch.optim.Optimizer):
                         state["compensation"] = torch.zeros_like(p)
                 state["step"] += 1
                 fn = _compiled_update() if p.is_cuda else _adamw_update
-                fn(p, p.grad, state["exp_avg"], state["exp_avg_sq"], state.get("compensation"), state["step"], lr,
-                   b1, b2, eps, wd, stochastic and p.dtype == torch.bfloat16)
+                comp = state.get("compensation")
+                # Elementwise on each rank's shard: FSDP2's DTensors are updated through their local tensors.
+                fn(_local(p), _local(p.grad), _local(state["exp_avg"]), _local(state["exp_avg_sq"]),
+                   None if comp is None else _local(comp), state["step"], lr, b1, b2, eps, wd,
+                   stochastic and p.dtype == torch.bfloat16)
         return loss
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
 
 
 def _adamw_update(p, grad, exp_avg, exp_avg_sq, comp, step, lr, b1: float, b2: float, eps: float, wd: float,

@@ -12,7 +12,8 @@ Kahan/8-bit AdamW, optionally inside backward), schedule.build_scheduler, speed.
 speed.checkpoint_kwargs + offload_context, speed.causal_lm_loss (Liger fused or chunked), autocast for
 bf16-mixed, clip (or the in-backward norm), the non-finite check (a GPU sync, as in the trainer),
 step, scheduler, zero_grad. Options: precision, compile, loss (with compile, "full" is the compiled head +
-cross-entropy), ckpt, offload, optimizer (adamw, adamw8bit, adamw4bit, ...), inbwd, sdpa=cudnn, steps.
+cross-entropy), ckpt, offload, optimizer (adamw, adamw8bit, adamw4bit, ...), rounding (bf16 AdamW: stochastic or
+kahan), inbwd, sdpa=cudnn, steps.
 
 MFU = (6·N + 12·L·d·s)·tokens / time / 989 TFLOP/s (the anchor's convention).
 """
@@ -43,7 +44,7 @@ SHAPES = {
 SHAPES["tiny"] = dict(arch="llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=2, vocab_size=256, tie_word_embeddings=True)
 DEV = os.environ.get("FTS_BENCH_DEVICE", "cuda")
-FASTEST = dict(precision="bf16", compile=1, loss="chunked")
+FASTEST = dict(precision="bf16", compile=1, loss="full")          # the preset: SR AdamW, compiled head + loss
 LARGEST = dict(precision="bf16", compile=1, loss="chunked", ckpt=1, offload=1, optimizer="adamw8bit", inbwd=1)
 # (name, model, mode, batch, seq, options, time limit s), in priority order
 MIXED = dict(precision="bf16-mixed", compile=1, loss="chunked")
@@ -117,7 +118,7 @@ def _hf(m, data, b, s, steps, warm, times):
 def _optimizer(model, o):
     from ftstudio.core.config import OptimConfig
     from ftstudio.engine.optim import build_optimizer
-    cfg = OptimConfig(optimizer=o.get("optimizer", "adamw"), lr=2e-5)
+    cfg = OptimConfig(optimizer=o.get("optimizer", "adamw"), lr=2e-5, bf16_rounding=o.get("rounding", "stochastic"))
     return build_optimizer(model, cfg, device_type=DEV, in_backward=bool(int(o.get("inbwd", 0))))
 
 
