@@ -36,6 +36,10 @@ ALLOCATOR_SLACK_BYTES = 1_600_000_000
 ALLOCATOR_SLACK_LOSS = 0.23
 LOSS_FULL_PER_LOGIT = 12        # fp32 log-softmax output + its gradient + nll's gradient, bytes per logit
 BNB_BLOCK = 256                 # bitsandbytes 8-bit blockwise optimizer: one fp32 absmax per 256 values
+# torchao's 8/4-bit AdamW dequantise one tensor's states (and upcast its weight and gradient) to update it:
+# transient bytes per value of the largest tensor, from the H200 rows of "Largest model that fits"
+# (Llama-3-8B / Qwen2.5-14B with 8-bit states, Qwen2.5-32B with 4-bit; tests/benchmarks/results/throughput.md).
+LOWBIT_STEP_BYTES = {"adamw8bit": 5, "adamw4bit": 21}
 AO4_BLOCK = 128                 # torchao AdamW4bit: one fp32 scale per 128 values (two 4-bit codes a byte)
 BNB_MIN_8BIT = 4096             # bitsandbytes keeps tensors smaller than this in 32-bit state
 
@@ -140,6 +144,18 @@ def layer_bytes_per_token(shape: ModelShape, precision: str, seq_len: int) -> in
     return shape.norms_per_layer * norm + attn + mlp + drop
 
 
+def compiled_layer_bytes_per_token(shape: ModelShape, precision: str) -> int:
+    """Bytes a ``torch.compile``d block saves per token. Inductor recomputes the cheap pointwise work in
+    backward (fp32 norm intermediates, rotary, dtype casts) and keeps what the matmuls and attention need:
+    each norm's input and bf16 output, q/k/v and the attention output, the MLP's gate, up and their product
+    (the down projection's input), plus per-token statistics. Fitted against the H200 rows of
+    tests/benchmarks/results/throughput.md (Llama-3.2-1B mixed and pure bf16, Llama-3-8B pure bf16)."""
+    _, c, r, _ = PRECISION_BYTES[precision]
+    d, i, q, kv = shape.hidden, shape.intermediate, shape.q_dim, shape.kv_dim
+    mlp = (3 if shape.gated_mlp else 2) * c * i
+    return shape.norms_per_layer * (r * d + c * d + 4) + c * (2 * q + 2 * kv) + 4 * shape.heads + mlp
+
+
 def _flash_like(precision: str) -> bool:
     # flash / memory-efficient SDPA run in bf16/fp16; fp32 with grouped-query attention falls back to math
     return precision != "fp32"
@@ -183,7 +199,9 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
     # Under FSDP's mixed-precision policy the blocks compute on bf16 parameters: the residual stream is bf16
     # and autocast makes no input copies, so activations are those of pure bf16 (measured on 2×H200).
     fsdp_mixed = gpus > 1 and autocast
-    per_layer = layer_bytes_per_token(shape, "bf16" if fsdp_mixed else precision, s)
+    compiled = run.memory.compile and not on_cpu and gpus == 1       # the trainer compiles on one CUDA GPU
+    per_layer = (compiled_layer_bytes_per_token if compiled else
+                 lambda sh, p: layer_bytes_per_token(sh, p, s))(shape, "bf16" if fsdp_mixed else precision)
     if fsdp_mixed:
         r = 2
     ckpt = run.memory.activation_checkpointing
@@ -197,6 +215,8 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
             # the slices' checkpoints keep the final hidden states; backward adds their gradient
             # and one slice's logits (cast, fp32 copy, log-softmax, gradients)
             loss_fwd, loss_bwd = T * r * d, 2 * T * r * d + ct * V * (c + LOSS_FULL_PER_LOGIT)
+        elif compiled:    # head + loss compiled (speed.compiled_cross_entropy): bf16 logits, then their gradient
+            loss_fwd, loss_bwd = T * V * c, 2 * T * V * c
         else:
             loss_fwd, loss_bwd = T * V * (c + 8), T * V * LOSS_FULL_PER_LOGIT
     else:
@@ -218,7 +238,7 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
         "block backward": states + grad_work + (
             grads_end + T * per_layer + (c * shape.layer_params() if autocast else 0) if ckpt
             else g_live + cache_bwd + layers_act + wb * shape.vocab * d // gpus),
-        "optimizer step": states + grads_end + (wb + c) * largest
+        "optimizer step": states + grads_end + (wb + c + LOWBIT_STEP_BYTES.get(run.optim.optimizer, 0)) * largest
         + (grads_end if run.optim.optimizer == "adafactor" else 0),
     }
     phase = max(phases, key=phases.get)
