@@ -14,10 +14,8 @@ CHOICES = {}
 
 
 def _choices() -> dict[str, tuple]:
-    from ftstudio.core import config as c
-    return {"task": c.TASKS, "format": c.FORMATS, "schedule": c.SCHEDULES, "precision": c.PRECISIONS,
-            "optimizer": c.OPTIMIZERS, "loss": c.LOSSES, "nonfinite": c.NONFINITE_POLICIES,
-            "l2sp_anchor": c.ANCHOR_PLACES}
+    from ftstudio.core.config import FIELD_CHOICES
+    return FIELD_CHOICES
 
 
 def _parse_gpus(text: str) -> list[int]:

@@ -29,6 +29,11 @@ BF16_ROUNDINGS = ("stochastic", "kahan")
 LOSSES = ("full", "chunked")
 NONFINITE_POLICIES = ("skip", "stop", "rollback")
 ANCHOR_PLACES = ("gpu", "bf16", "cpu")
+# Leaf name → allowed values: the CLI's argparse choices and the GUI's combo boxes both read this.
+FIELD_CHOICES: dict[str, tuple[str, ...]] = {
+    "task": TASKS, "format": FORMATS, "schedule": SCHEDULES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
+    "bf16_rounding": BF16_ROUNDINGS, "loss": LOSSES, "nonfinite": NONFINITE_POLICIES, "l2sp_anchor": ANCHOR_PLACES,
+}
 
 
 def _check_choice(section: str, name: str, value: Any, allowed: tuple) -> None:

@@ -24,11 +24,8 @@ from ftstudio.engine.schedule import lr_curve
 from ..forgetting_views import LayerRateBars
 from ..theme import COLORS
 
-# Choices come from the tuples in config.py; a field named here gets a combo box.
-CHOICES: dict[str, tuple[str, ...]] = {
-    "task": C.TASKS, "format": C.FORMATS, "schedule": C.SCHEDULES, "precision": C.PRECISIONS,
-    "optimizer": C.OPTIMIZERS, "bf16_rounding": C.BF16_ROUNDINGS, "loss": C.LOSSES, "nonfinite": C.NONFINITE_POLICIES, "l2sp_anchor": C.ANCHOR_PLACES,
-}
+# Choices come from config.py; a field named there gets a combo box.
+CHOICES: dict[str, tuple[str, ...]] = C.FIELD_CHOICES
 EDITABLE_CHOICES = {"device": ("auto", "cpu", "cuda", "cuda:0", "cuda:1")}
 NONE_INT = -1  # an optional int's spin box shows "None" at this value
 NO_PRESET = "(no preset matches: choose one)"
