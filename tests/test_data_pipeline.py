@@ -140,6 +140,35 @@ def test_packed_loss_equals_separate_losses(tiny_llama, tmp_path):
             torch.testing.assert_close(plog[r, a:b], alone, rtol=1e-4, atol=1e-5)
 
 
+def test_packed_rows_under_flex_attention_need_no_dense_mask(tiny_llama, tmp_path):
+    """flex_attention + position_ids only (what the trainer sends on a GPU): the model derives the document
+    masks itself, and every document's logits equal its logits alone, as with the dense 4-D mask."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_llama)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama).eval()
+    model.config.use_cache = False                    # as the trainer sets it: a KV cache disables the detection
+    p = tmp_path / "docs.jsonl"
+    docs = ["the cat is good and the dog is bad", "one two three four", "yes no yes", "a b c d e f"]
+    p.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    packed = prepare_data(DataConfig(dataset=str(p), val_fraction=0.0, seq_len=20, packing=True), tok,
+                          task="causal-lm", seed=0)
+    dense = packed.collate(packed.train)
+    packed.collate.positions_only = True
+    light = packed.collate(packed.train)
+    assert "attention_mask" not in light and torch.equal(light["position_ids"], dense["position_ids"])
+    with torch.no_grad():
+        want = model(**dense).logits
+        try:
+            model.set_attn_implementation("flex_attention")
+            got = model(**light).logits
+        except Exception as e:  # noqa: BLE001 - flex needs inductor (a C++ compiler) on the CPU
+            pytest.skip(f"flex_attention unavailable on this CPU: {type(e).__name__}: {e}"[:200])
+    real = dense["labels"] != IGNORE                  # compare real tokens; the pad block is never scored
+    real[:, 0] = True
+    torch.testing.assert_close(got[real], want[real], rtol=1e-4, atol=1e-4)
+
+
 def test_check_data_on_demo_is_fast_and_complete():
     t0 = time.perf_counter()
     report = check_data(DataConfig(dataset="demo"), "demo")

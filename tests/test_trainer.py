@@ -131,3 +131,17 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tiny_llama, tmp_p
     assert first.output_dir != second.output_dir
     again, _ = run(cfg.replace(run_name=first.output_dir.rsplit("/", 1)[-1]))
     assert isinstance(again, RunFailed) and "already holds a run" in again.reason  # a named run is never mixed
+
+
+def test_attention_choice_is_applied_and_flex_is_refused_on_the_cpu(tiny_llama, tmp_path):
+    """model.attention reaches the model; flex_attention (no CPU backward in torch) fails before any step with
+    the field named. On a GPU, auto picks it for packed rows (packed-row equivalence: test_data_pipeline)."""
+    from ftstudio.core.events import RunFailed
+    data = write_text_data(tmp_path / "d.jsonl")
+    cfg = lm_config(tiny_llama, data, tmp_path / "e", max_steps=2, packing=True, attention="eager")
+    result, _ = run(cfg)
+    assert isinstance(result, RunFinished), result
+    cfg = lm_config(tiny_llama, data, tmp_path / "f", max_steps=2, packing=True, attention="flex_attention")
+    result, events = run(cfg)
+    assert isinstance(result, RunFailed) and "model.attention" in result.reason and "cpu" in result.reason
+    assert not [e for e in events if isinstance(e, StepMetrics)]

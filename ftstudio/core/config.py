@@ -29,10 +29,12 @@ BF16_ROUNDINGS = ("stochastic", "kahan")
 LOSSES = ("full", "chunked")
 NONFINITE_POLICIES = ("skip", "stop", "rollback")
 ANCHOR_PLACES = ("gpu", "bf16", "cpu")
+ATTENTIONS = ("auto", "sdpa", "flex_attention", "eager")
 # Leaf name → allowed values: the CLI's argparse choices and the GUI's combo boxes both read this.
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS, "format": FORMATS, "schedule": SCHEDULES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
     "bf16_rounding": BF16_ROUNDINGS, "loss": LOSSES, "nonfinite": NONFINITE_POLICIES, "l2sp_anchor": ANCHOR_PLACES,
+    "attention": ATTENTIONS,
 }
 
 
@@ -68,9 +70,12 @@ class ModelConfig:
     """Run Python code shipped with a hub model. Off by default: only turn on for models you trust."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) when the source is a hub id; None for the default branch."""
+    attention: str = "auto"
+    """Attention kernel: "sdpa" (PyTorch's fused attention), "flex_attention" (block-sparse document masks for packed rows), "eager", or "auto": flex_attention for packed causal-LM rows on a CUDA GPU when the model supports it, else the model's default (sdpa)."""
 
     def __post_init__(self) -> None:
         _check_choice("model", "task", self.task, TASKS)
+        _check_choice("model", "attention", self.attention, ATTENTIONS)
         if not isinstance(self.source, str) or not self.source.strip():
             raise ConfigError("model.source", "must name a model: 'demo', a folder, a .gguf file or a hub id")
 

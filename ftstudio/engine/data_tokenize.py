@@ -181,6 +181,10 @@ class Collator:
 
     def __init__(self, pad_id: int, task: str, packed: bool = False):
         self.pad_id, self.task, self.packed = pad_id, task, packed
+        # Packed rows: a dense (B, 1, L, L) mask works with any attention kernel; with flex_attention the
+        # model derives block-sparse document masks from the restarting position_ids itself (transformers'
+        # packed-sequence detection), so the trainer turns this on and no L×L mask is built or copied.
+        self.positions_only = False
 
     def __call__(self, batch: list[dict]) -> dict:
         import torch
@@ -206,5 +210,7 @@ class Collator:
             n = len(ex["position_ids"])
             pos[i, :n] = torch.tensor(ex["position_ids"], dtype=torch.long)
             pos[i, n:] = torch.arange(L - n)
+        if self.positions_only:
+            return {"input_ids": ids, "labels": labels, "position_ids": pos}
         return {"input_ids": ids, "attention_mask": block_causal_mask(pos), "labels": labels,
                 "position_ids": pos}

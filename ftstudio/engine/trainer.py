@@ -164,6 +164,7 @@ class Trainer:
         model = loaded.model
         if loaded.new_params:
             self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
+        self._choose_attention(model, prepared, device)
         if cfg.memory.activation_checkpointing:
             # Recompute each block in backward instead of storing its activations.
             from ftstudio.engine.speed import checkpoint_kwargs  # reentrant when the inputs are offloaded
@@ -326,6 +327,35 @@ class Trainer:
         from ftstudio.engine.runtime import pick_device
         return pick_device(self.cfg)
 
+    def _choose_attention(self, model, prepared, device: str) -> None:
+        """Set the model's attention kernel (model.attention); for packed rows under flex_attention the
+        collator then sends position_ids only and the model builds block-sparse document masks."""
+        choice = self.cfg.model.attention
+        packed = bool(getattr(prepared.collate, "packed", False))
+        if choice == "auto":
+            flex_ok = (packed and device.startswith("cuda") and not getattr(sys, "frozen", False)
+                       and len(self.cfg.hardware.gpus) <= 1      # FSDP ranks keep the dense mask (untested)
+                       and getattr(model, "_supports_flex_attn", False) and _flex_available())
+            choice = "flex_attention" if flex_ok else None
+        if choice is None:
+            return
+        if choice == "flex_attention" and not device.startswith("cuda"):
+            raise ConfigError("model.attention", f"flex_attention has no backward pass on {device}; use sdpa "
+                                                 "(or auto)")
+        try:
+            model.set_attn_implementation(choice)
+        except Exception as e:  # noqa: BLE001 - a model without that kernel: say so, keep its default
+            if self.cfg.model.attention != "auto":
+                raise ConfigError("model.attention", f"{choice} is not available for this model: {e}") from None
+            return
+        if choice == "flex_attention" and packed:
+            # transformers detects packed documents from position_ids only without a KV cache: training
+            # never reads one, and building it would switch the detection off (attention across documents).
+            model.config.use_cache = False
+            prepared.collate.positions_only = True
+            self.report(LogLine("Packed rows: flex_attention with block-sparse per-document masks (no dense "
+                                "L×L mask)"))
+
     def _place_model(self, model, device, numerics):
         return model.to(device=device, dtype=numerics.param_dtype)
 
@@ -471,6 +501,14 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+
+
+def _flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _compile_blocks(model) -> None:

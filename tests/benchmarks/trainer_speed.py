@@ -5,7 +5,8 @@ which times the same step on synthetic batches against HF Trainer.
     python tests/benchmarks/trainer_speed.py --shape llama3.2-1b --batch 4 --seq 2048 --steps 30 \\
         --run "mixed-compiled:precision=bf16-mixed,compile=1,loss=full" --run "fastest:preset=fastest" [--out DIR]
 
-One JSON line per run: median tokens/s over the steps after the first 5 (the trainer's own StepMetrics), MFU,
+A run's spec may set doc_words=N (its own data: documents of N words; e.g. longer than --seq for full unpacked
+rows). One JSON line per run: median tokens/s over the steps after the first 5 (the trainer's own StepMetrics), MFU,
 the largest allocator peak a MemorySnapshot reported, and the first step's wall time (compilation).
 The tokenizer is tests/tiny.py's word-level one (the text is random words of its vocabulary); only speed and
 memory are measured, and those do not depend on which token ids the rows hold.
@@ -71,6 +72,8 @@ def run_one(name: str, spec: str, model: Path, data: Path, out: Path, batch: int
 
     leaves = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
     preset = leaves.pop("preset", None)
+    if "doc_words" in leaves:                  # this run's own data: documents of that many words
+        data = make_data(out.parent / f"data-{name}.jsonl", batch * seq * (steps + 4), int(leaves.pop("doc_words")))
     cfg = RunConfig().replace(source=str(model), dataset=str(data), output=str(out), run_name=name, device=device,
                               batch_size=batch, seq_len=seq, max_steps=steps, val_fraction=0.0, packing=True,
                               log_every=1, memory_snapshot_every=5, checkpoint_every=0, export=False)
