@@ -286,18 +286,26 @@ class CompensatedAdamW(torch.optim.Optimizer):
                 loss = closure()
         stochastic = self.rounding == "stochastic"
         for group in self.param_groups:
-            lr = torch.as_tensor(float(group["lr"]), dtype=torch.float32)   # a tensor: no recompile per LR
             (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
+            lrs: dict[torch.device, torch.Tensor] = {}
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                # The LR and step count live on the parameter's device as tensors: no recompile when the LR
+                # changes, and no host→device copy per tensor (a copy from pageable memory waits for the
+                # stream: two per tensor stalled the GPU between every update).
+                if p.device not in lrs:
+                    lrs[p.device] = torch.full((), float(group["lr"]), dtype=torch.float32, device=p.device)
+                lr = lrs[p.device]
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                     if self.rounding == "kahan" and p.dtype != torch.float32:
                         state["compensation"] = torch.zeros_like(p)
+                elif state["step"].device != p.device:     # a checkpoint loaded with map_location="cpu"
+                    state["step"] = state["step"].to(p.device)
                 state["step"] += 1
                 fn = _compiled_update() if p.is_cuda else _adamw_update
                 comp = state.get("compensation")
@@ -321,9 +329,8 @@ def _adamw_update(p, grad, exp_avg, exp_avg_sq, comp, step, lr, b1: float, b2: f
     v = exp_avg_sq.float() * b2 + (1 - b2) * g * g
     exp_avg.copy_(m)
     exp_avg_sq.copy_(v)
-    step = step.to(g.device)
     denom = v.sqrt() / torch.sqrt(1 - b2 ** step) + eps
-    delta = -lr.to(g.device) * (m / (1 - b1 ** step) / denom + wd * w)   # decoupled decay: −lr·wd·w
+    delta = -lr * (m / (1 - b1 ** step) / denom + wd * w)   # decoupled decay: −lr·wd·w
     if comp is not None:
         delta = delta + comp.float()                 # what earlier roundings dropped (Kahan)
     new = w + delta
