@@ -200,8 +200,11 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
     # and autocast makes no input copies, so activations are those of pure bf16 (measured on 2×H200).
     fsdp_mixed = gpus > 1 and autocast
     compiled = run.memory.compile and not on_cpu and gpus == 1       # the trainer compiles on one CUDA GPU
-    per_layer = (compiled_layer_bytes_per_token if compiled else
-                 lambda sh, p: layer_bytes_per_token(sh, p, s))(shape, "bf16" if fsdp_mixed else precision)
+    act_precision = "bf16" if fsdp_mixed else precision
+    if compiled:
+        per_layer = compiled_layer_bytes_per_token(shape, act_precision)
+    else:
+        per_layer = layer_bytes_per_token(shape, act_precision, s)
     if fsdp_mixed:
         r = 2
     ckpt = run.memory.activation_checkpointing
