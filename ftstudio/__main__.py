@@ -1,3 +1,3 @@
-from ftstudio.cli import main
+from ftstudio.entry import main
 
 raise SystemExit(main())

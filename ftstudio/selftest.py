@@ -140,7 +140,7 @@ def check_train(ctx: dict) -> str:
     """A tiny Llama (built here) trains a few steps through the real Trainer, writing checkpoints."""
     from ftstudio.core.config import RunConfig
     from ftstudio.core.events import CheckpointSaved, StepMetrics
-    from ftstudio.engine.trainer import Trainer
+    from ftstudio.engine.train import Trainer
 
     tmp: Path = ctx["tmp"]
     model_dir = _save_tiny_llama(tmp / "tiny-llama")
@@ -173,8 +173,8 @@ def check_checkpoint(ctx: dict) -> str:
     from transformers import AutoModelForCausalLM
 
     from ftstudio.core.events import RunStarted
-    from ftstudio.engine.checkpoint import latest_checkpoint, load_checkpoint
-    from ftstudio.engine.trainer import Trainer
+    from ftstudio.engine.train.checkpoint import latest_checkpoint, load_checkpoint
+    from ftstudio.engine.train import Trainer
 
     ckpt = latest_checkpoint(ctx["run_dir"] / "checkpoints")
     _expect(ckpt is not None and ckpt.name == f"step-{TRAIN_STEPS}", f"latest checkpoint is {ckpt}")

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from ftstudio.core.config import DataConfig
 from ftstudio.core.errors import DataError
 from ftstudio.engine.data import detect_format, render_example
-from ftstudio.engine.data_tokenize import FALLBACK_CHAT_TEMPLATE
+from ftstudio.engine.data.render import FALLBACK_CHAT_TEMPLATE
 from tiny import WORDS, make_tokenizer
 
 TOK = make_tokenizer()

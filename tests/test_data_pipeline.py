@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from ftstudio.core.config import DataConfig
-from ftstudio.engine import data as data_mod
+from ftstudio.engine.data import load as data_mod
 from ftstudio.engine.data import check_data, demo_dataset_path, load_records, prepare_data, resources_dir
-from ftstudio.engine.data_tokenize import IGNORE
+from ftstudio.engine.data.render import IGNORE
 from tiny import make_tokenizer
 
 ROWS = [{"text": "the cat", "label": "good"}, {"text": "a dog", "label": "bad"},

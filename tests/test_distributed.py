@@ -11,8 +11,9 @@ import pytest
 
 from ftstudio.core.control import Control
 from ftstudio.core.events import CheckpointSaved, RunFailed, RunFinished, RunStarted, StepMetrics
-from ftstudio.engine.launch import launch_script, run_distributed
-from ftstudio.engine.trainer import Trainer, train
+from ftstudio.engine.distributed import launch_script, run_distributed
+from ftstudio.engine import run as train
+from ftstudio.engine.train import Trainer
 from test_trainer import lm_config, write_text_data
 
 pytestmark = pytest.mark.timeout(240)

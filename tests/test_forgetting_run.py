@@ -4,7 +4,7 @@ import pytest
 
 from ftstudio.core.config import RunConfig
 from ftstudio.core.events import DriftMetrics, LogLine, RetentionMetrics, RunFinished
-from ftstudio.engine.runtime import plan_schedule
+from ftstudio.engine.train.schedule import plan_schedule
 from test_trainer import lm_config, run, write_text_data
 
 

@@ -431,7 +431,7 @@ def test_out_of_memory_ends_the_run_cleanly_and_the_gui_can_start_again(make_win
                                                                          monkeypatch):
     import torch
 
-    from ftstudio.engine import trainer
+    from ftstudio.engine.train import trainer
 
     win = lm_window(make_window, tiny_llama, tmp_path, max_steps=2, eval_every=0)
     wait_ready(qtbot, win)
@@ -455,7 +455,7 @@ def test_layer_lr_bars_follow_the_optimizer_rule(tiny_llama):
     from transformers import AutoModelForCausalLM
 
     from ftstudio.engine.models import describe_model
-    from ftstudio.engine.optim import layer_lr_scales
+    from ftstudio.engine.train.optim import layer_lr_scales
     from ftstudio.gui.forgetting_views import layer_lr_bars
 
     info = describe_model(str(tiny_llama))

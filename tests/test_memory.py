@@ -8,7 +8,8 @@ from ftstudio.core.config import RunConfig
 from ftstudio.core.errors import ModelError
 from ftstudio.engine import memory
 from ftstudio.engine.memory import estimate, explain_oom, layer_bytes_per_token, optimizer_bytes, solve
-from ftstudio.engine.memory_shape import load_shape, shape_from_config
+from ftstudio.engine.memory import load_shape
+from ftstudio.engine.models import shape_from_config
 
 D, L, H, KV, I, V = 32, 2, 4, 2, 64, 100
 TINY = {"model_type": "llama", "hidden_size": D, "num_hidden_layers": L, "num_attention_heads": H,
@@ -161,7 +162,7 @@ def test_chunked_loss_equals_full_loss(tiny_llama):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ftstudio.engine.memory_loss import causal_lm_loss, chunked_cross_entropy
+    from ftstudio.engine.train.loss import causal_lm_loss, chunked_cross_entropy
     model = AutoModelForCausalLM.from_pretrained(tiny_llama, dtype=torch.float32)
     x = torch.randint(0, model.config.vocab_size, (2, 24))
     labels = x.clone()

@@ -4,7 +4,7 @@ import subprocess
 import sys
 import time
 
-from ftstudio.engine.memory_report import estimate_report, format_report, seed_table
+from ftstudio.engine.memory import estimate_report, format_report, seed_table
 
 KEYS = {"params", "textbook_bytes", "peak_bytes", "breakdown", "max_batch_size"}
 
@@ -36,7 +36,7 @@ def test_report_from_folder(tiny_llama):
 
 
 def test_answers_fast_without_torch(tiny_llama):
-    code = ("import sys, json; from ftstudio.engine.memory_report import estimate_report, format_report; "
+    code = ("import sys, json; from ftstudio.engine.memory import estimate_report, format_report; "
             f"r = estimate_report({str(tiny_llama)!r}, seq_len=2048, batch_size=8, loss='chunked', "
             "activation_checkpointing=True, gpus=2, gpu_memory_gb=80); format_report(r); "
             "print(json.dumps(r)); assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
@@ -57,11 +57,11 @@ def test_estimate_reads_a_gguf_file_without_torch(tiny_llama, tmp_path):
     from test_models_gguf import write_tiny_gguf  # the GGUF writer the model tests use
 
     gguf = write_tiny_gguf(tiny_llama, tmp_path / "tiny.gguf")
-    code = ("import json, sys; from ftstudio.engine.memory_report import estimate_report; "
+    code = ("import json, sys; from ftstudio.engine.memory import estimate_report; "
             f"r = estimate_report({str(gguf)!r}, seq_len=64, batch_size=2, precision='bf16-mixed', optimizer='adamw', "
             "loss='full', activation_checkpointing=False, gpus=1, gpu_memory_gb=24); "
             "print(json.dumps([r['params'], 'torch' in sys.modules]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     params, torch_loaded = json.loads(out.stdout.strip().splitlines()[-1])
-    from ftstudio.engine.memory_shape import load_shape
+    from ftstudio.engine.memory import load_shape
     assert params == load_shape(str(tiny_llama))[0].params and torch_loaded is False

@@ -68,7 +68,7 @@ def tiny_gguf(tiny_llama, tmp_path_factory):
 
 
 def test_describe_gguf(tiny_gguf, tiny_llama):
-    from ftstudio.engine.models_inspect import read_config
+    from ftstudio.engine.models.inspect import read_config
     info = describe_model(str(tiny_gguf))
     hf = read_config(tiny_llama)
     assert info.kind == "gguf" and info.params_exact and info.dtype == "F32" and not info.is_encoder

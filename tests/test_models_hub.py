@@ -101,7 +101,7 @@ def test_hub_unreachable_is_a_quick_clear_error(hf_cache, no_network, monkeypatc
 
 def test_probe_gives_up_on_a_hanging_lookup(monkeypatch):
     """DNS lookups ignore socket timeouts; the probe must still answer within its own timeout."""
-    from ftstudio.engine import models_hub
+    from ftstudio.engine.models import hub as models_hub
     monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))
     t = time.monotonic()
     assert "no answer" in models_hub.probe_hub(timeout=0.5)
@@ -111,5 +111,5 @@ def test_probe_gives_up_on_a_hanging_lookup(monkeypatch):
 @pytest.mark.parametrize("source,is_id", [("org/name", True), ("gpt2", True), ("a/b/c", False),
                                           ("./x", False), ("bad id!", False)])
 def test_repo_id_shape(source, is_id):
-    from ftstudio.engine.models_hub import is_repo_id
+    from ftstudio.engine.models.hub import is_repo_id
     assert is_repo_id(source) is is_id

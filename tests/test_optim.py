@@ -5,8 +5,8 @@ import torch
 
 from ftstudio.core.config import OptimConfig, ScheduleConfig
 from ftstudio.core.errors import ConfigError
-from ftstudio.engine.optim import (build_optimizer, find_block_list, layer_depths, layer_groups, layer_lr_scales,
-                                   no_decay_names, param_groups)
+from ftstudio.engine.models.structure import find_block_list, layer_depths, layer_groups
+from ftstudio.engine.train.optim import build_optimizer, layer_lr_scales, no_decay_names, param_groups
 
 
 def _load(path, cls_name="AutoModelForCausalLM"):
@@ -86,7 +86,7 @@ def test_param_group_lrs_follow_ulmfit(tiny_llama):
 
 
 def test_schedule_multiplies_each_groups_own_peak(tiny_llama):
-    from ftstudio.engine.schedule import build_scheduler, lr_multiplier
+    from ftstudio.engine.train.schedule import build_scheduler, lr_multiplier
     model = _load(tiny_llama)
     opt = build_optimizer(model, OptimConfig(lr=1e-3, layer_lr_decay=2.0), device_type="cpu")
     sched_cfg = ScheduleConfig(schedule="cosine", warmup_steps=2)
@@ -151,7 +151,7 @@ def test_adamw_uses_foreach_on_cpu_and_8bit_needs_cuda(tiny_llama):
 
 def test_discriminative_rates_make_lower_layers_move_less(tiny_llama):
     """ξ = 2.6: relative drift per layer grows bottom → top; with ξ = 1 the layers move alike."""
-    from ftstudio.engine.regularize import Regularizer
+    from ftstudio.engine.forgetting import Regularizer
 
     def drift_after(xi):
         torch.manual_seed(0)

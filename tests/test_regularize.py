@@ -7,8 +7,8 @@ import torch
 
 from ftstudio.core.config import OptimConfig, RunConfig
 from ftstudio.core.errors import ConfigError, DataError
-from ftstudio.engine.optim import build_optimizer
-from ftstudio.engine.regularize import (Regularizer, build_regularizer, estimate_fisher, general_batches,
+from ftstudio.engine.train.optim import build_optimizer
+from ftstudio.engine.forgetting import (Regularizer, build_regularizer, estimate_fisher, general_batches,
                                         general_count, general_examples, general_text_path, load_general_texts,
                                         mix_examples, retention_loss)
 

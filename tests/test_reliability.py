@@ -17,7 +17,7 @@ import torch
 
 from ftstudio.core.control import Control
 from ftstudio.core.events import NonFiniteStep, RunFailed, RunFinished, StepMetrics
-from ftstudio.engine.trainer import Trainer
+from ftstudio.engine.train import Trainer
 from test_trainer import lm_config, run, write_text_data
 
 
@@ -35,8 +35,8 @@ class Faults:
     NaN (finite loss), or raises an out-of-memory error. Keeps only weak references to what it sees."""
 
     def __init__(self, monkeypatch, **at):
-        import ftstudio.engine.memory_loss as ml
-        import ftstudio.engine.optim as optim
+        import ftstudio.engine.train.loss as ml
+        import ftstudio.engine.train.optim as optim
 
         self.at, self.calls, self.lrs = at, 0, {}
         self.model_ref = self.optimizer_ref = None
@@ -201,7 +201,7 @@ def _full_disk_on_second_save(monkeypatch, how):
                 raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 64 vs 0")
             return real(obj, f, *a, **k)
         monkeypatch.setattr(torch, "save", save)
-        import ftstudio.engine.checkpoint as ck
+        import ftstudio.engine.train.checkpoint as ck
         monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: type("U", (), {"free": 1024})())
 
 
@@ -209,7 +209,7 @@ def _full_disk_on_second_save(monkeypatch, how):
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(how, tiny_llama, data, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM
 
-    from ftstudio.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from ftstudio.engine.train.checkpoint import latest_checkpoint, load_checkpoint
     _full_disk_on_second_save(monkeypatch, how)
     result, _ = run(_cfg(tiny_llama, data, tmp_path, checkpoint_every=2, max_steps=6))
     monkeypatch.undo()
@@ -242,8 +242,8 @@ def test_keep_last_and_resume_needs_a_complete_checkpoint(tiny_llama, data, tmp_
 def test_checkpoint_folders_are_all_or_nothing(tmp_path):
     """Only a renamed-into-place ``step-N`` with its trainer state counts; leftovers of killed writes and
     deletes are ignored, then removed by the next save; a re-save of the same step replaces it whole."""
-    from ftstudio.engine.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints,
-                                            load_checkpoint, save_checkpoint)
+    from ftstudio.engine.train.checkpoint import (CheckpointError, latest_checkpoint, list_checkpoints,
+                                                  load_checkpoint, save_checkpoint)
     model = torch.nn.Linear(3, 2)
     opt = torch.optim.AdamW(model.parameters())
     root = tmp_path / "checkpoints"

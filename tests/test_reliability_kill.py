@@ -60,7 +60,7 @@ def _kill(proc) -> None:
 def _assert_newest_checkpoint_loads(tiny_llama, ckpts: Path) -> int:
     from transformers import AutoModelForCausalLM
 
-    from ftstudio.engine.checkpoint import latest_checkpoint, load_checkpoint
+    from ftstudio.engine.train.checkpoint import latest_checkpoint, load_checkpoint
     newest = latest_checkpoint(ckpts)
     assert newest is not None, sorted(p.name for p in ckpts.iterdir())
     model = AutoModelForCausalLM.from_pretrained(tiny_llama)

@@ -3,7 +3,7 @@ import math
 import pytest
 
 from ftstudio.core.config import ScheduleConfig
-from ftstudio.engine.schedule import lr_at, lr_curve, warmup_steps_for
+from ftstudio.engine.train.schedule import lr_at, lr_curve, warmup_steps_for
 
 PEAK = 2e-5
 
@@ -42,7 +42,7 @@ def test_linear_decay_heads_for_the_floor():
 def test_torch_scheduler_follows_the_same_function():
     import torch
 
-    from ftstudio.engine.schedule import build_scheduler
+    from ftstudio.engine.train.schedule import build_scheduler
 
     cfg = ScheduleConfig(schedule="cosine", warmup_ratio=0.2)
     p = torch.nn.Parameter(torch.zeros(1))

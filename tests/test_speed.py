@@ -7,8 +7,8 @@ import torch
 
 from ftstudio.core.config import OptimConfig, RunConfig
 from ftstudio.core.errors import ConfigError
-from ftstudio.engine import speed
-from ftstudio.engine.optim import CompensatedAdamW, build_optimizer, stochastic_round_bf16
+from ftstudio.engine.train import speed
+from ftstudio.engine.train.optim import CompensatedAdamW, build_optimizer, stochastic_round_bf16
 
 
 def _model(path, dtype=torch.float32):
@@ -74,7 +74,7 @@ def test_optimizer_in_backward_gives_the_weights_of_a_normal_step(tiny_llama, ki
 
 def test_in_backward_norm_clip_state_dict_and_scheduler(tiny_llama):
     from ftstudio.core.config import ScheduleConfig
-    from ftstudio.engine.schedule import build_scheduler
+    from ftstudio.engine.train.schedule import build_scheduler
     m = _model(tiny_llama)
     ref = copy.deepcopy(m)
     cfg = OptimConfig(optimizer="adamw", lr=1e-3, grad_clip=0.0)
@@ -242,7 +242,7 @@ def test_compiled_kahan_update_keeps_its_compensation():
     """Inductor must not fold the bf16 round trip away: the compiled update has to equal the eager one."""
     import torch
 
-    from ftstudio.engine import optim as O
+    from ftstudio.engine.train import optim as O
 
     torch.manual_seed(0)
     w0 = torch.randn(64, 64).bfloat16()
@@ -294,7 +294,7 @@ def test_adamw4bit_is_a_choice_with_its_own_memory_and_a_clear_cpu_error(tiny_ll
     import math
 
     from ftstudio.engine.memory import optimizer_bytes
-    from ftstudio.engine.memory_shape import shape_from_config
+    from ftstudio.engine.models import shape_from_config
     m = _model(tiny_llama)
     with pytest.raises(ConfigError, match="adamw4bit needs a CUDA GPU"):
         build_optimizer(m, OptimConfig(optimizer="adamw4bit"), device_type="cpu")
@@ -313,7 +313,7 @@ def test_stochastic_rounding_moves_the_stored_weights_from_the_first_step_kahan_
     where they were (the model computes with the old weights until the buffer fills), while stochastic
     rounding moves them by the update on average, from the first step (seen on SmolLM2: Kahan trailed the
     reference for ~30 steps)."""
-    from ftstudio.engine import optim as O
+    from ftstudio.engine.train import optim as O
     fn = O._adamw_update
     if compiled:
         try:

@@ -33,7 +33,7 @@ def write_class_data(path, n=60):
 
 def run(cfg, control=None, resume_from=None):
     events = []
-    result = __import__("ftstudio.engine.trainer", fromlist=["Trainer"]).Trainer(
+    result = __import__("ftstudio.engine.train", fromlist=["Trainer"]).Trainer(
         cfg, events.append, control, resume_from=resume_from).run()
     return result, events
 
@@ -84,7 +84,7 @@ def test_resume_gives_exactly_the_weights_of_a_straight_run(kind, tiny_llama, ti
     def stop_at_4(event):
         if isinstance(event, StepMetrics) and event.step == 4:
             control.request_stop()
-    half = __import__("ftstudio.engine.trainer", fromlist=["Trainer"]).Trainer(
+    half = __import__("ftstudio.engine.train", fromlist=["Trainer"]).Trainer(
         cfg.replace(run_name="halves"), stop_at_4, control).run()
     assert half.status == "stopped" and half.steps == 4
     run_dir = tmp_path / "runs" / "halves"
@@ -107,7 +107,7 @@ def test_stop_is_honoured_within_one_step(tiny_llama, tmp_path):
         if isinstance(event, StepMetrics) and event.step == 2:
             control.request_stop()
     cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=50)
-    result = __import__("ftstudio.engine.trainer", fromlist=["Trainer"]).Trainer(cfg, reporter, control).run()
+    result = __import__("ftstudio.engine.train", fromlist=["Trainer"]).Trainer(cfg, reporter, control).run()
     assert result.status == "stopped" and result.steps == 2
     assert any(isinstance(e, CheckpointSaved) and e.step == 2 for e in seen)
 

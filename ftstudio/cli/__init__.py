@@ -1,4 +1,5 @@
-"""`ftstudio`: the GUI by default; `train`, `estimate`, `check-data`, `gpus` and `gui` verbs headless.
+"""The headless verbs of `ftstudio`: `train`, `estimate`, `check-data`, `gpus`, `launch-script` (`gui` is listed
+here for --help; ftstudio/entry.py opens the window).
 
 Every verb drives the same engine with the same RunConfig as the GUI. Errors that are the user's to fix
 print as clean lines (no traceback) and exit non-zero.
@@ -9,6 +10,7 @@ import argparse
 import sys
 
 from ftstudio import __version__
+from ftstudio.core.streams import guard_windowed_streams
 
 VERBS = ("train", "estimate", "check-data", "gpus", "launch-script", "gui")
 
@@ -31,32 +33,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import multiprocessing
-
-    multiprocessing.freeze_support()  # a frozen (PyInstaller) app re-enters main() in child processes
-    _guard_windowed_streams()
+    """The headless verbs (``ftstudio train …``); the ``ftstudio`` command (ftstudio/entry.py) sends the app's
+    own arguments to the GUI and everything else here."""
+    guard_windowed_streams()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["--self-test"]:
-        from ftstudio.selftest import run_self_test
-        return run_self_test(argv[1:])
-    if not argv or argv[0] == "gui" or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
-        gui_args = argv[1:] if argv and argv[0] == "gui" else argv
-        return _run_gui(gui_args)
     _default_sigpipe()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
-        return _run_gui(argv[1:])
-    return int(args.func(args) or 0)
-
-
-def _run_gui(argv: list[str]) -> int:
-    try:
-        from ftstudio.gui.app import main as gui_main
-    except ImportError as e:
-        print(f"ftstudio: the desktop app cannot start ({e}). The headless verbs work: "
-              f"ftstudio train --demo, ftstudio estimate, ftstudio check-data, ftstudio gpus.", file=sys.stderr)
+        parser.print_help(sys.stderr)
         return 2
-    return int(gui_main(argv) or 0)
+    return int(args.func(args) or 0)
 
 
 def _default_sigpipe() -> None:
@@ -65,16 +52,6 @@ def _default_sigpipe() -> None:
 
     if hasattr(signal, "SIGPIPE"):
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-
-
-def _guard_windowed_streams() -> None:
-    """A windowed (PyInstaller) app has no stdout/stderr: logging, tqdm and rich would crash writing to None."""
-    import os
-
-    if sys.stdout is None:
-        sys.stdout = open(os.devnull, "w")
-    if sys.stderr is None:
-        sys.stderr = open(os.devnull, "w")
 
 
 def fail(message: str, code: int = 2) -> int:

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from ftstudio.core.config import RunConfig
     from ftstudio.core.errors import FTStudioError
     from ftstudio.core.presets import apply_preset
-    from ftstudio.engine.memory_report import estimate_report, format_report
+    from ftstudio.engine.memory import estimate_report, format_report
 
     from . import fail
 

@@ -6,10 +6,8 @@ import argparse
 import dataclasses
 import typing
 
-from ftstudio.core.config import SECTIONS, RunConfig, field_docs
+from ftstudio.core.config import SECTIONS, RunConfig, field_docs, flag_name
 
-# Leaf fields whose flag reads better under another name.
-FLAG_NAMES = {"source": "model"}
 CHOICES = {}
 
 
@@ -39,7 +37,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         docs = field_docs(cls)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            flag = "--" + FLAG_NAMES.get(f.name, f.name).replace("_", "-")
+            flag = flag_name(f.name)
             hint = hints[f.name]
             args = typing.get_args(hint)
             base = next((a for a in args if a is not type(None)), hint) if args else hint
@@ -60,21 +58,3 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 def apply_config_flags(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
     changes = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     return cfg.replace(**changes) if changes else cfg
-
-
-def config_to_flags(cfg: RunConfig) -> list[str]:
-    """The flags that turn the default config into ``cfg``: the GUI's "copy CLI command"."""
-    default = RunConfig().to_dict()
-    out: list[str] = []
-    for section, fields in cfg.to_dict().items():
-        for name, value in fields.items():
-            if value == default[section][name]:
-                continue
-            flag = "--" + FLAG_NAMES.get(name, name).replace("_", "-")
-            if isinstance(value, bool):
-                out.append(flag if value else "--no-" + flag[2:])
-            elif name == "gpus":
-                out += [flag, ",".join(map(str, value))]
-            else:
-                out += [flag, "none" if value is None else str(value)]
-    return out

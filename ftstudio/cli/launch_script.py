@@ -24,7 +24,7 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ftstudio.core.config import RunConfig
     from ftstudio.core.errors import ConfigError
-    from ftstudio.engine.launch import launch_script
+    from ftstudio.engine.distributed import launch_script
 
     try:
         RunConfig.load(args.config)   # a broken config fails here, not an hour later in the queue

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     control = Control()
     _install_sigint(control)
     sink = ConsoleSink(quiet=args.quiet)
-    from ftstudio.engine.trainer import train
+    from ftstudio.engine import run as train
 
     try:
         result = train(cfg, sink, control, resume_from=args.resume)

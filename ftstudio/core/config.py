@@ -439,3 +439,30 @@ def leaf_doc(leaf: str) -> str:
     """The docstring of a leaf field by its name (``"lr"``), or an empty string."""
     section = LEAF_TO_SECTION.get(leaf)
     return field_docs(SECTIONS[section]).get(leaf, "") if section else ""
+
+
+# -- CLI flags: every leaf field is a flag of its own name (cli/flags.py builds the parser from them) -----------
+FLAG_NAMES = {"source": "model"}  # leaf fields whose flag reads better under another name
+
+
+def flag_name(field_name: str) -> str:
+    """``--max-steps`` for ``max_steps``; ``--model`` for ``source``."""
+    return "--" + FLAG_NAMES.get(field_name, field_name).replace("_", "-")
+
+
+def config_to_flags(cfg: RunConfig) -> list[str]:
+    """The flags that turn the default config into ``cfg``: the GUI's "copy CLI command"."""
+    default = RunConfig().to_dict()
+    out: list[str] = []
+    for section, fields in cfg.to_dict().items():
+        for name, value in fields.items():
+            if value == default[section][name]:
+                continue
+            flag = flag_name(name)
+            if isinstance(value, bool):
+                out.append(flag if value else "--no-" + flag[2:])
+            elif name == "gpus":
+                out += [flag, ",".join(map(str, value))]
+            else:
+                out += [flag, "none" if value is None else str(value)]
+    return out

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from .events import Event
 
 
 def make_run_name(model: str) -> str:
@@ -20,24 +19,37 @@ def make_run_name(model: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
 
 
-class MetricsWriter:
-    """Sink: appends one JSON object per event to ``metrics.jsonl``, flushed at once (a crash loses nothing)."""
+def open_run_dir(cfg, resume_from: str | Path | None = None) -> Path:
+    """The run's folder, with its config.yaml written first so that the run can be resumed from its own config:
+    ``resume_from`` itself; else ``train.output/train.run_name`` (refused when it already holds a run, so two
+    runs' metrics never mix), else a new folder named after the model and the time (never an existing one)."""
+    from .errors import ConfigError
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self._fh = None
-
-    def __call__(self, event: Event) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
-        self._fh.write(json.dumps(event.to_dict(), default=str) + "\n")
-        self._fh.flush()
-
-    def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+    if resume_from is not None:
+        return Path(resume_from)
+    root = Path(cfg.train.output)
+    run_dir = root / (cfg.train.run_name or make_run_name(cfg.model.source))
+    try:
+        if cfg.train.run_name:
+            if (run_dir / "config.yaml").exists():
+                raise FileExistsError
+            run_dir.mkdir(parents=True, exist_ok=True)
+        else:  # a new folder per run, even for runs started within the same second
+            base = run_dir.name
+            for n in range(1, 1000):
+                run_dir = root / (base if n == 1 else f"{base}-{n}")
+                try:
+                    run_dir.mkdir(parents=True)
+                    break
+                except FileExistsError:
+                    continue
+        cfg.save(run_dir / "config.yaml")
+    except FileExistsError:
+        raise ConfigError("train.run_name", f"{run_dir} already holds a run; pick another name or --resume "
+                                            "it") from None
+    except OSError as e:
+        raise ConfigError("train.output", f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
+    return run_dir
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

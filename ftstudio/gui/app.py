@@ -55,9 +55,9 @@ def _writable_output(win) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
-    from ftstudio.cli import _guard_windowed_streams
+    from ftstudio.core.streams import guard_windowed_streams
 
-    _guard_windowed_streams()  # the ftstudio-gui entry (pythonw, a desktop launcher) may have no stdout/stderr
+    guard_windowed_streams()  # the ftstudio-gui entry (pythonw, a desktop launcher) may have no stdout/stderr
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     from PySide6.QtCore import QTimer
     from PySide6.QtWidgets import QApplication

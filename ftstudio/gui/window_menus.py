@@ -83,7 +83,7 @@ class WindowMenusMixin:
     def cli_command(self) -> str:
         import shlex
 
-        from ftstudio.cli.flags import config_to_flags
+        from ftstudio.core.config import config_to_flags
         return shlex.join(["ftstudio", "train", *config_to_flags(self.config())])
 
     @Slot()
@@ -118,7 +118,7 @@ class WindowMenusMixin:
         from .engine_access import engine
         cfg_path = Path(config_path).resolve()
         self.config().save(cfg_path)
-        text = engine("launch", "launch_script").launch_script(cfg_path, nodes, gpus_per_node, slurm)
+        text = engine("distributed", "launch_script").launch_script(cfg_path, nodes, gpus_per_node, slurm)
         script = cfg_path.with_name(cfg_path.stem + (".sbatch" if slurm else "-launch.sh"))
         script.write_text(text, encoding="utf-8")
         script.chmod(0o755)

@@ -57,7 +57,7 @@ class TrainingWorker(QObject):
         self.thread_ids = (threading.get_ident(), threading.get_native_id())
         lower_priority()
         try:
-            from ftstudio.engine.trainer import train  # lazy: torch is imported here, on the worker thread
+            from ftstudio.engine import run as train  # lazy: torch is imported here, on the worker thread
 
             result = train(self.config, self.events.append, self.control, resume_from=self.resume_from)
         except Exception as exc:  # the trainer reports user errors itself; this catches bugs and a missing engine

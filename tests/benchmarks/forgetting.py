@@ -4,7 +4,7 @@ prompt → completion) under the seed's remedies, and report task loss against g
     python tests/benchmarks/forgetting.py --model SmolLM2-135M-Instruct.Q4_1.gguf [--device cuda] [--out results.md]
 
 The GGUF is de-quantised once into an HF folder (fp32), then every configuration starts from the same θ0
-through the real engine (ftstudio.engine.trainer.train). General perplexity is on the bundled general-text
+through the real engine (ftstudio.engine.run). General perplexity is on the bundled general-text
 set (resources/general), before training and after. Rows (d)–(g) apply each remedy on top of (b), the
 10× learning rate, where forgetting is large enough for a remedy to show.
 """
@@ -60,7 +60,7 @@ def dequantise(gguf: Path, out: Path) -> Path:
 
 def run_one(model: Path, data: Path, out: Path, device: str, overrides: dict, name: str,
             max_steps: int | None = None) -> dict:
-    from ftstudio.engine.trainer import train
+    from ftstudio.engine import run as train
 
     leaves = dict(source=str(model), dataset=str(data), output=str(out), run_name=name, device=device,
                   batch_size=16, seq_len=192, val_fraction=0.1, eval_every=1000, retention_eval=True,

@@ -38,7 +38,7 @@ WARM, STEPS = 3, 8
 def build(name: str, world: int):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ftstudio.engine.runtime import pick_numerics
+    from ftstudio.engine.train.numerics import pick_numerics
 
     cfg = LlamaConfig(max_position_embeddings=8192, **CONFIGS[name])
     cfg._attn_implementation = "sdpa"
@@ -48,7 +48,7 @@ def build(name: str, world: int):
     if world > 1:
         from torch.distributed.device_mesh import init_device_mesh
 
-        from ftstudio.engine.distributed import shard_model
+        from ftstudio.engine.distributed.fsdp import shard_model
         shard_model(model, pick_numerics("bf16-mixed" if CUDA else "fp32", DEV), init_device_mesh(DEV, (world,)))
     return model, cfg
 
@@ -66,7 +66,7 @@ def plan(name: str, b: int, s: int, ac: bool, world: int):
 def measure(model, opt, name: str, b: int, s: int, ac: bool, world: int, rank: int) -> dict:
     import torch.distributed as dist
 
-    from ftstudio.engine.memory_loss import causal_lm_loss
+    from ftstudio.engine.train.loss import causal_lm_loss
 
     if ac:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -126,7 +126,7 @@ def _sync() -> None:
 
 def main(argv: list[str]) -> int:
     from ftstudio.core.config import OptimConfig
-    from ftstudio.engine.optim import build_optimizer
+    from ftstudio.engine.train.optim import build_optimizer
 
     mode, specs = argv[0], argv[1:]
     world, rank = 1, 0

@@ -16,7 +16,8 @@ from tiny import save_tiny_llama  # noqa: E402
 
 from ftstudio.core.control import Control  # noqa: E402
 from ftstudio.core.events import MemorySnapshot, StepMetrics  # noqa: E402
-from ftstudio.engine.trainer import Trainer, train  # noqa: E402
+from ftstudio.engine import run as train  # noqa: E402
+from ftstudio.engine.train import Trainer  # noqa: E402
 
 
 def main(out: Path) -> dict:

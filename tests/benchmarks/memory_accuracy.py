@@ -90,7 +90,7 @@ def one(spec) -> dict:
     """One configuration in this process: 3 optimizer steps, the peaks of each phase of the last."""
     import torch
     from ftstudio.engine.memory import estimate, measure
-    from ftstudio.engine.memory_loss import causal_lm_loss
+    from ftstudio.engine.train.loss import causal_lm_loss
     shape, b, s, prec, optn, ckpt, loss, accum = spec
     res = dict(shape=shape, batch=b, seq=s, precision=prec, optimizer=optn, ckpt=ckpt, loss=loss, accum=accum)
     model = build(shape, prec)

@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    from ftstudio.engine.trainer import train
+    from ftstudio.engine import run as train
 
     work = Path(tempfile.mkdtemp(prefix="parity-"))
     model = Path(args.model)

@@ -117,7 +117,7 @@ def _hf(m, data, b, s, steps, warm, times):
 
 def _optimizer(model, o):
     from ftstudio.core.config import OptimConfig
-    from ftstudio.engine.optim import build_optimizer
+    from ftstudio.engine.train.optim import build_optimizer
     cfg = OptimConfig(optimizer=o.get("optimizer", "adamw"), lr=2e-5, bf16_rounding=o.get("rounding", "stochastic"))
     return build_optimizer(model, cfg, device_type=DEV, in_backward=bool(int(o.get("inbwd", 0))))
 
@@ -136,8 +136,8 @@ def _engine(m, data, steps, warm, times, o, res):
     """The trainer's step on synthetic batches (see the module docstring)."""
     import torch
     from ftstudio.core.config import ScheduleConfig
-    from ftstudio.engine import speed
-    from ftstudio.engine.schedule import build_scheduler
+    from ftstudio.engine.train import speed
+    from ftstudio.engine.train.schedule import build_scheduler
 
     mixed = o.get("precision", "bf16-mixed") == "bf16-mixed"
     offload = bool(int(o.get("offload", 0)))
@@ -176,7 +176,7 @@ def _engine(m, data, steps, warm, times, o, res):
 
 def one(name: str, mode: str, b: int, s: int, opts: dict) -> dict:
     import torch
-    from ftstudio.engine.speed import mfu, step_flops
+    from ftstudio.engine.train.speed import mfu, step_flops
     steps, warm = int(opts.get("steps", 8)), int(opts.get("warm", 3 if mode == "hf" else 2))
     res = dict(model=name, mode=mode, batch=b, seq=s, opts=opts)
     t0 = time.perf_counter()

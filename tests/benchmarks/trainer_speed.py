@@ -67,8 +67,8 @@ def run_one(name: str, spec: str, model: Path, data: Path, out: Path, batch: int
     from ftstudio.core.config import RunConfig
     from ftstudio.core.events import MemorySnapshot, RunFailed, StepMetrics
     from ftstudio.core.presets import apply_preset
-    from ftstudio.engine.speed import mfu, step_flops
-    from ftstudio.engine.trainer import train
+    from ftstudio.engine.train.speed import mfu, step_flops
+    from ftstudio.engine import run as train
 
     leaves = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
     preset = leaves.pop("preset", None)
@@ -91,7 +91,7 @@ def run_one(name: str, spec: str, model: Path, data: Path, out: Path, batch: int
     peaks = [e.allocated_peak for e in events if isinstance(e, MemorySnapshot) and e.allocated_peak]
     from transformers import AutoConfig
 
-    from ftstudio.engine.memory_shape import load_shape
+    from ftstudio.engine.memory import load_shape
     mc = AutoConfig.from_pretrained(model)
     n = load_shape(str(model))[0].params
     flops_per_s = step_flops(n, mc.num_hidden_layers, mc.hidden_size, seq, 1) * med

@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFormLayout, QGroupBox, QHB
 from ftstudio.core import config as C
 from ftstudio.core import presets as P
 from ftstudio.core.errors import ConfigError
-from ftstudio.engine.schedule import lr_curve
+from ftstudio.engine.train.schedule import lr_curve
 
 from ..forgetting_views import LayerRateBars
 from ..theme import COLORS

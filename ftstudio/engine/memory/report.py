@@ -7,9 +7,10 @@ from __future__ import annotations
 from ftstudio.core.config import RunConfig
 from ftstudio.core.errors import ConfigError
 
-from .memory import estimate, textbook_bytes
-from .memory_shape import ModelShape, load_shape, shape_from_config
-from .memory_solve import solve
+from ftstudio.engine.memory.plan import estimate, textbook_bytes
+from ftstudio.engine.memory.shape import load_shape
+from ftstudio.engine.memory.solve import solve
+from ftstudio.engine.models import ModelShape, shape_from_config
 
 # The seed's table: LLaMA sizes, s = 2048, b = 1, k = 12, 80 GB cards.
 SEED_MODELS = (("LLaMA-7B", 7e9, 4096, 32), ("LLaMA-13B", 13e9, 5120, 40), ("LLaMA-70B", 70e9, 8192, 80))

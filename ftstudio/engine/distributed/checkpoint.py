@@ -4,19 +4,19 @@ A checkpoint keeps the single-device layout — ``checkpoints/step-N/`` with ``t
 position, scheduler, scaler, rank 0's RNG) — but the weights and optimizer state are a DCP folder ``dcp/``
 that every rank writes its own shards into (no rank ever holds the whole model), plus one RNG file per
 rank. As on one device it is written under ``.tmp-step-N-dist`` and renamed only when complete, so a crash
-leaves the previous checkpoint intact and :func:`~ftstudio.engine.checkpoint.latest_checkpoint` never sees
+leaves the previous checkpoint intact and :func:`~ftstudio.engine.train.checkpoint.latest_checkpoint` never sees
 half a one. DCP reshards on load, and the export gathers a full state dict on rank 0 into a normal
 ``save_pretrained`` folder.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
 
-from ftstudio.engine.checkpoint import (STATE_FILE, CheckpointError, TrainState, _fsync_dir, _fsync_tree,
-                                        prune_checkpoints, rng_state, set_rng_state)
+from ftstudio.engine.models.export import save_final
+from ftstudio.engine.train.checkpoint import (STATE_FILE, CheckpointError, TrainState, _fsync_dir, _fsync_tree,
+                                              prune_checkpoints, rng_state, set_rng_state)
 
 
 def _rank() -> int:
@@ -106,13 +106,6 @@ def export_full(model, tokenizer, final: Path, *, arch_name: str | None, group=N
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if _rank() == 0:
-        model.save_pretrained(final, state_dict=full, safe_serialization=True)
-        tokenizer.save_pretrained(final)
-        if arch_name:
-            # fully_shard swaps the class for "FSDP<Name>"; the folder must name the real architecture.
-            cfg_path = final / "config.json"
-            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-            cfg["architectures"] = [arch_name]
-            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        save_final(model, tokenizer, final, state_dict=full, architecture=arch_name)
     del full
     dist.barrier(group=group)

@@ -1,5 +1,5 @@
 """What fits: the largest micro-batch and sequence for a card, the single change that saves the most,
-and the explanation of an out-of-memory error. Pure arithmetic over :func:`memory.estimate`."""
+and the explanation of an out-of-memory error. Pure arithmetic over :func:`plan.estimate`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from ftstudio.core.config import RunConfig
 from ftstudio.core.errors import ConfigError
 
-from .memory_shape import ModelShape, shape_from_config
+from ftstudio.engine.memory.plan import estimate
+from ftstudio.engine.models import ModelShape, shape_from_config
 
 
 @dataclass
@@ -24,7 +25,6 @@ class Advice:
 
 
 def _total(shape: ModelShape, run: RunConfig, gpus: int) -> int:
-    from .memory import estimate
     return estimate(shape, run, gpus).total
 
 
@@ -116,7 +116,6 @@ def explain_oom(model_config: dict | ModelShape, run_config: RunConfig, gpus: in
                 measured_peak: int | None) -> tuple[str, str]:
     """(reason, advice) for a CUDA out-of-memory error: what the plan predicted, what was measured, and the
     one or two changes that make the run fit."""
-    from .memory import estimate
     shape = model_config if isinstance(model_config, ModelShape) else shape_from_config(model_config)
     est = estimate(shape, run_config, gpus)
     gb = lambda x: f"{x / 1e9:.1f} GB"  # noqa: E731

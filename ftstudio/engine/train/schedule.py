@@ -1,62 +1,71 @@
-"""Device, precision and data-order decisions the trainer makes once at setup."""
+"""The run's steps and the learning rate over them, as plain functions of the step, so the GUI can draw them
+before any torch import. ``plan_schedule`` says how many optimizer steps a run has and which rows each
+micro-batch reads; the learning-rate schedules below say what each step's LR is.
+
+Learning-rate schedules:
+
+All three start with a linear warmup from 0 to the peak (it keeps the first, noisy updates of a
+pre-trained model small), then:
+  cosine   lr = floor + (peak − floor) · ½(1 + cos(π·p))        p = progress through the decay, 0 → 1
+  constant lr = peak
+  linear   lr = floor + (peak − floor) · (1 − p)
+where floor = min_lr_ratio · peak.
+"""
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from ftstudio.core.config import RunConfig
+from ftstudio.core.config import RunConfig, ScheduleConfig
 from ftstudio.core.errors import ConfigError
 
 
-@dataclass
-class Numerics:
-    """How a precision name maps onto torch: the weights' dtype, autocast and loss scaling."""
-    precision: str
-    param_dtype: "object"  # torch.dtype
-    autocast_dtype: "object | None"
-    grad_scaler: bool
+def warmup_steps_for(cfg: ScheduleConfig, total_steps: int) -> int:
+    if cfg.warmup_steps is not None:
+        return min(cfg.warmup_steps, total_steps)
+    return min(total_steps, int(math.ceil(cfg.warmup_ratio * total_steps)))
 
 
-def pick_device(cfg: RunConfig) -> str:
-    import torch
-
-    dev = cfg.hardware.device
-    if cfg.hardware.gpus and dev in ("auto", "cuda"):
-        dev = f"cuda:{cfg.hardware.gpus[0]}"
-    if dev == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if dev.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError("hardware.device", f"{dev!r} asked for, but no CUDA GPU is available; use 'cpu'")
-        if dev == "cuda":
-            return "cuda:0"
-        if int(dev.split(":")[1]) >= torch.cuda.device_count():
-            raise ConfigError("hardware.device", f"{dev!r}: only {torch.cuda.device_count()} GPU(s) present")
-    return dev
-
-
-def pick_numerics(precision: str, device: str) -> Numerics:
-    import torch
-
-    on_cuda = device.startswith("cuda")
-    if precision == "auto":
-        if on_cuda:
-            precision = "bf16-mixed" if torch.cuda.is_bf16_supported() else "fp16-mixed"
-        else:
-            precision = "fp32"
-    if precision == "fp16-mixed" and not on_cuda:
-        raise ConfigError("hardware.precision", "fp16-mixed needs a CUDA GPU; use fp32 or bf16-mixed on the CPU")
-    return {
-        # The seed's 16N recipe: fp32 master weights (the optimizer updates them), bf16 compute via autocast.
-        "bf16-mixed": Numerics("bf16-mixed", torch.float32, torch.bfloat16, False),
-        # fp16 has a narrow exponent range: small gradients underflow unless the loss is scaled up.
-        "fp16-mixed": Numerics("fp16-mixed", torch.float32, torch.float16, True),
-        # Pure bf16: weights, gradients and optimizer states in bf16 (half the bytes, less exact updates).
-        "bf16": Numerics("bf16", torch.bfloat16, None, False),
-        "fp32": Numerics("fp32", torch.float32, None, False),
-    }[precision]
+def lr_multiplier(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
+    """The factor applied to the peak LR for the update made at ``step`` (0-based)."""
+    total_steps = max(1, total_steps)
+    warmup = warmup_steps_for(cfg, total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if cfg.schedule == "constant":
+        return 1.0
+    decay_steps = max(1, total_steps - warmup)
+    p = min(1.0, (step - warmup) / decay_steps)
+    floor = cfg.min_lr_ratio
+    if cfg.schedule == "cosine":
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * p))
+    if cfg.schedule == "linear":
+        return floor + (1.0 - floor) * (1.0 - p)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}")
 
 
+def lr_at(step: int, total_steps: int, cfg: ScheduleConfig, peak_lr: float) -> float:
+    return peak_lr * lr_multiplier(step, total_steps, cfg)
+
+
+def lr_curve(total_steps: int, cfg: ScheduleConfig, peak_lr: float, points: int = 400) -> tuple[list[int], list[float]]:
+    """(steps, lrs) sampled for a preview plot."""
+    total_steps = max(1, total_steps)
+    stride = max(1, total_steps // points)
+    steps = list(range(0, total_steps, stride))
+    if steps[-1] != total_steps - 1:
+        steps.append(total_steps - 1)
+    return steps, [lr_at(s, total_steps, cfg, peak_lr) for s in steps]
+
+
+def build_scheduler(optimizer, total_steps: int, cfg: ScheduleConfig):
+    """A torch LambdaLR applying :func:`lr_multiplier` to each param group's own peak LR (layer-wise rates keep their ratios)."""
+    from torch.optim.lr_scheduler import LambdaLR
+
+    return LambdaLR(optimizer, lambda step: lr_multiplier(step, total_steps, cfg))
+
+
+# -- the run's steps: how many, and which rows each micro-batch reads --------------------------------
 @dataclass
 class Schedule:
     """How many micro-batches and optimizer steps the run has, and which examples each micro-batch holds.

@@ -1,7 +1,7 @@
 """The chunked causal-LM loss (``memory.loss: chunked``): the LM head and cross-entropy run over slices of
 tokens under activation checkpointing, so the batch × sequence × vocabulary fp32 logits never exist at
-once. The plan in memory.py counts exactly this (slice size from :func:`memory.chunk_tokens`); the trainer
-and the GPU benchmark both call :func:`causal_lm_loss`. Imports torch; memory.py does not import it.
+once. The plan in memory/plan.py counts exactly this (slice size from :func:`memory.chunk_tokens`); the trainer
+and the GPU benchmark both call :func:`causal_lm_loss`. Imports torch; the memory room does not.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .memory import chunk_tokens
+from ftstudio.engine.memory import chunk_tokens
 
 
 def _slice_loss(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor) -> torch.Tensor:

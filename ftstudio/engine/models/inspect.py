@@ -83,18 +83,6 @@ def config_facts(cfg: dict) -> dict:
     }
 
 
-def estimate_params(cfg: dict) -> int | None:
-    """A config-only parameter count (when no weights are at hand), from the memory model's tensor list for
-    the architecture, so the model panel and the memory plan never disagree."""
-    from ftstudio.core.errors import ModelError
-    from ftstudio.engine.memory_shape import shape_from_config
-
-    try:
-        return shape_from_config(cfg).params
-    except (ModelError, KeyError, TypeError, ValueError):
-        return None
-
-
 def _safetensors_header(path: Path) -> dict:
     try:
         with open(path, "rb") as f:

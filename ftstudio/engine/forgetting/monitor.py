@@ -1,7 +1,7 @@
 """The trainer's side of catastrophic forgetting: the general-text set (retention evaluation, data mixing,
 EWC's Fisher), the θ0 anchor (L2-SP, EWC, drift monitor), and their events.
 
-The formulas live in regularize.py; this module decides when each runs and what it reports.
+The formulas live in anchors.py and general.py; this module decides when each runs and what it reports.
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from contextlib import nullcontext
 
 from ftstudio.core.config import RunConfig
 from ftstudio.core.events import LogLine, RetentionMetrics
+from ftstudio.engine.forgetting.anchors import build_regularizer
+from ftstudio.engine.forgetting.general import collate_causal, general_examples, retention_loss
 
 
 class Forgetting:
@@ -16,8 +18,6 @@ class Forgetting:
     (θ0 must be the pre-trained weights)."""
 
     def __init__(self, cfg: RunConfig, model, tokenizer, task: str, prepared, device: str, autocast_dtype, report):
-        from ftstudio.engine import regularize as reg
-
         self.cfg, self.report, self.task, self.device = cfg, report, task, device
         self.autocast_dtype = autocast_dtype
         r = cfg.regularize
@@ -26,7 +26,7 @@ class Forgetting:
         if not causal and (r.retention_eval or r.mix_fraction > 0):
             report(LogLine("retention evaluation and data mixing need a language model; they are off for a "
                            "classifier", "warning"))
-        general = reg.general_examples(tokenizer, cfg.data.seq_len, r.retention_data) if wants_general else []
+        general = general_examples(tokenizer, cfg.data.seq_len, r.retention_data) if wants_general else []
         # Never measure retention on text the run may train on: every 5th general example is held out for the
         # retention evaluation (whether or not mixing is on, so runs compare on the same text); the rest is mixed.
         if r.retention_eval and len(general) >= 5:
@@ -35,7 +35,7 @@ class Forgetting:
         else:
             held_out = self.general = general
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._collate_general = lambda rows: reg.collate_causal(rows, pad)
+        self._collate_general = lambda rows: collate_causal(rows, pad)
         self.retention_batches = ([self._collate_general(held_out[i:i + cfg.train.batch_size])
                                    for i in range(0, len(held_out), cfg.train.batch_size)]
                                   if causal and r.retention_eval else [])
@@ -48,7 +48,7 @@ class Forgetting:
                 fisher_batches = [prepared.collate(prepared.train[i:i + 1])
                                   for i in range(min(len(prepared.train), r.ewc_batches))]
             fisher_batches = fisher_batches[: r.ewc_batches]
-        self.regularizer = reg.build_regularizer(model, cfg, fisher_batches) if (
+        self.regularizer = build_regularizer(model, cfg, fisher_batches) if (
             r.l2sp or r.ewc or r.drift_every) else None
         if self.regularizer is not None and self.regularizer.active:
             report(LogLine(f"θ0 kept on {r.l2sp_anchor} for L2-SP/EWC: {self.regularizer.nbytes / 1e6:.1f} MB"))
@@ -68,7 +68,6 @@ class Forgetting:
     def evaluate(self, model, step: int) -> None:
         """Retention loss on general text and drift from θ0, at the start and at every evaluation."""
         if self.retention_batches:
-            from ftstudio.engine.regularize import retention_loss
             with self._autocast():
                 loss, ppl = retention_loss(model, self.retention_batches)
             event = RetentionMetrics(step=step, loss=loss, perplexity=ppl)

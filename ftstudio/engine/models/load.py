@@ -8,8 +8,8 @@ touch the network.
 from __future__ import annotations
 
 from ftstudio.core.errors import ModelError
-from ftstudio.engine import models_inspect as inspect
-from ftstudio.engine.models import LoadedModel, ModelInfo, check_task, describe_model
+from ftstudio.engine.models import inspect
+from ftstudio.engine.models.describe import LoadedModel, ModelInfo, check_task, describe_model
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16", "half": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16"}
@@ -33,7 +33,7 @@ def _source_kwargs(cfg, info: ModelInfo) -> dict:
     kw = {"trust_remote_code": bool(cfg.trust_remote_code)}
     if info.kind == "gguf":
         from pathlib import Path
-        from ftstudio.engine.models_gguf import require_gguf
+        from ftstudio.engine.models.gguf import require_gguf
 
         require_gguf()
         kw["gguf_file"] = Path(info.path).name
@@ -155,7 +155,10 @@ def _model_kwargs(task: str, num_labels, id2label, info: ModelInfo) -> dict:
             "ignore_mismatched_sizes": True}  # a head for other labels is replaced, not an error
 
 
-def load(cfg, *, task: str, num_labels=None, id2label=None, dtype=None, tokenizer=None) -> LoadedModel:
+def load_model(cfg, *, task: str, num_labels: int | None = None, id2label: dict[int, str] | None = None,
+               dtype=None, tokenizer=None) -> LoadedModel:
+    """Load cfg.source (a ModelConfig) for full fine-tuning on CPU. Pass the ``tokenizer`` already loaded by
+    :func:`load_tokenizer` to reuse it (the data was tokenised with it)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     info = describe_model(cfg.source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)

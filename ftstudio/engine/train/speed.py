@@ -14,24 +14,26 @@
   updated, so ``grad_clip`` clips each parameter's gradient to that norm on its own (documented in
   :class:`OptimizerInBackward`); a non-finite gradient is zeroed for its tensor, since the step cannot wait.
 * :func:`causal_lm_loss` — the chunked loss: Liger's fused linear cross-entropy on CUDA when liger-kernel is
-  installed (no recompute of the logits), else :func:`memory_loss.chunked_cross_entropy` (checkpointed slices);
+  installed (no recompute of the logits), else :func:`loss.chunked_cross_entropy` (checkpointed slices);
   the full loss with ``compile``: the head and cross-entropy compiled as one graph (fp32 logits never stored).
 """
 from __future__ import annotations
 
 import math
+import sys
 from contextlib import nullcontext
 from typing import Callable
 
 import torch
 
 from ftstudio.core.errors import ConfigError
+from ftstudio.core.events import LogLine
 
 
 # -- torch.compile per block ---------------------------------------------------------------------------
 def compile_blocks(model: torch.nn.Module, **compile_kwargs) -> int:
     """Compile every block of the model's main block list in place; returns how many (0 if none found)."""
-    from .optim import find_block_list
+    from ftstudio.engine.models.structure import find_block_list
 
     blocks = find_block_list(model)
     if blocks is None:
@@ -219,8 +221,8 @@ def compiled_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: 
 def causal_lm_loss(model, batch: dict, *, loss: str, compiled: bool = False) -> torch.Tensor:
     """The trainer's causal-LM loss: "full" (the model's own; with ``compiled``, the head and loss as one
     compiled graph), or "chunked" (fused Liger kernel on CUDA when installed, else the checkpointed slices of
-    memory_loss)."""
-    from .memory_loss import causal_lm_loss as sliced
+    train/loss.py)."""
+    from ftstudio.engine.train.loss import causal_lm_loss as sliced
 
     fast = batch["input_ids"].is_cuda and plain_head(model)
     if loss == "chunked" and fast and liger_available():
@@ -243,3 +245,42 @@ def step_flops(params: int, layers: int, hidden: int, seq_len: int, tokens: int)
 
 def mfu(flops: float, seconds: float, peak_tflops: float = 989.0) -> float:
     return flops / max(seconds, 1e-12) / (peak_tflops * 1e12) if math.isfinite(flops) else float("nan")
+
+
+# -- the attention kernel ----------------------------------------------------------------------------
+def choose_attention(model, prepared, device: str, cfg, report) -> None:
+    """Set the model's attention kernel (model.attention); for packed rows under flex_attention the
+    collator then sends position_ids only and the model builds block-sparse document masks."""
+    choice = cfg.model.attention
+    packed = bool(getattr(prepared.collate, "packed", False))
+    if choice == "auto":
+        flex_ok = (packed and device.startswith("cuda") and not getattr(sys, "frozen", False)
+                   and len(cfg.hardware.gpus) <= 1      # FSDP ranks keep the dense mask (untested)
+                   and getattr(model, "_supports_flex_attn", False) and _flex_available())
+        choice = "flex_attention" if flex_ok else None
+    if choice is None:
+        return
+    if choice == "flex_attention" and not device.startswith("cuda"):
+        raise ConfigError("model.attention", f"flex_attention has no backward pass on {device}; use sdpa "
+                                             "(or auto)")
+    try:
+        model.set_attn_implementation(choice)
+    except Exception as e:  # noqa: BLE001 - a model without that kernel: say so, keep its default
+        if cfg.model.attention != "auto":
+            raise ConfigError("model.attention", f"{choice} is not available for this model: {e}") from None
+        return
+    if choice == "flex_attention" and packed:
+        # transformers detects packed documents from position_ids only without a KV cache: training
+        # never reads one, and building it would switch the detection off (attention across documents).
+        model.config.use_cache = False
+        prepared.collate.positions_only = True
+        report(LogLine("Packed rows: flex_attention with block-sparse per-document masks (no dense "
+                       "L×L mask)"))
+
+
+def _flex_available() -> bool:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True

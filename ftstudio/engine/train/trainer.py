@@ -19,7 +19,8 @@ from ftstudio.core.control import Control
 from ftstudio.core.errors import ConfigError, DataError, FTStudioError
 from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine, NonFiniteStep,
                                   Reporter, RunFailed, RunFinished, RunStarted, StepMetrics)
-from ftstudio.core.runs import MetricsWriter, make_run_name
+from ftstudio.core.runs import open_run_dir
+from ftstudio.engine.sinks import MetricsWriter
 
 
 class _NonFinite(FTStudioError):
@@ -118,10 +119,10 @@ class Trainer:
 
         from ftstudio.engine import data as data_mod
         from ftstudio.engine import models as models_mod
-        from ftstudio.engine.checkpoint import latest_checkpoint
-        from ftstudio.engine.optim import build_optimizer
-        from ftstudio.engine.runtime import pick_numerics
-        from ftstudio.engine.schedule import build_scheduler
+        from ftstudio.engine.train.checkpoint import latest_checkpoint
+        from ftstudio.engine.train.numerics import pick_numerics
+        from ftstudio.engine.train.optim import build_optimizer
+        from ftstudio.engine.train.schedule import build_scheduler
 
         cfg = self.cfg
         t_setup = time.perf_counter()
@@ -167,14 +168,17 @@ class Trainer:
         self._choose_attention(model, prepared, device)
         if cfg.memory.activation_checkpointing:
             # Recompute each block in backward instead of storing its activations.
-            from ftstudio.engine.speed import checkpoint_kwargs  # reentrant when the inputs are offloaded
+            from ftstudio.engine.train.speed import checkpoint_kwargs  # reentrant when the inputs are offloaded
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs=checkpoint_kwargs(cfg.memory.offload_activations))
         if cfg.memory.compile and getattr(sys, "frozen", False):
             self.report(LogLine("torch.compile is off in the bundled app (no compiler inside); training "
                                 "uncompiled", "warning"))
         elif cfg.memory.compile and device.startswith("cuda"):
-            _compile_blocks(model)
+            # Each repeated block compiled in place: one block type compiles in seconds, state-dict keys keep
+            # their names, and checkpointing stays outside the compiled region.
+            from ftstudio.engine.train.speed import compile_blocks
+            compile_blocks(model)
             self.compiled = True
         model = self._place_model(model, device, numerics)
         model.train()
@@ -188,7 +192,7 @@ class Trainer:
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
         sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general))
         if cfg.memory.optimizer_in_backward:
-            from ftstudio.engine.speed import check_in_backward
+            from ftstudio.engine.train.speed import check_in_backward
             check_in_backward(numerics.precision)
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0],
                                          in_backward=cfg.memory.optimizer_in_backward)
@@ -240,8 +244,8 @@ class Trainer:
         autocast = (torch.autocast(device_type=device.split(":")[0], dtype=numerics.autocast_dtype)
                     if numerics.autocast_dtype is not None else nullcontext())
         params = [p for p in model.parameters()]
-        from ftstudio.engine.speed import offload_context
-        in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (speed.py)
+        from ftstudio.engine.train.speed import offload_context
+        in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (train/speed.py)
         skips = 0
         window_tokens, window_t0 = 0, time.perf_counter()
         run_t0, start_step = time.perf_counter(), self.step
@@ -322,39 +326,14 @@ class Trainer:
             self._periodic(model, prepared, device, numerics, scaler, sched)
         return "finished"
 
-    # -- hooks: one device here; engine/distributed.py's FSDPTrainer overrides them for several GPUs ----
+    # -- hooks: one device here; distributed/fsdp.py's FSDPTrainer overrides them for several GPUs ------
     def _pick_device(self) -> str:
-        from ftstudio.engine.runtime import pick_device
+        from ftstudio.engine.train.numerics import pick_device
         return pick_device(self.cfg)
 
     def _choose_attention(self, model, prepared, device: str) -> None:
-        """Set the model's attention kernel (model.attention); for packed rows under flex_attention the
-        collator then sends position_ids only and the model builds block-sparse document masks."""
-        choice = self.cfg.model.attention
-        packed = bool(getattr(prepared.collate, "packed", False))
-        if choice == "auto":
-            flex_ok = (packed and device.startswith("cuda") and not getattr(sys, "frozen", False)
-                       and len(self.cfg.hardware.gpus) <= 1      # FSDP ranks keep the dense mask (untested)
-                       and getattr(model, "_supports_flex_attn", False) and _flex_available())
-            choice = "flex_attention" if flex_ok else None
-        if choice is None:
-            return
-        if choice == "flex_attention" and not device.startswith("cuda"):
-            raise ConfigError("model.attention", f"flex_attention has no backward pass on {device}; use sdpa "
-                                                 "(or auto)")
-        try:
-            model.set_attn_implementation(choice)
-        except Exception as e:  # noqa: BLE001 - a model without that kernel: say so, keep its default
-            if self.cfg.model.attention != "auto":
-                raise ConfigError("model.attention", f"{choice} is not available for this model: {e}") from None
-            return
-        if choice == "flex_attention" and packed:
-            # transformers detects packed documents from position_ids only without a KV cache: training
-            # never reads one, and building it would switch the detection off (attention across documents).
-            model.config.use_cache = False
-            prepared.collate.positions_only = True
-            self.report(LogLine("Packed rows: flex_attention with block-sparse per-document masks (no dense "
-                                "L×L mask)"))
+        from ftstudio.engine.train.speed import choose_attention
+        choose_attention(model, prepared, device, self.cfg, self.report)
 
     def _place_model(self, model, device, numerics):
         return model.to(device=device, dtype=numerics.param_dtype)
@@ -364,11 +343,11 @@ class Trainer:
         self.report = Fanout(self._metrics, self._user_reporter)
 
     def _plan_schedule(self, n_train: int, n_general: int):
-        from ftstudio.engine.runtime import plan_schedule
+        from ftstudio.engine.train.schedule import plan_schedule
         return plan_schedule(self.cfg, n_train, n_general)
 
     def _load_checkpoint(self, ckpt, model, scaler, *, restore_rng: bool = True):
-        from ftstudio.engine.checkpoint import load_checkpoint
+        from ftstudio.engine.train.checkpoint import load_checkpoint
         return load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
                                scaler=scaler, restore_rng=restore_rng)
 
@@ -384,7 +363,7 @@ class Trainer:
 
     def _forward_loss(self, model, batch):
         if "labels" in batch and batch["labels"].dim() == 2:  # causal LM: the plan and the loss agree
-            from ftstudio.engine.speed import causal_lm_loss  # fused (Liger) or sliced when chunked
+            from ftstudio.engine.train.speed import causal_lm_loss  # fused (Liger) or sliced when chunked
             return causal_lm_loss(model, batch, loss=self.cfg.memory.loss, compiled=self.compiled)
         return model(**batch).loss
 
@@ -407,7 +386,7 @@ class Trainer:
             self.report(NonFiniteStep(self.step, what, "stopped", advice))
             raise _NonFinite(f"non-finite {what} at step {self.step + 1}", advice)
         if cfg.train.nonfinite == "rollback":
-            from ftstudio.engine.checkpoint import latest_checkpoint
+            from ftstudio.engine.train.checkpoint import latest_checkpoint
             ckpt = latest_checkpoint(self.run_dir / "checkpoints") if self.run_dir else None
             if ckpt is None or skips > cfg.train.max_skips:
                 self.report(NonFiniteStep(self.step, what, "stopped", "no checkpoint to roll back to; " + advice))
@@ -428,7 +407,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------
     def _evaluate(self, model, prepared, device, numerics, task) -> dict:
-        from ftstudio.engine.evaluate import evaluate
+        from ftstudio.engine.train.evaluate import evaluate
         result = evaluate(model, prepared, device=device, autocast_dtype=numerics.autocast_dtype, task=task,
                           batch_size=self.cfg.train.batch_size, max_batches=self.cfg.eval.eval_batches)
         self.report(EvalMetrics(step=self.step, **result))
@@ -444,46 +423,20 @@ class Trainer:
         self.report(measure(model, self.optimizer, device, self.step))
 
     def _save_checkpoint(self, model, scaler) -> None:
-        from ftstudio.engine.checkpoint import save_checkpoint
+        from ftstudio.engine.train.checkpoint import save_checkpoint
         path = save_checkpoint(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
                                scheduler=self.scheduler, scaler=scaler, micro_batch=self.micro_batch,
                                keep_last=self.cfg.checkpoint.keep_last, extra={"lr_factor": self._lr_factor})
         self.report(CheckpointSaved(step=self.step, path=str(path)))
 
     def _export(self, model, tokenizer) -> Path:
-        final = self.run_dir / "final"
-        model.save_pretrained(final, safe_serialization=True)
-        tokenizer.save_pretrained(final)
+        from ftstudio.engine.models.export import save_final
+        final = save_final(model, tokenizer, self.run_dir / "final")
         self.report(LogLine(f"Exported the fine-tuned model to {final}"))
         return final
 
     def _open_run_dir(self) -> Path:
-        cfg = self.cfg
-        if self.resume_from is not None:
-            return self.resume_from
-        root = Path(cfg.train.output)
-        try:
-            if cfg.train.run_name:
-                run_dir = root / cfg.train.run_name
-                if (run_dir / "config.yaml").exists():  # never mix two runs' metrics in one folder
-                    raise FileExistsError
-                run_dir.mkdir(parents=True, exist_ok=True)
-            else:  # a new folder per run, even for runs started within the same second
-                base = make_run_name(cfg.model.source)
-                for n in range(1, 1000):
-                    run_dir = root / (base if n == 1 else f"{base}-{n}")
-                    try:
-                        run_dir.mkdir(parents=True)
-                        break
-                    except FileExistsError:
-                        continue
-            cfg.save(run_dir / "config.yaml")
-        except FileExistsError:
-            raise ConfigError("train.run_name", f"{run_dir} already holds a run; pick another name or --resume "
-                                                "it") from None
-        except OSError as e:
-            raise ConfigError("train.output", f"cannot write the run folder {run_dir}: {e.strerror or e}") from None
-        return run_dir
+        return open_run_dir(self.cfg, self.resume_from)
 
 
 def _fmt_params(n: int | None) -> str:
@@ -501,28 +454,3 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-
-
-def _flex_available() -> bool:
-    try:
-        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _compile_blocks(model) -> None:
-    """torch.compile each repeated transformer block in place (one block type compiles in seconds; in place
-    keeps the state-dict keys and leaves checkpointing outside the compiled region)."""
-    from ftstudio.engine.speed import compile_blocks
-    compile_blocks(model)
-
-
-def train(config: RunConfig, reporter: Reporter | None = None, control: Control | None = None,
-          *, resume_from: str | Path | None = None) -> RunFinished | RunFailed:
-    """Run a fine-tune: in this process on one device, or, when several GPUs are ticked, as a supervised
-    ``torchrun`` FSDP2 subprocess whose rank 0 streams the same events. The GUI worker and the CLI call this."""
-    if len(config.hardware.gpus) > 1:
-        from ftstudio.engine.launch import run_distributed
-        return run_distributed(config, reporter, control, resume_from=resume_from)
-    return Trainer(config, reporter, control, resume_from=resume_from).run()

@@ -1,13 +1,14 @@
 """The ``torchrun`` entry of a multi-GPU run: the same Trainer loop, with FSDP2 sharding.
 
 ``torchrun --standalone --nproc-per-node N -m ftstudio.engine.distributed RUN_CONFIG.yaml [--resume RUN_DIR]``
-starts one process per GPU. Each runs :class:`FSDPTrainer`, a :class:`~ftstudio.engine.trainer.Trainer` whose
+starts one process per GPU (``distributed/__main__.py`` calls :func:`main`). Each runs :class:`FSDPTrainer`, a
+:class:`~ftstudio.engine.train.Trainer` whose
 hooks shard the model with ``torch.distributed.fsdp.fully_shard`` (each transformer block, then the root: the
 seed's ZeRO-3 — weights, gradients and optimizer state split N ways), feed each rank its own slice of every
 global batch, average the loss over ranks, and save checkpoints with ``torch.distributed.checkpoint`` (DCP).
 
 Only rank 0 talks: it prints every event as one JSON line on stdout (``{"event": ...}``), which
-:mod:`ftstudio.engine.launch` turns back into events, and it alone writes ``metrics.jsonl``. Other ranks print
+:mod:`ftstudio.engine.distributed.launch` turns back into events, and it alone writes ``metrics.jsonl``. Other ranks print
 a failure to stderr and exit non-zero, so ``torchrun`` tears the group down instead of hanging.
 Stop / pause / save-now arrive through a small JSON control file that rank 0 reads and broadcasts at every
 step, so all ranks act on the same step.
@@ -24,10 +25,8 @@ from pathlib import Path
 from ftstudio.core.config import RunConfig
 from ftstudio.core.control import Control
 from ftstudio.core.events import CheckpointSaved, Event, LogLine, RunFailed, RunFinished, event_from_dict
-from ftstudio.engine.trainer import Trainer
-
-CONTROL_ENV = "FTSTUDIO_CONTROL"
-RANK_FAILED = "FTSTUDIO_RANK_FAILED "   # prefix of a non-zero rank's failure line on stderr
+from ftstudio.engine.distributed.launch import CONTROL_ENV, RANK_FAILED
+from ftstudio.engine.train import Trainer
 
 
 def mixed_precision_policy(numerics):
@@ -49,7 +48,7 @@ def shard_model(model, numerics, mesh):
     """
     from torch.distributed.fsdp import fully_shard
 
-    from ftstudio.engine.optim import find_block_list
+    from ftstudio.engine.models.structure import find_block_list
 
     policy = mixed_precision_policy(numerics)
     blocks = find_block_list(model)
@@ -183,7 +182,7 @@ class FSDPTrainer(Trainer):
 
     # -- the step ----------------------------------------------------------------------------------------
     def _plan_schedule(self, n_train: int, n_general: int):
-        from ftstudio.engine.runtime import plan_schedule
+        from ftstudio.engine.train.schedule import plan_schedule
 
         cfg = self.cfg.replace(grad_accum=self.cfg.train.grad_accum * self.world)
         return _RankSchedule(plan_schedule(cfg, n_train, n_general), self.world, self.rank)
@@ -231,19 +230,19 @@ class FSDPTrainer(Trainer):
 
     # -- checkpoints and export ------------------------------------------------------------------------
     def _save_checkpoint(self, model, scaler) -> None:
-        from ftstudio.engine.distributed_checkpoint import save_sharded
+        from ftstudio.engine.distributed.checkpoint import save_sharded
         path = save_sharded(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=scaler, micro_batch=self.micro_batch,
                             keep_last=self.cfg.checkpoint.keep_last, group=self._cpu_group)
         self.report(CheckpointSaved(step=self.step, path=str(path)))
 
     def _load_checkpoint(self, ckpt, model, scaler, *, restore_rng: bool = True):
-        from ftstudio.engine.distributed_checkpoint import load_sharded
+        from ftstudio.engine.distributed.checkpoint import load_sharded
         return load_sharded(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
                             scaler=scaler, restore_rng=restore_rng)
 
     def _export(self, model, tokenizer) -> Path:
-        from ftstudio.engine.distributed_checkpoint import export_full
+        from ftstudio.engine.distributed.checkpoint import export_full
         final = self.run_dir / "final"
         export_full(model, tokenizer, final, arch_name=self._arch_name, group=self._cpu_group)
         self.report(LogLine(f"Exported the fine-tuned model to {final}"))
@@ -299,6 +298,3 @@ def main(argv: list[str] | None = None) -> int:
     dist.destroy_process_group()
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,49 +1,22 @@
-"""Datasets → validated rows → token ids with loss masks, split into train/validation.
-
-The public face of the data layer (see CONTRACT.md). Reading files lives in data_load.py, formats and row
-validation in data_formats.py, tokenisation/packing/collation in data_tokenize.py.
+"""Validated rows → token ids with loss masks, split into train/validation (``prepare_data``).
 
 Nothing is lost: every bad row becomes a DataProblem(path, row, field, reason); ``prepare_data`` raises one
-DataError holding all of them, ``check_data`` returns them in a DataReport and never raises for bad data.
+DataError holding all of them (``check.check_data`` returns them instead).
 """
 from __future__ import annotations
 
 import random
-import statistics
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from ftstudio.core.errors import DataError, DataProblem
-from ftstudio.engine.data_formats import Validator, detect_format, resolve_columns, sort_labels
-from ftstudio.engine.data_load import load_records, read_source
-from ftstudio.engine.data_tokenize import (
-    IGNORE, Collator, Encoded, TemplateError, encode_causal, encode_classification_batch, pack, pad_id_of,
-)
-
-__all__ = ["resources_dir", "demo_dataset_path", "load_records", "detect_format", "DataReport", "check_data",
-           "PreparedData", "prepare_data", "render_example"]
+from ftstudio.engine.data.collate import Collator, pack, pad_id_of
+from ftstudio.engine.data.formats import Validator, detect_format, resolve_columns, sort_labels
+from ftstudio.engine.data.load import demo_dataset_path, read_source
+from ftstudio.engine.data.render import Encoded, TemplateError, encode_causal, encode_classification_batch
 
 
-def resources_dir() -> Path:
-    """The repository's resources/ folder: next to the package (source tree, editable install), else in a
-    PyInstaller bundle (sys._MEIPASS/resources)."""
-    here = Path(__file__).resolve().parents[2] / "resources"
-    if here.is_dir():
-        return here
-    meipass = getattr(sys, "_MEIPASS", None)
-    if meipass and (Path(meipass) / "resources").is_dir():
-        return Path(meipass) / "resources"
-    return here
-
-
-def demo_dataset_path() -> Path:
-    """The bundled demo classification data (legal clauses, 8 classes; CC0, written by this project)."""
-    return resources_dir() / "demo" / "legal_clauses.jsonl"
-
-
-def _source(name: str) -> str:
+def source_path(name: str) -> str:
     return str(demo_dataset_path()) if name == "demo" else name
 
 
@@ -104,9 +77,9 @@ def _split(part: _Part, frac: float, seed: int, by_label: bool) -> tuple[_Part, 
     return take(train_idx), take(val_idx)
 
 
-def _build(cfg, task: str | None, seed: int) -> _Built:
+def build_rows(cfg, task: str | None, seed: int) -> _Built:
     problems: list[DataProblem] = []
-    res = read_source(_source(cfg.dataset))
+    res = read_source(source_path(cfg.dataset))
     problems += res.problems
     fmt = detect_format(res.records, cfg)
     text_col, label_col = resolve_columns(res.records, cfg)
@@ -133,7 +106,7 @@ def _build(cfg, task: str | None, seed: int) -> _Built:
                                     "use a classification model or task, or format 'text' to train on the text"))
     by_label = fmt == "classification"
     if cfg.val_dataset:
-        vres = read_source(_source(cfg.val_dataset))
+        vres = read_source(source_path(cfg.val_dataset))
         problems += vres.problems
         val = _validate(vres, fmt, text_col, label_col, problems)
     else:
@@ -153,7 +126,7 @@ def _build(cfg, task: str | None, seed: int) -> _Built:
     return built
 
 
-def _encode(built: _Built, part: _Part, tokenizer, seq_len: int) -> list[tuple[int, Encoded]]:
+def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int) -> list[tuple[int, Encoded]]:
     """(row, Encoded) for each usable row; template refusals and rows with nothing to train become problems."""
     out: list[tuple[int, Encoded]] = []
     if built.task == "classification":
@@ -194,10 +167,10 @@ def _examples(built: _Built, part: _Part, encs: list[tuple[int, Encoded]]) -> li
 
 def prepare_data(cfg, tokenizer, *, task: str, seed: int) -> PreparedData:
     """Load, validate, split and tokenise; raise DataError listing every problem if any is an error."""
-    built = _build(cfg, task, seed)
+    built = build_rows(cfg, task, seed)
     _raise_errors(built.problems)
-    train_enc = _encode(built, built.train, tokenizer, cfg.seq_len)
-    val_enc = _encode(built, built.val, tokenizer, cfg.seq_len)
+    train_enc = encode_rows(built, built.train, tokenizer, cfg.seq_len)
+    val_enc = encode_rows(built, built.val, tokenizer, cfg.seq_len)
     _raise_errors(built.problems)
     if not train_enc:
         raise DataError(built.train.path, None, None, "no training rows left after tokenisation")
@@ -215,120 +188,3 @@ def _raise_errors(problems: list[DataProblem]) -> None:
         raise DataError(errors[0].path, problems=errors)
 
 
-@dataclass
-class DataReport:
-    """What check-data prints: the format, counts, token totals, length statistics and every problem."""
-
-    path: str
-    format: str | None
-    task: str | None
-    rows: int
-    train_rows: int
-    val_rows: int
-    tokens: int | None  # after truncation; None without a tokenizer
-    trainable_tokens: int | None  # tokens under the loss (classification: every input token)
-    lengths: list[int]  # tokens per row before truncation
-    truncated: int
-    labels: list[str] | None
-    problems: list[DataProblem]
-
-    @property
-    def errors(self) -> list[DataProblem]:
-        return [p for p in self.problems if p.severity == "error"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def length_stats(self) -> dict | None:
-        if not self.lengths:
-            return None
-        s = sorted(self.lengths)
-
-        def pct(q: float) -> int:
-            return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
-        return {"min": s[0], "mean": round(statistics.fmean(s), 2), "p50": pct(0.5), "p95": pct(0.95),
-                "max": s[-1]}
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "format": self.format, "task": self.task, "rows": self.rows,
-                "train_rows": self.train_rows, "val_rows": self.val_rows, "tokens": self.tokens,
-                "trainable_tokens": self.trainable_tokens, "truncated": self.truncated,
-                "lengths": self.length_stats(), "labels": self.labels, "ok": self.ok,
-                "errors": [p.to_dict() for p in self.errors],
-                "warnings": [p.to_dict() for p in self.problems if p.severity != "error"]}
-
-
-def _load_tokenizer(tokenizer):
-    if not isinstance(tokenizer, (str, Path)):
-        return tokenizer
-    from transformers import AutoTokenizer
-
-    from ftstudio.core.errors import ModelError
-
-    if str(tokenizer) == "demo":
-        from ftstudio.engine.models import demo_model_path
-        tokenizer = demo_model_path()
-    try:
-        return AutoTokenizer.from_pretrained(str(tokenizer))
-    except Exception as e:  # a missing folder, no tokenizer files, offline hub id...
-        raise ModelError(f"cannot load a tokenizer from {tokenizer}: {str(e).splitlines()[0][:300]}") from e
-
-
-def check_data(cfg, tokenizer=None, *, task: str | None = None, seed: int = 42) -> DataReport:
-    """Validate (and, with a tokenizer or a model folder/"demo", tokenise) a dataset; never raises for bad data."""
-    try:
-        built = _build(cfg, task, seed)
-    except DataError as e:  # defensive: the builders collect rather than raise
-        return DataReport(_source(cfg.dataset), None, task, 0, 0, 0, None, None, [], 0, None, e.problems)
-    tokens = trainable = None
-    lengths: list[int] = []
-    truncated = 0
-    if tokenizer is not None and built.train.norms:
-        tok = _load_tokenizer(tokenizer)
-        encs = [e for part in (built.train, built.val) for _, e in _encode(built, part, tok, cfg.seq_len)]
-        lengths = [e.full_length for e in encs]
-        tokens = sum(len(e.input_ids) for e in encs)
-        trainable = tokens if built.task == "classification" else sum(e.trainable for e in encs)
-        truncated = sum(e.truncated for e in encs)
-    return DataReport(built.train.path, built.format, built.task, len(built.train.norms) + len(built.val.norms),
-                      len(built.train.norms), len(built.val.norms), tokens, trainable, lengths, truncated,
-                      built.label_names, built.problems)
-
-
-def _token_texts(tokenizer, ids: list[int]) -> list[str]:
-    """Each token as the text it adds when decoding (streaming-style), so "▁the"/"Ġthe" show as " the"."""
-    out, prev = [], ""
-    for i in range(len(ids)):
-        cur = tokenizer.decode(ids[: i + 1], skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        if not cur.startswith(prev):  # decoders that are not prefix-stable: fall back to the raw token
-            return [str(t) for t in tokenizer.convert_ids_to_tokens(ids)]
-        out.append(cur[len(prev):])
-        prev = cur
-    return out
-
-
-def render_example(record: dict, fmt: str, tokenizer, cfg, *, task: str | None = None) -> list[tuple[str, bool]]:
-    """One row as (token text, under the loss) pairs for the GUI preview; raises DataError for a bad row.
-
-    For classification no token is predicted: the tokens come back unmarked, followed by one
-    ("→ <label>", True) item standing for the target.
-    """
-    if fmt == "auto":
-        fmt = detect_format([record], cfg)
-    text_col, label_col = resolve_columns([record], cfg)
-    v = Validator(fmt, "<preview>", text_col, label_col)
-    norm = v.check(record, 1)
-    errors = [p for p in v.problems if p.severity == "error"]
-    if norm is None or errors:
-        raise DataError("<preview>", problems=errors or [DataProblem("<preview>", 1, None, "row not usable")])
-    tokenizer = _load_tokenizer(tokenizer)
-    task = task if task not in (None, "auto") else ("classification" if fmt == "classification" else "causal-lm")
-    if task == "classification":
-        enc = encode_classification_batch([norm["text"]], tokenizer, cfg.seq_len)[0]
-        return [(t, False) for t in _token_texts(tokenizer, enc.input_ids)] + [(f" → {norm.get('label')}", True)]
-    try:
-        enc = encode_causal(norm, tokenizer, cfg.seq_len)
-    except TemplateError as e:
-        raise DataError("<preview>", 1, "messages", str(e)) from e
-    return list(zip(_token_texts(tokenizer, enc.input_ids), (lab != IGNORE for lab in enc.labels)))

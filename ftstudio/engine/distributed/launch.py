@@ -1,6 +1,6 @@
 """The supervisor of a multi-GPU run, and the cluster launch script.
 
-:func:`run_distributed` is what ``engine.trainer.train`` calls when several GPUs are ticked. It writes the
+:func:`run_distributed` is what ``engine.run`` calls when several GPUs are ticked. It writes the
 config to a temporary YAML, starts ``torchrun --standalone --nproc-per-node N -m ftstudio.engine.distributed``
 as a subprocess (``CUDA_VISIBLE_DEVICES`` = the ticked GPUs), turns rank 0's JSON lines back into events for
 the caller's reporter (the GUI worker or the console see exactly what a one-GPU run reports), forwards
@@ -32,6 +32,8 @@ from ftstudio.core.control import Control
 from ftstudio.core.events import (Event, LogLine, Reporter, RunFailed, RunFinished, RunStarted,
                                   event_from_dict)
 
+CONTROL_ENV = "FTSTUDIO_CONTROL"     # where the ranks find the control file (stop / pause / save now)
+RANK_FAILED = "FTSTUDIO_RANK_FAILED "   # prefix of a non-zero rank's failure line on stderr
 STOP_GRACE_S = 120.0       # after a stop request, how long the ranks get to checkpoint and exit
 STDERR_TAIL = 40
 
@@ -46,8 +48,6 @@ def torchrun_command(config_path: str | Path, nproc: int, *, resume_from: str | 
 
 
 def _child_env(config: RunConfig, control_path: Path) -> dict[str, str]:
-    from ftstudio.engine.distributed import CONTROL_ENV
-
     env = dict(os.environ)
     env[CONTROL_ENV] = str(control_path)
     env["PYTHONUNBUFFERED"] = "1"
@@ -157,7 +157,6 @@ def _supervise(proc, ctl: _ControlFile, control: Control, report: Reporter,
             elif event is not None:
                 report(event)
         elif tag == "err":
-            from ftstudio.engine.distributed import RANK_FAILED
             if line.startswith(RANK_FAILED):
                 try:
                     rank_failure = json.loads(line[len(RANK_FAILED):])
@@ -219,7 +218,7 @@ def _conclude(final: Event | None, code: int, rank_failure: dict | None, tail: l
         report(final)
         return final
     dead_rank, dead_code = _root_cause(tail)
-    useful = [ln for ln in tail if ln.strip() and not ln.startswith("FTSTUDIO_RANK_FAILED")][-15:]
+    useful = [ln for ln in tail if ln.strip() and not ln.startswith(RANK_FAILED.strip())][-15:]
     if rank_failure and (final is None or dead_rank == rank_failure.get("rank")):
         event = RunFailed(reason=f"rank {rank_failure.get('rank')} failed: {rank_failure.get('reason', '?')}",
                           advice=rank_failure.get("advice", ""),

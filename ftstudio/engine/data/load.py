@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,23 @@ SNIFF_BYTES = 8192
 
 TEXT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
                  ".txt": "txt", ".text": "txt", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def resources_dir() -> Path:
+    """The repository's resources/ folder: next to the package (source tree, editable install), else in a
+    PyInstaller bundle (sys._MEIPASS/resources)."""
+    here = Path(__file__).resolve().parents[3] / "resources"
+    if here.is_dir():
+        return here
+    meipass = getattr(sys, "_MEIPASS", None)
+    if meipass and (Path(meipass) / "resources").is_dir():
+        return Path(meipass) / "resources"
+    return here
+
+
+def demo_dataset_path() -> Path:
+    """The bundled demo classification data (legal clauses, 8 classes; CC0, written by this project)."""
+    return resources_dir() / "demo" / "legal_clauses.jsonl"
 
 
 @dataclass

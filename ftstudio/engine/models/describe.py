@@ -5,7 +5,7 @@ Face cache (by its "org/name" id, loaded offline from the snapshot), a .gguf fil
 or a hub id (downloaded; offline or unreachable gives a ModelError within seconds).
 
 `describe_model` and `list_cached_models` import no torch (the GUI calls them while the user browses);
-`load_model` does, lazily (see models_load.py).
+`load_model` does, lazily (models/load.py).
 """
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftstudio.core.errors import ModelError
-from ftstudio.engine import models_hub as hub
-from ftstudio.engine import models_inspect as inspect
+from ftstudio.engine.models import hub, inspect
+from ftstudio.engine.models.tensors import shape_from_config
 
 TASKS = ("causal-lm", "classification")
 # Data formats whose rows train a next-token model (data.py's FORMATS minus classification and auto).
@@ -59,11 +59,20 @@ class ModelInfo:
         return self.path if self.path else self.source
 
 
+def estimate_params(cfg: dict) -> int | None:
+    """A config-only parameter count (when no weights are at hand), from the same tensor list the memory plan
+    uses, so the model panel and the plan never disagree."""
+    try:
+        return shape_from_config(cfg).params
+    except (ModelError, KeyError, TypeError, ValueError):
+        return None
+
+
 def _info(source: str, kind: str, path: Path | None, cfg: dict, params: int | None, dtype: str | None,
           exact: bool, revision: str | None = None) -> ModelInfo:
     facts = inspect.config_facts(cfg)
     if params is None:
-        params, exact = inspect.estimate_params(cfg), False
+        params, exact = estimate_params(cfg), False
     return ModelInfo(source=source, kind=kind, path=str(path) if path else None,
                      architecture=facts["architecture"], model_type=facts["model_type"], params=params,
                      dtype=str(dtype or facts["config_dtype"] or "float32"),
@@ -80,11 +89,11 @@ def _describe_folder(source: str, kind: str, folder: Path) -> ModelInfo:
 
 
 def _describe_gguf(source: str, file: Path) -> ModelInfo:
-    from ftstudio.engine import models_gguf
+    from ftstudio.engine.models import gguf
 
-    meta = models_gguf.gguf_metadata(file)
+    meta = gguf.gguf_metadata(file)
     cfg = meta["config"]
-    models_gguf.check_supported(file, meta["gguf_architecture"], cfg["model_type"])
+    gguf.check_supported(file, meta["gguf_architecture"], cfg["model_type"])
     info = _info(source, "gguf", file, cfg, meta["params"], meta["dtype"], exact=True)
     info.architecture = f"{cfg['model_type']} (GGUF, {meta['dtype']}; loads de-quantized)"
     return info
@@ -187,19 +196,3 @@ class LoadedModel:
     task: str
     info: ModelInfo
     new_params: list[str] = field(default_factory=list)  # names freshly initialised (e.g. a classifier head)
-
-
-def load_model(cfg, *, task: str, num_labels: int | None = None, id2label: dict[int, str] | None = None,
-               dtype=None, tokenizer=None) -> LoadedModel:
-    """Load cfg.source (a ModelConfig) for full fine-tuning on CPU; see models_load.load for the details.
-    Pass the ``tokenizer`` already loaded by :func:`load_tokenizer` to reuse it (the data was tokenised with it)."""
-    from ftstudio.engine.models_load import load
-
-    return load(cfg, task=task, num_labels=num_labels, id2label=id2label, dtype=dtype, tokenizer=tokenizer)
-
-
-def load_tokenizer(cfg):
-    """The tokenizer of cfg.source (a ModelConfig), with a pad token and right padding; no weights loaded."""
-    from ftstudio.engine.models_load import load_tokenizer as _load
-
-    return _load(cfg)

@@ -14,7 +14,7 @@ The peak is the largest of three moments of a step, each a sum of physical terms
 The breakdown reports weights, gradients and optimizer state at their full sizes and "activations" as
 what the peak needs beyond them, so the parts always add up to the peak that a card must hold.
 
-:func:`measure` counts the same three states from the live tensors during a run (torch imported lazily).
+``measure.py`` counts the same three states from the live tensors during a run.
 """
 from __future__ import annotations
 
@@ -23,9 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ftstudio.core.config import RunConfig
-from ftstudio.core.events import MemorySnapshot
-
-from .memory_shape import ModelShape, shape_from_config
+from ftstudio.engine.models import ModelShape, shape_from_config
 
 GB = 1e9
 CUDA_CONTEXT = 1_450_000_000   # NVML used − allocator reserved, measured on an H200 (torch 2.11, CUDA 13)
@@ -278,65 +276,3 @@ def _lookup_only(name: str, shape: ModelShape) -> bool:
 def textbook_bytes(params: float, hidden: int, layers: int, seq_len: int, batch_size: int, k: int = 12) -> int:
     """The seed's figure: 16N (fp16 weights + grads, fp32 master + two moments) + s·b·d·L·k."""
     return int(16 * params + seq_len * batch_size * hidden * layers * k)
-
-
-# -- measured during a run ------------------------------------------------------------------------------
-
-def _nbytes(t) -> int:
-    local = getattr(t, "to_local", None)          # FSDP2 DTensor: this rank's shard
-    if callable(local):
-        t = local()
-    return t.numel() * t.element_size()
-
-
-def _key(t):
-    local = getattr(t, "to_local", None)
-    if callable(local):
-        t = local()
-    return (t.device, t.data_ptr(), t.numel()) if t.numel() else id(t)
-
-
-def measure(model, optimizer, device, step: int, *, reset_peak: bool = True) -> MemorySnapshot:
-    """Bytes held now, counted from the tensors: call after ``optimizer.step()`` and before ``zero_grad``.
-
-    activations = allocator peak since the last call − (weights + gradients + optimizer state); None on CPU.
-    """
-    import torch
-
-    seen: set = set()
-    weights = grads = 0
-    for p in model.parameters():
-        k = _key(p)
-        if k in seen:
-            continue                               # tied weights counted once
-        seen.add(k)
-        weights += _nbytes(p)
-        if p.grad is not None:
-            grads += _nbytes(p.grad)
-    opt_bytes = 0
-    seen_state: set = set()
-    for state in (optimizer.state.values() if optimizer is not None else ()):
-        for v in state.values():
-            if torch.is_tensor(v) and _key(v) not in seen_state:
-                seen_state.add(_key(v))
-                opt_bytes += _nbytes(v)
-    dev = torch.device(device)
-    snap = MemorySnapshot(step=step, device=str(dev), weights=weights, gradients=grads, optimizer=opt_bytes)
-    if dev.type == "cuda" and torch.cuda.is_available():
-        idx = dev.index if dev.index is not None else torch.cuda.current_device()
-        peak = torch.cuda.max_memory_allocated(idx)
-        snap.allocated_peak = peak
-        snap.activations = max(0, peak - weights - grads - opt_bytes)
-        snap.reserved = torch.cuda.memory_reserved(idx)
-        snap.total = torch.cuda.get_device_properties(idx).total_memory
-        from .hardware import nvml_used_bytes
-        snap.nvml_used = nvml_used_bytes(idx)
-        if reset_peak:
-            torch.cuda.reset_peak_memory_stats(idx)
-    return snap
-
-
-from .memory_solve import Advice, explain_oom, solve  # noqa: E402  (re-exported: the agreed API lives here)
-
-__all__ = ["MemoryBreakdown", "Advice", "estimate", "solve", "measure", "explain_oom", "textbook_bytes",
-           "optimizer_bytes", "layer_bytes_per_token", "chunk_tokens", "resolve_precision", "PRECISION_BYTES"]

@@ -1,15 +1,12 @@
-"""A model's shape for the memory plan, read from its config.json (and safetensors headers when present).
+"""Every parameter tensor an architecture creates, derived from its config.json (``shape_from_config``).
 
-Pure Python, no torch: the plan must answer before any weights are loaded. :func:`model_shape` lists every
+Pure Python, no torch: the model panel and the memory plan answer before any weights are loaded. It lists every
 parameter tensor the Hugging Face class would create (name → shape), because the optimizer's state
 depends on tensor shapes (Adafactor's factored moments, one ``step`` scalar per tensor), not only on N.
 """
 from __future__ import annotations
 
-import json
-import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ftstudio.core.errors import ModelError
 
@@ -186,59 +183,3 @@ def _bert_like(cfg, mt, d, L, V, heads, hd) -> ModelShape:
     adrop = float(_get(cfg, "attention_probs_dropout_prob", "attention_dropout", default=0.1) or 0.0)
     return ModelShape(mt, d, L, heads, heads, hd, i, n_labels, t, gated_mlp=False, norm_bias=True,
                       dropout=drop, attn_dropout=adrop, is_encoder=True)
-
-
-# -- reading a model source --------------------------------------------------------------------------
-
-def read_config(source: str) -> tuple[dict, Path | None]:
-    """(config dict, the folder holding the weights or None) for MODEL given as a config.json path, or as any
-    source the model panel accepts ("demo", a folder, a cached or online hub id, a .gguf file): those are
-    described by models.describe_model, which reads metadata only (no torch, no weights)."""
-    p = Path(source).expanduser()
-    if p.is_file() and p.suffix == ".json":
-        try:
-            cfg = json.loads(p.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelError(f"{p}: cannot read config.json: {e}") from None
-        if not isinstance(cfg, dict):
-            raise ModelError(f"{p}: config.json is not a JSON object")
-        return cfg, p.parent
-    from ftstudio.engine.models import describe_model
-
-    info = describe_model(source)
-    folder = Path(info.path) if info.path and Path(info.path).is_dir() else None
-    return info.config, folder
-
-
-def safetensors_shapes(folder: Path) -> dict[str, tuple[int, ...]] | None:
-    """Exact tensor shapes from the safetensors headers in ``folder`` (8-byte length + JSON), or None."""
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        return None
-    shapes: dict[str, tuple[int, ...]] = {}
-    for f in files:
-        try:
-            with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                if n > 100_000_000:
-                    return None
-                header = json.loads(fh.read(n))
-        except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        for name, meta in header.items():
-            if name != "__metadata__" and isinstance(meta, dict) and "shape" in meta:
-                shapes[name] = tuple(int(x) for x in meta["shape"])
-    return shapes or None
-
-
-def load_shape(source: str) -> tuple[ModelShape, dict]:
-    """The shape of a model source; parameter tensors come from safetensors headers when the folder has them."""
-    cfg, folder = read_config(source)
-    shape = shape_from_config(cfg)
-    exact = safetensors_shapes(folder) if folder is not None else None
-    # Encoders saved without their classification head: keep our derived head, take the rest exactly.
-    if exact and not shape.is_encoder:
-        if not shape.tied and not any("lm_head" in n for n in exact):
-            exact["lm_head.weight"] = (shape.vocab, shape.hidden)  # untied head missing from the file: created new
-        shape.tensors, shape.exact = exact, True
-    return shape, cfg

@@ -1,0 +1,31 @@
+"""Sinks: reporters that receive the engine's events (the ``Reporter`` protocol of core/events.py).
+
+``MetricsWriter`` keeps every event of a run in its ``metrics.jsonl`` (what the Runs tab and a resumed run
+read back with ``core.runs.read_metrics``). The console (cli/console.py) and the GUI worker are sinks too.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ftstudio.core.events import Event
+
+
+class MetricsWriter:
+    """Sink: appends one JSON object per event to ``metrics.jsonl``, flushed at once (a crash loses nothing)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._fh = None
+
+    def __call__(self, event: Event) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh.write(json.dumps(event.to_dict(), default=str) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None

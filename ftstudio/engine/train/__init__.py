@@ -1,0 +1,19 @@
+"""The train room: one device's fine-tune, read top to bottom in ``trainer.py``.
+
+- ``trainer.py``: ``Trainer``, the loop (setup → steps → evaluation / checkpoints → export); it reports
+  events and obeys a ``Control``; ``distributed/fsdp.py`` subclasses it for several GPUs;
+- ``schedule.py``: how many steps, which rows each micro-batch reads, and the learning rate of each step;
+- ``numerics.py``: device and precision; ``optim.py``: parameter groups and optimizers;
+- ``loss.py``: the causal-LM loss, full or by checkpointed slices; ``speed.py``: compile, activation
+  checkpointing and offload, the step in backward, the fused/compiled losses, the attention kernel;
+- ``evaluate.py``: validation metrics; ``checkpoint.py``: crash-safe checkpoints and exact resume.
+
+This face imports no torch (the GUI draws the LR schedule from it before any training): ``optim``,
+``loss`` and ``speed`` import torch and are imported as modules where they are needed.
+"""
+from ftstudio.engine.train.numerics import Numerics, pick_device, pick_numerics
+from ftstudio.engine.train.schedule import Schedule, lr_at, lr_curve, plan_schedule, warmup_steps_for
+from ftstudio.engine.train.trainer import Trainer
+
+__all__ = ["Trainer", "Schedule", "plan_schedule", "lr_at", "lr_curve", "warmup_steps_for", "Numerics",
+           "pick_device", "pick_numerics"]
