@@ -48,6 +48,15 @@ def block_causal_mask(position_ids):
     return (same & causal)[:, None, :, :]
 
 
+def trained_items(batch: dict) -> int:
+    """What the loss of a collated batch averages over: the predicted tokens of a causal LM (labels shifted by
+    one, as Hugging Face models shift them), the examples of a classifier. Read on the CPU batch."""
+    labels = batch["labels"]
+    if labels.dim() == 1:
+        return int(labels.numel())
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
 class Collator:
     """Pads a list of examples into tensors for the model's forward (picklable, for DataLoader workers)."""
 

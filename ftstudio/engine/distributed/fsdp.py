@@ -197,8 +197,13 @@ class FSDPTrainer(Trainer):
     def _reduce_loss(self, step_loss):
         import torch.distributed as dist
 
-        dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)   # gloo has no AVG
-        return step_loss / self.world
+        dist.all_reduce(step_loss, op=dist.ReduceOp.SUM)   # each rank holds its tokens' share of the mean
+        return step_loss
+
+    def _step_items(self, local: int) -> tuple[int, float]:
+        """The step's trained tokens over all ranks (a host-side all-reduce on the gloo group, no GPU sync);
+        each loss is scaled by the world size because FSDP averages the ranks' gradients."""
+        return max(self._global_tokens(local), 1), float(self.world)
 
     def _global_tokens(self, tokens: int) -> int:
         import torch

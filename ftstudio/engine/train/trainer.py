@@ -21,6 +21,7 @@ from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine,
                                   Reporter, RunFailed, RunFinished, RunStarted, StepMetrics)
 from ftstudio.core.runs import open_run_dir
 from ftstudio.engine.sinks import MetricsWriter
+from ftstudio.engine.data.collate import trained_items
 
 
 class _NonFinite(FTStudioError):
@@ -256,25 +257,36 @@ class Trainer:
             control.wait_while_paused()
             if control.stop_requested:
                 return "stopped"
-            # One optimizer step = grad_accum micro-batches whose gradients add up.
-            step_loss = torch.zeros((), device=device)
+            # One optimizer step = grad_accum micro-batches whose gradients add up. The step's loss is the mean
+            # over every trained token of the step (examples, for a classifier), not a mean of per-batch means:
+            # each micro-batch's mean is weighted by its share of the step's tokens, counted on the CPU batches
+            # before any forward (no device sync), so batch × grad_accum × GPUs equals one large batch.
+            batches = []
             for _ in range(cfg.train.grad_accum):
                 rows = [prepared.train[i] for i in sched.batch_indices(self.micro_batch)]
                 rows += [self.forgetting.general[i] for i in sched.general_indices(self.micro_batch)]
-                batch = prepared.collate(rows)
-                # Counted on the CPU copy: int() of a GPU tensor would sync the device every micro-batch.
+                self.micro_batch += 1
+                if rows:
+                    batch = prepared.collate(rows)
+                    batches.append((batch, trained_items(batch)))
+            step_items, grad_scale = self._step_items(sum(n for _, n in batches))
+            step_loss = torch.zeros((), device=device)
+            for batch, n in batches:
+                if n == 0:
+                    continue  # nothing under the loss (its mean would be 0/0)
                 mask = batch.get("attention_mask")
                 window_tokens += int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                self.micro_batch += 1
                 # Offload wraps the forward only: the block inputs it saves go to CPU; the recompute in
                 # backward keeps its tensors on the GPU (compiled blocks need their saved strides).
                 with offload_context(cfg.memory.offload_activations, device), autocast:
                     loss = self._forward_loss(model, batch)
-                step_loss += loss.detach() / cfg.train.grad_accum
+                share = n / step_items
+                step_loss += loss.detach() * share
+                loss = loss * (share * grad_scale)
                 if in_backward and self.regularizer is not None:
                     loss = loss + self.regularizer.penalty(model)  # one backward: one step per parameter
-                scaler.scale(loss / cfg.train.grad_accum).backward()
+                scaler.scale(loss).backward()
             if self.regularizer is not None and not in_backward:
                 # Once per optimizer step: the pull toward θ0 (L2-SP / EWC), its gradient added to the task's.
                 scaler.scale(self.regularizer.penalty(model)).backward()
@@ -282,7 +294,7 @@ class Trainer:
             max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
             grad_norm = (self.optimizer.grad_norm() if in_backward  # clipped per tensor inside backward
                          else self._clip_grads(params, max_norm))
-            step_loss = self._reduce_loss(step_loss)  # several GPUs: the mean over ranks, the same on each
+            step_loss = self._reduce_loss(step_loss)  # several GPUs: the sum of the ranks' shares, on each
 
             # Non-finite loss or gradients: never let them into the weights.
             # One device sync per step for both checks (each `if tensor` is a sync of its own).
@@ -357,6 +369,10 @@ class Trainer:
 
     def _reduce_loss(self, step_loss):
         return step_loss
+
+    def _step_items(self, local: int) -> tuple[int, float]:
+        """(trained tokens or examples in the whole step, factor on each loss): one device counts all of them."""
+        return max(local, 1), 1.0
 
     def _global_tokens(self, tokens: int) -> int:
         return tokens
