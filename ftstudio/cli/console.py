@@ -64,6 +64,8 @@ class ConsoleSink:
             self.close()
             c.print(f"[bold green]{event.status}[/] after {event.steps} steps ({event.elapsed_s:.0f} s). "
                     f"Final model: {event.final_model or '-'}")
+            if event.stop_reason:
+                c.print(event.stop_reason, markup=False, soft_wrap=True)
         elif isinstance(event, RunFailed):
             self.close()
             c.print(f"ftstudio: error: {event.reason}", style="bold red", markup=False, soft_wrap=True)

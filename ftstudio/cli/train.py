@@ -75,7 +75,8 @@ def _summary(result) -> dict:
         return {"status": "failed", "reason": d["reason"], "advice": d["advice"], "steps": d["step"],
                 "output_dir": d["output_dir"]}
     return {"status": d["status"], "steps": d["steps"], "train_loss": d["train_loss"], "eval": d["eval"],
-            "output_dir": d["output_dir"], "final_model": d["final_model"], "elapsed_s": d["elapsed_s"]}
+            "output_dir": d["output_dir"], "final_model": d["final_model"], "elapsed_s": d["elapsed_s"],
+            "stop_reason": d["stop_reason"], "best_step": d["best_step"]}
 
 
 def _install_sigint(control) -> None:

@@ -59,6 +59,12 @@ class RunConfig:
                               "cannot be combined with train.grad_accum > 1 (gradients are freed as they arrive)")
         if self.memory.offload_activations and not self.memory.activation_checkpointing:
             raise ConfigError("memory.offload_activations", "needs memory.activation_checkpointing on")
+        if self.checkpoint.export_best and len(self.hardware.gpus) > 1:
+            raise ConfigError("checkpoint.export_best", "keeps the best weights of one device; it is not "
+                              "available for a multi-GPU (FSDP2) run yet")
+        if self.eval.metric != "loss" and self.model.task == "causal-lm":
+            raise ConfigError("eval.metric", f"{self.eval.metric!r} is for classifiers; a causal LM is judged "
+                              "by its validation loss")
 
     # -- dict / YAML ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:

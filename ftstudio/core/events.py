@@ -62,6 +62,7 @@ class EvalMetrics(Event):
     perplexity: float | None = None
     accuracy: float | None = None
     macro_f1: float | None = None
+    best: bool = False  # the best evaluation so far by eval.metric (the monitor marks it)
 
 
 @dataclass
@@ -131,6 +132,8 @@ class RunFinished(Event):
     output_dir: str = ""
     final_model: str | None = None
     elapsed_s: float = 0.0
+    stop_reason: str = ""  # why a finished run ended before its last step (early stopping), else ""
+    best_step: int | None = None  # the step of the best evaluation (what final/ holds with export_best)
 
 
 @dataclass

@@ -22,11 +22,14 @@ LOSSES = ("full", "chunked")
 NONFINITE_POLICIES = ("skip", "stop", "rollback")
 ANCHOR_PLACES = ("gpu", "bf16", "cpu")
 ATTENTIONS = ("auto", "sdpa", "flex_attention", "eager")
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+INSTRUCTION_FORMATS = ("auto", "chat-template", "text")
+METRICS = ("loss", "accuracy", "macro_f1")
 # Leaf name → allowed values: the CLI's argparse choices and the GUI's combo boxes both read this.
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS, "format": FORMATS, "schedule": SCHEDULES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
     "bf16_rounding": BF16_ROUNDINGS, "loss": LOSSES, "nonfinite": NONFINITE_POLICIES, "l2sp_anchor": ANCHOR_PLACES,
-    "attention": ATTENTIONS,
+    "attention": ATTENTIONS, "metric": METRICS, "instruction_format": INSTRUCTION_FORMATS,
 }
 
 
@@ -50,6 +53,19 @@ def _check_range(section: str, name: str, value: Any, lo: float | None = None, h
         raise ConfigError(path, f"{value!r} must be {'>' if lo_open else '>='} {lo}")
     if hi is not None and value > hi:
         raise ConfigError(path, f"{value!r} must be <= {hi}")
+
+
+def report_targets(value: Any) -> list[str]:
+    """The tracker names in ``train.report_to`` ("tensorboard,wandb" → ["tensorboard", "wandb"]; "none" → [])."""
+    if not isinstance(value, str):
+        raise ConfigError("train.report_to", f"{value!r} must be text such as 'tensorboard,wandb' or 'none'")
+    names = [n.strip().lower() for n in value.replace(" ", ",").split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    for name in names:
+        if name not in TRACKERS:
+            raise ConfigError("train.report_to", f"{name!r} is not one of {', '.join(TRACKERS)} (or none)")
+    return list(dict.fromkeys(names))
 
 
 @dataclass
@@ -82,6 +98,8 @@ class DataConfig:
     """Column holding the text for "text" and "classification" formats; None picks "text" (or the only string column)."""
     label_column: str | None = None
     """Column holding the class label for classification; None picks "label"."""
+    instruction_format: str = "auto"
+    """How alpaca and prompt/completion rows reach a causal LM: "chat-template" renders them as a user turn (instruction + input, or the prompt) and an assistant turn through the model's chat template, so the model learns the format it is used with; "text" uses the Stanford Alpaca prompt (alpaca) or prompt + completion as plain text, ending with EOS; "auto" picks chat-template when the tokenizer has a chat template, else text."""
     seq_len: int = 256
     """Tokens per example; longer rows are truncated, shorter ones padded (or packed)."""
     packing: bool = False
@@ -95,6 +113,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _check_choice("data", "format", self.format, FORMATS)
+        _check_choice("data", "instruction_format", self.instruction_format, INSTRUCTION_FORMATS)
         _check_range("data", "seq_len", self.seq_len, 8, 1_048_576, integer=True)
         _check_range("data", "val_fraction", self.val_fraction, 0.0, 0.9)
         _check_range("data", "max_rows", self.max_rows, 1, integer=True, allow_none=True)
@@ -124,6 +143,8 @@ class TrainConfig:
     """How many non-finite steps "skip" tolerates before the run stops."""
     log_every: int = 1
     """Report step metrics every N optimizer steps (reading the loss syncs the GPU)."""
+    report_to: str = "none"
+    """Experiment trackers that also receive the run's metrics, comma-separated: "tensorboard" (event files in the run folder), "wandb" (offline unless you are logged in), "mlflow" (a file store in the run folder unless MLFLOW_TRACKING_URI is set), or "none". Each is an optional extra: pip install "ftstudio[tensorboard]"."""
 
     def __post_init__(self) -> None:
         _check_range("train", "epochs", self.epochs, 0.0, 10_000, lo_open=True)
@@ -134,6 +155,7 @@ class TrainConfig:
         _check_choice("train", "nonfinite", self.nonfinite, NONFINITE_POLICIES)
         _check_range("train", "max_skips", self.max_skips, 0, integer=True)
         _check_range("train", "log_every", self.log_every, 1, integer=True)
+        report_targets(self.report_to)
 
 
 @dataclass
@@ -238,10 +260,16 @@ class EvalConfig:
     """Evaluate on the validation split every N optimizer steps (and always at the end); 0 = only at the end."""
     eval_batches: int | None = None
     """Evaluate on at most this many validation batches; None uses the whole split."""
+    metric: str = "loss"
+    """What "better" means for early stopping, the best model and sweeps: the validation "loss" (lower is better), or "accuracy" / "macro_f1" (higher is better; classifiers only)."""
+    early_stop_patience: int = 0
+    """End the run after this many evaluations in a row without an improvement of eval.metric (needs eval_every and validation rows); 0 = never stop early."""
 
     def __post_init__(self) -> None:
         _check_range("eval", "eval_every", self.eval_every, 0, integer=True)
         _check_range("eval", "eval_batches", self.eval_batches, 1, integer=True, allow_none=True)
+        _check_choice("eval", "metric", self.metric, METRICS)
+        _check_range("eval", "early_stop_patience", self.early_stop_patience, 0, integer=True)
 
 
 @dataclass
@@ -252,10 +280,14 @@ class CheckpointConfig:
     """Keep only the newest K checkpoints (older ones are deleted after a new one is complete)."""
     export: bool = True
     """Write final/ with save_pretrained (safetensors) and the tokenizer at the end of the run."""
+    export_best: bool = False
+    """Export the weights of the best evaluation (by eval.metric) instead of the last ones; the best weights are copied to host memory at each improvement (one copy of the weights in RAM, checked by the memory plan). One device only."""
 
     def __post_init__(self) -> None:
         _check_range("checkpoint", "checkpoint_every", self.checkpoint_every, 0, integer=True)
         _check_range("checkpoint", "keep_last", self.keep_last, 1, integer=True)
+        if not isinstance(self.export_best, bool):
+            raise ConfigError("checkpoint.export_best", f"{self.export_best!r} is not true or false")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine,
                                   Reporter, RunFailed, RunFinished, RunStarted, StepMetrics)
 from ftstudio.core.runs import open_run_dir
 from ftstudio.engine.sinks import MetricsWriter
+from ftstudio.engine.train.early_stop import BestTracker, EarlyStop
 from ftstudio.engine.data.collate import trained_items
 
 
@@ -50,6 +51,7 @@ class Trainer:
         self._lr_factor = 1.0
         self._first_eval: dict | None = None
         self._failed = False
+        self._best = BestTracker()       # replaced in _run by the run's metric, patience and export_best
 
     # ------------------------------------------------------------------------------------------------
     def run(self) -> RunFinished | RunFailed:
@@ -134,7 +136,10 @@ class Trainer:
         if cfg.memory.compile and not device.startswith("cuda"):
             self.report(LogLine("compile is for CUDA runs; training uncompiled on the CPU", "warning"))
 
-        # 1. Model description and data first: a bad dataset must fail before anything is written.
+        # 1. Model description and data first: a bad dataset (or a tracker that is not installed) must fail
+        # before anything is written.
+        from ftstudio.engine.trackers import check_trackers
+        check_trackers(cfg.train.report_to)
         info = models_mod.describe_model(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
         self._model_config = info.config
         # One full validation pass first, so that every problem (broken lines and bad fields alike) is
@@ -191,6 +196,7 @@ class Trainer:
         self.forgetting = Forgetting(cfg, model, tokenizer, task, prepared, device, numerics.autocast_dtype,
                                      self.report)
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
+        self._best = BestTracker.for_run(cfg, task, bool(prepared.val), self.report)
         sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general))
         if cfg.memory.optimizer_in_backward:
             from ftstudio.engine.train.speed import check_in_backward
@@ -217,15 +223,21 @@ class Trainer:
         if self.step == 0:
             self.forgetting.evaluate(model, 0)
 
-        status = self._loop(model, prepared, sched, device, numerics, scaler)
+        try:
+            status, stop_reason = self._loop(model, prepared, sched, device, numerics, scaler), ""
+        except EarlyStop as stop:  # patience ran out (train/early_stop.py): a finished run, ended early
+            status, stop_reason = "finished", str(stop)
+            self.report(LogLine(stop_reason))
 
-        # 4. End: final evaluation and export.
+        # 4. End: final evaluation (the early stop's evaluation was this step's) and export.
         eval_result = {}
         if status == "finished":
             if prepared.val:
-                eval_result = self._evaluate(model, prepared, device, numerics, task)
+                eval_result = (self._best.last_result if stop_reason else
+                               self._evaluate(model, prepared, device, numerics, task))
             self.forgetting.evaluate(model, self.step)
             self.forgetting.summary(self._first_eval, eval_result)
+            eval_result = self._best.restore_best(model, self.step, eval_result, self.report)  # export_best
         final_dir = None
         if status == "stopped":
             self._save_checkpoint(model, scaler)
@@ -233,7 +245,8 @@ class Trainer:
             final_dir = self._export(model, tokenizer)
         event = RunFinished(status=status, steps=self.step, train_loss=self._last_loss, eval=eval_result,
                             output_dir=str(self.run_dir), final_model=str(final_dir) if final_dir else None,
-                            elapsed_s=time.perf_counter() - t_setup)
+                            elapsed_s=time.perf_counter() - t_setup, stop_reason=stop_reason,
+                            best_step=self._best.best_step)
         self.report(event)
         return event
 
@@ -351,8 +364,9 @@ class Trainer:
         return model.to(device=device, dtype=numerics.param_dtype)
 
     def _open_metrics(self) -> None:
+        from ftstudio.engine.trackers import open_trackers
         self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
-        self.report = Fanout(self._metrics, self._user_reporter)
+        self.report = Fanout(self._metrics, *open_trackers(self.cfg, self.run_dir), self._user_reporter)
 
     def _plan_schedule(self, n_train: int, n_general: int):
         from ftstudio.engine.train.schedule import plan_schedule
@@ -388,6 +402,7 @@ class Trainer:
         if cfg.eval.eval_every and step % cfg.eval.eval_every == 0 and step < sched.total_steps:
             if prepared.val:
                 self._evaluate(model, prepared, device, numerics, prepared.task)
+                self._best.check_patience(step)  # raises EarlyStop out of the loop when patience ran out
             self.forgetting.evaluate(model, step)
         else:
             self.forgetting.maybe_drift(model, step)
@@ -426,8 +441,9 @@ class Trainer:
         from ftstudio.engine.train.evaluate import evaluate
         result = evaluate(model, prepared, device=device, autocast_dtype=numerics.autocast_dtype, task=task,
                           batch_size=self.cfg.train.batch_size, max_batches=self.cfg.eval.eval_batches)
-        self.report(EvalMetrics(step=self.step, **result))
         kept = {k: v for k, v in result.items() if v is not None}
+        best = self._best.update(self.step, kept, model)  # copies the weights when export_best keeps them
+        self.report(EvalMetrics(step=self.step, **result, best=best))
         self._first_eval = self._first_eval or kept
         return kept
 
