@@ -26,7 +26,8 @@ from ..theme import COLORS
 
 # Choices come from config.py; a field named there gets a combo box.
 CHOICES: dict[str, tuple[str, ...]] = C.FIELD_CHOICES
-EDITABLE_CHOICES = {"device": ("auto", "cpu", "cuda", "cuda:0", "cuda:1")}
+EDITABLE_CHOICES = {"device": ("auto", "cpu", "cuda", "cuda:0", "cuda:1"),
+                    "report_to": ("none", "tensorboard", "wandb", "mlflow", "tensorboard,wandb,mlflow")}
 NONE_INT = -1  # an optional int's spin box shows "None" at this value
 NO_PRESET = "(no preset matches: choose one)"
 
