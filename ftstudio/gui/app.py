@@ -6,7 +6,8 @@ when work starts, so the window appears in well under three seconds.
 
 --screenshot without --autostart saves the window once shown and quits; with --autostart --quit-when-done it
 saves the window when the run ends, then quits (exit 0 if the run finished). --screenshot-step N saves it
-mid-run at step N instead. After a run the event-loop stall figures (heartbeat) are printed.
+mid-run at step N instead. After a run its result line is printed, and with FTSTUDIO_STALL_DIAG=1 the
+event-loop stall figures (heartbeat).
 """
 from __future__ import annotations
 
@@ -129,9 +130,11 @@ def main(argv: list[str] | None = None) -> int:
             shoot()
 
     def on_finished(result) -> None:
-        print(win.heartbeat.summary())
-        if win.heartbeat.long_stalls:
-            print("stalls over 100 ms (s since start, ms):", win.heartbeat.long_stalls[:20])
+        print(win.status_text)
+        if stall_probe.enabled():  # the event-loop figures are a developer's diagnostic (FTSTUDIO_STALL_DIAG=1)
+            print(win.heartbeat.summary())
+            if win.heartbeat.long_stalls:
+                print("stalls over 100 ms (s since start, ms):", win.heartbeat.long_stalls[:20])
         if win.heartbeat.probe is not None:
             print(win.heartbeat.probe.summary())
             slow = getattr(type(app), "slow", [])

@@ -29,6 +29,21 @@ def short_name(group: str) -> str:
     return {"embeddings": "emb", "head": "head"}.get(group, group.replace("layer.", "L"))
 
 
+def depth_order(names) -> list[str]:
+    """Layer groups bottom → top: embeddings, the blocks by number (layer.2 before layer.10), then the head;
+    metrics read back from JSON may come in any order."""
+    def key(name: str) -> tuple[int, int, str]:
+        if name == "embeddings":
+            return (0, 0, name)
+        if name == "head":
+            return (3, 0, name)
+        if name.startswith("layer.") and name[6:].isdigit():
+            return (1, int(name[6:]), name)
+        return (2, 0, name)
+
+    return sorted(names, key=key)
+
+
 def _tick_labels(names: list[str], most: int = 10) -> list[tuple[float, str]]:
     """Every k-th group's name (the bottom and top always), so a 40-layer model's axis stays legible."""
     k = max(1, math.ceil(len(names) / most))
@@ -53,6 +68,10 @@ class DriftStrip(pg.PlotWidget):
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setColorMap(pg.colormap.get("viridis"))
         self.addItem(self.image)
+        self.colorbar = pg.ColorBarItem(values=(-6, -5), colorMap=pg.colormap.get("viridis"), width=12,
+                                        interactive=False, colorMapMenu=False)
+        self.colorbar.setImageItem(self.image, insert_in=self.getPlotItem())
+        self._log_ticks()
         self.empty = pg.TextItem("no drift yet:\nset drift_every, l2sp or ewc", anchor=(0.5, 0.5),
                                  color=COLORS["other"])
         self.addItem(self.empty)
@@ -64,12 +83,20 @@ class DriftStrip(pg.PlotWidget):
         self.dirty = False
         self.last_matrix: np.ndarray | None = None  # layers × columns, the drift values behind the colours
 
+    def _log_ticks(self) -> None:
+        """Label the colour bar in drift units (its values are log10 of the drift)."""
+        lo, hi = self.colorbar.levels()
+        n = max(1, int(math.floor(hi)) - int(math.ceil(lo)) + 1)
+        step = max(1, math.ceil(n / 4))
+        self.colorbar.axis.setTicks([[(float(v), f"1e{v}") for v in range(int(math.ceil(lo)), int(math.floor(hi)) + 1,
+                                                                          step)]])
+
     def add(self, step: int, layers: dict[str, float]) -> None:
         if not layers:
             return
-        for name in layers:
-            if name not in self.names:
-                self.names.append(name)  # the engine sends them bottom → top
+        new = [n for n in layers if n not in self.names]
+        if new:
+            self.names = depth_order(self.names + new)
         if self.steps and step <= self.steps[-1]:
             if step == self.steps[-1]:  # measured twice at one step (an evaluation and drift_every agree)
                 self.rows[-1] = dict(layers)
@@ -84,6 +111,10 @@ class DriftStrip(pg.PlotWidget):
         self.rows.clear()
         self.names.clear()
         self.image.clear()
+        self.last_matrix = None
+        self.getPlotItem().getAxis("left").setTicks(None)
+        self.setTitle("Drift from θ0 per layer", size="9pt")
+        self.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
         self.empty.setVisible(True)
         self.dirty = False
 
@@ -112,7 +143,10 @@ class DriftStrip(pg.PlotWidget):
         top = float(positive.max()) if positive.size else 1e-6
         floor = max(float(positive.min()) if positive.size else top / 10, top * 1e-4)
         logs = np.log10(np.clip(np.nan_to_num(m, nan=floor), floor, None))
-        self.image.setImage(logs, autoLevels=False, levels=(math.log10(floor), math.log10(top) + 1e-9))
+        levels = (math.log10(floor), math.log10(top) + 1e-9)
+        self.image.setImage(logs, autoLevels=False, levels=levels)
+        self.colorbar.setLevels(levels)
+        self._log_ticks()
         self.image.setRect(QRectF(x0, 0.0, width * m.shape[1], float(m.shape[0])))
         self.getPlotItem().getAxis("left").setTicks([[(i + 0.5, t) for i, t in _tick_labels(self.names)]])
         self.empty.setVisible(False)

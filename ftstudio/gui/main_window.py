@@ -44,6 +44,28 @@ def _warm_imports() -> None:
     import transformers  # noqa: F401
 
 
+def result_line(result) -> str:
+    """The status line at the end of a run: how it ended and its final metrics."""
+    if isinstance(result, RunFinished):
+        parts = [f"Run {result.status} after {result.steps} steps"]
+        if result.elapsed_s:
+            from .engine_access import fmt_duration
+            parts[0] += f" in {fmt_duration(result.elapsed_s)}"
+        if result.train_loss is not None:
+            parts.append(f"train loss {result.train_loss:.4f}")
+        ev = result.eval or {}
+        names = {"loss": "eval loss {:.4f}", "accuracy": "accuracy {:.1%}", "macro_f1": "macro-F1 {:.3f}",
+                 "perplexity": "perplexity {:.2f}"}
+        for key, fmt in names.items():
+            if isinstance(ev.get(key), (int, float)):
+                parts.append(fmt.format(ev[key]))
+        return ", ".join(parts) + "." + (f" Model: {result.final_model}" if result.final_model else "")
+    reason = getattr(result, "reason", "unknown")
+    step = getattr(result, "step", 0)
+    advice = getattr(result, "advice", "")
+    return f"Run failed{f' at step {step}' if step else ''}: {reason}" + (f" {advice}" if advice else "")
+
+
 class MainWindow(WindowMenusMixin, QMainWindow):
     runFinished = Signal(object)  # RunFinished | RunFailed, after the thread ended
     planUpdated = Signal(object)  # MemoryBreakdown
@@ -61,6 +83,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.model_info = None
         self.last_result = None
         self._requested_source: str | None = None  # the model source last sent to the model panel
+        self._start_when_checked = False  # Start pressed while the data was being checked
         from .worker import RunController
         self.runs = RunController(self)
         self.runs.done.connect(self._run_done)
@@ -109,7 +132,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.splitter = split
 
         controls = QHBoxLayout()
-        self.start_button = self._button("Start", "startButton", self.start_run, "Start training (Ctrl+R)")
+        self.start_button = self._button("Start", "startButton", self.start_clicked, "Start training (Ctrl+R)")
         self.pause_button = self._button("Pause", "pauseButton", self.toggle_pause, "Pause between steps / resume")
         self.stop_button = self._button("Stop", "stopButton", self.stop_run, "Stop after the current step")
         self.save_button = self._button("Save checkpoint now", "saveButton", self.save_now,
@@ -135,12 +158,14 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.model_panel.modelFailed.connect(self._model_failed)
         self.model_panel.trustChanged.connect(self._trust_changed)
         self.data_panel.reportReady.connect(self._data_checked)
+        self.data_panel.dataFailed.connect(self._data_failed)
         self.data_panel.datasetRequested.connect(self._dataset_requested)
         self.training_panel.configChanged.connect(self._config_changed)
         self.hardware_panel.targetChanged.connect(self._target_changed)
         self.hardware_panel.selectionChanged.connect(self._gpus_changed)
         self.monitor.memoryMeasured.connect(self.memory_bar.set_measured)
         self.monitor.eventsProcessed.connect(self._events_processed)
+        self.monitor.runStarted.connect(self._run_started)
         self.runs_tab.openRun.connect(self._open_run)
         self.runs_tab.resumeRun.connect(self._resume_run)
 
@@ -179,12 +204,17 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self._resolve_task()
         self._update_plan()
         self._remember("recentModels", info.source)
+        self._set_running(self.runs.running)
 
     @Slot(str)
     def _model_failed(self, message: str) -> None:
+        """The failed choice is not the model: no facts, no plan, and Start waits for a model that resolves
+        (the form still names the last good source, which must not train behind the user's back)."""
         self.model_info = None
+        self.plan = None
         self.training_panel.set_model_layers(None)
         self.memory_bar.set_unavailable(f"No memory plan: {message}")
+        self._set_running(self.runs.running)
 
     @Slot(bool)
     def _trust_changed(self, on: bool) -> None:
@@ -200,6 +230,16 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     def _data_checked(self, report) -> None:
         self.training_panel.set_train_rows(report.train_rows or None)
         self._resolve_task()
+        self._start_if_waiting()
+
+    @Slot(str)
+    def _data_failed(self, _message: str) -> None:
+        self._start_if_waiting()
+
+    def _start_if_waiting(self) -> None:
+        if self._start_when_checked and not self.checks_pending():
+            self._start_when_checked = False
+            self.start_run()  # checks the fresh report: a dataset with errors does not start
 
     @Slot(object, str)
     def _target_changed(self, _capacity, _label) -> None:
@@ -249,11 +289,25 @@ class MainWindow(WindowMenusMixin, QMainWindow):
 
     # -- run control ---------------------------------------------------------------------------
     @Slot()
+    def start_clicked(self) -> None:
+        """Start button and Run → Start: clicked(bool)/triggered(bool) must not reach ``resume_from``."""
+        self.start_run()
+
     def start_run(self, resume_from: str | None = None) -> bool:
+        if not isinstance(resume_from, str) or not resume_from:
+            resume_from = None
         if self.runs.running:
             return False
         if self.training_panel.error:
             self._status(f"Fix the config first: {self.training_panel.error}", error=True)
+            return False
+        if self.model_info is None:
+            why = self.model_panel.error or "the model is still being read"
+            self._status(f"Choose a model that loads first: {why}", error=True)
+            return False
+        if resume_from is None and self.checks_pending():
+            self._start_when_checked = True
+            self._status("Checking the data first; the run starts when the check passes.")
             return False
         if self.data_panel.error and resume_from is None:
             self._status(f"Fix the data first: {self.data_panel.error} (Model && data tab).", error=True)
@@ -268,8 +322,14 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.heartbeat.start()
         self.center.setCurrentWidget(self.monitor)
         self._set_running(True)
+        self.runs_tab.set_running(resume_from)
         self._status("Running… (loading the model and data)")
         return True
+
+    @Slot(object)
+    def _run_started(self, e) -> None:
+        self.runs_tab.set_running(e.run_dir)
+        self.runs_tab.refresh()  # the new run is listed (as running) while it trains
 
     @Slot(int)
     def _events_processed(self, _n: int) -> None:
@@ -319,25 +379,28 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.monitor.detach()
         self.last_result = result
         self._set_running(False)
-        hb = self.heartbeat.summary()
-        self.monitor.append_log(hb)
+        from . import stall_probe
+        if stall_probe.enabled():  # a diagnostic for developers, not a result
+            self.monitor.append_log(self.heartbeat.summary())
+        self._status(result_line(result), error=not isinstance(result, RunFinished))
         if isinstance(result, RunFinished):
-            self._status(f"Run {result.status} after {result.steps} steps. {hb}")
             task = self.monitor.started.task if self.monitor.started else None
             self.compare_tab.set_run(result.output_dir, self.config(), result.final_model, task)
-        else:
-            reason = getattr(result, "reason", "unknown")
-            self._status(f"Run failed: {reason} {getattr(result, 'advice', '')}", error=True)
+        self.runs_tab.set_running(None)
         self.runs_tab.refresh()
         self.runFinished.emit(result)
 
     def _set_running(self, running: bool) -> None:
-        self.start_button.setEnabled(not running)
+        """During a run the setup is read-only (the run holds its own copy of the config); Start needs a
+        model that resolved."""
+        self.start_button.setEnabled(not running and self.model_info is not None)
+        self.start_button.setToolTip("Start training (Ctrl+R)" if self.model_info is not None or running
+                                     else "Choose a model that loads first (Model && data tab).")
         for b in (self.pause_button, self.stop_button, self.save_button):
             b.setEnabled(running)
         self.pause_button.setText("Pause")
-        self.training_panel.setEnabled(not running)
-        self.model_panel.setEnabled(not running)
+        for panel in (self.training_panel, self.model_panel, self.data_panel, self.hardware_panel.table):
+            panel.setEnabled(not running)
 
     def _status(self, text: str, error: bool = False) -> None:
         """One line beside the buttons (elided; the whole text in the tooltip and, for errors, in the log)."""

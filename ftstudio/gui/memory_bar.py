@@ -10,11 +10,14 @@ so its total is printed beside it.
 """
 from __future__ import annotations
 
+import html
+
 from PySide6.QtCore import QRectF, Qt
 from PySide6.QtGui import QColor, QFont, QPainter, QPen
 from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
 
 from .engine_access import fmt_bytes
+from .panels import breakable
 from .theme import COLORS
 
 PARTS = ("weights", "gradients", "optimizer", "activations", "other")
@@ -157,6 +160,8 @@ class MemoryBar(QWidget):
         self.canvas = _BarCanvas(self)
         self.summary = QLabel("Memory plan: choose a model.")
         self.summary.setWordWrap(True)
+        # a long message (a missing model's path) wraps in the window's width instead of widening the window
+        self.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(4, 2, 4, 2)
@@ -181,7 +186,7 @@ class MemoryBar(QWidget):
         self.plan = self.advice = None
         self.textbook = None
         self.fits = True
-        self.summary.setText(message)
+        self.summary.setText(html.escape(breakable(message)))
         self.canvas.update()
 
     def set_measured(self, snapshot) -> None:

@@ -18,7 +18,22 @@ from ftstudio.core.runs import RunIndex, read_metrics
 
 from .worker import JobRunner
 
+COLUMNS = ("run", "model", "dataset", "status", "steps", "train loss", "eval loss", "accuracy", "started")
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def list_runs(root: str) -> list[tuple[object, float | None]]:
+    """The runs under ``root`` with each one's last validation accuracy (classifiers; None otherwise)."""
+    out = []
+    for s in RunIndex(root).refresh():
+        acc = None
+        for e in read_metrics(s.path):
+            if e.get("event") == "eval" and isinstance(e.get("accuracy"), (int, float)):
+                acc = float(e["accuracy"])
+            elif e.get("event") == "finished" and isinstance((e.get("eval") or {}).get("accuracy"), (int, float)):
+                acc = float(e["eval"]["accuracy"])
+        out.append((s, acc))
+    return out
 
 
 def load_curves(run_dirs: list[str]) -> dict[str, dict]:
@@ -43,6 +58,8 @@ class RunsTab(QWidget):
         self.root: str | None = None
         self.summaries: list = []
         self.curves: dict[str, dict] = {}
+        self.running_dir: str | None = None  # the run in progress: listed, never offered for Resume
+        self.accuracy: dict[str, float | None] = {}  # run folder → last validation accuracy
         self.jobs = JobRunner(jobs_pool, self)
         self.jobs.done.connect(self._job_done)
         self.jobs.failed.connect(self._job_failed)
@@ -68,8 +85,7 @@ class RunsTab(QWidget):
         split = QSplitter(Qt.Orientation.Vertical)
         self.table = QTreeWidget()
         self.table.setObjectName("runsTable")
-        self.table.setHeaderLabels(["run", "model", "dataset", "status", "steps", "train loss", "eval loss",
-                                    "started"])
+        self.table.setHeaderLabels(list(COLUMNS))
         self.table.setRootIsDecorated(False)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.table.itemSelectionChanged.connect(self._selection_changed)
@@ -94,13 +110,30 @@ class RunsTab(QWidget):
     def refresh(self) -> None:
         if self.root:
             root = self.root
-            self.jobs.submit(("list", root), lambda: RunIndex(root).refresh())
+            self.jobs.submit(("list", root), lambda: list_runs(root))
 
     def selected_dirs(self) -> list[str]:
         return [i.data(0, Qt.ItemDataRole.UserRole) for i in self.table.selectedItems()]
 
+    def set_running(self, run_dir: str | None) -> None:
+        """The folder of the run in progress (None when none): its row says so and Resume skips it."""
+        self.running_dir = str(Path(run_dir).resolve()) if run_dir else None
+        self._fill(self.summaries)
+        self._update_buttons()
+
+    def _is_running(self, path: str) -> bool:
+        return self.running_dir is not None and str(Path(path).resolve()) == self.running_dir
+
+    def _update_buttons(self) -> None:
+        dirs = self.selected_dirs()
+        running = bool(dirs) and self._is_running(dirs[0])
+        self.buttons["Resume"].setEnabled(bool(dirs) and not running)
+        self.buttons["Resume"].setToolTip("This run is in progress." if running else
+                                          "Continue the run from its newest complete checkpoint.")
+
     @Slot()
     def _selection_changed(self) -> None:
+        self._update_buttons()
         dirs = self.selected_dirs()[:8]
         self.jobs.submit(("curves", tuple(dirs)), lambda: load_curves(dirs))
 
@@ -109,8 +142,9 @@ class RunsTab(QWidget):
         if tag[0] == "list":
             if tag[1] != self.root:
                 return
-            self.summaries = result
-            self._fill(result)
+            self.summaries = [s for s, _ in result]
+            self.accuracy = {s.path: acc for s, acc in result}
+            self._fill(self.summaries)
             self.refreshed.emit(len(result))
         elif tag[0] == "curves" and list(tag[1]) == self.selected_dirs()[:8]:
             self.curves = result
@@ -122,17 +156,25 @@ class RunsTab(QWidget):
         self.root_label.setText(f"Cannot read runs: {exc}")
 
     def _fill(self, summaries) -> None:
+        selected = set(self.selected_dirs())
+        self.table.blockSignals(True)
         self.table.clear()
         for s in summaries:
             started = datetime.datetime.fromtimestamp(s.started).strftime("%Y-%m-%d %H:%M")
-            item = QTreeWidgetItem([s.name, Path(s.model).name or s.model, Path(s.dataset).name or s.dataset, s.status,
+            acc = self.accuracy.get(s.path)
+            status = "running" if self._is_running(s.path) else s.status
+            item = QTreeWidgetItem([s.name, Path(s.model).name or s.model, Path(s.dataset).name or s.dataset, status,
                                     str(s.steps), "–" if s.train_loss is None else f"{s.train_loss:.4f}",
-                                    "–" if s.eval_loss is None else f"{s.eval_loss:.4f}", started])
+                                    "–" if s.eval_loss is None else f"{s.eval_loss:.4f}",
+                                    "–" if acc is None else f"{acc:.1%}", started])
             item.setData(0, Qt.ItemDataRole.UserRole, s.path)
             item.setToolTip(0, s.path)
             self.table.addTopLevelItem(item)
-        for c in range(8):
+            item.setSelected(s.path in selected)
+        self.table.blockSignals(False)
+        for c in range(len(COLUMNS)):
             self.table.resizeColumnToContents(c)
+        self._update_buttons()
 
     def _draw(self, curves: dict) -> None:
         self.plot.clear()
@@ -156,7 +198,7 @@ class RunsTab(QWidget):
     @Slot()
     def _resume(self) -> None:
         dirs = self.selected_dirs()
-        if dirs:
+        if dirs and not self._is_running(dirs[0]):
             self.resumeRun.emit(dirs[0])
 
     @Slot()

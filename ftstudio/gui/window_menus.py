@@ -30,19 +30,21 @@ class WindowMenusMixin:
         m.addSeparator()
         self._action(m, "Quit", self.close, QKeySequence.StandardKey.Quit)
         m = self.menuBar().addMenu("&Run")
-        self._action(m, "Start", self.start_run, "Ctrl+R")
+        self._action(m, "Start", self.start_clicked, "Ctrl+R")
         self._action(m, "Pause / Resume", self.toggle_pause, "Ctrl+P")
         self._action(m, "Stop", self.stop_run, "Ctrl+.")
         self._action(m, "Save checkpoint now", self.save_now, "Ctrl+K")
         self._action(m, "Check data again", self.data_panel.check_now)
         m = self.menuBar().addMenu("&View")
-        group = QActionGroup(self)
+        group = QActionGroup(self)  # its triggered(QAction) names the action: sender() is None in a mixin slot
+        group.triggered.connect(self._theme_from_action)
         self.theme_actions = {}
         for theme in ("light", "dark"):
-            a = self._action(m, theme.capitalize(), self._theme_from_action)
+            a = QAction(theme.capitalize(), self)
             a.setCheckable(True)
             a.setData(theme)
             group.addAction(a)
+            m.addAction(a)
             self.theme_actions[theme] = a
         m = self.menuBar().addMenu("&Help")
         self._action(m, "The ideas behind FT Studio", self.show_ideas, QKeySequence.StandardKey.HelpContents)
@@ -124,9 +126,9 @@ class WindowMenusMixin:
         script.chmod(0o755)
         return script
 
-    @Slot()
-    def _theme_from_action(self) -> None:
-        self.set_theme(self.sender().data())
+    @Slot(QAction)
+    def _theme_from_action(self, action: QAction) -> None:
+        self.set_theme(str(action.data()))
 
     def set_theme(self, theme: str) -> None:
         apply_theme(theme, self)

@@ -1,8 +1,27 @@
 """The configuration panels on the left of the main window."""
 from __future__ import annotations
 
+import re
+
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QFormLayout, QLabel, QVBoxLayout
+from PySide6.QtWidgets import QFormLayout, QLabel, QSizePolicy, QVBoxLayout
+
+_BREAK_AFTER = re.compile(r"([/\\_.,:=-])(?=\S)")
+
+
+def breakable(text: str) -> str:
+    """``text`` with zero-width spaces after path separators and punctuation, so a QLabel can wrap a long path
+    or error message (it wraps only at spaces) instead of widening the whole form to fit it."""
+    return _BREAK_AFTER.sub("\\1\u200b", text)
+
+
+def wrapping_label(text: str = "") -> QLabel:
+    """A word-wrapped label that takes the width it is given and never asks for more."""
+    w = QLabel(text)
+    w.setWordWrap(True)
+    w.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    w.setMinimumWidth(60)
+    return w
 
 
 def add_fact_rows(lay: QVBoxLayout, rows: tuple[tuple[str, str], ...], status_name: str,
@@ -11,15 +30,13 @@ def add_fact_rows(lay: QVBoxLayout, rows: tuple[tuple[str, str], ...], status_na
     form = QFormLayout()
     fields: dict[str, QLabel] = {}
     for key, label in rows:
-        w = QLabel("–")
+        w = wrapping_label("–")
         if selectable:
             w.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        w.setWordWrap(True)
         fields[key] = w
         form.addRow(label + ":", w)
     lay.addLayout(form)
-    status = QLabel("")
+    status = wrapping_label("")
     status.setObjectName(status_name)
-    status.setWordWrap(True)
     lay.addWidget(status)
     return fields, status

@@ -11,7 +11,7 @@ from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGroupBox, QHB
                                QLineEdit, QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
 from ..engine_access import EngineMissing, engine, fmt_count
-from . import add_fact_rows
+from . import add_fact_rows, breakable
 from ..worker import JobRunner
 
 DEMO_LABEL = "Demo: all-MiniLM-L6-v2 (22M, bundled)"
@@ -168,6 +168,7 @@ class ModelPanel(QGroupBox):
             return  # the user chose another model meanwhile
         self.busy = False
         self.info, self.error = result, None
+        self.status.setStyleSheet("")
         self._show(result)
         self.status.setText("")
         if source != "demo" and source not in self.recent:
@@ -186,13 +187,17 @@ class ModelPanel(QGroupBox):
         self.busy = False
         self.info = None
         self.error = str(exc) if not isinstance(exc, EngineMissing) else f"Model inspection not available: {exc}"
-        self.status.setText(self.error)
+        for key, w in self.fields.items():  # the error replaces the facts: nothing of the last model stays
+            w.setText("–")
+            w.setStyleSheet("")
+        self.fields["source"].setText(breakable(source))
+        self.status.setText(breakable(f"Cannot use {source}: {self.error}"))
         self.status.setStyleSheet("color: #d62728;")
         self.modelFailed.emit(self.error)
 
     def _show(self, info) -> None:
         f = self.fields
-        f["source"].setText(f"{info.source} ({info.kind})" + (f"<br><small>{info.path}</small>" if info.path else ""))
+        f["source"].setText(f"{info.source} ({info.kind})" + (f"<br><small>{breakable(info.path)}</small>" if info.path else ""))
         f["architecture"].setText(f"{info.architecture} · {info.model_type}" + (" · encoder" if info.is_encoder else ""))
         exact = "" if getattr(info, "params_exact", True) else " (estimated)"
         f["params"].setText(f"{info.params:,}{exact}" if info.params else "unknown")

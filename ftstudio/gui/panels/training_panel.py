@@ -23,6 +23,8 @@ from ftstudio.engine.train.schedule import lr_curve
 
 from ..forgetting_views import LayerRateBars
 from ..theme import COLORS
+from .form_widgets import (ESSENTIALS, SECTION_TITLES, Collapsible, WheelSafeComboBox, WheelSafeSpinBox,
+                           readable)
 
 # Choices come from config.py; a field named there gets a combo box.
 CHOICES: dict[str, tuple[str, ...]] = C.FIELD_CHOICES
@@ -60,16 +62,16 @@ class FieldEditor:
             w = QCheckBox()
             w.toggled.connect(on_change)
         elif self.name in CHOICES:
-            w = QComboBox()
+            w = WheelSafeComboBox()
             w.addItems(list(CHOICES[self.name]))
             w.currentTextChanged.connect(on_change)
         elif self.name in EDITABLE_CHOICES:
-            w = QComboBox()
+            w = WheelSafeComboBox()
             w.setEditable(True)
             w.addItems(list(EDITABLE_CHOICES[self.name]))
             w.currentTextChanged.connect(on_change)
         elif self.kind == "int":
-            w = QSpinBox()
+            w = WheelSafeSpinBox()
             w.setRange(NONE_INT if self.optional else 0, 2**31 - 1)
             if self.optional:
                 w.setSpecialValueText("None")
@@ -180,39 +182,72 @@ class TrainingPanel(QWidget):
         self.lr_plot.setLabel("bottom", "step")
         self.lr_plot.showGrid(x=True, y=True, alpha=0.2)
         self.lr_curve = self.lr_plot.plot([], [], pen=pg.mkPen(COLORS["lr"], width=2))
-        lay.addWidget(self.lr_plot)
         self.error_label = QLabel("")
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet("color: #d62728;")
         lay.addWidget(self.error_label)
 
+        # By intent: the choices made every time first, then every other field in a collapsed group per
+        # section (generated from the dataclasses, so a new field appears by itself).
         form_host = QWidget()
         form_lay = QVBoxLayout(form_host)
         form_lay.setContentsMargins(0, 0, 0, 0)
         defaults = C.RunConfig()
+        essentials = QGroupBox("Essentials")
+        essentials.setObjectName("essentialsBox")
+        ess_form = QFormLayout(essentials)
+        ess_form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        form_lay.addWidget(essentials)
+        fields = {f.name: (section, f) for section, cls in C.SECTIONS.items() for f in dataclasses.fields(cls)}
+        self.essential_rows: list[str] = []
+        for leaf in ESSENTIALS:
+            if leaf in fields:
+                section, f = fields[leaf]
+                self._add_field(ess_form, section, f, defaults)
+                self.essential_rows.append(leaf)
+        form_lay.addWidget(self.lr_plot)  # the schedule right under the choices that shape it
+        self.groups: dict[str, Collapsible] = {}
         for section, cls in C.SECTIONS.items():
-            box = QGroupBox(section)
-            box.setToolTip(C.field_docs(C.RunConfig).get(section, ""))
-            form = QFormLayout(box)
-            form.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+            group = Collapsible(SECTION_TITLES.get(section, readable(section)))
+            group.setObjectName(f"group_{section}")
+            group.button.setToolTip(f"<b>{section}</b>: " + C.field_docs(C.RunConfig).get(section, ""))
             for f in dataclasses.fields(cls):
-                ed = FieldEditor(section, f, getattr(getattr(defaults, section), f.name), self._on_edit)
-                self.editors[f.name] = ed
-                label = QLabel(f.name)
-                label.setToolTip(ed.tooltip)
-                form.addRow(label, ed.widget)
+                if f.name in ESSENTIALS:
+                    continue
+                self._add_field(group.form, section, f, defaults)
                 if f.name == "layer_lr_decay":  # ULMFiT's rates drawn right under ξ
                     self.layer_bars = LayerRateBars()
                     self.layer_note = QLabel("")
                     self.layer_note.setWordWrap(True)
-                    form.addRow(self.layer_bars)
-                    form.addRow(self.layer_note)
-            form_lay.addWidget(box)
+                    group.form.addRow(self.layer_bars)
+                    group.form.addRow(self.layer_note)
+                    self.layer_group = group
+            if group.form.rowCount():
+                self.groups[section] = group
+                form_lay.addWidget(group)
         form_lay.addStretch(1)
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
         self.scroll.setWidget(form_host)
         lay.addWidget(self.scroll, 1)
+
+    def _add_field(self, form: QFormLayout, section: str, f: dataclasses.Field, defaults: C.RunConfig) -> None:
+        ed = FieldEditor(section, f, getattr(getattr(defaults, section), f.name), self._on_edit)
+        self.editors[f.name] = ed
+        label = QLabel(readable(f.name))
+        label.setObjectName(f"label_{f.name}")
+        label.setToolTip(ed.tooltip)
+        form.addRow(label, ed.widget)
+
+    def reveal(self, leaf: str) -> None:
+        """Expand the group that holds ``leaf`` and scroll it into view (advice's Apply, errors)."""
+        ed = self.editors.get(leaf)
+        if ed is None:
+            return
+        for group in self.groups.values():
+            if group.isAncestorOf(ed.widget):
+                group.set_expanded(True)
+        self.scroll.ensureWidgetVisible(ed.widget)
 
     # -- values --------------------------------------------------------------------------------
     def values(self) -> dict[str, dict]:
@@ -271,6 +306,8 @@ class TrainingPanel(QWidget):
     def _draw_layer_rates(self) -> None:
         xi, lr = self._config.optim.layer_lr_decay, self._config.optim.lr
         show = xi > 1.0 and bool(self.num_layers)
+        if show and not self.layer_bars.isVisibleTo(self):
+            self.layer_group.set_expanded(True)  # the bars are the point of setting ξ: show them
         self.layer_bars.setVisible(show)
         if show:
             self.layer_bars.show_rates(int(self.num_layers), xi, lr)
@@ -299,6 +336,9 @@ class TrainingPanel(QWidget):
             leaf = e.field.split(".")[-1]
             if leaf in self.editors:
                 self.editors[leaf].show_error(e.message)
+                for group in self.groups.values():  # a collapsed group must not hide the field at fault
+                    if group.isAncestorOf(self.editors[leaf].widget):
+                        group.set_expanded(True)
             self.error_label.setText(f"{e.field}: {e.message}")
             self.invalid.emit(self.error)
             return

@@ -1,0 +1,194 @@
+"""Issue 17, the window a researcher trusts: the theme menu, the wheel over the form, a failed model choice,
+Start's data check, the training form by intent, read-only setup during a run, the result in the status line,
+the drift strip's order, advice with Apply, CPU-only plans, classifier results and Compare's streaming."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("pytestqt")
+from PySide6.QtCore import QPoint, QPointF, QSettings, Qt  # noqa: E402
+from PySide6.QtGui import QWheelEvent  # noqa: E402
+from PySide6.QtWidgets import QApplication, QGroupBox, QLabel  # noqa: E402
+
+from ftstudio.core import config as C  # noqa: E402
+from ftstudio.core.events import DriftMetrics, EvalMetrics, RunFailed, RunFinished  # noqa: E402
+from test_gui import (lm_window, make_window, no_dangling_threads, wait_ready, write_broken_data,  # noqa: E402,F401
+                      write_lm_data)
+
+
+def wheel(widget, dy=-120):
+    """A wheel notch over ``widget`` (negative: scroll down), delivered as the window system would."""
+    pos = QPointF(widget.width() / 2, widget.height() / 2)
+    event = QWheelEvent(pos, widget.mapToGlobal(pos), QPoint(0, 0), QPoint(0, dy), Qt.MouseButton.NoButton,
+                        Qt.KeyboardModifier.NoModifier, Qt.ScrollPhase.NoScrollPhase, False)
+    QApplication.sendEvent(widget, event)
+
+
+# -- View → Dark / Light ------------------------------------------------------------------------------
+def test_view_menu_switches_the_theme_and_keeps_it(make_window, qtbot, tmp_path):
+    win = make_window()
+    assert win.theme == "light"
+    win.theme_actions["dark"].trigger()
+    assert win.theme == "dark" and win.theme_actions["dark"].isChecked()
+    assert QApplication.instance().palette().window().color().lightness() < 80
+    assert win.monitor.loss_plot.backgroundBrush().color().lightness() < 80
+    assert win.settings.value("theme") == "dark"
+    from ftstudio.gui.main_window import MainWindow  # a new window opens in the kept theme
+    again = MainWindow(settings=QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat))
+    qtbot.addWidget(again)
+    assert again.theme == "dark" and again.theme_actions["dark"].isChecked()
+    again.shutdown()
+    win.theme_actions["light"].trigger()
+    assert win.theme == "light" and QApplication.instance().palette().window().color().lightness() > 150
+
+
+# -- the mouse wheel scrolls the form ---------------------------------------------------------------
+def test_wheel_over_the_form_scrolls_it_and_changes_no_field(make_window, qtbot):
+    win = make_window()
+    win.left.setCurrentWidget(win.training_panel)
+    panel = win.training_panel
+    for g in panel.groups.values():
+        g.set_expanded(True)  # a long form, longer than the tab
+    qtbot.wait(50)
+    bar = panel.scroll.verticalScrollBar()
+    assert bar.maximum() > 0
+    seq, precision = panel.editors["seq_len"].widget, panel.editors["precision"].widget
+    before = (seq.value(), precision.currentText(), panel.config())
+    for w in (seq, precision, panel.editors["grad_accum"].widget, panel.editors["optimizer"].widget):
+        wheel(w)
+    assert (seq.value(), precision.currentText(), panel.config()) == before
+    assert bar.value() > 0  # the form scrolled instead
+    seq.setFocus()
+    qtbot.waitUntil(seq.hasFocus, timeout=2_000)
+    wheel(seq, dy=120)
+    assert seq.value() != before[0]  # a focused control still takes the wheel
+
+
+# -- a failed model choice ------------------------------------------------------------------------
+def test_failed_model_choice_clears_the_facts_and_disables_start(make_window, qtbot, tmp_path, tiny_llama):
+    win = make_window()
+    wait_ready(qtbot, win)
+    assert win.start_button.isEnabled()
+    missing = str(tmp_path / ("a_very_long_folder_name_without_spaces_" * 6) / "model")
+    width_before = win.left.width()
+    with qtbot.waitSignal(win.model_panel.modelFailed, timeout=30_000):
+        win.model_panel.choose(missing)
+    f = win.model_panel.fields
+    assert f["params"].text() == "–" and f["architecture"].text() == "–"  # not the demo's facts any more
+    assert win.model_info is None and not win.start_button.isEnabled()
+    assert win.start_run() is False and not win.runs.running
+    assert "Cannot use" in win.model_panel.status.text()
+    qtbot.wait(50)
+    assert win.width() == 1280 and win.left.width() <= width_before + 2  # the long error wraps in place
+    assert win.model_panel.status.sizeHint().width() < 600
+    with qtbot.waitSignal(win.model_panel.modelChanged, timeout=30_000):
+        win.model_panel.choose(str(tiny_llama))
+    assert win.start_button.isEnabled() and f["params"].text() != "–"
+
+
+# -- Start checks the data ------------------------------------------------------------------------
+def test_start_button_checks_the_data(make_window, qtbot, tiny_llama, tmp_path):
+    win = lm_window(make_window, tiny_llama, tmp_path, dataset=str(write_broken_data(tmp_path / "bad.jsonl")))
+    wait_ready(qtbot, win)
+    assert win.data_panel.error
+    qtbot.mouseClick(win.start_button, Qt.MouseButton.LeftButton)  # clicked(bool) passes False
+    assert not win.runs.running and "Fix the data" in win.status_text
+    start = next(a for a in win.menuBar().actions()[1].menu().actions() if a.text() == "Start")
+    start.trigger()
+    assert not win.runs.running
+
+
+def test_start_while_the_data_is_checked_waits_for_the_check(make_window, qtbot, tiny_llama, tmp_path):
+    win = lm_window(make_window, tiny_llama, tmp_path)
+    wait_ready(qtbot, win)
+    bad = str(write_broken_data(tmp_path / "bad.jsonl"))
+    win.training_panel.set_value("dataset", bad)
+    assert win.checks_pending()
+    assert win.start_run() is False and "Checking the data" in win.status_text
+    qtbot.waitUntil(lambda: not win.checks_pending(), timeout=60_000)
+    qtbot.wait(50)
+    assert not win.runs.running and "Fix the data" in win.status_text  # the check ran first, and said no
+
+
+# -- the training tab by intent -------------------------------------------------------------------
+def test_training_tab_puts_the_everyday_choices_first_in_words(make_window):
+    panel = make_window().training_panel
+    assert panel.essential_rows == ["lr", "epochs", "max_steps", "batch_size", "seq_len", "precision"]
+    ess = panel.findChild(QGroupBox, "essentialsBox")
+    for leaf in panel.essential_rows:
+        assert ess.isAncestorOf(panel.editors[leaf].widget)
+    assert all(not g.expanded for g in panel.groups.values())  # the rest collapsed
+    assert not panel.editors["beta2"].widget.isVisibleTo(panel)
+    label = panel.findChild(QLabel, "label_lr")
+    assert label.text() == "Learning rate" and "optim.lr" in label.toolTip()  # words; the field in the tooltip
+    assert panel.findChild(QLabel, "label_grad_accum").text() == "Gradient accumulation"
+    assert set(panel.editors) == set(C.LEAF_TO_SECTION)  # still every field
+    panel.editors["warmup_ratio"].widget.setText("2")  # an error in a collapsed group opens it
+    assert panel.groups["schedule"].expanded and panel.editors["warmup_ratio"].widget.isVisibleTo(panel)
+
+
+# -- during a run ---------------------------------------------------------------------------------
+def test_setup_is_read_only_during_a_run_and_runs_offers_no_resume_for_it(make_window, qtbot, tiny_llama,
+                                                                            tmp_path):
+    win = lm_window(make_window, tiny_llama, tmp_path, max_steps=100_000, eval_every=0, checkpoint_every=0)
+    wait_ready(qtbot, win)
+    assert win.start_run()
+    qtbot.waitUntil(lambda: win.monitor.counts["step"] >= 1, timeout=120_000)
+    assert not win.training_panel.isEnabled() and not win.data_panel.isEnabled()
+    assert not win.model_panel.isEnabled()
+    qtbot.waitUntil(lambda: bool(win.runs_tab.summaries), timeout=20_000)
+    table = win.runs_tab.table
+    item = table.topLevelItem(0)
+    assert item.text(3) == "running"
+    table.setCurrentItem(item)
+    assert not win.runs_tab.buttons["Resume"].isEnabled()
+    with qtbot.waitSignal(win.runFinished, timeout=60_000):
+        win.stop_run()
+    assert win.training_panel.isEnabled() and win.data_panel.isEnabled()
+    qtbot.waitUntil(lambda: table.topLevelItemCount() and table.topLevelItem(0).text(3) != "running",
+                    timeout=20_000)
+    table.setCurrentItem(table.topLevelItem(0))
+    assert win.runs_tab.buttons["Resume"].isEnabled()
+
+
+# -- the status line states the result ------------------------------------------------------------
+def test_status_line_states_the_result_with_its_metrics(make_window, capsys, monkeypatch):
+    from ftstudio.gui import stall_probe
+    monkeypatch.delenv(stall_probe.ENV, raising=False)
+    win = make_window()
+    win._run_done(RunFinished(status="finished", steps=54, train_loss=0.1234,
+                              eval={"loss": 0.2, "accuracy": 0.958, "macro_f1": 0.957}, elapsed_s=54))
+    text = win.status_text
+    assert text.startswith("Run finished after 54 steps") and "accuracy 95.8%" in text and "macro-F1 0.957" in text
+    assert "train loss 0.1234" in text and "stall" not in text and "heartbeat" not in text
+    assert "heartbeat" not in win.monitor.log.toPlainText()
+    win._run_done(RunFinished(status="stopped", steps=7, train_loss=1.5))
+    assert win.status_text.startswith("Run stopped after 7 steps") and "1.5000" in win.status_text
+    win._run_done(RunFailed(reason="CUDA out of memory", advice="Lower the batch size.", step=3))
+    assert win.status_text == "Run failed at step 3: CUDA out of memory Lower the batch size."
+    monkeypatch.setenv(stall_probe.ENV, "1")
+    win._run_done(RunFinished(status="finished", steps=1, train_loss=1.0))
+    assert "heartbeat" in win.monitor.log.toPlainText()
+
+
+# -- the drift strip ------------------------------------------------------------------------------
+def test_drift_strip_orders_layers_by_depth_clears_between_runs_and_has_a_colour_bar(make_window):
+    win = make_window()
+    m = win.monitor
+    sorted_keys = ["embeddings", "head", "layer.0", "layer.1", "layer.10", "layer.2"]  # as JSON sorts them
+    for step in (5, 10):
+        m.handle(DriftMetrics(step=step, layers={n: step * 1e-4 for n in sorted_keys}, total=step * 1e-4))
+    m._flush()
+    assert m.drift.names == ["embeddings", "layer.0", "layer.1", "layer.2", "layer.10", "head"]
+    ticks = [t for _, t in m.drift.getPlotItem().getAxis("left")._tickLevels[0]]
+    assert ticks[0] == "emb" and ticks[-1] == "head"
+    bar = m.drift.colorbar
+    lo, hi = bar.levels()
+    assert (lo, hi) == pytest.approx(m.drift.image.levels, abs=1e-6) and hi > lo
+    assert bar.axis._tickLevels and all(t.startswith("1e") for _, t in bar.axis._tickLevels[0])
+    m.reset()
+    assert m.drift.names == [] and m.drift.last_matrix is None and m.drift.image.image is None
+    assert m.drift.getPlotItem().getAxis("left")._tickLevels is None and "log colour" not in \
+        m.drift.getPlotItem().titleLabel.text
