@@ -13,7 +13,7 @@ from tiny import WORDS, make_tokenizer
 
 TOK = make_tokenizer()
 TOK_NT = make_tokenizer(with_chat_template=False)
-CFG = DataConfig(seq_len=128)
+CFG = DataConfig(seq_len=128, instruction_format="text")  # instruction rows as text here; chat-template: test_chat_render.py
 T, F = True, False
 
 

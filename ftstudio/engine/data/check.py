@@ -9,7 +9,8 @@ from pathlib import Path
 from ftstudio.core.errors import DataError, DataProblem
 from ftstudio.engine.data.formats import Validator, detect_format, resolve_columns
 from ftstudio.engine.data.prepare import build_rows, encode_rows, source_path
-from ftstudio.engine.data.render import IGNORE, TemplateError, encode_causal, encode_classification_batch
+from ftstudio.engine.data.render import (IGNORE, TemplateError, encode_causal, encode_classification_batch,
+                                         has_chat_template, uses_chat_template)
 
 
 @dataclass
@@ -28,6 +29,7 @@ class DataReport:
     truncated: int
     labels: list[str] | None
     problems: list[DataProblem]
+    rendering: str | None = None  # how rows reach the model: "chat template", "text (Alpaca prompt)", ...
 
     @property
     def errors(self) -> list[DataProblem]:
@@ -53,7 +55,8 @@ class DataReport:
                 "trainable_tokens": self.trainable_tokens, "truncated": self.truncated,
                 "lengths": self.length_stats(), "labels": self.labels, "ok": self.ok,
                 "errors": [p.to_dict() for p in self.errors],
-                "warnings": [p.to_dict() for p in self.problems if p.severity != "error"]}
+                "warnings": [p.to_dict() for p in self.problems if p.severity != "error"],
+                "rendering": self.rendering}
 
 
 def _load_tokenizer(tokenizer):
@@ -83,14 +86,18 @@ def check_data(cfg, tokenizer=None, *, task: str | None = None, seed: int = 42) 
     truncated = 0
     if tokenizer is not None and built.train.norms:
         tok = _load_tokenizer(tokenizer)
-        encs = [e for part in (built.train, built.val) for _, e in encode_rows(built, part, tok, cfg.seq_len)]
+        encs = [e for part in (built.train, built.val)
+                for _, e in encode_rows(built, part, tok, cfg.seq_len, cfg.instruction_format)]
         lengths = [e.full_length for e in encs]
         tokens = sum(len(e.input_ids) for e in encs)
         trainable = tokens if built.task == "classification" else sum(e.trainable for e in encs)
         truncated = sum(e.truncated for e in encs)
-    return DataReport(built.train.path, built.format, built.task, len(built.train.norms) + len(built.val.norms),
+    report = DataReport(built.train.path, built.format, built.task, len(built.train.norms) + len(built.val.norms),
                       len(built.train.norms), len(built.val.norms), tokens, trainable, lengths, truncated,
                       built.label_names, built.problems)
+    if tokenizer is not None and built.task == "causal-lm":
+        report.rendering = rendering(built.format, _load_tokenizer(tokenizer), cfg.instruction_format)
+    return report
 
 
 def _token_texts(tokenizer, ids: list[int]) -> list[str]:
@@ -103,6 +110,17 @@ def _token_texts(tokenizer, ids: list[int]) -> list[str]:
         out.append(cur[len(prev):])
         prev = cur
     return out
+
+
+def rendering(fmt: str, tokenizer, instruction_format: str = "auto") -> str:
+    """How rows of ``fmt`` reach this tokenizer's model, in words (check-data and the GUI say it)."""
+    if fmt in ("chat", "sharegpt"):
+        return "chat template" if has_chat_template(tokenizer) else "fallback chat template (saved with the export)"
+    if fmt in ("alpaca", "prompt-completion"):
+        if uses_chat_template(tokenizer, instruction_format):
+            return "chat template" if has_chat_template(tokenizer) else "fallback chat template (saved with the export)"
+        return "text (Alpaca prompt)" if fmt == "alpaca" else "text (prompt + completion)"
+    return "text"
 
 
 def render_example(record: dict, fmt: str, tokenizer, cfg, *, task: str | None = None) -> list[tuple[str, bool]]:
@@ -125,7 +143,7 @@ def render_example(record: dict, fmt: str, tokenizer, cfg, *, task: str | None =
         enc = encode_classification_batch([norm["text"]], tokenizer, cfg.seq_len)[0]
         return [(t, False) for t in _token_texts(tokenizer, enc.input_ids)] + [(f" → {norm.get('label')}", True)]
     try:
-        enc = encode_causal(norm, tokenizer, cfg.seq_len)
+        enc = encode_causal(norm, tokenizer, cfg.seq_len, cfg.instruction_format)
     except TemplateError as e:
         raise DataError("<preview>", 1, "messages", str(e)) from e
     return list(zip(_token_texts(tokenizer, enc.input_ids), (lab != IGNORE for lab in enc.labels)))

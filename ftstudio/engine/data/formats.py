@@ -142,7 +142,7 @@ class Validator:
     def _prompt_completion(self, rec, row):
         p = self._string(rec, "prompt", row, allow_empty=True)
         c = self._string(rec, "completion", row)
-        return None if p is None or c is None else {"prompt": p, "completion": c}
+        return None if p is None or c is None else {"prompt": p, "completion": c, "user": p}
 
     def _alpaca(self, rec, row):
         ins = self._string(rec, "instruction", row)
@@ -152,7 +152,9 @@ class Validator:
             return None
         prompt = ALPACA_PROMPT.format(ctx=", paired with an input that provides further context" if inp.strip()
                                       else "", instruction=ins, input=f"### Input:\n{inp}\n\n" if inp.strip() else "")
-        return {"prompt": prompt, "completion": out}
+        # The chat-template rendering (data.instruction_format) sends the instruction and its input as the user turn.
+        user = f"{ins}\n\n{inp}" if inp.strip() else ins
+        return {"prompt": prompt, "completion": out, "user": user}
 
     def _turns(self, rec, row, key: str):
         if key not in rec:
@@ -189,23 +191,68 @@ class Validator:
                 self.bad(row, where, f"expected an object with 'role' and 'content', got {_kind(m)}")
                 ok = False
                 continue
-            extra = sorted(set(m) - MESSAGE_KEYS, key=str)
-            if extra:
-                self.bad(row, f"{where}.{extra[0]}", f"unexpected field {extra[0]!r}"
-                         f"{_suggest(extra[0], MESSAGE_KEYS)}; a message has role and content")
-                ok = False
             role = self._string(m, "role", row, where=f"{where}.role")
             if role is not None and role not in ROLES:
                 self.bad(row, f"{where}.role", f"unknown role {role!r}{_suggest(role, ROLES)}; "
                                                f"use one of {', '.join(ROLES)}")
                 role = None
-            content = self._string(m, "content", row, allow_empty=role != "assistant",
-                                   where=f"{where}.content")
+            content = self._content(m, row, where, role)
             if role is None or content is None:
                 ok = False
                 continue
-            msgs.append({"role": role, "content": content})
-        return self._finish_chat(msgs if ok else None, row, "messages")
+            msg = {"role": role, "content": content}
+            for key in ("name", "tool_calls", "tool_call_id", "reasoning_content"):
+                if m.get(key) is not None:
+                    msg[key] = m[key]
+            if m.get("thinking") is not None and "reasoning_content" not in msg:
+                msg["reasoning_content"] = m["thinking"]  # the other common spelling of the same field
+            weight = m.get("weight", 1)
+            if weight not in (0, 1) or isinstance(weight, bool):
+                self.bad(row, f"{where}.weight", f"weight must be 0 (not trained) or 1, got {weight!r}")
+                ok = False
+                continue
+            if weight == 0:
+                msg["weight"] = 0
+            unused = sorted(set(m) - MESSAGE_KEYS, key=str)
+            if unused:
+                self.bad(row, f"{where}.{unused[0]}", f"field{'s' if len(unused) > 1 else ''} "
+                         f"{', '.join(map(repr, unused))} not used (a message has {', '.join(sorted(MESSAGE_KEYS))})"
+                         f"{_suggest(unused[0], MESSAGE_KEYS)}; ignored", "warning")
+            msgs.append(msg)
+        out = self._finish_chat(msgs if ok else None, row, "messages")
+        tools = rec.get("tools")
+        if out is not None and tools is not None:
+            if isinstance(tools, list) and all(isinstance(t, dict) for t in tools):
+                out["tools"] = tools
+            else:
+                self.bad(row, "tools", f"expected a list of tool definitions (objects), got {_kind(tools)}")
+                return None
+        return out
+
+    def _content(self, m: dict, row: int, where: str, role):
+        """A message's text: a string, or OpenAI's list of parts whose text parts are joined. An assistant turn
+        that only calls tools may have none."""
+        v = m.get("content")
+        if isinstance(v, list):
+            texts = []
+            for j, part in enumerate(v):
+                if isinstance(part, str):
+                    texts.append(part)
+                elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+                    texts.append(part["text"])
+                else:
+                    kind = part.get("type") if isinstance(part, dict) else _kind(part)
+                    self.bad(row, f"{where}.content[{j}]", f"a {kind!r} part cannot be trained on by a text "
+                                                          "model; give text parts only")
+                    return None
+            v = "".join(texts)
+            if role == "assistant" and not v.strip() and not m.get("tool_calls"):
+                self.bad(row, f"{where}.content", "text is empty")
+                return None
+            return v
+        if role == "assistant" and m.get("tool_calls") and v in (None, ""):
+            return ""
+        return self._string(m, "content", row, allow_empty=role != "assistant", where=f"{where}.content")
 
     def _sharegpt(self, rec, row):
         turns = self._turns(rec, row, "conversations")

@@ -126,7 +126,8 @@ def build_rows(cfg, task: str | None, seed: int) -> _Built:
     return built
 
 
-def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int) -> list[tuple[int, Encoded]]:
+def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
+                instruction_format: str = "auto") -> list[tuple[int, Encoded]]:
     """(row, Encoded) for each usable row; template refusals and rows with nothing to train become problems."""
     out: list[tuple[int, Encoded]] = []
     if built.task == "classification":
@@ -134,7 +135,7 @@ def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int) -> list[tup
         return list(zip(part.rows, encs))
     for norm, row in zip(part.norms, part.rows):
         try:
-            enc = encode_causal(norm, tokenizer, seq_len)
+            enc = encode_causal(norm, tokenizer, seq_len, instruction_format)
         except TemplateError as e:
             built.problems.append(DataProblem(part.path, row, "messages", str(e)))
             continue
@@ -169,8 +170,8 @@ def prepare_data(cfg, tokenizer, *, task: str, seed: int) -> PreparedData:
     """Load, validate, split and tokenise; raise DataError listing every problem if any is an error."""
     built = build_rows(cfg, task, seed)
     _raise_errors(built.problems)
-    train_enc = encode_rows(built, built.train, tokenizer, cfg.seq_len)
-    val_enc = encode_rows(built, built.val, tokenizer, cfg.seq_len)
+    train_enc = encode_rows(built, built.train, tokenizer, cfg.seq_len, cfg.instruction_format)
+    val_enc = encode_rows(built, built.val, tokenizer, cfg.seq_len, cfg.instruction_format)
     _raise_errors(built.problems)
     if not train_enc:
         raise DataError(built.train.path, None, None, "no training rows left after tokenisation")

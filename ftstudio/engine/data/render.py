@@ -45,37 +45,77 @@ def chat_template(tokenizer) -> str:
     return getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
 
 
-def _render(tokenizer, messages, gen: bool) -> str:
+def has_chat_template(tokenizer) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def uses_chat_template(tokenizer, instruction_format: str) -> bool:
+    """Whether alpaca and prompt/completion rows go through the chat template (``data.instruction_format``)."""
+    if instruction_format == "auto":
+        return has_chat_template(tokenizer)
+    return instruction_format == "chat-template"
+
+
+# What a message may carry into the template: the OpenAI fields templates read. ``weight`` is ours (not the
+# template's): 0 keeps an assistant turn out of the loss.
+TEMPLATE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "reasoning_content")
+
+
+def _render(tokenizer, messages, gen: bool, tools=None) -> str:
+    msgs = [{k: m[k] for k in TEMPLATE_KEYS if k in m} for m in messages]
+    kw = {"tools": tools} if tools else {}
     try:
-        out = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=gen,
-                                            chat_template=chat_template(tokenizer))
+        out = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen,
+                                            chat_template=chat_template(tokenizer), **kw)
     except Exception as e:  # jinja's raise_exception and template bugs alike
         raise TemplateError(f"the chat template refused this conversation: {str(e).splitlines()[0][:200]}") from e
     return out if isinstance(out, str) else out[0]
 
 
-def render_chat(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered chat and the character spans of the assistant turns (each with its end-of-turn marker).
+def end_of_turn(tokenizer) -> str:
+    """The text the chat template writes right after an assistant turn's content (``<|im_end|>``, ``<|eot_id|>``,
+    ``<end_of_turn>``, the fallback's EOS), found by rendering a probe conversation; "" when there is none."""
+    probe = [{"role": "user", "content": "Zq"}, {"role": "assistant", "content": "Xj"}]
+    try:
+        text = _render(tokenizer, probe, gen=False)
+    except TemplateError:
+        return ""
+    i = text.rfind("Xj")
+    return text[i + 2:].strip() if i >= 0 else ""
+
+
+def render_chat(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered chat and the character spans of the trained assistant turns, each with its end-of-turn
+    marker (a turn with ``weight: 0`` is rendered but not trained).
 
     A turn's span runs from the end of the conversation rendered up to it with the generation prompt, to the
-    end of the conversation rendered through it. Templates that rewrite earlier turns (so those renderings are
-    not prefixes of the whole) fall back to finding the turn's content in the text.
+    end of the conversation rendered through it. Templates that rewrite earlier turns (Qwen3 drops the
+    reasoning of past turns, so those renderings are not prefixes of the whole) fall back to finding the turn's
+    content in the text, and the end-of-turn marker that follows it is added to the span: the model must learn
+    to stop there too.
     """
-    text = _render(tokenizer, messages, gen=False)
+    text = _render(tokenizer, messages, gen=False, tools=tools)
+    eot = None
     spans, cursor = [], 0
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = len(_render(tokenizer, messages[:i], gen=True)) if i else 0
-        through = _render(tokenizer, messages[: i + 1], gen=False)
+        start = len(_render(tokenizer, messages[:i], gen=True, tools=tools)) if i else 0
+        through = _render(tokenizer, messages[: i + 1], gen=False, tools=tools)
         end = len(through)
         if start < cursor or end <= start or not text.startswith(through):
-            found = text.find(m["content"], cursor)
+            content = m.get("content") or ""
+            found = text.find(content, cursor) if content else -1
             if found < 0:
                 raise TemplateError(f"the chat template dropped assistant turn {i + 1}; cannot mask it")
-            start, end = found, found + len(m["content"])
-        spans.append((start, end))
+            start, end = found, found + len(content)
+            eot = end_of_turn(tokenizer) if eot is None else eot
+            rest = text[end:]
+            if eot and rest.lstrip().startswith(eot):
+                end += len(rest) - len(rest.lstrip()) + len(eot)
         cursor = end
+        if m.get("weight", 1) != 0:
+            spans.append((start, end))
     return text, spans
 
 
@@ -102,8 +142,11 @@ def encode_spans(tokenizer, text: str, spans, *, add_special: bool, add_eos: boo
                 getattr(tokenizer, "add_bos_token", False):
             ids, keep = [tokenizer.bos_token_id] + ids, [False] + keep
     eos = getattr(tokenizer, "eos_token_id", None)
-    if add_eos and eos is not None and (not ids or ids[-1] != eos):
-        ids, keep = ids + [eos], keep + [True]  # the model learns to stop after a completion
+    if add_eos and eos is not None:
+        if ids and ids[-1] == eos:
+            keep[-1] = True  # a tokenizer that appends EOS itself marks it special: it is still the stop to learn
+        else:
+            ids, keep = ids + [eos], keep + [True]  # the model learns to stop after a completion
     labels = [t if k else IGNORE for t, k in zip(ids, keep)]
     if labels:
         labels[0] = IGNORE  # no position predicts the first token
@@ -111,10 +154,15 @@ def encode_spans(tokenizer, text: str, spans, *, add_special: bool, add_eos: boo
     return Encoded(ids[:seq_len], labels[:seq_len], full)
 
 
-def encode_causal(norm: dict, tokenizer, seq_len: int) -> Encoded:
-    """One normal-form row (text / prompt-completion / messages) for a causal LM."""
+def encode_causal(norm: dict, tokenizer, seq_len: int, instruction_format: str = "auto") -> Encoded:
+    """One normal-form row (text / prompt-completion / messages) for a causal LM. Instruction rows (alpaca,
+    prompt/completion) become a user and an assistant turn of the chat template when ``instruction_format``
+    says so (:func:`uses_chat_template`), else plain text ending with EOS."""
+    if "completion" in norm and "messages" not in norm and uses_chat_template(tokenizer, instruction_format):
+        norm = {"messages": [{"role": "user", "content": norm.get("user", norm["prompt"])},
+                             {"role": "assistant", "content": norm["completion"]}]}
     if "messages" in norm:
-        text, spans = render_chat(tokenizer, norm["messages"])
+        text, spans = render_chat(tokenizer, norm["messages"], tools=norm.get("tools"))
         # The template writes BOS itself when the model wants one; adding special tokens would double it.
         return encode_spans(tokenizer, text, spans, add_special=False, add_eos=False, seq_len=seq_len)
     if "completion" in norm:
