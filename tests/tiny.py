@@ -86,3 +86,53 @@ def save_tiny_bert(path: str | Path, *, layers: int = 2, hidden: int = 32, seed:
     BertModel(cfg).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+CHATML_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def make_bpe_tokenizer(*, eos: str = "<|im_end|>", chat_template: str | None = CHATML_TEMPLATE):
+    """A byte-level BPE tokenizer (GPT-2 style, as SmolLM2 and Qwen2 have), trained here on WORDS."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = " ".join(WORDS)
+    tok.train_from_iterator([text, text.upper(), "user assistant system\n" * 3], trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=None, eos_token=eos, pad_token="<|endoftext|>",
+                                   unk_token=None)
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
+def save_tiny_causal_bpe(path: str | Path, arch: str = "llama", *, seed: int = 0, tie: bool = False,
+                         eos: str = "<|im_end|>") -> Path:
+    """A tiny Llama or Qwen2 with the byte-level BPE tokenizer above (what GGUF export writes)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    path = Path(path)
+    tok = make_bpe_tokenizer(eos=eos)
+    common = dict(vocab_size=len(tok) + 3, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=tie)
+    cfg, cls = ((LlamaConfig(**common), LlamaForCausalLM) if arch == "llama"
+                else (Qwen2Config(**common), Qwen2ForCausalLM))
+    torch.manual_seed(seed)
+    model = cls(cfg)
+    with torch.no_grad():  # larger than the default init, so logits differ clearly between tokens
+        for p in model.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.2)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
