@@ -27,6 +27,7 @@ class WindowMenusMixin:
         self._action(m, "Save config YAML…", self.save_config_dialog, QKeySequence.StandardKey.Save)
         self._action(m, "Copy CLI command", self.copy_cli_command, "Ctrl+Shift+C")
         self._action(m, "Export launch script…", self.export_launch_dialog)
+        self._action(m, "Export GGUF…", self.export_gguf_dialog)
         m.addSeparator()
         self._action(m, "Quit", self.close, QKeySequence.StandardKey.Quit)
         m = self.menuBar().addMenu("&Run")
@@ -125,6 +126,47 @@ class WindowMenusMixin:
         script.write_text(text, encoding="utf-8")
         script.chmod(0o755)
         return script
+
+    @Slot()
+    def export_gguf_dialog(self) -> None:
+        """A run folder (its final/) or a model folder, the tensor type, then the file; written on a pool thread."""
+        from pathlib import Path
+
+        from PySide6.QtWidgets import QInputDialog
+
+        source = QFileDialog.getExistingDirectory(self, "Export GGUF: choose a run folder (or a model folder)",
+                                                  self.config().train.output)
+        if not source:
+            return
+        kind, ok = QInputDialog.getItem(self, "Export GGUF", "Tensor type (f16 matches final/, q8_0 is half the "
+                                        "size):", ["f16", "bf16", "q8_0"], 0, False)
+        if not ok:
+            return
+        out, _ = QFileDialog.getSaveFileName(self, "Save the GGUF file for llama.cpp / Ollama",
+                                             str(Path(source) / f"{Path(source).name}-{kind}.gguf"), "GGUF (*.gguf)")
+        if out:
+            self.export_gguf(source, out, kind)
+
+    def export_gguf(self, source: str, out: str, kind: str = "f16") -> None:
+        """Start the export (`ftstudio export SOURCE --gguf OUT --gguf-type KIND`); the status line tells the end."""
+        from .engine_access import engine
+        from .worker import JobRunner
+
+        if getattr(self, "_gguf_jobs", None) is None:
+            self._gguf_jobs = JobRunner(self.pool, self)
+            self._gguf_jobs.done.connect(self._gguf_done)
+            self._gguf_jobs.failed.connect(self._gguf_failed)
+        export = engine("models.gguf_export", "export_gguf").export_gguf
+        self._status(f"Exporting {source} as GGUF ({kind})…")
+        self._gguf_jobs.submit("gguf", lambda: export(source, out, kind))
+
+    @Slot(object, object)
+    def _gguf_done(self, _tag, result) -> None:
+        self._status(" ".join([result.summary(), *(f"Note: {w}." for w in result.warnings)]))
+
+    @Slot(object, object)
+    def _gguf_failed(self, _tag, exc) -> None:
+        self._status(f"GGUF export failed: {exc}", error=True)
 
     @Slot(QAction)
     def _theme_from_action(self, action: QAction) -> None:
