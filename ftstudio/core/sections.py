@@ -24,12 +24,14 @@ ANCHOR_PLACES = ("gpu", "bf16", "cpu")
 ATTENTIONS = ("auto", "sdpa", "flex_attention", "eager")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 INSTRUCTION_FORMATS = ("auto", "chat-template", "text")
+EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")
 METRICS = ("loss", "accuracy", "macro_f1")
 # Leaf name → allowed values: the CLI's argparse choices and the GUI's combo boxes both read this.
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS, "format": FORMATS, "schedule": SCHEDULES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
     "bf16_rounding": BF16_ROUNDINGS, "loss": LOSSES, "nonfinite": NONFINITE_POLICIES, "l2sp_anchor": ANCHOR_PLACES,
     "attention": ATTENTIONS, "metric": METRICS, "instruction_format": INSTRUCTION_FORMATS,
+    "export_dtype": EXPORT_DTYPES,
 }
 
 
@@ -280,12 +282,15 @@ class CheckpointConfig:
     """Keep only the newest K checkpoints (older ones are deleted after a new one is complete)."""
     export: bool = True
     """Write final/ with save_pretrained (safetensors) and the tokenizer at the end of the run."""
+    export_dtype: str = "auto"
+    """Weight dtype of final/: "auto" keeps the dtype the base model was stored in (a bf16 checkpoint trained with bf16-mixed exports bf16, half the size of fp32), or float32, bfloat16, float16."""
     export_best: bool = False
     """Export the weights of the best evaluation (by eval.metric) instead of the last ones; the best weights are copied to host memory at each improvement (one copy of the weights in RAM, checked by the memory plan). One device only."""
 
     def __post_init__(self) -> None:
         _check_range("checkpoint", "checkpoint_every", self.checkpoint_every, 0, integer=True)
         _check_range("checkpoint", "keep_last", self.keep_last, 1, integer=True)
+        _check_choice("checkpoint", "export_dtype", self.export_dtype, EXPORT_DTYPES)
         if not isinstance(self.export_best, bool):
             raise ConfigError("checkpoint.export_best", f"{self.export_best!r} is not true or false")
 

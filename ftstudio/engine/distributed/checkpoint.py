@@ -99,13 +99,13 @@ def load_sharded(path: str | Path, *, model, optimizer=None, scheduler=None, sca
                       extra=state.get("extra", {}))
 
 
-def export_full(model, tokenizer, final: Path, *, arch_name: str | None, group=None) -> None:
+def export_full(model, tokenizer, final: Path, *, arch_name: str | None, group=None, **options) -> None:
     """Collective: gather the full weights onto rank 0's CPU and write a normal ``save_pretrained`` folder."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if _rank() == 0:
-        save_final(model, tokenizer, final, state_dict=full, architecture=arch_name)
+        save_final(model, tokenizer, final, state_dict=full, architecture=arch_name, **options)
     del full
     dist.barrier(group=group)

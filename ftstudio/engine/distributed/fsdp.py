@@ -249,7 +249,8 @@ class FSDPTrainer(Trainer):
     def _export(self, model, tokenizer) -> Path:
         from ftstudio.engine.distributed.checkpoint import export_full
         final = self.run_dir / "final"
-        export_full(model, tokenizer, final, arch_name=self._arch_name, group=self._cpu_group)
+        export_full(model, tokenizer, final, arch_name=self._arch_name, group=self._cpu_group,
+                    **self._export_options)
         self.report(LogLine(f"Exported the fine-tuned model to {final}"))
         return final
 

@@ -122,10 +122,10 @@ class Trainer:
 
         from ftstudio.engine import data as data_mod
         from ftstudio.engine import models as models_mod
+        from ftstudio.engine.models.export import export_options
         from ftstudio.engine.train.checkpoint import latest_checkpoint
         from ftstudio.engine.train.numerics import pick_numerics
         from ftstudio.engine.train.optim import build_optimizer
-        from ftstudio.engine.train.schedule import build_scheduler
 
         cfg = self.cfg
         t_setup = time.perf_counter()
@@ -169,6 +169,7 @@ class Trainer:
         loaded = models_mod.load_model(cfg.model, task=task, num_labels=len(labels) if labels else None,
                                        id2label=id2label, tokenizer=tokenizer)
         model = loaded.model
+        self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
         if loaded.new_params:
             self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
         self._choose_attention(model, prepared, device)
@@ -203,7 +204,7 @@ class Trainer:
             check_in_backward(numerics.precision)
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0],
                                          in_backward=cfg.memory.optimizer_in_backward)
-        self.scheduler = build_scheduler(self.optimizer, sched.total_steps, cfg.schedule)
+        self.scheduler = self._build_scheduler(sched.total_steps)
         scaler = torch.amp.GradScaler("cuda", enabled=numerics.grad_scaler)
 
         if self.resume_from is not None:
@@ -372,6 +373,10 @@ class Trainer:
         from ftstudio.engine.train.schedule import plan_schedule
         return plan_schedule(self.cfg, n_train, n_general)
 
+    def _build_scheduler(self, total_steps: int):  # the LR range test (train/lr_find.py) sweeps the LR instead
+        from ftstudio.engine.train.schedule import build_scheduler
+        return build_scheduler(self.optimizer, total_steps, self.cfg.schedule)
+
     def _load_checkpoint(self, ckpt, model, scaler, *, restore_rng: bool = True):
         from ftstudio.engine.train.checkpoint import load_checkpoint
         return load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
@@ -463,7 +468,7 @@ class Trainer:
 
     def _export(self, model, tokenizer) -> Path:
         from ftstudio.engine.models.export import save_final
-        final = save_final(model, tokenizer, self.run_dir / "final")
+        final = save_final(model, tokenizer, self.run_dir / "final", **self._export_options)
         self.report(LogLine(f"Exported the fine-tuned model to {final}"))
         return final
 
