@@ -12,11 +12,11 @@ import sys
 from ftstudio import __version__
 from ftstudio.core.streams import guard_windowed_streams
 
-VERBS = ("train", "estimate", "check-data", "gpus", "launch-script", "export", "gui")
+VERBS = ("train", "estimate", "check-data", "gpus", "launch-script", "export", "lr-find", "sweep", "gui")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import check_data, estimate, export, gpus, launch_script, train
+    from . import check_data, estimate, export, gpus, launch_script, lr_find, sweep, train
 
     parser = argparse.ArgumentParser(prog="ftstudio", description="Full fine-tuning of pre-trained transformers. "
                                      "With no verb, opens the desktop app.")
@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     check_data.add_parser(sub)
     gpus.add_parser(sub)
     launch_script.add_parser(sub)
+    lr_find.add_parser(sub)
+    sweep.add_parser(sub)
     export.add_parser(sub)
     g = sub.add_parser("gui", help="open the desktop app (the default)", add_help=False)
     g.set_defaults(func=None)
