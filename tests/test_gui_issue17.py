@@ -192,3 +192,76 @@ def test_drift_strip_orders_layers_by_depth_clears_between_runs_and_has_a_colour
     assert m.drift.names == [] and m.drift.last_matrix is None and m.drift.image.image is None
     assert m.drift.getPlotItem().getAxis("left")._tickLevels is None and "log colour" not in \
         m.drift.getPlotItem().titleLabel.text
+
+
+# -- CPU-only plans -------------------------------------------------------------------------------
+LLAMA8B = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
+           "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+           "vocab_size": 128256, "max_position_embeddings": 8192, "torch_dtype": "bfloat16"}
+
+
+def test_plan_for_the_cpu_counts_no_cuda_context():
+    from ftstudio.engine import memory
+
+    auto = C.RunConfig().replace(device="auto", batch_size=2, seq_len=512)
+    on_gpu = memory.estimate(LLAMA8B, auto)
+    on_cpu = memory.estimate(LLAMA8B, auto, device="cpu")
+    assert on_gpu.other >= memory.CUDA_CONTEXT and on_cpu.other == 0
+    assert on_cpu.to_dict() == memory.estimate(LLAMA8B, auto.replace(device="cpu")).to_dict()
+    advice = memory.solve(LLAMA8B, auto, int(64e9), device="cpu")
+    assert not any("GPU" in c[0] or "bf16 weights" in c[0] for c in advice.changes)  # no GPU-only advice
+
+
+def test_cpu_run_plans_against_the_machines_ram(make_window, qtbot):
+    win = make_window(device="cpu")
+    qtbot.waitUntil(lambda: win.hardware_panel.polled and win.memory_bar.plan is not None, timeout=30_000)
+    win._update_plan()
+    bar, ram = win.memory_bar, win.hardware_panel.cpu.ram_total_bytes
+    assert bar.on_cpu and bar.capacity == ram and bar.capacity_label.startswith("CPU RAM")
+    assert bar.plan.other == 0 and "CPU RAM" in bar.summary.text() and "per GPU" not in bar.summary.text()
+    assert bar.canvas.scale() < 150e9 or ram * 1.05 >= 150e9  # the scale is the RAM's, not the cards'
+
+
+# -- advice you can act on ------------------------------------------------------------------------
+def test_advice_lists_changes_with_gains_and_apply_sets_the_field(make_window, qtbot, tmp_path):
+    folder = tmp_path / "llama-8b"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(LLAMA8B), encoding="utf-8")
+    win = make_window(source=str(folder), device="cuda", precision="bf16-mixed", batch_size=8, seq_len=2048)
+    qtbot.waitUntil(lambda: win.model_info is not None and win.model_info.source == str(folder), timeout=30_000)
+    win.hardware_panel.target.setCurrentIndex(win.hardware_panel.target.findText("80 GB card"))
+    bar = win.memory_bar
+    assert not bar.fits and bar.advice_box.isVisibleTo(win)
+    rows = bar.shown_advice
+    assert rows and len(bar.advice_buttons) == len(rows) <= bar.MAX_ADVICE
+    assert [r for r in rows if r[3]] == bar.offered()[:len(rows)] or not bar.offered()  # what fits comes first
+    assert all(saved > 0.005 * bar.plan.total for _, _, saved, _ in rows)  # no zero-gain entries
+    texts = [bar.advice_grid.itemAtPosition(i, 0).widget().text() for i in range(len(rows))]
+    assert all(t.startswith("−") and not t.startswith("−0 ") and t != "−0.00 GB" for t in texts)
+    desc, leaves, saved, fits = rows[0]
+    before = bar.plan.total
+    with qtbot.waitSignal(win.planUpdated, timeout=5_000):
+        bar.advice_buttons[0].click()
+    cfg = win.config()
+    assert all(cfg.get(k) == v for k, v in leaves.items())
+    assert bar.plan.total == pytest.approx(before - saved, rel=1e-6)
+
+
+def test_card_labels_never_overprint_the_legend(qtbot):
+    from ftstudio.engine import memory
+    from ftstudio.gui.memory_bar import MemoryBar
+
+    bar = MemoryBar()
+    qtbot.addWidget(bar)
+    cfg = C.RunConfig().replace(device="cuda", precision="bf16-mixed", batch_size=1, seq_len=1024)
+    bar.set_plan(memory.estimate(LLAMA8B, cfg))
+    fm = bar.canvas.fontMetrics()
+    for width in (500, 800, 1066, 1600):
+        bar.resize(width, 200)
+        bar.canvas.resize(width, bar.canvas.height())
+        for gb, label in ((24, "a 24 GB card"), (48, "GPU 0: NVIDIA RTX 6000 Ada (48.0 GB)"), (80, "80 GB card")):
+            bar.set_capacity(gb * 1e9, label)
+            scale = bar.canvas.scale()
+            entries, cap = bar.canvas.legend_layout(fm, 60, lambda b: 70 + (width - 78) * min(b, scale) / scale)
+            assert cap is not None
+            assert not any(rect.intersects(cap) for _, rect in entries), (width, gb)

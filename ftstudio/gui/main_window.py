@@ -18,6 +18,7 @@ from ftstudio.core.errors import ConfigError
 from ftstudio.core.events import RunFinished
 
 from .compare_tab import CompareTab
+from .run_text import advice_actions, result_line
 from .engine_access import EngineMissing, engine
 from .heartbeat import Heartbeat
 from .memory_bar import MemoryBar
@@ -42,28 +43,6 @@ def freeze_setup_objects() -> None:
 def _warm_imports() -> None:
     import torch  # noqa: F401
     import transformers  # noqa: F401
-
-
-def result_line(result) -> str:
-    """The status line at the end of a run: how it ended and its final metrics."""
-    if isinstance(result, RunFinished):
-        parts = [f"Run {result.status} after {result.steps} steps"]
-        if result.elapsed_s:
-            from .engine_access import fmt_duration
-            parts[0] += f" in {fmt_duration(result.elapsed_s)}"
-        if result.train_loss is not None:
-            parts.append(f"train loss {result.train_loss:.4f}")
-        ev = result.eval or {}
-        names = {"loss": "eval loss {:.4f}", "accuracy": "accuracy {:.1%}", "macro_f1": "macro-F1 {:.3f}",
-                 "perplexity": "perplexity {:.2f}"}
-        for key, fmt in names.items():
-            if isinstance(ev.get(key), (int, float)):
-                parts.append(fmt.format(ev[key]))
-        return ", ".join(parts) + "." + (f" Model: {result.final_model}" if result.final_model else "")
-    reason = getattr(result, "reason", "unknown")
-    step = getattr(result, "step", 0)
-    advice = getattr(result, "advice", "")
-    return f"Run failed{f' at step {step}' if step else ''}: {reason}" + (f" {advice}" if advice else "")
 
 
 class MainWindow(WindowMenusMixin, QMainWindow):
@@ -164,6 +143,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.hardware_panel.targetChanged.connect(self._target_changed)
         self.hardware_panel.selectionChanged.connect(self._gpus_changed)
         self.monitor.memoryMeasured.connect(self.memory_bar.set_measured)
+        self.memory_bar.applyRequested.connect(self._apply_advice)
         self.monitor.eventsProcessed.connect(self._events_processed)
         self.monitor.runStarted.connect(self._run_started)
         self.runs_tab.openRun.connect(self._open_run)
@@ -264,18 +244,27 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         except Exception as e:  # ModelError: the model/data pair cannot train that task
             self.model_panel.show_task(str(e), error=True)
 
+    def plan_device(self, cfg: RunConfig) -> str | None:
+        """"cpu" when the run will train on the CPU (chosen, or "auto" on a machine without a GPU)."""
+        device = cfg.hardware.device
+        if device == "cpu" or (device == "auto" and self.hardware_panel.polled and not self.hardware_panel.gpus):
+            return "cpu"
+        return None
+
     def _update_plan(self) -> None:
-        capacity, label = self.hardware_panel.capacity()
+        cfg = self.config()
+        device = self.plan_device(cfg)
+        capacity, label = self.hardware_panel.ram() if device == "cpu" else self.hardware_panel.capacity()
         self.memory_bar.capacity, self.memory_bar.capacity_label = capacity, label
         if self.model_info is None or not self.model_info.config:
             return
-        cfg = self.config()
         gpus = max(1, len(cfg.hardware.gpus))  # the plan is per GPU: FSDP2 shards over the ticked cards
         t0 = time.perf_counter()
         try:
             mem = engine("memory", "estimate", "solve")
-            plan = mem.estimate(self.model_info.config, cfg, gpus)
-            advice = mem.solve(self.model_info.config, cfg, int(capacity), gpus) if capacity else None
+            plan = mem.estimate(self.model_info.config, cfg, gpus, device=device)
+            advice = mem.solve(self.model_info.config, cfg, int(capacity), gpus, device=device) if capacity else None
+            actions = advice_actions(mem, self.model_info.config, cfg, gpus, device, plan, advice)
         except EngineMissing as e:
             self.memory_bar.set_unavailable(f"Memory plan not available yet: {e}")
             return
@@ -284,8 +273,17 @@ class MainWindow(WindowMenusMixin, QMainWindow):
             return
         self.plan_ms = (time.perf_counter() - t0) * 1000
         self.plan = plan
-        self.memory_bar.set_plan(plan, advice)
+        self.memory_bar.set_plan(plan, advice, actions, on_cpu=device == "cpu")
         self.planUpdated.emit(plan)
+
+    @Slot(dict)
+    def _apply_advice(self, leaves: dict) -> None:
+        if not leaves or self.runs.running:
+            return
+        self.training_panel.set_values(**leaves)  # → _config_changed → a new plan
+        for leaf in leaves:
+            self.training_panel.reveal(leaf)
+        self._status("Applied: " + ", ".join(f"{k} = {v}" for k, v in leaves.items()) + ".")
 
     # -- run control ---------------------------------------------------------------------------
     @Slot()

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import html
 
-from PySide6.QtCore import QRectF, Qt
+from PySide6.QtCore import QRectF, Qt, Signal, Slot
 from PySide6.QtGui import QColor, QFont, QPainter, QPen
-from PySide6.QtWidgets import QLabel, QSizePolicy, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QGridLayout, QLabel, QPushButton, QSizePolicy, QVBoxLayout, QWidget
 
 from .engine_access import fmt_bytes
 from .panels import breakable
@@ -68,11 +68,32 @@ class _BarCanvas(QWidget):
         self.setFixedHeight(self.TOP + n * (self.ROW_H + 4) + 20)
 
     def scale(self) -> float:
-        """Bytes across the full width: at least 150 GB (every card marker shows), more if the plan is larger."""
+        """Bytes across the full width: at least 150 GB (every card marker shows), more if the plan is larger;
+        a CPU run spans its RAM and the plan (no GPU cards to mark)."""
         o = self.owner
         values = [o.capacity or 0, o.textbook or 0]
         values += [sum(parts.values()) for _name, parts in self.rows() if parts]
-        return max(MIN_SPAN, max(values) * 1.05)
+        return max(1.0 if o.on_cpu else MIN_SPAN, max(values) * 1.05)
+
+    def legend_layout(self, fm, ybot: float, x_of) -> tuple[list[tuple[str, QRectF]], QRectF | None]:
+        """Where the legend entries and the capacity label go: the label keeps right of the legend (it used to
+        be drawn over it when the card's line fell under the legend)."""
+        label_w = 70
+        x = label_w
+        entries = []
+        for part in PARTS:
+            w = 13 + fm.horizontalAdvance(part)
+            entries.append((part, QRectF(x, ybot + 4, w, 14)))
+            x += w + 12
+        cap = None
+        o = self.owner
+        if o.capacity and o.capacity_label:
+            tw = fm.horizontalAdvance(o.capacity_label) + 4
+            right = x_of(o.capacity) - 4
+            left = max(right - tw, x + 8)  # never over the legend
+            left = min(left, max(x + 8, self.width() - tw - 2))
+            cap = QRectF(left, ybot + 2, tw, 16)
+        return entries, cap
 
     def paintEvent(self, _event) -> None:  # noqa: N802 (Qt name)
         o = self.owner
@@ -105,23 +126,23 @@ class _BarCanvas(QWidget):
             p.setPen(QPen(QColor("#b07aa1"), 2, Qt.PenStyle.DashLine))
             p.drawLine(int(xt), top - 2, int(xt), top + self.ROW_H + 2)
         ybot = top + len(rows) * (self.ROW_H + 4)
-        for gb in CARD_MARKERS_GB:  # card markers and the chosen card's capacity
+        for gb in () if o.on_cpu else CARD_MARKERS_GB:  # card markers (a CPU run has none)
             xm = x_of(gb * 1e9)
             p.setPen(QPen(fg, 1, Qt.PenStyle.DotLine))
             p.drawLine(int(xm), top - 4, int(xm), ybot)
             p.setPen(fg)
             p.drawText(int(xm) + 2, top - 4, f"{gb} GB")
-        if o.capacity:
+        entries, cap_rect = self.legend_layout(p.fontMetrics(), ybot, x_of)
+        if o.capacity:  # the chosen card's (or the RAM's) capacity
             xc = x_of(o.capacity)
             p.setPen(QPen(QColor("#d62728") if not o.fits else QColor("#2ca02c"), 2))
             p.drawLine(int(xc), top - 6, int(xc), ybot + 2)
-            p.drawText(QRectF(xc - 200, ybot + 2, 196, 16), Qt.AlignmentFlag.AlignRight, f"{o.capacity_label}")
-        x = label_w
-        for part in PARTS:  # legend
-            p.fillRect(QRectF(x, ybot + 6, 10, 10), QColor(COLORS[part]))
+            if cap_rect is not None:
+                p.drawText(cap_rect, Qt.AlignmentFlag.AlignRight, o.capacity_label)
+        for part, rect in entries:  # legend
+            p.fillRect(QRectF(rect.x(), ybot + 6, 10, 10), QColor(COLORS[part]))
             p.setPen(fg)
-            p.drawText(int(x) + 13, ybot + 15, part)
-            x += 13 + p.fontMetrics().horizontalAdvance(part) + 12
+            p.drawText(int(rect.x()) + 13, ybot + 15, part)
         p.end()
 
     def _paint_parts(self, p: QPainter, parts: dict[str, float], y: float, x_of, red: bool, fg) -> None:
@@ -144,7 +165,11 @@ class _BarCanvas(QWidget):
 
 
 class MemoryBar(QWidget):
-    """Plan vs measured memory per GPU against a chosen card."""
+    """Plan vs measured memory per GPU against a chosen card (or the host's RAM for a CPU run)."""
+
+    applyRequested = Signal(dict)  # config leaves of an advice row's Apply button
+
+    MAX_ADVICE = 4
 
     def __init__(self, parent: QWidget | None = None):
         super().__init__(parent)
@@ -157,6 +182,9 @@ class MemoryBar(QWidget):
         self.capacity: float | None = None
         self.capacity_label = ""
         self.fits = True
+        self.on_cpu = False  # the run goes to the CPU: plan against the RAM, no card markers, no CUDA context
+        self.actions: list[tuple[str, dict, int, bool]] = []  # (change, leaves, bytes saved, makes it fit)
+        self.shown_advice: list[tuple[str, dict, int, bool]] = []  # the rows under the bar now
         self.canvas = _BarCanvas(self)
         self.summary = QLabel("Memory plan: choose a model.")
         self.summary.setWordWrap(True)
@@ -168,14 +196,28 @@ class MemoryBar(QWidget):
         lay.setSpacing(2)
         lay.addWidget(self.canvas)
         lay.addWidget(self.summary)
+        self.advice_box = QWidget()
+        self.advice_box.setObjectName("adviceBox")
+        self.advice_grid = QGridLayout(self.advice_box)
+        self.advice_grid.setContentsMargins(0, 0, 0, 0)
+        self.advice_grid.setVerticalSpacing(1)
+        self.advice_grid.setColumnStretch(1, 1)
+        self.advice_buttons: list[QPushButton] = []
+        self.advice_box.setVisible(False)
+        lay.addWidget(self.advice_box)
 
     def set_capacity(self, capacity_bytes: float | None, label: str) -> None:
         self.capacity, self.capacity_label = capacity_bytes, label
         self._refresh()
 
-    def set_plan(self, plan, advice=None) -> None:
-        """``plan``: MemoryBreakdown; ``advice``: the solver's Advice for the chosen card (or None)."""
+    def set_plan(self, plan, advice=None, actions=None, on_cpu: bool | None = None) -> None:
+        """``plan``: MemoryBreakdown; ``advice``: the solver's Advice for the chosen card (or None); ``actions``:
+        the changes to offer when it does not fit, as (change, config leaves, bytes saved, makes it fit);
+        ``on_cpu``: the plan is for the host's RAM."""
+        if on_cpu is not None:
+            self.on_cpu = on_cpu
         self.plan, self.advice = plan, advice
+        self.actions = list(actions or [])
         self.textbook = float(getattr(plan, "textbook", 0) or 0) if plan is not None else None
         self.fits = True if advice is None else bool(getattr(advice, "fits", True))
         if plan is not None and advice is None and self.capacity:
@@ -184,6 +226,8 @@ class MemoryBar(QWidget):
 
     def set_unavailable(self, message: str) -> None:
         self.plan = self.advice = None
+        self.actions = []
+        self._fill_advice([])
         self.textbook = None
         self.fits = True
         self.summary.setText(html.escape(breakable(message)))
@@ -212,22 +256,66 @@ class MemoryBar(QWidget):
             anchor = getattr(self.plan, "anchor", 0)
             if anchor:
                 detail += f" (other includes θ0 anchor {fmt_bytes(anchor)})"
-            lines.append(f"<b>Plan {fmt_bytes(sum(parts.values()))}</b> per GPU ({detail}); "
+            where = "in CPU RAM (no CUDA context)" if self.on_cpu else "per GPU"
+            span = "" if self.on_cpu else ", so the 141 GB card shows"
+            lines.append(f"<b>Plan {fmt_bytes(sum(parts.values()))}</b> {where} ({detail}); "
                          f"textbook 16N + s·b·d·L·12: {fmt_bytes(self.textbook)}. "
-                         f"<small>(bar 0–{fmt_bytes(self.canvas.scale())}, so the 141 GB card shows)</small>")
+                         f"<small>(bar 0–{fmt_bytes(self.canvas.scale())}{span})</small>")
         for dev, m in sorted(self.measured_by_device.items()):
             lines.append(f"<b>Measured</b> at step {m.step} on {dev}: weights {fmt_bytes(m.weights)}, "
                          f"gradients {fmt_bytes(m.gradients)}, optimizer {fmt_bytes(m.optimizer)}, "
                          f"allocator peak {fmt_bytes(m.allocated_peak)}, NVML {fmt_bytes(m.nvml_used)}.")
+        shown = []
         if self.plan is not None and not self.fits:
-            tips = list(getattr(self.advice, "suggestions", []) or [])
-            extra = []
-            if self.advice is not None:
-                if getattr(self.advice, "max_batch_size", None):
-                    extra.append(f"largest batch that fits: {self.advice.max_batch_size}")
-                if getattr(self.advice, "max_seq_len", None):
-                    extra.append(f"longest seq_len that fits: {self.advice.max_seq_len}")
-            lines.append("<span style='color:#d62728'><b>Does not fit on " + self.capacity_label + ".</b> "
-                         + " ".join(tips + ([" · ".join(extra)] if extra else [])) + "</span>")
+            shown = self.offered()
+            if shown:
+                tail = " Each change below alone; Apply sets it in the form."
+            elif self.actions or getattr(self.advice, "suggestions", None):
+                tail = " No single change makes it fit: combine the savings below, or use more or larger GPUs."
+            else:
+                tail = " Lower the batch size or sequence length, or use more or larger GPUs."
+            lines.append("<span style='color:#d62728'><b>Does not fit on " + self.capacity_label + ".</b>"
+                         + tail + "</span>")
+            if not shown:
+                shown = self.offered(only_fitting=False)
+        self.shown_advice = shown
+        self._fill_advice(shown)
         self.summary.setText("<br>".join(lines) or "Memory plan: choose a model.")
         self.canvas.update()
+
+    def offered(self, only_fitting: bool = True) -> list[tuple[str, dict, int, bool]]:
+        """The advice rows: changes that make the plan fit (or the largest savings), each with a gain that
+        reads as more than zero (under 0.5 % of the plan is noise) and a field to set."""
+        total = float(getattr(self.plan, "total", 0) or 0)
+        rows = [a for a in self.actions if a[2] > 0.005 * total and (a[3] or not only_fitting)]
+        return rows[:self.MAX_ADVICE]
+
+    def _fill_advice(self, rows) -> None:
+        while self.advice_grid.count():
+            item = self.advice_grid.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
+        self.advice_buttons = []
+        for i, (desc, leaves, saved, fits) in enumerate(rows):
+            gain = QLabel(f"−{fmt_bytes(saved)}")
+            gain.setStyleSheet("color: #2ca02c; font-weight: bold;" if fits else "")
+            text = QLabel(desc + (" (fits)" if fits else ""))
+            text.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+            button = QPushButton("Apply")
+            button.setObjectName(f"applyAdvice{i}")
+            button.setEnabled(bool(leaves))
+            button.setToolTip(", ".join(f"{k} = {v}" for k, v in leaves.items()) if leaves
+                              else "Not a field of the form: tick more GPUs in the Hardware tab.")
+            button.setProperty("leaves", leaves)
+            button.clicked.connect(self._apply_clicked)
+            self.advice_grid.addWidget(gain, i, 0)
+            self.advice_grid.addWidget(text, i, 1)
+            self.advice_grid.addWidget(button, i, 2)
+            self.advice_buttons.append(button)
+        self.advice_box.setVisible(bool(rows))
+
+    @Slot()
+    def _apply_clicked(self) -> None:
+        button = self.sender()
+        if isinstance(button, QPushButton):
+            self.applyRequested.emit(dict(button.property("leaves") or {}))

@@ -78,10 +78,10 @@ class MemoryBreakdown:
         return d
 
 
-def resolve_precision(run: RunConfig) -> str:
+def resolve_precision(run: RunConfig, device: str | None = None) -> str:
     p = run.hardware.precision
     if p == "auto":
-        return "fp32" if run.hardware.device == "cpu" else "bf16-mixed"
+        return "fp32" if (device or run.hardware.device) == "cpu" else "bf16-mixed"
     return p
 
 
@@ -159,14 +159,18 @@ def _flash_like(precision: str) -> bool:
     return precision != "fp32"
 
 
-def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int = 1) -> MemoryBreakdown:
-    """Peak bytes per GPU of one training step of ``run_config`` for the model of ``model_config``."""
+def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int = 1,
+             device: str | None = None) -> MemoryBreakdown:
+    """Peak bytes per GPU of one training step of ``run_config`` for the model of ``model_config``.
+
+    ``device``: where the run will go when the config leaves it open ("auto" on a machine without a GPU is
+    "cpu": host RAM, fp32 for precision "auto", and no CUDA context)."""
     shape = model_config if isinstance(model_config, ModelShape) else shape_from_config(model_config)
     run = run_config
     gpus = max(1, int(gpus))
-    precision = resolve_precision(run)
+    precision = resolve_precision(run, device)
     wb, c, r, autocast = PRECISION_BYTES[precision]
-    on_cpu = run.hardware.device == "cpu"
+    on_cpu = (device or run.hardware.device) == "cpu"
     b, s = run.train.batch_size, run.data.seq_len
     T = b * s
     N = shape.params

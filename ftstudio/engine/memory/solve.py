@@ -18,14 +18,17 @@ class Advice:
     fits: bool
     suggestions: list[str] = field(default_factory=list)
     savings: list[tuple[str, int, bool]] = field(default_factory=list)  # (change, bytes saved, makes it fit)
+    # the same changes as the config leaves each sets ({} when it is not a field, e.g. more GPUs), for an
+    # "Apply" button: (change, leaves, bytes saved, makes it fit)
+    changes: list[tuple[str, dict, int, bool]] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"max_batch_size": self.max_batch_size, "max_seq_len": self.max_seq_len, "fits": self.fits,
                 "suggestions": list(self.suggestions)}
 
 
-def _total(shape: ModelShape, run: RunConfig, gpus: int) -> int:
-    return estimate(shape, run, gpus).total
+def _total(shape: ModelShape, run: RunConfig, gpus: int, device: str | None = None) -> int:
+    return estimate(shape, run, gpus, device=device).total
 
 
 def _largest(fits, lo: int, hi: int) -> int:
@@ -48,68 +51,73 @@ def _variant(run: RunConfig, **leaves) -> RunConfig | None:
         return None
 
 
-def _changes(run: RunConfig, gpus: int, shape: ModelShape) -> list[tuple[str, RunConfig, int]]:
-    """Single changes a user can make, each as (description, new config, gpus)."""
+def _changes(run: RunConfig, gpus: int, shape: ModelShape,
+             device: str | None = None) -> list[tuple[str, RunConfig, int, dict]]:
+    """Single changes a user can make, each as (description, new config, gpus, the config leaves it sets)."""
     m, o, h, t = run.memory, run.optim, run.hardware, run.train
-    out: list[tuple[str, RunConfig | None, int]] = []
+    on_gpu = (device or h.device) != "cpu"
+    out: list[tuple[str, dict, int]] = []
     if not m.activation_checkpointing:
-        out.append(("turn on activation checkpointing", _variant(run, activation_checkpointing=True), gpus))
+        out.append(("turn on activation checkpointing", {"activation_checkpointing": True}, gpus))
     if m.loss == "full" and not shape.is_encoder:
-        out.append(("chunked loss (--loss chunked)", _variant(run, loss="chunked"), gpus))
+        out.append(("chunked loss (--loss chunked)", {"loss": "chunked"}, gpus))
     if o.optimizer in ("adamw", "sgd"):
-        out.append(("8-bit AdamW (--optimizer adamw8bit)", _variant(run, optimizer="adamw8bit"), gpus))
+        out.append(("8-bit AdamW (--optimizer adamw8bit)", {"optimizer": "adamw8bit"}, gpus))
     if o.optimizer in ("adamw", "sgd", "adamw8bit"):
-        out.append(("4-bit AdamW (--optimizer adamw4bit)", _variant(run, optimizer="adamw4bit"), gpus))
+        out.append(("4-bit AdamW (--optimizer adamw4bit)", {"optimizer": "adamw4bit"}, gpus))
     if o.optimizer != "adafactor":
-        out.append(("Adafactor (--optimizer adafactor)", _variant(run, optimizer="adafactor"), gpus))
-    if h.precision in ("fp32", "bf16-mixed", "fp16-mixed", "auto") and h.device != "cpu":
-        out.append(("pure bf16 weights and states (--precision bf16)", _variant(run, precision="bf16"), gpus))
+        out.append(("Adafactor (--optimizer adafactor)", {"optimizer": "adafactor"}, gpus))
+    if h.precision in ("fp32", "bf16-mixed", "fp16-mixed", "auto") and on_gpu:
+        out.append(("pure bf16 weights and states (--precision bf16)", {"precision": "bf16"}, gpus))
     if h.precision == "fp32":
-        out.append(("bf16 mixed precision (--precision bf16-mixed)", _variant(run, precision="bf16-mixed"), gpus))
+        out.append(("bf16 mixed precision (--precision bf16-mixed)", {"precision": "bf16-mixed"}, gpus))
     if t.batch_size > 1:
         half = max(1, t.batch_size // 2)
         out.append((f"batch size {half} with grad accumulation {t.grad_accum * 2} (same effective batch)",
-                    _variant(run, batch_size=half, grad_accum=t.grad_accum * 2), gpus))
+                    {"batch_size": half, "grad_accum": t.grad_accum * 2}, gpus))
     if not m.optimizer_in_backward and t.grad_accum == 1:
-        out.append(("optimizer step in backward (--optimizer-in-backward)",
-                    _variant(run, optimizer_in_backward=True), gpus))
-    if h.device != "cpu":
-        out.append((f"{gpus * 2} GPUs (FSDP)", run, gpus * 2))
-    return [(d, r, g) for d, r, g in out if r is not None]
+        out.append(("optimizer step in backward (--optimizer-in-backward)", {"optimizer_in_backward": True}, gpus))
+    if on_gpu:
+        out.append((f"{gpus * 2} GPUs (FSDP)", {}, gpus * 2))
+    made = [(d, _variant(run, **lv) if lv else run, g, lv) for d, lv, g in out]
+    return [(d, r, g, lv) for d, r, g, lv in made if r is not None]
 
 
 def solve(model_config: dict | ModelShape, run_config: RunConfig, capacity_bytes: int, gpus: int = 1,
-          margin: float = 0.05) -> Advice:
-    """Largest batch / sequence within ``capacity_bytes``·(1 − margin), and single changes ranked by saving."""
+          margin: float = 0.05, device: str | None = None) -> Advice:
+    """Largest batch / sequence within ``capacity_bytes``·(1 − margin), and single changes ranked by saving
+    (``device`` as in :func:`plan.estimate`)."""
     shape = model_config if isinstance(model_config, ModelShape) else shape_from_config(model_config)
     budget = int(capacity_bytes * (1 - margin))
     run = run_config
-    base = _total(shape, run, gpus)
+    base = _total(shape, run, gpus, device)
     fits = base <= budget
 
     def batch_fits(b: int) -> bool:
         r = _variant(run, batch_size=b)
-        return r is not None and _total(shape, r, gpus) <= budget
+        return r is not None and _total(shape, r, gpus, device) <= budget
 
     def seq_fits(s: int) -> bool:
         r = _variant(run, seq_len=s * 128)
-        return r is not None and _total(shape, r, gpus) <= budget
+        return r is not None and _total(shape, r, gpus, device) <= budget
 
     max_b = max(0, _largest(batch_fits, 1, 65536))
     max_s = max(0, _largest(seq_fits, 1, 8192)) * 128
-    savings = []
-    for desc, r, g in _changes(run, gpus, shape):
-        t = _total(shape, r, g)
+    changes = []
+    for desc, r, g, leaves in _changes(run, gpus, shape, device):
+        t = _total(shape, r, g, device)
         if t < base:
-            savings.append((desc, base - t, t <= budget))
+            changes.append((desc, leaves, base - t, t <= budget))
     # Changes that make it fit first, then by bytes saved.
-    savings.sort(key=lambda x: (not x[2], -x[1]))
+    changes.sort(key=lambda x: (not x[3], -x[2]))
+    savings = [(desc, saved, ok) for desc, _leaves, saved, ok in changes]
     sugg = [f"{desc}: −{saved / 1e9:.1f} GB" + (" (fits)" if ok and not fits else "")
             for desc, saved, ok in savings]
     if not fits and max_b >= 1:
         sugg.insert(0, f"batch size {max_b} (the largest that fits; raise grad accumulation to keep the "
                        f"effective batch)")
-    return Advice(max_batch_size=max_b, max_seq_len=max_s, fits=fits, suggestions=sugg, savings=savings)
+    return Advice(max_batch_size=max_b, max_seq_len=max_s, fits=fits, suggestions=sugg, savings=savings,
+                  changes=changes)
 
 
 def explain_oom(model_config: dict | ModelShape, run_config: RunConfig, gpus: int, capacity: int | None,

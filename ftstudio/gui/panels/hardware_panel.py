@@ -45,7 +45,7 @@ def ticked_for(device: str, gpus: list[int], available: list[int]) -> list[int]:
 def poll_hardware() -> dict:
     hw = engine("hardware", "list_gpus", "cpu_info")
     gpus = hw.list_gpus()
-    return {"gpus": gpus, "cpu": hw.cpu_info() if not gpus else None,
+    return {"gpus": gpus, "cpu": hw.cpu_info(),  # the host's RAM plans a CPU run even beside GPUs
             "message": hw.gpu_status_message() if not gpus and hasattr(hw, "gpu_status_message") else ""}
 
 
@@ -110,7 +110,7 @@ class HardwarePanel(QGroupBox):
     def _polled(self, _tag, result) -> None:
         self._in_flight = False
         self.polls += 1
-        first = not self.gpus and self.cpu is None
+        first = self.polls == 1
         known = [g.index for g in self.gpus]
         self.gpus, self.cpu = result["gpus"], result["cpu"]
         now = [g.index for g in self.gpus]
@@ -236,3 +236,13 @@ class HardwarePanel(QGroupBox):
 
     def capacity(self) -> tuple[float | None, str]:
         return self.target.currentData(), self.target.currentText()
+
+    @property
+    def polled(self) -> bool:
+        return self.polls > 0
+
+    def ram(self) -> tuple[float | None, str]:
+        """The machine's RAM, what a CPU run is planned against (None before the first poll)."""
+        if self.cpu is None:
+            return None, "CPU RAM"
+        return float(self.cpu.ram_total_bytes), f"CPU RAM ({fmt_bytes(self.cpu.ram_total_bytes)})"
