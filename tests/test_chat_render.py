@@ -160,3 +160,22 @@ def test_an_unused_message_field_is_a_warning_naming_it(tmp_path):
     assert report.ok and report.train_rows == 3
     warnings = [w for w in report.problems if w.severity == "warning"]
     assert warnings and all("timestamp" in str(w) for w in warnings)
+
+
+# -- 6. check-data --show: the headless twin of the GUI preview -------------------------------------------------
+def test_check_data_show_prints_rows_as_the_model_sees_them(tiny_llama, tmp_path, capsys):
+    from ftstudio.cli import main
+
+    p = tmp_path / "a.jsonl"
+    p.write_text(json.dumps(ALPACA) + "\n" + json.dumps({"instruction": "the cat", "output": "good"}) + "\n")
+    assert main(["check-data", str(p), "--model", str(tiny_llama), "--show", "2", "--val-fraction", "0",
+                 "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["row"] for r in report["preview"]] == [1, 2]
+    first = report["preview"][0]
+    assert first["text"].split() == ["<|user|>", "one", "two", "three", "<|end|>", "<|assistant|>", "yes", "no",
+                                     "<|end|>"]
+    assert first["trained"].split() == ["yes", "no", "<|end|>"] and report["rendering"] == "chat template"
+    assert main(["check-data", str(p), "--model", str(tiny_llama), "--show", "1", "--val-fraction", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "--- row 1" in out and "[trained]" in out and "--- row 2" not in out

@@ -19,6 +19,10 @@ def add_parser(sub) -> None:
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--val-fraction", type=float, default=None)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--instruction-format", choices=("auto", "chat-template", "text"), default="auto",
+                   help="how alpaca and prompt/completion rows reach the model (see `ftstudio train --help`)")
+    p.add_argument("--show", type=int, default=0, metavar="N",
+                   help="print the first N rows as the model sees them, the trained tokens marked [[like this]]")
     p.add_argument("--json", action="store_true", help="print the report as JSON on the last line of stdout")
     p.set_defaults(func=run)
 
@@ -33,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         kw = {"dataset": args.dataset, "format": args.format, "text_column": args.text_column,
-              "label_column": args.label_column}
+              "label_column": args.label_column, "instruction_format": args.instruction_format}
         if args.seq_len is not None:
             kw["seq_len"] = args.seq_len
         if args.val_fraction is not None:
@@ -48,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
         task = args.task
     report = data_mod.check_data(cfg, tokenizer, task=task, seed=args.seed)
     d = report.to_dict()
+    if args.show > 0 and report.ok:
+        d["preview"] = data_mod.preview(cfg, tokenizer, args.show, task=task, seed=args.seed)
     errors = [p for p in report.problems if getattr(p, "severity", "error") == "error"]
     for p in report.problems:
         print(f"{p.severity}: {p}", flush=True)
@@ -64,6 +70,12 @@ def run(args: argparse.Namespace) -> int:
                                                   if k in lengths))
         if d.get("labels"):
             print(f"labels: {', '.join(map(str, d['labels']))}")
+        if d.get("rendering"):
+            print(f"rendered as: {d['rendering']}")
+        for item in d.get("preview", []):
+            print(f"--- row {item['row']}" + (" (truncated at seq_len)" if item.get("truncated") else ""))
+            print(item["text"] if item.get("text") is not None else f"error: {item.get('error')}")
+            print(f"[trained] {item['trained']}" if item.get("trained") is not None else "")
     else:
         print(json.dumps(d, default=str))
     return 1 if errors else 0

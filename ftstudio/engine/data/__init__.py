@@ -9,10 +9,10 @@
 
 Nothing here imports torch at module level: the GUI validates and previews data before any training.
 """
-from ftstudio.engine.data.check import DataReport, check_data, render_example
+from ftstudio.engine.data.check import DataReport, check_data, preview, render_example
 from ftstudio.engine.data.formats import detect_format
 from ftstudio.engine.data.load import demo_dataset_path, load_records, resources_dir
 from ftstudio.engine.data.prepare import PreparedData, prepare_data
 
 __all__ = ["resources_dir", "demo_dataset_path", "load_records", "detect_format", "DataReport", "check_data",
-           "PreparedData", "prepare_data", "render_example"]
+           "PreparedData", "prepare_data", "render_example", "preview"]

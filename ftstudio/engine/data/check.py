@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ftstudio.core.errors import DataError, DataProblem
 from ftstudio.engine.data.formats import Validator, detect_format, resolve_columns
-from ftstudio.engine.data.prepare import build_rows, encode_rows, source_path
+from ftstudio.engine.data.prepare import build_rows, check_survivors, encode_rows, source_path
 from ftstudio.engine.data.render import (IGNORE, TemplateError, encode_causal, encode_classification_batch,
                                          has_chat_template, uses_chat_template)
 
@@ -30,6 +30,7 @@ class DataReport:
     labels: list[str] | None
     problems: list[DataProblem]
     rendering: str | None = None  # how rows reach the model: "chat template", "text (Alpaca prompt)", ...
+    skipped: int = 0  # rows dropped because truncation at seq_len left them no trained token
 
     @property
     def errors(self) -> list[DataProblem]:
@@ -52,7 +53,7 @@ class DataReport:
     def to_dict(self) -> dict:
         return {"path": self.path, "format": self.format, "task": self.task, "rows": self.rows,
                 "train_rows": self.train_rows, "val_rows": self.val_rows, "tokens": self.tokens,
-                "trainable_tokens": self.trainable_tokens, "truncated": self.truncated,
+                "trainable_tokens": self.trainable_tokens, "truncated": self.truncated, "skipped": self.skipped,
                 "lengths": self.length_stats(), "labels": self.labels, "ok": self.ok,
                 "errors": [p.to_dict() for p in self.errors],
                 "warnings": [p.to_dict() for p in self.problems if p.severity != "error"],
@@ -86,15 +87,17 @@ def check_data(cfg, tokenizer=None, *, task: str | None = None, seed: int = 42) 
     truncated = 0
     if tokenizer is not None and built.train.norms:
         tok = _load_tokenizer(tokenizer)
-        encs = [e for part in (built.train, built.val)
-                for _, e in encode_rows(built, part, tok, cfg.seq_len, cfg.instruction_format)]
+        train_enc, val_enc = (encode_rows(built, part, tok, cfg.seq_len, cfg.instruction_format)
+                              for part in (built.train, built.val))
+        check_survivors(built, train_enc, val_enc, cfg.seq_len)
+        encs = [e for _, e in train_enc + val_enc]
         lengths = [e.full_length for e in encs]
         tokens = sum(len(e.input_ids) for e in encs)
         trainable = tokens if built.task == "classification" else sum(e.trainable for e in encs)
         truncated = sum(e.truncated for e in encs)
     report = DataReport(built.train.path, built.format, built.task, len(built.train.norms) + len(built.val.norms),
                       len(built.train.norms), len(built.val.norms), tokens, trainable, lengths, truncated,
-                      built.label_names, built.problems)
+                      built.label_names, built.problems, skipped=built.skipped)
     if tokenizer is not None and built.task == "causal-lm":
         report.rendering = rendering(built.format, _load_tokenizer(tokenizer), cfg.instruction_format)
     return report
@@ -121,6 +124,30 @@ def rendering(fmt: str, tokenizer, instruction_format: str = "auto") -> str:
             return "chat template" if has_chat_template(tokenizer) else "fallback chat template (saved with the export)"
         return "text (Alpaca prompt)" if fmt == "alpaca" else "text (prompt + completion)"
     return "text"
+
+
+def preview(cfg, tokenizer, n: int, *, task: str | None = None, seed: int = 42) -> list[dict]:
+    """The first ``n`` usable rows (file order) as the model sees them: ``{"row", "text", "trained"}`` with the
+    full rendered text and the text of the tokens under the loss, concatenated (``check-data --show``)."""
+    built = build_rows(cfg, task, seed)
+    tok = _load_tokenizer(tokenizer)
+    pairs = sorted([(row, norm) for part in (built.train, built.val) for norm, row in zip(part.norms, part.rows)],
+                   key=lambda rn: rn[0])
+    out = []
+    for row, norm in pairs[:max(0, n)]:
+        if built.task == "classification":
+            enc = encode_classification_batch([norm["text"]], tok, cfg.seq_len)[0]
+            texts, trained = _token_texts(tok, enc.input_ids), f"→ {norm['label']}"
+        else:
+            try:
+                enc = encode_causal(norm, tok, cfg.seq_len, cfg.instruction_format)
+            except TemplateError as e:
+                out.append({"row": row, "text": None, "trained": None, "error": str(e)})
+                continue
+            texts = _token_texts(tok, enc.input_ids)
+            trained = "".join(t for t, lab in zip(texts, enc.labels) if lab != IGNORE)
+        out.append({"row": row, "text": "".join(texts), "trained": trained, "truncated": enc.truncated})
+    return out
 
 
 def render_example(record: dict, fmt: str, tokenizer, cfg, *, task: str | None = None) -> list[tuple[str, bool]]:
