@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
+import unicodedata
 from collections import Counter
 from typing import Callable
 
@@ -288,23 +290,44 @@ class Validator:
             self.bad(row, self.label_column, f"missing label column {self.label_column!r}"
                      f"{_suggest(self.label_column, rec)}; the row has {', '.join(map(str, rec))}")
             return None
-        label = _label_name(rec[self.label_column])
+        raw = rec[self.label_column]
+        label = _label_name(raw)
         if isinstance(label, DataProblem):  # reason only
             self.bad(row, self.label_column, label.reason)
             return None
-        kind = "integer" if isinstance(rec[self.label_column], int) else "string"
-        if self.label_kind is None:
+        # A number (1, 1.0) and a text that is not one ("spam") in the same column is a mistake; a text that reads
+        # as a whole number ("1", "01") goes with either.
+        kind = "integer" if isinstance(raw, (int, float)) else None if _INTEGER.fullmatch(label) else "string"
+        if kind is not None and self.label_kind is None:
             self.label_kind = (kind, row)
-        elif self.label_kind[0] != kind:
+        elif kind is not None and self.label_kind[0] != kind:
             self.bad(row, self.label_column, f"label is {'an' if kind == 'integer' else 'a'} {kind} here but "
                                              f"{'an' if self.label_kind[0] == 'integer' else 'a'} "
                                              f"{self.label_kind[0]} in row {self.label_kind[1]}; use one type")
             return None
+        # Spellings merged into one class (" spam", "01", 1.0, a decomposed "é") are reported once each.
+        forms = self.__dict__.setdefault("_label_forms", {})  # class name -> {spelling: first row}
+        spelling = raw if isinstance(raw, str) else repr(raw)
+        seen = forms.setdefault(label, {})
+        if spelling not in seen:
+            seen[spelling] = row
+            if len(seen) > 1:
+                first, first_row = next(iter(seen.items()))
+                self.bad(row, self.label_column, f"label {spelling!r} is read as class {label!r}, the same class as "
+                                                 f"{first!r} in row {first_row} (labels are compared without "
+                                                 "surrounding spaces, in Unicode NFC, with 1, 1.0 and 01 one number)",
+                         "warning")
         return None if text is None else {"text": text, "label": label}
 
 
+_INTEGER = re.compile(r"-?\d+")
+_WHOLE_NUMBER = re.compile(r"[+-]?\d+(\.0*)?")
+
+
 def _label_name(v):
-    """A label's name as a string, or a DataProblem carrying the reason it is unusable."""
+    """A label's name as a string, or a DataProblem carrying the reason it is unusable. The same class gets the
+    same name in every format: surrounding spaces dropped, Unicode NFC, and a whole number written as 1, 1.0,
+    01 or +1 (a JSON number or a CSV cell alike) named "1"."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return DataProblem("", None, None, "label is null")
     if isinstance(v, bool):
@@ -314,14 +337,19 @@ def _label_name(v):
     if isinstance(v, int):
         return str(v)
     if isinstance(v, str):
-        return v.strip() if v.strip() else DataProblem("", None, None, "label is empty")
+        name = unicodedata.normalize("NFC", v).strip()
+        if not name:
+            return DataProblem("", None, None, "label is empty")
+        if _WHOLE_NUMBER.fullmatch(name):
+            return str(int(name.partition(".")[0]))
+        return name
     return DataProblem("", None, None, f"label must be a class name or an integer id, got {_kind(v)}")
 
 
 def sort_labels(names) -> list[str]:
     """Sorted label names; integer-like names sort numerically so that ids keep their meaning ("2" < "10")."""
     names = set(names)
-    if all(n.lstrip("-").isdigit() for n in names):
+    if all(_INTEGER.fullmatch(n) for n in names):
         return sorted(names, key=int)
     return sorted(names)
 

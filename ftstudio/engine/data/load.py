@@ -6,27 +6,41 @@ nor the field, and they coerce CSV cells to numbers. Reading them ourselves lets
 problem with its 1-based line. Columnar sources (Parquet, `save_to_disk` folders, hub ids) go through
 `datasets`, whose rows are already typed; their row numbers are 1-based row indices.
 
+What the well-kept readers accept, we accept: CSV/TSV separators, quoting and headers as ``delimited.py``
+explains; JSON as an array of rows, ``{"data": [...]}``, ``{"train": [...], "test": [...]}`` (the train split)
+or a dict of columns (``{"text": [...], "label": [...]}``); JSON Lines written as one array; any of them
+compressed (``.gz``, ``.bz2``, ``.xz`` through the standard library, ``.zst`` when ``zstandard`` is installed;
+compressed bytes are recognised by their magic number whatever the name). What is truly broken (invalid JSON,
+lone surrogates, nesting too deep to read, a ragged row) is named by row and field.
+
 Policy on a UTF-8 byte-order mark: accepted (stripped) with a warning, because Excel and Notepad write one
 and the text is still valid UTF-8.
 """
 from __future__ import annotations
 
-import csv
+import bz2
+import gzip
 import io
-import json
+import lzma
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftstudio.core.errors import DataError, DataProblem
+from ftstudio.engine.data.delimited import read_delimited
+from ftstudio.engine.data.json_rows import read_json, read_jsonl
 
 MAX_LINE_CHARS = 1_000_000  # one row longer than this is almost certainly a broken file, not a sample
 MAX_PROBLEMS = 1000  # stop collecting past this: the user has enough to fix, and memory stays bounded
 SNIFF_BYTES = 8192
 
+MAX_DECOMPRESSED = 4 << 30  # a compressed file that expands past this is refused rather than filling the RAM
+
 TEXT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "tsv",
-                 ".txt": "txt", ".text": "txt", ".parquet": "parquet", ".pq": "parquet"}
+                 ".tab": "tsv", ".txt": "txt", ".text": "txt", ".parquet": "parquet", ".pq": "parquet"}
+COMPRESSED_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
+_MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
 
 
 def resources_dir() -> Path:
@@ -79,23 +93,45 @@ def read_source(path: str, *, fmt_hint: str | None = None) -> LoadResult:
         res = LoadResult(str(path))
         res.problem(None, None, "no such file or folder")
         return res
-    kind = fmt_hint or TEXT_SUFFIXES.get(p.suffix.lower())
+    suffixes = [x.lower() for x in p.suffixes[-2:]]
+    named_compression = COMPRESSED_SUFFIXES.get(suffixes[-1]) if suffixes else None
+    inner = (suffixes[-2] if len(suffixes) > 1 else "") if named_compression else (suffixes[-1] if suffixes else "")
+    kind = fmt_hint or TEXT_SUFFIXES.get(inner)
     res = LoadResult(str(p))
+    if kind is None and not suffixes:
+        kind = "sniff"  # no extension at all (the SMS spam collection's "SMSSpamCollection"): decided by content
     if kind is None:
-        res.problem(None, None, f"unsupported file type {p.suffix or '(no extension)'!r}; use "
-                                ".jsonl, .json, .csv, .tsv, .txt, .parquet or a folder saved by datasets")
+        what = f"{inner or '(no extension)'} inside {suffixes[-1]}" if named_compression else \
+            (p.suffix or "(no extension)")
+        res.problem(None, None, f"unsupported file type {what!r}; use .jsonl, .json, .csv, .tsv, .txt or .parquet "
+                                "(optionally compressed: .jsonl.gz, .csv.bz2, .tsv.xz, .json.zst) or a folder "
+                                "saved by datasets")
+        return res
+    if kind == "parquet" and not named_compression:
+        return _read_parquet(p, res)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        res.problem(None, None, f"cannot read the file: {e.strerror or e}")
+        return res
+    data = _decompressed(data, named_compression, res)
+    if data is None:
         return res
     if kind == "parquet":
-        return _read_parquet(p, res)
-    text = _decode(p, res)
+        res.problem(None, None, "a compressed Parquet file: Parquet compresses itself; decompress the file first")
+        return res
+    text = _decode(data, res)
     if text is None:
         return res
+    if kind == "sniff":
+        kind = _kind_from_content(text)
+        res.problem(None, None, f"the file has no extension; read as {kind.upper()} from its content", "warning")
     if kind == "jsonl":
-        _read_jsonl(text, res)
+        read_jsonl(text, res, MAX_LINE_CHARS)
     elif kind == "json":
-        _read_json(text, res)
+        read_json(text, res, MAX_LINE_CHARS)
     elif kind in ("csv", "tsv"):
-        _read_csv(text, res, "\t" if kind == "tsv" else ",")
+        read_delimited(text, res, "\t" if kind == "tsv" else ",", MAX_LINE_CHARS)
     else:
         _read_txt(text, res)
     if not res.records and not res.errors:
@@ -103,19 +139,59 @@ def read_source(path: str, *, fmt_hint: str | None = None) -> LoadResult:
     return res
 
 
+def _kind_from_content(text: str) -> str:
+    head = text.lstrip()[:1]
+    if head in ("{", "["):
+        return "jsonl" if head == "{" else "json"
+    lines = [ln for ln in text[:65536].splitlines()[:200] if ln.strip()]
+    for sep, kind in (("\t", "tsv"), (",", "csv"), (";", "csv"), ("|", "csv")):
+        if lines and sum(sep in ln for ln in lines) >= 0.9 * len(lines):
+            return kind
+    return "txt"
+
+
 def _looks_like_hub_id(s: str) -> bool:
     parts = s.split("/")
+    suffix = Path(s).suffix.lower()
     return (len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
-            and not Path(s).suffix.lower() in TEXT_SUFFIXES)
+            and suffix not in TEXT_SUFFIXES and suffix not in COMPRESSED_SUFFIXES)
 
 
-def _decode(p: Path, res: LoadResult) -> str | None:
-    """Bytes → text, with a clear message for empty, binary, UTF-16 and non-UTF-8 files."""
+def _decompressed(data: bytes, named: str | None, res: LoadResult) -> bytes | None:
+    """The file's bytes, decompressed when they are gzip/bz2/xz/zstd (by magic number, whatever the name)."""
+    how = next((kind for magic, kind in _MAGIC if data.startswith(magic)), None)
+    if how is None:
+        if named and data.strip():
+            res.problem(None, None, f"the name says {named}-compressed but the bytes are not; read as plain text",
+                        "warning")
+        return data
+    if how == "zstd":
+        try:
+            import zstandard
+        except ImportError:
+            res.problem(None, None, "the file is zstd-compressed (.zst) and reading it needs the zstandard package, "
+                                    "which is not installed: pip install zstandard (or decompress it: zstd -d FILE)")
+            return None
+        opener = lambda f: zstandard.ZstdDecompressor().stream_reader(f)  # noqa: E731
+    else:
+        opener = {"gzip": lambda f: gzip.GzipFile(fileobj=f), "bz2": bz2.BZ2File, "xz": lzma.LZMAFile}[how]
     try:
-        data = p.read_bytes()
-    except OSError as e:
-        res.problem(None, None, f"cannot read the file: {e.strerror or e}")
+        with opener(io.BytesIO(data)) as fh:
+            out = fh.read(MAX_DECOMPRESSED + 1)
+    except Exception as e:  # noqa: BLE001 - each library raises its own types (OSError, EOFError, LZMAError...)
+        res.problem(None, None, f"not a readable {how} file ({_first_line(e)}); is the download incomplete?")
         return None
+    if len(out) > MAX_DECOMPRESSED:
+        res.problem(None, None, f"the file decompresses to more than {MAX_DECOMPRESSED >> 30} GiB; split it")
+        return None
+    if not named:
+        res.problem(None, None, f"the file is {how}-compressed though its name does not say so; read decompressed",
+                    "warning")
+    return out
+
+
+def _decode(data: bytes, res: LoadResult) -> str | None:
+    """Bytes → text, with a clear message for empty, binary, UTF-16 and non-UTF-8 files."""
     if not data.strip():
         res.problem(None, None, "the file is empty")
         return None
@@ -143,117 +219,6 @@ def _decode(p: Path, res: LoadResult) -> str | None:
             res.problem(lineno, None, f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
                                       "re-save the file as UTF-8")
     return None
-
-
-def _strict_object_pairs(pairs):
-    """json object hook that keeps duplicate keys visible instead of silently keeping the last one."""
-    seen: dict = {}
-    for k, v in pairs:
-        if k in seen:
-            dups = seen.setdefault("\x00duplicates", [])
-            dups.append(k)
-        seen[k] = v
-    return seen
-
-
-def _clean_duplicates(obj, where: str, res: LoadResult, row: int) -> object:
-    """Remove the duplicate-key markers (recursively), reporting each as a problem."""
-    if isinstance(obj, dict):
-        for k in obj.pop("\x00duplicates", []):
-            res.problem(row, f"{where}{k}", f"key {k!r} appears more than once in this object")
-        for k, v in obj.items():
-            obj[k] = _clean_duplicates(v, f"{where}{k}.", res, row)
-    elif isinstance(obj, list):
-        return [_clean_duplicates(v, f"{where[:-1]}[{i}].", res, row) for i, v in enumerate(obj)]
-    return obj
-
-
-def _add_object(obj, res: LoadResult, row: int, what: str) -> None:
-    nerr = len(res.errors)
-    obj = _clean_duplicates(obj, "", res, row)
-    if not isinstance(obj, dict):
-        res.problem(row, None, f"{what} is a JSON {_json_type(obj)}, expected an object such as "
-                               '{"text": "..."}')
-        return
-    if len(res.errors) == nerr:
-        res.add(obj, row)
-
-
-def _json_type(v) -> str:
-    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number",
-            type(None): "null", dict: "object"}.get(type(v), type(v).__name__)
-
-
-def _read_jsonl(text: str, res: LoadResult) -> None:
-    for lineno, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        if len(line) > MAX_LINE_CHARS:
-            res.problem(lineno, None, f"line is {len(line):,} characters long (limit {MAX_LINE_CHARS:,}); "
-                                      "is a newline missing?")
-            continue
-        try:
-            obj = json.loads(line, object_pairs_hook=_strict_object_pairs)
-        except json.JSONDecodeError as e:
-            res.problem(lineno, None, f"invalid JSON at column {e.colno}: {e.msg}")
-            continue
-        _add_object(obj, res, lineno, "the line")
-
-
-def _read_json(text: str, res: LoadResult) -> None:
-    """A JSON array of objects, an object holding one such array (e.g. {"data": [...]}), or JSON Lines."""
-    try:
-        obj = json.loads(text, object_pairs_hook=_strict_object_pairs)
-    except json.JSONDecodeError as e:
-        if e.msg == "Extra data":  # several top-level values: it is JSON Lines with a .json name
-            _read_jsonl(text, res)
-            return
-        res.problem(e.lineno, None, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")
-        return
-    if isinstance(obj, dict):
-        lists = [k for k, v in obj.items() if isinstance(v, list) and k != "\x00duplicates"]
-        if len(lists) == 1 and all(isinstance(x, dict) for x in obj[lists[0]]):
-            obj = obj[lists[0]]
-        else:
-            _add_object(obj, res, 1, "the file")  # a single object is one row
-            return
-    if not isinstance(obj, list):
-        res.problem(None, None, f"the file holds a JSON {_json_type(obj)}; expected an array of objects")
-        return
-    for i, item in enumerate(obj, 1):
-        _add_object(item, res, i, f"item {i}")
-
-
-def _read_csv(text: str, res: LoadResult, delimiter: str) -> None:
-    name = "TSV" if delimiter == "\t" else "CSV"
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    header: list[str] | None = None
-    start = 1
-    try:
-        for cells in reader:
-            row, start = start, reader.line_num + 1
-            if not cells or all(not c.strip() for c in cells):
-                continue
-            if header is None:
-                header = [c.strip() for c in cells]
-                for i, h in enumerate(header):
-                    if not h:
-                        res.problem(row, f"column {i + 1}", f"the {name} header has an empty column name")
-                    elif header.index(h) != i:
-                        res.problem(row, h, f"column name {h!r} appears twice in the {name} header")
-                continue
-            if len(cells) != len(header):
-                plural = "s" if len(cells) != 1 else ""
-                res.problem(row, None, f"row has {len(cells)} field{plural} but the header has {len(header)} "
-                                       f"({', '.join(header)}); check quoting and delimiters")
-                continue
-            long = [h for h, c in zip(header, cells) if len(c) > MAX_LINE_CHARS]
-            if long:
-                res.problem(row, long[0], f"cell is over {MAX_LINE_CHARS:,} characters; is a quote unclosed?")
-                continue
-            res.add(dict(zip(header, cells)), row)
-    except csv.Error as e:
-        res.problem(start, None, f"malformed {name}: {e} (an unclosed quote?)")
 
 
 def _read_txt(text: str, res: LoadResult) -> None:

@@ -1,7 +1,10 @@
 """Validated rows → token ids with loss masks, split into train/validation (``prepare_data``).
 
 Nothing is lost: every bad row becomes a DataProblem(path, row, field, reason); ``prepare_data`` raises one
-DataError holding all of them (``check.check_data`` returns them instead).
+DataError holding all of them (``check.check_data`` returns them instead). Nothing is silent either: rows
+skipped because truncation left no trained token and rows cut at seq_len are counted (``PreparedData.skipped``,
+``.truncated``, ``.warnings``), and it is an error when no training row survives, or when evaluation was asked
+for (val_fraction > 0) and the validation split comes out empty.
 """
 from __future__ import annotations
 
@@ -37,6 +40,11 @@ class _Built:
     val: _Part
     problems: list[DataProblem]
     label_names: list[str] | None = None
+    skipped: int = 0  # rows dropped because truncation left no trained token (both splits)
+    truncated: int = 0  # rows cut at seq_len (both splits)
+
+
+MAX_ROW_WARNINGS = 20  # skipped rows named one by one; past this, one line counts the rest
 
 
 def _validate(res, fmt: str, text_col: str, label_col: str, problems: list[DataProblem]) -> _Part:
@@ -67,6 +75,10 @@ def _split(part: _Part, frac: float, seed: int, by_label: bool) -> tuple[_Part, 
         if frac > 0 and k == 0 and not by_label and len(idx) > 1:
             k = 1
         val_idx += idx[: min(k, len(idx) - 1)]
+    if frac > 0 and not val_idx:  # small classes all rounded to zero: one row of the largest class that can spare it
+        spare = [key for key in sorted(groups, key=str) if len(groups[key]) > 1]
+        if spare:
+            val_idx.append(groups[max(spare, key=lambda key: len(groups[key]))][0])
     chosen = set(val_idx)
     train_idx = [i for i in range(len(part.norms)) if i not in chosen]
     rng.shuffle(train_idx)
@@ -111,6 +123,7 @@ def build_rows(cfg, task: str | None, seed: int) -> _Built:
         val = _validate(vres, fmt, text_col, label_col, problems)
     else:
         train, val = _split(train, cfg.val_fraction, seed, by_label)
+        _check_split(train, val, cfg.val_fraction, by_label, label_col, problems)
     built = _Built(fmt, task, train, val, problems)
     if by_label:
         names = sort_labels(n["label"] for n in train.norms)
@@ -126,13 +139,41 @@ def build_rows(cfg, task: str | None, seed: int) -> _Built:
     return built
 
 
+def _check_split(train: _Part, val: _Part, frac: float, by_label: bool, label_col: str,
+                 problems: list[DataProblem]) -> None:
+    """An empty validation split is an error when evaluation was asked for; classes too small to be evaluated
+    are said in one warning."""
+    if frac <= 0 or not train.norms:
+        return
+    if not val.norms and not any(p.severity == "error" for p in problems):  # else the bad rows explain it
+        n = len(train.norms)
+        why = " (each class keeps its rows for training)" if by_label else ""
+        problems.append(DataProblem(train.path, None, None, f"the validation split is empty: {n} usable row"
+                                    f"{'s' if n != 1 else ''} with val_fraction {frac:g} leave none to evaluate "
+                                    f"on{why}; use --val-fraction 0 to train without evaluation, a larger "
+                                    "--val-fraction, or a separate --val-dataset"))
+    elif by_label:
+        in_val = {n["label"] for n in val.norms}
+        alone = sorted({n["label"] for n in train.norms} - in_val, key=str)
+        if alone:
+            shown = ", ".join(map(repr, alone[:10])) + (f" and {len(alone) - 10} more" if len(alone) > 10 else "")
+            problems.append(DataProblem(train.path, None, label_col, f"{len(alone)} class"
+                                        f"{'es have' if len(alone) > 1 else ' has'} too few rows to appear in the "
+                                        f"validation split ({shown}): trained on, never evaluated", "warning"))
+
+
 def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
                 instruction_format: str = "auto") -> list[tuple[int, Encoded]]:
-    """(row, Encoded) for each usable row; template refusals and rows with nothing to train become problems."""
+    """(row, Encoded) for each usable row; template refusals and rows with nothing to train become problems,
+    and ``built.skipped`` / ``built.truncated`` count the rows dropped and cut."""
     out: list[tuple[int, Encoded]] = []
+    if not part.norms:
+        return out
     if built.task == "classification":
         encs = encode_classification_batch([n["text"] for n in part.norms], tokenizer, seq_len)
+        built.truncated += sum(e.truncated for e in encs)
         return list(zip(part.rows, encs))
+    skipped = []
     for norm, row in zip(part.norms, part.rows):
         try:
             enc = encode_causal(norm, tokenizer, seq_len, instruction_format)
@@ -140,11 +181,19 @@ def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
             built.problems.append(DataProblem(part.path, row, "messages", str(e)))
             continue
         if enc.trainable == 0:
-            built.problems.append(DataProblem(part.path, row, None, f"no trained tokens left within seq_len="
-                                              f"{seq_len} (the prompt alone is {enc.full_length} tokens or more); "
-                                              "row skipped", "warning"))
+            skipped.append(row)
+            if len(skipped) <= MAX_ROW_WARNINGS:
+                built.problems.append(DataProblem(part.path, row, None, f"no trained tokens left within seq_len="
+                                                  f"{seq_len} (the prompt alone is {enc.full_length} tokens or "
+                                                  "more); row skipped", "warning"))
             continue
+        built.truncated += enc.truncated
         out.append((row, enc))
+    built.skipped += len(skipped)
+    if len(skipped) > MAX_ROW_WARNINGS:
+        built.problems.append(DataProblem(part.path, None, None, f"{len(skipped)} of {len(part.norms)} rows in all "
+                                          f"were skipped (no trained token within seq_len={seq_len}); raise "
+                                          "--seq-len or shorten the prompts", "warning"))
     return out
 
 
@@ -156,6 +205,14 @@ class PreparedData:
     task: str
     label_names: list[str] | None
     collate: Callable[[list[dict]], dict]
+    skipped: int = 0  # rows dropped: truncation at seq_len left them no trained token
+    truncated: int = 0  # rows cut at seq_len
+    warnings: list[DataProblem] = field(default_factory=list)  # what a run should show before it starts
+
+    def summary(self) -> str:
+        """One line for a run's log: rows used, and what seq_len dropped and cut."""
+        return (f"{len(self.train)} train / {len(self.val)} validation examples; {self.skipped} rows skipped "
+                f"(no trained token within seq_len), {self.truncated} rows cut at seq_len")
 
 
 def _examples(built: _Built, part: _Part, encs: list[tuple[int, Encoded]]) -> list[dict]:
@@ -172,6 +229,7 @@ def prepare_data(cfg, tokenizer, *, task: str, seed: int) -> PreparedData:
     _raise_errors(built.problems)
     train_enc = encode_rows(built, built.train, tokenizer, cfg.seq_len, cfg.instruction_format)
     val_enc = encode_rows(built, built.val, tokenizer, cfg.seq_len, cfg.instruction_format)
+    check_survivors(built, train_enc, val_enc, cfg.seq_len)
     _raise_errors(built.problems)
     if not train_enc:
         raise DataError(built.train.path, None, None, "no training rows left after tokenisation")
@@ -180,7 +238,23 @@ def prepare_data(cfg, tokenizer, *, task: str, seed: int) -> PreparedData:
     if packed:
         train, val = pack(train, cfg.seq_len), pack(val, cfg.seq_len)
     return PreparedData(train, val, built.format, built.task, built.label_names,
-                        Collator(pad_id_of(tokenizer), built.task, packed))
+                        Collator(pad_id_of(tokenizer), built.task, packed), built.skipped, built.truncated,
+                        [p for p in built.problems if p.severity != "error"])
+
+
+def check_survivors(built: _Built, train_enc: list, val_enc: list, seq_len: int) -> None:
+    """No training row left, or a validation split emptied by tokenisation, is an error (not a silent run)."""
+    if any(p.severity == "error" for p in built.problems):
+        return  # template refusals and the like: rows the user must fix first
+    fix = f"raise --seq-len (now {seq_len}) or shorten the prompts"
+    if built.train.norms and not train_enc:
+        built.problems.append(DataProblem(built.train.path, None, None, f"no training row left: all "
+                                          f"{len(built.train.norms)} were skipped (no trained token within "
+                                          f"seq_len={seq_len}); {fix}"))
+    if built.val.norms and not val_enc:
+        built.problems.append(DataProblem(built.val.path, None, None, f"the validation split is empty after "
+                                          f"tokenisation: all {len(built.val.norms)} rows were skipped (no trained "
+                                          f"token within seq_len={seq_len}); {fix}, or use --val-fraction 0"))
 
 
 def _raise_errors(problems: list[DataProblem]) -> None:
