@@ -181,8 +181,10 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
     grads = wb * N // gpus
     opt = optimizer_bytes(shape, run.optim.optimizer, wb, kahan=run.optim.bf16_rounding == "kahan") // gpus
     reg = run.regularize
-    anchor_copies = (1 if (reg.l2sp > 0 or reg.ewc > 0) else 0) + (1 if reg.ewc > 0 else 0)
-    anchor_bytes = {"gpu": wb, "bf16": 2, "cpu": 0}[reg.l2sp_anchor] if not on_cpu else wb
+    # θ0 is kept for L2-SP, EWC and the drift monitor, EWC's Fisher beside it, at the bytes they are stored in
+    # (forgetting/anchors.py: "gpu" fp32 whatever the weights' dtype, "bf16" 2 B, "cpu" in host memory).
+    anchor_copies = (1 if (reg.l2sp > 0 or reg.ewc > 0 or reg.drift_every > 0) else 0) + (1 if reg.ewc > 0 else 0)
+    anchor_bytes = {"gpu": 4, "bf16": 2, "cpu": 4 if on_cpu else 0}[reg.l2sp_anchor]
     anchor = anchor_copies * anchor_bytes * N // gpus
     largest = shape.largest_tensor()
 

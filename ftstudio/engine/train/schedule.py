@@ -13,6 +13,7 @@ where floor = min_lr_ratio · peak.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -101,14 +102,11 @@ class Schedule:
 
     @staticmethod
     def _stream(start: int, count: int, n: int, seed: int) -> list[int]:
-        import torch
-
         out: list[int] = []
         epoch, pos = divmod(start, n)
         while len(out) < count:
-            g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-            perm = torch.randperm(n, generator=g).tolist()
-            take = perm[pos:pos + count - len(out)]
+            perm = _epoch_order(n, seed, epoch)
+            take = list(perm[pos:pos + count - len(out)])
             out += take
             epoch, pos = epoch + 1, 0
         return out
@@ -118,8 +116,7 @@ class Schedule:
         if self.mix_fraction == 0:
             # Without mixing, batches never straddle epochs: the last batch of an epoch may be short.
             epoch, pos = divmod(micro_batch, self.batches_per_epoch)
-            perm = self._stream(epoch * self.n_examples, self.n_examples, self.n_examples, self.seed)
-            return perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+            return list(_epoch_order(self.n_examples, self.seed, epoch)[pos * self.batch_size:(pos + 1) * self.batch_size])
         g0, g1 = self._general_before(micro_batch), self._general_before(micro_batch + 1)
         t0 = micro_batch * self.batch_size - g0
         return self._stream(t0, self.batch_size - (g1 - g0), self.n_examples, self.seed)
@@ -130,6 +127,15 @@ class Schedule:
             return []
         g0, g1 = self._general_before(micro_batch), self._general_before(micro_batch + 1)
         return self._stream(g0, g1 - g0, self.n_general, self.seed + 7919)
+
+
+@functools.lru_cache(maxsize=8)
+def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The seeded shuffle of one epoch, computed once per epoch (not once per micro-batch: O(n) each time)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return tuple(torch.randperm(n, generator=g).tolist())
 
 
 def plan_schedule(cfg: RunConfig, n_examples: int, n_general: int = 0) -> Schedule:

@@ -205,7 +205,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0],
                                          in_backward=cfg.memory.optimizer_in_backward)
         self.scheduler = self._build_scheduler(sched.total_steps)
-        scaler = torch.amp.GradScaler("cuda", enabled=numerics.grad_scaler)
+        scaler = torch.amp.GradScaler(device.split(":")[0], enabled=numerics.grad_scaler)
 
         if self.resume_from is not None:
             ckpt = latest_checkpoint(self.run_dir / "checkpoints")
@@ -316,9 +316,12 @@ class Trainer:
                 what = "loss" if not torch.isfinite(step_loss) else "gradient"
                 self.optimizer.zero_grad(set_to_none=True)
                 skips += 1
-                if numerics.grad_scaler and what == "gradient":
-                    scaler.update()  # fp16 overflow: the scaler lowers its scale and the step is skipped
-                    continue
+                if numerics.grad_scaler:
+                    # Every skip path ends the scaler's step (unscale_ was called): without update() the next
+                    # step's unscale_ raises. An fp16 overflow is the scaler's to handle: it lowers the scale.
+                    scaler.update()
+                    if what == "gradient":
+                        continue
                 self._handle_nonfinite(what, skips, model, scaler)
                 continue
 

@@ -1,0 +1,57 @@
+"""Numerics that do not crash and plans that count what is stored: fp16-mixed survives a non-finite loss, θ0 and
+the Fisher are planned at their stored bytes, and the data order costs the same per micro-batch at any size."""
+import time
+
+import pytest
+import torch
+
+from ftstudio.core.config import RunConfig
+from ftstudio.core.events import NonFiniteStep, RunFinished, StepMetrics
+from ftstudio.engine.memory import estimate
+from ftstudio.engine.train.numerics import Numerics
+from ftstudio.engine.train.schedule import plan_schedule
+from test_reliability import Faults, _cfg, data  # noqa: F401  (the fixture)
+from test_trainer import run
+
+
+def test_fp16_mixed_survives_a_non_finite_loss(tiny_llama, data, tmp_path, monkeypatch):  # noqa: F811
+    """The loss-scaled path on the CPU (torch's CPU GradScaler): a NaN loss is skipped and the run goes on
+    (the scaler's step was left open before, so the next unscale_ raised)."""
+    import ftstudio.engine.train.numerics as numerics
+
+    monkeypatch.setattr(numerics, "pick_numerics",
+                        lambda precision, device: Numerics("fp16-mixed", torch.float32, torch.bfloat16, True))
+    Faults(monkeypatch, nan_loss={3})
+    result, events = run(_cfg(tiny_llama, data, tmp_path, nonfinite="skip", max_skips=3, max_steps=5))
+    assert isinstance(result, RunFinished), result
+    assert [(e.what, e.action) for e in events if isinstance(e, NonFiniteStep)] == [("loss", "skipped")]
+    assert [e.step for e in events if isinstance(e, StepMetrics)][-1] == 5
+
+
+SHAPE = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+         "num_key_value_heads": 4, "intermediate_size": 512, "vocab_size": 1000}
+
+
+@pytest.mark.parametrize("leaves, copies, nbytes", [
+    ({"drift_every": 10}, 1, 4),                                   # θ0 for the drift monitor alone
+    ({"l2sp": 0.1, "precision": "bf16"}, 1, 4),                    # fp32 θ0 beside bf16 weights
+    ({"ewc": 0.1, "l2sp_anchor": "bf16"}, 2, 2),                   # θ0 and Fisher in bf16
+    ({"l2sp": 0.1, "l2sp_anchor": "cpu"}, 0, 4),                   # host memory: nothing on the GPU
+])
+def test_anchor_copies_are_planned_at_their_stored_bytes(leaves, copies, nbytes):
+    run_cfg = RunConfig().replace(device="cuda", **leaves)
+    plan = estimate(SHAPE, run_cfg)
+    params = plan.params
+    assert plan.anchor == copies * nbytes * params
+
+
+def test_the_data_order_costs_the_same_per_micro_batch_at_any_size():
+    def per_batch(n):
+        sched = plan_schedule(RunConfig().replace(batch_size=8, max_steps=10), n)
+        t0 = time.perf_counter()
+        for i in range(200):
+            sched.batch_indices(i % sched.batches_per_epoch)
+        return (time.perf_counter() - t0) / 200
+
+    small, large = per_batch(1_000), per_batch(200_000)
+    assert large < small * 20 + 2e-4   # a shuffle per micro-batch made this ~200x slower
