@@ -265,3 +265,127 @@ def test_card_labels_never_overprint_the_legend(qtbot):
             entries, cap = bar.canvas.legend_layout(fm, 60, lambda b: 70 + (width - 78) * min(b, scale) / scale)
             assert cap is not None
             assert not any(rect.intersects(cap) for _, rect in entries), (width, gb)
+
+
+# -- Compare for causal LMs -----------------------------------------------------------------------
+def with_token_type_ids(src, dst):
+    """A copy of a tiny model whose tokenizer returns token_type_ids (as BERT-style tokenizers of some LMs do)."""
+    import shutil
+    shutil.copytree(src, dst)
+    cfg_path = dst / "tokenizer_config.json"
+    tc = json.loads(cfg_path.read_text(encoding="utf-8"))
+    tc["model_input_names"] = ["input_ids", "token_type_ids", "attention_mask"]
+    cfg_path.write_text(json.dumps(tc), encoding="utf-8")
+    return dst
+
+
+def test_compare_generates_with_token_type_ids_through_the_trained_template(tiny_llama, tiny_llama_no_template,
+                                                                              tmp_path):
+    from transformers import AutoTokenizer
+
+    from ftstudio.engine.data.render import FALLBACK_CHAT_TEMPLATE
+    from ftstudio.gui.compare_jobs import Sampling, generate_pair
+
+    model = with_token_type_ids(tiny_llama, tmp_path / "ttids")
+    assert "token_type_ids" in AutoTokenizer.from_pretrained(str(model))("the contract")  # what broke generate
+    cfg = C.RunConfig().replace(source=str(model), device="cpu")
+    pieces = []
+    out = generate_pair(cfg, str(model), "the contract shall", 6, chat=True,
+                        on_text=lambda which, text: pieces.append((which, text)))
+    assert out["prompt"] == "<|user|>the contract shall<|end|><|assistant|>"  # the model's own template
+    assert "".join(t for w, t in pieces if w == "tuned") == out["tuned"] and out["tuned"]  # streamed, all of it
+    # a model trained without a template of its own was trained through the fallback: so is its prompt
+    cfg = C.RunConfig().replace(source=str(tiny_llama_no_template), device="cpu")
+    out = generate_pair(cfg, str(tiny_llama_no_template), "hello", 4, chat=True)
+    tok = AutoTokenizer.from_pretrained(str(tiny_llama_no_template))
+    assert out["prompt"] == tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False,
+                                                    add_generation_prompt=True, chat_template=FALLBACK_CHAT_TEMPLATE)
+    greedy = [generate_pair(cfg, str(tiny_llama_no_template), "hello", 12, chat=False)["tuned"] for _ in range(2)]
+    assert greedy[0] == greedy[1]
+    drawn = {s: generate_pair(cfg, str(tiny_llama_no_template), "hello", 12, chat=False,
+                              sampling=Sampling(do_sample=True, temperature=1.5, top_p=1.0, seed=s))["tuned"]
+             for s in (1, 1, 2)}
+    assert len(drawn) == 2 and drawn[1] != drawn[2]  # a seed gives one draw; another seed another
+
+
+def test_compare_tab_streams_into_the_boxes_before_the_job_ends(make_window, qtbot, tiny_llama, tmp_path):
+    win = make_window()
+    tab = win.compare_tab
+    model = with_token_type_ids(tiny_llama, tmp_path / "ttids")
+    tab.set_run(str(tmp_path), C.RunConfig().replace(source=str(model), device="cpu"), str(model), "causal-lm")
+    import threading
+    emitted_on = []  # the thread each piece was emitted on: the job's, while it generates
+    tab.textStreamed.connect(lambda which, text: emitted_on.append(threading.get_ident()),
+                             Qt.ConnectionType.DirectConnection)
+    tab.prompt.setPlainText("the contract shall")
+    tab.max_new.setValue(8)
+    tab.sample.setChecked(True)
+    with qtbot.waitSignal(tab.compared, timeout=60_000) as done:
+        tab.generate()
+        assert tab.busy and tab.stop_button.isEnabled() and not tab.gen_button.isEnabled()
+    out = done.args[0]
+    assert emitted_on and threading.get_ident() not in emitted_on  # pieces were sent while the job ran
+    assert len(tab.streamed["base"]) + len(tab.streamed["tuned"]) == len(emitted_on)  # and each one shown
+    assert tab.tuned_out.toPlainText() == out["tuned"] == "".join(tab.streamed["tuned"])
+    assert "Comparison failed" not in tab.info.text() and tab.gen_button.isEnabled()
+
+
+# -- classifier results ---------------------------------------------------------------------------
+DEMO_LABELS = ["termination", "confidentiality", "liability", "indemnification", "governing law", "payment",
+               "intellectual property", "force majeure"]
+
+
+def test_confusion_matrix_is_a_labelled_heat_map_that_fits_at_1280x800(make_window, qtbot, tmp_path):
+    win = make_window()
+    tab = win.compare_tab
+    win.center.setCurrentWidget(tab)
+    tab.set_run(str(tmp_path), C.RunConfig(), None, "classification")
+    n = len(DEMO_LABELS)
+    matrix = [[(6 if i == j else (1 if j == (i + 1) % n else 0)) for j in range(n)] for i in range(n)]
+    view = tab.heatmaps["tuned"]
+    view.set_matrix(DEMO_LABELS, matrix)
+    qtbot.wait(50)
+    assert view.isVisible() and tab.rect().contains(view.geometry().translated(view.parentWidget().pos()))
+    for i in range(n):
+        for j in range(n):
+            assert view.rect().toRectF().contains(view.cell_rect(i, j))  # the whole grid in view, no scrolling
+            assert view.cell_text(i, j).split("\n")[0] == str(matrix[i][j])  # every count printed
+    assert view.cell() >= view.fontMetrics().height()  # cells large enough to read
+    assert view.share(0, 0) == pytest.approx(6 / 7) and view.share(0, 1) == pytest.approx(1 / 7)
+    tab.cell_mode.setCurrentIndex(tab.cell_mode.findData("share"))
+    assert view.cell_text(0, 0) == "86%" and view.cell_text(0, 2) == "0%"  # the row-normalised share
+    from ftstudio.gui.compare_jobs import macro_f1
+    assert macro_f1([[5, 0], [0, 5]]) == 1.0 and macro_f1([[5, 5], [0, 0]]) == pytest.approx((2 * 5 / 15) / 2)
+
+
+def test_monitor_plots_accuracy_and_macro_f1_of_a_classifier(make_window):
+    m = make_window().monitor
+    assert not m.metric_axis.axis.isVisible() and "accuracy" not in m.loss_plot.getPlotItem().titleLabel.text
+    for step, acc, f1 in ((10, 0.5, 0.4), (20, 0.8, 0.75), (30, 0.95, 0.94)):
+        m.handle(EvalMetrics(step=step, loss=1.0 / step, accuracy=acc, macro_f1=f1))
+    m._flush()
+    xs, ys = m.accuracy.curve.getData()
+    assert list(xs) == [10, 20, 30] and list(ys) == [0.5, 0.8, 0.95]
+    assert list(m.macro_f1.curve.getData()[1]) == [0.4, 0.75, 0.94]
+    assert m.metric_axis.axis.isVisible() and "val accuracy" in m.loss_plot.getPlotItem().titleLabel.text
+    m.handle(EvalMetrics(step=5, loss=2.0, perplexity=7.4))  # a causal LM's eval adds no accuracy point
+    assert len(m.accuracy.y) == 3
+    m.reset()
+    assert not m.accuracy.y and not m.metric_axis.axis.isVisible()
+
+
+def test_runs_table_shows_the_accuracy_of_a_classifier_run(make_window, qtbot, tmp_path):
+    run = tmp_path / "runs" / "cls-run"
+    run.mkdir(parents=True)
+    C.RunConfig().replace(run_name="cls-run").save(run / "config.yaml")
+    events = [{"event": "step", "step": 1, "loss": 2.0}, {"event": "eval", "step": 1, "loss": 1.5, "accuracy": 0.5},
+              {"event": "finished", "status": "finished", "steps": 2, "train_loss": 1.0,
+               "eval": {"loss": 0.9, "accuracy": 0.875}}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    win = make_window(output=str(tmp_path / "runs"))
+    tab = win.runs_tab
+    with qtbot.waitSignal(tab.refreshed, timeout=10_000):
+        tab.refresh()
+    columns = [tab.table.headerItem().text(c) for c in range(tab.table.columnCount())]
+    item = tab.table.topLevelItem(0)
+    assert item.text(columns.index("accuracy")) == "87.5%"

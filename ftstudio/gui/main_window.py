@@ -437,6 +437,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     def shutdown(self) -> None:
         """Stop everything this window started and wait for it (close, tests)."""
         self.runs.shutdown(save=True)
+        self.compare_tab.shutdown()
         self.heartbeat.stop()
         self.monitor.timer.stop()
         self.hardware_panel.stop()

@@ -32,7 +32,7 @@ def keyed_title(plot: pg.PlotWidget, title: str, series: list["Series"]) -> None
     """The plot's key in its title line: an in-plot legend covered the curves of these small plots."""
     keys = []
     for s in series:
-        mark = {"t": "▲", "o": "●"}.get(s.curve.opts["symbol"], "━")
+        mark = {"t": "▲", "o": "●", "s": "■", "d": "◆"}.get(s.curve.opts["symbol"], "━")
         color = s.curve.opts["pen"].color().name()
         keys.append(f"<span style='color:{color}'>{mark} {html.escape(s.curve.opts['name'])}</span>")
     plot.setTitle(title + (": " + " · ".join(keys) if keys else ""), size="9pt")
@@ -93,6 +93,36 @@ class Series:
             self.dirty = False
 
 
+class _TwinAxis:
+    """A second y axis on the right of a plot (pyqtgraph's MultiplePlotAxes recipe): its own ViewBox, x linked
+    to the plot's, kept on the plot's geometry. ``plot()`` adds a curve to it, as PlotWidget.plot does."""
+
+    def __init__(self, plot: pg.PlotWidget, label: str, y_range: tuple[float, float]):
+        item = plot.getPlotItem()
+        self.vb = pg.ViewBox()
+        item.showAxis("right")
+        item.scene().addItem(self.vb)
+        axis = item.getAxis("right")
+        axis.linkToView(self.vb)
+        axis.setLabel(label)
+        self.vb.setXLink(item)
+        self.vb.setYRange(*y_range, padding=0.02)
+        self.vb.setMouseEnabled(x=False, y=False)
+        self.item = item
+        item.vb.sigResized.connect(self.sync)
+        self.axis = axis
+        self.sync()
+
+    def sync(self, *_args) -> None:
+        self.vb.setGeometry(self.item.vb.sceneBoundingRect())
+        self.vb.linkedViewChanged(self.item.vb, self.vb.XAxis)
+
+    def plot(self, *args, **kwargs) -> pg.PlotDataItem:
+        curve = pg.PlotDataItem(*args, **kwargs)
+        self.vb.addItem(curve)
+        return curve
+
+
 class Monitor(QWidget):
     """Turns run events into plots, progress and log lines."""
 
@@ -124,7 +154,12 @@ class Monitor(QWidget):
         self.train = Series(self.loss_plot, COLORS["train"], "train")
         self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
         self.retention = Series(self.loss_plot, COLORS["retention"], "general text (forgetting)", symbol="t")
-        keyed_title(self.loss_plot, "Loss", [self.train, self.eval, self.retention])
+        # a classifier's validation accuracy and macro-F1 on a 0–1 axis at the right of the loss plot
+        self.metric_axis = _TwinAxis(self.loss_plot, "accuracy / macro-F1", (0.0, 1.0))
+        self.metric_axis.axis.hide()  # shown once a run reports them
+        self.accuracy = Series(self.metric_axis, COLORS["accuracy"], "val accuracy", symbol="s")
+        self.macro_f1 = Series(self.metric_axis, COLORS["macro_f1"], "val macro-F1", symbol="d")
+        self._loss_key()
         self.drift = DriftStrip()
         self.lr = Series(self.lr_plot, COLORS["lr"], "lr")
         self.grad = Series(self.grad_plot, COLORS["grad"], "grad norm")
@@ -133,6 +168,7 @@ class Monitor(QWidget):
         self.mem_nvml = Series(self.mem_plot, COLORS["measured"], "NVML", symbol="t")
         self.series = [self.train, self.eval, self.retention, self.lr, self.grad, self.tps, self.mem, self.mem_nvml]
         self.mem_by_device: dict[str, tuple[Series, Series]] = {}  # a multi-GPU run: one pair of curves per card
+        self.series += [self.accuracy, self.macro_f1]
 
         grid = QGridLayout()
         grid.setSpacing(4)
@@ -194,6 +230,8 @@ class Monitor(QWidget):
         for s in self.series:
             s.clear()
         self.drift.clear_data()
+        self.metric_axis.axis.hide()
+        self._loss_key()
         self._mem_title()
         self.counts.clear()
         self.total_steps = self.step = 0
@@ -244,6 +282,12 @@ class Monitor(QWidget):
             self._on_step(e)
         elif isinstance(e, ev.EvalMetrics):
             self.eval.append(e.step, e.loss)
+            if e.accuracy is not None or e.macro_f1 is not None:
+                self.accuracy.append(e.step, e.accuracy)
+                self.macro_f1.append(e.step, e.macro_f1)
+                if not self.metric_axis.axis.isVisible():
+                    self.metric_axis.axis.show()
+                    self._loss_key()
             extra = "".join(f", {k} {v:.4g}" for k, v in (("perplexity", e.perplexity), ("accuracy", e.accuracy),
                                                             ("macro F1", e.macro_f1)) if v is not None)
             self.append_log(f"eval at step {e.step}: loss {e.loss:.4f}{extra}")
@@ -313,6 +357,12 @@ class Monitor(QWidget):
                 self._rename(a, f"{first_dev} tensors + allocator")
                 self._rename(b, f"{first_dev} NVML")
         return self.mem_by_device[device]
+
+    def _loss_key(self) -> None:
+        shown = [self.train, self.eval, self.retention]
+        if self.metric_axis.axis.isVisible():
+            shown += [self.accuracy, self.macro_f1]
+        keyed_title(self.loss_plot, "Loss", shown)
 
     def _rename(self, series: Series, name: str) -> None:
         series.curve.opts["name"] = name

@@ -12,7 +12,7 @@ COLORS = {
     "train": "#1f77b4", "eval": "#ff7f0e", "retention": "#2ca02c", "lr": "#9467bd", "grad": "#d62728",
     "tps": "#17becf", "mem": "#8c564b",
     "weights": "#4e79a7", "gradients": "#f28e2b", "optimizer": "#e15759", "activations": "#76b7b2",
-    "other": "#9c9c9c", "measured": "#59a14f",
+    "other": "#9c9c9c", "measured": "#59a14f", "accuracy": "#e377c2", "macro_f1": "#bcbd22",
 }
 
 
