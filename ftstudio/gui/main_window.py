@@ -437,6 +437,8 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     def shutdown(self) -> None:
         """Stop everything this window started and wait for it (close, tests)."""
         self.runs.shutdown(save=True)
+        if getattr(self, "tool_dialog", None) is not None:  # Run → Find learning rate / Sweep: stop and wait
+            self.tool_dialog.close()
         self.compare_tab.shutdown()
         self.heartbeat.stop()
         self.monitor.timer.stop()

@@ -166,7 +166,12 @@ class Monitor(QWidget):
         self.tps = Series(self.tps_plot, COLORS["tps"], "tokens/s")
         self.mem = Series(self.mem_plot, COLORS["mem"], "tensors + allocator", symbol="o")
         self.mem_nvml = Series(self.mem_plot, COLORS["measured"], "NVML", symbol="t")
-        self.series = [self.train, self.eval, self.retention, self.lr, self.grad, self.tps, self.mem, self.mem_nvml]
+        # The best evaluation so far (by eval.metric; what export_best exports): one star on the eval curve.
+        self.best = Series(self.loss_plot, COLORS["eval"], "best evaluation", symbol="star")
+        self.best.curve.setPen(None)
+        self.best.curve.setSymbolSize(16)
+        self.series = [self.train, self.eval, self.retention, self.lr, self.grad, self.tps, self.mem, self.mem_nvml,
+                       self.best]
         self.mem_by_device: dict[str, tuple[Series, Series]] = {}  # a multi-GPU run: one pair of curves per card
         self.series += [self.accuracy, self.macro_f1]
 
@@ -288,6 +293,8 @@ class Monitor(QWidget):
                 if not self.metric_axis.axis.isVisible():
                     self.metric_axis.axis.show()
                     self._loss_key()
+            if e.best:
+                self.best.x, self.best.y, self.best.dirty = [e.step], [e.loss], True
             extra = "".join(f", {k} {v:.4g}" for k, v in (("perplexity", e.perplexity), ("accuracy", e.accuracy),
                                                             ("macro F1", e.macro_f1)) if v is not None)
             self.append_log(f"eval at step {e.step}: loss {e.loss:.4f}{extra}")
@@ -389,6 +396,8 @@ class Monitor(QWidget):
         self.append_log(f"run {e.status} after {e.steps} steps in {fmt_duration(e.elapsed_s)}: train loss {loss}"
                         + (f"; eval {evals}" if evals else "")
                         + (f". Model: {e.final_model}" if e.final_model else ""))
+        if e.stop_reason:
+            self.append_log(e.stop_reason)
 
     def show_history(self, events: list[dict]) -> None:
         """Fill the plots from a finished run's metrics.jsonl (Runs tab → Open)."""

@@ -36,6 +36,9 @@ class WindowMenusMixin:
         self._action(m, "Stop", self.stop_run, "Ctrl+.")
         self._action(m, "Save checkpoint now", self.save_now, "Ctrl+K")
         self._action(m, "Check data again", self.data_panel.check_now)
+        m.addSeparator()
+        self._action(m, "Find learning rate…", self.open_lr_find)
+        self._action(m, "Sweep…", self.open_sweep)
         m = self.menuBar().addMenu("&View")
         group = QActionGroup(self)  # its triggered(QAction) names the action: sender() is None in a mixin slot
         group.triggered.connect(self._theme_from_action)
@@ -94,6 +97,52 @@ class WindowMenusMixin:
         cmd = self.cli_command()
         QGuiApplication.clipboard().setText(cmd)
         self._status(f"Copied: {cmd}")
+
+    # -- Run → Find learning rate / Sweep (dialogs in lr_find_dialog.py, sweep_dialog.py) --------------
+    @Slot()
+    def open_lr_find(self):
+        from .lr_find_dialog import LRFindDialog
+        return self._open_tool(LRFindDialog, "useLearningRate", self._use_found_lr)
+
+    @Slot()
+    def open_sweep(self):
+        from .sweep_dialog import SweepDialog
+        dlg = self._open_tool(SweepDialog, "useValues", self._use_sweep_values)
+        if dlg is not None:
+            dlg.finishedSweep.connect(self._sweep_finished)
+        return dlg
+
+    def _open_tool(self, cls, signal: str, slot):
+        """One dialog at a time, never beside a training run: both would share the same cores or GPU."""
+        if self.runs.running or (getattr(self, "tool_dialog", None) is not None and self.tool_dialog.job.running):
+            self._status("A run or another search is in progress: stop it first.", error=True)
+            return None
+        if self.training_panel.error:
+            self._status(f"Fix the config first: {self.training_panel.error}", error=True)
+            return None
+        from .engine_access import EngineMissing
+        try:
+            self.tool_dialog = cls(self.config(), self)
+        except (EngineMissing, ConfigError) as e:
+            QMessageBox.warning(self, "Not available", str(e))
+            return None
+        getattr(self.tool_dialog, signal).connect(slot)
+        self.tool_dialog.show()
+        return self.tool_dialog
+
+    @Slot(float)
+    def _use_found_lr(self, lr: float) -> None:
+        self.training_panel.set_value("lr", lr)
+        self._status(f"Learning rate set to {lr:g} (the range test's suggestion).")
+
+    @Slot(object)
+    def _use_sweep_values(self, values: dict) -> None:
+        self.training_panel.set_values(**values)
+        self._status("From the sweep's best trial: " + ", ".join(f"{k} {v:g}" for k, v in values.items()))
+
+    @Slot(object)
+    def _sweep_finished(self, result) -> None:
+        self.runs_tab.refresh()  # the trials are run folders: their curves overlay in the Runs tab
 
     @Slot()
     def export_launch_dialog(self) -> None:

@@ -1,0 +1,158 @@
+"""Run → Find learning rate: the LR range test of the current config, its curve drawn live, the suggestion with
+its rule, and a button that puts the suggestion into the Training tab's learning-rate field."""
+from __future__ import annotations
+
+from PySide6.QtCore import QTimer, Signal, Slot
+from PySide6.QtWidgets import (QDialog, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout)
+
+from ftstudio.core import events as ev
+
+from .tool_thread import ToolThread
+
+REDRAW_MS = 100
+
+
+class LRFindDialog(QDialog):
+    """``config`` is the run config the test starts from; ``useLearningRate(float)`` when the user takes it."""
+
+    useLearningRate = Signal(float)
+    finishedTest = Signal(object)  # the LRFindResult, or None on an error (tests wait on it)
+
+    def __init__(self, config, parent=None):
+        super().__init__(parent)
+        import pyqtgraph as pg
+
+        from .engine_access import engine
+        self.lr_mod = engine("train.lr_find", "lr_find", "lr_at", "smooth", "RULE")
+        self.config = config
+        self.result = None
+        self.losses: list[float] = []
+        self.setWindowTitle("Find learning rate")
+        self.setObjectName("lrFindDialog")
+        self.resize(720, 520)
+        lay = QVBoxLayout(self)
+        intro = QLabel("The LR range test trains from the pre-trained weights while the learning rate grows from "
+                       "1e-7 to 1e-2, and stops when the loss diverges. Nothing is saved to your model. Suggestion: "
+                       f"{self.lr_mod.RULE}.")
+        intro.setWordWrap(True)
+        lay.addWidget(intro)
+        self.plot = pg.PlotWidget()
+        self.plot.setObjectName("lrFindPlot")
+        self.plot.setLogMode(x=True, y=False)
+        self.plot.setLabel("bottom", "learning rate")
+        self.plot.setLabel("left", "training loss")
+        self.plot.showGrid(x=True, y=True, alpha=0.25)
+        self.raw_curve = self.plot.plot([], [], pen=pg.mkPen("#9ca3af", width=1))
+        self.smooth_curve = self.plot.plot([], [], pen=pg.mkPen("#2563eb", width=2))
+        self.marker = pg.InfiniteLine(angle=90, pen=pg.mkPen("#16a34a", width=2))
+        self.marker.hide()
+        self.plot.addItem(self.marker)
+        lay.addWidget(self.plot, 1)
+        self.status = QLabel("Press Start.")
+        self.status.setObjectName("lrFindStatus")
+        self.status.setWordWrap(True)
+        lay.addWidget(self.status)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Steps at most:"))
+        self.steps = QSpinBox()
+        self.steps.setRange(10, 1000)
+        self.steps.setValue(100)
+        row.addWidget(self.steps)
+        row.addStretch(1)
+        self.start_button = QPushButton("Start")
+        self.stop_button = QPushButton("Stop")
+        self.use_button = QPushButton("Use this learning rate")
+        self.use_button.setObjectName("useLrButton")
+        close = QPushButton("Close")
+        for b in (self.start_button, self.stop_button, self.use_button, close):
+            row.addWidget(b)
+        lay.addLayout(row)
+        self.stop_button.setEnabled(False)
+        self.use_button.setEnabled(False)
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.use_button.clicked.connect(self._use)
+        close.clicked.connect(self.close)
+        self.job = ToolThread(self)
+        self.job.done.connect(self._done)
+        self.timer = QTimer(self)
+        self.timer.setInterval(REDRAW_MS)
+        self.timer.timeout.connect(self._drain)
+
+    @Slot()
+    def start(self) -> None:
+        if self.job.running:
+            return
+        self.losses.clear()
+        self.result = None
+        self.use_button.setEnabled(False)
+        self.marker.hide()
+        self.start_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.status.setText("Checking the memory plan and loading the model…")
+        cfg, steps, find = self.config, self.steps.value(), self.lr_mod.lr_find
+        self.job.start(lambda report, control: find(cfg, report, control, steps=steps))
+        self.timer.start()
+
+    @Slot()
+    def stop(self) -> None:
+        self.job.request_stop()
+        self.status.setText("Stopping after this step…")
+
+    @Slot()
+    def _drain(self) -> None:
+        grew = False
+        while self.job.events:
+            e = self.job.events.popleft()
+            if isinstance(e, ev.StepMetrics):
+                self.losses.append(e.loss)
+                grew = True
+            elif isinstance(e, ev.LogLine) and e.level != "info":
+                self.status.setText(e.message)
+            elif isinstance(e, ev.RunFailed):
+                self.status.setText(f"Failed: {e.reason}")
+        if grew:
+            steps = self.steps.value()
+            lrs = [self.lr_mod.lr_at(i, steps) for i in range(len(self.losses))]
+            self._draw(lrs, self.losses, self.lr_mod.smooth(self.losses))
+            self.status.setText(f"Step {len(self.losses)}: LR {lrs[-1]:.2e}, loss {self.losses[-1]:.4f}")
+
+    def _draw(self, lrs, losses, smoothed) -> None:
+        pts = [(x, a, b) for x, a, b in zip(lrs, losses, smoothed) if a == a and b == b and abs(b) != float("inf")]
+        if pts:
+            xs, raw, sm = (list(t) for t in zip(*pts))
+            self.raw_curve.setData(xs, raw)
+            self.smooth_curve.setData(xs, sm)
+
+    @Slot(object, str)
+    def _done(self, result, error: str) -> None:
+        self._drain()
+        self.timer.stop()
+        self.start_button.setEnabled(True)
+        self.stop_button.setEnabled(False)
+        self.result = result
+        if error or result is None:
+            self.status.setText(f"The range test could not run: {error}")
+        else:
+            self._draw(result.lrs, result.losses, result.smoothed)
+            if result.suggested_lr is not None:
+                import math
+                self.marker.setValue(math.log10(result.suggested_lr))  # log-mode axes take log10 positions
+                self.marker.show()
+                self.use_button.setEnabled(True)
+                self.status.setText(f"Suggested learning rate {result.suggested_lr:.2e} ({result.status} after "
+                                    f"{result.steps} steps; lowest smoothed loss at {result.min_loss_lr:.2e}). "
+                                    f"Plot and curve: {result.run_dir}")
+            else:
+                self.status.setText(f"No suggestion ({result.status}): {result.reason}")
+        self.finishedTest.emit(result)
+
+    @Slot()
+    def _use(self) -> None:
+        if self.result is not None and self.result.suggested_lr is not None:
+            self.useLearningRate.emit(float(f"{self.result.suggested_lr:.2e}"))
+
+    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self.timer.stop()
+        self.job.shutdown()
+        super().closeEvent(event)
