@@ -389,3 +389,53 @@ def test_runs_table_shows_the_accuracy_of_a_classifier_run(make_window, qtbot, t
     columns = [tab.table.headerItem().text(c) for c in range(tab.table.columnCount())]
     item = tab.table.topLevelItem(0)
     assert item.text(columns.index("accuracy")) == "87.5%"
+
+
+# -- warnings where the user meets them -----------------------------------------------------------
+def test_warnings_for_seq_len_past_the_context_duplicates_and_a_tokenizer_without_eos(make_window, qtbot,
+                                                                                       tiny_llama, tmp_path):
+    import shutil
+    data = write_lm_data(tmp_path / "dups.jsonl", n=20)
+    lines = data.read_text(encoding="utf-8").splitlines()
+    data.write_text("\n".join(lines + lines[:3]) + "\n", encoding="utf-8")  # three rows twice
+    win = lm_window(make_window, tiny_llama, tmp_path, dataset=str(data), seq_len=1024)  # the model has 512
+    wait_ready(qtbot, win)
+    warn = win.training_panel.seq_warning
+    assert warn.isVisibleTo(win.training_panel) and "512" in warn.text()
+    dp = win.data_panel
+    reasons = [p.reason for p in dp.warnings]
+    assert any("longer than the model's context" in r for r in reasons)
+    assert any("3 row(s) repeat an earlier row" in r for r in reasons), reasons
+    assert not dp.error and not dp.status.text().startswith("Data OK")
+    win.training_panel.editors["seq_len"].widget.setValue(256)
+    assert not warn.isVisibleTo(win.training_panel)
+    # a separate validation file that repeats training rows, and a tokenizer without EOS
+    val = tmp_path / "val.jsonl"
+    val.write_text("\n".join(lines[:2] + ['{"prompt": "new", "completion": "row"}']) + "\n", encoding="utf-8")
+    model = tmp_path / "no-eos"
+    shutil.copytree(tiny_llama, model)
+    tc = json.loads((model / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tc["eos_token"] = None
+    (model / "tokenizer_config.json").write_text(json.dumps(tc), encoding="utf-8")
+    (model / "special_tokens_map.json").unlink(missing_ok=True)
+    win.training_panel.set_values(val_dataset=str(val), source=str(model))
+    qtbot.waitUntil(lambda: win.model_info is not None and win.model_info.source == str(model), timeout=30_000)
+    wait_ready(qtbot, win)
+    reasons = [p.reason for p in dp.warnings]
+    assert any("2 validation row(s) repeat a training row" in r and "rows 1, 2" in r for r in reasons), reasons
+    assert any("no end-of-sequence token" in r for r in reasons), reasons
+
+
+def test_data_ok_never_beside_a_tokenizer_error(make_window, qtbot, tmp_path):
+    folder = tmp_path / "config-only"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+                                                    "hidden_size": 64, "intermediate_size": 128,
+                                                    "num_hidden_layers": 2, "num_attention_heads": 4,
+                                                    "vocab_size": 100, "max_position_embeddings": 128}),
+                                        encoding="utf-8")
+    win = make_window(source=str(folder), dataset=str(write_lm_data(tmp_path / "lm.jsonl")), seq_len=64)
+    qtbot.waitUntil(lambda: win.model_info is not None, timeout=30_000)
+    wait_ready(qtbot, win)
+    text = win.data_panel.status.text()
+    assert "tokenizer did not load" in text and "Data OK" not in text

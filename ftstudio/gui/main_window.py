@@ -175,6 +175,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     def _model_changed(self, info) -> None:
         self.model_info = info
         self.training_panel.set_model_layers(info.num_layers)
+        self.training_panel.set_context_length(getattr(info, "context_length", None))
         self._requested_source = info.source
         if self.config().model.source != info.source:
             self.training_panel.set_value("source", info.source)
@@ -193,6 +194,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.model_info = None
         self.plan = None
         self.training_panel.set_model_layers(None)
+        self.training_panel.set_context_length(None)
         self.memory_bar.set_unavailable(f"No memory plan: {message}")
         self._set_running(self.runs.running)
 

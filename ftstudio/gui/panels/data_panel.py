@@ -22,7 +22,7 @@ from ftstudio.core.config import DataConfig, ModelConfig
 from ftstudio.core.errors import DataError, DataProblem
 
 from ..engine_access import EngineMissing, engine, fmt_count
-from . import add_fact_rows
+from . import add_fact_rows, breakable
 from ..theme import COLORS
 from ..worker import JobRunner
 
@@ -54,24 +54,74 @@ def load_tokenizer(info, trust_remote_code: bool = False):
         return tok
 
 
+def _record_key(rec: dict) -> str:
+    return json.dumps(rec, sort_keys=True, ensure_ascii=False, default=str)
+
+
+def duplicate_warnings(path: str, records: list[dict], val_records: list[dict] | None) -> list[DataProblem]:
+    """Validation rows that repeat training rows: validation loss then measures recall, not generalisation.
+    With a separate validation file, each such row is named; with a split, rows that have an exact copy in the
+    file are (the split may put one copy on each side)."""
+    if val_records is not None:
+        train = {_record_key(r) for r in records}
+        rows = [i + 1 for i, r in enumerate(val_records) if _record_key(r) in train]
+        if not rows:
+            return []
+        return [DataProblem(path, rows[0], None, f"{len(rows)} validation row(s) repeat a training row exactly "
+                            f"(rows {', '.join(map(str, rows[:8]))}{' …' if len(rows) > 8 else ''}): validation "
+                            "loss then measures memorisation", "warning")]
+    seen: dict[str, int] = {}
+    dups = []
+    for i, r in enumerate(records):
+        k = _record_key(r)
+        if k in seen:
+            dups.append((i + 1, seen[k]))
+        else:
+            seen[k] = i + 1
+    if not dups:
+        return []
+    row, first = dups[0]
+    return [DataProblem(path, row, None, f"{len(dups)} row(s) repeat an earlier row exactly (row {row} = row "
+                        f"{first}): the random split can put one copy in training and one in validation", "warning")]
+
+
+def model_warnings(cfg: DataConfig, info, tok, task: str | None) -> list[DataProblem]:
+    """What the model and tokenizer say about this data: a seq_len past the model's context, no EOS token."""
+    out = []
+    ctx = getattr(info, "context_length", None)
+    if ctx and cfg.seq_len > ctx:
+        out.append(DataProblem(cfg.dataset, None, "seq_len", f"seq_len {cfg.seq_len} is longer than the model's "
+                               f"context ({ctx} positions): rows past {ctx} tokens get positions it never saw "
+                               "(or fail); lower seq_len", "warning"))
+    if tok is not None and task != "classification" and getattr(tok, "eos_token", None) is None:
+        out.append(DataProblem(cfg.dataset, None, None, "the tokenizer has no end-of-sequence token: the model "
+                               "cannot learn where a completion ends, so it will not stop generating", "warning"))
+    return out
+
+
 def check_job(cfg: DataConfig, info, task: str | None, trust: bool) -> dict:
     """Runs on a pool thread: the DataReport, plus a few records and the tokenizer for the preview."""
     data = engine("data", "check_data", "load_records", "render_example")
-    notes = []
+    notes, tokenizer_error = [], None
     try:
         tok = load_tokenizer(info, trust)
     except Exception as exc:  # a model without a usable tokenizer still gets its rows checked
         tok = None
-        notes.append(f"tokenizer not loaded ({type(exc).__name__}: {exc}); token counts need it")
+        tokenizer_error = f"the model's tokenizer did not load ({type(exc).__name__}: {exc}); token counts need it"
     report = data.check_data(cfg, tok, task=task)
     records: list[dict] = []
+    warnings: list[DataProblem] = []
     try:
         source = str(data.demo_dataset_path()) if cfg.dataset == "demo" and hasattr(data, "demo_dataset_path") \
             else cfg.dataset
-        records = data.load_records(source)[:PREVIEW_ROWS]
+        records = data.load_records(source)
+        val = data.load_records(cfg.val_dataset) if cfg.val_dataset else None
+        warnings += duplicate_warnings(source, records, val)
     except (DataError, OSError, ValueError):
         pass  # the problems are already in the report
-    return {"report": report, "records": records, "tokenizer": tok, "notes": notes}
+    warnings += model_warnings(cfg, info, tok, report.task or task)
+    return {"report": report, "records": records[:PREVIEW_ROWS], "tokenizer": tok, "notes": notes,
+            "warnings": warnings, "tokenizer_error": tokenizer_error}
 
 
 def render_html(pieces: list[tuple[str, bool]]) -> str:
@@ -101,6 +151,7 @@ class DatasetPanel(QGroupBox):
         self.records: list[dict] = []
         self.tokenizer = None
         self.error: str | None = None
+        self.warnings: list[DataProblem] = []  # what the model, tokenizer and split say (no run is stopped)
         self._generation = 0
         self.jobs_in_flight = 0
         self.jobs = JobRunner(jobs_pool, self)
@@ -235,11 +286,20 @@ class DatasetPanel(QGroupBox):
         self.report, self.records, self.tokenizer = rep, result["records"], result["tokenizer"]
         errors = [p for p in rep.problems if p.severity == "error"]
         self.error = f"{len(errors)} problem(s) in the data" if errors else None
+        self.warnings = list(result.get("warnings", []))
         self._show_report(rep)
         notes = list(result["notes"])
+        tok_error = result.get("tokenizer_error")
         if errors:
             self.status.setText(f"{len(errors)} error(s): fix them before training (see Problems).")
             self.status.setStyleSheet("color: #d62728;")
+            self.tabs.setCurrentWidget(self.problems)
+        elif tok_error or self.warnings:  # never "Data OK." beside a tokenizer error or a warning
+            parts = ([f"Rows checked, but {tok_error}."] if tok_error else [])
+            parts += [f"{len(self.warnings)} warning(s): {self.warnings[0].reason}"
+                      + (" (more under Problems)." if len(self.warnings) > 1 else ".")] if self.warnings else []
+            self.status.setText(breakable(" ".join(parts + notes)))
+            self.status.setStyleSheet("color: #b8860b;")
             self.tabs.setCurrentWidget(self.problems)
         else:
             self.status.setText("Data OK. " + " ".join(notes))
@@ -276,7 +336,7 @@ class DatasetPanel(QGroupBox):
         else:
             f["tokens"].setText(f"{fmt_count(rep.tokens)} ({fmt_count(rep.trainable_tokens)} under the loss){trunc}")
         f["labels"].setText(", ".join(rep.labels[:20]) + (" …" if len(rep.labels) > 20 else "") if rep.labels else "–")
-        self._show_problems(rep.problems)
+        self._show_problems(list(rep.problems) + self.warnings)
         self._draw_histogram(rep.lengths)
         self.row_spin.setRange(1, max(1, len(self.records)))
         self._render_preview()
@@ -290,6 +350,8 @@ class DatasetPanel(QGroupBox):
             item.setToolTip(3, p.reason)
             if p.severity == "error":
                 item.setForeground(3, pg.mkColor("#d62728"))
+            elif p.severity == "warning":
+                item.setForeground(3, pg.mkColor("#b8860b"))
             self.problems.addTopLevelItem(item)
         self.tabs.setTabText(0, f"Problems ({len(problems)})")
         for i in range(3):

@@ -148,6 +148,7 @@ class TrainingPanel(QWidget):
         self.editors: dict[str, FieldEditor] = {}
         self.train_rows: int | None = None
         self.num_layers: int | None = None  # blocks of the chosen model (ModelInfo), for the per-layer LR bars
+        self.context_length: int | None = None  # the chosen model's positions, for the seq_len warning
         self._config = config or C.RunConfig()
         self.error: str | None = None
         self._build()
@@ -205,6 +206,13 @@ class TrainingPanel(QWidget):
                 section, f = fields[leaf]
                 self._add_field(ess_form, section, f, defaults)
                 self.essential_rows.append(leaf)
+                if leaf == "seq_len":  # warned right where it is set
+                    self.seq_warning = QLabel("")
+                    self.seq_warning.setObjectName("seqLenWarning")
+                    self.seq_warning.setWordWrap(True)
+                    self.seq_warning.setStyleSheet("color: #b8860b;")
+                    self.seq_warning.setVisible(False)
+                    ess_form.addRow(self.seq_warning)
         form_lay.addWidget(self.lr_plot)  # the schedule right under the choices that shape it
         self.groups: dict[str, Collapsible] = {}
         for section, cls in C.SECTIONS.items():
@@ -319,6 +327,18 @@ class TrainingPanel(QWidget):
                                     "layer below the head by ×ξ, so general early layers move least.")
         self.layer_note.setVisible(bool(self.layer_note.text()))
 
+    def set_context_length(self, positions: int | None) -> None:
+        """The chosen model's context (ModelInfo.context_length): a longer seq_len is warned under the field."""
+        self.context_length = positions
+        self._warn_seq_len()
+
+    def _warn_seq_len(self) -> None:
+        ctx, seq = self.context_length, self._config.data.seq_len
+        over = bool(ctx) and seq > ctx
+        self.seq_warning.setText(f"⚠ Longer than the model's context ({ctx:,} positions): rows past it get "
+                                 "positions the model never saw. Lower the sequence length." if over else "")
+        self.seq_warning.setVisible(over)
+
     def set_train_rows(self, rows: int | None) -> None:
         """Rows of the training split (from the data check): sets the step count of the LR preview."""
         self.train_rows = rows
@@ -347,6 +367,7 @@ class TrainingPanel(QWidget):
         self._config = cfg
         self._draw_lr()
         self._draw_layer_rates()
+        self._warn_seq_len()
         self._show_preset()
         self.configChanged.emit(cfg)
 
