@@ -92,3 +92,16 @@ def test_config_checks():
         RunConfig().replace(export_best=True, gpus=[0, 1])
     with pytest.raises(ConfigError, match="classifiers"):
         RunConfig().replace(metric="accuracy", task="causal-lm")
+
+
+def test_host_room_for_the_best_weights_is_checked(monkeypatch):
+    import psutil
+    import torch
+
+    from ftstudio.engine.train.early_stop import check_host_room
+
+    model = torch.nn.Linear(100, 10)  # 1010 fp32 values: 4040 bytes
+    assert check_host_room(model) == 4040
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": 4000})())
+    with pytest.raises(ConfigError, match="best weights needs 0.00 GB of host RAM"):
+        check_host_room(model)

@@ -117,3 +117,19 @@ def test_cli_json_and_bad_input(tiny_llama, tmp_path, capsys):
                  "--end-lr", "1e-3"]) == 2
     err = capsys.readouterr().err
     assert "at least 2 steps" in err and "below the end LR" in err and "Traceback" not in err
+
+
+def test_memory_plan_is_checked_before_the_test_starts(tiny_llama, tmp_path, monkeypatch):
+    import psutil
+
+    from ftstudio.core.errors import ConfigError
+    from ftstudio.engine.train.preflight import check_memory_plan
+
+    cfg = RunConfig().replace(source=str(tiny_llama), dataset="demo", output=str(tmp_path / "runs"), device="cpu",
+                              seq_len=32, batch_size=2)
+    ok = check_memory_plan(cfg)
+    assert ok.device == "cpu" and 0 < ok.planned < ok.capacity and "fits" in ok.message
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: type("VM", (), {"available": ok.planned - 1})())
+    with pytest.raises(ConfigError, match="does not fit"):
+        lr_find(cfg, steps=10)
+    assert not (tmp_path / "runs").exists()  # refused before any run folder was made

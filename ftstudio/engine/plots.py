@@ -40,7 +40,7 @@ def save_lr_find_plot(path: str | Path, result) -> str:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
     ax.set_title("LR range test: " + (f"suggested {result.suggested_lr:.1e}" if result.suggested_lr
-                                      else "no suggestion") + f"\nrule: {result.rule}", fontsize=9)
+                                      else "no suggestion") + f"\nrule: {result.rule}", fontsize=8)
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="upper left")
     fig.savefig(path)

@@ -39,7 +39,7 @@ class BestTracker:
         self._weights: list | None = None
 
     @classmethod
-    def for_run(cls, cfg, task: str, has_val: bool, report=None) -> "BestTracker":
+    def for_run(cls, cfg, task: str, has_val: bool, report=None, model=None) -> "BestTracker":
         metric = cfg.eval.metric
         if metric != "loss" and task != "classification":
             raise ConfigError("eval.metric", f"{metric!r} is for classifiers; this run trains a {task} model, "
@@ -54,7 +54,10 @@ class BestTracker:
             from ftstudio.core.events import LogLine
             report(LogLine("eval.early_stop_patience needs eval.eval_every > 0 (evaluations during the run): "
                            "it cannot stop this run early", "warning"))
-        return cls(metric, cfg.eval.early_stop_patience, cfg.checkpoint.export_best and has_val)
+        keep = cfg.checkpoint.export_best and has_val
+        if keep and model is not None:
+            check_host_room(model)
+        return cls(metric, cfg.eval.early_stop_patience, keep)
 
     def update(self, step: int, result: dict, model) -> bool:
         """Record an evaluation; True when it is the best so far (its weights are then copied if kept)."""
@@ -104,6 +107,20 @@ class BestTracker:
         with torch.no_grad():
             for t, saved in zip(_tensors(model), self._weights):
                 t.copy_(saved)
+
+
+def check_host_room(model) -> int:
+    """The host RAM the best-weights copy takes (bytes); ConfigError when the host does not have it free."""
+    need = sum(t.numel() * t.element_size() for t in _tensors(model))
+    try:
+        import psutil
+        free = int(psutil.virtual_memory().available)
+    except Exception:  # noqa: BLE001 - no memory figure on this platform: nothing to check against
+        return need
+    if need > free:
+        raise ConfigError("checkpoint.export_best", f"the copy of the best weights needs {need / 1e9:.2f} GB of "
+                          f"host RAM and {free / 1e9:.2f} GB is free; turn export_best off")
+    return need
 
 
 def _tensors(model) -> list:

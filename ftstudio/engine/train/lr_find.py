@@ -30,7 +30,7 @@ DIVERGE_FACTOR = 4.0    # stop once the smoothed loss is this many times its min
 MIN_POINTS = 10         # no divergence call, and no suggestion, before this many steps
 FINE_TUNE_RANGE = (1e-6, 5e-4)
 RULE = ("a tenth of the LR at the minimum of the smoothed loss, clipped to the fine-tuning range "
-        f"{FINE_TUNE_RANGE[0]:g}–{FINE_TUNE_RANGE[1]:g}")
+        f"{FINE_TUNE_RANGE[0]:.0e}–{FINE_TUNE_RANGE[1]:.0e}")
 
 
 @dataclass

@@ -197,7 +197,7 @@ class Trainer:
         self.forgetting = Forgetting(cfg, model, tokenizer, task, prepared, device, numerics.autocast_dtype,
                                      self.report)
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
-        self._best = BestTracker.for_run(cfg, task, bool(prepared.val), self.report)
+        self._best = BestTracker.for_run(cfg, task, bool(prepared.val), self.report, model)
         sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general))
         if cfg.memory.optimizer_in_backward:
             from ftstudio.engine.train.speed import check_in_backward
