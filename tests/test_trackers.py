@@ -1,6 +1,7 @@
 """Experiment trackers as sinks (train.report_to): TensorBoard event files, W&B offline, MLflow file store; a
 tracker that is not installed fails the run before anything is written."""
 import importlib.util
+import time
 
 import pytest
 
@@ -113,9 +114,15 @@ def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch):
     offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0
     # The offline file holds the logged history: its records, read back with wandb's own protobuf types.
-    history = [{i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item}
-               for rec in _wandb_records(offline[0]) if rec.WhichOneof("record_type") == "history"]
-    losses = [float(h["train/loss"]) for h in history if "train/loss" in h]
+    # wandb's core process may still be writing the file when finish() returns: give it a few seconds.
+    deadline = time.monotonic() + 30
+    while True:
+        history = [{i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item}
+                   for rec in _wandb_records(offline[0]) if rec.WhichOneof("record_type") == "history"]
+        losses = [float(h["train/loss"]) for h in history if "train/loss" in h]
+        if len(losses) >= 4 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert losses == [4.0, 2.0, 4.0 / 3, 1.0]
     assert any("eval/perplexity" in h for h in history)
     assert not sinks[0].active  # finished at RunFinished
