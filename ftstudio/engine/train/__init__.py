@@ -6,7 +6,10 @@
 - ``numerics.py``: device and precision; ``optim.py``: parameter groups and optimizers;
 - ``loss.py``: the causal-LM loss, full or by checkpointed slices; ``speed.py``: compile, activation
   checkpointing and offload, the step in backward, the fused/compiled losses, the attention kernel;
-- ``evaluate.py``: validation metrics; ``checkpoint.py``: crash-safe checkpoints and exact resume.
+- ``evaluate.py``: validation metrics; ``checkpoint.py``: crash-safe checkpoints and exact resume;
+- ``early_stop.py``: the best evaluation, its weights (export_best) and early stopping (patience);
+- ``lr_find.py``: the LR range test, a ``Trainer`` subclass; ``preflight.py``: the memory plan checked before
+  a run nobody watches start (the range test, sweep trials; ``engine/sweep.py`` drives Optuna above this room).
 
 This face imports no torch (the GUI draws the LR schedule from it before any training): ``optim``,
 ``loss`` and ``speed`` import torch and are imported as modules where they are needed.
