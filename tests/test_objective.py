@@ -72,3 +72,57 @@ def test_the_step_loss_is_the_token_mean(tiny_llama, tmp_path):
     with torch.no_grad():
         expected = float(model(**batch).loss)  # HF: one mean over every predicted token of the four rows
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+# -- loss paths agree with the model: logit transforms, and evaluation on the training path ---------------------
+def _tiny(kind):
+    import transformers
+
+    common = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, max_position_embeddings=64)
+    cfg = {"gemma2": lambda: transformers.Gemma2Config(head_dim=16, final_logit_softcapping=2.0, **common),
+           "cohere": lambda: transformers.CohereConfig(logit_scale=0.37, **common),
+           "granite": lambda: transformers.GraniteConfig(logits_scaling=3.0, **common)}[kind]()
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("kind", ["gemma2", "cohere", "granite"])
+def test_chunked_loss_keeps_the_models_logit_transforms(kind):
+    from ftstudio.engine.train.speed import causal_lm_loss
+
+    model = _tiny(kind)
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))
+    batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        own = float(model(**batch).loss)
+        chunked = float(causal_lm_loss(model, batch, loss="chunked"))
+    assert chunked == pytest.approx(own, rel=1e-5)
+
+
+def test_evaluation_uses_the_training_loss_path(tiny_llama, tmp_path, monkeypatch):
+    import ftstudio.engine.train.loss as ml
+
+    data = _write(tmp_path / "d.jsonl", ROWS)
+    calls = {"eval": 0}
+    real = ml.causal_lm_loss
+
+    def counting(model, batch, *, chunked):
+        if not model.training:
+            calls["eval"] += 1
+        return real(model, batch, chunked=chunked)
+
+    monkeypatch.setattr(ml, "causal_lm_loss", counting)
+    _one_step(tiny_llama, data, tmp_path / "runs", "r", batch_size=2, grad_accum=1, loss="chunked")
+    assert calls["eval"] > 0   # the final evaluation went through the chunked loss, not the model's full logits
+
+
+def test_the_plan_counts_the_evaluation_phase():
+    from ftstudio.engine.memory import estimate
+
+    shape = {"model_type": "llama", "hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
+             "num_key_value_heads": 4, "intermediate_size": 512, "vocab_size": 128_000}
+    full = estimate(shape, RunConfig().replace(device="cuda", batch_size=8, seq_len=1024))
+    sliced = estimate(shape, RunConfig().replace(device="cuda", batch_size=8, seq_len=1024, loss="chunked"))
+    assert "phase:evaluation" in full.parts
+    assert sliced.parts["phase:evaluation"] < full.parts["phase:evaluation"] / 4   # slices, not the whole logits

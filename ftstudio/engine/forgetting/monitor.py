@@ -41,9 +41,9 @@ class Forgetting:
                                   if causal and r.retention_eval else [])
         fisher_batches = None
         if r.ewc > 0:
-            if causal:
-                fisher_batches = self.retention_batches or [self._collate_general(self.general[i:i + 1])
-                                                            for i in range(min(len(self.general), r.ewc_batches))]
+            if causal:  # from the general text the retention evaluation never scores (its held-out fifth)
+                fisher_batches = [self._collate_general(self.general[i:i + 1])
+                                  for i in range(min(len(self.general), r.ewc_batches))]
             else:  # a classifier has no general text: its Fisher comes from the task data (documented)
                 fisher_batches = [prepared.collate(prepared.train[i:i + 1])
                                   for i in range(min(len(prepared.train), r.ewc_batches))]

@@ -228,6 +228,10 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
             loss_fwd, loss_bwd = T * V * (c + 8), T * V * LOSS_FULL_PER_LOGIT
     else:
         loss_fwd = loss_bwd = T * 4 * d
+    if task == "causal-lm":
+        eval_loss = (min(T, chunk_tokens(shape.vocab)) if run.memory.loss == "chunked" else T) * shape.vocab * (c + 8)
+    else:
+        eval_loss = loss_fwd
     # Later micro-batches of an accumulation run forward while the summed gradients exist.
     g_live = grads if run.train.grad_accum > 1 else 0
     if run.memory.optimizer_in_backward:
@@ -247,6 +251,9 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
             else g_live + cache_bwd + layers_act + wb * shape.vocab * d // gpus),
         "optimizer step": states + grads_end + (wb + c + LOWBIT_STEP_BYTES.get(run.optim.optimizer, 0)) * largest
         + (grads_end if run.optim.optimizer == "adafactor" else 0),
+        # No gradients (freed after the step), nothing saved for backward: one block's tensors at a time and
+        # the loss on the same path as training (a chunked run evaluates by slices too).
+        "evaluation": states + cache_fwd + T * per_layer + head_act + eval_loss,
     }
     phase = max(phases, key=phases.get)
     peak = phases[phase]

@@ -15,8 +15,12 @@ def _batches(examples, batch_size, max_batches):
         yield examples[start:start + batch_size]
 
 
-def predict(model, prepared, *, device: str, autocast_dtype=None, batch_size: int = 32, max_batches=None):
-    """(loss summed over examples or tokens, count, predictions, targets) over the validation split."""
+def predict(model, prepared, *, device: str, autocast_dtype=None, batch_size: int = 32, max_batches=None,
+            loss_fn=None):
+    """(loss summed over examples or tokens, count, predictions, targets) over the validation split.
+
+    ``loss_fn(model, batch)``: the causal-LM loss on the training path (chunked, fused or compiled), so that
+    evaluation needs no more memory than training planned; None uses the model's own loss."""
     import torch
 
     was_training = model.training
@@ -28,15 +32,18 @@ def predict(model, prepared, *, device: str, autocast_dtype=None, batch_size: in
         with torch.no_grad(), autocast:
             for chunk in _batches(prepared.val, batch_size, max_batches):
                 batch = {k: v.to(device) for k, v in prepared.collate(chunk).items()}
-                out = model(**batch)
                 labels = batch["labels"]
                 if labels.dim() == 1:  # classification: one label per example
-                    n = labels.numel()
+                    out = model(**batch)
+                    n, loss = labels.numel(), out.loss
                     preds += out.logits.argmax(-1).tolist()
                     targets += labels.tolist()
-                else:  # causal LM: HF's loss is the mean over predicted tokens (labels shifted by one)
+                else:  # causal LM: the mean over predicted tokens (labels shifted by one)
                     n = int((labels[:, 1:] != -100).sum())
-                loss_sum += float(out.loss) * n
+                    if n == 0:
+                        continue
+                    loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
+                loss_sum += float(loss) * n
                 count += n
     finally:
         model.train(was_training)
@@ -63,9 +70,9 @@ def confusion_matrix(preds: list[int], targets: list[int], n_classes: int) -> li
 
 
 def evaluate(model, prepared, *, device: str, task: str, autocast_dtype=None, batch_size: int = 32,
-             max_batches=None) -> dict:
+             max_batches=None, loss_fn=None) -> dict:
     loss_sum, count, preds, targets = predict(model, prepared, device=device, autocast_dtype=autocast_dtype,
-                                              batch_size=batch_size, max_batches=max_batches)
+                                              batch_size=batch_size, max_batches=max_batches, loss_fn=loss_fn)
     loss = loss_sum / max(1, count)
     if task == "classification":
         acc = sum(p == t for p, t in zip(preds, targets)) / max(1, len(targets))

@@ -12,13 +12,35 @@ from torch.utils.checkpoint import checkpoint
 from ftstudio.engine.memory import chunk_tokens
 
 
-def _slice_loss(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias).float()   # fp32 for a stable log-softmax, as HF does
+def logit_transform(model) -> tuple[float, float | None]:
+    """(multiplier, soft-cap) the model's own forward applies to ``lm_head(hidden)``: Cohere's ``logit_scale``,
+    Granite's ``logits_scaling`` (a divisor), Gemma 2's ``final_logit_softcapping`` (cap·tanh(x / cap)). A loss
+    that bypasses the model's forward must apply them too, or it trains another model than the one exported."""
+    cfg = getattr(model, "config", None)
+    scale = float(getattr(cfg, "logit_scale", None) or 1.0)
+    divisor = getattr(cfg, "logits_scaling", None)
+    if divisor not in (None, 0):
+        scale /= float(divisor)
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    return scale, (float(cap) if cap else None)
+
+
+def transform_logits(logits: torch.Tensor, scale: float = 1.0, cap: float | None = None) -> torch.Tensor:
+    if scale != 1.0:
+        logits = logits * scale
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def _slice_loss(hidden: torch.Tensor, weight: torch.Tensor, bias, targets: torch.Tensor, scale: float = 1.0,
+                cap: float | None = None) -> torch.Tensor:
+    logits = transform_logits(F.linear(hidden, weight, bias).float(), scale, cap)  # fp32 log-softmax, as HF does
     return F.cross_entropy(logits, targets, ignore_index=-100, reduction="sum")
 
 
 def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor,
-                          chunk: int | None = None) -> torch.Tensor:
+                          chunk: int | None = None, scale: float = 1.0, cap: float | None = None) -> torch.Tensor:
     """Mean next-token cross-entropy of ``head(hidden)`` against ``labels`` (-100 = ignored), by slices.
 
     hidden: (batch, seq, d) after the final norm; labels: (batch, seq), unshifted, as HF models take them.
@@ -30,7 +52,7 @@ def chunked_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: t
     for i in range(0, h.shape[0], step):
         # Recomputed in backward: only this slice's logits and their gradient are alive at a time.
         total = total + checkpoint(_slice_loss, h[i:i + step], head.weight, head.bias, targets[i:i + step],
-                                   use_reentrant=False)
+                                   scale, cap, use_reentrant=False)
     return total / (targets != -100).sum().clamp(min=1)
 
 
@@ -45,4 +67,5 @@ def causal_lm_loss(model, batch: dict, *, chunked: bool) -> torch.Tensor:
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     base = getattr(model, model.base_model_prefix, None) or model.model
     hidden = base(**inputs).last_hidden_state
-    return chunked_cross_entropy(hidden, model.get_output_embeddings(), batch["labels"])
+    scale, cap = logit_transform(model)
+    return chunked_cross_entropy(hidden, model.get_output_embeddings(), batch["labels"], scale=scale, cap=cap)

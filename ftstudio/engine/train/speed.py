@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from contextlib import nullcontext
@@ -198,15 +199,18 @@ def plain_head(model) -> bool:
     return model.get_output_embeddings() is not None
 
 
-def _head_cross_entropy(hidden, weight, bias, targets):
+def _head_cross_entropy(hidden, weight, bias, targets, scale: float = 1.0, cap: float | None = None):
+    from ftstudio.engine.train.loss import transform_logits
+
     logits = torch.nn.functional.linear(hidden, weight, bias)     # bf16 under autocast, like the model's own
-    return torch.nn.functional.cross_entropy(logits.float(), targets, ignore_index=-100)
+    return torch.nn.functional.cross_entropy(transform_logits(logits.float(), scale, cap), targets, ignore_index=-100)
 
 
 _COMPILED_HEAD = None
 
 
-def compiled_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+def compiled_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: torch.Tensor, scale: float = 1.0,
+                           cap: float | None = None) -> torch.Tensor:
     """The LM head and mean next-token cross-entropy as one compiled graph: the same numbers as the model's
     own loss (bf16 logits under autocast, upcast to fp32), but inductor fuses the upcast, log-softmax and
     gather, and backward recomputes the softmax from the saved bf16 logits, so the fp32 logits and their
@@ -215,7 +219,8 @@ def compiled_cross_entropy(hidden: torch.Tensor, head: torch.nn.Module, labels: 
     if _COMPILED_HEAD is None:
         _COMPILED_HEAD = torch.compile(_head_cross_entropy)
     targets = torch.nn.functional.pad(labels, (0, 1), value=-100)[:, 1:].reshape(-1)
-    return _COMPILED_HEAD(hidden.reshape(-1, hidden.shape[-1]), head.weight, getattr(head, "bias", None), targets)
+    return _COMPILED_HEAD(hidden.reshape(-1, hidden.shape[-1]), head.weight, getattr(head, "bias", None), targets,
+                          scale, cap)
 
 
 def causal_lm_loss(model, batch: dict, *, loss: str, compiled: bool = False) -> torch.Tensor:
@@ -224,13 +229,16 @@ def causal_lm_loss(model, batch: dict, *, loss: str, compiled: bool = False) -> 
     train/loss.py)."""
     from ftstudio.engine.train.loss import causal_lm_loss as sliced
 
-    fast = batch["input_ids"].is_cuda and plain_head(model)
-    if loss == "chunked" and fast and liger_available():
-        head = fused_cross_entropy
-    elif loss == "full" and compiled and fast:
-        head = compiled_cross_entropy
+    from ftstudio.engine.train.loss import logit_transform
+
+    cuda = batch["input_ids"].is_cuda and model.get_output_embeddings() is not None
+    if loss == "chunked" and cuda and plain_head(model) and liger_available():
+        head = fused_cross_entropy   # Liger's kernel knows no logit scaling: plain heads only
+    elif loss == "full" and compiled and cuda:
+        scale, cap = logit_transform(model)   # the compiled head applies the model's own logit transforms
+        head = functools.partial(compiled_cross_entropy, scale=scale, cap=cap)
     else:
-        return sliced(model, batch, chunked=loss == "chunked")
+        return sliced(model, batch, chunked=loss == "chunked")   # the slices apply them too
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     base = getattr(model, model.base_model_prefix, None) or model.model
     hidden = base(**inputs).last_hidden_state

@@ -448,7 +448,8 @@ class Trainer:
     def _evaluate(self, model, prepared, device, numerics, task) -> dict:
         from ftstudio.engine.train.evaluate import evaluate
         result = evaluate(model, prepared, device=device, autocast_dtype=numerics.autocast_dtype, task=task,
-                          batch_size=self.cfg.train.batch_size, max_batches=self.cfg.eval.eval_batches)
+                          batch_size=self.cfg.train.batch_size, max_batches=self.cfg.eval.eval_batches,
+                          loss_fn=self._forward_loss)
         kept = {k: v for k, v in result.items() if v is not None}
         best = self._best.update(self.step, kept, model)  # copies the weights when export_best keeps them
         self.report(EvalMetrics(step=self.step, **result, best=best))
