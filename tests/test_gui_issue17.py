@@ -236,7 +236,9 @@ def test_advice_lists_changes_with_gains_and_apply_sets_the_field(make_window, q
     assert rows and len(bar.advice_buttons) == len(rows) <= bar.MAX_ADVICE
     assert [r for r in rows if r[3]] == bar.offered()[:len(rows)] or not bar.offered()  # what fits comes first
     assert all(saved > 0.005 * bar.plan.total for _, _, saved, _ in rows)  # no zero-gain entries
-    texts = [bar.advice_grid.itemAtPosition(i, 0).widget().text() for i in range(len(rows))]
+    labels = [bar.advice_grid.itemAt(k).widget() for k in range(bar.advice_grid.count())]
+    texts = [w.text() for w in labels if isinstance(w, QLabel) and w.text().startswith("−")]
+    assert len(texts) == len(rows)
     assert all(t.startswith("−") and not t.startswith("−0 ") and t != "−0.00 GB" for t in texts)
     desc, leaves, saved, fits = rows[0]
     before = bar.plan.total

@@ -31,6 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--theme", choices=("light", "dark"), help="override the saved theme")
     p.add_argument("--fresh", action="store_true", help="ignore the last config kept in the settings")
     p.add_argument("--setup-tab", choices=SETUP_TABS, help="which setup tab to show on the left (screenshots)")
+    p.add_argument("--target-card", metavar="LABEL", help='plan memory for this card, e.g. "24 GB card"')
+    p.add_argument("--compare", metavar="RUN_DIR", help="open this run in the Compare tab")
+    p.add_argument("--generate", metavar="PROMPT", help="with --compare: generate from PROMPT with both models "
+                   "(--screenshot: taken mid-generation)")
+    p.add_argument("--evaluate", action="store_true", help="with --compare: evaluate both classifiers")
     return p
 
 
@@ -89,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         win.set_theme(args.theme)
     if args.setup_tab:
         win.left.setCurrentIndex(SETUP_TABS.index(args.setup_tab))
+    if args.target_card:
+        idx = win.hardware_panel.target.findText(args.target_card)
+        if idx < 0:
+            print(f"ftstudio gui: error: no card {args.target_card!r} in the hardware panel's list", file=sys.stderr)
+            return 2
+        win.hardware_panel.target.setCurrentIndex(idx)
     if args.size:
         w, h = (int(x) for x in args.size.lower().split("x"))
         win.resize(w, h)
@@ -111,7 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         if not state.get("shown"):
             state["shown"] = True
             print(f"window shown {time.perf_counter() - t0:.2f} s after main() started")
-        if args.screenshot and not args.autostart:
+        if args.screenshot and not args.autostart and win.checks_pending() and time.perf_counter() - t0 < 120:
+            QTimer.singleShot(100, shown)  # the picture shows the model's facts, the data check and the plan
+            return
+        if args.compare:
+            compare(win, args, shoot, state)
+        elif args.screenshot and not args.autostart:
             shoot()
             win.ask_on_close = False
             win.close()
@@ -154,6 +170,47 @@ def main(argv: list[str] | None = None) -> int:
         QTimer.singleShot(1500, win.warm_up)
     app.exec()
     return state["rc"]
+
+
+def compare(win, args, shoot, state) -> None:
+    """--compare RUN_DIR [--generate PROMPT | --evaluate]: the run in the Compare tab, then the comparison;
+    with --screenshot the picture is taken mid-generation (a few pieces of the fine-tuned text in), or when the
+    evaluation is shown, and the app quits."""
+    from PySide6.QtCore import QTimer
+
+    from ftstudio.core.runs import read_metrics
+
+    win._open_run(args.compare, read_metrics(args.compare))
+    win.center.setCurrentWidget(win.compare_tab)
+    tab = win.compare_tab
+
+    poll = QTimer(win)  # on the GUI thread: the streamed pieces are shown there
+    poll.setInterval(10)
+
+    def done(*_a) -> None:
+        poll.stop()
+        if args.screenshot:
+            shoot()
+        win.ask_on_close = False
+        win.close()
+
+    def piece() -> None:
+        if len(tab.streamed["tuned"]) >= 3 and not state["shot"]:
+            poll.stop()
+            shoot()  # mid-generation: the base model's text is in, the fine-tuned one is being written
+
+    tab.compared.connect(done)
+    tab.jobs.failed.connect(done)
+    if args.generate:
+        if args.screenshot:
+            poll.timeout.connect(piece)
+            poll.start()
+        tab.prompt.setPlainText(args.generate)
+        tab.generate()
+    elif args.evaluate:
+        tab.evaluate()
+    else:
+        done()
 
 
 if __name__ == "__main__":

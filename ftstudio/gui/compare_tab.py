@@ -60,11 +60,14 @@ class CompareTab(QWidget):
         self.max_new.setRange(1, 2048)
         self.max_new.setValue(64)
         row.addWidget(self.max_new)
-        self.chat = QCheckBox("as a user turn (the trained chat template)")
+        self.chat = QCheckBox("as a user turn (trained chat template)")
         self.chat.setChecked(True)
         self.chat.setToolTip("Render the prompt through the chat template saved with the fine-tuned model (the "
                              "one it was trained with), for both models; off: the raw text.")
         row.addWidget(self.chat)
+        row.addStretch(1)
+        g.addLayout(row, 1, 0, 1, 2)
+        row = QHBoxLayout()  # a second row: the whole set must fit a 1066-pixel window
         self.sample = QCheckBox("sample")
         self.sample.setToolTip("Off: greedy (the most likely token each time). On: sampled with this temperature "
                                "and top-p, from the same seed for both models.")
@@ -96,16 +99,17 @@ class CompareTab(QWidget):
         self.stop_button.clicked.connect(self.cancel)
         row.addWidget(self.stop_button)
         row.addStretch(1)
-        g.addLayout(row, 1, 0, 1, 2)
+        g.addLayout(row, 2, 0, 1, 2)
         self.base_out, self.tuned_out = QPlainTextEdit(), QPlainTextEdit()
         for col, (title, w) in enumerate((("base model (θ0)", self.base_out), ("fine-tuned", self.tuned_out))):
             w.setReadOnly(True)
-            g.addWidget(QLabel(f"<b>{title}</b>"), 2, col)
-            g.addWidget(w, 3, col)
+            w.setMinimumHeight(60)
+            g.addWidget(QLabel(f"<b>{title}</b>"), 3, col)
+            g.addWidget(w, 4, col)
         self.prompt_seen = QLabel("")
         self.prompt_seen.setWordWrap(True)
         self.prompt_seen.setObjectName("promptSeen")
-        g.addWidget(self.prompt_seen, 4, 0, 1, 2)
+        g.addWidget(self.prompt_seen, 5, 0, 1, 2)
         lay.addWidget(self.lm_box, 1)
 
         self.cls_box = QGroupBox("Classifier: validation accuracy and confusion matrix, before vs after")

@@ -6,7 +6,7 @@ the diagonal is what the model got right. Hovering a cell names both classes.
 from __future__ import annotations
 
 from PySide6.QtCore import QRectF, QSize, Qt
-from PySide6.QtGui import QColor, QFont, QPainter, QPen
+from PySide6.QtGui import QColor, QFont, QFontMetrics, QPainter, QPen
 from PySide6.QtWidgets import QSizePolicy, QToolTip, QWidget
 
 LOW, HIGH = QColor(247, 251, 255), QColor(8, 69, 148)  # the "Blues" ends: no share → high share
@@ -29,7 +29,7 @@ class ConfusionHeatmap(QWidget):
         self.matrix: list[list[int]] = []
         self.mode = "auto"  # what a cell prints: "auto" (count and share when there is room), "count", "share"
         self.setMouseTracking(True)
-        self.setMinimumSize(160, 140)
+        self.setMinimumSize(160, 100)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
 
     def sizeHint(self) -> QSize:  # noqa: N802 (Qt name)
@@ -61,11 +61,20 @@ class ConfusionHeatmap(QWidget):
         self.mode = mode
         self.update()
 
+    def cell_font(self) -> QFont:
+        """The window's font, made smaller (to 6 pt at least) until "100%" fits a cell."""
+        font = QFont(self.font())
+        size = font.pointSizeF() if font.pointSizeF() > 0 else 9.0
+        while size > 6.0 and QFontMetrics(font).horizontalAdvance("100%") + 4 > self.cell():
+            size -= 0.5
+            font.setPointSizeF(size)
+        return font
+
     def cell_text(self, i: int, j: int) -> str:
         """What a cell prints: count and row share when there is room (mode "auto"), else the count, or the
         share alone (mode "share")."""
         count, c = self.matrix[i][j], self.cell()
-        fm = self.fontMetrics()
+        fm = QFontMetrics(self.cell_font())
         share = f"{self.share(i, j):.0%}"
         if self.mode == "share":
             return share if c >= fm.horizontalAdvance(share) + 2 else ""
@@ -80,6 +89,7 @@ class ConfusionHeatmap(QWidget):
         fg = self.palette().windowText().color()
         n, c, lw = len(self.labels), self.cell(), self.label_width()
         fm = p.fontMetrics()
+        cell_font = self.cell_font()
         for i in range(n):
             y = self.HEADER + i * c
             p.setPen(fg)
@@ -95,14 +105,17 @@ class ConfusionHeatmap(QWidget):
                     p.drawRect(rect.adjusted(1, 1, -1, -1))
                 text = self.cell_text(i, j)
                 if text:
+                    p.setFont(cell_font)
                     p.setPen(QColor(255, 255, 255) if share > 0.55 else QColor(20, 20, 20))
                     p.drawText(rect, Qt.AlignmentFlag.AlignCenter, text)
+                    p.setFont(self.font())
         small = QFont(self.font())
         small.setPointSizeF(max(7.0, small.pointSizeF() * 0.85))
         p.setFont(small)
         p.setPen(fg)
-        p.drawText(QRectF(lw, self.HEADER + n * c, n * c, self.FOOTER), Qt.AlignmentFlag.AlignCenter,
-                   "predicted class → (rows: true class; colour: share of the row)")
+        footer = QFontMetrics(small).elidedText("columns: predicted · rows: true class · colour: share of the row",
+                                                Qt.TextElideMode.ElideRight, max(10, self.width() - 4))
+        p.drawText(QRectF(0, self.HEADER + n * c + 2, self.width(), self.FOOTER), Qt.AlignmentFlag.AlignCenter, footer)
         p.end()
 
     def mouseMoveEvent(self, event) -> None:  # noqa: N802 (Qt name)

@@ -61,7 +61,7 @@ class DriftStrip(pg.PlotWidget):
                         "the steps, on a log colour scale from dark (least) to yellow (most). From DriftMetrics "
                         "events: set drift_every, or use l2sp/ewc.")
         self.setObjectName("driftStrip")
-        self.setMinimumHeight(120)
+        self.setMinimumHeight(95)
         self.setLabel("bottom", "step")
         self.setLabel("left", "layer")
         self.setMouseEnabled(x=False, y=False)
@@ -72,6 +72,7 @@ class DriftStrip(pg.PlotWidget):
                                         interactive=False, colorMapMenu=False)
         self.colorbar.setImageItem(self.image, insert_in=self.getPlotItem())
         self._log_ticks()
+        self.colorbar.setVisible(False)  # a scale with nothing on it until drift arrives
         self.empty = pg.TextItem("no drift yet:\nset drift_every, l2sp or ewc", anchor=(0.5, 0.5),
                                  color=COLORS["other"])
         self.addItem(self.empty)
@@ -116,6 +117,7 @@ class DriftStrip(pg.PlotWidget):
         self.setTitle("Drift from θ0 per layer", size="9pt")
         self.setRange(xRange=(0, 1), yRange=(0, 1), padding=0)
         self.empty.setVisible(True)
+        self.colorbar.setVisible(False)
         self.dirty = False
 
     def matrix(self) -> tuple[np.ndarray, float, float]:
@@ -150,6 +152,7 @@ class DriftStrip(pg.PlotWidget):
         self.image.setRect(QRectF(x0, 0.0, width * m.shape[1], float(m.shape[0])))
         self.getPlotItem().getAxis("left").setTicks([[(i + 0.5, t) for i, t in _tick_labels(self.names)]])
         self.empty.setVisible(False)
+        self.colorbar.setVisible(True)
         self.setXRange(x0, x0 + width * m.shape[1], padding=0)
         self.setYRange(0, m.shape[0], padding=0)
         self.setTitle(f"Drift from θ0 per layer (log colour {floor:.0e}…{top:.0e})", size="9pt")

@@ -202,6 +202,8 @@ class MemoryBar(QWidget):
         self.advice_grid.setContentsMargins(0, 0, 0, 0)
         self.advice_grid.setVerticalSpacing(1)
         self.advice_grid.setColumnStretch(1, 1)
+        self.advice_grid.setColumnStretch(4, 1)
+        self.advice_grid.setHorizontalSpacing(6)
         self.advice_buttons: list[QPushButton] = []
         self.advice_box.setVisible(False)
         lay.addWidget(self.advice_box)
@@ -308,9 +310,10 @@ class MemoryBar(QWidget):
                               else "Not a field of the form: tick more GPUs in the Hardware tab.")
             button.setProperty("leaves", leaves)
             button.clicked.connect(self._apply_clicked)
-            self.advice_grid.addWidget(gain, i, 0)
-            self.advice_grid.addWidget(text, i, 1)
-            self.advice_grid.addWidget(button, i, 2)
+            r, c = divmod(i, 2)  # two per row: the advice must not push the window past 800 pixels
+            self.advice_grid.addWidget(gain, r, 3 * c)
+            self.advice_grid.addWidget(text, r, 3 * c + 1)
+            self.advice_grid.addWidget(button, r, 3 * c + 2)
             self.advice_buttons.append(button)
         self.advice_box.setVisible(bool(rows))
 

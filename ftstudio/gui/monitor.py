@@ -57,7 +57,7 @@ def make_plot(title: str, ylabel: str, object_name: str | None = None, left_axis
     w.setLabel("bottom", "step")
     w.setLabel("left", ylabel)
     w.showGrid(x=True, y=True, alpha=0.2)
-    w.setMinimumHeight(120)
+    w.setMinimumHeight(95)  # three rows of plots, the log and the memory bar's advice fit 1280×800
     item = w.getPlotItem()
     item.setDownsampling(auto=True, mode="peak")
     item.setClipToView(True)

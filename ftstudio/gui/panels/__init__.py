@@ -28,6 +28,7 @@ def add_fact_rows(lay: QVBoxLayout, rows: tuple[tuple[str, str], ...], status_na
                   *, selectable: bool = False) -> tuple[dict[str, QLabel], QLabel]:
     """A form of read-only facts ("Rows: 480") and a status line under it; returns (fields by key, status)."""
     form = QFormLayout()
+    form.setVerticalSpacing(2)  # facts read as a list; the default gap made the panels push the window past 800 px
     fields: dict[str, QLabel] = {}
     for key, label in rows:
         w = wrapping_label("–")

@@ -107,7 +107,7 @@ def check_job(cfg: DataConfig, info, task: str | None, trust: bool) -> dict:
         tok = load_tokenizer(info, trust)
     except Exception as exc:  # a model without a usable tokenizer still gets its rows checked
         tok = None
-        tokenizer_error = f"the model's tokenizer did not load ({type(exc).__name__}: {exc}); token counts need it"
+        tokenizer_error = f"the model's tokenizer did not load ({type(exc).__name__}: {exc})"
     report = data.check_data(cfg, tok, task=task)
     records: list[dict] = []
     warnings: list[DataProblem] = []
@@ -120,6 +120,9 @@ def check_job(cfg: DataConfig, info, task: str | None, trust: bool) -> dict:
     except (DataError, OSError, ValueError):
         pass  # the problems are already in the report
     warnings += model_warnings(cfg, info, tok, report.task or task)
+    if tokenizer_error:  # the whole message in the list; the status line says it in a few words
+        warnings.insert(0, DataProblem(getattr(info, "source", "") or cfg.dataset, None, None,
+                                       tokenizer_error + ": tokens are not counted and rows not rendered", "warning"))
     return {"report": report, "records": records[:PREVIEW_ROWS], "tokenizer": tok, "notes": notes,
             "warnings": warnings, "tokenizer_error": tokenizer_error}
 
@@ -216,6 +219,8 @@ class DatasetPanel(QGroupBox):
         self.hist.addItem(self.seq_line)
         self.bars = None
         self.tabs.addTab(self.hist, "Lengths")
+        for w in (self.problems, self.preview, self.hist):
+            w.setMinimumHeight(50)  # the panel shares the tab with the model's facts: it must not push the window
         lay.addWidget(self.tabs, 1)
 
     # -- inputs --------------------------------------------------------------------------------
@@ -295,9 +300,10 @@ class DatasetPanel(QGroupBox):
             self.status.setStyleSheet("color: #d62728;")
             self.tabs.setCurrentWidget(self.problems)
         elif tok_error or self.warnings:  # never "Data OK." beside a tokenizer error or a warning
-            parts = ([f"Rows checked, but {tok_error}."] if tok_error else [])
-            parts += [f"{len(self.warnings)} warning(s): {self.warnings[0].reason}"
-                      + (" (more under Problems)." if len(self.warnings) > 1 else ".")] if self.warnings else []
+            parts = (["Rows checked, but the model's tokenizer did not load (see Problems)."] if tok_error else [])
+            rest = [w for w in self.warnings if not tok_error or w is not self.warnings[0]]
+            parts += [f"{len(rest)} warning(s): {rest[0].reason}"
+                      + (" (more under Problems)." if len(rest) > 1 else ".")] if rest else []
             self.status.setText(breakable(" ".join(parts + notes)))
             self.status.setStyleSheet("color: #b8860b;")
             self.tabs.setCurrentWidget(self.problems)

@@ -15,7 +15,7 @@ from PySide6.QtWidgets import (QAbstractScrollArea, QApplication, QComboBox, QFo
 # Words for the fields a user meets first; any other field reads as its name in words ("grad_accum" →
 # "Grad accum"). The field name itself stays in the tooltip.
 LABELS = {
-    "lr": "Learning rate", "epochs": "Epochs", "max_steps": "Max steps (0: use epochs)",
+    "lr": "Learning rate", "epochs": "Epochs", "max_steps": "Max steps (None: by epochs)",
     "batch_size": "Batch size", "seq_len": "Sequence length", "precision": "Precision",
     "grad_accum": "Gradient accumulation", "source": "Model", "dataset": "Dataset", "val_fraction": "Validation share",
     "val_dataset": "Validation dataset", "max_rows": "Max rows", "warmup_ratio": "Warm-up share",

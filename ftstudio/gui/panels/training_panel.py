@@ -186,6 +186,7 @@ class TrainingPanel(QWidget):
         self.error_label = QLabel("")
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet("color: #d62728;")
+        self.error_label.setVisible(False)  # no blank line under the presets while the form is valid
         lay.addWidget(self.error_label)
 
         # By intent: the choices made every time first, then every other field in a collapsed group per
@@ -236,6 +237,7 @@ class TrainingPanel(QWidget):
         form_lay.addStretch(1)
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
+        self.scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # the form fits the width
         self.scroll.setWidget(form_host)
         lay.addWidget(self.scroll, 1)
 
@@ -360,10 +362,12 @@ class TrainingPanel(QWidget):
                     if group.isAncestorOf(self.editors[leaf].widget):
                         group.set_expanded(True)
             self.error_label.setText(f"{e.field}: {e.message}")
+            self.error_label.setVisible(True)
             self.invalid.emit(self.error)
             return
         self.error = None
         self.error_label.setText("")
+        self.error_label.setVisible(False)
         self._config = cfg
         self._draw_lr()
         self._draw_layer_rates()
@@ -388,4 +392,5 @@ class TrainingPanel(QWidget):
         xs, ys = lr_curve(steps, cfg.schedule, cfg.optim.lr)
         self.lr_curve.setData(xs, ys)
         note = "" if exact else " (assuming 1000 rows)"
-        self.lr_plot.setTitle(f"LR schedule: {cfg.schedule.schedule}, peak {cfg.optim.lr:g}, {steps} steps{note}")
+        self.lr_plot.setTitle(f"LR schedule: {cfg.schedule.schedule}, peak {cfg.optim.lr:g}, {steps} steps{note}",
+                              size="9pt")
