@@ -30,10 +30,13 @@ def check_tokenizer(model_dir: Path) -> dict:
     model = tj.get("model") or {}
     kind = model.get("type", "unknown")
     decoder = (tj.get("decoder") or {}).get("type")
-    if kind == "BPE" and model.get("byte_fallback"):
+    byte_level = decoder == "ByteLevel" or "ByteLevel" in json.dumps(tj.get("pre_tokenizer"))
+    # Some converters (transformers' GGUF reader, 5.17 here) set byte_fallback on a byte-level BPE as well: its
+    # ByteLevel pre-tokenizer already maps every byte to a token, so the flag changes nothing there.
+    if kind == "BPE" and model.get("byte_fallback") and not byte_level:
         raise ModelError(f"{model_dir}: its tokenizer is SentencePiece-style BPE (byte fallback, as Llama 2 has), "
                          f"which GGUF export does not write yet; supported: {SUPPORTED_TOKENIZERS}")
-    if kind != "BPE" or not (decoder == "ByteLevel" or "ByteLevel" in json.dumps(tj.get("pre_tokenizer"))):
+    if kind != "BPE" or not byte_level:
         raise ModelError(f"{model_dir}: its tokenizer is {kind} (decoder {decoder}), which GGUF cannot carry "
                          f"here; supported: {SUPPORTED_TOKENIZERS}")
     return tj
