@@ -6,7 +6,8 @@
 Fine-tunes MODEL on DATA/train.jsonl (alpaca rows) through ``ftstudio.engine.run`` with no option but the
 model, the dataset and the output folder, then, on the first 20 rows of DATA/heldout.jsonl (prompts never seen
 in training), asks ``final/`` through its own chat template and generation config for a greedy answer of at most
-128 new tokens: an answer ends its turn when it emits one of the generation config's EOS ids. Also the held-out
+128 new tokens: an answer ends its turn when the first stop token it emits is the template's end-of-turn
+token (``<|im_end|>``), not the start of a new turn. Also the held-out
 response loss (the assistant tokens and the end-of-turn token, as the trainer renders them) of the untuned
 model and of ``final/``. Writes OUT/chat_stop.json and prints it as the last line.
 """
@@ -22,16 +23,21 @@ def _user_turn(row: dict) -> str:
     return f"{row['instruction']}\n\n{row['input']}" if row.get("input", "").strip() else row["instruction"]
 
 
-def stop_ids(tok, gen_cfg) -> set[int]:
-    """What ends a turn, judged the same way for every export: the generation config's EOS ids, the
-    tokenizer's EOS and the token the chat template writes after an assistant turn."""
-    ids = set(gen_cfg.eos_token_id if isinstance(gen_cfg.eos_token_id, list) else [gen_cfg.eos_token_id])
-    ids.add(tok.eos_token_id)
+def end_of_turn_id(tok) -> int | None:
+    """The token the chat template writes after an assistant turn (``<|im_end|>`` for SmolLM2)."""
     probe = tok.apply_chat_template([{"role": "user", "content": "Zq"}, {"role": "assistant", "content": "Xj"}],
                                     tokenize=False)
     eot = probe[probe.rfind("Xj") + 2:].strip()
-    if eot and tok.convert_tokens_to_ids(eot) not in (None, tok.unk_token_id):
-        ids.add(tok.convert_tokens_to_ids(eot))
+    tid = tok.convert_tokens_to_ids(eot) if eot else None
+    return None if tid in (None, tok.unk_token_id) else tid
+
+
+def stop_ids(tok, gen_cfg) -> set[int]:
+    """Where generation halts, the same for every export: the generation config's EOS ids, the tokenizer's EOS
+    and the end-of-turn token. Halting is not ending the turn: a model that writes ``<|im_start|>user`` after
+    its answer (inventing the next question) halts on an EOS id but never ended its turn."""
+    ids = set(gen_cfg.eos_token_id if isinstance(gen_cfg.eos_token_id, list) else [gen_cfg.eos_token_id])
+    ids |= {tok.eos_token_id, end_of_turn_id(tok)}
     return {i for i in ids if i is not None}
 
 
@@ -39,7 +45,7 @@ def generate(model, tok, rows, max_new: int = 128) -> list[dict]:
     import torch
 
     gen_cfg = model.generation_config
-    stops = stop_ids(tok, gen_cfg)
+    stops, eot = stop_ids(tok, gen_cfg), end_of_turn_id(tok)
     out = []
     for row in rows:
         ids = tok.apply_chat_template([{"role": "user", "content": _user_turn(row)}], add_generation_prompt=True,
@@ -48,7 +54,8 @@ def generate(model, tok, rows, max_new: int = 128) -> list[dict]:
         with torch.no_grad():
             seq = model.generate(**ids, max_new_tokens=max_new, do_sample=False, generation_config=gen_cfg)
         new = seq[0, ids["input_ids"].shape[1]:].tolist()
-        ended = any(t in stops for t in new)
+        first = next((t for t in new if t in stops), None)
+        ended = first is not None and first == eot       # the answer's first stop is the end-of-turn token
         out.append({"prompt": _user_turn(row), "answer": tok.decode(new, skip_special_tokens=False),
                     "ended_turn": ended, "new_tokens": len(new), "expected": row["output"]})
     return out
