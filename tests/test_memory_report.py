@@ -37,7 +37,7 @@ def test_report_from_folder(tiny_llama):
 
 def test_answers_fast_without_torch(tiny_llama):
     code = ("import sys, json; from ftstudio.engine.memory import estimate_report, format_report; "
-            f"r = estimate_report({str(tiny_llama)!r}, seq_len=2048, batch_size=8, loss='chunked', "
+            f"r = estimate_report({str(tiny_llama)!r}, seq_len=512, batch_size=8, loss='chunked', "
             "activation_checkpointing=True, gpus=2, gpu_memory_gb=80); format_report(r); "
             "print(json.dumps(r)); assert 'torch' not in sys.modules and 'transformers' not in sys.modules")
     t = time.perf_counter()

@@ -2,11 +2,14 @@
 here for --help; ftstudio/entry.py opens the window).
 
 Every verb drives the same engine with the same RunConfig as the GUI. Errors that are the user's to fix
-print as clean lines (no traceback) and exit non-zero.
+print as clean lines (no traceback) and exit non-zero: a bad flag is one line (not argparse's usage block), a
+user error raised anywhere in a verb is one line, and a bug is one line that says how to see its traceback
+(FTSTUDIO_DEBUG=1).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ftstudio import __version__
@@ -18,7 +21,7 @@ VERBS = ("train", "estimate", "check-data", "gpus", "launch-script", "export", "
 def build_parser() -> argparse.ArgumentParser:
     from . import check_data, estimate, export, gpus, launch_script, lr_find, sweep, train
 
-    parser = argparse.ArgumentParser(prog="ftstudio", description="Full fine-tuning of pre-trained transformers. "
+    parser = OneLineParser(prog="ftstudio", description="Full fine-tuning of pre-trained transformers. "
                                      "With no verb, opens the desktop app.")
     parser.add_argument("--version", action="version", version=f"ftstudio {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
@@ -39,6 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     """The headless verbs (``ftstudio train …``); the ``ftstudio`` command (ftstudio/entry.py) sends the app's
     own arguments to the GUI and everything else here."""
     guard_windowed_streams()
+    for stream in (sys.stdout, sys.stderr):  # text that cannot be encoded (a lone surrogate) prints as an escape
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     argv = list(sys.argv[1:] if argv is None else argv)
     _default_sigpipe()
     parser = build_parser()
@@ -46,7 +52,27 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help(sys.stderr)
         return 2
-    return int(args.func(args) or 0)
+    from ftstudio.core.errors import FTStudioError
+
+    try:
+        return int(args.func(args) or 0)
+    except FTStudioError as e:
+        return fail(str(e))
+    except KeyboardInterrupt:
+        return fail("interrupted", 130)
+    except Exception as e:  # noqa: BLE001 - a bug: one line, and the way to see where it happened
+        if os.environ.get("FTSTUDIO_DEBUG"):
+            raise
+        return fail(f"internal error ({type(e).__name__}: {e}); this is a bug in FT Studio: run again with "
+                    "FTSTUDIO_DEBUG=1 for the traceback and report it", 70)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, except that a bad command line is one line naming the verb and the problem (not the usage block,
+    which for `train` is a screen of flags)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _default_sigpipe() -> None:
@@ -58,5 +84,5 @@ def _default_sigpipe() -> None:
 
 
 def fail(message: str, code: int = 2) -> int:
-    print(f"ftstudio: error: {message}", file=sys.stderr)
+    print(f"ftstudio: error: {' '.join(str(message).split())}", file=sys.stderr)
     return code

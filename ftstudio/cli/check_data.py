@@ -1,5 +1,5 @@
-"""`ftstudio check-data DATASET [--model M] [--format F] [--json]`: validate and describe a dataset as the
-model will see it; one clean line per problem; exit 1 when there are errors."""
+"""`ftstudio check-data DATASET... [--model M] [--format F] [--json]`: validate and describe datasets as the
+model will see them; one clean line per problem (each names its file); exit 1 when any has errors."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +10,8 @@ def add_parser(sub) -> None:
     from ftstudio.core.config import FORMATS, TASKS
 
     p = sub.add_parser("check-data", help="validate a dataset and count its tokens")
-    p.add_argument("dataset", help="a .jsonl/.json/.csv/.tsv/.parquet/.txt file, a datasets folder, or 'demo'")
+    p.add_argument("dataset", nargs="+", help="a .jsonl/.json/.csv/.tsv/.parquet/.txt file (or .gz/.bz2/.xz/.zst "
+                                           "of one), a datasets folder, or 'demo'; several are checked one by one")
     p.add_argument("--model", default=None, help="tokenize with this model's tokenizer (default: the demo model's)")
     p.add_argument("--format", choices=FORMATS, default="auto")
     p.add_argument("--task", choices=TASKS, default="auto")
@@ -30,19 +31,19 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ftstudio.core.config import DataConfig, ModelConfig
     from ftstudio.core.errors import FTStudioError
-    from ftstudio.engine import data as data_mod
     from ftstudio.engine import models as models_mod
 
     from . import fail
 
+    datasets = args.dataset if isinstance(args.dataset, list) else [args.dataset]
     try:
-        kw = {"dataset": args.dataset, "format": args.format, "text_column": args.text_column,
+        kw = {"format": args.format, "text_column": args.text_column,
               "label_column": args.label_column, "instruction_format": args.instruction_format}
         if args.seq_len is not None:
             kw["seq_len"] = args.seq_len
         if args.val_fraction is not None:
             kw["val_fraction"] = args.val_fraction
-        cfg = DataConfig(**kw)
+        cfgs = [DataConfig(dataset=d, **kw) for d in datasets]
         model_cfg = ModelConfig(source=args.model or "demo", task=args.task)
         tokenizer = models_mod.load_tokenizer(model_cfg)
     except FTStudioError as e:
@@ -50,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
     task = None
     if args.task != "auto":
         task = args.task
+    return max(_check_one(args, cfg, tokenizer, task) for cfg in cfgs)
+
+
+def _check_one(args: argparse.Namespace, cfg, tokenizer, task) -> int:
+    from ftstudio.engine import data as data_mod
+
     report = data_mod.check_data(cfg, tokenizer, task=task, seed=args.seed)
     d = report.to_dict()
     if args.show > 0 and report.ok:
@@ -62,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
               f"({d.get('train_rows')} train / {d.get('val_rows')} validation)")
         if d.get("tokens") is not None:
             print(f"tokens {d['tokens']:,} (under the loss: {d['trainable_tokens']:,}), "
-                  f"truncated rows at seq_len {cfg.seq_len}: {d.get('truncated', 0)}"
+                  f"truncated rows at seq_len {cfg.seq_len}: {d.get('truncated', 0)}, "
+                  f"skipped (no trained token left): {d.get('skipped', 0)}"
                   + (f"; counted with {'the demo model' if not args.model else args.model}'s tokenizer"))
         lengths = d.get("lengths") or {}
         if lengths:

@@ -2,6 +2,8 @@
 stdout stays free for --json."""
 from __future__ import annotations
 
+import os
+
 from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Event, LogLine, NonFiniteStep, RunFailed,
                                   RunFinished, RunStarted, StepMetrics)
 
@@ -54,7 +56,14 @@ class ConsoleSink:
                     markup=False, soft_wrap=True)
         elif isinstance(event, LogLine):
             # soft_wrap: a problem stays on one line however long its path (grep-able, one line per problem).
-            if event.level == "error":
+            if event.level == "error" and event.message.startswith("Traceback") and \
+                    not os.environ.get("FTSTUDIO_DEBUG"):
+                # A bug's traceback (the engine logs one for anything unexpected): one line here; the run's
+                # metrics.jsonl keeps it, and FTSTUDIO_DEBUG=1 prints it.
+                c.print("internal error (a bug in FT Studio; the traceback is in the run's metrics.jsonl when the "
+                        "run folder exists, or run again with FTSTUDIO_DEBUG=1 to print it)", style="red",
+                        markup=False, soft_wrap=True)
+            elif event.level == "error":
                 c.print(event.message, style="red", markup=False, soft_wrap=True)
             elif event.level == "warning":
                 c.print(event.message, style="yellow", markup=False, soft_wrap=True)

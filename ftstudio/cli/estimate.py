@@ -14,7 +14,8 @@ def add_parser(sub) -> None:
     p.add_argument("--hidden", type=int, help="hidden size d (with --params)")
     p.add_argument("--layers", type=int, help="number of layers L (with --params)")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="tokens per row (default 2048, or the model's context length when that is shorter)")
     p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--preset", help="start from a preset (e.g. fastest, largest); the flags below override it")
     p.add_argument("--precision", choices=[x for x in PRECISIONS if x != "auto"], help="default bf16-mixed")
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     from . import fail
 
-    if not args.model and not (args.params and args.hidden and args.layers):
+    if not args.model and None in (args.params, args.hidden, args.layers):
         return fail("give MODEL (a folder, config.json or cached hub id) or --params, --hidden and --layers")
     try:
         base = apply_preset(RunConfig(), args.preset) if args.preset else RunConfig()

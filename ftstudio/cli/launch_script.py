@@ -34,12 +34,24 @@ def run(args: argparse.Namespace) -> int:
     if args.nodes < 1 or args.gpus_per_node < 1:
         print("ftstudio: error: --nodes and --gpus-per-node must be at least 1", file=sys.stderr)
         return 2
+    out = Path(args.output) if args.output else None
+    if out is not None:  # checked before the script is built: a wrong -o is the user's to fix, in one line
+        if out.is_dir():
+            print(f"ftstudio: error: -o {out} is a folder; give a file name such as {out / 'job.sh'}", file=sys.stderr)
+            return 2
+        if not out.parent.is_dir():
+            print(f"ftstudio: error: -o {out}: the folder {out.parent} does not exist; create it first",
+                  file=sys.stderr)
+            return 2
     script = launch_script(Path(args.config).resolve(), args.nodes, args.gpus_per_node, args.slurm)
-    if not args.output:
+    if out is None:
         sys.stdout.write(script)
         return 0
-    out = Path(args.output)
-    out.write_text(script, encoding="utf-8")
-    out.chmod(0o755)
+    try:
+        out.write_text(script, encoding="utf-8")
+        out.chmod(0o755)
+    except OSError as e:
+        print(f"ftstudio: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     print(f"wrote {out}" + (f" (submit with: sbatch {out})" if args.slurm else ""), file=sys.stderr)
     return 0

@@ -1,4 +1,10 @@
-"""`ftstudio train [CONFIG.yaml] [flags]`: a full fine-tune from the terminal."""
+"""`ftstudio train [CONFIG.yaml] [flags]`: a full fine-tune from the terminal.
+
+Before the engine starts (and so before a run folder exists) the verb refuses, in one line each: a `--resume` of
+a folder that is not a run, has no complete checkpoint or has finished, or given another model, dataset, YAML or
+any other setting than the run's own config.yaml; `--gpus` where torch sees no such CUDA GPU; and a model whose
+config.json cannot be trained (numbers as strings, an encoder-decoder, a vision model) or whose context length is
+shorter than `--seq-len`."""
 from __future__ import annotations
 
 import argparse
@@ -30,18 +36,83 @@ def load_config(args: argparse.Namespace):
     from ftstudio.core.config import RunConfig
 
     if args.resume:
-        run_dir = Path(args.resume)
-        cfg = RunConfig.load(run_dir / "config.yaml")
-    elif args.config:
-        cfg = RunConfig.load(args.config)
-    else:
-        cfg = RunConfig()
+        return _resume_config(args)
+    cfg = RunConfig.load(args.config) if args.config else RunConfig()
+    return _overrides(cfg, args)
+
+
+def _overrides(cfg, args: argparse.Namespace):
+    """--demo, then --preset, then the flags, over ``cfg``."""
     if args.demo:
         cfg = cfg.replace(source="demo", dataset="demo")
     if getattr(args, "preset", None):
         from ftstudio.core.presets import apply_preset
         cfg = apply_preset(cfg, args.preset)      # flags given too still override the preset
     return apply_config_flags(cfg, args)
+
+
+def _resume_config(args: argparse.Namespace):
+    """The run's own config.yaml, once RUN_DIR is known to be a resumable run and nothing asked differs from it."""
+    from ftstudio.core.config import RunConfig, flag_name
+    from ftstudio.core.errors import ConfigError
+    from ftstudio.core.runs import read_metrics
+
+    run_dir = Path(args.resume)
+    if not run_dir.exists():
+        raise ConfigError("--resume", f"{run_dir} not found: no such run folder (a run folder holds config.yaml, "
+                                      "e.g. runs/<date>-<model>)")
+    if not run_dir.is_dir():
+        raise ConfigError("--resume", f"{run_dir} is a file; give the run folder that holds its config.yaml")
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError("--resume", f"{run_dir} is not a run folder (it has no config.yaml)")
+    run_cfg = RunConfig.load(run_dir / "config.yaml")
+    asked = _overrides(RunConfig.load(args.config) if args.config else run_cfg, args)
+    theirs, ours = run_cfg.to_dict(), asked.to_dict()
+    diffs = [f"{flag_name(k)} {ours[sec][k]!r} (the run has {v!r})" for sec, fields in theirs.items()
+             for k, v in fields.items() if ours[sec][k] != v]
+    if diffs:
+        where = f"{args.config} differs from the run's config.yaml" if args.config else "these settings differ"
+        raise ConfigError("--resume", f"{where}: {'; '.join(diffs[:4])}{' and more' if len(diffs) > 4 else ''}. "
+                                      f"A resumed run continues exactly as {run_dir / 'config.yaml'} says; start a "
+                                      "new run to change it")
+    done = [e for e in read_metrics(run_dir) if e.get("event") == "finished" and e.get("status") == "finished"]
+    if done:
+        raise ConfigError("--resume", f"{run_dir} finished (step {done[-1].get('steps')}); its metrics are final. "
+                                      f"Start a new run, e.g. from its weights with --model {run_dir / 'final'}")
+    from ftstudio.engine.train.checkpoint import latest_checkpoint
+    if latest_checkpoint(run_dir / "checkpoints") is None:
+        raise ConfigError("--resume", f"{run_dir} has no complete checkpoint to resume from (checkpoints are "
+                                      "saved with --checkpoint-every N, and when a run is stopped)")
+    return run_cfg
+
+
+def preflight(cfg) -> None:
+    """What would fail only after the run started (or with a traceback) is refused now, in one line."""
+    from ftstudio.core.errors import ConfigError
+    from ftstudio.engine.memory.shape import check_model_config
+    from ftstudio.engine.models import describe_model
+
+    gpus = cfg.hardware.gpus
+    if gpus:
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU build)"
+            raise ConfigError("hardware.gpus", f"--gpus {','.join(map(str, gpus))} asks for CUDA GPUs, but torch "
+                                               f"sees none on this machine{build}; leave out --gpus to train on "
+                                               "the CPU")
+        missing = [g for g in gpus if g >= count]
+        if missing:
+            raise ConfigError("hardware.gpus", f"GPU {missing[0]} does not exist: torch sees {count} "
+                                               f"(0 to {count - 1})")
+    info = describe_model(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code,
+                          revision=cfg.model.revision)
+    check_model_config(info.config, cfg.model.source)
+    ctx = info.context_length
+    if ctx and cfg.data.seq_len > ctx:
+        raise ConfigError("data.seq_len", f"{cfg.data.seq_len} is longer than {cfg.model.source}'s context length "
+                                          f"({ctx} positions); use --seq-len {ctx} or less")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_config(args)
+        preflight(cfg)
     except FTStudioError as e:
         return fail(str(e))
     control = Control()

@@ -80,13 +80,16 @@ class RunConfig:
             if key not in SECTIONS:
                 raise ConfigError(str(key), f"unknown section; allowed: {', '.join(SECTIONS)}", file=file)
             section_cls = SECTIONS[key]
-            value = value or {}
+            value = {} if value is None else value
             if not isinstance(value, dict):
                 raise ConfigError(key, "must be a mapping of fields", file=file)
             known = {f.name for f in dataclasses.fields(section_cls)}
             for k in value:
-                if k not in known:
-                    raise ConfigError(f"{key}.{k}", f"unknown field; allowed: {', '.join(sorted(known))}", file=file)
+                if not isinstance(k, str) or k not in known:
+                    home = LEAF_TO_SECTION.get(k) if isinstance(k, str) else None
+                    where = f"; {k} belongs in the {home} section" if home else ""
+                    raise ConfigError(f"{key}.{k}", f"unknown field{where}; allowed: {', '.join(sorted(known))}",
+                                      file=file)
             try:
                 sections[key] = section_cls(**value)
             except ConfigError as e:
@@ -104,14 +107,24 @@ class RunConfig:
     @classmethod
     def from_yaml(cls, text: str, *, file: str | None = None) -> "RunConfig":
         import yaml
+        loader = _strict_loader()(text)
         try:
-            data = yaml.safe_load(text)
+            root = loader.get_single_node()
+            data = loader.construct_document(root) if root is not None else None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
-            problem = getattr(e, "problem", None) or str(e)
+            problem = " ".join(str(getattr(e, "problem", None) or e).split())
             raise ConfigError("<yaml>", f"invalid YAML: {problem}", line=line, file=file) from None
-        return cls.from_dict(data, file=file)
+        except RecursionError:
+            raise ConfigError("<yaml>", "invalid YAML: nested too deeply to read", file=file) from None
+        finally:
+            loader.dispose()
+        try:
+            return cls.from_dict(data, file=file)
+        except ConfigError as e:  # name the line of the section or field at fault
+            line = _key_lines(root).get(tuple(e.field.split(".")[:2]))
+            raise ConfigError(e.field, e.message, line=line or e.line, file=file) from None
 
     @classmethod
     def load(cls, path: str | Path) -> "RunConfig":
@@ -120,8 +133,14 @@ class RunConfig:
             text = p.read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError("<file>", "config file not found", file=str(p)) from None
+        except IsADirectoryError:
+            raise ConfigError("<file>", "this is a folder; give the config's .yaml file", file=str(p)) from None
         except UnicodeDecodeError:
             raise ConfigError("<file>", "config file is not UTF-8 text", file=str(p)) from None
+        except OSError as e:
+            raise ConfigError("<file>", f"cannot read the config file: {e.strerror or e}", file=str(p)) from None
+        if "\x00" in text:
+            raise ConfigError("<file>", "config file is binary (it holds NUL bytes), not YAML text", file=str(p))
         return cls.from_yaml(text, file=str(p))
 
     # -- flat access by leaf name (CLI flags, GUI form) ---------------------------------------
@@ -137,6 +156,50 @@ class RunConfig:
                 raise ConfigError(leaf, "unknown field")
             d[LEAF_TO_SECTION[leaf]][leaf] = value
         return RunConfig.from_dict(d)
+
+
+@functools.lru_cache(maxsize=1)
+def _strict_loader():
+    """PyYAML's SafeLoader, except that a key given twice in one mapping is an error naming both lines (PyYAML
+    keeps the last one silently)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                first: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue  # "<<: *anchor" merges are SafeLoader's to flatten
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        hash(key)
+                    except TypeError:
+                        continue  # SafeLoader reports unhashable keys itself
+                    line = key_node.start_mark.line + 1
+                    if key in first:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"duplicate key {key!r} (first given at line {first[key]}); keep one",
+                            key_node.start_mark)
+                    first.setdefault(key, line)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
+
+
+def _key_lines(root) -> dict[tuple, int]:
+    """(section,) and (section, field) → the 1-based line where the YAML gives it."""
+    import yaml
+
+    out: dict[tuple, int] = {}
+    if not isinstance(root, yaml.MappingNode):
+        return out
+    for key, value in root.value:
+        out.setdefault((str(key.value),), key.start_mark.line + 1)
+        if isinstance(value, yaml.MappingNode):
+            for k2, _ in value.value:
+                out.setdefault((str(key.value), str(k2.value)), k2.start_mark.line + 1)
+    return out
 
 
 def _leaf_map() -> dict[str, str]:

@@ -6,7 +6,10 @@ Pure Python: importing this module imports neither torch nor Qt.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +161,21 @@ class TrainConfig:
         _check_range("train", "max_skips", self.max_skips, 0, integer=True)
         _check_range("train", "log_every", self.log_every, 1, integer=True)
         report_targets(self.report_to)
+        _check_run_name(self.run_name)
+        if not self.output.strip():
+            raise ConfigError("train.output", "must name a folder, e.g. 'runs'")
+
+
+def _check_run_name(name: str | None) -> None:
+    """A run name is one folder name inside train.output: never a path that leaves it."""
+    if name is None:
+        return
+    bad = next((c for c in name if c in '/\\:' or ord(c) < 32), None)
+    if not name.strip() or name.strip() in (".", "..") or bad is not None or len(name) > 200:
+        why = (f"contains {bad!r}" if bad is not None else "is too long" if len(name) > 200
+               else "is not a folder name")
+        raise ConfigError("train.run_name", f"{name!r} {why}: a run name is one folder name inside train.output "
+                                            "(letters, digits, spaces, - _ .), never a path")
 
 
 @dataclass
@@ -324,3 +342,85 @@ SECTIONS: dict[str, type] = {
     "schedule": ScheduleConfig, "memory": MemoryConfig, "regularize": RegularizeConfig,
     "eval": EvalConfig, "checkpoint": CheckpointConfig, "hardware": HardwareConfig,
 }
+
+
+# -- Types, checked before each section's own checks: a YAML string "no" is not false, 8.0 is not a batch size, an
+# int is not a run name. The one leniency: a float field takes a numeric string, because PyYAML (YAML 1.1) reads
+# `lr: 2e-5` (no dot in the mantissa) as the string "2e-5".
+@functools.lru_cache(maxsize=None)
+def _field_types(cls: type) -> tuple[tuple[str, type, bool], ...]:
+    """(name, base type, None allowed) of each field of a section."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        args = typing.get_args(hint)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), hint) if optional else hint
+        out.append((f.name, typing.get_origin(base) or base, optional))
+    return tuple(out)
+
+
+def _type_error(path: str, value: Any, want: str) -> ConfigError:
+    if isinstance(value, str):
+        got = "text"
+        hint = ("; write true or false, without quotes" if want == "true or false" else
+                "; write it without quotes" if _is_number_text(value) else "")
+    elif isinstance(value, bool):
+        got, hint = "a boolean", "; quote it" if want == "text" else ""
+    elif isinstance(value, (int, float)):
+        got = "a number"
+        hint = (f"; quote it: '{value}'" if want == "text" else
+                f"; write {int(value)}" if want == "a whole number" and float(value).is_integer() else "")
+    else:
+        got = {dict: "a mapping", list: "a list"}.get(type(value), f"a {type(value).__name__}")
+        hint = "; quote it" if want == "text" else ""
+    return ConfigError(path, f"{value!r} is {got}, not {want}{hint}")
+
+
+def _is_number_text(value: str) -> bool:
+    try:
+        float(value.strip())
+    except ValueError:
+        return False
+    return True
+
+
+def check_types(section: str, obj: Any) -> None:
+    """Raise a ConfigError naming the field whose value has the wrong type; coerce numeric strings for floats."""
+    for name, base, optional in _field_types(type(obj)):
+        value = getattr(obj, name)
+        path = f"{section}.{name}"
+        if value is None:
+            if not optional:
+                raise ConfigError(path, "must be given (null is not allowed here)")
+        elif base is bool:
+            if not isinstance(value, bool):
+                raise _type_error(path, value, "true or false")
+        elif base is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise _type_error(path, value, "a whole number")
+        elif base is float:
+            if isinstance(value, str) and _is_number_text(value):
+                setattr(obj, name, float(value.strip()))
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise _type_error(path, value, "a number")
+        elif base is str:
+            if not isinstance(value, str):
+                raise _type_error(path, value, "text")
+
+
+def _typed(name: str, cls: type) -> None:
+    """Run check_types before the section's own __post_init__ checks."""
+    own = cls.__dict__.get("__post_init__")
+
+    def __post_init__(self) -> None:
+        check_types(name, self)
+        if own is not None:
+            own(self)
+    __post_init__.__doc__ = own.__doc__ if own is not None else None
+    cls.__post_init__ = __post_init__
+
+
+for _name, _cls in SECTIONS.items():
+    _typed(_name, _cls)

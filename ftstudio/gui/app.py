@@ -65,19 +65,18 @@ def main(argv: list[str] | None = None) -> int:
 
     guard_windowed_streams()  # the ftstudio-gui entry (pythonw, a desktop launcher) may have no stdout/stderr
     args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    from PySide6.QtCore import QTimer
-    from PySide6.QtWidgets import QApplication
-
     from ftstudio.core.config import RunConfig
     from ftstudio.core.errors import ConfigError
 
     cfg = None
-    if args.config:
+    if args.config:  # before Qt starts: a broken config is one line and exit 2, even where Qt cannot start
         try:
             cfg = RunConfig.load(args.config)
         except ConfigError as e:
-            print(f"ftstudio gui: error: {e}", file=sys.stderr)
+            print(f"ftstudio gui: error: {' '.join(str(e).split())}", file=sys.stderr)
             return 2
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication
     from . import stall_probe
     app_class = stall_probe.timed_application_class() if stall_probe.enabled() else QApplication
     app = QApplication.instance() or app_class(sys.argv[:1])

@@ -307,14 +307,14 @@ class Validator:
             return None
         # Spellings merged into one class (" spam", "01", 1.0, a decomposed "é") are reported once each.
         forms = self.__dict__.setdefault("_label_forms", {})  # class name -> {spelling: first row}
-        spelling = raw if isinstance(raw, str) else repr(raw)
+        spelling = repr(raw) if isinstance(raw, str) else f"{raw!r} (a number)"
         seen = forms.setdefault(label, {})
         if spelling not in seen:
             seen[spelling] = row
             if len(seen) > 1:
                 first, first_row = next(iter(seen.items()))
-                self.bad(row, self.label_column, f"label {spelling!r} is read as class {label!r}, the same class as "
-                                                 f"{first!r} in row {first_row} (labels are compared without "
+                self.bad(row, self.label_column, f"label {spelling} is read as class {label!r}, the same class as "
+                                                 f"{first} in row {first_row} (labels are compared without "
                                                  "surrounding spaces, in Unicode NFC, with 1, 1.0 and 01 one number)",
                          "warning")
         return None if text is None else {"text": text, "label": label}

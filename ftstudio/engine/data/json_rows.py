@@ -48,15 +48,20 @@ def _clean(obj, res, row: int) -> None:
         node, where = stack.pop()
         if isinstance(node, dict):
             for k in node.pop(_DUPS, ()):
-                res.problem(row, f"{where}{k}", f"key {k!r} appears more than once in this object")
+                res.problem(row, f"{where}{_shown(k)}", f"key {_shown(k)!r} appears more than once in this object")
             items = list(node.items())
             for k, v in items:
-                _check_unicode(k, f"{where}{k}", res, row, "key")
-            stack += [(v, f"{where}{k}.") for k, v in reversed(items)]
+                _check_unicode(k, f"{where}{_shown(k)}", res, row, "key")
+            stack += [(v, f"{where}{_shown(k)}.") for k, v in reversed(items)]
         elif isinstance(node, list):
             stack += [(v, f"{where[:-1]}[{i}].") for i, v in reversed(list(enumerate(node)))]
         elif isinstance(node, str):
             _check_unicode(node, where[:-1] or None, res, row, "text")
+
+
+def _shown(key: str) -> str:
+    """A key as it can be printed: a lone surrogate as its \\u escape."""
+    return key.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(key, str) else str(key)
 
 
 def _check_unicode(s, fld: str | None, res, row: int, what: str) -> None:

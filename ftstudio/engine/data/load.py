@@ -3,8 +3,8 @@
 Line-oriented files (JSONL, JSON, CSV, TSV, .txt) are read here with the standard library rather than
 `datasets`' builders: those stop at the first bad line with an Arrow error that names neither the line
 nor the field, and they coerce CSV cells to numbers. Reading them ourselves lets us report *every*
-problem with its 1-based line. Columnar sources (Parquet, `save_to_disk` folders, hub ids) go through
-`datasets`, whose rows are already typed; their row numbers are 1-based row indices.
+problem with its 1-based line. Columnar sources (Parquet through pyarrow; `save_to_disk` folders and hub ids
+through `datasets`) have typed rows already; their row numbers are 1-based row indices.
 
 What the well-kept readers accept, we accept: CSV/TSV separators, quoting and headers as ``delimited.py``
 explains; JSON as an array of rows, ``{"data": [...]}``, ``{"train": [...], "test": [...]}`` (the train split)
@@ -241,14 +241,18 @@ def _add_dataset_rows(ds, res: LoadResult) -> None:
 
 
 def _read_parquet(p: Path, res: LoadResult) -> LoadResult:
-    import datasets
+    """Parquet through pyarrow (what datasets' parquet builder uses underneath, without its error logging)."""
+    import pyarrow.parquet as pq
 
     try:
-        ds = datasets.Dataset.from_parquet(str(p), keep_in_memory=True)
+        table = pq.read_table(str(p))
     except Exception as e:  # pyarrow raises several types for a damaged file
         res.problem(None, None, f"not a readable Parquet file ({_first_line(e)})")
         return res
-    _add_dataset_rows(ds, res)
+    for i, rec in enumerate(table.to_pylist(), 1):
+        res.add(rec, i)
+    if not res.records:
+        res.problem(None, None, "the dataset holds no rows")
     return res
 
 

@@ -9,6 +9,7 @@ for (val_fraction > 0) and the validation split comes out empty.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -97,7 +98,7 @@ def build_rows(cfg, task: str | None, seed: int) -> _Built:
     text_col, label_col = resolve_columns(res.records, cfg)
     if fmt in ("text", "classification") and res.records and not any(text_col in r for r in res.records):
         # One line for the file, not one per row: the column is simply not there.
-        columns = ", ".join(sorted({k for r in res.records[:50] for k in r}, key=str))
+        columns = ", ".join(sorted({k for r in res.records[:50] for k in r}, key=str)) or "none (empty objects)"
         problems.append(DataProblem(res.path, None, text_col, f"no text column {text_col!r}; the columns are "
                                     f"{columns}. Name them with --text-column (and --label-column for labels), "
                                     "or pick a format with --format"))
@@ -153,13 +154,15 @@ def _check_split(train: _Part, val: _Part, frac: float, by_label: bool, label_co
                                     f"on{why}; use --val-fraction 0 to train without evaluation, a larger "
                                     "--val-fraction, or a separate --val-dataset"))
     elif by_label:
-        in_val = {n["label"] for n in val.norms}
-        alone = sorted({n["label"] for n in train.norms} - in_val, key=str)
+        counts = Counter(n["label"] for n in train.norms + val.norms)
+        alone = sorted((name for name, k in counts.items() if k == 1), key=str)
         if alone:
-            shown = ", ".join(map(repr, alone[:10])) + (f" and {len(alone) - 10} more" if len(alone) > 10 else "")
+            rows = {n["label"]: r for n, r in zip(train.norms, train.rows)}
+            shown = ", ".join(f"{a!r} (row {rows[a]})" for a in alone[:10]) + \
+                (f" and {len(alone) - 10} more" if len(alone) > 10 else "")
             problems.append(DataProblem(train.path, None, label_col, f"{len(alone)} class"
-                                        f"{'es have' if len(alone) > 1 else ' has'} too few rows to appear in the "
-                                        f"validation split ({shown}): trained on, never evaluated", "warning"))
+                                        f"{'es have' if len(alone) > 1 else ' has'} a single row, so it cannot be in "
+                                        f"the validation split: {shown}; trained on, never evaluated", "warning"))
 
 
 def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
@@ -247,13 +250,15 @@ def check_survivors(built: _Built, train_enc: list, val_enc: list, seq_len: int)
     if any(p.severity == "error" for p in built.problems):
         return  # template refusals and the like: rows the user must fix first
     fix = f"raise --seq-len (now {seq_len}) or shorten the prompts"
+    def all_of(n: int) -> str:
+        return "its only row was" if n == 1 else f"all {n} rows were"
     if built.train.norms and not train_enc:
-        built.problems.append(DataProblem(built.train.path, None, None, f"no training row left: all "
-                                          f"{len(built.train.norms)} were skipped (no trained token within "
+        built.problems.append(DataProblem(built.train.path, None, None, f"no training row left: "
+                                          f"{all_of(len(built.train.norms))} skipped (no trained token within "
                                           f"seq_len={seq_len}); {fix}"))
     if built.val.norms and not val_enc:
         built.problems.append(DataProblem(built.val.path, None, None, f"the validation split is empty after "
-                                          f"tokenisation: all {len(built.val.norms)} rows were skipped (no trained "
+                                          f"tokenisation: {all_of(len(built.val.norms))} skipped (no trained "
                                           f"token within seq_len={seq_len}); {fix}, or use --val-fraction 0"))
 
 

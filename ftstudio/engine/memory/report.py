@@ -2,13 +2,13 @@
 (params, hidden, layers) as in the seed's table. No torch import: it must answer in well under 2 s."""
 from __future__ import annotations
 
-
+import math
 
 from ftstudio.core.config import RunConfig
 from ftstudio.core.errors import ConfigError
 
 from ftstudio.engine.memory.plan import estimate, textbook_bytes
-from ftstudio.engine.memory.shape import load_shape
+from ftstudio.engine.memory.shape import check_model_config, load_shape
 from ftstudio.engine.memory.solve import solve
 from ftstudio.engine.models import ModelShape, shape_from_config
 
@@ -41,26 +41,36 @@ def synthetic_shape(params: float, hidden: int, layers: int, vocab: int = 32000)
 
 
 def estimate_report(model: str | None = None, *, params: float | None = None, hidden: int | None = None,
-                    layers: int | None = None, seq_len: int = 2048, batch_size: int = 1,
+                    layers: int | None = None, seq_len: int | None = 2048, batch_size: int = 1,
                     precision: str = "bf16-mixed", optimizer: str = "adamw", loss: str = "full",
                     activation_checkpointing: bool = False, grad_accum: int = 1, gpus: int = 1,
                     gpu_memory_gb: float | None = 80.0, run_config: RunConfig | None = None,
                     model_config: dict | None = None) -> dict:
-    """The --json payload of ``ftstudio estimate`` (bytes per GPU). Raises ModelError / ConfigError."""
+    """The --json payload of ``ftstudio estimate`` (bytes per GPU). Raises ModelError / ConfigError.
+    ``seq_len=None``: 2048, or the model's context length when that is shorter."""
+    _check_sizes(params=params, hidden=hidden, layers=layers, seq_len=seq_len, batch_size=batch_size,
+                 grad_accum=grad_accum, gpus=gpus, gpu_memory_gb=gpu_memory_gb)
     if model is None and model_config is None and not (params and hidden and layers):
         raise ConfigError("model", "give a MODEL (folder, config.json or cached hub id) or --params, --hidden "
                                    "and --layers")
+    if model is None and model_config is None:
+        floor = 2 * 32000 * hidden + 4 * layers * hidden ** 2
+        if params < floor:
+            raise ConfigError("--params", f"{params:.3g} parameters cannot hold --hidden {hidden} and --layers "
+                                          f"{layers} (their embeddings and attention alone are {floor:.3g}); check "
+                                          "the units: 7e9 is a 7B model")
+    if model_config is not None:
+        check_model_config(model_config, "config")
+        shape, source, cfg = shape_from_config(model_config), "config", model_config
+    elif model is not None:
+        (shape, cfg), source = load_shape(model), model
+    else:
+        shape, source, cfg = synthetic_shape(params, hidden, layers), f"{params:.3g} params", {}
+    seq_len = _check_positions(cfg, seq_len, source)
     base = run_config or RunConfig()
     run = base.replace(device="cuda" if base.hardware.device == "cpu" else base.hardware.device,
                        seq_len=seq_len, batch_size=batch_size, precision=precision, optimizer=optimizer,
                        loss=loss, activation_checkpointing=activation_checkpointing, grad_accum=grad_accum)
-    if model_config is not None:
-        shape, source = shape_from_config(model_config), "config"
-    elif model is not None:
-        shape, _ = load_shape(model)
-        source = model
-    else:
-        shape, source = synthetic_shape(params, hidden, layers), f"{params:.3g} params"
     n = shape.params if params is None or model is not None else int(params)
     est = estimate(shape, run, gpus)
     report = {
@@ -85,6 +95,36 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
     if model is None and params:
         report["seed_table"] = seed_table(seq_len=2048, batch_size=1, gpu_gb=int(gpu_memory_gb or 80))
     return report
+
+
+def _check_sizes(**sizes) -> None:
+    """Sizes, counts and memory must be positive (and finite): a plan of nonsense would look like an answer."""
+    for name, value in sizes.items():
+        if value is None:
+            continue
+        flag = "--gpu-memory" if name == "gpu_memory_gb" else "--" + name.replace("_", "-")
+        whole = name not in ("params", "gpu_memory_gb")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(flag, f"{value!r} is not a number")
+        if not math.isfinite(value):
+            raise ConfigError(flag, f"{value!r} is not a finite number")
+        if value <= 0:
+            raise ConfigError(flag, f"{value:g} must be positive")
+        if whole and not float(value).is_integer():
+            raise ConfigError(flag, f"{value!r} is not a whole number")
+
+
+def _check_positions(cfg: dict, seq_len: int | None, source: str) -> int:
+    """The sequence length to plan: refused beyond the model's positions; None is 2048 or the context, if shorter."""
+    from ftstudio.engine.models.inspect import config_facts
+
+    ctx = config_facts(cfg)["context_length"] if cfg else None
+    if seq_len is None:
+        return min(2048, ctx) if ctx else 2048
+    if ctx and seq_len > ctx:
+        raise ConfigError("--seq-len", f"{seq_len} is beyond {source}'s {ctx} positions (its context length in "
+                                       f"config.json); plan with --seq-len {ctx} or less")
+    return seq_len
 
 
 def _min_gpus(shape: ModelShape, run: RunConfig, capacity: int, margin: float = 0.05) -> int | None:
