@@ -126,3 +126,23 @@ def test_the_plan_counts_the_evaluation_phase():
     sliced = estimate(shape, RunConfig().replace(device="cuda", batch_size=8, seq_len=1024, loss="chunked"))
     assert "phase:evaluation" in full.parts
     assert sliced.parts["phase:evaluation"] < full.parts["phase:evaluation"] / 4   # slices, not the whole logits
+
+
+@pytest.mark.timeout(240)
+def test_two_gloo_ranks_equal_one_process_on_rows_of_different_lengths(tiny_llama, tmp_path):
+    """Each rank holds its tokens' share of the step's mean (the token count all-reduced on the CPU group)."""
+    from ftstudio.engine import run as train
+
+    data = _write(tmp_path / "d.jsonl", ROWS)
+    base = load_file(tiny_llama / "model.safetensors")
+    one, one_loss = _one_step(tiny_llama, data, tmp_path / "runs", "one", batch_size=4)
+    cfg = RunConfig().replace(source=str(tiny_llama), dataset=str(data), val_dataset=str(data),
+                              output=str(tmp_path / "runs"), run_name="two", max_steps=1, optimizer="sgd", lr=0.5,
+                              schedule="constant", warmup_steps=0, grad_clip=0.0, seq_len=256, device="cpu",
+                              precision="fp32", seed=1, eval_every=0, weight_decay=0.0, batch_size=2, gpus=[0, 1])
+    events = []
+    result = train(cfg, events.append)
+    assert isinstance(result, RunFinished), result
+    two = load_file(tmp_path / "runs" / "two" / "final" / "model.safetensors")
+    assert _update_gap(one, two, base) <= 1e-5
+    assert [e.loss for e in events if isinstance(e, StepMetrics)][0] == pytest.approx(one_loss, rel=1e-5)

@@ -302,5 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(result, RunFinished):
         os._exit(1)   # skip teardown that could wait on peers: torchrun ends the other ranks
     dist.destroy_process_group()
-    return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The run's outcome is already on stdout and on disk; the interpreter's own teardown (gloo and torch threads,
+    # C-extension finalisers) once aborted a finished rank with SIGABRT, which the supervisor must read as a death.
+    os._exit(0)
 
