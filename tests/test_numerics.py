@@ -55,3 +55,16 @@ def test_the_data_order_costs_the_same_per_micro_batch_at_any_size():
 
     small, large = per_batch(1_000), per_batch(200_000)
     assert large < small * 20 + 2e-4   # a shuffle per micro-batch made this ~200x slower
+
+
+def test_mix_fraction_is_a_share_of_trained_tokens():
+    cfg = RunConfig().replace(batch_size=8, max_steps=100, mix_fraction=0.5)
+    task, general = [10] * 200, [100] * 50       # general paragraphs ten times longer than task rows
+    sched = plan_schedule(cfg, 200, 50, task_tokens=task, general_tokens=general)
+    t = sum(task[j] for i in range(100) for j in sched.batch_indices(i))
+    g = sum(general[j] for i in range(100) for j in sched.general_indices(i))
+    assert g / (g + t) == pytest.approx(0.5, abs=0.02)          # a share of rows gave 0.91 of the tokens
+    assert all(len(sched.batch_indices(i)) + len(sched.general_indices(i)) == 8 for i in range(100))
+    # recomputable from the micro-batch number alone (a resumed run asks for micro-batch 60 first)
+    fresh = plan_schedule(cfg, 200, 50, task_tokens=task, general_tokens=general)
+    assert fresh.general_indices(60) == sched.general_indices(60) and fresh.batch_indices(60) == sched.batch_indices(60)

@@ -181,11 +181,12 @@ class FSDPTrainer(Trainer):
             super()._open_metrics()
 
     # -- the step ----------------------------------------------------------------------------------------
-    def _plan_schedule(self, n_train: int, n_general: int):
+    def _plan_schedule(self, n_train: int, n_general: int, tokens=(None, None)):
         from ftstudio.engine.train.schedule import plan_schedule
 
         cfg = self.cfg.replace(grad_accum=self.cfg.train.grad_accum * self.world)
-        return _RankSchedule(plan_schedule(cfg, n_train, n_general), self.world, self.rank)
+        return _RankSchedule(plan_schedule(cfg, n_train, n_general, task_tokens=tokens[0], general_tokens=tokens[1]),
+                             self.world, self.rank)
 
     def _clip_grads(self, params, max_norm: float):
         import torch

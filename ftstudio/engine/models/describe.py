@@ -52,6 +52,17 @@ class ModelInfo:
     revision: str | None = None
 
     @property
+    def params_text(self) -> str:
+        """The parameter count as people say it ("135.0M", "7.6B"), "?" when unknown."""
+        n = self.params
+        if not n:
+            return "?"
+        for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+            if n >= div:
+                return f"{n / div:.1f}{unit}"
+        return str(n)
+
+    @property
     def load_path(self) -> str:
         """What from_pretrained gets: the folder (the .gguf's folder for GGUF) or the hub id."""
         if self.kind == "gguf":

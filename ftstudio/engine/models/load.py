@@ -15,6 +15,14 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
            "bfloat16": "bfloat16", "bf16": "bfloat16"}
 
 
+def quiet_transformers() -> None:
+    """transformers' load reports and progress bars would drown our own events; we report new heads ourselves."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def torch_dtype(dtype):
     """None → float32 (the CPU default and the master-weight precision); names or torch dtypes accepted."""
     import torch

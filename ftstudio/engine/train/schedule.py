@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ftstudio.core.config import RunConfig, ScheduleConfig
 from ftstudio.core.errors import ConfigError
@@ -71,11 +71,12 @@ def build_scheduler(optimizer, total_steps: int, cfg: ScheduleConfig):
 class Schedule:
     """How many micro-batches and optimizer steps the run has, and which examples each micro-batch holds.
 
-    With data mixing (fraction f of each batch from the general set), micro-batch i holds
-    g_i = round(f·B·(i+1)) − round(f·B·i) general rows and B − g_i task rows, so the running share of
-    general rows tracks f to within one row. Task and general rows are read from two endless streams,
-    each a sequence of seeded per-epoch shuffles: any micro-batch can be recomputed from its number
-    alone, which is what makes a resumed run continue exactly.
+    With data mixing, f (``mix_fraction``) is a share of the trained tokens: micro-batch i holds g_i general rows
+    and B − g_i task rows, g_i chosen so that the running share of general tokens tracks f (general paragraphs are
+    often far longer than task rows, so a share of rows would overshoot). Without token counts, the share is one of
+    rows: g_i = round(f·B·(i+1)) − round(f·B·i). Task and general rows are read from two endless streams, each a
+    sequence of seeded per-epoch shuffles, and the g_i depend on nothing but the data and the seed: any micro-batch
+    can be recomputed from its number alone, which is what makes a resumed run continue exactly.
     """
     n_examples: int
     batch_size: int
@@ -84,10 +85,29 @@ class Schedule:
     total_steps: int
     mix_fraction: float = 0.0
     n_general: int = 0
+    task_tokens: tuple[int, ...] | None = field(default=None, repr=False)     # trained tokens of each example
+    general_tokens: tuple[int, ...] | None = field(default=None, repr=False)
+    _g_before: list[int] = field(default_factory=lambda: [0], repr=False)     # general rows before micro-batch i
+    _tokens_so_far: list[int] = field(default_factory=lambda: [0, 0], repr=False)  # task, general
+
+    @property
+    def _by_tokens(self) -> bool:
+        return bool(self.mix_fraction and self.n_general and self.task_tokens and self.general_tokens)
+
+    @property
+    def row_share(self) -> float:
+        """The expected share of general rows: f itself for a share of rows; for a share of tokens, the row
+        share whose mean lengths give f of the tokens."""
+        if not self._by_tokens:
+            return self.mix_fraction
+        f = self.mix_fraction
+        lt = sum(self.task_tokens) / len(self.task_tokens)
+        lg = sum(self.general_tokens) / len(self.general_tokens)
+        return min(f * lt / (f * lt + (1 - f) * lg), (self.batch_size - 1) / self.batch_size)
 
     @property
     def task_rows_per_batch(self) -> float:
-        return self.batch_size * (1.0 - self.mix_fraction)
+        return self.batch_size * (1.0 - self.row_share)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -98,7 +118,27 @@ class Schedule:
         return self.batches_per_epoch / self.grad_accum
 
     def _general_before(self, micro_batch: int) -> int:
-        return round(self.mix_fraction * self.batch_size * micro_batch)
+        if not self._by_tokens:
+            return round(self.mix_fraction * self.batch_size * micro_batch)
+        while len(self._g_before) <= micro_batch:
+            self._plan_next()
+        return self._g_before[micro_batch]
+
+    def _plan_next(self) -> None:
+        """g for the next micro-batch: the general rows (0 … B−1) that keep the running token share nearest f."""
+        i, B, f = len(self._g_before) - 1, self.batch_size, self.mix_fraction
+        g_used = self._g_before[-1]
+        t_used = i * B - g_used
+        task = [self.task_tokens[j] for j in self._stream(t_used, B, self.n_examples, self.seed)]
+        gen = [self.general_tokens[j] for j in self._stream(g_used, B - 1, self.n_general, self.seed + 7919)]
+        tt, gt = self._tokens_so_far
+
+        def miss(g: int) -> float:
+            general = gt + sum(gen[:g])
+            return abs(general - f * (tt + sum(task[:B - g]) + general))
+        g = min(range(B), key=miss)
+        self._tokens_so_far = [tt + sum(task[:B - g]), gt + sum(gen[:g])]
+        self._g_before.append(g_used + g)
 
     @staticmethod
     def _stream(start: int, count: int, n: int, seed: int) -> list[int]:
@@ -138,13 +178,29 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(torch.randperm(n, generator=g).tolist())
 
 
-def plan_schedule(cfg: RunConfig, n_examples: int, n_general: int = 0) -> Schedule:
+def plan_schedule(cfg: RunConfig, n_examples: int, n_general: int = 0, *, task_tokens=None,
+                  general_tokens=None) -> Schedule:
+    """The run's steps. ``task_tokens`` / ``general_tokens``: the trained tokens of each example, which make
+    ``mix_fraction`` a share of tokens (without them it is a share of rows)."""
     if n_examples == 0:
         raise ConfigError("data.dataset", "the training split is empty")
     mix = cfg.regularize.mix_fraction if n_general else 0.0
-    s = Schedule(n_examples, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed, 0, mix, n_general)
+    s = Schedule(n_examples, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed, 0, mix, n_general,
+                 tuple(task_tokens) if task_tokens and mix else None,
+                 tuple(general_tokens) if general_tokens and mix else None)
     if cfg.train.max_steps is not None:
         s.total_steps = cfg.train.max_steps
     else:
         s.total_steps = max(1, math.ceil(cfg.train.epochs * s.batches_per_epoch / cfg.train.grad_accum))
     return s
+
+
+def mix_tokens(task_examples: list, general_examples: list, cfg: RunConfig):
+    """(task, general) trained-token counts per example when data mixing is on (what makes mix_fraction a share of
+    tokens), else (None, None). Counted as the loss counts them: labels that are not -100, the first one excepted."""
+    if not (cfg.regularize.mix_fraction and general_examples and task_examples and "labels" in task_examples[0]):
+        return None, None
+
+    def count(ex: dict) -> int:
+        return sum(1 for x in ex["labels"][1:] if x != -100)
+    return [count(ex) for ex in task_examples], [count(ex) for ex in general_examples]

@@ -23,6 +23,7 @@ from ftstudio.core.runs import open_run_dir
 from ftstudio.engine.sinks import MetricsWriter
 from ftstudio.engine.train.early_stop import BestTracker, EarlyStop
 from ftstudio.engine.data.collate import trained_items
+from ftstudio.engine.train.schedule import mix_tokens
 
 
 class _NonFinite(FTStudioError):
@@ -153,9 +154,9 @@ class Trainer:
             self.report(LogLine(str(warning), "warning"))
         fmt = report.format
         task = models_mod.resolve_task(cfg.model.task, info, fmt)
-        self.report(LogLine(f"Model {info.architecture} ({_fmt_params(info.params)} parameters), "
+        self.report(LogLine(f"Model {info.architecture} ({info.params_text} parameters), "
                             f"data format {fmt}, task {task}, device {device}, precision {numerics.precision}"))
-        _quiet_transformers()
+        models_mod.quiet_transformers()
         tokenizer = models_mod.load_tokenizer(cfg.model)
         prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
         labels = prepared.label_names
@@ -198,7 +199,8 @@ class Trainer:
                                      self.report)
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
         self._best = BestTracker.for_run(cfg, task, bool(prepared.val), self.report, model)
-        sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general))
+        sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general),
+                                    tokens=mix_tokens(prepared.train, self.forgetting.general, cfg))
         if cfg.memory.optimizer_in_backward:
             from ftstudio.engine.train.speed import check_in_backward
             check_in_backward(numerics.precision)
@@ -372,9 +374,9 @@ class Trainer:
         self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         self.report = Fanout(self._metrics, *open_trackers(self.cfg, self.run_dir), self._user_reporter)
 
-    def _plan_schedule(self, n_train: int, n_general: int):
+    def _plan_schedule(self, n_train: int, n_general: int, tokens=(None, None)):
         from ftstudio.engine.train.schedule import plan_schedule
-        return plan_schedule(self.cfg, n_train, n_general)
+        return plan_schedule(self.cfg, n_train, n_general, task_tokens=tokens[0], general_tokens=tokens[1])
 
     def _build_scheduler(self, total_steps: int):  # the LR range test (train/lr_find.py) sweeps the LR instead
         from ftstudio.engine.train.schedule import build_scheduler
@@ -478,20 +480,3 @@ class Trainer:
 
     def _open_run_dir(self) -> Path:
         return open_run_dir(self.cfg, self.resume_from)
-
-
-def _fmt_params(n: int | None) -> str:
-    if not n:
-        return "?"
-    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n >= div:
-            return f"{n / div:.1f}{unit}"
-    return str(n)
-
-
-def _quiet_transformers() -> None:
-    """transformers' load reports and progress bars would drown our own events; we report new heads ourselves."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
