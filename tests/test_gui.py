@@ -378,7 +378,7 @@ def test_compare_tab_generates_with_base_and_fine_tuned(make_window, qtbot, tiny
     with qtbot.waitSignal(tab.compared, timeout=60_000) as done:
         tab.generate()
     out = done.args[0]
-    assert set(out) == {"base", "tuned"} and tab.tuned_out.toPlainText() == out["tuned"]
+    assert {"base", "tuned"} <= set(out) and tab.tuned_out.toPlainText() == out["tuned"]
 
 
 def test_window_appears_fast_without_importing_torch(tmp_path):

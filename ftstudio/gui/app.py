@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--theme", choices=("light", "dark"), help="override the saved theme")
     p.add_argument("--fresh", action="store_true", help="ignore the last config kept in the settings")
     p.add_argument("--setup-tab", choices=SETUP_TABS, help="which setup tab to show on the left (screenshots)")
+    p.add_argument("--ready", action="store_true", help="with --screenshot: wait for the model's facts, the data "
+                   "check and the plan first (these import torch and transformers)")
     p.add_argument("--target-card", metavar="LABEL", help='plan memory for this card, e.g. "24 GB card"')
     p.add_argument("--compare", metavar="RUN_DIR", help="open this run in the Compare tab")
     p.add_argument("--generate", metavar="PROMPT", help="with --compare: generate from PROMPT with both models "
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if not state.get("shown"):
             state["shown"] = True
             print(f"window shown {time.perf_counter() - t0:.2f} s after main() started")
-        if args.screenshot and not args.autostart and win.checks_pending() and time.perf_counter() - t0 < 120:
+        if (args.ready or args.compare) and win.checks_pending() and time.perf_counter() - t0 < 120:
             QTimer.singleShot(100, shown)  # the picture shows the model's facts, the data check and the plan
             return
         if args.compare:

@@ -71,7 +71,11 @@ class DriftStrip(pg.PlotWidget):
         self.colorbar = pg.ColorBarItem(values=(-6, -5), colorMap=pg.colormap.get("viridis"), width=12,
                                         interactive=False, colorMapMenu=False)
         self.colorbar.setImageItem(self.image, insert_in=self.getPlotItem())
-        self._log_ticks()
+        # its ends are named in the title ("log colour 1e-04…2e-02"): tick labels beside the bar ran past the
+        # widget's edge inside the plot's layout and read "1"
+        self.colorbar.axis.setStyle(showValues=False)
+        self.colorbar.axis.setWidth(4)
+        self.getPlotItem().layout.setContentsMargins(1, 1, 16, 1)  # the bar's column runs over the right edge
         self.colorbar.setVisible(False)  # a scale with nothing on it until drift arrives
         self.empty = pg.TextItem("no drift yet:\nset drift_every, l2sp or ewc", anchor=(0.5, 0.5),
                                  color=COLORS["other"])
@@ -83,14 +87,6 @@ class DriftStrip(pg.PlotWidget):
         self.names: list[str] = []
         self.dirty = False
         self.last_matrix: np.ndarray | None = None  # layers × columns, the drift values behind the colours
-
-    def _log_ticks(self) -> None:
-        """Label the colour bar in drift units (its values are log10 of the drift)."""
-        lo, hi = self.colorbar.levels()
-        n = max(1, int(math.floor(hi)) - int(math.ceil(lo)) + 1)
-        step = max(1, math.ceil(n / 4))
-        self.colorbar.axis.setTicks([[(float(v), f"1e{v}") for v in range(int(math.ceil(lo)), int(math.floor(hi)) + 1,
-                                                                          step)]])
 
     def add(self, step: int, layers: dict[str, float]) -> None:
         if not layers:
@@ -148,7 +144,6 @@ class DriftStrip(pg.PlotWidget):
         levels = (math.log10(floor), math.log10(top) + 1e-9)
         self.image.setImage(logs, autoLevels=False, levels=levels)
         self.colorbar.setLevels(levels)
-        self._log_ticks()
         self.image.setRect(QRectF(x0, 0.0, width * m.shape[1], float(m.shape[0])))
         self.getPlotItem().getAxis("left").setTicks([[(i + 0.5, t) for i, t in _tick_labels(self.names)]])
         self.empty.setVisible(False)

@@ -105,13 +105,25 @@ class _TwinAxis:
         axis = item.getAxis("right")
         axis.linkToView(self.vb)
         axis.setLabel(label)
+        axis.setWidth(48)  # "0.8" and the rotated label (the default width clipped both to one character)
         self.vb.setXLink(item)
+        # the plot's x range rules (linked both ways: an auto-ranging twin would narrow the loss curve's steps)
+        self.vb.enableAutoRange(x=False, y=False)
         self.vb.setYRange(*y_range, padding=0.02)
         self.vb.setMouseEnabled(x=False, y=False)
         self.item = item
         item.vb.sigResized.connect(self.sync)
         self.axis = axis
         self.sync()
+
+    def set_shown(self, on: bool) -> None:
+        self.item.showAxis("right", on)
+        self.vb.setVisible(on)
+        self.sync()
+
+    @property
+    def shown(self) -> bool:
+        return self.axis.isVisible()
 
     def sync(self, *_args) -> None:
         self.vb.setGeometry(self.item.vb.sceneBoundingRect())
@@ -155,10 +167,10 @@ class Monitor(QWidget):
         self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
         self.retention = Series(self.loss_plot, COLORS["retention"], "general text (forgetting)", symbol="t")
         # a classifier's validation accuracy and macro-F1 on a 0–1 axis at the right of the loss plot
-        self.metric_axis = _TwinAxis(self.loss_plot, "accuracy / macro-F1", (0.0, 1.0))
-        self.metric_axis.axis.hide()  # shown once a run reports them
-        self.accuracy = Series(self.metric_axis, COLORS["accuracy"], "val accuracy", symbol="s")
-        self.macro_f1 = Series(self.metric_axis, COLORS["macro_f1"], "val macro-F1", symbol="d")
+        self.metric_axis = _TwinAxis(self.loss_plot, "acc / F1", (0.0, 1.0))
+        self.accuracy = Series(self.metric_axis, COLORS["accuracy"], "acc", symbol="s")  # short: the key is one line
+        self.macro_f1 = Series(self.metric_axis, COLORS["macro_f1"], "F1", symbol="d")
+        self.metric_axis.set_shown(False)  # shown once a run reports them
         self._loss_key()
         self.drift = DriftStrip()
         self.lr = Series(self.lr_plot, COLORS["lr"], "lr")
@@ -235,7 +247,7 @@ class Monitor(QWidget):
         for s in self.series:
             s.clear()
         self.drift.clear_data()
-        self.metric_axis.axis.hide()
+        self.metric_axis.set_shown(False)
         self._loss_key()
         self._mem_title()
         self.counts.clear()
@@ -290,8 +302,8 @@ class Monitor(QWidget):
             if e.accuracy is not None or e.macro_f1 is not None:
                 self.accuracy.append(e.step, e.accuracy)
                 self.macro_f1.append(e.step, e.macro_f1)
-                if not self.metric_axis.axis.isVisible():
-                    self.metric_axis.axis.show()
+                if not self.metric_axis.shown:
+                    self.metric_axis.set_shown(True)
                     self._loss_key()
             if e.best:
                 self.best.x, self.best.y, self.best.dirty = [e.step], [e.loss], True
@@ -300,6 +312,8 @@ class Monitor(QWidget):
             self.append_log(f"eval at step {e.step}: loss {e.loss:.4f}{extra}")
         elif isinstance(e, ev.RetentionMetrics):
             self.retention.append(e.step, e.loss)
+            if len(self.retention.y) == 1 and self.metric_axis.shown:
+                self._loss_key()
             self.append_log(f"general text at step {e.step}: loss {e.loss:.4f}, perplexity {e.perplexity:.2f}")
         elif isinstance(e, ev.DriftMetrics):
             self.drift.add(e.step, e.layers)
@@ -366,9 +380,12 @@ class Monitor(QWidget):
         return self.mem_by_device[device]
 
     def _loss_key(self) -> None:
-        shown = [self.train, self.eval, self.retention]
-        if self.metric_axis.axis.isVisible():
-            shown += [self.accuracy, self.macro_f1]
+        """The curves' key in the title; a classifier's accuracy and macro-F1 (right axis) join it once shown."""
+        shown = [self.train, self.eval]
+        if self.metric_axis.shown:  # a classifier: its metrics (general text only if measured: the title is one line)
+            shown += ([self.retention] if self.retention.y else []) + [self.accuracy, self.macro_f1]
+        else:
+            shown.append(self.retention)
         keyed_title(self.loss_plot, "Loss", shown)
 
     def _rename(self, series: Series, name: str) -> None:
