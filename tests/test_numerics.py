@@ -68,3 +68,31 @@ def test_mix_fraction_is_a_share_of_trained_tokens():
     # recomputable from the micro-batch number alone (a resumed run asks for micro-batch 60 first)
     fresh = plan_schedule(cfg, 200, 50, task_tokens=task, general_tokens=general)
     assert fresh.general_indices(60) == sched.general_indices(60) and fresh.batch_indices(60) == sched.batch_indices(60)
+
+
+def test_a_schedule_that_cannot_do_what_was_asked_is_said_once():
+    from ftstudio.engine.train.schedule import schedule_warning
+
+    cfg = RunConfig().replace(batch_size=16, grad_accum=2, epochs=1.5, warmup_steps=50)
+    said = schedule_warning(cfg, plan_schedule(cfg, 20))
+    assert said.startswith("Schedule: ") and said.count("Schedule") == 1
+    assert "warmup_steps 50" in said and "32 rows" in said and "epochs 1.5 rounded to 2 whole steps (2 epochs)" in said
+    assert schedule_warning(RunConfig().replace(batch_size=4, epochs=2.0), plan_schedule(RunConfig().replace(
+        batch_size=4, epochs=2.0), 40)) is None
+
+
+def test_train_says_what_seq_len_dropped_and_cut(tiny_llama, tmp_path):
+    import json
+
+    from ftstudio.core.events import LogLine
+    from test_trainer import lm_config
+
+    p = tmp_path / "d.jsonl"
+    rows = [{"prompt": "the " * 40, "completion": " yes"}] * 2 + [{"prompt": "the cat", "completion": " is good " * 30}] * 6
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result, events = run(lm_config(tiny_llama, p, tmp_path / "runs", seq_len=16, max_steps=1, val_fraction=0.0,
+                                   instruction_format="text"))
+    lines = [e.message for e in events if isinstance(e, LogLine)]
+    summary = next(x for x in lines if x.startswith("Data: "))
+    assert "2 rows skipped" in summary and "6 rows cut at seq_len" in summary
+    assert sum("row skipped" in x for x in lines) == 2

@@ -71,6 +71,10 @@ class _RankSchedule:
         return getattr(self._s, name)
 
     @property
+    def global_schedule(self):
+        return self._s
+
+    @property
     def batches_per_epoch(self) -> float:      # in this rank's micro-batches (the trainer's counter)
         return self._s.batches_per_epoch / self._w
 

@@ -204,3 +204,25 @@ def mix_tokens(task_examples: list, general_examples: list, cfg: RunConfig):
     def count(ex: dict) -> int:
         return sum(1 for x in ex["labels"][1:] if x != -100)
     return [count(ex) for ex in task_examples], [count(ex) for ex in general_examples]
+
+
+def schedule_warning(cfg: RunConfig, sched: Schedule) -> str | None:
+    """One line for what the schedule cannot do as asked (warmup as long as the run, a step larger than the data,
+    epochs rounded to whole steps), or None. Several GPUs: on the global schedule (``global_schedule``)."""
+    sched = getattr(sched, "global_schedule", sched)
+    said = []
+    warmup = warmup_steps_for(cfg.schedule, sched.total_steps)
+    wanted = cfg.schedule.warmup_steps if cfg.schedule.warmup_steps is not None else None
+    if wanted is not None and wanted >= sched.total_steps:
+        said.append(f"warmup_steps {wanted} covers the whole run of {sched.total_steps} steps (cut to {warmup}): "
+                    "the learning rate never reaches its peak")
+    rows = cfg.train.batch_size * sched.grad_accum
+    if rows > sched.n_examples:
+        said.append(f"one step wants batch_size × grad_accum × GPUs = {rows} rows but the training split has "
+                    f"{sched.n_examples}: every step repeats rows")
+    if cfg.train.max_steps is None:
+        done = sched.total_steps * sched.grad_accum / sched.batches_per_epoch
+        if abs(done - cfg.train.epochs) > 1e-6:
+            said.append(f"epochs {cfg.train.epochs:g} rounded to {sched.total_steps} whole steps "
+                        f"({done:.3g} epochs)")
+    return ("Schedule: " + "; ".join(said)) if said else None

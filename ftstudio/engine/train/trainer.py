@@ -23,7 +23,7 @@ from ftstudio.core.runs import open_run_dir
 from ftstudio.engine.sinks import MetricsWriter
 from ftstudio.engine.train.early_stop import BestTracker, EarlyStop
 from ftstudio.engine.data.collate import trained_items
-from ftstudio.engine.train.schedule import mix_tokens
+from ftstudio.engine.train.schedule import mix_tokens, schedule_warning
 
 
 class _NonFinite(FTStudioError):
@@ -159,6 +159,8 @@ class Trainer:
         models_mod.quiet_transformers()
         tokenizer = models_mod.load_tokenizer(cfg.model)
         prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
+        for line in [*map(str, prepared.warnings), f"Data: {prepared.summary()}"]:  # nothing cut or dropped unsaid
+            self.report(LogLine(line, "info" if line.startswith("Data: ") else "warning"))
         labels = prepared.label_names
         id2label = {i: name for i, name in enumerate(labels)} if labels else None
 
@@ -201,6 +203,8 @@ class Trainer:
         self._best = BestTracker.for_run(cfg, task, bool(prepared.val), self.report, model)
         sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general),
                                     tokens=mix_tokens(prepared.train, self.forgetting.general, cfg))
+        if said := schedule_warning(cfg, sched):
+            self.report(LogLine(said, "warning"))
         if cfg.memory.optimizer_in_backward:
             from ftstudio.engine.train.speed import check_in_backward
             check_in_backward(numerics.precision)
