@@ -96,3 +96,17 @@ def test_train_says_what_seq_len_dropped_and_cut(tiny_llama, tmp_path):
     summary = next(x for x in lines if x.startswith("Data: "))
     assert "2 rows skipped" in summary and "6 rows cut at seq_len" in summary
     assert sum("row skipped" in x for x in lines) == 2
+
+
+def test_engine_run_refuses_up_front_what_the_cli_refuses(tiny_llama, tmp_path):
+    """The GUI calls engine.run directly: a seq_len beyond the model's context ends in one RunFailed that names
+    the field, before any run folder exists (the CLI checks the same with engine.check_run)."""
+    from ftstudio.core.events import RunFailed
+    from ftstudio.engine import run as engine_run
+    from test_trainer import lm_config, write_text_data
+
+    events = []
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", seq_len=4096)
+    result = engine_run(cfg, events.append)
+    assert isinstance(result, RunFailed) and "data.seq_len" in result.reason and "512" in result.reason
+    assert events == [result] and not (tmp_path / "runs").exists()

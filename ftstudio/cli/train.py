@@ -86,45 +86,17 @@ def _resume_config(args: argparse.Namespace):
     return run_cfg
 
 
-def preflight(cfg) -> None:
-    """What would fail only after the run started (or with a traceback) is refused now, in one line."""
-    from ftstudio.core.errors import ConfigError
-    from ftstudio.engine.memory.shape import check_model_config
-    from ftstudio.engine.models import describe_model
-
-    gpus = cfg.hardware.gpus
-    if gpus:
-        import torch
-
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count == 0:
-            build = "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU build)"
-            raise ConfigError("hardware.gpus", f"--gpus {','.join(map(str, gpus))} asks for CUDA GPUs, but torch "
-                                               f"sees none on this machine{build}; leave out --gpus to train on "
-                                               "the CPU")
-        missing = [g for g in gpus if g >= count]
-        if missing:
-            raise ConfigError("hardware.gpus", f"GPU {missing[0]} does not exist: torch sees {count} "
-                                               f"(0 to {count - 1})")
-    info = describe_model(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code,
-                          revision=cfg.model.revision)
-    check_model_config(info.config, cfg.model.source)
-    ctx = info.context_length
-    if ctx and cfg.data.seq_len > ctx:
-        raise ConfigError("data.seq_len", f"{cfg.data.seq_len} is longer than {cfg.model.source}'s context length "
-                                          f"({ctx} positions); use --seq-len {ctx} or less")
-
-
 def run(args: argparse.Namespace) -> int:
     from ftstudio.core.control import Control
     from ftstudio.core.errors import FTStudioError
+    from ftstudio.engine import check_run
 
     from . import fail
     from .console import ConsoleSink
 
     try:
         cfg = load_config(args)
-        preflight(cfg)
+        check_run(cfg)
     except FTStudioError as e:
         return fail(str(e))
     control = Control()

@@ -11,10 +11,52 @@ distributed → train → forgetting → data/memory → models → core.
 from __future__ import annotations
 
 
+def check_run(config) -> None:
+    """What would fail only after the run started (or with a traceback) is refused now, with a ConfigError or a
+    ModelError that names the field: GPUs torch does not see, a model config that cannot be trained, a seq_len
+    beyond the model's context. The CLI calls it before it prints anything; :func:`run` calls it for the GUI."""
+    from ftstudio.core.errors import ConfigError
+    from ftstudio.engine.memory.shape import check_model_config
+    from ftstudio.engine.models import describe_model
+
+    gpus = config.hardware.gpus
+    if gpus and config.hardware.device != "cpu":  # gloo ranks on the CPU need no CUDA
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            build = "" if torch.version.cuda else f" (torch {torch.__version__} is a CPU build)"
+            raise ConfigError("hardware.gpus", f"--gpus {','.join(map(str, gpus))} asks for CUDA GPUs, but torch "
+                                               f"sees none on this machine{build}; leave out --gpus to train on "
+                                               "the CPU")
+        missing = [g for g in gpus if g >= count]
+        if missing:
+            raise ConfigError("hardware.gpus", f"GPU {missing[0]} does not exist: torch sees {count} "
+                                               f"(0 to {count - 1})")
+    info = describe_model(config.model.source, trust_remote_code=config.model.trust_remote_code,
+                          revision=config.model.revision)
+    check_model_config(info.config, config.model.source)
+    ctx = info.context_length
+    if ctx and config.data.seq_len > ctx:
+        raise ConfigError("data.seq_len", f"{config.data.seq_len} is longer than {config.model.source}'s context "
+                                          f"length ({ctx} positions); use --seq-len {ctx} or less")
+
+
 def run(config, reporter=None, control=None, *, resume_from=None):
     """Run a fine-tune and return its ``RunFinished`` or ``RunFailed``: in this process on one device, or,
     when several GPUs are ticked, as a supervised ``torchrun`` FSDP2 subprocess whose rank 0 streams the same
-    events. ``reporter`` receives every event; ``control`` (stop, pause, save now) is polled between steps."""
+    events. ``reporter`` receives every event; ``control`` (stop, pause, save now) is polled between steps.
+    A run that :func:`check_run` refuses ends before anything is written, with one ``RunFailed``."""
+    from ftstudio.core.errors import FTStudioError
+    from ftstudio.core.events import RunFailed
+
+    try:
+        check_run(config)
+    except FTStudioError as e:
+        event = RunFailed(reason=str(e), advice=getattr(e, "advice", ""), error_type=type(e).__name__)
+        if reporter is not None:
+            reporter(event)
+        return event
     if len(config.hardware.gpus) > 1:
         from ftstudio.engine.distributed import run_distributed
         return run_distributed(config, reporter, control, resume_from=resume_from)
