@@ -202,7 +202,7 @@ def resolve_task(requested: str | None, info: ModelInfo, data_format: str | None
 
 @dataclass
 class LoadedModel:
-    model: object  # a transformers PreTrainedModel, on CPU
+    model: object  # a transformers PreTrainedModel, on the CPU or the device load_model was given
     tokenizer: object
     task: str
     info: ModelInfo

@@ -84,7 +84,8 @@ def save_final(model, tokenizer, final: Path, *, state_dict: dict | None = None,
             gen.eos_token_id = stops if len(stops) > 1 else stops[0]
         if getattr(tokenizer, "pad_token_id", None) is not None:
             gen.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(final, state_dict=state_dict, safe_serialization=True)
+    # 5 GB shards (as hub checkpoints are): a model on the GPU reaches the host one shard at a time.
+    model.save_pretrained(final, state_dict=state_dict, safe_serialization=True, max_shard_size="5GB")
     tokenizer.save_pretrained(final)
     if architecture:
         # fully_shard swaps the class for "FSDP<Name>"; the folder must name the real architecture.

@@ -1,4 +1,9 @@
-"""Load a described model for full fine-tuning: model + tokenizer on CPU, every weight trainable.
+"""Load a described model for full fine-tuning: model + tokenizer, every weight trainable.
+
+Placement: by default the weights load on the CPU (in fp32 unless a dtype is asked for). Given a ``device``,
+they load straight onto it in the asked dtype (``from_pretrained(device_map=...)``: each tensor is read from
+the checkpoint and copied to the device one by one, new heads are initialised there), so a GPU run never holds
+an fp32 copy of the model in host RAM; the host peak stays near the largest checkpoint shard.
 
 Safety: weights come from safetensors where present; a pickle checkpoint (.bin) is opened only with
 `weights_only=True` (we pass it explicitly; this module never calls torch.load); a model's own Python code runs
@@ -163,9 +168,19 @@ def _model_kwargs(task: str, num_labels, id2label, info: ModelInfo) -> dict:
             "ignore_mismatched_sizes": True}  # a head for other labels is replaced, not an error
 
 
+def load_target(device: str, param_dtype, gpus: int = 1) -> dict:
+    """The ``device``/``dtype`` keywords of :func:`load_model` for a trainer run: one CUDA device loads in the
+    training dtype straight onto the GPU; the CPU (today's path) and FSDP's ranks (they shard a host copy)
+    load on the host as before."""
+    if not str(device).startswith("cuda") or gpus > 1:
+        return {}
+    return {"device": str(device), "dtype": param_dtype}
+
+
 def load_model(cfg, *, task: str, num_labels: int | None = None, id2label: dict[int, str] | None = None,
-               dtype=None, tokenizer=None) -> LoadedModel:
-    """Load cfg.source (a ModelConfig) for full fine-tuning on CPU. Pass the ``tokenizer`` already loaded by
+               dtype=None, tokenizer=None, device: str | None = None) -> LoadedModel:
+    """Load cfg.source (a ModelConfig) for full fine-tuning: on the CPU, or with ``device`` straight onto that
+    device (no host copy of the model; see the module docstring). Pass the ``tokenizer`` already loaded by
     :func:`load_tokenizer` to reuse it (the data was tokenised with it)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -176,8 +191,9 @@ def load_model(cfg, *, task: str, num_labels: int | None = None, id2label: dict[
     tok = tokenizer if tokenizer is not None else _load_tokenizer(target, info, kw)
     auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
     try:
+        placed = {"device_map": {"": str(device)}} if device is not None else {}
         model, loading = auto.from_pretrained(target, dtype=torch_dtype(dtype), weights_only=True,
-                                              output_loading_info=True, **kw,
+                                              output_loading_info=True, **kw, **placed,
                                               **_model_kwargs(task, num_labels, id2label, info))
     except ModelError:
         raise

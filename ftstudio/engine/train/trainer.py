@@ -124,6 +124,7 @@ class Trainer:
         from ftstudio.engine import data as data_mod
         from ftstudio.engine import models as models_mod
         from ftstudio.engine.models.export import export_options
+        from ftstudio.engine.models.load import load_target
         from ftstudio.engine.train.checkpoint import latest_checkpoint
         from ftstudio.engine.train.numerics import pick_numerics
         from ftstudio.engine.train.optim import build_optimizer
@@ -168,9 +169,10 @@ class Trainer:
         self.run_dir = self._open_run_dir()
         self._open_metrics()
 
-        # 3. Model on the device. Full fine-tuning: every weight trains (load_model asserts it).
+        # 3. Model on the device (one GPU: loaded onto it in the training dtype, no host copy). Every weight trains.
         loaded = models_mod.load_model(cfg.model, task=task, num_labels=len(labels) if labels else None,
-                                       id2label=id2label, tokenizer=tokenizer)
+                                       id2label=id2label, tokenizer=tokenizer,
+                                       **load_target(device, numerics.param_dtype, getattr(self, "world", 1)))
         model = loaded.model
         self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
         if loaded.new_params:
