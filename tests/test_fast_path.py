@@ -55,3 +55,54 @@ def test_load_target_only_for_one_cuda_device():
     assert load_target("cpu", torch.float32) == {}
     assert load_target("cuda:0", torch.bfloat16) == {"device": "cuda:0", "dtype": torch.bfloat16}
     assert load_target("cuda:0", torch.float32, gpus=2) == {}  # FSDP ranks shard a host copy (its own path)
+
+
+# ---------------------------------------------------------------- host RAM in the plan
+def _llama8b():
+    from ftstudio.engine.models import shape_from_config
+    return shape_from_config({"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 4096,
+                              "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
+                              "num_key_value_heads": 8, "vocab_size": 128256, "max_position_embeddings": 8192})
+
+
+def test_host_ram_of_a_gpu_run_is_a_shard_not_the_model():
+    from ftstudio.core.config import RunConfig
+    from ftstudio.engine.memory import estimate
+    from ftstudio.engine.memory.plan import HOST_BASE, HOST_SHARD, host_bytes
+
+    shape = _llama8b()
+    run = RunConfig().replace(device="cuda", precision="bf16-mixed", seq_len=2048)
+    plan = estimate(shape, run)
+    assert plan.host == HOST_BASE + HOST_SHARD < 2 * shape.params      # far below the 32 GB fp32 model
+    assert host_bytes(shape, run, shard_bytes=int(1e9)) == HOST_BASE + HOST_SHARD   # export's shard bounds it
+    # What stays on the host for the whole run is counted: offloaded block inputs, a CPU θ0 anchor, best copy.
+    off = estimate(shape, run.replace(activation_checkpointing=True, offload_activations=True)).host
+    assert off - plan.host == run.train.batch_size * 2048 * 32 * 4 * 4096   # fp32 residual stream
+    assert estimate(shape, run.replace(l2sp=0.1, l2sp_anchor="cpu")).host - plan.host == 4 * shape.params
+    assert estimate(shape, run, gpus=2).host == 2 * (HOST_BASE + 4 * shape.params)   # FSDP ranks: as before
+    cpu = estimate(shape, run.replace(device="cpu"), device="cpu")
+    assert cpu.host > cpu.total                                        # a CPU run holds the whole plan
+
+
+def test_estimate_prints_host_ram_and_the_largest_shard(tmp_path):
+    import json
+
+    from ftstudio.engine.memory import estimate_report, format_report
+
+    cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+           "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "vocab_size": 1000,
+           "max_position_embeddings": 512}
+    from ftstudio.engine.memory.plan import HOST_BASE
+    from ftstudio.engine.memory.report import _largest_shard
+
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model-00001-of-00002.safetensors").write_bytes(b"0" * 3000)
+    (tmp_path / "model-00002-of-00002.safetensors").write_bytes(b"0" * 7000)
+    assert _largest_shard(str(tmp_path)) == _largest_shard(str(tmp_path / "config.json")) == 7000
+    assert _largest_shard(None) is None
+    report = estimate_report(model_config=cfg, seq_len=128)
+    assert report["host_bytes"] == HOST_BASE + 4 * report["params"]   # the fp32 export of a tiny model
+    text = format_report(report)
+    assert "host RAM" in text and "one shard at a time" in text
+    report["host_ram_bytes"] = report["host_bytes"] - 1
+    assert "NOT enough" in format_report(report)

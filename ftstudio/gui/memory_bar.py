@@ -24,6 +24,14 @@ PARTS = ("weights", "gradients", "optimizer", "activations", "other")
 CARD_MARKERS_GB = (24, 48, 80, 141)
 
 
+def _host_ram() -> int | None:
+    try:
+        import psutil
+        return int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001 - no comparison without psutil
+        return None
+
+
 def _parts_of_plan(plan) -> dict[str, float]:
     parts = {p: float(getattr(plan, p, 0) or 0) for p in PARTS}
     parts["other"] += float(getattr(plan, "anchor", 0) or 0)  # θ0 copies of L2-SP/EWC: shown with "other"
@@ -263,6 +271,10 @@ class MemoryBar(QWidget):
             lines.append(f"<b>Plan {fmt_bytes(sum(parts.values()))}</b> {where} ({detail}); "
                          f"textbook 16N + s·b·d·L·12: {fmt_bytes(self.textbook)}. "
                          f"<small>(bar 0–{fmt_bytes(self.canvas.scale())}{span})</small>")
+        host, ram = getattr(self.plan, "host", 0) or 0, _host_ram()
+        if host and ram and host > ram and not self.on_cpu:   # a GPU run still needs the host to load and save
+            lines.append(f"<span style='color:#d62728'><b>Host RAM:</b> this run needs about {fmt_bytes(host)} of "
+                         f"host memory; this machine has {fmt_bytes(ram)}.</span>")
         for dev, m in sorted(self.measured_by_device.items()):
             lines.append(f"<b>Measured</b> at step {m.step} on {dev}: weights {fmt_bytes(m.weights)}, "
                          f"gradients {fmt_bytes(m.gradients)}, optimizer {fmt_bytes(m.optimizer)}, "

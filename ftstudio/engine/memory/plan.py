@@ -46,6 +46,38 @@ PRECISION_BYTES = {"bf16-mixed": (4, 2, 4, True), "fp16-mixed": (4, 2, 4, True),
                    "bf16": (2, 2, 2, False), "fp32": (4, 4, 4, False)}
 
 
+# Host RAM: a process with torch (CUDA) and transformers imported and a CUDA context, before any weights (RSS).
+HOST_BASE = 2_500_000_000
+HOST_BASE_CPU = 1_000_000_000
+HOST_SHARD = 5_000_000_000      # hub checkpoints (and our export) are written in shards of at most 5 GB
+
+
+def host_bytes(shape: ModelShape, run: RunConfig, gpus: int = 1, *, on_cpu: bool = False, peak: int = 0,
+               shard_bytes: int | None = None) -> int:
+    """Host RAM the whole run needs. A CPU run: the plan's peak itself plus the process. One GPU: the process,
+    one checkpoint shard at a time (the weights load straight onto the GPU in the training dtype, and export
+    writes 5 GB shards), plus what stays on the host for the whole run: offloaded block inputs (pinned), a θ0
+    anchor kept on the CPU, the best-weights copy. FSDP: every rank loads the model on the host in fp32 first.
+    ``shard_bytes``: the largest checkpoint file, when known (else a bf16 checkpoint in 5 GB shards)."""
+    N = shape.params
+    if on_cpu:
+        return HOST_BASE_CPU + peak
+    if gpus > 1:
+        return gpus * (HOST_BASE + 4 * N)
+    shard = shard_bytes if shard_bytes is not None else min(2 * N, HOST_SHARD)
+    wb, _, r, _ = PRECISION_BYTES[resolve_precision(run)]
+    mem, reg = run.memory, run.regularize
+    kept = 0
+    if mem.activation_checkpointing and mem.offload_activations:
+        kept += run.train.batch_size * run.data.seq_len * shape.layers * r * shape.hidden
+    if reg.l2sp_anchor == "cpu":
+        copies = (1 if (reg.l2sp > 0 or reg.ewc > 0 or reg.drift_every > 0) else 0) + (1 if reg.ewc > 0 else 0)
+        kept += 4 * N * copies
+    if run.checkpoint.export_best:
+        kept += wb * N
+    return HOST_BASE + max(shard, min(wb * N, HOST_SHARD)) + kept
+
+
 def chunk_tokens(vocab: int) -> int:
     """Tokens per slice of the chunked loss: the slice's fp32 logits stay near 512 MiB (shared with
     memory_loss, so the plan and the loss agree)."""
@@ -67,6 +99,7 @@ class MemoryBreakdown:
     peak_reserved: int = 0          # torch.cuda.max_memory_reserved predicted
     peak_phase: str = ""
     parts: dict[str, int] = field(default_factory=dict)   # the activation terms, for the curious
+    host: int = 0                   # host RAM of the whole run (host_bytes): not part of ``total``
 
     @property
     def total(self) -> int:
@@ -274,7 +307,8 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
     parts.update({f"phase:{k}": v for k, v in phases.items()})
     return MemoryBreakdown(weights=weights, gradients=shown_grads, optimizer=opt, activations=activations,
                            other=other, anchor=anchor, textbook=textbook, params=N, peak_allocated=peak,
-                           peak_reserved=reserved, peak_phase=phase, parts=parts)
+                           peak_reserved=reserved, peak_phase=phase, parts=parts,
+                           host=host_bytes(shape, run, gpus, on_cpu=on_cpu, peak=peak))
 
 
 def _lookup_only(name: str, shape: ModelShape) -> bool:

@@ -7,7 +7,7 @@ import math
 from ftstudio.core.config import RunConfig
 from ftstudio.core.errors import ConfigError
 
-from ftstudio.engine.memory.plan import estimate, textbook_bytes
+from ftstudio.engine.memory.plan import estimate, host_bytes, textbook_bytes
 from ftstudio.engine.memory.shape import check_model_config, load_shape
 from ftstudio.engine.memory.solve import solve
 from ftstudio.engine.models import ModelShape, shape_from_config
@@ -73,6 +73,7 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
                        loss=loss, activation_checkpointing=activation_checkpointing, grad_accum=grad_accum)
     n = shape.params if params is None or model is not None else int(params)
     est = estimate(shape, run, gpus)
+    host = host_bytes(shape, run, gpus, shard_bytes=_largest_shard(model))
     report = {
         "model": source, "model_type": shape.model_type, "params": n, "params_exact": shape.exact,
         "hidden": shape.hidden, "layers": shape.layers, "vocab": shape.vocab,
@@ -86,6 +87,7 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
                       "activations": est.activations, "other": est.other, "anchor": est.anchor},
         "max_batch_size": None, "max_seq_len": None, "fits": None, "suggestions": [],
         "gpu_memory_bytes": int(gpu_memory_gb * 1e9) if gpu_memory_gb else None,
+        "host_bytes": host, "host_ram_bytes": _host_ram(),
     }
     if gpu_memory_gb:
         adv = solve(shape, run, int(gpu_memory_gb * 1e9), gpus)
@@ -95,6 +97,26 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
     if model is None and params:
         report["seed_table"] = seed_table(seq_len=2048, batch_size=1, gpu_gb=int(gpu_memory_gb or 80))
     return report
+
+
+def _largest_shard(model: str | None) -> int | None:
+    """The largest weight file of a local model folder (what the loader holds on the host at once), else None."""
+    from pathlib import Path
+
+    if not model:
+        return None
+    folder = Path(model).expanduser()
+    folder = folder.parent if folder.is_file() else folder
+    sizes = [f.stat().st_size for pat in ("*.safetensors", "*.bin") for f in folder.glob(pat)] if folder.is_dir() else []
+    return max(sizes) if sizes else None
+
+
+def _host_ram() -> int | None:
+    try:
+        import psutil
+        return int(psutil.virtual_memory().total)
+    except Exception:  # noqa: BLE001 - the plan stands without the comparison
+        return None
 
 
 def _check_sizes(**sizes) -> None:
@@ -149,6 +171,11 @@ def format_report(report: dict) -> str:
         lines.append(f"  {key:<12}{gb(b[key]):>12}")
     lines.append(f"  {'peak':<12}{gb(report['peak_bytes']):>12}   per GPU (largest at the {report['peak_phase']})")
     lines.append(f"  {'textbook':<12}{gb(report['textbook_bytes']):>12}   the seed's 16N + s·b·d·L·12")
+    if report.get("host_bytes"):
+        ram = report.get("host_ram_bytes")
+        lines.append(f"  {'host RAM':<12}{gb(report['host_bytes']):>12}   for the whole run (weights load onto the "
+                     f"GPU one shard at a time)" + (f"; this machine has {gb(ram)}: NOT enough" if ram and
+                                                    ram < report["host_bytes"] else ""))
     if report.get("gpu_memory_bytes"):
         cap = gb(report["gpu_memory_bytes"])
         lines += ["", f"On a {cap} GPU: {'fits' if report['fits'] else 'does NOT fit'}; largest batch "
