@@ -106,3 +106,38 @@ def test_estimate_prints_host_ram_and_the_largest_shard(tmp_path):
     assert "host RAM" in text and "one shard at a time" in text
     report["host_ram_bytes"] = report["host_bytes"] - 1
     assert "NOT enough" in format_report(report)
+
+
+# ---------------------------------------------------------------- multi-tensor bf16 AdamW
+@pytest.mark.parametrize("rounding", ["stochastic", "kahan", "nearest"])
+def test_multi_tensor_bf16_adamw_equals_the_per_tensor_loop(rounding, monkeypatch):
+    from ftstudio.engine.train import optim
+    from ftstudio.engine.train.optim import CompensatedAdamW
+
+    monkeypatch.setattr(optim, "FOREACH_CHUNK", 300)   # several multi-tensor calls per bucket
+    g = torch.Generator().manual_seed(0)
+    shapes = [(16, 8), (8,), (32, 5), (3, 4, 5), (100,)]
+    base = [torch.randn(s, generator=g) for s in shapes]
+    grads = [[torch.randn(s, generator=g) * 10 ** -k for s in shapes] for k in range(4)]
+
+    def run(foreach):
+        params = [torch.nn.Parameter(t.clone().to(torch.bfloat16 if i != 1 else torch.float32))
+                  for i, t in enumerate(base)]                        # one fp32 tensor: its own bucket
+        opt = CompensatedAdamW([{"params": params[:3], "weight_decay": 0.1}, {"params": params[3:]}], lr=1e-2,
+                               rounding=rounding, foreach=foreach)
+        torch.manual_seed(1234)                                       # the stochastic rounding's noise
+        for step_grads in grads:
+            for p, gr in zip(params, step_grads):
+                p.grad = gr.to(p.dtype)
+            opt.step()
+        return params, opt
+
+    loop, opt_loop = run(False)
+    multi, opt_multi = run(True)
+    for a, b in zip(loop, multi):
+        assert a.dtype == b.dtype
+        torch.testing.assert_close(a.float(), b.float(), rtol=0, atol=0)   # the same arithmetic, bit for bit
+    for a, b in zip(loop, multi):
+        for key, value in opt_loop.state[a].items():
+            torch.testing.assert_close(value.float(), opt_multi.state[b][key].float(), rtol=0, atol=0)
+    assert any(not torch.equal(p.float(), t) for p, t in zip(multi, base))   # it did move the weights

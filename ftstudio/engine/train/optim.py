@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import torch
 from torch import nn
@@ -185,11 +186,58 @@ class CompensatedAdamW(torch.optim.Optimizer):
     ``"nearest"`` is plain bf16 (for comparison). fp32 parameters are updated exactly (no compensation).
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, *, rounding="kahan"):
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, *, rounding="kahan",
+                 foreach: bool = True):
         if rounding not in ("kahan", "stochastic", "nearest"):
             raise ValueError(f"rounding {rounding!r} is not one of kahan, stochastic, nearest")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.rounding = rounding
+        # foreach: all tensors of a (device, dtype) bucket updated by multi-tensor ops (_adamw_update_foreach);
+        # False: one tensor at a time (compiled per shape on CUDA): the reference the multi-tensor path equals.
+        self.foreach = foreach
+
+    def _state(self, p):
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+            state["exp_avg"] = torch.zeros_like(p)
+            state["exp_avg_sq"] = torch.zeros_like(p)
+            if self.rounding == "kahan" and p.dtype != torch.float32:
+                state["compensation"] = torch.zeros_like(p)
+        elif state["step"].device != p.device:     # a checkpoint loaded with map_location="cpu"
+            state["step"] = state["step"].to(p.device)
+        return state
+
+    def _step_foreach(self, stochastic: bool) -> None:
+        for group in self.param_groups:
+            (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
+            buckets: dict[tuple, list] = {}
+            for p in group["params"]:
+                if p.grad is not None:
+                    state = self._state(p)
+                    key = (p.device, p.dtype, "compensation" in state)
+                    buckets.setdefault(key, []).append((p, state))
+            for (device, dtype, _), items in buckets.items():
+                lr = torch.full((), float(group["lr"]), dtype=torch.float32, device=device)
+                for chunk in _chunks(items):
+                    ps = [_local(p) for p, _ in chunk]
+                    steps = [st["step"] for _, st in chunk]
+                    torch._foreach_add_(steps, 1.0)
+                    comps = [_local(st["compensation"]) for _, st in chunk] if "compensation" in chunk[0][1] else None
+                    args = (ps, [_local(p.grad) for p, _ in chunk], [_local(st["exp_avg"]) for _, st in chunk],
+                            [_local(st["exp_avg_sq"]) for _, st in chunk], comps, steps, lr, b1, b2, eps, wd,
+                            stochastic and dtype == torch.bfloat16)
+                    if device.type != "cuda":
+                        _adamw_update_foreach(*args)
+                        continue
+                    try:   # one compiled graph per chunk layout (chunks of identical blocks share it)
+                        _compiled_update(foreach=True)(*args)
+                    except Exception as e:  # noqa: BLE001 - compiling failed before any write: eager from now
+                        global _COMPILED_FOREACH
+                        _COMPILED_FOREACH = _adamw_update_foreach
+                        warnings.warn(f"compiling the multi-tensor bf16 AdamW update failed ({type(e).__name__}: "
+                                      f"{str(e)[:200]}); updating with eager multi-tensor ops")
+                        _adamw_update_foreach(*args)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -198,6 +246,9 @@ class CompensatedAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         stochastic = self.rounding == "stochastic"
+        if self.foreach:
+            self._step_foreach(stochastic)
+            return loss
         for group in self.param_groups:
             (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
             lrs: dict[torch.device, torch.Tensor] = {}
@@ -229,6 +280,54 @@ class CompensatedAdamW(torch.optim.Optimizer):
         return loss
 
 
+FOREACH_CHUNK = 1 << 27   # values per multi-tensor call: bounds the fp32 temporaries (~0.5 GB each)
+
+
+def _chunks(items: list) -> list[list]:
+    out, cur, n = [], [], 0
+    for item in items:
+        size = item[0].numel()
+        if cur and n + size > FOREACH_CHUNK:
+            out.append(cur)
+            cur, n = [], 0
+        cur.append(item)
+        n += size
+    return out + ([cur] if cur else [])
+
+
+def _adamw_update_foreach(ps, grads, exp_avgs, exp_avg_sqs, comps, steps, lr, b1: float, b2: float, eps: float,
+                          wd: float, stochastic: bool) -> None:
+    """:func:`_adamw_update` for a list of tensors at once (torch._foreach_* multi-tensor kernels): the same
+    arithmetic in the same order, so the result equals the per-tensor update (and the same noise draws, tensor
+    by tensor, for stochastic rounding)."""
+    g = [t.float() for t in grads]
+    w = [t.float() for t in ps]
+    m = torch._foreach_lerp([t.float() for t in exp_avgs], g, 1 - b1)
+    v = torch._foreach_mul([t.float() for t in exp_avg_sqs], b2)
+    torch._foreach_add_(v, torch._foreach_mul(torch._foreach_mul(g, 1 - b2), g))   # not addcmul: no FMA
+    torch._foreach_copy_(exp_avgs, m)
+    torch._foreach_copy_(exp_avg_sqs, v)
+    del g
+    bc1 = torch._foreach_add(torch._foreach_neg(torch._foreach_pow(b1, steps)), 1)   # 1 − b1^t, on the device
+    bc2 = torch._foreach_sqrt(torch._foreach_add(torch._foreach_neg(torch._foreach_pow(b2, steps)), 1))
+    denom = torch._foreach_add(torch._foreach_div(torch._foreach_sqrt(v), bc2), eps)
+    del v
+    upd = torch._foreach_div(torch._foreach_div(m, bc1), denom)
+    del m, denom
+    torch._foreach_add_(upd, torch._foreach_mul(w, wd))
+    delta = torch._foreach_mul(upd, -lr)
+    del upd
+    if comps is not None:
+        torch._foreach_add_(delta, [c.float() for c in comps])
+    new = torch._foreach_add(w, delta)
+    del delta, w
+    for i, (p, x) in enumerate(zip(ps, new)):
+        rounded = stochastic_round_bf16(x) if stochastic else x.to(p.dtype)
+        if comps is not None:
+            comps[i].copy_(x - rounded.float())
+        p.copy_(rounded)
+
+
 def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
@@ -254,12 +353,20 @@ def _adamw_update(p, grad, exp_avg, exp_avg_sq, comp, step, lr, b1: float, b2: f
 
 
 _COMPILED = None
+_COMPILED_FOREACH = None
 
 
-def _compiled_update():
+def _compiled_update(foreach: bool = False):
     """The update compiled once per tensor shape (one fused kernel instead of ~15): the optimizer step of a
     bf16 model is memory-bound, and eager temporaries would cost as much as the update itself."""
-    global _COMPILED
+    global _COMPILED, _COMPILED_FOREACH
+    if foreach:
+        if _COMPILED_FOREACH is None:
+            from torch._inductor import config as inductor_config
+            _COMPILED_FOREACH = (torch.compile(_adamw_update_foreach, dynamic=False,
+                                               options={"emulate_precision_casts": True})
+                                 if hasattr(inductor_config, "emulate_precision_casts") else _adamw_update_foreach)
+        return _COMPILED_FOREACH
     if _COMPILED is None:
         # emulate_precision_casts: without it inductor fuses `new.to(bf16).float()` into `new`, so the Kahan
         # remainder `new - rounded` is always 0 and the compiled update is plain bf16 AdamW, which stops
