@@ -141,3 +141,77 @@ def test_multi_tensor_bf16_adamw_equals_the_per_tensor_loop(rounding, monkeypatc
         for key, value in opt_loop.state[a].items():
             torch.testing.assert_close(value.float(), opt_multi.state[b][key].float(), rtol=0, atol=0)
     assert any(not torch.equal(p.float(), t) for p, t in zip(multi, base))   # it did move the weights
+
+
+# ---------------------------------------------------------------- the fast-path defaults
+def _choose(cfg=None, device="cuda:0", **kw):
+    from ftstudio.core.config import RunConfig
+    from ftstudio.engine.train.fast_path import choose
+
+    args = dict(task="causal-lm", rows_fill=0.2, total_steps=5000, params=1_240_000_000, frozen=False,
+                inductor=True)
+    args.update(kw)
+    return choose(cfg or RunConfig().replace(batch_size=4, seq_len=2048), device, **args)
+
+
+def test_fast_defaults_on_one_gpu_for_a_long_run_of_short_rows():
+    chosen, lines = _choose()
+    assert chosen == {"compile": True, "packing": True}
+    assert any("packing on" in line for line in lines) and any("compile on" in line for line in lines)
+
+
+def test_fast_defaults_say_why_each_stays_off():
+    from ftstudio.engine.train.fast_path import COMPILE_GAIN, COMPILE_SECONDS, compile_pays
+
+    chosen, lines = _choose(total_steps=25)                 # 25 steps of a 1B model cannot repay compiling
+    assert chosen == {"compile": False, "packing": True} and any("would not repay" in ln for ln in lines)
+    pays, eager_s = compile_pays(25, 1_240_000_000, 4 * 2048)
+    assert not pays and eager_s * COMPILE_GAIN < COMPILE_SECONDS
+    chosen, lines = _choose(frozen=True)
+    assert not chosen["compile"] and any("bundled app" in ln for ln in lines)
+    chosen, lines = _choose(inductor=False)
+    assert not chosen["compile"] and any("triton" in ln for ln in lines)
+    chosen, lines = _choose(task="classification")
+    assert not chosen["packing"] and any("classifier" in ln for ln in lines)
+    chosen, lines = _choose(rows_fill=0.95)
+    assert not chosen["packing"] and any("fill 95%" in ln for ln in lines)
+
+
+def test_cpu_several_gpus_and_opt_out_run_the_fields_as_written():
+    from ftstudio.core.config import RunConfig
+
+    base = RunConfig().replace(batch_size=4, seq_len=2048)
+    for cfg, device in ((base, "cpu"), (base.replace(fast_defaults=False), "cuda:0"),
+                        (base.replace(gpus=[0, 1]), "cuda:0")):
+        assert _choose(cfg, device) == ({"compile": False, "packing": False}, [])
+    forced = base.replace(compile=True, packing=True)
+    assert _choose(forced, total_steps=1) == ({"compile": True, "packing": True}, [])   # a field set true stays on
+
+
+def test_the_reference_preset_turns_the_fast_defaults_off():
+    from ftstudio.core.config import RunConfig
+    from ftstudio.core.presets import apply_preset
+
+    assert RunConfig().memory.fast_defaults is True
+    assert apply_preset(RunConfig(), "Reference").memory.fast_defaults is False
+
+
+def test_apply_packs_the_prepared_rows_on_a_gpu_and_leaves_cpu_runs_alone():
+    from types import SimpleNamespace
+
+    from ftstudio.core.config import RunConfig
+    from ftstudio.engine.data.collate import Collator
+    from ftstudio.engine.train.fast_path import apply
+
+    def prepared():
+        rows = [{"input_ids": [5, 6, 7, 8], "labels": [5, 6, 7, 8]} for _ in range(40)]
+        return SimpleNamespace(train=rows, val=rows[:4], task="causal-lm", collate=Collator(0, "causal-lm"))
+
+    cfg, said = RunConfig().replace(seq_len=64, batch_size=2), []
+    schedule = lambda n, _general: SimpleNamespace(total_steps=n)  # noqa: E731
+    same_cfg, same = apply(cfg, "cpu", p0 := prepared(), SimpleNamespace(params=10_000), schedule, said.append)
+    assert same is p0 and same_cfg is cfg and len(same.train) == 40 and not said
+    new_cfg, packed = apply(cfg, "cuda:0", prepared(), SimpleNamespace(params=10_000), schedule, said.append)
+    assert packed.collate.packed and len(packed.train) < 40 and new_cfg.data.packing and not new_cfg.memory.compile
+    assert sum(len(r["input_ids"]) for r in packed.train) == 40 * 4      # every token kept
+    assert [e.message for e in said][0].startswith("Fast defaults: packing on")

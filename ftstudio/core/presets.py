@@ -21,7 +21,7 @@ PRESETS: dict[str, dict] = {
         "weight_decay": 0.01, "grad_clip": 1.0, "precision": "auto", "nonfinite": "skip", **_PLAIN,
     },
     "Reference (the seed's 16N recipe)": {
-        "precision": "bf16-mixed", "optimizer": "adamw", **_PLAIN,
+        "precision": "bf16-mixed", "optimizer": "adamw", **_PLAIN, "fast_defaults": False,
     },
     "Fastest": {
         # Pure bf16 (half the weight bytes moved, no autocast casts; AdamW with stochastic rounding keeps

@@ -241,6 +241,8 @@ class MemoryConfig:
     """torch.compile each transformer block (CUDA only; compiling takes seconds, training gets faster)."""
     optimizer_in_backward: bool = False
     """Apply the optimizer step to each parameter as soon as its gradient is ready, so full gradients never coexist (no grad accumulation)."""
+    fast_defaults: bool = True
+    """On one CUDA GPU, turn on what is safe for the run even where its field is off: packing (causal LM rows mostly shorter than seq_len) and compile (when the run is long enough to repay compiling); each choice is logged. CPU runs and several GPUs use the fields as written."""
 
     def __post_init__(self) -> None:
         _check_choice("memory", "loss", self.loss, LOSSES)

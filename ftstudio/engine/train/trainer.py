@@ -127,6 +127,7 @@ class Trainer:
         from ftstudio.engine.models.load import load_target
         from ftstudio.engine.train.checkpoint import latest_checkpoint
         from ftstudio.engine.train.numerics import pick_numerics
+        from ftstudio.engine.train import fast_path
         from ftstudio.engine.train.optim import build_optimizer
 
         cfg = self.cfg
@@ -160,6 +161,7 @@ class Trainer:
         models_mod.quiet_transformers()
         tokenizer = models_mod.load_tokenizer(cfg.model)
         prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
+        cfg, prepared = fast_path.apply(cfg, device, prepared, info, self._plan_schedule, self.report)  # one GPU
         for line in [*map(str, prepared.warnings), f"Data: {prepared.summary()}"]:  # nothing cut or dropped unsaid
             self.report(LogLine(line, "info" if line.startswith("Data: ") else "warning"))
         labels = prepared.label_names
