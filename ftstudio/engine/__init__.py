@@ -33,6 +33,8 @@ def check_run(config) -> None:
         if missing:
             raise ConfigError("hardware.gpus", f"GPU {missing[0]} does not exist: torch sees {count} "
                                                f"(0 to {count - 1})")
+    if len(gpus) > 1:
+        check_sharded(config)
     info = describe_model(config.model.source, trust_remote_code=config.model.trust_remote_code,
                           revision=config.model.revision)
     check_model_config(info.config, config.model.source)
@@ -40,6 +42,22 @@ def check_run(config) -> None:
     if ctx and config.data.seq_len > ctx:
         raise ConfigError("data.seq_len", f"{config.data.seq_len} is longer than {config.model.source}'s context "
                                           f"length ({ctx} positions); use --seq-len {ctx} or less")
+
+
+def check_sharded(config) -> None:
+    """What cannot run under FSDP2 (several GPUs), refused before the launch with the nearest option that works.
+
+    The L2-SP / EWC pull with the optimizer step inside backward: FSDP hands each parameter its reduced gradient
+    shard and steps it at once, before the pull's gradient (added to the local shard) could join it, so the
+    parameter would be stepped twice. Everything else a single GPU runs also runs sharded."""
+    from ftstudio.core.errors import ConfigError
+
+    r = config.regularize
+    if config.memory.optimizer_in_backward and (r.l2sp > 0 or r.ewc > 0):
+        raise ConfigError("memory.optimizer_in_backward",
+                          "cannot be combined with L2-SP or EWC on several GPUs (FSDP steps each gradient shard "
+                          "before the pull toward θ0 reaches it); turn optimizer_in_backward off (keep the rest of "
+                          "the preset), or keep it and guard against forgetting with mix_fraction instead")
 
 
 def run(config, reporter=None, control=None, *, resume_from=None):

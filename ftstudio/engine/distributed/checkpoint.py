@@ -1,7 +1,7 @@
 """Checkpoints and the final export of an FSDP2 run, through ``torch.distributed.checkpoint`` (DCP).
 
-A checkpoint keeps the single-device layout — ``checkpoints/step-N/`` with ``trainer_state.pt`` (step, data
-position, scheduler, scaler, rank 0's RNG) — but the weights and optimizer state are a DCP folder ``dcp/``
+A checkpoint keeps the single-device layout — ``checkpoints/step-N/`` with ``trainer_state.pt`` (step, the
+global data position, scheduler, scaler, rank 0's RNG, the trainer's extras such as the rollback's LR factor) — but the weights and optimizer state are a DCP folder ``dcp/``
 that every rank writes its own shards into (no rank ever holds the whole model), plus one RNG file per
 rank. As on one device it is written under ``.tmp-step-N-dist`` and renamed only when complete, so a crash
 leaves the previous checkpoint intact and :func:`~ftstudio.engine.train.checkpoint.latest_checkpoint` never sees
@@ -19,14 +19,20 @@ from ftstudio.engine.train.checkpoint import (STATE_FILE, CheckpointError, Train
                                               prune_checkpoints, rng_state, set_rng_state)
 
 
+def _optimizers(optimizer):
+    """What DCP's state-dict helpers take: the optimizer, or the per-parameter ones of the step in backward."""
+    return getattr(optimizer, "optimizers", None) or optimizer
+
+
 def _rank() -> int:
     import torch.distributed as dist
     return dist.get_rank()
 
 
 def save_sharded(checkpoints_dir: str | Path, step: int, *, model, optimizer, scheduler, scaler=None,
-                 micro_batch: int, keep_last: int = 2, group=None) -> Path:
-    """Collective: every rank calls it at the same step."""
+                 micro_batch: int, keep_last: int = 2, group=None, extra: dict | None = None) -> Path:
+    """Collective: every rank calls it at the same step. ``micro_batch`` is the global data position (micro-batches
+    read by all ranks together); ``extra`` is what the trainer keeps beside it (the rollback's LR factor, ...)."""
     import torch
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
@@ -40,14 +46,14 @@ def save_sharded(checkpoints_dir: str | Path, step: int, *, model, optimizer, sc
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     dist.barrier(group=group)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
+    model_sd, optim_sd = get_state_dict(model, _optimizers(optimizer))
     dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / "dcp"))
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
     dist.barrier(group=group)
     error = ""
     if rank == 0:
         try:
-            state = {"step": step, "micro_batch": micro_batch, "rng": rng_state(), "extra": {"sharded": True},
+            state = {"step": step, "micro_batch": micro_batch, "rng": rng_state(), "extra": {**(extra or {}), "sharded": True, "global_position": True},
                      "world_size": dist.get_world_size(),
                      "scheduler": scheduler.state_dict() if scheduler is not None else None,
                      "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None}
@@ -82,10 +88,10 @@ def load_sharded(path: str | Path, *, model, optimizer=None, scheduler=None, sca
                               f"(or export it and start a new multi-GPU run from the export)")
     try:
         state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
-        model_sd, optim_sd = get_state_dict(model, optimizer)
+        model_sd, optim_sd = get_state_dict(model, _optimizers(optimizer))
         sd = {"model": model_sd, "optim": optim_sd}
         dcp.load(sd, checkpoint_id=str(path / "dcp"))
-        set_state_dict(model, optimizer, model_state_dict=sd["model"], optim_state_dict=sd["optim"])
+        set_state_dict(model, _optimizers(optimizer), model_state_dict=sd["model"], optim_state_dict=sd["optim"])
     except (OSError, RuntimeError, KeyError) as e:
         raise CheckpointError(f"checkpoint {path} cannot be read: {e}") from None
     if scheduler is not None and state.get("scheduler") is not None:
@@ -95,8 +101,11 @@ def load_sharded(path: str | Path, *, model, optimizer=None, scheduler=None, sca
     if restore_rng:
         own = path / f"rng-rank{_rank()}.pt"
         set_rng_state(torch.load(own, weights_only=True) if own.exists() else state["rng"])
-    return TrainState(step=state["step"], micro_batch=state["micro_batch"], rng=state["rng"],
-                      extra=state.get("extra", {}))
+    extra = state.get("extra", {})
+    position = state["micro_batch"]
+    if not extra.get("global_position"):   # written before the position was global: it was rank 0's count
+        position *= int(state.get("world_size", 1))
+    return TrainState(step=state["step"], micro_batch=position, rng=state["rng"], extra=extra)
 
 
 def export_full(model, tokenizer, final: Path, *, arch_name: str | None, group=None, **options) -> None:

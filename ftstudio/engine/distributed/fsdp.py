@@ -16,6 +16,8 @@ step, so all ranks act on the same step.
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import os
 import sys
@@ -60,12 +62,39 @@ def shard_model(model, numerics, mesh):
     return model
 
 
+LOSS_METHOD = "ftstudio_causal_lm_loss"
+
+
+def _causal_lm_loss_method(self, batch: dict, loss: str, compiled: bool):
+    from ftstudio.engine.train.speed import causal_lm_loss
+    return causal_lm_loss(self, batch, loss=loss, compiled=compiled)
+
+
+def register_loss_method(model) -> None:
+    """The chunked, fused (Liger) and compiled losses run the base model and read the head's weight outside
+    the model's ``forward``, where FSDP2 keeps the root's weights (embeddings, final norm, head) sharded. As
+    torchtitan keeps the loss behind the model's own forward, the loss becomes a method of the root module that
+    FSDP treats as a forward (``register_fsdp_forward_method``): its pre-forward gathers those weights and sets
+    up their reduce-scatter in backward, the blocks' own hooks gather theirs."""
+    import types
+
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    setattr(model, LOSS_METHOD, types.MethodType(_causal_lm_loss_method, model))
+    register_fsdp_forward_method(model, LOSS_METHOD)
+
+
 class _RankSchedule:
     """Rank r of W reads global micro-batches r, W+r, 2W+r, ...: one optimizer step covers grad_accum × W
-    micro-batches, exactly what one device with grad_accum × W accumulation steps would see."""
+    micro-batches, exactly what one device with grad_accum × W accumulation steps would see.
+
+    The trainer's ``micro_batch`` counts this rank's micro-batches; a checkpoint stores the global position
+    (:meth:`to_global`), and a resume on another number of ranks restarts every rank at that global sample
+    (``shift``: the remainder when the global position is not a multiple of the new W)."""
 
     def __init__(self, sched, world: int, rank: int):
         self._s, self._w, self._r = sched, world, rank
+        self.shift = 0
 
     def __getattr__(self, name):
         return getattr(self._s, name)
@@ -78,11 +107,23 @@ class _RankSchedule:
     def batches_per_epoch(self) -> float:      # in this rank's micro-batches (the trainer's counter)
         return self._s.batches_per_epoch / self._w
 
+    def _global(self, micro_batch: int) -> int:
+        return micro_batch * self._w + self._r + self.shift
+
+    def to_global(self, micro_batch: int) -> int:
+        """The global micro-batches consumed when this rank has read ``micro_batch`` of its own."""
+        return micro_batch * self._w + self.shift
+
+    def from_global(self, position: int) -> int:
+        """This rank's counter for a global position; sets ``shift`` so that reading resumes exactly there."""
+        local, self.shift = divmod(int(position), self._w)
+        return local
+
     def batch_indices(self, micro_batch: int) -> list[int]:
-        return self._s.batch_indices(micro_batch * self._w + self._r)
+        return self._s.batch_indices(self._global(micro_batch))
 
     def general_indices(self, micro_batch: int) -> list[int]:
-        return self._s.general_indices(micro_batch * self._w + self._r)
+        return self._s.general_indices(self._global(micro_batch))
 
 
 class SyncedControl(Control):
@@ -153,12 +194,7 @@ class FSDPTrainer(Trainer):
         model = model.to(dtype=numerics.param_dtype)
         mesh = init_device_mesh(device.split(":")[0], (self.world,))
         shard_model(model, numerics, mesh)
-        if self.cfg.memory.loss == "chunked":
-            # The chunked loss reads the head's weight outside its module's forward, where FSDP keeps it
-            # sharded; the full loss is exact, only its logits take more memory.
-            self.cfg = self.cfg.replace(loss="full")
-            self.report(LogLine("memory.loss 'chunked' is not available with several GPUs yet; "
-                                "using the full loss", "warning"))
+        register_loss_method(model)
         self.report(LogLine(f"FSDP2: weights, gradients and optimizer state sharded over {self.world} "
                             f"processes ({device.split(':')[0]})"))
         return model
@@ -188,9 +224,42 @@ class FSDPTrainer(Trainer):
     def _plan_schedule(self, n_train: int, n_general: int, tokens=(None, None)):
         from ftstudio.engine.train.schedule import plan_schedule
 
-        cfg = self.cfg.replace(grad_accum=self.cfg.train.grad_accum * self.world)
-        return _RankSchedule(plan_schedule(cfg, n_train, n_general, task_tokens=tokens[0], general_tokens=tokens[1]),
-                             self.world, self.rank)
+        # The global step accumulates grad_accum × W micro-batches. Only the schedule sees that number: the
+        # config's own checks (optimizer_in_backward needs grad_accum 1) are about the user's grad_accum, which
+        # each rank still runs (RunConfig.replace would re-validate, and blame a grad_accum nobody set).
+        cfg = copy.copy(self.cfg)
+        cfg.train = dataclasses.replace(self.cfg.train, grad_accum=self.cfg.train.grad_accum * self.world)
+        self._sched = _RankSchedule(plan_schedule(cfg, n_train, n_general, task_tokens=tokens[0],
+                                                  general_tokens=tokens[1]), self.world, self.rank)
+        return self._sched
+
+    def _forward_loss(self, model, batch):
+        from ftstudio.engine.train.speed import bypasses_forward
+
+        causal = "labels" in batch and batch["labels"].dim() == 2
+        if causal and bypasses_forward(model, batch, loss=self.cfg.memory.loss, compiled=self.compiled):
+            return getattr(model, LOSS_METHOD)(batch, self.cfg.memory.loss, self.compiled)
+        return super()._forward_loss(model, batch)
+
+    def _grad_scaler(self, device: str, numerics):
+        """fp16: torch's sharded grad scaler all-reduces "found inf" over the ranks, so an overflow on one rank
+        skips the step on all of them and the loss scales never diverge."""
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+        return ShardedGradScaler(device.split(":")[0], enabled=numerics.grad_scaler)
+
+    def _evaluate(self, model, prepared, device, numerics, task) -> dict:
+        """Each rank scores its share of the validation batches; the sums are all-reduced (evaluate.py)."""
+        from ftstudio.core.events import EvalMetrics
+        from ftstudio.engine.train.evaluate import evaluate
+
+        result = evaluate(model, prepared, device=device, autocast_dtype=numerics.autocast_dtype, task=task,
+                          batch_size=self.cfg.train.batch_size, max_batches=self.cfg.eval.eval_batches,
+                          loss_fn=self._forward_loss, shard=(self.rank, self.world, self._cpu_group))
+        kept = {k: v for k, v in result.items() if v is not None}
+        best = self._best.update(self.step, kept, model)
+        self.report(EvalMetrics(step=self.step, **result, best=best))
+        self._first_eval = self._first_eval or kept
+        return kept
 
     def _clip_grads(self, params, max_norm: float):
         import torch
@@ -241,15 +310,30 @@ class FSDPTrainer(Trainer):
     # -- checkpoints and export ------------------------------------------------------------------------
     def _save_checkpoint(self, model, scaler) -> None:
         from ftstudio.engine.distributed.checkpoint import save_sharded
+
+        # What a single-device checkpoint carries (the rollback's LR factor) plus what a resume needs for the
+        # forgetting summary; the data position is global, so another number of ranks resumes at the same sample.
+        retention = getattr(getattr(self, "forgetting", None), "first_retention", None)
+        extra = {"lr_factor": self._lr_factor, "first_eval": self._first_eval,
+                 "first_retention": retention.to_dict() if retention is not None else None}
         path = save_sharded(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
-                            scheduler=self.scheduler, scaler=scaler, micro_batch=self.micro_batch,
-                            keep_last=self.cfg.checkpoint.keep_last, group=self._cpu_group)
+                            scheduler=self.scheduler, scaler=scaler,
+                            micro_batch=self._sched.to_global(self.micro_batch),
+                            keep_last=self.cfg.checkpoint.keep_last, group=self._cpu_group, extra=extra)
         self.report(CheckpointSaved(step=self.step, path=str(path)))
 
     def _load_checkpoint(self, ckpt, model, scaler, *, restore_rng: bool = True):
         from ftstudio.engine.distributed.checkpoint import load_sharded
-        return load_sharded(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
-                            scaler=scaler, restore_rng=restore_rng)
+
+        state = load_sharded(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
+                             scaler=scaler, restore_rng=restore_rng)
+        if restore_rng:   # a resume (a rollback keeps reading forward from where it is)
+            state.micro_batch = self._sched.from_global(state.micro_batch)
+            self._first_eval = state.extra.get("first_eval") or self._first_eval
+            retention = state.extra.get("first_retention")
+            if retention and getattr(self, "forgetting", None) is not None:
+                self.forgetting.first_retention = event_from_dict(retention)
+        return state
 
     def _export(self, model, tokenizer) -> Path:
         from ftstudio.engine.distributed.checkpoint import export_full

@@ -38,7 +38,34 @@ def _clean(name: str) -> str:
 
 
 def _trainable(model: nn.Module) -> dict[str, torch.Tensor]:
+    # FSDP2 leaves the root's weights gathered after a forward without backward (an evaluation): reshard
+    # first, so that every parameter is the sharded DTensor θ0's local shards belong to.
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
     return {_clean(n): p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 parameter (a DTensor), or the tensor itself on one device. θ0 and F are kept
+    as local shards, so each rank holds 1/W of them; ``to_local`` is differentiable, and the penalty's gradient
+    lands on the sharded gradient directly (it is each rank's own, so FSDP's averaging never touches it)."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def _sum_over_ranks(values: list[float], like: torch.Tensor) -> list[float]:
+    """Sums of local shards → sums over the whole model (all-reduced on the parameter's mesh when sharded)."""
+    mesh = getattr(like, "device_mesh", None)
+    if mesh is None:
+        return values
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=_local(like).device)
+    dist.all_reduce(t, group=mesh.get_group())
+    return t.tolist()
 
 
 def to_device(batch: dict, device) -> dict:
@@ -91,12 +118,13 @@ class Regularizer:
             raise ConfigError("regularize.ewc", "EWC needs a Fisher diagonal (estimate_fisher)")
         self.l2sp, self.ewc, self.anchor = float(l2sp), float(ewc), anchor
         params = _trainable(model)
-        self.theta0 = {n: _place(p, anchor) for n, p in params.items()}
-        self.fisher = {n: _place(fisher[n], anchor) for n in params} if ewc > 0 else None
+        self._like = next(iter(params.values()))
+        self.theta0 = {n: _place(_local(p), anchor) for n, p in params.items()}
+        self.fisher = {n: _place(_local(fisher[n]), anchor) for n in params} if ewc > 0 else None
         self.groups = [(g, [_clean(n) for n in names]) for g, names in layer_groups(model)]
         with torch.no_grad():  # exact ‖θ0‖ per group, from the weights before any rounding
-            self._norm0 = {g: math.sqrt(sum(float(params[n].float().square().sum()) for n in names))
-                           for g, names in self.groups}
+            sq = [sum(float(_local(params[n]).float().square().sum()) for n in names) for _, names in self.groups]
+            self._norm0 = {g: math.sqrt(v) for (g, _), v in zip(self.groups, _sum_over_ranks(sq, self._like))}
 
     @property
     def active(self) -> bool:
@@ -115,20 +143,18 @@ class Regularizer:
         if not self.active:
             device = next(iter(params.values())).device
             return torch.zeros((), device=device, requires_grad=True)
-        terms = [_AnchorPull.apply(p, self.theta0[n], self.fisher[n] if self.fisher else None, self.l2sp, self.ewc)
+        terms = [_AnchorPull.apply(_local(p), self.theta0[n], self.fisher[n] if self.fisher else None, self.l2sp, self.ewc)
                  for n, p in params.items() if n in self.theta0]
         return torch.stack(terms).sum()
 
     @torch.no_grad()
     def drift(self, model: nn.Module) -> dict[str, float]:
         """Per layer group (bottom → top): ‖θ−θ0‖ / ‖θ0‖."""
-        params = _trainable(model)
-        out = {}
-        for g, names in self.groups:
-            sq = sum(float((params[n].float() - self.theta0[n].to(params[n].device, torch.float32)).square().sum())
-                     for n in names)
-            out[g] = math.sqrt(sq) / max(self._norm0[g], 1e-12)
-        return out
+        params = {n: _local(p) for n, p in _trainable(model).items()}
+        sq = [sum(float((params[n].float() - self.theta0[n].to(params[n].device, torch.float32)).square().sum())
+                  for n in names) for _, names in self.groups]
+        return {g: math.sqrt(v) / max(self._norm0[g], 1e-12)
+                for (g, _), v in zip(self.groups, _sum_over_ranks(sq, self._like))}
 
     def drift_metrics(self, model: nn.Module, step: int):
         """A DriftMetrics event: per-group drift and the whole model's ‖θ−θ0‖/‖θ0‖."""
@@ -171,7 +197,13 @@ def estimate_fisher(model: nn.Module, batches: Iterable[dict], *, progress: Call
         model.train(was_training)
     if count == 0:
         raise ConfigError("regularize.ewc_batches", "no batches to estimate the Fisher diagonal from")
-    mean = sum(float(f.sum()) for f in fisher.values()) / (count * sum(f.numel() for f in fisher.values()))
+    # Sharded (FSDP2): every rank scored the same rows, so each holds its shard of the same F; the mean is
+    # summed over the shards.
+    like = next(iter(params.values()))
+    fisher = {n: _local(f) for n, f in fisher.items()}
+    total, numel = _sum_over_ranks([sum(float(f.sum()) for f in fisher.values()),
+                                    float(sum(f.numel() for f in fisher.values()))], like)
+    mean = total / (count * numel)
     if not mean > 0 or not math.isfinite(mean):
         raise ConfigError("regularize.ewc", f"the Fisher estimate is {mean} (the loss gave no usable gradient)")
     return {n: f.div_(count * mean) for n, f in fisher.items()}

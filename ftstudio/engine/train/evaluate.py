@@ -16,37 +16,58 @@ def _batches(examples, batch_size, max_batches):
 
 
 def predict(model, prepared, *, device: str, autocast_dtype=None, batch_size: int = 32, max_batches=None,
-            loss_fn=None):
+            loss_fn=None, shard=None):
     """(loss summed over examples or tokens, count, predictions, targets) over the validation split.
 
     ``loss_fn(model, batch)``: the causal-LM loss on the training path (chunked, fused or compiled), so that
-    evaluation needs no more memory than training planned; None uses the model's own loss."""
+    evaluation needs no more memory than training planned; None uses the model's own loss.
+    ``shard=(rank, world, group)``: an FSDP rank scores batches rank, rank + world, ... and the sums (and a
+    classifier's predictions) are combined over the ranks on ``group``, so every rank returns the whole split's
+    result. Every rank runs the same number of forwards (FSDP gathers weights collectively): a rank with no
+    batch left runs one more on a batch it then ignores."""
     import torch
 
+    batches = list(_batches(prepared.val, batch_size, max_batches))
+    rank, world, group = shard or (0, 1, None)
+    rounds = -(-len(batches) // world)
+    mine = [(i, batches[i] if i < len(batches) else None) for i in range(rank, rounds * world, world)]
     was_training = model.training
     model.eval()
     autocast = (torch.autocast(device_type=device.split(":")[0], dtype=autocast_dtype)
                 if autocast_dtype is not None else nullcontext())
-    loss_sum, count, preds, targets = 0.0, 0, [], []
+    loss_sum, count, scored = 0.0, 0, []
     try:
         with torch.no_grad(), autocast:
-            for chunk in _batches(prepared.val, batch_size, max_batches):
-                batch = {k: v.to(device) for k, v in prepared.collate(chunk).items()}
+            for index, chunk in mine:
+                batch = {k: v.to(device) for k, v in prepared.collate(chunk or batches[-1]).items()}
                 labels = batch["labels"]
                 if labels.dim() == 1:  # classification: one label per example
                     out = model(**batch)
                     n, loss = labels.numel(), out.loss
-                    preds += out.logits.argmax(-1).tolist()
-                    targets += labels.tolist()
+                    if chunk is not None:
+                        scored.append((index, out.logits.argmax(-1).tolist(), labels.tolist()))
                 else:  # causal LM: the mean over predicted tokens (labels shifted by one)
                     n = int((labels[:, 1:] != -100).sum())
-                    if n == 0:
+                    if n == 0 and shard is None:
                         continue
                     loss = loss_fn(model, batch) if loss_fn is not None else model(**batch).loss
+                if chunk is None or n == 0:
+                    continue   # the padding forward of a rank with no batch left
                 loss_sum += float(loss) * n
                 count += n
     finally:
         model.train(was_training)
+    if shard is not None and world > 1:
+        import torch.distributed as dist
+
+        sums = torch.tensor([loss_sum, float(count)], dtype=torch.float64)
+        dist.all_reduce(sums, group=group)
+        loss_sum, count = float(sums[0]), int(sums[1])
+        gathered = [None] * world
+        dist.all_gather_object(gathered, scored, group=group)
+        scored = [item for part in gathered for item in part]
+    preds = [p for _, ps, _ in sorted(scored) for p in ps]
+    targets = [t for _, _, ts in sorted(scored) for t in ts]
     return loss_sum, count, preds, targets
 
 
@@ -70,9 +91,10 @@ def confusion_matrix(preds: list[int], targets: list[int], n_classes: int) -> li
 
 
 def evaluate(model, prepared, *, device: str, task: str, autocast_dtype=None, batch_size: int = 32,
-             max_batches=None, loss_fn=None) -> dict:
+             max_batches=None, loss_fn=None, shard=None) -> dict:
     loss_sum, count, preds, targets = predict(model, prepared, device=device, autocast_dtype=autocast_dtype,
-                                              batch_size=batch_size, max_batches=max_batches, loss_fn=loss_fn)
+                                              batch_size=batch_size, max_batches=max_batches, loss_fn=loss_fn,
+                                              shard=shard)
     loss = loss_sum / max(1, count)
     if task == "classification":
         acc = sum(p == t for p, t in zip(preds, targets)) / max(1, len(targets))

@@ -114,6 +114,9 @@ class OptimizerInBackward(torch.optim.Optimizer):
     def _hook(self, p: torch.Tensor) -> None:
         g = p.grad
         n = torch.linalg.vector_norm(g, dtype=torch.float32)
+        full = getattr(n, "full_tensor", None)
+        if callable(full):   # FSDP2: the hook runs on the sharded gradient; its norm is the whole tensor's
+            n, g = full(), g.to_local()   # (every rank runs the hooks in the same order: a matched collective)
         self._sq = n * n if self._sq is None else self._sq + n * n
         finite = torch.isfinite(n)
         if self.max_norm > 0:
@@ -148,6 +151,11 @@ class OptimizerInBackward(torch.optim.Optimizer):
                                                               "with a different optimizer_in_backward setting")
         for opt, part in zip(self._opts.values(), parts):
             opt.load_state_dict(part)
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        """The per-parameter optimizers (a sharded checkpoint saves their states by parameter name)."""
+        return list(self._opts.values())
 
     def remove_hooks(self) -> None:
         for h in self._hooks:
@@ -239,10 +247,18 @@ def causal_lm_loss(model, batch: dict, *, loss: str, compiled: bool = False) -> 
         head = functools.partial(compiled_cross_entropy, scale=scale, cap=cap)
     else:
         return sliced(model, batch, chunked=loss == "chunked")   # the slices apply them too
+    # (bypasses_forward below must name exactly the paths that reach this point or the chunked slices)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     base = getattr(model, model.base_model_prefix, None) or model.model
     hidden = base(**inputs).last_hidden_state
     return head(hidden, model.get_output_embeddings(), batch["labels"])
+
+
+def bypasses_forward(model, batch: dict, *, loss: str, compiled: bool) -> bool:
+    """True when :func:`causal_lm_loss` runs the base model and the head itself instead of ``model(**batch)``
+    (chunked, Liger, compiled head): under FSDP2 it must then run as a registered forward method of the root."""
+    cuda = batch["input_ids"].is_cuda and model.get_output_embeddings() is not None
+    return loss == "chunked" or (loss == "full" and compiled and cuda)
 
 
 def step_flops(params: int, layers: int, hidden: int, seq_len: int, tokens: int) -> float:

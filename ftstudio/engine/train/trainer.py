@@ -215,7 +215,7 @@ class Trainer:
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0],
                                          in_backward=cfg.memory.optimizer_in_backward)
         self.scheduler = self._build_scheduler(sched.total_steps)
-        scaler = torch.amp.GradScaler(device.split(":")[0], enabled=numerics.grad_scaler)
+        scaler = self._grad_scaler(device, numerics)
 
         if self.resume_from is not None:
             ckpt = latest_checkpoint(self.run_dir / "checkpoints")
@@ -394,6 +394,10 @@ class Trainer:
         from ftstudio.engine.train.checkpoint import load_checkpoint
         return load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
                                scaler=scaler, restore_rng=restore_rng)
+
+    def _grad_scaler(self, device: str, numerics):  # fp16's loss scaler (FSDP: the sharded one)
+        import torch
+        return torch.amp.GradScaler(device.split(":")[0], enabled=numerics.grad_scaler)
 
     def _clip_grads(self, params, max_norm: float):
         import torch
