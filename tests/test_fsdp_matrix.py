@@ -12,7 +12,7 @@ import pytest
 from safetensors.torch import load_file
 
 from fsdp_matrix_worker import COMBOS, RESHARD
-from test_trainer import write_class_data, write_text_data
+from test_trainer import lm_config, write_class_data, write_text_data
 
 pytestmark = pytest.mark.timeout(420)
 HERE = Path(__file__).parent
@@ -104,3 +104,19 @@ def test_a_two_rank_checkpoint_resumes_on_one_rank_at_the_same_sample(matrix):
     assert list(steps) == [2], steps
     two_ranks = results["results"][RESHARD]["resumed"]["losses"]["2"]
     assert steps[2] == pytest.approx(two_ranks, rel=1e-5)
+
+
+def test_the_pull_with_the_step_in_backward_is_refused_before_a_sharded_launch(tiny_llama, tmp_path):
+    from ftstudio.core.events import RunFailed
+    from ftstudio.engine import run as train
+
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", gpus=[0, 1],
+                    optimizer_in_backward=True, l2sp=0.1)
+    events = []
+    result = train(cfg, events.append)
+    assert isinstance(result, RunFailed) and "optimizer_in_backward" in result.reason
+    assert "mix_fraction" in result.reason and not (tmp_path / "runs").exists()
+    # one GPU keeps it; and the Largest preset's own grad_accum (1) is not blamed on several
+    from ftstudio.engine import check_run
+    check_run(cfg.replace(gpus=[0]).replace(device="cpu"))
+    check_run(cfg.replace(l2sp=0.0))

@@ -236,7 +236,9 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
     # Under FSDP's mixed-precision policy the blocks compute on bf16 parameters: the residual stream is bf16
     # and autocast makes no input copies, so activations are those of pure bf16 (measured on 2×H200).
     fsdp_mixed = gpus > 1 and autocast
-    compiled = run.memory.compile and not on_cpu and gpus == 1       # the trainer compiles on one CUDA GPU
+    # The trainer compiles each block on CUDA, then FSDP shards it (several GPUs too); the compiled per-token
+    # figure was measured on one GPU: under FSDP it is not calibrated yet.
+    compiled = run.memory.compile and not on_cpu
     act_precision = "bf16" if fsdp_mixed else precision
     if compiled:
         per_layer = compiled_layer_bytes_per_token(shape, act_precision)
