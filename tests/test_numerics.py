@@ -110,3 +110,13 @@ def test_engine_run_refuses_up_front_what_the_cli_refuses(tiny_llama, tmp_path):
     result = engine_run(cfg, events.append)
     assert isinstance(result, RunFailed) and "data.seq_len" in result.reason and "512" in result.reason
     assert events == [result] and not (tmp_path / "runs").exists()
+
+
+def test_packing_with_data_mixing_trains(tiny_llama, tmp_path):
+    """Packed task rows and unpacked general rows share micro-batches (the collator raised KeyError before)."""
+    from test_trainer import lm_config, write_text_data
+
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", packing=True,
+                    mix_fraction=0.3, max_steps=3, eval_every=0)
+    result, _ = run(cfg)
+    assert isinstance(result, RunFinished), result

@@ -88,8 +88,10 @@ class Collator:
         # Padding forms its own "document" (positions 0..k), so no real token attends to it.
         pos = torch.zeros((len(batch), L), dtype=torch.long)
         for i, ex in enumerate(batch):
-            n = len(ex["position_ids"])
-            pos[i, :n] = torch.tensor(ex["position_ids"], dtype=torch.long)
+            # A row mixed in unpacked (general text under data mixing) is one document of its own.
+            own = ex.get("position_ids") or list(range(len(ex["input_ids"])))
+            n = len(own)
+            pos[i, :n] = torch.tensor(own, dtype=torch.long)
             pos[i, n:] = torch.arange(L - n)
         if self.positions_only:
             return {"input_ids": ids, "labels": labels, "position_ids": pos}
