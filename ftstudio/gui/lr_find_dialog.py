@@ -2,12 +2,12 @@
 its rule, and a button that puts the suggestion into the Training tab's learning-rate field."""
 from __future__ import annotations
 
-from PySide6.QtCore import QTimer, Signal, Slot
-from PySide6.QtWidgets import (QDialog, QHBoxLayout, QLabel, QPushButton, QSpinBox, QVBoxLayout)
+from PySide6.QtCore import Signal, Slot
+from PySide6.QtWidgets import QDialog, QHBoxLayout, QLabel, QSpinBox, QVBoxLayout
 
 from ftstudio.core import events as ev
 
-from .tool_thread import ToolThread
+from .tool_thread import job_controls
 
 REDRAW_MS = 100
 
@@ -59,25 +59,9 @@ class LRFindDialog(QDialog):
         self.steps.setValue(100)
         row.addWidget(self.steps)
         row.addStretch(1)
-        self.start_button = QPushButton("Start")
-        self.stop_button = QPushButton("Stop")
-        self.use_button = QPushButton("Use this learning rate")
+        job_controls(self, row, "Use this learning rate", REDRAW_MS)
         self.use_button.setObjectName("useLrButton")
-        close = QPushButton("Close")
-        for b in (self.start_button, self.stop_button, self.use_button, close):
-            row.addWidget(b)
         lay.addLayout(row)
-        self.stop_button.setEnabled(False)
-        self.use_button.setEnabled(False)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
-        self.use_button.clicked.connect(self._use)
-        close.clicked.connect(self.close)
-        self.job = ToolThread(self)
-        self.job.done.connect(self._done)
-        self.timer = QTimer(self)
-        self.timer.setInterval(REDRAW_MS)
-        self.timer.timeout.connect(self._drain)
 
     @Slot()
     def start(self) -> None:

@@ -3,13 +3,13 @@ its trials listed live with their state (running, pruned, complete), and a butto
 into the Training tab. Each trial is a run folder, so the Runs tab overlays their curves."""
 from __future__ import annotations
 
-from PySide6.QtCore import QTimer, Signal, Slot
-from PySide6.QtWidgets import (QDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QPushButton, QSpinBox,
+from PySide6.QtCore import Signal, Slot
+from PySide6.QtWidgets import (QDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QSpinBox,
                                QTableWidget, QTableWidgetItem, QVBoxLayout)
 
 from ftstudio.core import events as ev
 
-from .tool_thread import ToolThread
+from .tool_thread import job_controls
 
 COLUMNS = ("trial", "state", "lr", "batch", "eval", "step")
 
@@ -62,24 +62,8 @@ class SweepDialog(QDialog):
         lay.addWidget(self.status)
         row = QHBoxLayout()
         row.addStretch(1)
-        self.start_button = QPushButton("Start")
-        self.stop_button = QPushButton("Stop")
-        self.use_button = QPushButton("Use the best values")
-        close = QPushButton("Close")
-        for b in (self.start_button, self.stop_button, self.use_button, close):
-            row.addWidget(b)
+        job_controls(self, row, "Use the best values")
         lay.addLayout(row)
-        self.stop_button.setEnabled(False)
-        self.use_button.setEnabled(False)
-        self.start_button.clicked.connect(self.start)
-        self.stop_button.clicked.connect(self.stop)
-        self.use_button.clicked.connect(self._use)
-        close.clicked.connect(self.close)
-        self.job = ToolThread(self)
-        self.job.done.connect(self._done)
-        self.timer = QTimer(self)
-        self.timer.setInterval(100)
-        self.timer.timeout.connect(self._drain)
 
     def spec(self):
         """The sweep the form describes; raises ValueError / ConfigError with one line on bad input."""

@@ -9,7 +9,8 @@ import collections
 import traceback
 from typing import Any, Callable
 
-from PySide6.QtCore import QObject, QThread, Signal, Slot
+from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
+from PySide6.QtWidgets import QPushButton
 
 from ftstudio.core.control import Control
 
@@ -94,3 +95,26 @@ class ToolThread(QObject):
         self._thread = None
         self._worker = None
         self.done.emit(*self._outcome)
+
+
+def job_controls(dialog, row, use_text: str, redraw_ms: int = 100) -> None:
+    """The controls both tool dialogs share, added to ``row``: Start / Stop / <use_text> / Close wired to the
+    dialog's ``start``, ``stop``, ``_use`` and ``close``, its ``job`` (a :class:`ToolThread` whose ``done`` goes to
+    ``_done``) and its ``timer`` draining the job's events into ``_drain`` at about 10 Hz."""
+    dialog.start_button = QPushButton("Start")
+    dialog.stop_button = QPushButton("Stop")
+    dialog.use_button = QPushButton(use_text)
+    close = QPushButton("Close")
+    for b in (dialog.start_button, dialog.stop_button, dialog.use_button, close):
+        row.addWidget(b)
+    dialog.stop_button.setEnabled(False)
+    dialog.use_button.setEnabled(False)
+    dialog.start_button.clicked.connect(dialog.start)
+    dialog.stop_button.clicked.connect(dialog.stop)
+    dialog.use_button.clicked.connect(dialog._use)
+    close.clicked.connect(dialog.close)
+    dialog.job = ToolThread(dialog)
+    dialog.job.done.connect(dialog._done)
+    dialog.timer = QTimer(dialog)
+    dialog.timer.setInterval(redraw_ms)
+    dialog.timer.timeout.connect(dialog._drain)
