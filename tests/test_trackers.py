@@ -51,7 +51,7 @@ def test_missing_tracker_fails_before_the_run_folder_is_written(tiny_llama, tmp_
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
     data = write_text_data(tmp_path / "d.jsonl")
     code = main(["train", "--model", str(tiny_llama), "--dataset", str(data), "--max-steps", "2", "--device", "cpu",
-                 "--output", str(tmp_path / "runs"), "--report-to", "tensorboard,wandb", "--quiet"])
+                 "--output", str(tmp_path / "runs"), "--report-to", "wandb", "--quiet"])
     err = capsys.readouterr().err
     assert code != 0
     assert "train.report_to: wandb is chosen but not installed: pip install \"ftstudio[wandb]\"" in err
