@@ -261,15 +261,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
                 if p.device not in lrs:
                     lrs[p.device] = torch.full((), float(group["lr"]), dtype=torch.float32, device=p.device)
                 lr = lrs[p.device]
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
-                    if self.rounding == "kahan" and p.dtype != torch.float32:
-                        state["compensation"] = torch.zeros_like(p)
-                elif state["step"].device != p.device:     # a checkpoint loaded with map_location="cpu"
-                    state["step"] = state["step"].to(p.device)
+                state = self._state(p)
                 state["step"] += 1
                 fn = _compiled_update() if p.is_cuda else _adamw_update
                 comp = state.get("compensation")
