@@ -120,3 +120,17 @@ def test_packing_with_data_mixing_trains(tiny_llama, tmp_path):
                     mix_fraction=0.3, max_steps=3, eval_every=0)
     result, _ = run(cfg)
     assert isinstance(result, RunFinished), result
+
+
+def test_train_says_each_data_warning_once(tiny_llama, tmp_path):
+    import json
+
+    from ftstudio.core.events import LogLine
+    from test_trainer import lm_config
+
+    p = tmp_path / "c.jsonl"
+    row = {"messages": [{"role": "user", "content": "hello", "ts": 1}, {"role": "assistant", "content": "yes"}]}
+    p.write_text((json.dumps(row) + "\n") * 4)
+    result, events = run(lm_config(tiny_llama, p, tmp_path / "runs", max_steps=1, val_fraction=0.0))
+    lines = [e.message for e in events if isinstance(e, LogLine) and "'ts' not used" in e.message]
+    assert len(lines) == 4   # one per row: the validation pass and the preparation do not both say it

@@ -162,7 +162,8 @@ class Trainer:
         tokenizer = models_mod.load_tokenizer(cfg.model)
         prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
         cfg, prepared = fast_path.apply(cfg, device, prepared, info, self._plan_schedule, self.report)  # one GPU
-        for line in [*map(str, prepared.warnings), f"Data: {prepared.summary()}"]:  # nothing cut or dropped unsaid
+        fresh = [str(w) for w in prepared.warnings if w not in report.problems]  # the check above said the rest
+        for line in [*fresh, f"Data: {prepared.summary()}"]:  # nothing cut or dropped unsaid
             self.report(LogLine(line, "info" if line.startswith("Data: ") else "warning"))
         labels = prepared.label_names
         id2label = {i: name for i, name in enumerate(labels)} if labels else None
