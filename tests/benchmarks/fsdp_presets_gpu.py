@@ -34,21 +34,21 @@ def emit(d: dict) -> None:
     print(json.dumps(d), flush=True)
 
 
-def make_model(folder: Path) -> int:
+def make_model(folder: Path, shape: str, dev: str) -> int:
     import torch
 
     import throughput
     from tiny import make_tokenizer
 
-    throughput.DEV = "cuda"
-    m = throughput.build("llama3.2-1b", torch.bfloat16)
+    throughput.DEV = dev
+    m = throughput.build(shape, torch.bfloat16)
     tok = make_tokenizer()
     m.config.pad_token_id = tok.pad_token_id
     m.save_pretrained(folder)
     tok.save_pretrained(folder)
     n = sum(p.numel() for p in m.parameters())
     del m
-    torch.cuda.empty_cache()
+    torch.cuda.empty_cache() if dev == "cuda" else None
     return n
 
 
@@ -63,14 +63,14 @@ def write_data(path: Path, rows: int = 400) -> Path:
     return path
 
 
-def config(name, preset, leaves, model, data, out, seq, *, sharded: bool):
+def config(name, preset, leaves, model, data, out, seq, dev, *, sharded: bool):
     from ftstudio.core.config import RunConfig
     from ftstudio.core.presets import apply_preset
 
     cfg = RunConfig().replace(source=str(model), dataset=str(data), output=str(out),
                               run_name=f"{name}-{'fsdp' if sharded else 'single'}", max_steps=20, batch_size=4,
                               seq_len=seq, lr=1e-5, val_fraction=0.0, eval_every=0, checkpoint_every=0,
-                              log_every=1, seed=5, device="cuda", memory_snapshot_every=1000, export=False)
+                              log_every=1, seed=5, device=dev, memory_snapshot_every=1000, export=False)
     if preset:
         cfg = apply_preset(cfg, preset)
     return cfg.replace(**leaves) if leaves else cfg
@@ -103,7 +103,7 @@ def failure(events):
     return f"{fail.reason} {logs[-1] if logs else ''}"
 
 
-def run_case(name, preset, leaves, model, data, out, seq, cpu_group) -> dict:
+def run_case(name, preset, leaves, model, data, out, seq, dev, cpu_group) -> dict:
     import torch
 
     from ftstudio.core.control import Control
@@ -111,8 +111,8 @@ def run_case(name, preset, leaves, model, data, out, seq, cpu_group) -> dict:
     from ftstudio.engine.distributed.fsdp import FSDPTrainer
     from ftstudio.engine.train import Trainer
 
-    single_cfg, note = optimizer_note(config(name, preset, leaves, model, data, out, seq, sharded=False))
-    fsdp_cfg, _ = optimizer_note(config(name, preset, leaves, model, data, out, seq, sharded=True))
+    single_cfg, note = optimizer_note(config(name, preset, leaves, model, data, out, seq, dev, sharded=False))
+    fsdp_cfg, _ = optimizer_note(config(name, preset, leaves, model, data, out, seq, dev, sharded=True))
     res = {"case": name, "preset": preset, "leaves": leaves, "note": note}
     t = time.perf_counter()
     single = []
@@ -155,22 +155,28 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out", nargs="?", default=None)
     p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--shape", default="llama3.2-1b", help="tiny: a smoke run of this script on the CPU (gloo)")
+    p.add_argument("--cases", default=",".join(c[0] for c in CASES))
     a = p.parse_args()
     if int(os.environ.get("WORLD_SIZE", "0")) != 1:
         sys.exit("run me through: torchrun --standalone --nproc_per_node 1 tests/benchmarks/fsdp_presets_gpu.py")
     out = Path(a.out or tempfile.mkdtemp(prefix="fsdp-presets-"))
     out.mkdir(parents=True, exist_ok=True)
-    torch.cuda.set_device(0)
-    dist.init_process_group("nccl", device_id=torch.device("cuda", 0))
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if dev == "cuda":
+        torch.cuda.set_device(0)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", 0))
+    else:
+        dist.init_process_group("gloo")
     cpu_group = dist.new_group(backend="gloo")   # as distributed/fsdp.py's main: host-side token counts
     t0 = time.perf_counter()
-    n = make_model(out / "model")
+    n = make_model(out / "model", a.shape, dev)
     data = write_data(out / "data.jsonl")
-    emit({"model": "llama3.2-1b shape", "params": n, "seq_len": a.seq, "batch": 4, "steps": 20,
-          "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__})
+    emit({"model": f"{a.shape} shape", "params": n, "seq_len": a.seq, "batch": 4, "steps": 20,
+          "device": torch.cuda.get_device_name(0) if dev == "cuda" else "cpu", "torch": torch.__version__})
     results = []
-    for name, preset, leaves in CASES:
-        r = run_case(name, preset, leaves, out / "model", data, out / "runs", a.seq, cpu_group)
+    for name, preset, leaves in [c for c in CASES if c[0] in a.cases.split(",")]:
+        r = run_case(name, preset, leaves, out / "model", data, out / "runs", a.seq, dev, cpu_group)
         emit(r)
         results.append(r)
     emit({"summary": {r["case"]: {"ratio": r.get("ratio"), "within_2pct": r["within_2pct"]} for r in results},

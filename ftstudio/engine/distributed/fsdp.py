@@ -166,6 +166,38 @@ class SyncedControl(Control):
             self.sync()
 
 
+LOW_BIT = ("adamw8bit", "adamw4bit")
+
+
+def sharded_optimizer(cfg: RunConfig) -> tuple[RunConfig, str | None]:
+    """(the config a sharded run trains with, the warning that says what changed, or None).
+
+    torchao's low-bit AdamW compiles its update over the optimizer-state subclass, and Dynamo cannot trace that
+    subclass inside FSDP2's DTensors (seen on the H200, torch 2.11 + torchao 0.18: "OptimState8bit dispatch:
+    aten.view.dtype"); bitsandbytes' kernels take no DTensor either. Sharding already divides the optimizer
+    state by the number of GPUs, so a sharded run uses AdamW (bf16 moments with stochastic rounding when the
+    weights are bf16) and says so, instead of failing at its first step."""
+    if cfg.optim.optimizer not in LOW_BIT or cfg.hardware.device == "cpu":
+        return cfg, None
+    return cfg.replace(optimizer="adamw"), (
+        f"FSDP2: optimizer {cfg.optim.optimizer} cannot step FSDP's sharded tensors; using adamw (its state is "
+        "sharded over the GPUs instead: 4 bytes a parameter with bf16 weights, divided by the GPU count)")
+
+
+def sharded_grad_scaler(device_type: str, enabled: bool):
+    """torch's ShardedGradScaler, with its "found inf" flag 0-dimensional as the fused AdamW expects: the
+    sharded scaler makes it of shape [1], and the fused step's ``steps - found_inf`` then fails ("output with
+    shape [] doesn't match the broadcast shape [1]", seen on the H200 with fp16-mixed)."""
+    from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+    class _Scaler(ShardedGradScaler):
+        def _unscale_grads_(self, optimizer, inv_scale, found_inf, allow_fp16=True):
+            per_device = super()._unscale_grads_(optimizer, inv_scale, found_inf, allow_fp16)
+            return {dev: t.reshape(()) for dev, t in per_device.items()}
+
+    return _Scaler(device_type, enabled=enabled)
+
+
 class FSDPTrainer(Trainer):
     """The Trainer on one rank of a ``torchrun`` group; see the module docstring."""
 
@@ -177,6 +209,9 @@ class FSDPTrainer(Trainer):
         self.local_rank = int(os.environ.get("LOCAL_RANK", self.rank))
         self._cpu_group = cpu_group          # gloo group for small host-side exchanges (no GPU sync)
         self._arch_name = None
+        self.cfg, note = sharded_optimizer(self.cfg)
+        if note:
+            self.report(LogLine(note, level="warning"))
 
     # -- placement --------------------------------------------------------------------------------
     def _pick_device(self) -> str:
@@ -244,8 +279,7 @@ class FSDPTrainer(Trainer):
     def _grad_scaler(self, device: str, numerics):
         """fp16: torch's sharded grad scaler all-reduces "found inf" over the ranks, so an overflow on one rank
         skips the step on all of them and the loss scales never diverge."""
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
-        return ShardedGradScaler(device.split(":")[0], enabled=numerics.grad_scaler)
+        return sharded_grad_scaler(device.split(":")[0], enabled=numerics.grad_scaler)
 
     def _evaluate(self, model, prepared, device, numerics, task) -> dict:
         """Each rank scores its share of the validation batches; the sums are all-reduced (evaluate.py)."""
