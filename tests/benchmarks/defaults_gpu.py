@@ -61,6 +61,9 @@ def timed(cmd: list[str], timeout: int) -> tuple[int, str, float, float]:
     return p.returncode, p.stdout + p.stderr, (int(rss.group(1)) / 1e6 if rss else float("nan")), wall
 
 
+PARAMS: dict[str, int] = {}     # model folder → parameter count (set by main)
+
+
 def ours(name: str, extra: list[str], model: Path, data: Path, out: Path, a) -> dict:
     cmd = [sys.executable, "-m", "ftstudio", "train", "--model", str(model), "--dataset", str(data),
            "--output", str(out), "--run-name", name, "--batch-size", str(a.batch), "--seq-len", str(a.seq),
@@ -80,9 +83,15 @@ def ours(name: str, extra: list[str], model: Path, data: Path, out: Path, a) -> 
             steps.append(e)
         elif e.get("event") == "memory" and e.get("allocated_peak"):
             peaks.append(e["allocated_peak"])
-    tps = [s["tokens_per_s"] for s in steps if s["step"] > 10]
+    warm = 10 if len(steps) > 20 else len(steps) // 2          # a short run (a 32B start): its second half
+    tps = [s["tokens_per_s"] for s in steps if s["step"] > warm]
     res["tokens_per_s"] = round(statistics.median(tps)) if tps else None
     res["peak_alloc_gb"] = round(max(peaks) / 1e9, 2) if peaks else None
+    if res["tokens_per_s"]:
+        c = json.loads((model / "config.json").read_text())
+        n = c.get("_params") or PARAMS.get(str(model))
+        flops = 6 * n + 12 * c["num_hidden_layers"] * c["hidden_size"] * a.seq    # per token
+        res["mfu_989"] = round(flops * res["tokens_per_s"] / 989e12, 3)
     if len(steps) > 11:
         steady = statistics.median(b["elapsed_s"] - a_["elapsed_s"] for a_, b in zip(steps[10:], steps[11:]))
         res["first_step_s"] = round(steps[0]["elapsed_s"], 1)            # includes compiling, when chosen
@@ -167,12 +176,15 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=240)
     ap.add_argument("--skip", nargs="*", default=[], help="any of: hf defaults fastest optimizer")
     ap.add_argument("--out", default="/tmp/defaults-gpu")
+    ap.add_argument("--run", action="append", default=[], metavar="NAME:FLAGS",
+                    help='one more `ftstudio train` run, e.g. "largest:--preset largest --optimizer adamw4bit"')
     a = ap.parse_args()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
     model = out / f"model-{a.shape}"
     n = make_model(a.shape, model)
+    PARAMS[str(model)] = n
     from trainer_speed import make_data
     data = make_data(out / "docs.jsonl", a.batch * a.seq * 200, words_per_doc=int(a.seq * 1.3))  # full rows
     from ftstudio.engine.train.fast_path import compile_pays
@@ -187,8 +199,11 @@ def main() -> None:
         results["defaults"] = ours("defaults", [], model, data, out, a); emit(results["defaults"])
     if "fastest" not in a.skip:
         results["fastest"] = ours("fastest", ["--preset", "fastest"], model, data, out, a); emit(results["fastest"])
+    for spec in a.run:
+        name, _, flags = spec.partition(":")
+        results[name] = ours(name, flags.split(), model, data, out, a); emit(results[name])
     base = results.get("hf", {})
-    for key in ("defaults", "fastest"):
+    for key in [k for k in results if k != "hf"]:
         r = results.get(key, {})
         if base.get("tokens_per_s") and r.get("tokens_per_s"):
             emit({"ratio": key, "speed_vs_hf": round(r["tokens_per_s"] / base["tokens_per_s"], 3),
