@@ -43,7 +43,7 @@ def make_model(shape: str, folder: Path) -> Path:
     m = throughput.build(shape, torch.bfloat16)          # built on the GPU (torch.device), saved in bf16
     tok = make_tokenizer()
     m.config.pad_token_id = tok.pad_token_id
-    m.save_pretrained(folder)                            # hub-style 5 GB shards
+    m.save_pretrained(folder, max_shard_size="5GB")      # hub-style 5 GB shards (transformers 5 writes 50 GB)
     tok.save_pretrained(folder)
     n = sum(p.numel() for p in m.parameters())
     del m
