@@ -164,7 +164,9 @@ def test_fast_defaults_say_why_each_stays_off():
     from ftstudio.engine.train.fast_path import COMPILE_GAIN, COMPILE_SECONDS, compile_pays
 
     chosen, lines = _choose(total_steps=25)                 # 25 steps of a 1B model cannot repay compiling
-    assert chosen == {"compile": False, "packing": True} and any("would not repay" in ln for ln in lines)
+    assert chosen == {"compile": False, "packing": False}   # nor the per-document attention packing compiles
+    assert any("compile off" in ln and "would not repay" in ln for ln in lines)
+    assert any("packing off" in ln and "would not repay" in ln and "--packing" in ln for ln in lines)
     pays, eager_s = compile_pays(25, 1_240_000_000, 4 * 2048)
     assert not pays and eager_s * COMPILE_GAIN < COMPILE_SECONDS
     chosen, lines = _choose(frozen=True)

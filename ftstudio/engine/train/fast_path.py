@@ -46,18 +46,24 @@ def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, p
         return chosen, []
     frozen = getattr(sys, "frozen", False) if frozen is None else frozen
     lines = []
+    pays, eager_s = compile_pays(total_steps, params, cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum)
     if not chosen["packing"]:
         if task != "causal-lm":
             lines.append("Fast defaults: packing off (a classifier's rows are not packed)")
         elif rows_fill >= PACK_BELOW:
             lines.append(f"Fast defaults: packing off (rows fill {rows_fill:.0%} of seq_len already)")
+        elif not pays:
+            # Packed rows attend through flex_attention's block masks, which compile on the first step and
+            # again for new shapes (~20 s for SmolLM2 on the H200: its 34-step run took 107 s against 71 s
+            # padded). A short run pads instead.
+            lines.append(f"Fast defaults: packing off (rows fill {rows_fill:.0%} of seq_len, but {total_steps} "
+                         f"steps, about {eager_s:.0f} s, would not repay compiling the per-document attention; "
+                         "--packing forces it)")
         else:
             chosen["packing"] = True
             lines.append(f"Fast defaults: packing on (rows fill {rows_fill:.0%} of seq_len; per-document masks, "
                          "no attention across examples; --no-fast-defaults to pad instead)")
     if not chosen["compile"]:
-        pays, eager_s = compile_pays(total_steps, params, cfg.train.batch_size * cfg.data.seq_len
-                                     * cfg.train.grad_accum)
         if frozen:
             lines.append("Fast defaults: compile off (no compiler inside the bundled app)")
         elif not (inductor_available() if inductor is None else inductor):
