@@ -114,3 +114,24 @@ def test_train_lists_broken_lines_and_bad_fields_at_once(tiny_llama, tmp_path, c
     assert code == 1
     assert "row 2" in err and "row 3" in err and "'text'" in err  # the JSON error and the wrong type together
     assert not (tmp_path / "runs").exists()
+
+
+# HF Trainer's process imports these (datasets → pandas, pyarrow) or may (the trackers, the sweep, plots):
+# ~0.4 s of a 30 s CPU demo run (tests/benchmarks/cpu_demo_vs_hf.py). A train run without a tracker, sweep or
+# plot must not pay for them: each is imported only where it is used.
+NOT_IN_A_TRAIN_RUN = ("datasets", "pandas", "pyarrow", "matplotlib", "tensorboard", "torch.utils.tensorboard",
+                      "optuna", "wandb", "mlflow", "PySide6")
+
+
+def test_a_train_run_imports_no_dataset_dataframe_plot_tracker_or_sweep_library(tiny_bert, tmp_path):
+    data = write_class_data(tmp_path / "c.jsonl")
+    code = ("import json, sys; from ftstudio.cli import main; "
+            f"rc = main(['train', '--model', {str(tiny_bert)!r}, '--dataset', {str(data)!r}, '--max-steps', '2', "
+            f"'--batch-size', '4', '--seq-len', '16', '--eval-every', '1', '--device', 'cpu', '--quiet', "
+            f"'--output', {str(tmp_path / 'runs')!r}]); "
+            f"print(json.dumps([rc, [m for m in {NOT_IN_A_TRAIN_RUN!r} if m in sys.modules]]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rc, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert rc == 0 and (tmp_path / "runs").is_dir()
+    assert loaded == [], f"a train run imported {loaded}"
