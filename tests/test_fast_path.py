@@ -213,7 +213,11 @@ def test_apply_packs_the_prepared_rows_on_a_gpu_and_leaves_cpu_runs_alone():
     schedule = lambda n, _general: SimpleNamespace(total_steps=n)  # noqa: E731
     same_cfg, same = apply(cfg, "cpu", p0 := prepared(), SimpleNamespace(params=10_000), schedule, said.append)
     assert same is p0 and same_cfg is cfg and len(same.train) == 40 and not said
-    new_cfg, packed = apply(cfg, "cuda:0", prepared(), SimpleNamespace(params=10_000), schedule, said.append)
-    assert packed.collate.packed and len(packed.train) < 40 and new_cfg.data.packing and not new_cfg.memory.compile
+    from ftstudio.engine.train.fast_path import inductor_available
+
+    big = SimpleNamespace(params=10**15)           # a run long enough to repay the packed attention's compiling
+    new_cfg, packed = apply(cfg, "cuda:0", prepared(), big, schedule, said.append)
+    assert packed.collate.packed and len(packed.train) < 40 and new_cfg.data.packing
+    assert new_cfg.memory.compile == inductor_available()
     assert sum(len(r["input_ids"]) for r in packed.train) == 40 * 4      # every token kept
     assert [e.message for e in said][0].startswith("Fast defaults: packing on")
