@@ -109,6 +109,8 @@ class DataConfig:
     """Tokens per example; longer rows are truncated, shorter ones padded (or packed)."""
     packing: bool = False
     """Concatenate examples into full seq_len rows instead of padding (causal LM only); attention never crosses examples."""
+    group_by_length: bool = True
+    """Length-grouped batches for padded rows (causal LM and classifier): each batch holds training rows of similar length, so little padding is computed; the rows are shuffled, cut into megabatches of 50 batches sorted by length, and the batches are shuffled (seeded: the same seed gives the same order, a resume continues at the same row). Off: a plain shuffle. Packed rows and data mixing use the plain shuffle; the run's log says which and the padding saved."""
     val_fraction: float = 0.1
     """Fraction of rows held out for evaluation (a seeded split); 0 turns evaluation off."""
     val_dataset: str | None = None

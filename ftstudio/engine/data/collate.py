@@ -67,33 +67,83 @@ class Collator:
         # packed-sequence detection), so the trainer turns this on and no L×L mask is built or copied.
         self.positions_only = False
 
+    @property
+    def dense_mask(self) -> bool:
+        """The batch needs the (B, 1, L, L) mask of :func:`block_causal_mask` (derived from position_ids)."""
+        return self.packed and self.task != "classification" and not self.positions_only
+
     def __call__(self, batch: list[dict]) -> dict:
+        out = self.host(batch)
+        if self.dense_mask:
+            out = {"input_ids": out["input_ids"], "attention_mask": block_causal_mask(out["position_ids"]),
+                   "labels": out["labels"], "position_ids": out["position_ids"]}
+        return out
+
+    def host(self, batch: list[dict], pin: bool = False) -> dict:
+        """The batch's tensors without the dense L×L mask (:func:`device_batch` builds that on the device);
+        ``pin``: allocated in pinned host memory, so that the copy to a GPU does not block the host."""
         import torch
 
         L = max(len(ex["input_ids"]) for ex in batch)
-        ids = torch.full((len(batch), L), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), L), dtype=torch.long)
+        ids = torch.full((len(batch), L), self.pad_id, dtype=torch.long, pin_memory=pin)
+        mask = torch.zeros((len(batch), L), dtype=torch.long, pin_memory=pin)
         for i, ex in enumerate(batch):
             n = len(ex["input_ids"])
             ids[i, :n] = torch.tensor(ex["input_ids"], dtype=torch.long)
             mask[i, :n] = 1
         if self.task == "classification":
             labels = torch.tensor([ex["label"] for ex in batch], dtype=torch.long)
-            return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        labels = torch.full((len(batch), L), IGNORE, dtype=torch.long)
+            return {"input_ids": ids, "attention_mask": mask, "labels": labels.pin_memory() if pin else labels}
+        labels = torch.full((len(batch), L), IGNORE, dtype=torch.long, pin_memory=pin)
         for i, ex in enumerate(batch):
             labels[i, : len(ex["labels"])] = torch.tensor(ex["labels"], dtype=torch.long)
         if not self.packed:
             return {"input_ids": ids, "attention_mask": mask, "labels": labels}
         # Padding forms its own "document" (positions 0..k), so no real token attends to it.
-        pos = torch.zeros((len(batch), L), dtype=torch.long)
+        pos = torch.zeros((len(batch), L), dtype=torch.long, pin_memory=pin)
         for i, ex in enumerate(batch):
             # A row mixed in unpacked (general text under data mixing) is one document of its own.
             own = ex.get("position_ids") or list(range(len(ex["input_ids"])))
             n = len(own)
             pos[i, :n] = torch.tensor(own, dtype=torch.long)
             pos[i, n:] = torch.arange(L - n)
-        if self.positions_only:
-            return {"input_ids": ids, "labels": labels, "position_ids": pos}
-        return {"input_ids": ids, "attention_mask": block_causal_mask(pos), "labels": labels,
-                "position_ids": pos}
+        return {"input_ids": ids, "labels": labels, "position_ids": pos}
+
+
+class DeviceBatch(dict):
+    """A training micro-batch on the device, with what the trainer counts of it on the host: ``items`` (what
+    the loss averages over, :func:`trained_items`) and ``tokens`` (tokens computed, for tokens/s)."""
+
+    items: int = 0
+    tokens: int = 0
+    dense_mask: bool = False
+
+    def inputs(self) -> dict:
+        """The forward's keyword arguments: packed rows get their block-diagonal mask here, built on the device
+        from the position_ids already there, one micro-batch at a time (only the forward's own mask exists)."""
+        if not self.dense_mask:
+            return dict(self)
+        return {**self, "attention_mask": block_causal_mask(self["position_ids"])}
+
+
+def device_batch(collate, rows: list[dict], device: str) -> DeviceBatch:
+    """Collate ``rows`` and copy them to ``device`` without a host stall: on CUDA the tensors are built in
+    pinned host memory and copied with non_blocking=True (the caching host allocator keeps each pinned block
+    until its copy is done), and no (B, 1, L, L) mask is built on the host or copied. The counts are read
+    from the host tensors before the copy: no device sync."""
+    cuda = str(device).startswith("cuda")
+    host = getattr(collate, "host", None)
+    if host is not None:
+        batch = host(rows, pin=cuda)
+    else:  # another collate function: its tensors pinned here
+        batch = {k: (v.pin_memory() if cuda else v) for k, v in collate(rows).items()}
+    mask = batch.get("attention_mask")
+    tokens = int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
+    if mask is not None and mask.dim() == 2 and batch["labels"].dim() == 2 and tokens == mask.numel():
+        # No pad token: transformers would test the mask with .all() (a device sync in every forward) and then
+        # drop it for the causal kernel; without it, the same kernel runs with no sync.
+        batch = {k: v for k, v in batch.items() if k != "attention_mask"}
+    out = DeviceBatch({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+    out.dense_mask = host is not None and collate.dense_mask
+    out.items, out.tokens = trained_items(batch), tokens
+    return out

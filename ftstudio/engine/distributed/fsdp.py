@@ -256,7 +256,7 @@ class FSDPTrainer(Trainer):
             super()._open_metrics()
 
     # -- the step ----------------------------------------------------------------------------------------
-    def _plan_schedule(self, n_train: int, n_general: int, tokens=(None, None)):
+    def _plan_schedule(self, n_train: int, n_general: int, tokens=()):
         from ftstudio.engine.train.schedule import plan_schedule
 
         # The global step accumulates grad_accum × W micro-batches. Only the schedule sees that number: the
@@ -264,8 +264,7 @@ class FSDPTrainer(Trainer):
         # each rank still runs (RunConfig.replace would re-validate, and blame a grad_accum nobody set).
         cfg = copy.copy(self.cfg)
         cfg.train = dataclasses.replace(self.cfg.train, grad_accum=self.cfg.train.grad_accum * self.world)
-        self._sched = _RankSchedule(plan_schedule(cfg, n_train, n_general, task_tokens=tokens[0],
-                                                  general_tokens=tokens[1]), self.world, self.rank)
+        self._sched = _RankSchedule(plan_schedule(cfg, n_train, n_general, *tokens), self.world, self.rank)
         return self._sched
 
     def _forward_loss(self, model, batch):

@@ -87,6 +87,9 @@ class Schedule:
     n_general: int = 0
     task_tokens: tuple[int, ...] | None = field(default=None, repr=False)     # trained tokens of each example
     general_tokens: tuple[int, ...] | None = field(default=None, repr=False)
+    lengths: tuple[int, ...] | None = field(default=None, repr=False)         # set: length-grouped batches
+    padding: tuple[int, int] | None = field(default=None, repr=False)  # padded tokens of epoch 0: plain, grouped
+    _orders: dict = field(default_factory=dict, repr=False)
     _g_before: list[int] = field(default_factory=lambda: [0], repr=False)     # general rows before micro-batch i
     _tokens_so_far: list[int] = field(default_factory=lambda: [0, 0], repr=False)  # task, general
 
@@ -156,10 +159,22 @@ class Schedule:
         if self.mix_fraction == 0:
             # Without mixing, batches never straddle epochs: the last batch of an epoch may be short.
             epoch, pos = divmod(micro_batch, self.batches_per_epoch)
-            return list(_epoch_order(self.n_examples, self.seed, epoch)[pos * self.batch_size:(pos + 1) * self.batch_size])
+            return list(self.epoch_order(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size])
         g0, g1 = self._general_before(micro_batch), self._general_before(micro_batch + 1)
         t0 = micro_batch * self.batch_size - g0
         return self._stream(t0, self.batch_size - (g1 - g0), self.n_examples, self.seed)
+
+    def epoch_order(self, epoch: int) -> tuple[int, ...]:
+        """The task rows of one epoch in reading order (without mixing): the seeded shuffle, or with ``lengths``
+        its length-grouped batches (:func:`grouped_order`), a function of the seed and the epoch alone."""
+        if self.lengths is None:
+            return _epoch_order(self.n_examples, self.seed, epoch)
+        if epoch not in self._orders:
+            if len(self._orders) > 2:
+                self._orders.clear()
+            self._orders[epoch] = grouped_order(_epoch_order(self.n_examples, self.seed, epoch), self.lengths,
+                                                self.batch_size, self.seed, epoch)
+        return self._orders[epoch]
 
     def general_indices(self, micro_batch: int) -> list[int]:
         """General-set example indices mixed into micro-batch ``micro_batch`` (empty without mixing)."""
@@ -178,16 +193,56 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(torch.randperm(n, generator=g).tolist())
 
 
-def plan_schedule(cfg: RunConfig, n_examples: int, n_general: int = 0, *, task_tokens=None,
-                  general_tokens=None) -> Schedule:
+MEGABATCH = 50   # batches per megabatch of length-grouped batches (Hugging Face's group_by_length uses 50 too)
+
+
+def grouped_order(order, lengths, batch_size: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """Length-grouped batches: the epoch's shuffle ``order`` cut into megabatches of MEGABATCH batches, each
+    sorted by length (longest first; ties keep the shuffled order) and cut into batches, so that a batch holds
+    rows of similar length and pads little; then the batches in a seeded shuffle, the one with the longest row
+    first (an out-of-memory shows at the first step, not hours in). A short last batch stays last, so batch i
+    is still ``order[i·B:(i+1)·B]``: every row once per epoch, and a micro-batch number alone says its rows."""
+    import torch
+
+    mega = MEGABATCH * batch_size
+    batches: list[list[int]] = []
+    for start in range(0, len(order), mega):
+        part = sorted(order[start:start + mega], key=lambda i: -lengths[i])
+        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
+    tail = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777_777)   # not the rows' own shuffle stream
+    batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+    if batches:
+        longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])
+        batches[0], batches[longest] = batches[longest], batches[0]
+    return tuple(i for b in batches + tail for i in b)
+
+
+def padded_tokens(order, lengths, batch_size: int) -> int:
+    """Pad tokens the collator adds over one epoch read in ``order`` (each batch padded to its longest row)."""
+    total = 0
+    for start in range(0, len(order), batch_size):
+        batch = [lengths[i] for i in order[start:start + batch_size]]
+        total += max(batch) * len(batch) - sum(batch)
+    return total
+
+
+def plan_schedule(cfg: RunConfig, n_examples: int, n_general: int = 0, task_tokens=None, general_tokens=None,
+                  lengths=None) -> Schedule:
     """The run's steps. ``task_tokens`` / ``general_tokens``: the trained tokens of each example, which make
-    ``mix_fraction`` a share of tokens (without them it is a share of rows)."""
+    ``mix_fraction`` a share of tokens (without them it is a share of rows). ``lengths``: each example's tokens,
+    for length-grouped batches (:func:`row_stats` gives them when ``data.group_by_length`` applies)."""
     if n_examples == 0:
         raise ConfigError("data.dataset", "the training split is empty")
     mix = cfg.regularize.mix_fraction if n_general else 0.0
     s = Schedule(n_examples, cfg.train.batch_size, cfg.train.grad_accum, cfg.train.seed, 0, mix, n_general,
                  tuple(task_tokens) if task_tokens and mix else None,
                  tuple(general_tokens) if general_tokens and mix else None)
+    if lengths is not None and not mix and len(lengths) == n_examples:
+        s.lengths = tuple(lengths)
+        plain = _epoch_order(n_examples, s.seed, 0)
+        s.padding = (padded_tokens(plain, s.lengths, s.batch_size),
+                     padded_tokens(s.epoch_order(0), s.lengths, s.batch_size))
     if cfg.train.max_steps is not None:
         s.total_steps = cfg.train.max_steps
     else:
@@ -204,6 +259,34 @@ def mix_tokens(task_examples: list, general_examples: list, cfg: RunConfig):
     def count(ex: dict) -> int:
         return sum(1 for x in ex["labels"][1:] if x != -100)
     return [count(ex) for ex in task_examples], [count(ex) for ex in general_examples]
+
+
+def row_stats(task_examples: list, general_examples: list, cfg: RunConfig):
+    """(task tokens, general tokens, lengths): :func:`mix_tokens`, and each task row's length when its batches
+    are length-grouped: ``data.group_by_length`` on, rows padded (packed rows fill seq_len already) and no data
+    mixing (a batch's general rows follow the token share)."""
+    mixing = bool(cfg.regularize.mix_fraction and general_examples)
+    grouped = (cfg.data.group_by_length and not mixing and task_examples
+               and "position_ids" not in task_examples[0])
+    return (*mix_tokens(task_examples, general_examples, cfg),
+            [len(ex["input_ids"]) for ex in task_examples] if grouped else None)
+
+
+def schedule_lines(cfg: RunConfig, sched) -> list[tuple[str, str]]:
+    """(line, level) for the run's log: :func:`schedule_warning`, and whether batches are length-grouped with the
+    padding that saves (counted over epoch 0), or why not."""
+    out = [(said, "warning")] if (said := schedule_warning(cfg, sched)) else []
+    sched = getattr(sched, "global_schedule", sched)
+    if sched.padding is not None:
+        plain, grouped = sched.padding
+        cut = f", {1 - grouped / plain:.0%} less" if plain else ""
+        out.append((f"Length-grouped batches: on (padding per epoch {plain:,} → {grouped:,} tokens{cut}; "
+                    "--no-group-by-length for a plain shuffle)", "info"))
+    elif cfg.data.group_by_length and sched.mix_fraction:
+        out.append(("Length-grouped batches: off (data mixing sets each batch's rows by its token share)", "info"))
+    elif cfg.data.group_by_length and cfg.data.packing:
+        out.append(("Length-grouped batches: off (packed rows fill seq_len already)", "info"))
+    return out
 
 
 def schedule_warning(cfg: RunConfig, sched: Schedule) -> str | None:

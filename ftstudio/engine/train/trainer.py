@@ -22,8 +22,8 @@ from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine,
 from ftstudio.core.runs import open_run_dir
 from ftstudio.engine.sinks import MetricsWriter
 from ftstudio.engine.train.early_stop import BestTracker, EarlyStop
-from ftstudio.engine.data.collate import trained_items
-from ftstudio.engine.train.schedule import mix_tokens, schedule_warning
+from ftstudio.engine.data.collate import device_batch
+from ftstudio.engine.train.schedule import row_stats, schedule_lines
 
 
 class _NonFinite(FTStudioError):
@@ -207,9 +207,9 @@ class Trainer:
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
         self._best = BestTracker.for_run(cfg, task, bool(prepared.val), self.report, model)
         sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general),
-                                    tokens=mix_tokens(prepared.train, self.forgetting.general, cfg))
-        if said := schedule_warning(cfg, sched):
-            self.report(LogLine(said, "warning"))
+                                    tokens=row_stats(prepared.train, self.forgetting.general, cfg))
+        for said, level in schedule_lines(cfg, sched):  # warnings, and the length-grouped batches' padding
+            self.report(LogLine(said, level))
         if cfg.memory.optimizer_in_backward:
             from ftstudio.engine.train.speed import check_in_backward
             check_in_backward(numerics.precision)
@@ -291,17 +291,14 @@ class Trainer:
                 rows = [prepared.train[i] for i in sched.batch_indices(self.micro_batch)]
                 rows += [self.forgetting.general[i] for i in sched.general_indices(self.micro_batch)]
                 self.micro_batch += 1
-                if rows:
-                    batch = prepared.collate(rows)
-                    batches.append((batch, trained_items(batch)))
-            step_items, grad_scale = self._step_items(sum(n for _, n in batches))
+                if rows:  # pinned and copied without blocking the host; counted on the host (collate.py)
+                    batches.append(device_batch(prepared.collate, rows, device))
+            step_items, grad_scale = self._step_items(sum(b.items for b in batches))
             step_loss = torch.zeros((), device=device)
-            for batch, n in batches:
-                if n == 0:
+            for batch in batches:
+                if batch.items == 0:
                     continue  # nothing under the loss (its mean would be 0/0)
-                mask = batch.get("attention_mask")
-                window_tokens += int(mask.sum()) if mask is not None and mask.dim() == 2 else batch["input_ids"].numel()
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                window_tokens, n, batch = window_tokens + batch.tokens, batch.items, batch.inputs()
                 # Offload wraps the forward only: the block inputs it saves go to CPU; the recompute in
                 # backward keeps its tensors on the GPU (compiled blocks need their saved strides).
                 with offload_context(cfg.memory.offload_activations, device), autocast:
@@ -321,8 +318,8 @@ class Trainer:
                          else self._clip_grads(params, max_norm))
             step_loss = self._reduce_loss(step_loss)  # several GPUs: the sum of the ranks' shares, on each
 
-            # Non-finite loss or gradients: never let them into the weights.
-            # One device sync per step for both checks (each `if tensor` is a sync of its own).
+            # Non-finite loss or gradients: never let them into the weights. The step's one device sync (the
+            # skip is decided before optimizer.step); each `if tensor` would be a sync of its own.
             if not bool(torch.isfinite(torch.stack([step_loss.float(), grad_norm.float()])).all()):
                 what = "loss" if not torch.isfinite(step_loss) else "gradient"
                 self.optimizer.zero_grad(set_to_none=True)
@@ -383,9 +380,9 @@ class Trainer:
         self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
         self.report = Fanout(self._metrics, *open_trackers(self.cfg, self.run_dir), self._user_reporter)
 
-    def _plan_schedule(self, n_train: int, n_general: int, tokens=(None, None)):
+    def _plan_schedule(self, n_train: int, n_general: int, tokens=()):  # tokens: schedule.row_stats
         from ftstudio.engine.train.schedule import plan_schedule
-        return plan_schedule(self.cfg, n_train, n_general, task_tokens=tokens[0], general_tokens=tokens[1])
+        return plan_schedule(self.cfg, n_train, n_general, *tokens)
 
     def _build_scheduler(self, total_steps: int):  # the LR range test (train/lr_find.py) sweeps the LR instead
         from ftstudio.engine.train.schedule import build_scheduler
