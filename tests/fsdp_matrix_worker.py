@@ -47,10 +47,13 @@ def config(name: str, model: str, leaves: dict, models: dict, out: Path, *, rank
     if ranks == 1:   # one device accumulates what the ranks read side by side
         if base.get("optimizer_in_backward"):   # no accumulation there: one batch of both ranks' rows
             base["batch_size"] *= 2
+            base["group_by_length"] = False     # length-grouped batches depend on the batch size
         else:
             base["grad_accum"] = base.get("grad_accum", 1) * 2
     else:
         base["gpus"] = [0, 1]
+        if base.get("optimizer_in_backward"):
+            base["group_by_length"] = False
     if model == "bert":
         base.update(task="classification", val_fraction=0.25)
     return lm_config(models[model], models[f"{model}_data"], out, **base)
