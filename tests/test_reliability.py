@@ -324,3 +324,18 @@ def test_every_torch_load_in_ftstudio_is_weights_only():
             loads += 1
             assert re.search(r"weights_only\s*=\s*True", call), f"{f}: {call}"
     assert loads >= 2  # the checkpoint's optimizer and trainer state at least
+
+
+def test_a_resumed_run_keeps_counting_its_skipped_steps(tiny_llama, data, tmp_path, monkeypatch):
+    """max_skips bounds the run, not each stretch between resumes: the count travels in the checkpoint."""
+    Faults(monkeypatch, nan_loss={2})
+    cfg = _cfg(tiny_llama, data, tmp_path, nonfinite="skip", max_skips=1, checkpoint_every=1, max_steps=3)
+    result, events = run(cfg)
+    assert isinstance(result, RunFinished) and _nonfinite(events) == [(1, "loss", "skipped")]
+    run_dir = tmp_path / "runs" / "r"
+    state = torch.load(sorted((run_dir / "checkpoints").glob("*/trainer_state.pt"))[-1], weights_only=False)
+    assert state["extra"]["skips"] == 1
+    Faults(monkeypatch, nan_loss={1})                   # the first forward after the resume is non-finite too
+    more = cfg.replace(max_steps=5)
+    result, events = run(more, resume_from=run_dir)
+    assert _nonfinite(events)[-1][2] == "stopped"       # 2 skips in the run > max_skips 1: stopped, not skipped

@@ -347,7 +347,7 @@ class FSDPTrainer(Trainer):
         # What a single-device checkpoint carries (the rollback's LR factor) plus what a resume needs for the
         # forgetting summary; the data position is global, so another number of ranks resumes at the same sample.
         retention = getattr(getattr(self, "forgetting", None), "first_retention", None)
-        extra = {"lr_factor": self._lr_factor, "first_eval": self._first_eval,
+        extra = {"lr_factor": self._lr_factor, "skips": self._skips, "first_eval": self._first_eval,
                  "first_retention": retention.to_dict() if retention is not None else None}
         path = save_sharded(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=scaler,

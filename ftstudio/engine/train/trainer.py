@@ -49,7 +49,7 @@ class Trainer:
         self._metrics: MetricsWriter | None = None
         self._model_config: dict = {}
         self._last_loss: float | None = None
-        self._lr_factor = 1.0
+        self._lr_factor, self._skips = 1.0, 0   # rollback's LR factor, non-finite steps skipped (checkpointed)
         self._first_eval: dict | None = None
         self._failed = False
         self._best = BestTracker()       # replaced in _run by the run's metric, patience and export_best
@@ -224,7 +224,8 @@ class Trainer:
                 raise ConfigError("resume", f"{self.run_dir} has no complete checkpoint to resume from")
             state = self._load_checkpoint(ckpt, model, scaler)
             self.step, self.micro_batch = state.step, state.micro_batch
-            self._lr_factor = (getattr(state, "extra", None) or {}).get("lr_factor", 1.0)  # after a rollback
+            extra = getattr(state, "extra", None) or {}
+            self._lr_factor, self._skips = extra.get("lr_factor", 1.0), extra.get("skips", 0)
             self.report(LogLine(f"Resumed from {ckpt} (step {self.step})"))
 
         self.report(RunStarted(run_dir=str(self.run_dir), model=cfg.model.source, task=task, device=device,
@@ -272,7 +273,6 @@ class Trainer:
         params = [p for p in model.parameters()]
         from ftstudio.engine.train.speed import offload_context
         in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (train/speed.py)
-        skips = 0
         window_tokens, window_t0 = 0, time.perf_counter()
         run_t0, start_step = time.perf_counter(), self.step
         loss_sum = torch.zeros((), device=device)
@@ -323,14 +323,14 @@ class Trainer:
             if not bool(torch.isfinite(torch.stack([step_loss.float(), grad_norm.float()])).all()):
                 what = "loss" if not torch.isfinite(step_loss) else "gradient"
                 self.optimizer.zero_grad(set_to_none=True)
-                skips += 1
+                self._skips += 1
                 if numerics.grad_scaler:
                     # Every skip path ends the scaler's step (unscale_ was called): without update() the next
                     # step's unscale_ raises. An fp16 overflow is the scaler's to handle: it lowers the scale.
                     scaler.update()
                     if what == "gradient":
                         continue
-                self._handle_nonfinite(what, skips, model, scaler)
+                self._handle_nonfinite(what, self._skips, model, scaler)
                 continue
 
             scaler.step(self.optimizer)
@@ -479,7 +479,7 @@ class Trainer:
         from ftstudio.engine.train.checkpoint import save_checkpoint
         path = save_checkpoint(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
                                scheduler=self.scheduler, scaler=scaler, micro_batch=self.micro_batch,
-                               keep_last=self.cfg.checkpoint.keep_last, extra={"lr_factor": self._lr_factor})
+                               keep_last=self.cfg.checkpoint.keep_last, extra={"lr_factor": self._lr_factor, "skips": self._skips})
         self.report(CheckpointSaved(step=self.step, path=str(path)))
 
     def _export(self, model, tokenizer) -> Path:
