@@ -85,3 +85,17 @@ def test_invalid_value_in_yaml_names_file_and_field(tmp_path):
 def test_leaf_names_are_unique():
     total = sum(len(dataclasses.fields(c)) for c in SECTIONS.values())
     assert len(LEAF_TO_SECTION) == total
+
+
+def test_a_run_written_before_group_by_length_resumes_in_its_own_order(tmp_path):
+    from ftstudio.core.config import RunConfig
+
+    saved = RunConfig().to_dict()
+    del saved["data"]["group_by_length"]                # a config.yaml from before the field
+    import yaml
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert RunConfig.load(tmp_path / "config.yaml").data.group_by_length is True      # a new config: the default
+    assert RunConfig.load_run(tmp_path / "config.yaml").data.group_by_length is False  # that run's own order
+    (tmp_path / "config.yaml").write_text(RunConfig().to_yaml() if hasattr(RunConfig, "to_yaml") else
+                                          yaml.safe_dump(RunConfig().to_dict()))
+    assert RunConfig.load_run(tmp_path / "config.yaml").data.group_by_length is True   # a run that had it

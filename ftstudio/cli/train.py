@@ -65,7 +65,7 @@ def _resume_config(args: argparse.Namespace):
         raise ConfigError("--resume", f"{run_dir} is a file; give the run folder that holds its config.yaml")
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError("--resume", f"{run_dir} is not a run folder (it has no config.yaml)")
-    run_cfg = RunConfig.load(run_dir / "config.yaml")
+    run_cfg = RunConfig.load_run(run_dir / "config.yaml")
     asked = _overrides(RunConfig.load(args.config) if args.config else run_cfg, args)
     theirs, ours = run_cfg.to_dict(), asked.to_dict()
     diffs = [f"{flag_name(k)} {ours[sec][k]!r} (the run has {v!r})" for sec, fields in theirs.items()

@@ -25,6 +25,11 @@ from .sections import (  # noqa: F401  (the sections and choices are part of thi
 )
 
 
+# Fields whose default changed what a run does, with the value a run written before them had: a resumed run
+# continues in its own order (group_by_length reorders the rows of an epoch).
+RUN_FIELDS_SINCE = {("data", "group_by_length"): False}
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run. ``RunConfig()`` is the bundled demo on the CPU."""
@@ -142,6 +147,18 @@ class RunConfig:
         if "\x00" in text:
             raise ConfigError("<file>", "config file is binary (it holds NUL bytes), not YAML text", file=str(p))
         return cls.from_yaml(text, file=str(p))
+
+    @classmethod
+    def load_run(cls, path: str | Path) -> "RunConfig":
+        """A run folder's own config.yaml, as that run trained: a field added since it was written, whose
+        default would change how the run goes on, takes the behaviour the run had (RUN_FIELDS_SINCE)."""
+        import yaml
+
+        cfg = cls.load(path)
+        saved = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        old = {leaf: before for (section, leaf), before in RUN_FIELDS_SINCE.items()
+               if leaf not in (saved.get(section) or {})}
+        return cfg.replace(**old) if old else cfg
 
     # -- flat access by leaf name (CLI flags, GUI form) ---------------------------------------
     def get(self, leaf: str) -> Any:

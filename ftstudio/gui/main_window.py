@@ -417,7 +417,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     @Slot(str, list)
     def _open_run(self, run_dir: str, events: list) -> None:
         try:
-            cfg = RunConfig.load(f"{run_dir}/config.yaml")
+            cfg = RunConfig.load_run(f"{run_dir}/config.yaml")
             self.training_panel.set_config(cfg)
         except ConfigError as e:
             self._status(f"Cannot read the run's config: {e}", error=True)
@@ -429,7 +429,7 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     @Slot(str)
     def _resume_run(self, run_dir: str) -> None:
         try:
-            self.training_panel.set_config(RunConfig.load(f"{run_dir}/config.yaml"))
+            self.training_panel.set_config(RunConfig.load_run(f"{run_dir}/config.yaml"))
         except ConfigError as e:
             self._status(f"Cannot resume: {e}", error=True)
             return
