@@ -112,8 +112,10 @@ def optimizer_factory(cfg: OptimConfig, *, device_type: str, bf16_weights: bool 
     if kind == "adamw":
         if bf16_weights:
             return lambda groups: CompensatedAdamW(groups, **common, rounding=cfg.bf16_rounding)
-        # fused: one CUDA kernel for the whole update; foreach: batched ops elsewhere (CPU, MPS).
-        return lambda groups: torch.optim.AdamW(groups, **common, **accel)
+        # fused: one kernel for the whole update, on CUDA and on the CPU (13-15 ms a step against 64-90 ms for
+        # foreach on the demo's 22.7 M parameters, 2 cores; HF Trainer's default there); foreach elsewhere (MPS).
+        fused = {"fused": True} if device_type in ("cuda", "cpu") else accel
+        return lambda groups: torch.optim.AdamW(groups, **common, **fused)
     if kind == "adamw8bit":
         return _adamw8bit_factory(common, device_type, bf16_weights)
     if kind == "adamw4bit":
