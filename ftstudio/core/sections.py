@@ -84,7 +84,7 @@ class ModelConfig:
     revision: str | None = None
     """Hub revision (branch, tag or commit) when the source is a hub id; None for the default branch."""
     attention: str = "auto"
-    """Attention kernel: "sdpa" (PyTorch's fused attention), "flex_attention" (block-sparse document masks for packed rows), "eager", or "auto": flex_attention for packed causal-LM rows on a CUDA GPU when the model supports it, else the model's default (sdpa)."""
+    """Attention kernel: "sdpa" (PyTorch's fused attention), "flex_attention" (block-sparse document masks for packed rows), "eager", or "auto": flex_attention for packed causal-LM rows on a CUDA GPU when the model supports it; on a CUDA GPU otherwise SDPA with cuDNN's kernel first for causal rows without padding (faster than flash on Hopper); else the model's default (sdpa)."""
 
     def __post_init__(self) -> None:
         _check_choice("model", "task", self.task, TASKS)

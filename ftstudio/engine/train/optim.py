@@ -189,7 +189,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, *, rounding="kahan",
-                 foreach: bool = True):
+                 foreach: bool = True, kernel: bool = True):
         if rounding not in ("kahan", "stochastic", "nearest"):
             raise ValueError(f"rounding {rounding!r} is not one of kahan, stochastic, nearest")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
@@ -197,6 +197,9 @@ class CompensatedAdamW(torch.optim.Optimizer):
         # foreach: all tensors of a (device, dtype) bucket updated by multi-tensor ops (_adamw_update_foreach);
         # False: one tensor at a time (compiled per shape on CUDA): the reference the multi-tensor path equals.
         self.foreach = foreach
+        # kernel: on CUDA, a bucket of contiguous bf16 tensors without Kahan buffers is updated by one Triton
+        # launch (adamw_kernel: near the memory roofline, no compile); False keeps the compiled multi-tensor path.
+        self.kernel = kernel
 
     def _state(self, p):
         state = self.state[p]
@@ -211,7 +214,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
         return state
 
     def _step_foreach(self, stochastic: bool) -> None:
-        for group in self.param_groups:
+        for gi, group in enumerate(self.param_groups):
             (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
             buckets: dict[tuple, list] = {}
             for p in group["params"]:
@@ -219,8 +222,12 @@ class CompensatedAdamW(torch.optim.Optimizer):
                     state = self._state(p)
                     key = (p.device, p.dtype, "compensation" in state)
                     buckets.setdefault(key, []).append((p, state))
+            sr_step = group["sr_step"] = group.get("sr_step", 0) + 1    # saved with the groups: resumes exact
             for (device, dtype, _), items in buckets.items():
                 lr = torch.full((), float(group["lr"]), dtype=torch.float32, device=device)
+                seed = _noise_seed(sr_step, gi)
+                if self.kernel and self._kernel_step(items, lr, b1, b2, eps, wd, stochastic, seed):
+                    continue
                 for chunk in _chunks(items):
                     ps = [_local(p) for p, _ in chunk]
                     steps = [st["step"] for _, st in chunk]
@@ -240,6 +247,28 @@ class CompensatedAdamW(torch.optim.Optimizer):
                         warnings.warn(f"compiling the multi-tensor bf16 AdamW update failed ({type(e).__name__}: "
                                       f"{str(e)[:200]}); updating with eager multi-tensor ops")
                         _adamw_update_foreach(*args)
+
+    def _kernel_step(self, items, lr, b1, b2, eps, wd, stochastic: bool, seed: int) -> bool:
+        """The whole bucket in one Triton launch (adamw_kernel) when it can take it; False: use the other paths."""
+        if "compensation" in items[0][1] or items[0][0].device.type != "cuda":
+            return False
+        from ftstudio.engine.train import adamw_kernel
+
+        lists = ([_local(p) for p, _ in items], [_local(p.grad) for p, _ in items],
+                 [_local(st["exp_avg"]) for _, st in items], [_local(st["exp_avg_sq"]) for _, st in items])
+        if not adamw_kernel.available() or not adamw_kernel.fits(*lists):
+            return False
+        steps = [st["step"] for _, st in items]
+        torch._foreach_add_(steps, 1.0)
+        try:
+            adamw_kernel.update(*lists, steps, lr, b1, b2, eps, wd, stochastic=stochastic, seed=seed)
+        except Exception as e:  # noqa: BLE001 - the kernel failed to build or launch, before any write
+            torch._foreach_sub_(steps, 1.0)
+            self.kernel = False
+            warnings.warn(f"the one-launch bf16 AdamW kernel failed ({type(e).__name__}: {str(e)[:200]}); "
+                          "updating with the compiled multi-tensor path")
+            return False
+        return True
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -272,6 +301,14 @@ class CompensatedAdamW(torch.optim.Optimizer):
                    None if comp is None else _local(comp), state["step"], lr, b1, b2, eps, wd,
                    stochastic and p.dtype == torch.bfloat16)
         return loss
+
+
+def _noise_seed(sr_step: int, group: int) -> int:
+    """Stochastic rounding's seed for one step of one group: from the run's seed, the step and the rank, so a
+    resumed run (the step count is in the saved param groups) draws what an unbroken run would."""
+    dist = torch.distributed
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return hash((torch.initial_seed(), sr_step, group, rank)) & 0x3FFFFFFF
 
 
 FOREACH_CHUNK = 1 << 27   # values per multi-tensor call: bounds the fp32 temporaries (~0.5 GB each)

@@ -29,6 +29,7 @@ import torch
 
 from ftstudio.core.errors import ConfigError
 from ftstudio.core.events import LogLine
+from ftstudio.engine.train import cudnn_attention
 
 
 # -- torch.compile per block ---------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def choose_attention(model, prepared, device: str, cfg, report) -> None:
         flex_ok = (packed and device.startswith("cuda") and not getattr(sys, "frozen", False)
                    and len(cfg.hardware.gpus) <= 1      # FSDP ranks keep the dense mask (untested)
                    and getattr(model, "_supports_flex_attn", False) and _flex_available())
-        choice = "flex_attention" if flex_ok else None
+        choice = "flex_attention" if flex_ok else _cudnn_first(model, device)
     if choice is None:
         return
     if choice == "flex_attention" and not device.startswith("cuda"):
@@ -293,6 +294,9 @@ def choose_attention(model, prepared, device: str, cfg, report) -> None:
         if cfg.model.attention != "auto":
             raise ConfigError("model.attention", f"{choice} is not available for this model: {e}") from None
         return
+    if choice == cudnn_attention.NAME:
+        report(LogLine("Attention: causal rows without padding run cuDNN's fused kernel (SDPA's flash kernel "
+                       "otherwise; --attention sdpa keeps SDPA's own choice)"))
     if choice == "flex_attention" and packed:
         # transformers detects packed documents from position_ids only without a KV cache: training
         # never reads one, and building it would switch the detection off (attention across documents).
@@ -300,6 +304,14 @@ def choose_attention(model, prepared, device: str, cfg, report) -> None:
         prepared.collate.positions_only = True
         report(LogLine("Packed rows: flex_attention with block-sparse per-document masks (no dense "
                        "L×L mask)"))
+
+
+def _cudnn_first(model, device: str) -> str | None:
+    """cudnn_attention.NAME for a model on SDPA on a CUDA GPU (not the frozen bundle), else None (its default)."""
+    if (not device.startswith("cuda") or getattr(sys, "frozen", False)
+            or getattr(model.config, "_attn_implementation", None) != "sdpa"):
+        return None
+    return cudnn_attention.register()
 
 
 def _flex_available() -> bool:

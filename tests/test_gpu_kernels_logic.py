@@ -1,0 +1,110 @@
+"""The CPU-visible logic of two CUDA speed paths: cuDNN-first attention (engine/train/cudnn_attention.py) and the
+one-launch bf16 AdamW kernel's dispatch and noise seeds (engine/train/adamw_kernel.py, optim.CompensatedAdamW).
+The kernels themselves run on a GPU: tests/benchmarks/adamw_kernel_gpu.py checks their numerics there."""
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from ftstudio.engine.train import adamw_kernel, cudnn_attention, optim
+
+
+class _Module(torch.nn.Module):
+    is_causal = True
+    num_key_value_groups = 2
+
+
+def _qkv(heads=4, kv=2, seq=8, dim=16):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(2, heads, seq, dim, generator=g), torch.randn(2, kv, seq, dim, generator=g),
+            torch.randn(2, kv, seq, dim, generator=g))
+
+
+def test_the_cudnn_branch_repeats_grouped_heads_and_equals_transformers_sdpa(monkeypatch):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    q, k, v = _qkv()
+    ref, _ = sdpa_attention_forward(_Module(), q, k, v, None, scaling=0.25)
+    monkeypatch.setattr(cudnn_attention, "_on_gpu", lambda t: True)     # take the GPU branch on the CPU
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append((a[1].shape, kw)) or real(*a, **kw))
+    out, _ = cudnn_attention._forward(_Module(), q, k, v, None, scaling=0.25)
+    assert calls and calls[0][0][1] == 4 and calls[0][1]["is_causal"] is True    # keys repeated to 4 heads
+    torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("case", ["mask", "not causal", "one query", "cpu"])
+def test_every_other_call_goes_to_transformers_sdpa_unchanged(monkeypatch, case):
+    import transformers.integrations.sdpa_attention as hf_sdpa
+
+    q, k, v = _qkv()
+    mask = torch.ones(2, 1, 8, 8, dtype=torch.bool).tril() if case == "mask" else None
+    if case == "one query":
+        q = q[:, :, -1:]
+    monkeypatch.setattr(cudnn_attention, "_on_gpu", lambda t: case != "cpu")
+    seen = []
+    real = hf_sdpa.sdpa_attention_forward
+    monkeypatch.setattr(hf_sdpa, "sdpa_attention_forward", lambda *a, **kw: seen.append(1) or real(*a, **kw))
+    cudnn_attention._forward(_Module(), q, k, v, mask, is_causal=case != "not causal")
+    assert seen == [1]
+
+
+def test_a_llama_runs_with_the_registered_attention_and_its_export_does_not_name_it(tmp_path):
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2)
+    m = LlamaForCausalLM(cfg).eval()
+    x = torch.randint(0, 64, (2, 8))
+    ref = m(input_ids=x).logits
+    m.set_attn_implementation(cudnn_attention.register())
+    torch.testing.assert_close(m(input_ids=x).logits, ref)
+    m.save_pretrained(tmp_path)
+    assert cudnn_attention.NAME not in (tmp_path / "config.json").read_text()
+
+
+def test_choose_attention_picks_cudnn_only_on_cuda_for_sdpa_models(monkeypatch):
+    from ftstudio.engine.train import speed
+
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2))
+    assert speed._cudnn_first(m, "cpu") is None
+    assert speed._cudnn_first(m, "cuda:0") == cudnn_attention.NAME
+    monkeypatch.setattr("sys.frozen", True, raising=False)       # the bundle: no fused-kernel experiments
+    assert speed._cudnn_first(m, "cuda:0") is None
+    monkeypatch.undo()
+    m.set_attn_implementation("eager")
+    assert speed._cudnn_first(m, "cuda:0") is None
+
+
+def test_the_kernel_is_not_offered_on_the_cpu_and_the_compensated_paths_still_run():
+    p = torch.nn.Parameter(torch.ones(64, dtype=torch.bfloat16))
+    p.grad = torch.full_like(p, 1e-3)
+    opt = optim.CompensatedAdamW([p], lr=1e-2, rounding="stochastic")
+    assert not adamw_kernel.fits([p], [p.grad], [p], [p])       # CPU tensors: never the Triton kernel
+    opt.step()
+    assert opt.param_groups[0]["sr_step"] == 1 and p.float().mean() < 1
+
+
+def test_noise_seeds_follow_the_step_count_so_a_resumed_run_draws_the_same():
+    torch.manual_seed(123)
+    a = [optim._noise_seed(s, 0) for s in range(1, 5)]
+    assert len(set(a)) == 4                                     # a new draw every step
+    assert optim._noise_seed(2, 1) != optim._noise_seed(2, 0)   # and every group
+    torch.manual_seed(123)
+    assert [optim._noise_seed(s, 0) for s in range(1, 5)] == a  # the same run seed: the same draws
+    p = torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16))
+    p.grad = torch.zeros_like(p)
+    opt = optim.CompensatedAdamW([p], rounding="stochastic")
+    opt.step(); opt.step()
+    fresh = optim.CompensatedAdamW([p], rounding="stochastic")
+    fresh.load_state_dict(opt.state_dict())
+    assert fresh.param_groups[0]["sr_step"] == 2                # the count travels with the checkpoint
+
+
+def test_the_block_layout_covers_every_value_once():
+    tensor_of, start_of, sizes = adamw_kernel._layout((5000, 1, 2048), torch.device("cpu"), 2048)
+    assert tensor_of.tolist() == [0, 0, 0, 1, 2]
+    assert start_of.tolist() == [0, 2048, 4096, 0, 0]
+    assert sizes.tolist() == [5000, 1, 2048]
