@@ -170,3 +170,70 @@ def test_a_model_loaded_from_gguf_exports_as_plain_safetensors(tiny_gguf, tmp_pa
     again = AutoModelForCausalLM.from_pretrained(tmp_path / "final")
     for (n, a), (_, b) in zip(lm.model.state_dict().items(), again.state_dict().items()):
         assert (a == b).all(), n
+
+
+class _CountingReader:
+    """Wraps gguf.GGUFReader to count real parses (what ParseOnce saves)."""
+
+    def __init__(self, monkeypatch):
+        self.paths, real = [], gguf.GGUFReader
+
+        def make(path, mode="r"):
+            self.paths.append(str(path))
+            return real(path, mode)
+        monkeypatch.setattr(gguf, "GGUFReader", make)
+
+
+def test_parse_once_reads_a_gguf_once_for_tokenizer_and_weights(tiny_gguf, tiny_llama, monkeypatch):
+    import torch
+    from safetensors.torch import load_file
+
+    from ftstudio.engine.models import ParseOnce, load_tokenizer
+
+    counted = _CountingReader(monkeypatch)
+    cfg = ModelConfig(source=str(tiny_gguf))
+    describe_model(str(tiny_gguf))  # cached per file: the scope is about transformers' own reads
+    load_model(cfg, task="causal-lm", tokenizer=load_tokenizer(cfg))
+    unshared = len(counted.paths)
+    assert unshared >= 3  # config, tokenizer, weights: each a new reader without the scope
+    counted.paths.clear()
+    with ParseOnce() as scope:
+        tok = load_tokenizer(cfg)
+        lm = load_model(cfg, task="causal-lm", tokenizer=tok)
+    assert len(counted.paths) == 1 and scope.parses == 1
+    state = lm.model.state_dict()  # the same weights as without the scope
+    for k, v in load_file(tiny_llama / "model.safetensors").items():
+        assert torch.equal(state[k], v), k
+    assert lm.tokenizer("the party shall pay")["input_ids"] == tok("the party shall pay")["input_ids"]
+    # closed: the module's own functions are back and nothing is held
+    assert gguf.GGUFReader is not None and not isinstance(gguf.GGUFReader, __import__("functools").partial)
+    assert not isinstance(gguf.get_tensor_name_map, __import__("functools")._lru_cache_wrapper)
+    assert scope._readers == {}
+
+
+def test_parse_once_reparses_a_changed_file(tiny_gguf, tmp_path):
+    import shutil
+
+    copy = shutil.copy(tiny_gguf, tmp_path / "m.gguf")
+    from ftstudio.engine.models import ParseOnce
+
+    with ParseOnce() as scope:
+        first = gguf.GGUFReader(str(copy))
+        assert gguf.GGUFReader(str(copy)) is first
+        with open(copy, "ab") as fh:  # same path, new size: a new parse
+            fh.write(b"\0" * 32)
+        assert gguf.GGUFReader(str(copy)) is not first and scope.parses == 2
+
+
+def test_a_gguf_run_parses_the_file_once_after_describing_it(tiny_gguf, tmp_path, monkeypatch):
+    from test_trainer import lm_config, run, write_text_data
+
+    from ftstudio.core.events import RunFinished
+    from ftstudio.engine.models.gguf import _cached_metadata
+
+    _cached_metadata.cache_clear()
+    counted = _CountingReader(monkeypatch)
+    cfg = lm_config(tiny_gguf, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=1)
+    result, _ = run(cfg)
+    assert isinstance(result, RunFinished), result
+    assert len(counted.paths) == 2  # describe_model's metadata, then one reader for tokenizer, config and weights

@@ -7,6 +7,7 @@ optional dependency; without it, a clear ModelError says how to install it. No t
 from __future__ import annotations
 
 import functools
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def supported_architectures() -> list[str]:
 def _reader(path: Path):
     gguf = require_gguf()
     try:
-        return gguf.GGUFReader(str(path))
+        return gguf.GGUFReader(str(path))  # shared while a ParseOnce is open
     except Exception as e:  # the reader raises ValueError/struct errors/KeyError on damaged files
         raise ModelError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}). "
                          "Download it again or pick another file.") from None
@@ -120,3 +121,58 @@ def check_supported(path: Path, arch: str, model_type: str) -> None:
         raise ModelError(f"{path}: GGUF architecture '{arch}' cannot be de-quantized by this transformers "
                          f"version (it supports: {', '.join(supported)}). Use the model's Hugging Face folder "
                          "(safetensors) instead, or upgrade transformers.")
+
+
+class ParseOnce:
+    """While open, each unchanged GGUF file is parsed once, however many times it is read.
+
+    Loading a GGUF through transformers reads the file three times (AutoTokenizer reads the config, then the
+    tokenizer; from_pretrained reads the weights), each a new ``gguf.GGUFReader`` that walks every metadata
+    field again: SmolLM2's 49k tokens and 48k merges are ~2.5 s a parse on a laptop CPU. The weight map then
+    rebuilds llama.cpp's tensor-name table once per submodule (~400 times, 7 ms each for SmolLM2). Both are
+    pure functions of their inputs, so while open ``gguf.GGUFReader`` (read mode) returns one reader per
+    (path, mtime, size) and ``gguf.get_tensor_name_map`` one table per (arch, blocks); what transformers
+    computes from them is unchanged. A reader holds its parsed fields (~170 MB of Python objects for a 49k
+    vocabulary): close the scope once the model is loaded. Not thread-safe: the trainer opens it around its
+    own loads. Use ``with ParseOnce():`` or ``scope = ParseOnce().open()`` ... ``scope.close()``.
+    """
+
+    def __init__(self):
+        self.parses = 0                 # readers built while open (a test reads it)
+        self._readers: dict = {}
+        self._saved = None
+
+    def open(self) -> "ParseOnce":
+        try:
+            import gguf
+        except ImportError:  # no GGUF support installed: nothing to share (loading says how to install it)
+            return self
+        if self._saved is None:
+            self._saved = (gguf, gguf.GGUFReader, gguf.get_tensor_name_map)
+            reader_cls, name_map = self._saved[1], self._saved[2]
+            gguf.GGUFReader = functools.partial(self._shared_reader, reader_cls)
+            gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+        return self
+
+    def _shared_reader(self, reader_cls, path, mode="r"):
+        if mode != "r":
+            return reader_cls(path, mode)
+        st = os.stat(path)
+        key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+        if key not in self._readers:
+            self._readers[key] = reader_cls(path, mode)
+            self.parses += 1
+        return self._readers[key]
+
+    def close(self) -> None:
+        if self._saved is not None:
+            module, reader_cls, name_map = self._saved
+            module.GGUFReader, module.get_tensor_name_map = reader_cls, name_map
+            self._saved = None
+        self._readers.clear()
+
+    def __enter__(self) -> "ParseOnce":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()

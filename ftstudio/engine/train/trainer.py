@@ -79,26 +79,11 @@ class Trainer:
         return event
 
     def _fail_oom(self, error) -> RunFailed:
-        import torch
-
-        self._failed = True  # _release below must collect: the memory is what failed
-
-        capacity = peak = None
-        device = getattr(self, "_device", "cpu")
-        if device.startswith("cuda"):
-            peak = torch.cuda.max_memory_allocated(device)
-            capacity = torch.cuda.get_device_properties(device).total_memory
-        # Free what the failed step held before planning the advice, so the GUI can start again.
-        self._release()
-        reason = f"out of memory ({str(error).splitlines()[0][:200]})"
-        advice = "lower batch_size or seq_len, or turn on activation_checkpointing"
-        try:
-            from ftstudio.engine.memory import explain_oom
-            reason, advice = explain_oom(self._model_config, self.cfg, max(1, len(self.cfg.hardware.gpus)),
-                                         capacity, peak)
-        except Exception as e:  # noqa: BLE001 - the advice is a bonus; the failure must still be reported
-            self.report(LogLine(f"could not plan the out-of-memory advice: {e}", "warning"))
-        return self._fail(f"Out of memory at step {self.step + 1}: {reason}", "OutOfMemoryError", advice)
+        from ftstudio.engine.train.oom import explain_run_oom
+        self._failed = True  # _release (inside, before the advice is planned) must collect: memory is what failed
+        reason, advice = explain_run_oom(error, device=getattr(self, "_device", "cpu"), model_config=self._model_config,
+                                         cfg=self.cfg, step=self.step, release=self._release, report=self.report)
+        return self._fail(reason, "OutOfMemoryError", advice)
 
     def _release(self) -> None:
         for name in ("model", "optimizer", "scheduler", "regularizer", "forgetting"):
@@ -114,6 +99,8 @@ class Trainer:
                 torch.cuda.empty_cache()
         except Exception:  # noqa: BLE001
             pass
+        if getattr(self, "_gguf", None) is not None:
+            self._gguf.close()
         if self._metrics is not None:
             self._metrics.close()
 
@@ -159,6 +146,7 @@ class Trainer:
         self.report(LogLine(f"Model {info.architecture} ({info.params_text} parameters), "
                             f"data format {fmt}, task {task}, device {device}, precision {numerics.precision}"))
         models_mod.quiet_transformers()
+        self._gguf = models_mod.ParseOnce().open()  # a GGUF is parsed once for tokenizer and weights
         tokenizer = models_mod.load_tokenizer(cfg.model)
         prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
         cfg, prepared = fast_path.apply(cfg, device, prepared, info, self._plan_schedule, self.report)  # one GPU
@@ -177,6 +165,7 @@ class Trainer:
                                        id2label=id2label, tokenizer=tokenizer,
                                        **load_target(device, numerics.param_dtype, getattr(self, "world", 1)))
         model = loaded.model
+        self._gguf.close()  # its readers' parsed fields are freed
         self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
         if loaded.new_params:
             self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
