@@ -207,3 +207,4 @@ class LoadedModel:
     task: str
     info: ModelInfo
     new_params: list[str] = field(default_factory=list)  # names freshly initialised (e.g. a classifier head)
+    load_note: str = ""  # which loader placed the weights, and why (the run's log shows it)

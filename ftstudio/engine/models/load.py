@@ -1,9 +1,11 @@
 """Load a described model for full fine-tuning: model + tokenizer, every weight trainable.
 
 Placement: by default the weights load on the CPU (in fp32 unless a dtype is asked for). Given a ``device``,
-they load straight onto it in the asked dtype (``from_pretrained(device_map=...)``: each tensor is read from
-the checkpoint and copied to the device one by one, new heads are initialised there), so a GPU run never holds
-an fp32 copy of the model in host RAM; the host peak stays near the largest checkpoint shard.
+they load straight onto it in the asked dtype, so a GPU run never holds a copy of the model in host RAM: a local
+safetensors checkpoint goes shard by shard (models/shards.py: one shard mapped at a time, so the host peak stays
+near the largest shard); anything else (GGUF, hub, remote code, .bin, keys transformers must convert) goes through
+``from_pretrained(device_map=...)``, which keeps every shard mapped until the load ends. ``LoadedModel.load_note``
+says which loader ran and why.
 
 Safety: weights come from safetensors where present; a pickle checkpoint (.bin) is opened only with
 `weights_only=True` (we pass it explicitly; this module never calls torch.load); a model's own Python code runs
@@ -190,19 +192,44 @@ def load_model(cfg, *, task: str, num_labels: int | None = None, id2label: dict[
     target = info.load_path
     tok = tokenizer if tokenizer is not None else _load_tokenizer(target, info, kw)
     auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
-    try:
-        placed = {"device_map": {"": str(device)}} if device is not None else {}
-        model, loading = auto.from_pretrained(target, dtype=torch_dtype(dtype), weights_only=True,
-                                              output_loading_info=True, **kw, **placed,
-                                              **_model_kwargs(task, num_labels, id2label, info))
-    except ModelError:
-        raise
-    except Exception as e:
-        raise _explain(e, info, "model") from e
+    model_kw = _model_kwargs(task, num_labels, id2label, info)
+    model, new, note = _load_by_shards(auto, cfg, info, device, dtype, model_kw)
+    if model is None:
+        try:
+            placed = {"device_map": {"": str(device)}} if device is not None else {}
+            model, loading = auto.from_pretrained(target, dtype=torch_dtype(dtype), weights_only=True,
+                                                  output_loading_info=True, **kw, **placed, **model_kw)
+        except ModelError:
+            raise
+        except Exception as e:
+            raise _explain(e, info, "model") from e
+        new = sorted(set(loading.get("missing_keys", [])) | {m[0] if isinstance(m, tuple) else m
+                                                              for m in loading.get("mismatched_keys", [])})
     if info.kind == "gguf":
         _forget_gguf_quantization(model)
     _ensure_pad(tok, model)
     _make_trainable(model, info.path or info.source)
-    new = sorted(set(loading.get("missing_keys", [])) | {m[0] if isinstance(m, tuple) else m
-                                                          for m in loading.get("mismatched_keys", [])})
-    return LoadedModel(model=model, tokenizer=tok, task=task, info=info, new_params=new)
+    return LoadedModel(model=model, tokenizer=tok, task=task, info=info, new_params=new, load_note=note)
+
+
+def _load_by_shards(auto, cfg, info: ModelInfo, device, dtype, model_kw: dict):
+    """(model, new params, note) from the shard-by-shard loader (models/shards.py), or (None, None, note) when
+    transformers' from_pretrained must load it; the note says which and why."""
+    from ftstudio.engine.models import shards
+
+    where = f"onto {device}" if device is not None else "on the CPU"
+    why = shards.not_applicable(info, bool(cfg.trust_remote_code), device)
+    if why is None:
+        config_kw = {k: v for k, v in model_kw.items() if k != "ignore_mismatched_sizes"}
+        try:
+            return shards.load_by_shards(auto, info.path, dtype=torch_dtype(dtype), device=str(device),
+                                         config_kwargs=config_kw, head_may_differ="ignore_mismatched_sizes" in model_kw)
+        except shards.Fallback as e:
+            return None, None, f"Weights: loaded {where} by transformers' from_pretrained ({e})"
+        except ModelError:
+            raise
+        except Exception as e:
+            raise _explain(e, info, "model") from e
+    if device is None:
+        return None, None, f"Weights: loaded {where} by transformers' from_pretrained"
+    return None, None, f"Weights: loaded {where} by transformers' from_pretrained ({why})"

@@ -169,6 +169,8 @@ class Trainer:
         self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
         if loaded.new_params:
             self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
+        if loaded.load_note:  # which loader placed the weights (shard by shard, or from_pretrained and why)
+            self.report(LogLine(loaded.load_note))
         self._choose_attention(model, prepared, device)
         if cfg.memory.activation_checkpointing:
             # Recompute each block in backward instead of storing its activations.
