@@ -7,6 +7,12 @@ from contextlib import nullcontext
 
 
 def _batches(examples, batch_size, max_batches):
+    if max_batches is None and examples and "label" not in examples[0]:
+        # A causal LM's figure is a sum over tokens (each batch's token mean × its tokens), which no batching
+        # changes beyond float rounding: batches of similar lengths pad far less (SmolLM2's instruction rows:
+        # a batch of 16 random rows pads to its longest). Capped evaluations (eval_batches) keep the split's
+        # order, so that they score the same rows; classifiers keep it for their predictions' order.
+        examples = sorted(examples, key=lambda ex: len(ex["input_ids"]))
     n = 0
     for start in range(0, len(examples), batch_size):
         if max_batches is not None and n >= max_batches:
