@@ -21,7 +21,7 @@ def _qkv(heads=4, kv=2, seq=8, dim=16):
             torch.randn(2, kv, seq, dim, generator=g))
 
 
-def test_the_cudnn_branch_repeats_grouped_heads_and_equals_transformers_sdpa(monkeypatch):
+def test_the_cudnn_branch_passes_grouped_heads_as_they_are_and_equals_transformers_sdpa(monkeypatch):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     q, k, v = _qkv()
@@ -32,7 +32,7 @@ def test_the_cudnn_branch_repeats_grouped_heads_and_equals_transformers_sdpa(mon
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
                         lambda *a, **kw: calls.append((a[1].shape, kw)) or real(*a, **kw))
     out, _ = cudnn_attention._forward(_Module(), q, k, v, None, scaling=0.25)
-    assert calls and calls[0][0][1] == 4 and calls[0][1]["is_causal"] is True    # keys repeated to 4 heads
+    assert calls and calls[0][0][1] == 2 and calls[0][1]["is_causal"] is True and calls[0][1]["enable_gqa"]
     torch.testing.assert_close(out, ref)
 
 
@@ -72,6 +72,9 @@ def test_choose_attention_picks_cudnn_only_on_cuda_for_sdpa_models(monkeypatch):
     assert speed._cudnn_first(m, "cpu") is None
     assert speed._cudnn_first(m, "cuda:0") == cudnn_attention.NAME
     monkeypatch.setattr("sys.frozen", True, raising=False)       # the bundle: no fused-kernel experiments
+    assert speed._cudnn_first(m, "cuda:0") is None
+    monkeypatch.undo()
+    monkeypatch.setattr(cudnn_attention, "MODE", "off")
     assert speed._cudnn_first(m, "cuda:0") is None
     monkeypatch.undo()
     m.set_attn_implementation("eager")

@@ -51,11 +51,12 @@ def make_model(shape: str, folder: Path) -> Path:
     return n
 
 
-def timed(cmd: list[str], timeout: int) -> tuple[int, str, float, float]:
+def timed(cmd: list[str], timeout: int, env: dict | None = None) -> tuple[int, str, float, float]:
     """(rc, output, host peak RSS in GB from /usr/bin/time -v, wall s)."""
     t = time.perf_counter()
     p = subprocess.run(["/usr/bin/time", "-v", *cmd], capture_output=True, text=True, timeout=timeout,
-                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+                       env={**os.environ, **(env or {}),
+                            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
     wall = time.perf_counter() - t
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", p.stderr)
     return p.returncode, p.stdout + p.stderr, (int(rss.group(1)) / 1e6 if rss else float("nan")), wall
@@ -65,12 +66,14 @@ PARAMS: dict[str, int] = {}     # model folder → parameter count (set by main)
 
 
 def ours(name: str, extra: list[str], model: Path, data: Path, out: Path, a) -> dict:
+    env = dict(x.split("=", 1) for x in extra if re.fullmatch(r"FTS_[A-Z_]+=\S*", x))   # per-run switches
+    extra = [x for x in extra if not re.fullmatch(r"FTS_[A-Z_]+=\S*", x)]
     cmd = [sys.executable, "-m", "ftstudio", "train", "--model", str(model), "--dataset", str(data),
            "--output", str(out), "--run-name", name, "--batch-size", str(a.batch), "--seq-len", str(a.seq),
            "--max-steps", str(a.steps), "--val-fraction", "0", "--log-every", "1", "--memory-snapshot-every", "50",
            "--checkpoint-every", "0", "--no-export", *extra]
-    rc, text, rss, wall = timed(cmd, a.timeout)
-    res = {"run": name, "flags": " ".join(extra) or "(none)", "rc": rc, "host_peak_rss_gb": round(rss, 2),
+    rc, text, rss, wall = timed(cmd, a.timeout, env)
+    res = {"run": name, "flags": " ".join([*(f"{k}={v}" for k, v in env.items()), *extra]) or "(none)", "rc": rc, "host_peak_rss_gb": round(rss, 2),
            "wall_s": round(wall, 1)}
     metrics = out / name / "metrics.jsonl"
     if rc != 0 or not metrics.exists():
@@ -87,6 +90,8 @@ def ours(name: str, extra: list[str], model: Path, data: Path, out: Path, a) -> 
     tps = [s["tokens_per_s"] for s in steps if s["step"] > warm]
     res["tokens_per_s"] = round(statistics.median(tps)) if tps else None
     res["peak_alloc_gb"] = round(max(peaks) / 1e9, 2) if peaks else None
+    losses = [s["loss"] for s in steps if isinstance(s.get("loss"), (int, float))]
+    res["loss_first_last"] = [round(losses[0], 4), round(statistics.mean(losses[-10:]), 4)] if losses else None
     if res["tokens_per_s"]:
         c = json.loads((model / "config.json").read_text())
         n = c.get("_params") or PARAMS.get(str(model))

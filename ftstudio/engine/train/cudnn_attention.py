@@ -2,26 +2,39 @@
 
 On an H200 (torch 2.11) cuDNN's attention runs forward + backward of a causal block in 0.69× the time of SDPA's
 default flash kernel at Llama-3.2-1B's shape (4 × 2048, 32 heads of 64) and 0.56× at Llama-3-8B's (1 × 4096,
-heads of 128): tests/benchmarks/adamw_kernel_gpu.py measures it. torch puts flash first, and transformers hands
-grouped key/value heads to SDPA with ``enable_gqa``, which cuDNN does not take, so neither picks it by itself.
+heads of 128): tests/benchmarks/adamw_kernel_gpu.py measures it. torch puts flash first, and transformers does not ask
+for it, so a user gets flash unless they know the flag.
 
 The registered attention (:data:`NAME`) takes the one case it is sure of: CUDA tensors, no mask (full rows:
 the collator drops an all-ones mask), causal, no position bias or soft-capping, a query as long as the keys
-(training, no KV cache). Grouped heads are repeated to the query's count first. Every other call goes to
+(training, no KV cache); grouped key/value heads go in as they are (``enable_gqa``: cuDNN takes them). Every other call goes to
 transformers' own SDPA function unchanged, so a model, a padded batch or a generation step behaves as before.
 torch still checks each call's eligibility: where cuDNN cannot run, flash (then the others) does.
 """
 from __future__ import annotations
 
+import os
+
 NAME = "ftstudio_cudnn_sdpa"
+MODE = os.environ.get("FTS_CUDNN_ATTENTION", "call")   # call: this module's attention; global: see below; off
 _REGISTERED = False
+ORDER: list = []
+
+
+def _order() -> list:
+    from torch.nn.attention import SDPBackend
+
+    if not ORDER:
+        ORDER.extend([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                      SDPBackend.MATH])
+    return ORDER
 
 
 def _forward(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, is_causal=None,
              **kwargs):
     import torch
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+    from torch.nn.attention import sdpa_kernel
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
     plain = (attention_mask is None and causal and _on_gpu(query) and query.shape[2] > 1
@@ -31,15 +44,19 @@ def _forward(module, query, key, value, attention_mask, dropout: float = 0.0, sc
     if not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    n_rep = query.shape[1] // key.shape[1]
-    if n_rep > 1:
-        key, value = repeat_kv(key, n_rep), repeat_kv(value, n_rep)
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-             SDPBackend.MATH]
-    with sdpa_kernel(order, set_priority=True):
+    gqa = {"enable_gqa": True} if query.shape[1] != key.shape[1] else {}
+    with sdpa_kernel(_order(), set_priority=True):
         out = torch.nn.functional.scaled_dot_product_attention(query, key, value, dropout_p=dropout, scale=scaling,
-                                                               is_causal=True)
+                                                               is_causal=True, **gqa)
     return out.transpose(1, 2).contiguous(), None
+
+
+def prefer_cudnn_globally() -> None:
+    """The other way in (``FTS_CUDNN_ATTENTION=global``, for measuring): cuDNN first for every SDPA call of the
+    process, set once before anything compiles; the model keeps transformers' own SDPA function."""
+    from torch.nn.attention import sdpa_kernel
+
+    sdpa_kernel(_order(), set_priority=True).__enter__()      # left entered: the order holds for the whole run
 
 
 def _on_gpu(t) -> bool:

@@ -308,8 +308,11 @@ def choose_attention(model, prepared, device: str, cfg, report) -> None:
 
 def _cudnn_first(model, device: str) -> str | None:
     """cudnn_attention.NAME for a model on SDPA on a CUDA GPU (not the frozen bundle), else None (its default)."""
-    if (not device.startswith("cuda") or getattr(sys, "frozen", False)
+    if (not device.startswith("cuda") or getattr(sys, "frozen", False) or cudnn_attention.MODE == "off"
             or getattr(model.config, "_attn_implementation", None) != "sdpa"):
+        return None
+    if cudnn_attention.MODE == "global":
+        cudnn_attention.prefer_cudnn_globally()
         return None
     return cudnn_attention.register()
 
