@@ -250,7 +250,9 @@ class CompensatedAdamW(torch.optim.Optimizer):
 
     def _kernel_step(self, items, lr, b1, b2, eps, wd, stochastic: bool, seed: int) -> bool:
         """The whole bucket in one Triton launch (adamw_kernel) when it can take it; False: use the other paths."""
-        if "compensation" in items[0][1] or items[0][0].device.type != "cuda":
+        dist = torch.distributed
+        if ("compensation" in items[0][1] or items[0][0].device.type != "cuda"
+                or (dist.is_available() and dist.is_initialized())):   # FSDP keeps the path #19 measured there
             return False
         from ftstudio.engine.train import adamw_kernel
 
