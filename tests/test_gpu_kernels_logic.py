@@ -111,3 +111,20 @@ def test_the_block_layout_covers_every_value_once():
     assert tensor_of.tolist() == [0, 0, 0, 1, 2]
     assert start_of.tolist() == [0, 2048, 4096, 0, 0]
     assert sizes.tolist() == [5000, 1, 2048]
+
+
+@pytest.mark.parametrize("gpus,attention,expect", [([0], "auto", cudnn_attention.NAME), ([0, 1], "auto", "sdpa"),
+                                                   ([0], "sdpa", "sdpa")])
+def test_auto_attention_on_one_gpu_is_cudnn_first_and_says_so(gpus, attention, expect):
+    from types import SimpleNamespace
+    from ftstudio.core.config import RunConfig
+    from ftstudio.engine.train import speed
+
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2))
+    cfg = RunConfig()
+    cfg.hardware.gpus, cfg.model.attention = gpus, attention
+    said = []
+    speed.choose_attention(m, SimpleNamespace(collate=SimpleNamespace(packed=False)), "cuda:0", cfg, said.append)
+    assert m.config._attn_implementation == expect
+    assert any("cuDNN" in e.message for e in said) == (expect == cudnn_attention.NAME)

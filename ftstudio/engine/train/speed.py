@@ -282,7 +282,8 @@ def choose_attention(model, prepared, device: str, cfg, report) -> None:
         flex_ok = (packed and device.startswith("cuda") and not getattr(sys, "frozen", False)
                    and len(cfg.hardware.gpus) <= 1      # FSDP ranks keep the dense mask (untested)
                    and getattr(model, "_supports_flex_attn", False) and _flex_available())
-        choice = "flex_attention" if flex_ok else _cudnn_first(model, device)
+        one_gpu = len(cfg.hardware.gpus) <= 1          # FSDP ranks keep the attention #19 measured there
+        choice = "flex_attention" if flex_ok else (_cudnn_first(model, device) if one_gpu else None)
     if choice is None:
         return
     if choice == "flex_attention" and not device.startswith("cuda"):
