@@ -197,10 +197,18 @@ def test_parse_once_reads_a_gguf_once_for_tokenizer_and_weights(tiny_gguf, tiny_
     unshared = len(counted.paths)
     assert unshared >= 3  # config, tokenizer, weights: each a new reader without the scope
     counted.paths.clear()
+    from ftstudio.engine.models.gguf import _HANDOFF, _cached_metadata
+    _HANDOFF.clear()               # no describe just before: the scope parses once itself
     with ParseOnce() as scope:
         tok = load_tokenizer(cfg)
         lm = load_model(cfg, task="causal-lm", tokenizer=tok)
     assert len(counted.paths) == 1 and scope.parses == 1
+    _cached_metadata.cache_clear()
+    describe_model(str(tiny_gguf))  # parses; a scope opened next reuses that parse
+    counted.paths.clear()
+    with ParseOnce() as again:
+        load_model(cfg, task="causal-lm", tokenizer=load_tokenizer(cfg))
+    assert counted.paths == [] and again.parses == 0
     state = lm.model.state_dict()  # the same weights as without the scope
     for k, v in load_file(tiny_llama / "model.safetensors").items():
         assert torch.equal(state[k], v), k
@@ -236,4 +244,7 @@ def test_a_gguf_run_parses_the_file_once_after_describing_it(tiny_gguf, tmp_path
     cfg = lm_config(tiny_gguf, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=1)
     result, _ = run(cfg)
     assert isinstance(result, RunFinished), result
-    assert len(counted.paths) == 2  # describe_model's metadata, then one reader for tokenizer, config and weights
+    # describe_model's parse is handed to the run's scope: one reader for metadata, tokenizer, config and weights
+    assert len(counted.paths) == 1
+    from ftstudio.engine.models.gguf import _HANDOFF
+    assert _HANDOFF == {}          # the scope's close let it go: nothing held for the rest of the run

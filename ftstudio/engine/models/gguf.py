@@ -47,13 +47,27 @@ def supported_architectures() -> list[str]:
     return sorted(k for k in GGUF_CONFIG_MAPPING if k not in ("general", "tokenizer"))
 
 
+# describe_model's last parse outside a ParseOnce, handed to the next scope that opens (one entry; a scope's
+# close drops it): the CLI describes the model before the run starts, and the run's own reads then parse nothing.
+_HANDOFF: dict = {}
+
+
+def _file_key(path) -> tuple:
+    st = os.stat(path)
+    return os.path.realpath(path), st.st_mtime_ns, st.st_size
+
+
 def _reader(path: Path):
     gguf = require_gguf()
     try:
-        return gguf.GGUFReader(str(path))  # shared while a ParseOnce is open
+        reader = gguf.GGUFReader(str(path))  # shared while a ParseOnce is open
     except Exception as e:  # the reader raises ValueError/struct errors/KeyError on damaged files
         raise ModelError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e}). "
                          "Download it again or pick another file.") from None
+    if not isinstance(gguf.GGUFReader, functools.partial):     # no scope open: keep it for the next one
+        _HANDOFF.clear()
+        _HANDOFF[_file_key(path)] = reader
+    return reader
 
 
 def _value(reader, key):
@@ -157,11 +171,13 @@ class ParseOnce:
     def _shared_reader(self, reader_cls, path, mode="r"):
         if mode != "r":
             return reader_cls(path, mode)
-        st = os.stat(path)
-        key = (os.path.realpath(path), st.st_mtime_ns, st.st_size)
+        key = _file_key(path)
         if key not in self._readers:
-            self._readers[key] = reader_cls(path, mode)
-            self.parses += 1
+            if key in _HANDOFF:                      # parsed by describe_model just before: not again
+                self._readers[key] = _HANDOFF.pop(key)
+            else:
+                self._readers[key] = reader_cls(path, mode)
+                self.parses += 1
         return self._readers[key]
 
     def close(self) -> None:
@@ -170,6 +186,7 @@ class ParseOnce:
             module.GGUFReader, module.get_tensor_name_map = reader_cls, name_map
             self._saved = None
         self._readers.clear()
+        _HANDOFF.clear()
 
     def __enter__(self) -> "ParseOnce":
         return self.open()
