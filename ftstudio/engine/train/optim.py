@@ -197,8 +197,8 @@ class CompensatedAdamW(torch.optim.Optimizer):
         # foreach: all tensors of a (device, dtype) bucket updated by multi-tensor ops (_adamw_update_foreach);
         # False: one tensor at a time (compiled per shape on CUDA): the reference the multi-tensor path equals.
         self.foreach = foreach
-        # kernel: on CUDA, a bucket of contiguous bf16 tensors without Kahan buffers is updated by one Triton
-        # launch (adamw_kernel: near the memory roofline, no compile); False keeps the compiled multi-tensor path.
+        # kernel: on one CUDA device, a bucket of contiguous bf16 tensors without Kahan buffers is updated by the
+        # Triton kernel (adamw_kernel: one fused pass per tensor, no compile); False keeps the compiled path.
         self.kernel = kernel
 
     def _state(self, p):
@@ -249,7 +249,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
                         _adamw_update_foreach(*args)
 
     def _kernel_step(self, items, lr, b1, b2, eps, wd, stochastic: bool, seed: int) -> bool:
-        """The whole bucket in one Triton launch (adamw_kernel) when it can take it; False: use the other paths."""
+        """The whole bucket through the Triton kernel (adamw_kernel) when it can take it; False: the other paths."""
         dist = torch.distributed
         if ("compensation" in items[0][1] or items[0][0].device.type != "cuda"
                 or (dist.is_available() and dist.is_initialized())):   # FSDP keeps the path #19 measured there
@@ -267,7 +267,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
         except Exception as e:  # noqa: BLE001 - the kernel failed to build or launch, before any write
             torch._foreach_sub_(steps, 1.0)
             self.kernel = False
-            warnings.warn(f"the one-launch bf16 AdamW kernel failed ({type(e).__name__}: {str(e)[:200]}); "
+            warnings.warn(f"the Triton bf16 AdamW kernel failed ({type(e).__name__}: {str(e)[:200]}); "
                           "updating with the compiled multi-tensor path")
             return False
         return True

@@ -279,10 +279,9 @@ def choose_attention(model, prepared, device: str, cfg, report) -> None:
     choice = cfg.model.attention
     packed = bool(getattr(prepared.collate, "packed", False))
     if choice == "auto":
-        flex_ok = (packed and device.startswith("cuda") and not getattr(sys, "frozen", False)
-                   and len(cfg.hardware.gpus) <= 1      # FSDP ranks keep the dense mask (untested)
+        one_gpu = len(cfg.hardware.gpus) <= 1   # FSDP ranks keep the dense mask and the attention #19 measured
+        flex_ok = (packed and device.startswith("cuda") and not getattr(sys, "frozen", False) and one_gpu
                    and getattr(model, "_supports_flex_attn", False) and _flex_available())
-        one_gpu = len(cfg.hardware.gpus) <= 1          # FSDP ranks keep the attention #19 measured there
         choice = "flex_attention" if flex_ok else (_cudnn_first(model, device) if one_gpu else None)
     if choice is None:
         return
