@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
+
+from ftstudio.engine.data.collate import block_causal_mask
 
 from ftstudio.engine.train import adamw_kernel, cudnn_attention, optim
 
@@ -113,9 +115,58 @@ def test_the_block_layout_covers_every_value_once():
     assert sizes.tolist() == [5000, 1, 2048]
 
 
-@pytest.mark.parametrize("gpus,attention,expect", [([0], "auto", cudnn_attention.NAME), ([0, 1], "auto", "sdpa"),
-                                                   ([0], "sdpa", "sdpa")])
-def test_auto_attention_on_one_gpu_is_cudnn_first_and_says_so(gpus, attention, expect):
+def _tiny(cls=LlamaForCausalLM, config=LlamaConfig, **kw):
+    torch.manual_seed(0)
+    m = cls(config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, **kw)).eval()
+    m.config.use_cache = False
+    return m
+
+
+@pytest.mark.parametrize("case", ["left padding", "sliding window"])
+def test_the_registered_attention_gets_the_masks_sdpa_gets(monkeypatch, case):
+    """A registered attention without a mask function of its own gets no mask from transformers: padding and
+    sliding windows would be dropped. It is registered with SDPA's masks, so every such call equals SDPA."""
+    monkeypatch.setattr(cudnn_attention, "_on_gpu", lambda t: True)
+    m = (_tiny(MistralForCausalLM, MistralConfig, sliding_window=3) if case == "sliding window" else _tiny())
+    x = torch.randint(0, 64, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[1, :3] = 0                                  # left padding, as batched generation pads
+    kw = {"attention_mask": mask} if case == "left padding" else {}
+    with torch.no_grad():
+        ref = m(input_ids=x, **kw).logits
+        m.set_attn_implementation(cudnn_attention.register())
+        out = m(input_ids=x, **kw).logits
+    keep = mask.bool() if case == "left padding" else torch.ones_like(mask, dtype=torch.bool)
+    torch.testing.assert_close(out[keep], ref[keep])
+
+
+def test_packed_rows_take_cudnn_when_each_holds_one_document_and_flex_masks_otherwise(monkeypatch):
+    monkeypatch.setattr(cudnn_attention, "_on_gpu", lambda t: True)
+    m = _tiny()
+    x = torch.randint(0, 64, (2, 8))
+    several = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 0, 1]])    # 2 documents in each row
+    one = torch.arange(8).expand(2, 8)
+    seen = []
+    real = cudnn_attention._forward
+    monkeypatch.setattr(cudnn_attention, "_forward", lambda *a, **kw: seen.append(a[4]) or real(*a, **kw))
+    with torch.no_grad():     # flex_attention has no CPU backward; the forward is what decides here
+        ref_several = m(input_ids=x, attention_mask=block_causal_mask(several), position_ids=several).logits
+        ref_one = m(input_ids=x).logits
+        m.set_attn_implementation(cudnn_attention.register(cudnn_attention.PACKED))
+        out_one = m(input_ids=x, position_ids=one).logits
+        assert seen == [None, None]                   # both layers: no mask, the cuDNN call
+        seen.clear()
+        out_several = m(input_ids=x, position_ids=several).logits
+    assert seen == []                                 # block masks went to flex attention
+    torch.testing.assert_close(out_one, ref_one)
+    torch.testing.assert_close(out_several, ref_several)
+
+
+@pytest.mark.parametrize("gpus,attention,packed,expect", [
+    ([0], "auto", False, cudnn_attention.NAME), ([0, 1], "auto", False, "sdpa"), ([0], "sdpa", False, "sdpa"),
+    ([0], "auto", True, cudnn_attention.PACKED), ([0], "flex_attention", True, "flex_attention")])
+def test_auto_attention_on_one_gpu_is_cudnn_first_and_says_so(monkeypatch, gpus, attention, packed, expect):
     from types import SimpleNamespace
     from ftstudio.core.config import RunConfig
     from ftstudio.engine.train import speed
@@ -125,6 +176,9 @@ def test_auto_attention_on_one_gpu_is_cudnn_first_and_says_so(gpus, attention, e
     cfg = RunConfig()
     cfg.hardware.gpus, cfg.model.attention = gpus, attention
     said = []
-    speed.choose_attention(m, SimpleNamespace(collate=SimpleNamespace(packed=False)), "cuda:0", cfg, said.append)
+    monkeypatch.setattr(speed, "_flex_available", lambda: True)
+    prepared = SimpleNamespace(collate=SimpleNamespace(packed=packed, positions_only=False))
+    speed.choose_attention(m, prepared, "cuda:0", cfg, said.append)
     assert m.config._attn_implementation == expect
-    assert any("cuDNN" in e.message for e in said) == (expect == cudnn_attention.NAME)
+    assert any("cuDNN" in e.message for e in said) == (expect in (cudnn_attention.NAME, cudnn_attention.PACKED))
+    assert prepared.collate.positions_only == (expect in ("flex_attention", cudnn_attention.PACKED))

@@ -282,7 +282,10 @@ def choose_attention(model, prepared, device: str, cfg, report) -> None:
         one_gpu = len(cfg.hardware.gpus) <= 1   # FSDP ranks keep the dense mask and the attention #19 measured
         flex_ok = (packed and device.startswith("cuda") and not getattr(sys, "frozen", False) and one_gpu
                    and getattr(model, "_supports_flex_attn", False) and _flex_available())
-        choice = "flex_attention" if flex_ok else (_cudnn_first(model, device) if one_gpu else None)
+        if flex_ok:   # one-document rows take cuDNN's causal kernel, the others flex's per-document masks
+            choice = cudnn_attention.PACKED if _cudnn_first(model, device) else "flex_attention"
+        else:
+            choice = _cudnn_first(model, device) if one_gpu else None
     if choice is None:
         return
     if choice == "flex_attention" and not device.startswith("cuda"):
@@ -297,13 +300,15 @@ def choose_attention(model, prepared, device: str, cfg, report) -> None:
     if choice == cudnn_attention.NAME:
         report(LogLine("Attention: causal rows without padding run cuDNN's fused kernel (SDPA's flash kernel "
                        "otherwise; --attention sdpa keeps SDPA's own choice)"))
-    if choice == "flex_attention" and packed:
+    if choice in ("flex_attention", cudnn_attention.PACKED) and packed:
         # transformers detects packed documents from position_ids only without a KV cache: training
         # never reads one, and building it would switch the detection off (attention across documents).
         model.config.use_cache = False
         prepared.collate.positions_only = True
-        report(LogLine("Packed rows: flex_attention with block-sparse per-document masks (no dense "
-                       "L×L mask)"))
+        report(LogLine("Packed rows: " + ("a batch whose rows each hold one document runs cuDNN's causal kernel; "
+                                          "rows holding several documents run " if choice != "flex_attention"
+                                          else "") + "flex_attention with block-sparse per-document masks (no "
+                       "dense L×L mask)"))
 
 
 def _cudnn_first(model, device: str) -> str | None:
@@ -314,6 +319,7 @@ def _cudnn_first(model, device: str) -> str | None:
     if cudnn_attention.MODE == "global":
         cudnn_attention.prefer_cudnn_globally()
         return None
+    cudnn_attention.register(cudnn_attention.PACKED)
     return cudnn_attention.register()
 
 
