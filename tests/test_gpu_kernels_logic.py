@@ -182,3 +182,50 @@ def test_auto_attention_on_one_gpu_is_cudnn_first_and_says_so(monkeypatch, gpus,
     assert m.config._attn_implementation == expect
     assert any("cuDNN" in e.message for e in said) == (expect in (cudnn_attention.NAME, cudnn_attention.PACKED))
     assert prepared.collate.positions_only == (expect in ("flex_attention", cudnn_attention.PACKED))
+
+
+def _params_with_grads(seed=0, big=50.0):
+    g = torch.Generator().manual_seed(seed)
+    ps = [torch.nn.Parameter(torch.randn(n, generator=g).to(torch.bfloat16)) for n in (64, 7, 300)]
+    ps.append(torch.nn.Parameter(torch.randn(5, generator=g)))                     # an fp32 tensor too
+    for p in ps:
+        p.grad = (torch.randn(p.shape, generator=g) * big).to(p.dtype)
+    return ps
+
+
+@pytest.mark.parametrize("foreach", [True, False])
+@pytest.mark.parametrize("max_norm", [1.0, float("inf")])
+def test_clipping_inside_the_step_equals_clip_grad_norm_then_step(foreach, max_norm):
+    ref, fused = _params_with_grads(), _params_with_grads()
+    a = optim.CompensatedAdamW(ref, lr=1e-2, rounding="nearest", foreach=foreach)
+    b = optim.CompensatedAdamW(fused, lr=1e-2, rounding="nearest", foreach=foreach)
+    n_ref = torch.nn.utils.clip_grad_norm_(ref, max_norm)
+    a.step()
+    n_fused = b.clip_in_step(fused, max_norm)
+    b.step()
+    assert n_fused.item() == n_ref.item()
+    for p, q in zip(ref, fused):
+        assert p.equal(q)
+
+
+def test_the_kernel_gets_the_clipping_factor_and_a_skipped_steps_factor_is_dropped(monkeypatch):
+    seen = []
+
+    def kernel_step(self, items, lr, b1, b2, eps, wd, stochastic, seed, scale=None):
+        seen.append(scale)
+        return True                                      # as if the kernel had updated the bucket
+    monkeypatch.setattr(optim.CompensatedAdamW, "_kernel_step", kernel_step)
+    ps = _params_with_grads()
+    grads = [p.grad.clone() for p in ps]
+    opt = optim.CompensatedAdamW(ps, lr=1e-2, rounding="stochastic")
+    norm = opt.clip_in_step(ps, 1.0)
+    opt.step()
+    assert all(s is not None and s.item() == pytest.approx(1.0 / (norm.item() + 1e-6), rel=1e-2) for s in seen)
+    assert all(p.grad.equal(g) for p, g in zip(ps, grads))     # the gradients were not rewritten first
+    seen.clear()
+    opt.clip_in_step(ps, 1.0)
+    opt.zero_grad()                                          # a skipped step: its factor must not carry over
+    for p, g in zip(ps, grads):
+        p.grad = g.clone()
+    opt.step()
+    assert seen and all(s is None for s in seen)

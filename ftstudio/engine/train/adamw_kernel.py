@@ -39,10 +39,10 @@ def _kernels():
     from triton.language.extra import libdevice
 
     @triton.jit
-    def _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, s_ptr, lr_ptr, offs, n, seed, b1, b2, eps, wd,
+    def _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, s_ptr, lr_ptr, c_ptr, offs, n, seed, b1, b2, eps, wd,
                      STOCHASTIC: tl.constexpr):
         mask = offs < n
-        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32) * tl.load(c_ptr)   # clipping's factor
         w = tl.load(p_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         m = tl.load(m_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         v = tl.load(v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -63,7 +63,7 @@ def _kernels():
         tl.store(v_ptr + offs, v.to(tl.bfloat16), mask=mask)
 
     @triton.jit
-    def adamw_multi(ptrs, block_tensor, block_start, sizes, lr_ptr, seed, b1, b2, eps, wd,
+    def adamw_multi(ptrs, block_tensor, block_start, sizes, lr_ptr, c_ptr, seed, b1, b2, eps, wd,
                     n_tensors, STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
         pid = tl.program_id(0)
         t = tl.load(block_tensor + pid)
@@ -75,13 +75,14 @@ def _kernels():
         v_ptr = tl.multiple_of(tl.load(ptrs + 3 * n_tensors + t).to(tl.pointer_type(tl.bfloat16)), 16)
         s_ptr = tl.load(ptrs + 4 * n_tensors + t).to(tl.pointer_type(tl.float32))
         offs = tl.max_contiguous(tl.multiple_of(start + tl.arange(0, BLOCK).to(tl.int64), BLOCK), BLOCK)
-        _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, s_ptr, lr_ptr, offs, n, seed + t, b1, b2, eps, wd, STOCHASTIC)
+        _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, s_ptr, lr_ptr, c_ptr, offs, n, seed + t, b1, b2, eps, wd,
+                     STOCHASTIC)
 
     @triton.jit
-    def adamw_one(p_ptr, g_ptr, m_ptr, v_ptr, s_ptr, lr_ptr, n, seed, b1, b2, eps, wd,
+    def adamw_one(p_ptr, g_ptr, m_ptr, v_ptr, s_ptr, lr_ptr, c_ptr, n, seed, b1, b2, eps, wd,
                   STOCHASTIC: tl.constexpr, BLOCK: tl.constexpr):
         offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, s_ptr, lr_ptr, offs, n, seed, b1, b2, eps, wd, STOCHASTIC)
+        _adamw_block(p_ptr, g_ptr, m_ptr, v_ptr, s_ptr, lr_ptr, c_ptr, offs, n, seed, b1, b2, eps, wd, STOCHASTIC)
 
     return adamw_multi, adamw_one
 
@@ -99,6 +100,11 @@ def _layout(sizes: tuple[int, ...], device: torch.device, block: int):
             torch.tensor(sizes, dtype=torch.int64, device=device))
 
 
+@functools.lru_cache(maxsize=8)
+def _ones(device: torch.device) -> torch.Tensor:
+    return torch.ones(1, dtype=torch.float32, device=device)
+
+
 def fits(ps, grads, exp_avgs, exp_avg_sqs) -> bool:
     """The kernel takes contiguous bf16 tensors on one CUDA device (weights, gradients and both moments)."""
     return all(t.is_cuda and t.dtype == torch.bfloat16 and t.is_contiguous() and t.data_ptr() % 16 == 0
@@ -114,20 +120,23 @@ BIG_BLOCK, BIG = 4096, 1 << 25
 
 
 def update(ps, grads, exp_avgs, exp_avg_sqs, steps, lr: torch.Tensor, b1: float, b2: float, eps: float, wd: float,
-           *, stochastic: bool, seed: int) -> None:
-    """AdamW on every tensor of the lists (steps already incremented, as in optim)."""
+           *, stochastic: bool, seed: int, grad_scale: torch.Tensor | None = None) -> None:
+    """AdamW on every tensor of the lists (steps already incremented, as in optim). ``grad_scale``: a one-element
+    fp32 tensor every gradient is multiplied by as it is read (gradient clipping's factor: the gradients are not
+    rewritten first, a pass that took 11 ms of a 397 ms Llama-3-8B step on the H200)."""
     multi, one = _kernels()
+    c = _ones(lr.device) if grad_scale is None else grad_scale.to(torch.float32).reshape(1)
     seed &= 0x3FFFFFFF
     if MODE == "per-tensor":
         for i, (p, g, m, v, s) in enumerate(zip(ps, grads, exp_avgs, exp_avg_sqs, steps)):
             n = p.numel()
             block = BIG_BLOCK if n >= BIG else BLOCK
-            one[(-(-n // block),)](p, g, m, v, s, lr, n, seed + i, b1, b2, eps, wd, STOCHASTIC=stochastic,
+            one[(-(-n // block),)](p, g, m, v, s, lr, c, n, seed + i, b1, b2, eps, wd, STOCHASTIC=stochastic,
                                    BLOCK=block, num_warps=8)
         return
     device = ps[0].device
     tensor_of, start_of, sizes = _layout(tuple(p.numel() for p in ps), device, BLOCK)
     table = torch.tensor([t.data_ptr() for group in (ps, grads, exp_avgs, exp_avg_sqs, steps) for t in group],
                          dtype=torch.int64).pin_memory().to(device, non_blocking=True)
-    multi[(tensor_of.numel(),)](table, tensor_of, start_of, sizes, lr, seed, b1, b2, eps, wd, len(ps),
+    multi[(tensor_of.numel(),)](table, tensor_of, start_of, sizes, lr, c, seed, b1, b2, eps, wd, len(ps),
                                 STOCHASTIC=stochastic, BLOCK=BLOCK, num_warps=8)

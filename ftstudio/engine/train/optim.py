@@ -200,6 +200,25 @@ class CompensatedAdamW(torch.optim.Optimizer):
         # kernel: on one CUDA device, a bucket of contiguous bf16 tensors without Kahan buffers is updated by the
         # Triton kernel (adamw_kernel: one fused pass per tensor, no compile); False keeps the compiled path.
         self.kernel = kernel
+        self._grad_scale: torch.Tensor | None = None     # clipping's factor, applied by the next step
+
+    def clip_in_step(self, params, max_norm: float) -> torch.Tensor:
+        """clip_grad_norm_ with the multiply left to the next :meth:`step`: the same total norm and factor
+        (max_norm / (norm + 1e-6), at most 1). The Triton kernel multiplies each gradient by it as it reads it,
+        instead of a pass that rewrites every gradient first (11 ms of a 397 ms Llama-3-8B step on the H200);
+        the other paths multiply the gradients first, as clip_grad_norm_ does. Returns the norm."""
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False, foreach=True)
+        self._grad_scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0).float()
+        return norm
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._grad_scale = None                           # a skipped step's factor is not the next one's
+        super().zero_grad(set_to_none=set_to_none)
+
+    def _scale_grads(self, grads: list, scale) -> None:
+        if scale is not None and grads:
+            torch._foreach_mul_(grads, scale.to(grads[0].device, grads[0].dtype))
 
     def _state(self, p):
         state = self.state[p]
@@ -213,7 +232,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
             state["step"] = state["step"].to(p.device)
         return state
 
-    def _step_foreach(self, stochastic: bool) -> None:
+    def _step_foreach(self, stochastic: bool, scale) -> None:
         for gi, group in enumerate(self.param_groups):
             (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
             buckets: dict[tuple, list] = {}
@@ -226,8 +245,9 @@ class CompensatedAdamW(torch.optim.Optimizer):
             for (device, dtype, _), items in buckets.items():
                 lr = torch.full((), float(group["lr"]), dtype=torch.float32, device=device)
                 seed = _noise_seed(sr_step, gi)
-                if self.kernel and self._kernel_step(items, lr, b1, b2, eps, wd, stochastic, seed):
+                if self.kernel and self._kernel_step(items, lr, b1, b2, eps, wd, stochastic, seed, scale):
                     continue
+                self._scale_grads([_local(p.grad) for p, _ in items], scale)
                 for chunk in _chunks(items):
                     ps = [_local(p) for p, _ in chunk]
                     steps = [st["step"] for _, st in chunk]
@@ -248,7 +268,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
                                       f"{str(e)[:200]}); updating with eager multi-tensor ops")
                         _adamw_update_foreach(*args)
 
-    def _kernel_step(self, items, lr, b1, b2, eps, wd, stochastic: bool, seed: int) -> bool:
+    def _kernel_step(self, items, lr, b1, b2, eps, wd, stochastic: bool, seed: int, scale=None) -> bool:
         """The whole bucket through the Triton kernel (adamw_kernel) when it can take it; False: the other paths."""
         dist = torch.distributed
         if ("compensation" in items[0][1] or items[0][0].device.type != "cuda"
@@ -263,7 +283,8 @@ class CompensatedAdamW(torch.optim.Optimizer):
         steps = [st["step"] for _, st in items]
         torch._foreach_add_(steps, 1.0)
         try:
-            adamw_kernel.update(*lists, steps, lr, b1, b2, eps, wd, stochastic=stochastic, seed=seed)
+            adamw_kernel.update(*lists, steps, lr, b1, b2, eps, wd, stochastic=stochastic, seed=seed,
+                                grad_scale=scale)
         except Exception as e:  # noqa: BLE001 - the kernel failed to build or launch, before any write
             torch._foreach_sub_(steps, 1.0)
             self.kernel = False
@@ -279,9 +300,12 @@ class CompensatedAdamW(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         stochastic = self.rounding == "stochastic"
+        scale, self._grad_scale = self._grad_scale, None
         if self.foreach:
-            self._step_foreach(stochastic)
+            self._step_foreach(stochastic, scale)
             return loss
+        self._scale_grads([_local(p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None],
+                          scale)
         for group in self.param_groups:
             (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
             lrs: dict[torch.device, torch.Tensor] = {}
