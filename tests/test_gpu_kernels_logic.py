@@ -177,7 +177,8 @@ def test_auto_attention_on_one_gpu_is_cudnn_first_and_says_so(monkeypatch, gpus,
     cfg.hardware.gpus, cfg.model.attention = gpus, attention
     said = []
     monkeypatch.setattr(speed, "_flex_available", lambda: True)
-    prepared = SimpleNamespace(collate=SimpleNamespace(packed=packed, positions_only=False))
+    prepared = SimpleNamespace(collate=SimpleNamespace(packed=packed, positions_only=False),
+                               train=[{"input_ids": [1] * cfg.data.seq_len}] * 10)
     speed.choose_attention(m, prepared, "cuda:0", cfg, said.append)
     assert m.config._attn_implementation == expect
     assert any("cuDNN" in e.message for e in said) == (expect in (cudnn_attention.NAME, cudnn_attention.PACKED))
@@ -229,3 +230,22 @@ def test_the_kernel_gets_the_clipping_factor_and_a_skipped_steps_factor_is_dropp
         p.grad = g.clone()
     opt.step()
     assert seen and all(s is None for s in seen)
+
+
+@pytest.mark.parametrize("full_rows,expect", [(10, cudnn_attention.NAME), (9, cudnn_attention.NAME), (8, "sdpa")])
+def test_rows_of_varying_length_keep_sdpa_because_cudnn_plans_each_new_length(full_rows, expect):
+    from types import SimpleNamespace
+    from ftstudio.core.config import RunConfig
+    from ftstudio.engine.train import speed
+
+    m = _tiny()
+    m.set_attn_implementation("sdpa")
+    cfg = RunConfig()
+    cfg.hardware.gpus = [0]
+    L = cfg.data.seq_len
+    rows = [{"input_ids": [1] * L}] * full_rows + [{"input_ids": [1] * (L // 3 + i)} for i in range(10 - full_rows)]
+    said = []
+    speed.choose_attention(m, SimpleNamespace(collate=SimpleNamespace(packed=False), train=rows), "cuda:0", cfg,
+                           said.append)
+    assert m.config._attn_implementation == expect
+    assert any("vary in length" in e.message for e in said) == (expect == "sdpa")
