@@ -84,7 +84,7 @@ class ModelConfig:
     revision: str | None = None
     """Hub revision (branch, tag or commit) when the source is a hub id; None for the default branch."""
     attention: str = "auto"
-    """Attention kernel: "sdpa" (PyTorch's fused attention), "flex_attention" (block-sparse document masks for packed rows), "eager", or "auto": flex_attention for packed causal-LM rows on a CUDA GPU when the model supports it; on a CUDA GPU otherwise SDPA with cuDNN's kernel first for causal rows without padding (faster than flash on Hopper); else the model's default (sdpa)."""
+    """Attention kernel: "sdpa" (PyTorch's fused attention), "flex_attention" (block-sparse document masks for packed rows), "eager", or "auto": on one CUDA GPU, packed causal-LM rows get flex_attention's per-document masks where a batch has document boundaries and cuDNN's causal kernel where it has none; unpacked rows that (nearly all) fill seq_len get SDPA with cuDNN's kernel first (faster than flash on Hopper; it plans each new length anew, so rows of varying length keep SDPA's own choice); else the model's default (sdpa)."""
 
     def __post_init__(self) -> None:
         _check_choice("model", "task", self.task, TASKS)
