@@ -211,3 +211,23 @@ def test_hub_id_offline_is_a_clear_error(monkeypatch):
     report = check_data(DataConfig(dataset="someone/some-dataset"))
     (p,) = report.errors
     assert p.path == "someone/some-dataset" and "offline" in p.reason
+
+
+@pytest.mark.parametrize("bad_rows", [1, 2])
+def test_a_refused_file_says_each_problem_once(tiny_llama, tmp_path, bad_rows):
+    """One bad row: the run's failure reason is that line, and nothing else repeats it. Several: one line each,
+    and the reason names the first and counts the rest."""
+    from ftstudio.core.events import LogLine, RunFailed
+    from test_trainer import lm_config, run
+
+    path = tmp_path / "d.jsonl"
+    path.write_text(J(*[{"text": "" if i < bad_rows else f"fine row {i}"} for i in range(6)]))
+    result, events = run(lm_config(tiny_llama, path, tmp_path / "runs"))
+    assert isinstance(result, RunFailed)
+    said = [e.message for e in events if isinstance(e, LogLine) and e.level == "error"]
+    first = f"{path}, row 1, field 'text': text is empty"
+    if bad_rows == 1:
+        assert said == [] and result.reason == first
+    else:
+        assert said == [first, f"{path}, row 2, field 'text': text is empty"]
+        assert result.reason == first + " (and 1 more problem)"

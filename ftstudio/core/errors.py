@@ -62,7 +62,8 @@ class DataError(FTStudioError):
         self.problems = problems
         first = problems[0]
         self.path, self.row, self.field, self.reason = first.path, first.row, first.field, first.reason
-        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        n = len(problems) - 1
+        more = f" (and {n} more problem{'s' if n > 1 else ''})" if n else ""
         super().__init__(str(first) + more)
 
 

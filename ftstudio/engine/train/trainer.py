@@ -60,7 +60,8 @@ class Trainer:
         try:
             return self._run()
         except FTStudioError as e:
-            for problem in getattr(e, "problems", [])[:200]:  # DataError: one line per bad row
+            problems = getattr(e, "problems", [])   # DataError: one line per bad row; one alone is the reason
+            for problem in problems[:200] if len(problems) > 1 else []:
                 self.report(LogLine(str(problem), level="error"))
             return self._fail(str(e), type(e).__name__, getattr(e, "advice", ""))
         except Exception as e:  # noqa: BLE001 - the GUI must survive anything the engine throws
@@ -360,8 +361,7 @@ class Trainer:
         return device.startswith("cuda")   # on the CPU the backward has run when the host gets here
 
     def _batches(self, prepared, sched, device, start: int) -> list:
-        """The step's micro-batches from data position ``start``: pinned, copied without blocking the host,
-        their items and tokens counted on the host (collate.py); an empty micro-batch is left out."""
+        """The step's micro-batches from data position ``start`` (pinned, copied without a host stall: collate.py)."""
         out = []
         for mb in range(start, start + self.cfg.train.grad_accum):
             rows = [prepared.train[i] for i in sched.batch_indices(mb)]
