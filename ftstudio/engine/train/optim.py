@@ -217,7 +217,7 @@ class CompensatedAdamW(torch.optim.Optimizer):
         super().zero_grad(set_to_none=set_to_none)
 
     def _scale_grads(self, grads: list, scale) -> None:
-        if scale is not None and grads:
+        if grads:
             torch._foreach_mul_(grads, scale.to(grads[0].device, grads[0].dtype))
 
     def _state(self, p):
@@ -247,7 +247,8 @@ class CompensatedAdamW(torch.optim.Optimizer):
                 seed = _noise_seed(sr_step, gi)
                 if self.kernel and self._kernel_step(items, lr, b1, b2, eps, wd, stochastic, seed, scale):
                     continue
-                self._scale_grads([_local(p.grad) for p, _ in items], scale)
+                if scale is not None:
+                    self._scale_grads([_local(p.grad) for p, _ in items], scale)
                 for chunk in _chunks(items):
                     ps = [_local(p) for p, _ in chunk]
                     steps = [st["step"] for _, st in chunk]
@@ -304,8 +305,9 @@ class CompensatedAdamW(torch.optim.Optimizer):
         if self.foreach:
             self._step_foreach(stochastic, scale)
             return loss
-        self._scale_grads([_local(p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None],
-                          scale)
+        if scale is not None:
+            self._scale_grads([_local(p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None],
+                              scale)
         for group in self.param_groups:
             (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
             lrs: dict[torch.device, torch.Tensor] = {}

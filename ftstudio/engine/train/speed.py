@@ -282,9 +282,10 @@ def choose_attention(model, prepared, device: str, cfg, report) -> None:
         one_gpu = len(cfg.hardware.gpus) <= 1   # FSDP ranks keep the dense mask and the attention #19 measured
         flex_ok = (packed and device.startswith("cuda") and not getattr(sys, "frozen", False) and one_gpu
                    and getattr(model, "_supports_flex_attn", False) and _flex_available())
+        cudnn = _cudnn_first(model, device) if one_gpu else None
         if flex_ok:   # one-document rows take cuDNN's causal kernel, the others flex's per-document masks
-            choice = cudnn_attention.PACKED if _cudnn_first(model, device) else "flex_attention"
-        elif one_gpu and device.startswith("cuda") and not packed and not _fixed_length(prepared, cfg.data.seq_len):
+            choice = cudnn_attention.PACKED if cudnn else "flex_attention"
+        elif cudnn and not packed and not _fixed_length(prepared, cfg.data.seq_len):
             # cuDNN builds a plan for each new sequence length (hundreds of ms each, forward and backward):
             # padded rows of varying length (length-grouped batches, evaluation) would pay it again and again.
             # SmolLM2 on 1,000 short rows took 71 s with cuDNN on the H200, its steps 0.3 s each.
@@ -292,7 +293,7 @@ def choose_attention(model, prepared, device: str, cfg, report) -> None:
                            "new length anew, so it runs only where every batch has the same length)"))
             choice = None
         else:
-            choice = _cudnn_first(model, device) if one_gpu else None
+            choice = cudnn
     if choice is None:
         return
     if choice == "flex_attention" and not device.startswith("cuda"):
