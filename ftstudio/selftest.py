@@ -22,6 +22,8 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
+from ftstudio.core.dependencies import failing_package
+
 TRAIN_STEPS = 6
 RESUME_STEPS = 8
 _WORDS = ("the contract shall terminate on notice and the party shall pay the damages of one two three "
@@ -38,6 +40,29 @@ def _expect(ok: bool, message: str) -> None:
 
 
 # -- checks --------------------------------------------------------------------------------------------
+def check_packages(ctx: dict) -> str:
+    """Every runtime dependency (recursively, from the installed metadata) has its metadata and imports. A bundle
+    that missed a package's code, data files or metadata fails here, naming that package, instead of deep inside
+    a model load (transformers 5.25 imports `kernels`, which reads its own JSON file at import)."""
+    import importlib
+
+    from ftstudio.core import dependencies
+
+    lost = dependencies.missing()
+    _expect(not lost, f"distribution metadata missing for {len(lost)} required packages: {', '.join(lost[:6])}")
+    dists = dependencies.runtime_distributions()
+    broken, modules = [], 0
+    for name in sorted(dists):
+        for module in dependencies.top_level_modules(name):
+            modules += 1
+            try:
+                importlib.import_module(module)
+            except Exception as e:  # noqa: BLE001 - any failure to import is what this check reports
+                broken.append(f"package '{name}' (import {module}: {type(e).__name__}: {str(e)[:160]})")
+    _expect(not broken, f"{len(broken)} required packages do not import: " + "; ".join(broken[:4]))
+    return f"{len(dists)} distributions, {modules} top-level modules import"
+
+
 def check_resources(ctx: dict) -> str:
     from ftstudio.engine.data import demo_dataset_path, resources_dir
     from ftstudio.engine.models import demo_model_path
@@ -197,7 +222,8 @@ def check_checkpoint(ctx: dict) -> str:
 
 
 CHECKS: list[tuple[str, Callable[[dict], str]]] = [
-    ("resources", check_resources), ("tooltips", check_tooltips), ("runtime", check_runtime),
+    ("packages", check_packages), ("resources", check_resources), ("tooltips", check_tooltips),
+    ("runtime", check_runtime),
     ("nvml", check_nvml), ("gui", check_gui), ("train", check_train), ("checkpoint", check_checkpoint),
 ]
 
@@ -285,6 +311,9 @@ def run_self_test(argv: list[str]) -> int:
             except Exception as e:  # noqa: BLE001 - a crash is a failed check, reported with its cause
                 detail, ok = f"{type(e).__name__}: {e}", False
                 traceback.print_exc(file=sys.stdout)
+                culprit = failing_package(e)
+                if culprit:
+                    detail = f"in package '{culprit}': {detail}"
             if not ok:
                 failed.append(name)
             _say(f"{'PASS' if ok else 'FAIL'}  {name:<10} {time.perf_counter() - t0:6.1f} s  {detail}")

@@ -13,12 +13,15 @@
 #   TORCH_INDEX          an index URL for torch (a CUDA wheel index); default: the configured pip indexes
 #   REUSE_VENV=1         keep an existing build venv (faster re-builds while working on the spec)
 #   PYTHON               the interpreter that makes the venv (default python3)
+#   FTSTUDIO_CONSTRAINTS the tested dependency set the bundle is built from (default packaging/constraints.txt,
+#                        the set CI tests; packaging/update-constraints.sh passes a candidate set here)
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${FTSTUDIO_BUILD_VENV:-/tmp/ftstudio-build-venv}"
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
 PYTHON="${PYTHON:-python3}"
+CONSTRAINTS="${FTSTUDIO_CONSTRAINTS:-$REPO/packaging/constraints.txt}"
 cd "$REPO"
 t0=$(date +%s)
 say() { printf '[build %4ds] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
@@ -26,7 +29,7 @@ say() { printf '[build %4ds] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 if [[ "${REUSE_VENV:-0}" == 1 && -x "$VENV/bin/python" ]]; then
     say "reusing the build venv $VENV (re-installing the project only)"
     "$VENV/bin/pip" install --quiet --no-deps --force-reinstall "$REPO"
-    "$VENV/bin/pip" install --quiet "$REPO[gguf]"
+    "$VENV/bin/pip" install --quiet -c "$CONSTRAINTS" "$REPO[gguf,package]"
 else
     say "making a clean venv in $VENV"
     rm -rf "$VENV"
@@ -39,10 +42,10 @@ else
         say "installing $TORCH_SPEC"
         "$VENV/bin/pip" install --quiet "$TORCH_SPEC"
     fi
-    say "installing the project and PyInstaller"
+    say "installing the project and PyInstaller (the tested set: $CONSTRAINTS)"
     # A non-editable install: the bundle gets a copy of the package, not a link to this checkout.
-    # [gguf]: the bundle can open .gguf files (a small pure-Python reader).
-    "$VENV/bin/pip" install --quiet "$REPO[gguf]" "pyinstaller>=6.10"
+    # [gguf]: the bundle can open .gguf files (a small pure-Python reader); [package]: PyInstaller.
+    "$VENV/bin/pip" install --quiet -c "$CONSTRAINTS" "$REPO[gguf,package]"
 fi
 
 # One Qt binding only: PyInstaller refuses to bundle two, and pyqtgraph would pick the wrong one.

@@ -19,7 +19,10 @@ def test_load_onto_a_device_in_the_training_dtype(tiny_llama):
 
 
 def test_from_pretrained_gets_the_device_map(tiny_llama, monkeypatch):
+    """A device load that the shard loader cannot take goes through from_pretrained(device_map=...); the CPU
+    path passes none. (CI has no GPU: "cpu" stands in for the device, the shard loader told not to apply.)"""
     from transformers import AutoModelForCausalLM
+    from ftstudio.engine.models import shards
 
     seen = {}
     real = AutoModelForCausalLM.from_pretrained.__func__
@@ -29,11 +32,32 @@ def test_from_pretrained_gets_the_device_map(tiny_llama, monkeypatch):
         return real(cls, *args, **kw)
 
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(spy))
-    load_model(ModelConfig(source=str(tiny_llama)), task="causal-lm", device="meta", dtype=torch.bfloat16)
-    assert seen["device_map"] == {"": "meta"} and seen["dtype"] == torch.bfloat16
+    monkeypatch.setattr(shards, "not_applicable", lambda *a: "told not to (test)")
+    lm = load_model(ModelConfig(source=str(tiny_llama)), task="causal-lm", device="cpu", dtype=torch.bfloat16)
+    assert seen["device_map"] == {"": "cpu"} and seen["dtype"] == torch.bfloat16
+    assert "from_pretrained (told not to (test))" in lm.load_note
     seen.clear()
     load_model(ModelConfig(source=str(tiny_llama)), task="causal-lm")  # the CPU path: as before, no device_map
     assert "device_map" not in seen and seen["dtype"] == torch.float32
+
+
+def test_meta_device_builds_a_skeleton_without_reading_weights(tiny_llama, monkeypatch):
+    """device="meta" (planning, FSDP's non-zero ranks): modules with shapes and dtypes, no storage, no weights
+    read; transformers 5.25 refuses device_map={"": "meta"}, so this path must not use it."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*a, **k):
+        raise AssertionError("from_pretrained must not run for a meta skeleton")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(refuse))
+    lm = load_model(ModelConfig(source=str(tiny_llama)), task="causal-lm", device="meta", dtype=torch.bfloat16)
+    params = dict(lm.model.named_parameters())
+    assert {p.device.type for p in params.values()} == {"meta"}
+    assert {p.dtype for p in params.values()} == {torch.bfloat16}
+    assert all(p.requires_grad for p in params.values()) and "skeleton" in lm.load_note
+    from transformers import AutoConfig
+    cfg = AutoConfig.from_pretrained(str(tiny_llama))
+    assert params["model.embed_tokens.weight"].shape == (cfg.vocab_size, cfg.hidden_size)
 
 
 def test_new_head_is_initialised_on_the_device_and_seeded(tiny_bert):

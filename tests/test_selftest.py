@@ -51,3 +51,56 @@ def test_a_failing_check_makes_the_exit_status_nonzero(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert lines == {"resources": "FAIL", "nvml": "PASS"}, proc.stdout
     assert "self-test FAILED (resources)" in proc.stdout
+
+
+def test_a_package_that_fails_at_import_is_named(tmp_path):
+    # What a bundle that misses a library's data file looks like (transformers 5.25's `kernels` reads its own
+    # JSON at import): the packages check fails and names the package.
+    blocker = tmp_path / "sitecustomize.py"
+    blocker.write_text(
+        "import sys\n"
+        "class _Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'tokenizers':\n"
+        "            raise FileNotFoundError('Cannot load dependency data (hidden by the test)')\n"
+        "sys.meta_path.insert(0, _Block())\n", encoding="utf-8")
+    proc = _run("--only", "packages",
+                env_extra={"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(r"FAIL  packages .*package 'tokenizers' \(import tokenizers: FileNotFoundError", proc.stdout)
+
+
+def test_dependency_walk_follows_the_installed_metadata():
+    import importlib.metadata as md
+
+    from packaging.requirements import Requirement
+
+    from ftstudio.core import dependencies as D
+
+    dists = D.runtime_distributions()
+    assert {"ftstudio", "torch", "transformers", "pyside6-essentials", "safetensors"} <= set(dists)
+    for text in md.distribution("transformers").requires or ():  # every unconditional requirement, kernels included
+        req = Requirement(text)
+        if req.marker is None:
+            assert D.canonical(req.name) in dists, req.name
+    assert not set(D.NOT_BUNDLED) & set(dists)   # left out on purpose, and not followed
+    assert D.missing() == []
+    assert "yaml" in D.top_level_modules("PyYAML") and "PySide6" in D.top_level_modules("PySide6-Essentials")
+
+
+def test_failing_package_names_the_library_not_ftstudio(tmp_path):
+    from ftstudio.core.dependencies import failing_package
+
+    lib = tmp_path / "site-packages" / "somelib"
+    lib.mkdir(parents=True)
+    (lib / "__init__.py").write_text("def boom():\n    raise FileNotFoundError('Cannot load dependency data')\n")
+    code = compile((lib / "__init__.py").read_text(), str(lib / "__init__.py"), "exec")
+    ns: dict = {}
+    exec(code, ns)
+    try:
+        ns["boom"]()
+    except FileNotFoundError as e:
+        assert failing_package(e) == "somelib"
+    missing_file = FileNotFoundError(2, "No such file", str(tmp_path / "site-packages" / "otherlib" / "x.json"))
+    assert failing_package(missing_file) == "otherlib"
+    assert failing_package(ModuleNotFoundError("no", name="kernels._internals")) == "kernels"

@@ -193,7 +193,10 @@ def load_model(cfg, *, task: str, num_labels: int | None = None, id2label: dict[
     tok = tokenizer if tokenizer is not None else _load_tokenizer(target, info, kw)
     auto = AutoModelForSequenceClassification if task == "classification" else AutoModelForCausalLM
     model_kw = _model_kwargs(task, num_labels, id2label, info)
-    model, new, note = _load_by_shards(auto, cfg, info, device, dtype, model_kw)
+    if str(device).startswith("meta"):
+        model, new, note = _meta_skeleton(auto, target, info, dtype, kw, model_kw)
+    else:
+        model, new, note = _load_by_shards(auto, cfg, info, device, dtype, model_kw)
     if model is None:
         try:
             placed = {"device_map": {"": str(device)}} if device is not None else {}
@@ -210,6 +213,27 @@ def load_model(cfg, *, task: str, num_labels: int | None = None, id2label: dict[
     _ensure_pad(tok, model)
     _make_trainable(model, info.path or info.source)
     return LoadedModel(model=model, tokenizer=tok, task=task, info=info, new_params=new, load_note=note)
+
+
+def _meta_skeleton(auto, target: str, info: ModelInfo, dtype, kw: dict, model_kw: dict):
+    """The model's modules on the meta device (shapes and dtypes, no storage): what planning and FSDP's
+    non-zero ranks need. Built from the config under ``torch.device("meta")``, not with
+    ``from_pretrained(device_map={"": "meta"})``: transformers 5.25 refuses "meta" as a device_map target, and
+    reading weights only to drop them was wasted work on any version."""
+    import torch
+    from transformers import AutoConfig
+
+    config_kw = {k: v for k, v in model_kw.items() if k != "ignore_mismatched_sizes"}
+    try:
+        config = AutoConfig.from_pretrained(target, **kw, **config_kw)
+        with torch.device("meta"):
+            model = auto.from_config(config, dtype=torch_dtype(dtype),
+                                     trust_remote_code=kw.get("trust_remote_code", False))
+    except ModelError:
+        raise
+    except Exception as e:
+        raise _explain(e, info, "model") from e
+    return model, [], "Weights: none read (a meta-device skeleton: shapes and dtypes only)"
 
 
 def _load_by_shards(auto, cfg, info: ModelInfo, device, dtype, model_kw: dict):
