@@ -38,7 +38,7 @@ say "installing the newest releases of the project's test and package extras (no
     echo "# with. README's commands, .ci/run and packaging/build.sh install with -c packaging/constraints.txt."
     echo "# torch is not listed: README's commands pin it (torch==2.13.0, a CPU build); a GPU user installs a CUDA"
     echo "# build first. Written by packaging/update-constraints.sh on $(date -u +%Y-%m-%d) with $("$PYTHON" --version)."
-    "$PIP" freeze --exclude-editable --exclude torch --exclude ftstudio 2>/dev/null | grep -v '^WARNING' | LC_ALL=C sort -f
+    "$PIP" freeze --all --exclude-editable --exclude torch --exclude ftstudio --exclude pip 2>/dev/null | grep -v '^WARNING' | LC_ALL=C sort -f
 } >"$WORK/constraints.txt"
 say "$(grep -c '==' "$WORK/constraints.txt") pinned distributions; running the tests"
 (cd "$REPO" && "$WORK/venv/bin/python" -m pytest -q -p no:cacheprovider) >"$WORK/tests.log" 2>&1 \

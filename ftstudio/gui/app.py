@@ -16,8 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+from ftstudio.engine.resources import icon_path
+
 SETUP_TABS = ("model", "training", "hardware")
-ICON = Path(__file__).resolve().parents[2] / "resources" / "icons" / "ftstudio.svg"
+ICON = icon_path()  # resources/ wherever this install keeps it (wheel, source tree, bundle)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,7 +68,7 @@ def _load_tokenizer(tokenizer):
     from ftstudio.core.errors import ModelError
 
     if str(tokenizer) == "demo":
-        from ftstudio.engine.models import demo_model_path
+        from ftstudio.engine.resources import demo_model_path
         tokenizer = demo_model_path()
     try:
         return AutoTokenizer.from_pretrained(str(tokenizer))

@@ -23,12 +23,12 @@ import gzip
 import io
 import lzma
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ftstudio.core.errors import DataError, DataProblem
 from ftstudio.engine.data.delimited import read_delimited
+from ftstudio.engine.resources import demo_dataset_path, resources_dir  # noqa: F401 (the data room's face)
 from ftstudio.engine.data.json_rows import read_json, read_jsonl
 
 MAX_LINE_CHARS = 1_000_000  # one row longer than this is almost certainly a broken file, not a sample
@@ -41,23 +41,6 @@ TEXT_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv":
                  ".tab": "tsv", ".txt": "txt", ".text": "txt", ".parquet": "parquet", ".pq": "parquet"}
 COMPRESSED_SUFFIXES = {".gz": "gzip", ".gzip": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
 _MAGIC = ((b"\x1f\x8b", "gzip"), (b"BZh", "bz2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd"))
-
-
-def resources_dir() -> Path:
-    """The repository's resources/ folder: next to the package (source tree, editable install), else in a
-    PyInstaller bundle (sys._MEIPASS/resources)."""
-    here = Path(__file__).resolve().parents[3] / "resources"
-    if here.is_dir():
-        return here
-    meipass = getattr(sys, "_MEIPASS", None)
-    if meipass and (Path(meipass) / "resources").is_dir():
-        return Path(meipass) / "resources"
-    return here
-
-
-def demo_dataset_path() -> Path:
-    """The bundled demo classification data (legal clauses, 8 classes; CC0, written by this project)."""
-    return resources_dir() / "demo" / "legal_clauses.jsonl"
 
 
 @dataclass

