@@ -93,4 +93,7 @@ def save_final(model, tokenizer, final: Path, *, state_dict: dict | None = None,
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         cfg["architectures"] = [architecture]
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    from ftstudio.engine.models.card import write_model_card
+
+    write_model_card(final)  # README.md: the Hub's model card, from the run folder when there is one
     return final
