@@ -2,6 +2,7 @@
 tracker that is not installed fails the run before anything is written."""
 import importlib.util
 import time
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,12 @@ def _events(run_dir):
         if step % 2 == 0:
             evs.append(EvalMetrics(step, 2.0 / step, 7.0 / step, accuracy=0.5))
             evs.append(MemorySnapshot(step, "cpu", 2**30, 2**30, 2**31))
-    evs.append(RunFinished("finished", 4, 1.0, {"loss": 1.0, "perplexity": 2.7}))
+    final = Path(run_dir) / "final"
+    final.mkdir(parents=True, exist_ok=True)
+    for name, text in (("README.md", "---\ntags: [ftstudio]\n---\n# card\n"), ("config.json", "{}"),
+                       ("tokenizer.json", "{}"), ("model.safetensors", "weights")):
+        (final / name).write_text(text, encoding="utf-8")
+    evs.append(RunFinished("finished", 4, 1.0, {"loss": 1.0, "perplexity": 2.7}, final_model=str(final)))
     return evs
 
 
@@ -102,7 +108,7 @@ def _wandb_records(path):
             yield rec
 
 
-def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch):
+def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch, caplog):
     wandb = pytest.importorskip("wandb")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -111,6 +117,7 @@ def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch):
     sinks = _feed(RunConfig().replace(report_to="wandb", lr=3e-5), tmp_path)
     run_obj = sinks[0].run
     assert run_obj.settings.mode == "offline" and run_obj.config["optim"]["lr"] == 3e-5
+    assert run_obj.config["run.device"] == "cpu" and run_obj.config["run.train_rows"] == 8
     offline = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(offline) == 1 and offline[0].stat().st_size > 0
     # The offline file holds the logged history: its records, read back with wandb's own protobuf types.
@@ -126,19 +133,27 @@ def test_wandb_runs_offline_without_a_key(tmp_path, monkeypatch):
     assert losses == [4.0, 2.0, 4.0 / 3, 1.0]
     assert any("eval/perplexity" in h for h in history)
     assert not sinks[0].active  # finished at RunFinished
+    assert "stopped receiving" not in caplog.text  # facts, metrics and the model artifact all went in
+    assert any(rec.WhichOneof("record_type") == "artifact" for rec in _wandb_records(offline[0]))
     del wandb
 
 
-def test_mlflow_writes_a_file_store_in_the_run_folder(tmp_path, monkeypatch):
+def test_mlflow_writes_a_sqlite_store_the_ui_opens_with_facts_and_the_model(tmp_path, monkeypatch):
     pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")
     from mlflow.tracking import MlflowClient
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
     sinks = _feed(RunConfig().replace(report_to="mlflow", lr=3e-5), tmp_path)
-    client = MlflowClient((tmp_path / "mlruns").as_uri())
+    assert (tmp_path / "mlflow.db").is_file() and not (tmp_path / "mlruns").exists()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")  # what `mlflow ui --backend-store-uri` opens
     got = client.get_run(sinks[0].run_id)
     assert got.info.status == "FINISHED"
     assert got.data.params["optim.lr"] == "3e-05"
+    assert got.data.params["run.device"] == "cpu" and got.data.params["run.params"] == "10"
+    assert sorted(a.path for a in client.list_artifacts(got.info.run_id, "model")) == [
+        "model/README.md", "model/config.json", "model/tokenizer.json"]  # "small": no weights
     assert [m.value for m in client.get_metric_history(got.info.run_id, "train/loss")] == [4.0, 2.0, 4.0 / 3, 1.0]
     assert [m.step for m in client.get_metric_history(got.info.run_id, "eval/loss")] == [2, 4]
     assert got.data.metrics["final/eval_perplexity"] == 2.7
@@ -156,7 +171,7 @@ def test_a_failing_tracker_is_switched_off_and_a_failed_run_is_marked(tmp_path, 
     sink = open_trackers(RunConfig().replace(report_to="mlflow"), tmp_path)[0]
     sink(RunStarted(str(tmp_path), "m", "causal-lm", "cpu", "fp32", 10, 4, 8, 2))
     sink(RunFailed("boom"))
-    assert MlflowClient((tmp_path / "mlruns").as_uri()).get_run(sink.run_id).info.status == "FAILED"
+    assert MlflowClient(sink.client.tracking_uri).get_run(sink.run_id).info.status == "FAILED"
 
     broken = open_trackers(RunConfig().replace(report_to="mlflow"), tmp_path)[0]
     monkeypatch.setattr(broken, "log", lambda *a: 1 / 0)
@@ -164,3 +179,26 @@ def test_a_failing_tracker_is_switched_off_and_a_failed_run_is_marked(tmp_path, 
     broken(StepMetrics(1, 1.0, 1e-4, 0.1, 1.0))          # raises inside: the sink turns itself off
     broken(StepMetrics(2, 1.0, 1e-4, 0.1, 1.0))
     assert not broken.active and "mlflow stopped receiving metrics: ZeroDivisionError" in caplog.text
+
+
+def test_model_files_follow_the_report_model_policy(tmp_path):
+    from ftstudio.engine.trackers import model_files
+
+    final = Path(_events(tmp_path)[-1].final_model)
+    assert [f.name for f in model_files(final, "small")] == ["README.md", "config.json", "tokenizer.json"]
+    assert "model.safetensors" in [f.name for f in model_files(final, "all")]
+    assert model_files(final, "none") == [] and model_files(None, "all") == []
+    with pytest.raises(ConfigError, match="train.report_model"):
+        RunConfig().replace(report_model="weights")
+
+
+def test_tensorboard_keeps_the_run_facts_and_the_card(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _feed(RunConfig().replace(report_to="tensorboard"), tmp_path)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"tensors": 0}).Reload()
+    texts = {tag: acc.Tensors(tag)[0].tensor_proto.string_val[0].decode() for tag in acc.Tags()["tensors"]
+             if tag.endswith("text_summary")}
+    assert any("run.device: cpu" in t for t in texts.values())
+    assert any("# card" in t for t in texts.values())

@@ -26,6 +26,7 @@ NONFINITE_POLICIES = ("skip", "stop", "rollback")
 ANCHOR_PLACES = ("gpu", "bf16", "cpu")
 ATTENTIONS = ("auto", "sdpa", "flex_attention", "eager")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
+REPORT_MODEL = ("small", "all", "none")
 INSTRUCTION_FORMATS = ("auto", "chat-template", "text")
 EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")
 METRICS = ("loss", "accuracy", "macro_f1")
@@ -34,7 +35,7 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS, "format": FORMATS, "schedule": SCHEDULES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
     "bf16_rounding": BF16_ROUNDINGS, "loss": LOSSES, "nonfinite": NONFINITE_POLICIES, "l2sp_anchor": ANCHOR_PLACES,
     "attention": ATTENTIONS, "metric": METRICS, "instruction_format": INSTRUCTION_FORMATS,
-    "export_dtype": EXPORT_DTYPES,
+    "export_dtype": EXPORT_DTYPES, "report_model": REPORT_MODEL,
 }
 
 
@@ -151,7 +152,9 @@ class TrainConfig:
     log_every: int = 1
     """Report step metrics every N optimizer steps (reading the loss syncs the GPU)."""
     report_to: str = "none"
-    """Experiment trackers that also receive the run's metrics, comma-separated: "tensorboard" (event files in the run folder), "wandb" (offline unless you are logged in), "mlflow" (a file store in the run folder unless MLFLOW_TRACKING_URI is set), or "none". Each is an optional extra: pip install "ftstudio[tensorboard]"."""
+    """Experiment trackers that also receive the run's metrics, comma-separated: "tensorboard" (event files in the run folder), "wandb" (offline unless you are logged in), "mlflow" (a SQLite store in the run folder unless MLFLOW_TRACKING_URI is set), or "none". Each is an optional extra: pip install "ftstudio[tensorboard]"."""
+    report_model: str = "small"
+    """What the trackers keep of the final model as an artifact: "small" (its model card, config and tokenizer files), "all" (also the weights), or "none"."""
 
     def __post_init__(self) -> None:
         _check_range("train", "epochs", self.epochs, 0.0, 10_000, lo_open=True)
@@ -163,6 +166,7 @@ class TrainConfig:
         _check_range("train", "max_skips", self.max_skips, 0, integer=True)
         _check_range("train", "log_every", self.log_every, 1, integer=True)
         report_targets(self.report_to)
+        _check_choice("train", "report_model", self.report_model, REPORT_MODEL)
         _check_run_name(self.run_name)
         if not self.output.strip():
             raise ConfigError("train.output", "must name a folder, e.g. 'runs'")

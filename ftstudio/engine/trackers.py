@@ -3,10 +3,13 @@
 is chosen (as transformers' ``integrations/integration_utils.py`` does).
 
 Scalars go under ``train/`` (loss, lr, grad_norm, tokens_per_s, memory) and ``eval/`` (loss, perplexity,
-accuracy, macro_f1, retention, drift); the run config goes in as hyper-parameters; the final metrics as the
-run's summary. Nothing leaves the machine unless the user's tracker is configured for it: W&B runs offline
-unless an API key is known, MLflow writes a file store under the run folder unless ``MLFLOW_TRACKING_URI``
-is set. A tracker that fails mid-run is switched off with a warning; it never stops the training.
+accuracy, macro_f1, retention, drift); the run config goes in as hyper-parameters, beside the run's resolved
+facts (``run.*``: the device, precision, task, parameters, rows and labels the run actually got, which "auto"
+settings do not say); the final metrics as the run's summary, and the final model as an artifact
+(``train.report_model``: its card, config and tokenizer files, or also the weights). Nothing leaves the machine
+unless the user's tracker is configured for it: W&B runs offline unless an API key is known, MLflow writes a
+SQLite store under the run folder (which ``mlflow ui`` opens as is) unless ``MLFLOW_TRACKING_URI`` is set. A
+tracker that fails mid-run is switched off with a warning; it never stops the training.
 """
 from __future__ import annotations
 
@@ -77,6 +80,32 @@ def final_metrics(event: RunFinished) -> dict[str, float]:
     return out
 
 
+def run_facts(event: RunStarted) -> dict[str, Any]:
+    """What the run resolved "auto" to, as tracker parameters (``run.device``: "cuda:0", ...)."""
+    facts = {"run.model": event.model, "run.task": event.task, "run.device": event.device,
+             "run.precision": event.precision, "run.params": event.params, "run.total_steps": event.total_steps,
+             "run.train_rows": event.train_rows, "run.val_rows": event.val_rows,
+             "run.resumed_from_step": event.resumed_from_step}
+    if event.labels:
+        facts["run.labels"] = ",".join(event.labels)
+    return facts
+
+
+# Files of final/ that make up the "small" artifact: enough to read the card, rebuild the model's shape and
+# tokenize, without the weights.
+_SMALL = ("README.md", "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+          "special_tokens_map.json", "chat_template.jinja", "vocab.txt", "merges.txt", "vocab.json",
+          "tokenizer.model", "added_tokens.json")
+
+
+def model_files(final: str | Path | None, policy: str) -> list[Path]:
+    """The files of ``final/`` a tracker keeps as the model artifact under ``policy`` (small | all | none)."""
+    if policy == "none" or not final or not Path(final).is_dir():
+        return []
+    files = sorted(p for p in Path(final).iterdir() if p.is_file() and not p.name.startswith("."))
+    return files if policy == "all" else [p for p in files if p.name in _SMALL]
+
+
 def flat_config(cfg) -> dict[str, Any]:
     """``{"optim.lr": 5e-05, ...}``: scalars as they are, None and lists as text (trackers want scalars)."""
     out: dict[str, Any] = {}
@@ -105,9 +134,14 @@ class TrackerSink:
                 self._started = True
                 self.start()
             found = scalars(event)
-            if found is not None and found[1]:
+            if isinstance(event, RunStarted):
+                self.facts(run_facts(event))
+            elif found is not None and found[1]:
                 self.log(found[1], found[0])
             elif isinstance(event, RunFinished):
+                files = model_files(event.final_model, getattr(self.cfg.train, "report_model", "small"))
+                if files:
+                    self.artifact(files)
                 self.finish(final_metrics(event), failed=False)
                 self.active = False
             elif isinstance(event, RunFailed):
@@ -119,7 +153,9 @@ class TrackerSink:
             log.warning("%s stopped receiving metrics: %s: %s", self.name, type(e).__name__, e)
 
     def start(self) -> None: ...
+    def facts(self, facts: dict[str, Any]) -> None: ...
     def log(self, values: dict[str, float], step: int) -> None: ...
+    def artifact(self, files: list[Path]) -> None: ...
     def finish(self, summary: dict[str, float], failed: bool) -> None: ...
 
 
@@ -134,14 +170,25 @@ class TensorBoardSink(TrackerSink):
         self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), flush_secs=10)
         self.writer.add_text("config", "```yaml\n" + self.cfg.to_yaml() + "```")
 
+    def facts(self, facts) -> None:
+        self._facts = facts
+        self.writer.add_text("run", "\n".join(f"- {k}: {v}" for k, v in facts.items()))
+
     def log(self, values, step) -> None:
         for key, value in values.items():
             self.writer.add_scalar(key, value, step)
 
+    def artifact(self, files) -> None:
+        # TensorBoard keeps no files: the model card (and where the model lies) as text.
+        card = next((f for f in files if f.name == "README.md"), None)
+        text = card.read_text(encoding="utf-8") if card else ""
+        self.writer.add_text("model", f"final model: {files[0].parent}\n\n" + text)
+
     def finish(self, summary, failed) -> None:
         if summary:
             # The hyper-parameters beside the final metrics, in this run's own folder (run_name=".").
-            self.writer.add_hparams(flat_config(self.cfg), summary, run_name=".")
+            hparams = {**flat_config(self.cfg), **getattr(self, "_facts", {})}
+            self.writer.add_hparams(hparams, summary, run_name=".")
         self.writer.close()
 
 
@@ -169,8 +216,20 @@ class WandbSink(TrackerSink):
                               dir=str(self.run_dir), config=self.cfg.to_dict(), mode=mode, reinit="create_new",
                               settings=wandb.Settings(silent=True, console="off"))
 
+    def facts(self, facts) -> None:
+        self.run.config.update(facts, allow_val_change=True)
+
     def log(self, values, step) -> None:
         self.run.log(values, step=step)
+
+    def artifact(self, files) -> None:
+        import wandb
+
+        art = wandb.Artifact(f"{self.run_dir.name}-model", type="model",
+                             metadata={"files": [f.name for f in files], "path": str(files[0].parent)})
+        for f in files:
+            art.add_file(str(f), name=f.name)
+        self.run.log_artifact(art)
 
     def finish(self, summary, failed) -> None:
         for key, value in summary.items():
@@ -179,9 +238,11 @@ class WandbSink(TrackerSink):
 
 
 class MLflowSink(TrackerSink):
-    """An MLflow run: ``MLFLOW_TRACKING_URI`` when set, else a file store in ``RUN_DIR/mlruns``
-    (``mlflow ui --backend-store-uri RUN_DIR/mlruns``); experiment ``MLFLOW_EXPERIMENT_NAME`` or "ftstudio".
-    Uses a client of its own, so a run the user's process has active is left alone."""
+    """An MLflow run: ``MLFLOW_TRACKING_URI`` when set, else a SQLite store ``RUN_DIR/mlflow.db`` with its
+    artifacts in ``RUN_DIR/mlartifacts`` (``mlflow ui --backend-store-uri sqlite:///RUN_DIR/mlflow.db``
+    opens it as is; without SQLAlchemy, as mlflow-skinny alone installs, a file store in ``RUN_DIR/mlruns``);
+    experiment ``MLFLOW_EXPERIMENT_NAME`` or "ftstudio". Uses a client of its own, so a run the user's process
+    has active is left alone."""
 
     name = "mlflow"
 
@@ -190,20 +251,32 @@ class MLflowSink(TrackerSink):
         from mlflow.tracking import MlflowClient
 
         uri = os.environ.get("MLFLOW_TRACKING_URI")
-        if not uri:
+        artifacts = None
+        if not uri and all(importlib.util.find_spec(m) for m in ("sqlalchemy", "alembic")):
+            uri = f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}"
+            artifacts = (self.run_dir / "mlartifacts").resolve().as_uri()
+        elif not uri:
             uri = (self.run_dir / "mlruns").resolve().as_uri()
-            # MLflow 3 keeps the file store in maintenance mode behind this switch; a database store would need
-            # SQLAlchemy, which the light mlflow-skinny extra does not bring.
+            # MLflow 3 keeps the file store in maintenance mode behind this switch.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "ftstudio")
         exp = self.client.get_experiment_by_name(name)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(name, artifacts)
         self.run_id = self.client.create_run(exp_id, run_name=self.run_dir.name,
                                              tags={"ftstudio.run_dir": str(self.run_dir)}).info.run_id
         params = [Param(k, str(v)[:6000]) for k, v in flat_config(self.cfg).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    def facts(self, facts) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in facts.items()])
+
+    def artifact(self, files) -> None:
+        for f in files:
+            self.client.log_artifact(self.run_id, str(f), artifact_path="model")
 
     def log(self, values, step) -> None:
         import time
