@@ -8,6 +8,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The export gate reloads every final/ in a fresh process (~5-20 s of imports here): off for the suite's many
+# exports, on in tests/test_export_gate.py, which tests it.
+os.environ.setdefault("FTSTUDIO_EXPORT_GATE", "0")
 
 import pytest
 

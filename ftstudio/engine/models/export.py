@@ -93,7 +93,10 @@ def save_final(model, tokenizer, final: Path, *, state_dict: dict | None = None,
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
         cfg["architectures"] = [architecture]
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    from ftstudio.engine.models import gate
     from ftstudio.engine.models.card import write_model_card
 
-    write_model_card(final)  # README.md: the Hub's model card, from the run folder when there is one
+    # Reloaded in a fresh process and compared with the trained model: a broken export raises here.
+    checked = gate.check_export(final, model, tokenizer, state_dict=state_dict) if gate.enabled() else None
+    write_model_card(final, check=checked)  # README.md: the Hub's model card, from the run folder if there is one
     return final
