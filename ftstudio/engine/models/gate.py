@@ -74,6 +74,10 @@ def _child(final: str, ids: list[int] | None, conn) -> None:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()   # the run's own output says what happened; no second progress bar
+        hf_logging.disable_progress_bar()
         torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
         config = AutoConfig.from_pretrained(final, local_files_only=True)
         arch = (config.architectures or [""])[0]
