@@ -127,13 +127,14 @@ class RunFinished(Event):
     kind: ClassVar[str] = "finished"
     status: str  # "finished" or "stopped"
     steps: int
-    train_loss: float | None
+    train_loss: float | None  # the mean step loss over the last train_loss_steps steps (figures.tail_steps)
     eval: dict[str, Any] = field(default_factory=dict)
     output_dir: str = ""
     final_model: str | None = None
     elapsed_s: float = 0.0
     stop_reason: str = ""  # why a finished run ended before its last step (early stopping), else ""
     best_step: int | None = None  # the step of the best evaluation (what final/ holds with export_best)
+    train_loss_steps: int = 0  # how many last steps train_loss averages (0: the last logged loss)
 
 
 @dataclass
