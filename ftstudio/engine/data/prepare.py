@@ -176,7 +176,7 @@ def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
         encs = encode_classification_batch([n["text"] for n in part.norms], tokenizer, seq_len)
         built.truncated += sum(e.truncated for e in encs)
         return list(zip(part.rows, encs))
-    skipped = []
+    skipped, rewritten = [], {}
     for norm, row in zip(part.norms, part.rows):
         try:
             enc = encode_causal(norm, tokenizer, seq_len, instruction_format)
@@ -192,12 +192,36 @@ def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
             continue
         built.truncated += enc.truncated
         out.append((row, enc))
+        for kind in ("dropped", "reasoning_dropped"):
+            for turn in getattr(enc.notes, kind, None) or []:
+                rewritten.setdefault(kind, []).append((row, turn))
+    _say_rewritten(part.path, rewritten, built.problems)
     built.skipped += len(skipped)
     if len(skipped) > MAX_ROW_WARNINGS:
         built.problems.append(DataProblem(part.path, None, None, f"{len(skipped)} of {len(part.norms)} rows in all "
                                           f"were skipped (no trained token within seq_len={seq_len}); raise "
                                           "--seq-len or shorten the prompts", "warning"))
     return out
+
+
+_REWRITTEN = {
+    "dropped": "the chat template renders nothing of {n} assistant turn{s} ({where}): not trained, nothing "
+               "else trained in {their} place",
+    "reasoning_dropped": "the chat template does not render the reasoning of {n} assistant turn{s} ({where}; "
+                         "Qwen3-style templates keep it only after the last user message, DeepSeek-R1's never): "
+                         "trained on the answer without it",
+}
+
+
+def _say_rewritten(path: str, rewritten: dict, problems: list[DataProblem]) -> None:
+    """One counted warning per kind of turn the template dropped or rewrote (nothing changed unsaid)."""
+    for kind, turns in rewritten.items():
+        turns, rows = sorted(turns), sorted({r for r, _ in turns})
+        where = ", ".join(f"row {r} turn {t}" for r, t in turns[:3]) + (f", … in {len(rows)} rows" if
+                                                                          len(turns) > 3 else "")
+        problems.append(DataProblem(path, None, "messages", _REWRITTEN[kind].format(
+            n=len(turns), s="" if len(turns) == 1 else "s", where=where, their="its" if len(turns) == 1 else
+            "their"), "warning"))
 
 
 @dataclass
