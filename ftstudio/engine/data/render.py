@@ -76,6 +76,17 @@ def end_of_turn(tokenizer) -> str:
     """The end-of-turn marker the chat template writes right after an assistant turn's content (``<|im_end|>``,
     ``<|eot_id|>``, ``<end_of_turn>``, ``<|end|>``, the fallback's EOS), found by rendering a probe conversation:
     the first special token after the content (:func:`masks.end_marker`); "" when there is none."""
+    key = (id(tokenizer), chat_template(tokenizer), str(getattr(tokenizer, "eos_token", None)))
+    if key not in _EOT:
+        _EOT.clear() if len(_EOT) > 16 else None
+        _EOT[key] = _end_of_turn(tokenizer)
+    return _EOT[key]
+
+
+_EOT: dict = {}   # (tokenizer, template) → its end-of-turn marker: one probe per dataset, not one per row
+
+
+def _end_of_turn(tokenizer) -> str:
     probe = [{"role": "user", "content": "Zq"}, {"role": "assistant", "content": "Xj"}]
     try:
         text = _render(tokenizer, probe, gen=False)
