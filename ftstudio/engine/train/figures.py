@@ -56,6 +56,6 @@ def class_figures(preds: list[int], targets: list[int], names: list[str] | None 
             out["collapsed"] = (f"predictions collapsed onto one class: {top_n / len(preds):.0%} of the {len(preds)} "
                                 f"validation rows are predicted '{name(top)}'; accuracy {acc:.1%} beside the "
                                 f"majority-class baseline {out['majority_baseline']:.1%} "
-                                f"('{out['majority_class']}'). Try a lower learning rate, more steps, or "
-                                "balanced classes")
+                                f"('{out['majority_class']}'): the classifier has not learned to tell the classes "
+                                "apart. Train longer, try another learning rate, or balance the classes")
     return out

@@ -141,7 +141,7 @@ class Trainer:
         if errors:
             raise DataError(report.path, problems=errors)
         for warning in (p for p in report.problems if p.severity != "error"):
-            self.report(LogLine(str(warning), "warning"))
+            self.report(LogLine(str(warning), "info" if warning.severity == "info" else "warning"))
         fmt = report.format
         task = models_mod.resolve_task(cfg.model.task, info, fmt)
         self.report(LogLine(f"Model {info.architecture} ({info.params_text} parameters), "
