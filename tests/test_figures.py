@@ -60,3 +60,70 @@ def test_class_figures_say_the_baseline_and_a_collapse():
     assert good["per_class"]["spam"]["precision"] == pytest.approx(12 / 14)
     assert good["per_class"]["spam"]["recall"] == pytest.approx(12 / 13)
     assert class_figures([1, 1], [1, 1])["collapsed"] is None       # one class in the targets: nothing to say
+
+
+# -- after the first step: every trainable tensor moved, or the run says which did not --------------------------
+def _toy(dtype):
+    import torch
+
+    class Toy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = torch.nn.Linear(8, 8).to(dtype)
+            self.unused = torch.nn.Linear(8, 8).to(dtype)     # never in the forward: no gradient
+
+        def forward(self, x):
+            return self.used(x).float().pow(2).mean()
+    torch.manual_seed(0)
+    return Toy()
+
+
+def _first_step(model, optimizer, name):
+    import torch
+
+    from ftstudio.core.config import RunConfig
+    from ftstudio.core.events import LogLine
+    from ftstudio.engine.train.figures import check_first_step
+
+    said = []
+    check_first_step(optimizer, model, RunConfig().replace(optimizer=name), said.append, fresh=True)
+    for _ in range(2):
+        model(torch.randn(4, 8, dtype=next(model.parameters()).dtype)).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert all(isinstance(e, LogLine) for e in said)
+    return [(e.level, e.message) for e in said]
+
+
+def test_the_first_step_names_tensors_that_did_not_move():
+    import torch
+
+    model = _toy(torch.float32)
+    said = _first_step(model, torch.optim.SGD(model.parameters(), lr=0.1), "sgd")
+    assert said == [("warning", "After the first step 2 of 4 trainable tensors did not move: unused.weight, "
+                                "unused.bias: no gradient reached them (unused by the loss?)")]
+
+
+def test_pure_bf16_updates_lost_to_rounding_are_measured_and_warned_without_compensation():
+    import torch
+
+    model = _toy(torch.bfloat16)
+    said = _first_step(model, torch.optim.SGD(model.parameters(), lr=1e-6), "sgd")
+    lost = [m for lvl, m in said if m.startswith("bf16 weights:")]
+    assert len(lost) == 1 and float(lost[0].split("weights: ")[1].split("%")[0]) > 90
+    assert "sgd does not compensate: use --optimizer adamw" in lost[0]
+    assert any("used.weight, used.bias" in m and "rounded away" in m for _, m in said)
+    model = _toy(torch.float32)
+    said = _first_step(model, torch.optim.SGD(model.parameters(), lr=1e-6), "sgd")
+    assert not any(m.startswith("bf16") for _, m in said)           # fp32 weights keep every update
+
+
+def test_a_run_says_every_tensor_moved(tiny_llama, tmp_path):
+    from ftstudio.core.events import LogLine
+
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=2,
+                    eval_every=0)
+    result, events = run(cfg)
+    said = [e.message for e in events if isinstance(e, LogLine) and "first step" in e.message]
+    n = sum(1 for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(str(tiny_llama)).parameters())
+    assert said == [f"After the first step all {n} trainable tensors moved"]

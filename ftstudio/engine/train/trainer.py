@@ -22,7 +22,7 @@ from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine,
 from ftstudio.core.runs import open_run_dir
 from ftstudio.engine.sinks import MetricsWriter
 from ftstudio.engine.train.early_stop import BestTracker, EarlyStop
-from ftstudio.engine.train.figures import LossTail
+from ftstudio.engine.train.figures import LossTail, check_first_step
 from ftstudio.engine.data.collate import device_batch
 from ftstudio.engine.train.schedule import row_stats, schedule_lines
 
@@ -50,7 +50,7 @@ class Trainer:
         self.compiled = False            # blocks compiled (CUDA): the full loss then compiles its head too
         self._metrics: MetricsWriter | None = None
         self._model_config: dict = {}
-        self._last_loss, self._tail = None, None   # the last logged loss; LossTail of the last steps
+        self._last_loss, self._tail = None, LossTail(0)   # the last logged loss; the last steps' losses
         self._lr_factor, self._skips = 1.0, 0   # rollback's LR factor, non-finite steps skipped (checkpointed)
         self._first_eval: dict | None = None
         self._failed = False
@@ -206,6 +206,7 @@ class Trainer:
             check_in_backward(numerics.precision)
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0],
                                          in_backward=cfg.memory.optimizer_in_backward)
+        check_first_step(self.optimizer, model, cfg, self.report, fresh=self.resume_from is None)  # all moved?
         self.scheduler = self._build_scheduler(sched.total_steps)
         scaler = self._grad_scaler(device, numerics)
 
@@ -247,11 +248,10 @@ class Trainer:
             self._save_checkpoint(model, scaler)
         elif cfg.checkpoint.export:
             final_dir = self._export(model, tokenizer)
-        train_loss, tail = self._tail.mean(self._last_loss) if self._tail else (self._last_loss, 0)
-        event = RunFinished(status=status, steps=self.step, train_loss=train_loss, eval=eval_result,
+        event = RunFinished(status=status, steps=self.step, **self._tail.summary(self._last_loss), eval=eval_result,
                             output_dir=str(self.run_dir), final_model=str(final_dir) if final_dir else None,
                             elapsed_s=time.perf_counter() - t_setup, stop_reason=stop_reason,
-                            best_step=self._best.best_step, train_loss_steps=tail)
+                            best_step=self._best.best_step)
         self.report(event)
         return event
 
