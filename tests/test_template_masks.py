@@ -256,3 +256,35 @@ def test_check_data_counts_and_says_turns_whose_reasoning_the_template_drops(tmp
     said = [p.reason for p in report.problems if "reasoning" in p.reason]
     assert report.ok and len(said) == 1
     assert said[0].startswith("the chat template does not render the reasoning of 5 assistant turns (row 1 turn 2")
+
+
+@pytest.mark.parametrize("family", ["chatml", "llama3", "gemma", "mistral", "phi3", "qwen2_5", "qwen3"])
+def test_the_prompt_trained_on_is_the_prompt_compare_generates_from(family, tmp_path):
+    """A prompt/completion row is trained as [user, assistant] through the template; everything before its
+    trained span is the prompt, and Compare's generation (gui/compare_jobs.encode_prompt) and the exported
+    tokenizer's own template write the same string for the same user turn."""
+    from transformers import AutoTokenizer
+
+    from ftstudio.gui.compare_jobs import encode_prompt
+
+    tok = family_tokenizer(family)
+    text, spans = render_chat(tok, [{"role": "user", "content": "Hi there"},
+                                    {"role": "assistant", "content": "Hello!"}])
+    trained_prompt = text[:spans[0][0]]
+    _, compare_prompt = encode_prompt(tok, "Hi there", tok.chat_template)
+    tok.save_pretrained(tmp_path)   # what the export writes beside the weights (export.save_final)
+    again = AutoTokenizer.from_pretrained(tmp_path).apply_chat_template(
+        [{"role": "user", "content": "Hi there"}], add_generation_prompt=True, tokenize=False)
+    assert trained_prompt == compare_prompt == again
+
+
+def test_deepseek_r1_prompts_with_think_but_renders_answers_without_it():
+    """The one family whose training text cannot hold the inference prompt: its template adds ``<think>\\n`` to
+    the generation prompt and strips reasoning from rendered answers. Said here, measured, not hidden."""
+    from ftstudio.gui.compare_jobs import encode_prompt
+
+    tok = family_tokenizer("deepseek_r1")
+    text, spans = render_chat(tok, [{"role": "user", "content": "Hi there"},
+                                    {"role": "assistant", "content": "Hello!"}])
+    _, compare_prompt = encode_prompt(tok, "Hi there", tok.chat_template)
+    assert text[:spans[0][0]] + "<think>\n" == compare_prompt
