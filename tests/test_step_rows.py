@@ -93,3 +93,32 @@ def test_4x1_2x2_and_1x4_make_the_same_update(group, tiny_llama, tmp_path):
 def _weights_of_start(model_dir):
     from safetensors.torch import load_file
     return load_file(str(next(model_dir.glob("*.safetensors"))))
+
+
+def test_two_ranks_read_the_rows_of_one_process_step_for_step():
+    """Under FSDP the global schedule groups batch × grad_accum × ranks rows (FSDPTrainer._plan_schedule passes
+    grad_accum × W); rank r reads global micro-batches r, W + r, ...: the ranks' rows of a step together are the
+    rows one process reads in that step."""
+    from ftstudio.engine.distributed.fsdp import _RankSchedule
+
+    lengths, cfg = _lengths(203), RunConfig().replace(seed=5, epochs=2.0)
+    one = plan_schedule(cfg.replace(batch_size=4, grad_accum=1), 203, 0, None, None, lengths)
+    glob = plan_schedule(cfg.replace(batch_size=1, grad_accum=2 * 2), 203, 0, None, None, lengths)  # 2 ranks × 2
+    ranks = [_RankSchedule(glob, 2, r) for r in range(2)]
+    assert one.total_steps == glob.total_steps
+    for step in range(one.total_steps):
+        mine = sorted(i for r in ranks for k in range(2) for i in r.batch_indices(step * 2 + k))
+        assert mine == sorted(one.batch_indices(step)), step
+
+
+def test_an_epochs_last_step_gives_every_rank_a_row():
+    from ftstudio.engine.distributed.fsdp import _RankSchedule
+    from ftstudio.engine.train.schedule import schedule_warning
+
+    cfg = RunConfig().replace(seed=5, batch_size=2, grad_accum=2, epochs=1.0)   # global: 2 ranks × grad_accum 1
+    glob = plan_schedule(cfg, 9, 0, None, None, _lengths(9))                    # 9 = 2 steps of 4 + 1 row
+    glob.ranks = 2
+    ranks = [_RankSchedule(glob, 2, r) for r in range(2)]
+    last = [r.batch_indices(2) for r in ranks]                                  # step 3, one micro-batch each
+    assert all(len(b) == 1 for b in last) and last[1][0] == glob.epoch_order(0)[0]
+    assert "repeats 1 of the epoch's first rows" in schedule_warning(cfg, glob)

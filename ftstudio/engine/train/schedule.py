@@ -89,6 +89,7 @@ class Schedule:
     task_tokens: tuple[int, ...] | None = field(default=None, repr=False)     # trained tokens of each example
     general_tokens: tuple[int, ...] | None = field(default=None, repr=False)
     lengths: tuple[int, ...] | None = field(default=None, repr=False)         # set: length-grouped batches
+    ranks: int = 1   # processes sharing each step (FSDP): an epoch's last step holds at least this many rows
     padding: tuple[int, int] | None = field(default=None, repr=False)  # padded tokens of epoch 0: plain, grouped
     _orders: dict = field(default_factory=dict, repr=False)
     _g_before: list[int] = field(default_factory=lambda: [0], repr=False)     # general rows before micro-batch i
@@ -173,9 +174,12 @@ class Schedule:
             # (sizes differ by one at most) so that each rank of a sharded run gets rows while there are enough.
             epoch, pos = divmod(micro_batch, self.batches_per_epoch)
             step, k = divmod(pos, self.grad_accum)
-            rows = self.epoch_order(epoch)[step * self.step_rows:(step + 1) * self.step_rows]
+            order = self.epoch_order(epoch)
+            rows = order[step * self.step_rows:(step + 1) * self.step_rows]
             if len(rows) == self.step_rows:
                 return list(rows[k * self.batch_size:(k + 1) * self.batch_size])
+            if len(rows) < self.ranks:   # every rank needs a row (FSDP's collectives): repeat the epoch's first
+                rows = tuple(rows) + tuple(order[:self.ranks - len(rows)])   # rows, as DistributedSampler pads
             q, r = divmod(len(rows), self.grad_accum)
             start = k * q + min(k, r)
             return list(rows[start:start + q + (k < r)])
@@ -322,6 +326,10 @@ def schedule_warning(cfg: RunConfig, sched: Schedule) -> str | None:
     if wanted is not None and wanted >= sched.total_steps:
         said.append(f"warmup_steps {wanted} covers the whole run of {sched.total_steps} steps (cut to {warmup}): "
                     "the learning rate never reaches its peak")
+    tail = sched.n_examples % sched.step_rows if sched.mix_fraction == 0 else 0
+    if 0 < tail < sched.ranks:
+        said.append(f"the last step of each epoch holds {tail} row{'s' if tail > 1 else ''} for {sched.ranks} GPUs: "
+                    f"it repeats {sched.ranks - tail} of the epoch's first rows so that every GPU has one")
     rows = cfg.train.batch_size * sched.grad_accum
     if rows > sched.n_examples:
         said.append(f"one step wants batch_size × grad_accum × GPUs = {rows} rows but the training split has "
