@@ -288,3 +288,12 @@ def test_deepseek_r1_prompts_with_think_but_renders_answers_without_it():
                                     {"role": "assistant", "content": "Hello!"}])
     _, compare_prompt = encode_prompt(tok, "Hi there", tok.chat_template)
     assert text[:spans[0][0]] + "<think>\n" == compare_prompt
+
+
+def test_an_assistant_turn_first_is_masked_from_its_payload():
+    tok = family_tokenizer("gemma")    # its template cannot render an empty conversation (messages[0] undefined)
+    tok.chat_template = tok.chat_template.replace("{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                                                  "{{ raise_exception('Conversation roles must alternate user/"
+                                                  "assistant/user/assistant/...') }}{% endif %}", "")
+    text, spans = render_chat(tok, [{"role": "assistant", "content": "Welcome!"}, CHAT[0], CHAT[1]])
+    assert [text[a:b] for a, b in spans] == ["Welcome!<end_of_turn>", "Hello! How can I help?<end_of_turn>"]

@@ -136,10 +136,13 @@ def _turn_start(render, before: list[dict], text: str, lo: int, payload: int) ->
     template whose prompt is not in the text as written (DeepSeek-R1 prompts ``<think>`` and renders past turns
     without it) gets the longest start of it that is, half of it at least. Without one (Mistral: the model
     writes on after ``[/INST]``): the end of the turns before it, where the text begins with them."""
-    with_prompt = render(before, True)
-    if text.startswith(with_prompt) and lo <= len(with_prompt) <= payload:
-        return len(with_prompt)      # the usual case: the text goes on from the prompt (one rendering, not two)
-    without = render(before, False)
+    try:
+        with_prompt = render(before, True)
+        if text.startswith(with_prompt) and lo <= len(with_prompt) <= payload:
+            return len(with_prompt)  # the usual case: the text goes on from the prompt (one rendering, not two)
+        without = render(before, False)
+    except TemplateError:            # a template that renders no conversation this short (an assistant first)
+        return payload
     prompt = with_prompt[_common_prefix(with_prompt, without):]
     if not prompt:
         return len(without) if text.startswith(without) and lo <= len(without) <= payload else payload
