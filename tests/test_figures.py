@@ -127,3 +127,20 @@ def test_a_run_says_every_tensor_moved(tiny_llama, tmp_path):
     said = [e.message for e in events if isinstance(e, LogLine) and "first step" in e.message]
     n = sum(1 for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(str(tiny_llama)).parameters())
     assert said == [f"After the first step all {n} trainable tensors moved"]
+
+
+def test_the_windows_log_shows_the_baseline_per_class_figures_and_a_collapse(qtbot):
+    from ftstudio.core.events import EvalMetrics
+    from ftstudio.gui.monitor import Monitor
+
+    m = Monitor()
+    qtbot.addWidget(m)
+    figures = class_figures([0] * 10, [0] * 8 + [1] * 2, ["ham", "spam"])
+    m.handle(EvalMetrics(step=4, loss=0.5, accuracy=0.8, macro_f1=0.44, majority_baseline=0.8,
+                         majority_class="ham", per_class=figures["per_class"], collapsed=figures["collapsed"]))
+    m.handle(RunFinished(status="finished", steps=4, train_loss=0.61, train_loss_steps=4,
+                         eval={"loss": 0.5, "accuracy": 0.8, **{k: figures[k] for k in figures}}))
+    text = m.log.toPlainText()
+    assert "majority-class baseline 0.8" in text and "train loss 0.6100 (mean of the last 4 steps)" in text
+    assert "per class: ham: precision 80.0%, recall 100.0% (8 rows); spam: precision –, recall 0.0% (2 rows)" in text
+    assert text.count("warning: predictions collapsed onto one class") == 2 and "{" not in text
