@@ -71,23 +71,27 @@ def test_a_short_last_step_spreads_its_rows_over_the_micro_batches():
     assert [len(s.batch_indices(k)) for k in range(4)] == [4, 4, 2, 1]
 
 
-@pytest.mark.parametrize("group", [True, False])
-def test_4x1_2x2_and_1x4_make_the_same_update(group, tiny_llama, tmp_path):
+# AdamW (the default) divides each gradient by its own running size, which magnifies float noise on gradients near
+# zero: at lr 1e-2 the three cuts end 1e-5 apart even without grouping; at 1e-3, 1e-6. SGD shows the gradients
+# themselves: 4e-9 apart. Grouping per micro-batch (before issue 30): 0.059 apart, other rows in each step.
+@pytest.mark.parametrize("group, optimizer, lr, tol", [(True, "adamw", 1e-3, 1e-5), (False, "adamw", 1e-3, 1e-5),
+                                                      (True, "sgd", 1e-2, 1e-7)])
+def test_4x1_2x2_and_1x4_make_the_same_update(group, optimizer, lr, tol, tiny_llama, tmp_path):
     data = write_varied(tmp_path / "d.jsonl")
     out = {}
     for batch, accum in ((4, 1), (2, 2), (1, 4)):
         cfg = lm_config(tiny_llama, data, tmp_path / "runs", run_name=f"b{batch}a{accum}", batch_size=batch,
-                        grad_accum=accum, max_steps=3, eval_every=0, val_fraction=0.0, seq_len=64, lr=1e-2,
-                        group_by_length=group, warmup_ratio=0.0, schedule="constant")
+                        grad_accum=accum, max_steps=3, eval_every=0, val_fraction=0.0, seq_len=64, lr=lr,
+                        group_by_length=group, warmup_ratio=0.0, schedule="constant", optimizer=optimizer)
         result, _ = run(cfg)
         assert isinstance(result, RunFinished), result
         out[(batch, accum)] = _weights(tmp_path / "runs" / cfg.train.run_name)
     base = _weights_of_start(tiny_llama)
     moved = max(float((out[(4, 1)][k] - base[k]).abs().max()) for k in base)
-    assert moved > 1e-3                                   # the steps changed the weights
+    assert moved > 1e-4                                   # the steps changed the weights
     for other in ((2, 2), (1, 4)):
         diff = max(float((out[(4, 1)][k] - out[other][k]).abs().max()) for k in base)
-        assert diff < 1e-5, (other, diff)
+        assert diff < tol, (other, diff)
 
 
 def _weights_of_start(model_dir):
