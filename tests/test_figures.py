@@ -113,6 +113,7 @@ def test_pure_bf16_updates_lost_to_rounding_are_measured_and_warned_without_comp
     assert len(lost) == 1 and float(lost[0].split("weights: ")[1].split("%")[0]) > 90
     assert "sgd does not compensate: use --optimizer adamw" in lost[0]
     assert any("used.weight, used.bias" in m and "rounded away" in m for _, m in said)
+    assert "left the weight unchanged" in lost[0]
     model = _toy(torch.float32)
     said = _first_step(model, torch.optim.SGD(model.parameters(), lr=1e-6), "sgd")
     assert not any(m.startswith("bf16") for _, m in said)           # fp32 weights keep every update

@@ -87,6 +87,7 @@ def check_first_step(optimizer, model, cfg, report, *, fresh: bool) -> None:
     if not fresh or cfg.memory.optimizer_in_backward:
         return
     optimizer_name, real_step, done = cfg.optim.optimizer, optimizer.step, []
+    rounding = cfg.optim.bf16_rounding
 
     def first_step(self, *args, **kwargs):
         if done:   # (not unwrapped: the LR scheduler wraps this step in its turn)
@@ -95,7 +96,7 @@ def check_first_step(optimizer, model, cfg, report, *, fresh: bool) -> None:
         before = _sample(model)
         out = real_step(*args, **kwargs)
         try:
-            _report_first_step(before, model, optimizer_name, report)
+            _report_first_step(before, model, optimizer_name, rounding, report)
         except Exception as e:  # noqa: BLE001 - a figure must never end a run
             from ftstudio.core.events import LogLine
             report(LogLine(f"first-step check skipped: {type(e).__name__}: {e}", "info"))
@@ -121,7 +122,7 @@ def _sample(model) -> dict:
     return out
 
 
-def _report_first_step(before: dict, model, optimizer_name: str, report) -> None:
+def _report_first_step(before: dict, model, optimizer_name: str, rounding: str, report) -> None:
     import torch
 
     from ftstudio.core.events import LogLine
@@ -155,10 +156,11 @@ def _report_first_step(before: dict, model, optimizer_name: str, report) -> None
                                f"{shown}: {why}", "warning"))
     if bf16 and with_grad:
         share = lost / with_grad
-        line = (f"bf16 weights: {share:.1%} of the first step's sampled updates were lost to rounding (the "
-                "weight did not change although its gradient was non-zero)")
+        line = (f"bf16 weights: {share:.1%} of the first step's sampled updates left the weight unchanged (its "
+                "gradient was non-zero, the update below the weight's rounding step)")
         if optimizer_name in COMPENSATED:
-            report(LogLine(line + "; adamw keeps them (bf16_rounding: stochastic rounding or a Kahan buffer)"))
+            report(LogLine(line + ("; adamw's stochastic rounding keeps them on average" if rounding == "stochastic"
+                                   else "; adamw's Kahan buffer carries them to later steps")))
         elif share > LOST_WARN:
             report(LogLine(line + f"; {optimizer_name} does not compensate: use --optimizer adamw (stochastic "
                            "rounding), or --precision bf16-mixed (fp32 master weights)", "warning"))
