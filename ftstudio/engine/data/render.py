@@ -78,7 +78,8 @@ def end_of_turn(tokenizer) -> str:
     the first special token after the content (:func:`masks.end_marker`); "" when there is none."""
     key = (id(tokenizer), chat_template(tokenizer), str(getattr(tokenizer, "eos_token", None)))
     if key not in _EOT:
-        _EOT.clear() if len(_EOT) > 16 else None
+        if len(_EOT) > 16:
+            _EOT.clear()
         _EOT[key] = _end_of_turn(tokenizer)
     return _EOT[key]
 
