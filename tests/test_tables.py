@@ -90,3 +90,20 @@ def test_train_demo_on_the_tsv_trains_a_classifier_and_reports_what_its_accuracy
     lines = [json.loads(x) for x in (tmp_path / "sms" / "metrics.jsonl").read_text().splitlines()]
     evals = [x for x in lines if x["event"] == "eval"]
     assert evals and evals[-1]["majority_baseline"] == ev["majority_baseline"] and "per_class" in evals[-1]
+
+
+
+try:   # the window's fixtures (pytest-qt); without it the window test is skipped, not the module
+    from test_gui import make_window, no_dangling_threads, wait_ready  # noqa: F401 - fixtures used by name
+except pytest.skip.Exception:
+    make_window = None
+
+
+@pytest.mark.skipif(make_window is None, reason="pytest-qt is not installed")
+def test_the_window_reads_the_tsv_as_a_classification_table_and_previews_its_rows(make_window, qtbot):
+    win = make_window(dataset=str(SMS))
+    wait_ready(qtbot, win)
+    report = win.data_panel.report
+    assert report.format == "classification" and report.columns["label"] == "Label"
+    text = win.data_panel.preview.toPlainText()
+    assert "cannot be rendered" not in text and "→ ham" in text
