@@ -77,8 +77,9 @@ def test_range_test_on_a_tiny_model(tiny_llama, tmp_path):
     steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in steps if e["event"] == "step"]
     assert losses[:result.steps] == pytest.approx(result.losses)
-    logged = [e["lr"] for e in steps if e["event"] == "step"]  # after step k the optimizer holds step k+1's LR
-    assert logged[:result.steps - 1] == pytest.approx([lr_at(k, 60, 1e-4, 1.0) for k in range(1, result.steps)])
+    logged = [e["lr"] for e in steps if e["event"] == "step"]  # the LR each step used (issue 30), as recorded
+    assert logged[:result.steps] == pytest.approx([lr_at(k, 60, 1e-4, 1.0) for k in range(result.steps)])
+    assert logged[:result.steps] == pytest.approx(result.lrs)
     assert not (run_dir / "final").exists() and not (run_dir / "checkpoints").exists()
     assert _digest(tiny_llama) == before                                    # the model's files untouched
 

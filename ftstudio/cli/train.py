@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .flags import add_config_flags, apply_config_flags
+from ftstudio.core.events import train_loss_label
 
 
 def add_parser(sub) -> None:
@@ -118,7 +119,8 @@ def _summary(result) -> dict:
     if d.pop("event") == "failed":
         return {"status": "failed", "reason": d["reason"], "advice": d["advice"], "steps": d["step"],
                 "output_dir": d["output_dir"]}
-    return {"status": d["status"], "steps": d["steps"], "train_loss": d["train_loss"], "eval": d["eval"],
+    return {"status": d["status"], "steps": d["steps"], "train_loss": d["train_loss"],
+            "train_loss_is": train_loss_label(result), "eval": d["eval"],
             "output_dir": d["output_dir"], "final_model": d["final_model"], "elapsed_s": d["elapsed_s"],
             "stop_reason": d["stop_reason"], "best_step": d["best_step"]}
 

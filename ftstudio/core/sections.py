@@ -222,7 +222,7 @@ class ScheduleConfig:
     schedule: str = "cosine"
     """Learning-rate schedule: "cosine" (linear warmup, cosine decay to the floor), "constant" (warmup, then hold), "linear" (warmup, linear decay to the floor)."""
     warmup_ratio: float = 0.05
-    """Fraction of all steps spent ramping the LR linearly up from zero (3–10 % is usual)."""
+    """Fraction of all steps spent ramping the LR linearly up to the peak (3–10 % is usual): with W warmup steps, the first step runs at peak/W, step W at the peak."""
     warmup_steps: int | None = None
     """Warmup length in steps; overrides warmup_ratio when set."""
     min_lr_ratio: float = 0.0

@@ -308,8 +308,11 @@ class Monitor(QWidget):
             if e.best:
                 self.best.x, self.best.y, self.best.dirty = [e.step], [e.loss], True
             extra = "".join(f", {k} {v:.4g}" for k, v in (("perplexity", e.perplexity), ("accuracy", e.accuracy),
+                                                            ("majority-class baseline", e.majority_baseline),
                                                             ("macro F1", e.macro_f1)) if v is not None)
             self.append_log(f"eval at step {e.step}: loss {e.loss:.4f}{extra}")
+            if e.collapsed:
+                self.append_log(f"warning: {e.collapsed}")
         elif isinstance(e, ev.RetentionMetrics):
             self.retention.append(e.step, e.loss)
             if len(self.retention.y) == 1 and self.metric_axis.shown:
@@ -408,11 +411,16 @@ class Monitor(QWidget):
         if e.status == "finished":
             self.progress.setValue(self.progress.maximum())
         self.progress.setFormat(f"{e.status} after {e.steps} steps")
-        loss = f"{e.train_loss:.4f}" if e.train_loss is not None else "–"
-        evals = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (e.eval or {}).items())
+        loss = f"{e.train_loss:.4f} ({ev.train_loss_label(e)})" if e.train_loss is not None else "–"
+        evals = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (e.eval or {}).items()
+                          if v is not None and k not in ("per_class", "collapsed"))
         self.append_log(f"run {e.status} after {e.steps} steps in {fmt_duration(e.elapsed_s)}: train loss {loss}"
                         + (f"; eval {evals}" if evals else "")
                         + (f". Model: {e.final_model}" if e.final_model else ""))
+        if (e.eval or {}).get("per_class"):
+            self.append_log("per class: " + "; ".join(ev.per_class_text(e.eval["per_class"])))
+        if (e.eval or {}).get("collapsed"):
+            self.append_log(f"warning: {e.eval['collapsed']}")
         if e.stop_reason:
             self.append_log(e.stop_reason)
 

@@ -264,7 +264,9 @@ class FSDPTrainer(Trainer):
         # each rank still runs (RunConfig.replace would re-validate, and blame a grad_accum nobody set).
         cfg = copy.copy(self.cfg)
         cfg.train = dataclasses.replace(self.cfg.train, grad_accum=self.cfg.train.grad_accum * self.world)
-        self._sched = _RankSchedule(plan_schedule(cfg, n_train, n_general, *tokens), self.world, self.rank)
+        sched = plan_schedule(cfg, n_train, n_general, *tokens)
+        sched.ranks = self.world          # an epoch's last step gives every rank a row (schedule.py)
+        self._sched = _RankSchedule(sched, self.world, self.rank)
         return self._sched
 
     def _forward_loss(self, model, batch):

@@ -22,6 +22,7 @@ from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine,
 from ftstudio.core.runs import open_run_dir
 from ftstudio.engine.sinks import MetricsWriter
 from ftstudio.engine.train.early_stop import BestTracker, EarlyStop
+from ftstudio.engine.train.figures import LossTail, check_first_step
 from ftstudio.engine.data.collate import device_batch
 from ftstudio.engine.train.schedule import row_stats, schedule_lines
 
@@ -49,7 +50,7 @@ class Trainer:
         self.compiled = False            # blocks compiled (CUDA): the full loss then compiles its head too
         self._metrics: MetricsWriter | None = None
         self._model_config: dict = {}
-        self._last_loss: float | None = None
+        self._last_loss, self._tail = None, LossTail(0)   # the last logged loss; the last steps' losses
         self._lr_factor, self._skips = 1.0, 0   # rollback's LR factor, non-finite steps skipped (checkpointed)
         self._first_eval: dict | None = None
         self._failed = False
@@ -119,11 +120,9 @@ class Trainer:
         from ftstudio.engine.train import fast_path
         from ftstudio.engine.train.optim import build_optimizer
 
-        cfg = self.cfg
-        t_setup = time.perf_counter()
+        cfg, t_setup = self.cfg, time.perf_counter()
         torch.manual_seed(cfg.train.seed)
-        device = self._pick_device()
-        self._device = device
+        device = self._device = self._pick_device()
         numerics = pick_numerics(cfg.hardware.precision, device)
         if cfg.memory.compile and not device.startswith("cuda"):
             self.report(LogLine("compile is for CUDA runs; training uncompiled on the CPU", "warning"))
@@ -142,7 +141,7 @@ class Trainer:
         if errors:
             raise DataError(report.path, problems=errors)
         for warning in (p for p in report.problems if p.severity != "error"):
-            self.report(LogLine(str(warning), "warning"))
+            self.report(LogLine(str(warning), "info" if warning.severity == "info" else "warning"))
         fmt = report.format
         task = models_mod.resolve_task(cfg.model.task, info, fmt)
         self.report(LogLine(f"Model {info.architecture} ({info.params_text} parameters), "
@@ -156,7 +155,6 @@ class Trainer:
         for line in [*fresh, f"Data: {prepared.summary()}"]:  # nothing cut or dropped unsaid
             self.report(LogLine(line, "info" if line.startswith("Data: ") else "warning"))
         labels = prepared.label_names
-        id2label = {i: name for i, name in enumerate(labels)} if labels else None
 
         # 2. The run folder: config.yaml first, so the run can be resumed from its own config.
         self.run_dir = self._open_run_dir()
@@ -164,7 +162,7 @@ class Trainer:
 
         # 3. Model on the device (one GPU: loaded onto it in the training dtype, no host copy). Every weight trains.
         loaded = models_mod.load_model(cfg.model, task=task, num_labels=len(labels) if labels else None,
-                                       id2label=id2label, tokenizer=tokenizer,
+                                       id2label=dict(enumerate(labels)) if labels else None, tokenizer=tokenizer,
                                        **load_target(device, numerics.param_dtype, getattr(self, "world", 1)))
         model = loaded.model
         self._gguf.close()  # its readers' parsed fields are freed
@@ -208,6 +206,7 @@ class Trainer:
             check_in_backward(numerics.precision)
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0],
                                          in_backward=cfg.memory.optimizer_in_backward)
+        check_first_step(self.optimizer, model, cfg, self.report, fresh=self.resume_from is None)  # all moved?
         self.scheduler = self._build_scheduler(sched.total_steps)
         scaler = self._grad_scaler(device, numerics)
 
@@ -249,7 +248,7 @@ class Trainer:
             self._save_checkpoint(model, scaler)
         elif cfg.checkpoint.export:
             final_dir = self._export(model, tokenizer)
-        event = RunFinished(status=status, steps=self.step, train_loss=self._last_loss, eval=eval_result,
+        event = RunFinished(status=status, steps=self.step, **self._tail.summary(self._last_loss), eval=eval_result,
                             output_dir=str(self.run_dir), final_model=str(final_dir) if final_dir else None,
                             elapsed_s=time.perf_counter() - t_setup, stop_reason=stop_reason,
                             best_step=self._best.best_step)
@@ -268,8 +267,7 @@ class Trainer:
         in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (train/speed.py)
         window_tokens, window_t0 = 0, time.perf_counter()
         run_t0, start_step = time.perf_counter(), self.step
-        loss_sum = torch.zeros((), device=device)
-        loss_count = 0
+        loss_sum, loss_count, self._tail = torch.zeros((), device=device), 0, LossTail(sched.total_steps)
 
         while self.step < sched.total_steps:
             control.wait_while_paused()
@@ -328,14 +326,15 @@ class Trainer:
 
             scaler.step(self.optimizer)
             scaler.update()
+            step_lr = self.optimizer.param_groups[-1]["lr"]   # the LR this step used: read before the schedule moves
             self.scheduler.step()
             self.step += 1
             every = cfg.hardware.memory_snapshot_every
             if every and (self.step % every == 0 or self.step == 1):
                 self._memory_snapshot(model, device)  # gradients still exist: they are counted
             self.optimizer.zero_grad(set_to_none=True)
-            loss_sum += step_loss
-            loss_count += 1
+            loss_sum, loss_count = loss_sum + step_loss, loss_count + 1
+            self._tail.append(step_loss)   # the end-of-run train loss: a mean over the last steps
 
             if self.step % cfg.train.log_every == 0 or self.step == sched.total_steps:
                 # .item() syncs the GPU: only at log intervals.
@@ -346,7 +345,7 @@ class Trainer:
                 elapsed = now - run_t0
                 per_step = elapsed / max(1, self.step - start_step)
                 self.report(StepMetrics(step=self.step, loss=self._last_loss,
-                                        lr=float(self.optimizer.param_groups[-1]["lr"]),
+                                        lr=float(step_lr),
                                         grad_norm=float(grad_norm),
                                         tokens_per_s=self._global_tokens(window_tokens) / max(1e-9, now - window_t0),
                                         epoch=self.micro_batch / sched.batches_per_epoch, elapsed_s=elapsed,

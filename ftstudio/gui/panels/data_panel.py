@@ -387,7 +387,10 @@ class DatasetPanel(QGroupBox):
             return
         try:
             data = engine("data", "render_example")
-            pieces = data.render_example(rec, self.report.format, self.tokenizer, self.cfg, task=self.report.task)
+            roles = getattr(self.report, "columns", None)  # a table's roles the check found (engine/data/table.py)
+            cfg = (dataclasses.replace(self.cfg, text_column=roles["text"], label_column=roles["label"]) if roles
+                   else self.cfg)
+            pieces = data.render_example(rec, self.report.format, self.tokenizer, cfg, task=self.report.task)
         except Exception as exc:  # a row that cannot render says why, in place of the preview
             self.preview.setPlainText(f"This row cannot be rendered: {exc}\n\n"
                                       + json.dumps(rec, ensure_ascii=False, indent=2))
