@@ -15,12 +15,13 @@ import time
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QTextCursor
-from PySide6.QtWidgets import (QGridLayout, QPlainTextEdit, QProgressBar, QSplitter, QVBoxLayout,
+from PySide6.QtWidgets import (QPlainTextEdit, QProgressBar, QSplitter, QVBoxLayout,
                                QWidget)
 
 from ftstudio.core import events as ev
 
 from .engine_access import fmt_duration
+from .fit import PlotGrid, scrolled
 from .forgetting_views import DriftStrip
 from .theme import COLORS
 
@@ -57,7 +58,7 @@ def make_plot(title: str, ylabel: str, object_name: str | None = None, left_axis
     w.setLabel("bottom", "step")
     w.setLabel("left", ylabel)
     w.showGrid(x=True, y=True, alpha=0.2)
-    w.setMinimumHeight(95)  # three rows of plots, the log and the memory bar's advice fit 1280×800
+    w.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # Tab walks through the controls, not through the plots
     item = w.getPlotItem()
     item.setDownsampling(auto=True, mode="peak")
     item.setClipToView(True)
@@ -162,7 +163,9 @@ class Monitor(QWidget):
         self.grad_plot = make_plot("Gradient norm", "norm", "gradPlot")
         self.tps_plot = make_plot("Throughput", "tokens/s", "tokensPlot")
         self.mem_plot = make_plot("Memory (measured)", "memory", "memoryPlot", left_axis=BytesAxis("left"))
-        self.mem_plot.getPlotItem().getAxis("left").setWidth(62)
+        mem_axis = self.mem_plot.getPlotItem().getAxis("left")
+        mem_axis.setWidth(62)
+        mem_axis.enableAutoSIPrefix(False)  # the ticks carry their unit: no second "(x1e+09)" scale on the label
         self.train = Series(self.loss_plot, COLORS["train"], "train")
         self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
         self.retention = Series(self.loss_plot, COLORS["retention"], "general text (forgetting)", symbol="t")
@@ -187,19 +190,13 @@ class Monitor(QWidget):
         self.mem_by_device: dict[str, tuple[Series, Series]] = {}  # a multi-GPU run: one pair of curves per card
         self.series += [self.accuracy, self.macro_f1]
 
-        grid = QGridLayout()
-        grid.setSpacing(4)
-        grid.addWidget(self.loss_plot, 0, 0)
-        grid.addWidget(self.drift, 0, 1)
-        grid.addWidget(self.lr_plot, 1, 0)
-        grid.addWidget(self.grad_plot, 1, 1)
-        grid.addWidget(self.tps_plot, 2, 0)
-        grid.addWidget(self.mem_plot, 2, 1)
-        grid.setRowStretch(0, 3)
-        grid.setRowStretch(1, 2)
-        grid.setRowStretch(2, 2)
-        plots = QWidget()
-        plots.setLayout(grid)
+        # Two columns (three on a wide screen, one when narrow: stacked), each plot tall enough for its ticks;
+        # the grid scrolls when the height does not hold them all (a 1280×720 screen at 100 %, 1080p at 150 %).
+        self.plot_grid = PlotGrid([self.loss_plot, self.drift, self.lr_plot, self.grad_plot, self.tps_plot,
+                                   self.mem_plot])
+        self.plot_grid.setObjectName("plotGrid")
+        plots = scrolled(self.plot_grid)
+        plots.setObjectName("plotScroll")
 
         self.progress = QProgressBar()
         self.progress.setObjectName("progressBar")
@@ -213,7 +210,9 @@ class Monitor(QWidget):
         self.log.setMaximumBlockCount(5000)
         self.log.setPlaceholderText("Run log: events, evaluations, checkpoints and warnings appear here.")
 
+        self.log.setMinimumHeight(48)
         split = QSplitter(Qt.Orientation.Vertical)
+        split.setChildrenCollapsible(False)
         split.addWidget(plots)
         split.addWidget(self.log)
         split.setStretchFactor(0, 5)

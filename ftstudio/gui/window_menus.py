@@ -132,13 +132,15 @@ class WindowMenusMixin:
 
     @Slot(float)
     def _use_found_lr(self, lr: float) -> None:
+        before = self.config()
         self.training_panel.set_value("lr", lr)
-        self._status(f"Learning rate set to {lr:g} (the range test's suggestion).")
+        self.say_change("The learning-rate finder's suggestion", before)
 
     @Slot(object)
     def _use_sweep_values(self, values: dict) -> None:
+        before = self.config()
         self.training_panel.set_values(**values)
-        self._status("From the sweep's best trial: " + ", ".join(f"{k} {v:g}" for k, v in values.items()))
+        self.say_change("From the sweep's best trial", before)
 
     @Slot(object)
     def _sweep_finished(self, result) -> None:

@@ -128,11 +128,15 @@ def check_job(cfg: DataConfig, info, task: str | None, trust: bool) -> dict:
 
 
 def render_html(pieces: list[tuple[str, bool]]) -> str:
+    """The row as the model sees it; the first trained piece carries the anchor "trained" (scrolled into view)."""
     out = []
+    anchored = False
     for text, trained in pieces:
         t = html.escape(text).replace("\n", "↵<br>")
         if trained:
-            out.append(f"<span style='background:#b9e6b0;color:#0b3d0b'>{t}</span>")
+            out.append(("" if anchored else "<a name='trained'></a>")
+                       + f"<span style='background:#b9e6b0;color:#0b3d0b'>{t}</span>")
+            anchored = True
         else:
             out.append(f"<span style='color:#8a8a8a'>{t}</span>")
     return "<span style='font-family:monospace'>" + "".join(out) + "</span>"
@@ -220,7 +224,7 @@ class DatasetPanel(QGroupBox):
         self.bars = None
         self.tabs.addTab(self.hist, "Lengths")
         for w in (self.problems, self.preview, self.hist):
-            w.setMinimumHeight(50)  # the panel shares the tab with the model's facts: it must not push the window
+            w.setMinimumHeight(160)  # about nine lines of a row: on a short screen the panel scrolls instead
         lay.addWidget(self.tabs, 1)
 
     # -- inputs --------------------------------------------------------------------------------
@@ -393,3 +397,5 @@ class DatasetPanel(QGroupBox):
                                       + json.dumps(rec, ensure_ascii=False, indent=2))
             return
         self.preview.setHtml(render_html(pieces))
+        if any(trained for _t, trained in pieces):  # a long prompt must not hide the trained span below the fold
+            self.preview.scrollToAnchor("trained")
