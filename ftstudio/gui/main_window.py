@@ -295,7 +295,11 @@ class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainW
     def _update_plan(self) -> None:
         cfg = self.config()
         device = self.plan_device(cfg)
-        capacity, label = self.hardware_panel.ram() if device == "cpu" else self.hardware_panel.capacity()
+        if self.hardware_panel.card_chosen():  # a card picked in the list: plan a GPU run for it, from any machine
+            device = None
+            capacity, label = self.hardware_panel.capacity()
+        else:
+            capacity, label = self.hardware_panel.ram()
         self.memory_bar.capacity, self.memory_bar.capacity_label = capacity, label
         if self.model_info is None or not self.model_info.config:
             return

@@ -21,7 +21,7 @@ from .panels import breakable
 from .theme import COLORS
 
 PARTS = ("weights", "gradients", "optimizer", "activations", "other")
-CARD_MARKERS_GB = (24, 48, 80, 141)
+CARD_MARKERS_GB = (24, 48, 80, 141)  # the markers drawn on the bar (the target list has more sizes)
 
 
 def _host_ram() -> int | None:
@@ -266,7 +266,7 @@ class MemoryBar(QWidget):
             anchor = getattr(self.plan, "anchor", 0)
             if anchor:
                 detail += f" (other includes θ0 anchor {fmt_bytes(anchor)})"
-            where = "in CPU RAM (no CUDA context)" if self.on_cpu else "per GPU"
+            where = "in CPU RAM (no CUDA context)" if self.on_cpu else f"per GPU, for {self.card_words()}"
             span = "" if self.on_cpu else ", so the 141 GB card shows"
             lines.append(f"<b>Plan {fmt_bytes(sum(parts.values()))}</b> {where} ({detail}); "
                          f"textbook 16N + s·b·d·L·12: {fmt_bytes(self.textbook)}. "
@@ -288,7 +288,7 @@ class MemoryBar(QWidget):
                 tail = " No single change makes it fit: combine the savings below, or use more or larger GPUs."
             else:
                 tail = " Lower the batch size or sequence length, or use more or larger GPUs."
-            lines.append("<span style='color:#d62728'><b>Does not fit on " + self.capacity_label + ".</b>"
+            lines.append("<span style='color:#d62728'><b>Does not fit on " + self.card_words() + ".</b>"
                          + tail + "</span>")
             if not shown:
                 shown = self.offered(only_fitting=False)
@@ -296,6 +296,11 @@ class MemoryBar(QWidget):
         self._fill_advice(shown)
         self.summary.setText("<br>".join(lines) or "Memory plan: choose a model.")
         self.canvas.update()
+
+    def card_words(self) -> str:
+        """"a 48 GB card", "GPU 0: NVIDIA H100 (80 GB)": the card this plan is for."""
+        label = self.capacity_label or "the chosen card"
+        return f"a {label}" if label.endswith(" GB card") and not label.startswith("Custom") else label
 
     def offered(self, only_fitting: bool = True) -> list[tuple[str, dict, int, bool]]:
         """The advice rows: changes that make the plan fit (or the largest savings), each with a gain that
