@@ -377,6 +377,8 @@ class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainW
 
     @Slot(int)
     def _events_processed(self, _n: int) -> None:
+        if self.runs.running:
+            self.runs_tab.set_live_steps(self.monitor.step, self.monitor.total_steps)
         if self.monitor.counts["step"] and self.heartbeat.mark_t is None:
             self.heartbeat.mark()
             freeze_setup_objects()

@@ -152,6 +152,7 @@ class Monitor(QWidget):
         self.last_eta: float | None = None
         self.started: ev.RunStarted | None = None
         self.counts: collections.Counter[str] = collections.Counter()
+        self.finishing = False
         self._build()
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_MS)
@@ -251,6 +252,7 @@ class Monitor(QWidget):
         self._mem_title()
         self.counts.clear()
         self.total_steps = self.step = 0
+        self.finishing = False
         self.last_eta = None
         self.started = None
         self.progress.setRange(0, 1)
@@ -259,6 +261,11 @@ class Monitor(QWidget):
         self.eta_text = ""
         self.log.clear()
         self._t0 = time.monotonic()
+
+    def set_finishing(self) -> None:
+        """The window was closed mid-run: the bar says the run is finishing its step and saving until it ends."""
+        self.finishing = True
+        self.progress.setFormat("finishing the step and saving…")
 
     def append_log(self, text: str, level: str = "info") -> None:
         prefix = {"warning": "⚠ ", "error": "✖ "}.get(level, "")
@@ -358,7 +365,8 @@ class Monitor(QWidget):
         self.last_eta = e.eta_s
         self.eta_text = (f"epoch {e.epoch:.2f} · elapsed {fmt_duration(e.elapsed_s)} · ETA {fmt_duration(e.eta_s)} · "
                          f"{e.tokens_per_s:,.0f} tokens/s")
-        self.progress.setFormat(f"step %v / %m · {self.eta_text}")
+        self.progress.setFormat(("finishing the step and saving… · " if self.finishing else "step %v / %m · ")
+                                + self.eta_text)
 
     def _mem_series(self, device: str) -> tuple[Series, Series]:
         """The curves of one device: the first device uses the plot's own pair, each further card gets one."""

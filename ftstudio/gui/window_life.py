@@ -65,7 +65,7 @@ class WindowLifecycleMixin:
                 self.runs.resume()  # a paused run must reach the end of its step to save
             for b in (self.pause_button, self.stop_button, self.save_button):
                 b.setEnabled(False)
-            self.monitor.progress.setFormat("finishing the step and saving…")
+            self.monitor.set_finishing()
             self._status("Finishing the step and saving a checkpoint; the window closes when it is written.")
             return
         self.settings.setValue("geometry", self.saveGeometry())

@@ -232,7 +232,7 @@ class WindowMenusMixin:
 
     @Slot()
     def show_about(self) -> None:
-        QMessageBox.about(self, "About FT Studio", help_text.ABOUT)
+        QMessageBox.about(self, "About FT Studio", help_text.about_text())
 
     @Slot()
     def show_ideas(self) -> None:

@@ -45,6 +45,7 @@ class ModelPanel(QGroupBox):
         self.combo.setObjectName("modelCombo")
         self.combo.setToolTip("The demo, models found in the Hugging Face cache, and recent folders.")
         self.combo.addItem(DEMO_LABEL, "demo")
+        self.combo.setPlaceholderText("No model loaded: choose one")
         self.combo.activated.connect(self._combo_activated)
         lay.addWidget(self.combo)
 
@@ -110,7 +111,8 @@ class ModelPanel(QGroupBox):
         if idx < 0:
             self.combo.addItem(current, current)
             idx = self.combo.count() - 1
-        self.combo.setCurrentIndex(idx)
+        # after a failed choice no model is loaded: the combo shows none (its placeholder), not the last one
+        self.combo.setCurrentIndex(-1 if self.info is None and self.error else idx)
         self.combo.blockSignals(False)
 
     @Slot(int)
@@ -193,6 +195,7 @@ class ModelPanel(QGroupBox):
         self.fields["source"].setText(breakable(source))
         self.status.setText(breakable(f"Cannot use {source}: {self.error}"))
         self.status.setStyleSheet("color: #d62728;")
+        self.combo.setCurrentIndex(-1)  # shows "No model loaded": the previous model is not the one in use
         self.modelFailed.emit(self.error)
 
     def _show(self, info) -> None:
