@@ -104,6 +104,9 @@ class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainW
         setup.setStretchFactor(0, 0)  # the model's facts keep their height; the data panel takes the rest
         setup.setStretchFactor(1, 1)
         setup.setChildrenCollapsible(False)
+        self.setup_splitter = setup
+        self.setup_user_sized = False  # once the user drags it, the window stops sizing the model's pane
+        setup.splitterMoved.connect(self._setup_dragged)
         self.left = ScrollTabs()
         self.left.setObjectName("setupTabs")
         self.left.addTab(setup, "Model && data")
@@ -219,6 +222,8 @@ class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainW
         self._update_plan()
         self._remember("recentModels", info.source)
         self.clear_stale_error("model")
+        if not self.setup_user_sized:
+            QTimer.singleShot(0, self._fit_setup_panes)  # the new facts' height, once laid out
         self._set_running(self.runs.running)
 
     @Slot(str)

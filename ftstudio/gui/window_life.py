@@ -7,6 +7,7 @@ when the run has ended (MainWindow._run_done). Nothing here waits on the trainin
 """
 from __future__ import annotations
 
+from PySide6.QtCore import Slot
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from .fit import fit_to_screen
@@ -19,6 +20,21 @@ class WindowLifecycleMixin:
             self._fitted = True
             fit_to_screen(self)
             self._fit_memory_pane()
+            self._fit_setup_panes()
+
+    @Slot(int, int)
+    def _setup_dragged(self, *_args) -> None:
+        self.setup_user_sized = True
+
+    def _fit_setup_panes(self) -> None:
+        """The model's facts get the height they need (up to half the tab); the data panel the rest."""
+        total = sum(self.setup_splitter.sizes())
+        if total <= 0:
+            return
+        width = self.setup_splitter.widget(0).width()
+        need = self.model_panel.heightForWidth(width) if width > 50 else -1
+        want = min((need if need > 0 else self.model_panel.sizeHint().height()) + 2, total // 2)
+        self.setup_splitter.setSizes([want, total - want])
 
     def _fit_memory_pane(self, *_args) -> None:
         """The memory bar's pane as tall as its content, up to 40 % of the window (it scrolls beyond)."""

@@ -68,9 +68,9 @@ class ModelPanel(QGroupBox):
         self.trust.toggled.connect(self._trust_toggled)
         lay.addWidget(self.trust)
 
+        # five rows (the dtype beside the count, the context beside the shape): the facts fit a short screen
         facts = (("source", "Source"), ("architecture", "Architecture"), ("params", "Parameters"),
-                 ("dtype", "Stored dtype"), ("context", "Context length"), ("shape", "Layers × width"),
-                 ("task", "Task"))
+                 ("shape", "Shape"), ("task", "Task"))
         self.fields, self.status = add_fact_rows(lay, facts, "modelStatus", selectable=True)
 
     # -- choosing ------------------------------------------------------------------------------
@@ -203,10 +203,10 @@ class ModelPanel(QGroupBox):
         f["source"].setText(f"{info.source} ({info.kind})" + (f"<br><small>{breakable(info.path)}</small>" if info.path else ""))
         f["architecture"].setText(f"{info.architecture} · {info.model_type}" + (" · encoder" if info.is_encoder else ""))
         exact = "" if getattr(info, "params_exact", True) else " (estimated)"
-        f["params"].setText(f"{info.params:,}{exact}" if info.params else "unknown")
-        f["dtype"].setText(info.dtype)
-        f["context"].setText(f"{info.context_length:,}" if info.context_length else "–")
-        f["shape"].setText(f"{info.num_layers or '?'} × {info.hidden_size or '?'} · vocab {info.vocab_size or '?'}")
+        f["params"].setText((f"{info.params:,}{exact}" if info.params else "unknown") + f" · stored as {info.dtype}")
+        context = f" · context {info.context_length:,}" if info.context_length else ""
+        vocab = f"{info.vocab_size:,}" if isinstance(info.vocab_size, int) else "?"
+        f["shape"].setText(f"{info.num_layers or '?'} layers × {info.hidden_size or '?'} · vocab {vocab}{context}")
 
     def show_task(self, text: str, error: bool = False) -> None:
         self.fields["task"].setText(text)
