@@ -327,3 +327,20 @@ def test_the_live_runs_row_counts_steps(make_window, qtbot, tiny_llama, tmp_path
     assert tab.table.topLevelItem(0).text(3) == "running" and "/" in tab.table.topLevelItem(0).text(col)
     win.stop_run()
     qtbot.waitUntil(lambda: not win.runs.running, timeout=120_000)
+
+
+def test_the_status_line_keeps_both_ends_of_a_long_path_and_re_elides_on_resize(make_window, qtbot):
+    win = make_window()
+    path = "/home/someone/" + "very-long-folder-name/" * 12 + "SmolLM2-135M-Instruct-Q4_1.gguf"
+    win._status(f"Saved {path}")
+    label = win.status_label
+    assert label.text().startswith("Saved /home") and label.text().endswith(".gguf") and "…" in label.text()
+    assert label.toolTip() == f"Saved {path}"
+    narrow = label.text()
+    win.resize(1900, 800)
+    qtbot.waitUntil(lambda: label.text() != narrow, timeout=2_000)
+    assert len(label.text()) > len(narrow) and label.text().endswith(".gguf")
+    assert label.fontMetrics().horizontalAdvance(label.text()) <= label.width()
+    win.training_panel.editors["warmup_ratio"].widget.setText("2")
+    assert win.start_run() is False
+    assert win.status_text.startswith("Fix the training form first: Warm-up share")  # its label, not a path

@@ -359,14 +359,15 @@ class TrainingPanel(QWidget):
         try:
             cfg = C.RunConfig.from_dict(self.values())
         except ConfigError as e:
-            self.error = str(e)
             leaf = e.field.split(".")[-1]
+            # the form's words: the field's label ("Learning rate"), not its path (optim.lr: in the tooltip)
+            self.error = f"{readable(leaf)}: {e.message}" if leaf in self.editors else str(e)
             if leaf in self.editors:
                 self.editors[leaf].show_error(e.message)
                 for group in self.groups.values():  # a collapsed group must not hide the field at fault
                     if group.isAncestorOf(self.editors[leaf].widget):
                         group.set_expanded(True)
-            self.error_label.setText(f"{e.field}: {e.message}")
+            self.error_label.setText(self.error)
             self.error_label.setVisible(True)
             self.invalid.emit(self.error)
             return
