@@ -103,6 +103,7 @@ def main(argv=None) -> int:
     p.add_argument("--shots", help="save a screenshot of each state under this folder")
     p.add_argument("--frame", type=int, default=80, help="pixels of height a desktop keeps (title bar, taskbar)")
     p.add_argument("--tag", default="", help="file name prefix of the screenshots")
+    p.add_argument("--run-steps", type=int, default=0, help="train the demo this many steps first (plots filled)")
     args = p.parse_args(argv)
     sw, sh = (int(x) for x in args.screen.lower().split("x"))
     os.environ["QT_QPA_PLATFORM"] = f"offscreen:configfile={_screen_config(sw, sh)}"
@@ -115,6 +116,9 @@ def main(argv=None) -> int:
 
     settings = QSettings(str(Path(tempfile.mkdtemp()) / "s.ini"), QSettings.Format.IniFormat)
     cfg = RunConfig().replace(output=tempfile.mkdtemp(), device="cpu")
+    if args.run_steps:
+        cfg = cfg.replace(max_steps=args.run_steps, batch_size=8, seq_len=64, eval_every=max(1, args.run_steps // 4),
+                          memory_snapshot_every=1, run_name="screenshot")
     win = MainWindow(config=cfg, settings=settings)
     win.ask_on_close = False
     win.resize(4000, 3000)  # a size from a larger monitor: the window must still open inside this screen
@@ -125,6 +129,12 @@ def main(argv=None) -> int:
         time.sleep(0.02)
     for _ in range(20):
         app.processEvents()
+    if args.run_steps and win.start_run():
+        while win.runs.running and time.monotonic() - t0 < 600:
+            app.processEvents()
+            time.sleep(0.02)
+        for _ in range(20):
+            app.processEvents()
     avail = app.primaryScreen().availableGeometry()
     problems = []
     if not avail.contains(win.frameGeometry()):

@@ -153,6 +153,8 @@ class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainW
         body.setStretchFactor(1, 0)
         body.setChildrenCollapsible(False)
         self.body_splitter = body
+        self.memory_user_sized = False  # once the user drags it, the window stops sizing the memory pane
+        body.splitterMoved.connect(self._memory_dragged)
 
         host = QWidget()
         lay = QVBoxLayout(host)
@@ -175,6 +177,7 @@ class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainW
         self.hardware_panel.selectionChanged.connect(self._gpus_changed)
         self.monitor.memoryMeasured.connect(self.memory_bar.set_measured)
         self.memory_bar.applyRequested.connect(self._apply_advice)
+        self.memory_bar.contentChanged.connect(self._memory_content_changed)
         self.monitor.eventsProcessed.connect(self._events_processed)
         self.monitor.runStarted.connect(self._run_started)
         self.runs_tab.openRun.connect(self._open_run)

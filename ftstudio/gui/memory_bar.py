@@ -176,6 +176,7 @@ class MemoryBar(QWidget):
     """Plan vs measured memory per GPU against a chosen card (or the host's RAM for a CPU run)."""
 
     applyRequested = Signal(dict)  # config leaves of an advice row's Apply button
+    contentChanged = Signal()  # the summary or advice changed: its pane may need another height
 
     MAX_ADVICE = 4
 
@@ -242,6 +243,7 @@ class MemoryBar(QWidget):
         self.fits = True
         self.summary.setText(html.escape(breakable(message)))
         self.canvas.update()
+        self.contentChanged.emit()
 
     def set_measured(self, snapshot) -> None:
         """A MemorySnapshot: each device keeps its own row (one per GPU of a multi-GPU run)."""
@@ -296,6 +298,7 @@ class MemoryBar(QWidget):
         self._fill_advice(shown)
         self.summary.setText("<br>".join(lines) or "Memory plan: choose a model.")
         self.canvas.update()
+        self.contentChanged.emit()
 
     def card_words(self) -> str:
         """"a 48 GB card", "GPU 0: NVIDIA H100 (80 GB)": the card this plan is for."""

@@ -51,6 +51,17 @@ class BytesAxis(pg.AxisItem):
         return [f"{v / div:.{decimals}f} {unit}" for v in values]
 
 
+class ScientificAxis(pg.AxisItem):
+    """Ticks that carry their own scale ("4e-05", "0.5"): no "(x1e-06)" beside the label for a learning rate."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.enableAutoSIPrefix(False)
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph name)
+        return [f"{v:.2g}" if v else "0" for v in values]
+
+
 def make_plot(title: str, ylabel: str, object_name: str | None = None, left_axis=None) -> pg.PlotWidget:
     w = pg.PlotWidget(title=title, axisItems={"left": left_axis} if left_axis is not None else None)
     if object_name:
@@ -160,7 +171,7 @@ class Monitor(QWidget):
 
     def _build(self) -> None:
         self.loss_plot = make_plot("Loss", "loss", "lossPlot")
-        self.lr_plot = make_plot("Learning rate", "lr", "lrPlot")
+        self.lr_plot = make_plot("Learning rate", "lr", "lrPlot", left_axis=ScientificAxis("left"))
         self.grad_plot = make_plot("Gradient norm", "norm", "gradPlot")
         self.tps_plot = make_plot("Throughput", "tokens/s", "tokensPlot")
         self.mem_plot = make_plot("Memory (measured)", "memory", "memoryPlot", left_axis=BytesAxis("left"))

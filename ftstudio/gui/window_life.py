@@ -7,7 +7,7 @@ when the run has ended (MainWindow._run_done). Nothing here waits on the trainin
 """
 from __future__ import annotations
 
-from PySide6.QtCore import Slot
+from PySide6.QtCore import QTimer, Slot
 from PySide6.QtWidgets import QApplication, QMessageBox
 
 from .fit import fit_to_screen
@@ -21,6 +21,17 @@ class WindowLifecycleMixin:
             fit_to_screen(self)
             self._fit_memory_pane()
             self._fit_setup_panes()
+
+    @Slot(int, int)
+    def _memory_dragged(self, *_args) -> None:
+        self.memory_user_sized = True
+
+    @Slot()
+    def _memory_content_changed(self) -> None:
+        """A measured line or advice rows appeared: the pane follows its content (after layout) unless the user
+        chose its height."""
+        if self._fitted and not self.memory_user_sized:
+            QTimer.singleShot(0, self._fit_memory_pane)
 
     @Slot(int, int)
     def _setup_dragged(self, *_args) -> None:
