@@ -149,8 +149,9 @@ class HardwarePanel(QGroupBox):
         else:
             item = QTreeWidgetItem()
             self.table.addTopLevelItem(item)
-            self.note.setText((message or "No NVIDIA GPU found.") + " Training runs on the CPU (slow, but every "
-                              "feature works).")
+            said = (message or "No NVIDIA GPU found").strip().rstrip(".")
+            self.note.setText(said[:1].upper() + said[1:] + ". Training runs on the CPU (slow, but every feature "
+                              "works); the plan can still be drawn for any card below.")
         self.table.blockSignals(False)
         self._update_rows()
         for c in range(6):
