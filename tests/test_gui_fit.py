@@ -344,3 +344,19 @@ def test_the_status_line_keeps_both_ends_of_a_long_path_and_re_elides_on_resize(
     win.training_panel.editors["warmup_ratio"].widget.setText("2")
     assert win.start_run() is False
     assert win.status_text.startswith("Fix the training form first: Warm-up share")  # its label, not a path
+
+
+def test_the_preview_is_tall_and_scrolled_to_the_trained_span(make_window, qtbot, tiny_llama, tmp_path):
+    words = "the contract shall terminate on notice and the party shall pay".split()
+    data = tmp_path / "long.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": " ".join(words * 30), "completion": "one two three"})
+                              for _ in range(8)) + "\n", encoding="utf-8")
+    win = lm_window(make_window, tiny_llama, tmp_path, dataset=str(data), seq_len=512)
+    wait_ready(qtbot, win)
+    dp = win.data_panel
+    dp.tabs.setCurrentIndex(1)
+    dp._render_preview()
+    qtbot.wait(50)
+    assert dp.preview.height() >= 150  # about nine lines, not six
+    bar = dp.preview.verticalScrollBar()
+    assert bar.maximum() > 0 and bar.value() > 0  # the long prompt is scrolled past: the trained span is in view

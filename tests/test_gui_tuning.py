@@ -43,6 +43,8 @@ def test_find_learning_rate_from_the_menu_sets_the_lr_field(make_window, qtbot, 
     xs, ys = dlg.smooth_curve.getData()
     assert len(xs) == result.steps and list(ys) == pytest.approx(result.smoothed)
     assert dlg.marker.isVisible() and f"{result.suggested_lr:.2e}" in dlg.status.text()
+    axis = dlg.plot.getPlotItem().getAxis("bottom")
+    assert "(x" not in axis.labelString()  # no "×0.001" scale: the marker's tick reads as the LR itself
     assert dlg.use_button.isEnabled()
     qtbot.mouseClick(dlg.use_button, Qt.MouseButton.LeftButton)
     assert win.training_panel.config().optim.lr == pytest.approx(float(f"{result.suggested_lr:.2e}"))
