@@ -585,6 +585,7 @@ def test_relative_output_moves_home_when_the_start_folder_is_read_only(make_wind
     monkeypatch.setattr(Path, "home", classmethod(lambda cls: tmp_path / "home"))
     _writable_output(win)
     assert win.config().train.output == str(tmp_path / "home" / "ftstudio-runs" / "runs")
+    assert "not writable" in win.status_text and win.undo_button.isVisible()  # said, as every change of its own
     keep = make_window(output=str(tmp_path / "abs"))
     _writable_output(keep)
     assert keep.config().train.output == str(tmp_path / "abs")  # an absolute choice is the user's

@@ -360,3 +360,22 @@ def test_the_preview_is_tall_and_scrolled_to_the_trained_span(make_window, qtbot
     assert dp.preview.height() >= 150  # about nine lines, not six
     bar = dp.preview.verticalScrollBar()
     assert bar.maximum() > 0 and bar.value() > 0  # the long prompt is scrolled past: the trained span is in view
+
+
+def test_a_long_model_read_counts_its_seconds(make_window, qtbot, monkeypatch, tmp_path):
+    from ftstudio.gui.panels import model_panel as mp
+    win = make_window()
+    wait_ready(qtbot, win)
+    slow = tmp_path / "SmolLM2-135M-Q4_1.gguf"
+
+    def slow_describe(source, trust=False):
+        time.sleep(1.6)
+        raise ValueError("not a GGUF file")
+
+    monkeypatch.setattr(mp, "describe", slow_describe)
+    panel = win.model_panel
+    with qtbot.waitSignal(panel.modelFailed, timeout=10_000):
+        panel.choose(str(slow))
+        qtbot.waitUntil(lambda: "1 s" in panel.status.text().replace("\u200b", ""), timeout=5_000)
+        assert "de-quantised" in panel.status.text().replace("\u200b", "")
+    assert not panel.ticker.isActive() and "Cannot use" in panel.status.text()

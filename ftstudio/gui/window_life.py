@@ -65,6 +65,7 @@ class WindowLifecycleMixin:
         self.heartbeat.stop()
         self.monitor.timer.stop()
         self.hardware_panel.stop()
+        self.model_panel.stop_reading()
         self.data_panel._debounce.stop()
         self.pool.waitForDone()
 

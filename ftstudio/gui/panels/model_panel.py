@@ -6,7 +6,9 @@ the network), so the GUI thread never waits.
 """
 from __future__ import annotations
 
-from PySide6.QtCore import Signal, Slot
+import time
+
+from PySide6.QtCore import QTimer, Signal, Slot
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout,
                                QLineEdit, QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
@@ -37,6 +39,10 @@ class ModelPanel(QGroupBox):
         self.jobs = JobRunner(jobs_pool, self)
         self.jobs.done.connect(self._job_done)
         self.jobs.failed.connect(self._job_failed)
+        self._reading: tuple[str, float] | None = None  # (source, start) while a description runs
+        self.ticker = QTimer(self)  # the status counts the seconds of a long read (a GGUF file: a minute or more)
+        self.ticker.setInterval(1000)
+        self.ticker.timeout.connect(self._tick)
         self._build()
 
     def _build(self) -> None:
@@ -81,10 +87,28 @@ class ModelPanel(QGroupBox):
             return
         self._generation += 1
         self.busy = True
-        self.status.setText(f"Reading {source}…")
+        self._reading = (source, time.monotonic())
+        self._tick()
+        self.ticker.start()
         self.status.setStyleSheet("")
         trust = self.trust.isChecked()
         self.jobs.submit(("describe", self._generation, source), lambda: describe(source, trust))
+
+    @Slot()
+    def _tick(self) -> None:
+        if self._reading is None:
+            self.ticker.stop()
+            return
+        source, t0 = self._reading
+        waited = int(time.monotonic() - t0)
+        slow = (" A GGUF file is read and its tensors de-quantised: this can take a minute or more."
+                if source.lower().endswith(".gguf") else "")
+        self.status.setText(breakable(f"Reading {source}… {waited} s." + slow) if waited else
+                            breakable(f"Reading {source}…" + slow))
+
+    def stop_reading(self) -> None:
+        self._reading = None
+        self.ticker.stop()
 
     def refresh_cache(self) -> None:
         """List the models in the Hugging Face cache (scan on a pool thread)."""
@@ -169,6 +193,7 @@ class ModelPanel(QGroupBox):
         if gen != self._generation:
             return  # the user chose another model meanwhile
         self.busy = False
+        self.stop_reading()
         self.info, self.error = result, None
         self.status.setStyleSheet("")
         self._show(result)
@@ -187,6 +212,7 @@ class ModelPanel(QGroupBox):
         if gen != self._generation:
             return
         self.busy = False
+        self.stop_reading()
         self.info = None
         self.error = str(exc) if not isinstance(exc, EngineMissing) else f"Model inspection not available: {exc}"
         for key, w in self.fields.items():  # the error replaces the facts: nothing of the last model stays
