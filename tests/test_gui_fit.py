@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (QAbstractSlider, QAbstractSpinBox, QApplication, 
 from test_gui import lm_window, make_window, no_dangling_threads, wait_ready, write_lm_data  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
-SCREENS = [("1280x720", "1"), ("1920x1080", "1.5"), ("2560x1440", "1"), ("3840x2160", "2")]
+SCREENS = [("1280x720", "1"), ("1366x768", "1"), ("1920x1080", "1.5"), ("2560x1440", "1"), ("3840x2160", "2")]
 
 
 def run_geometry(screen: str, scale: str, *extra: str) -> dict:
@@ -379,3 +379,21 @@ def test_a_long_model_read_counts_its_seconds(make_window, qtbot, monkeypatch, t
         qtbot.waitUntil(lambda: "1 s" in panel.status.text().replace("\u200b", ""), timeout=5_000)
         assert "de-quantised" in panel.status.text().replace("\u200b", "")
     assert not panel.ticker.isActive() and "Cannot use" in panel.status.text()
+
+
+def test_the_monitor_counts_the_seconds_of_loading_before_the_first_step(qtbot):
+    import collections
+
+    from ftstudio.core.events import RunStarted
+    from ftstudio.gui.monitor import Monitor
+    m = Monitor()
+    qtbot.addWidget(m)
+    events = collections.deque()
+    m.attach(events)
+    qtbot.waitUntil(lambda: "loading the model and data… 1 s" in m.progress.format(), timeout=3_000)
+    events.append(RunStarted(run_dir="/tmp/x", model="m", params=1, task="causal-lm", device="cpu",
+                             precision="fp32", total_steps=10, train_rows=4, val_rows=1))
+    qtbot.waitUntil(lambda: m.started is not None, timeout=2_000)
+    m.drain()
+    assert "loading" not in m.progress.format()
+    m.detach()

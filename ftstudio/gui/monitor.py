@@ -164,6 +164,7 @@ class Monitor(QWidget):
         self.started: ev.RunStarted | None = None
         self.counts: collections.Counter[str] = collections.Counter()
         self.finishing = False
+        self._t0 = time.monotonic()
         self._build()
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_MS)
@@ -296,6 +297,10 @@ class Monitor(QWidget):
             self.handle(e)
             n += 1
         self._flush()
+        if self.source is not None and self.started is None and not self.finishing:
+            # before the first event: the model and data load (minutes for a large or GGUF model): count it
+            waited = int(time.monotonic() - self._t0)
+            self.progress.setFormat(f"starting: loading the model and data… {waited} s" if waited else "starting…")
         if n:
             self.eventsProcessed.emit(n)
 
