@@ -262,6 +262,10 @@ def test_any_card_size_is_planned_for_even_without_a_gpu(make_window, qtbot, mon
     panel.target.setCurrentIndex(panel.target.findText("12 GB card"))
     bar = win.memory_bar
     assert bar.capacity == 12e9 and not bar.on_cpu and "for a 12 GB card" in bar.summary.text()
+    panel.target.setCurrentIndex(panel.target.findText("80 GB card"))
+    assert "for an 80 GB card" in bar.summary.text()
+    if not panel.gpus:  # a card planned for another machine: no comparison with this machine's RAM
+        assert bar.other_machine and "Host RAM" not in bar.summary.text()
     monkeypatch.setattr(QInputDialog, "getDouble", lambda *a, **k: (33.5, True))
     panel.target.setCurrentIndex(panel.target.findText("Custom size…"))
     assert bar.capacity == 33.5e9 and panel.target.currentText() == "Custom: 33.5 GB card"

@@ -162,6 +162,21 @@ def main(argv=None) -> int:
                     Path(args.shots).mkdir(parents=True, exist_ok=True)
                     win.grab().save(str(Path(args.shots) / name))
                     shots.append(name)
+    # a plan that does not fit: the memory bar grows its advice rows (Apply buttons) under the bar
+    win.resize(avail.width(), avail.height() - args.frame)
+    win.left.setCurrentIndex(0)
+    win.center.setCurrentIndex(0)
+    card = win.hardware_panel.target.findText("8 GB card")
+    win.hardware_panel.target.setCurrentIndex(card)
+    win.training_panel.set_values(batch_size=4096, seq_len=512)
+    for _ in range(20):
+        app.processEvents()
+    if not win.memory_bar.advice_box.isVisible():
+        problems.append("advice: a plan of batch 4096 × 512 tokens on an 8 GB card showed no advice rows")
+    problems += [f"[advice] {x}" for x in check(win)]
+    if args.shots:
+        win.grab().save(str(Path(args.shots) / f"{args.tag}advice.png"))
+        shots.append(f"{args.tag}advice.png")
     print(json.dumps({"logical": [avail.width(), avail.height()], "dpr": app.primaryScreen().devicePixelRatio(),
                       "problems": problems, "shots": shots}))
     win.close()

@@ -16,8 +16,8 @@ import math
 from PySide6.QtCore import QEvent, QObject, QRect, Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (QAbstractScrollArea, QAbstractSlider, QAbstractSpinBox, QApplication, QComboBox,
-                               QFrame, QGraphicsView, QGridLayout, QLabel, QScrollArea, QScrollBar, QSizePolicy, QTabWidget,
-                               QWidget)
+                               QFrame, QGraphicsView, QGridLayout, QLabel, QScrollArea, QScrollBar, QSizePolicy,
+                               QTabWidget, QWidget)
 
 
 def scrolled(widget: QWidget, horizontal: bool = False) -> QScrollArea:

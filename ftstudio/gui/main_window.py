@@ -326,7 +326,9 @@ class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainW
             return
         self.plan_ms = (time.perf_counter() - t0) * 1000
         self.plan = plan
-        self.memory_bar.set_plan(plan, advice, actions, on_cpu=device == "cpu")
+        hw = self.hardware_panel
+        self.memory_bar.set_plan(plan, advice, actions, on_cpu=device == "cpu",
+                                 other_machine=hw.card_chosen() and not hw.card_is_local())
         self.planUpdated.emit(plan)
 
     @Slot(dict)

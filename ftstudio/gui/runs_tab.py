@@ -181,7 +181,8 @@ class RunsTab(QWidget):
             running = self._is_running(s.path)
             status = "running" if running else s.status
             item = QTreeWidgetItem([s.name, Path(s.model).name or s.model, Path(s.dataset).name or s.dataset, status,
-                                    self._live_text() if running else str(s.steps), "–" if s.train_loss is None else f"{s.train_loss:.4f}",
+                                    self._live_text() if running else str(s.steps),
+                                    "–" if s.train_loss is None else f"{s.train_loss:.4f}",
                                     "–" if s.eval_loss is None else f"{s.eval_loss:.4f}",
                                     "–" if acc is None else f"{acc:.1%}", started])
             item.setData(0, Qt.ItemDataRole.UserRole, s.path)

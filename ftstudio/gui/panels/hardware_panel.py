@@ -282,6 +282,10 @@ class HardwarePanel(QGroupBox):
             return self.ram()
         return float(data), self.target.currentText()
 
+    def card_is_local(self) -> bool:
+        """True when the chosen target is one of this machine's GPUs (listed first)."""
+        return 0 <= self.target.currentIndex() < len(self.gpus)
+
     def card_chosen(self) -> bool:
         """True when the plan is for a card size the user picked (a GPU of this machine or any listed size),
         not for this machine's RAM: a CPU-only machine then plans a GPU run for that card."""
