@@ -407,3 +407,22 @@ def test_the_monitor_counts_the_seconds_of_loading_before_the_first_step(qtbot):
     m.drain()
     assert "loading" not in m.progress.format()
     m.detach()
+
+
+def test_compare_loads_the_base_model_once_per_session(tiny_llama, tmp_path, monkeypatch):
+    import shutil
+
+    from ftstudio.core.config import RunConfig
+    from ftstudio.gui import compare_jobs as cj
+    tuned = tmp_path / "tuned"
+    shutil.copytree(tiny_llama, tuned)
+    loads = []
+    real = cj._load
+    monkeypatch.setattr(cj, "_load", lambda source, *a, **k: loads.append(source) or real(source, *a, **k))
+    cj.release_base()
+    cfg = RunConfig().replace(source=str(tiny_llama), device="cpu")
+    for _ in range(2):
+        out = cj.generate_pair(cfg, str(tuned), "the contract", 2, chat=False)
+        assert out["base"] is not None and out["tuned"] is not None
+    assert loads.count(str(tiny_llama)) == 1 and loads.count(str(tuned)) == 2
+    assert cj.release_base() and not cj.release_base()  # a training run frees it

@@ -368,6 +368,8 @@ class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainW
             return False
         cfg = self.config()
         self.settings.setValue("lastConfig", cfg.to_yaml())
+        from .compare_jobs import release_base
+        release_base()  # the Compare tab's kept base model must not hold memory the run needs
         if gc.get_freeze_count() == 0 and self.last_result is not None:
             gc.collect()  # a previous run's cycles (its model, on a GPU) go before the next run loads its own
         self.memory_bar.clear_measured()
