@@ -126,10 +126,10 @@ class ElidedLabel(QLabel):
         self.setToolTip(self.full if self.text() != self.full else "")
 
 
-def fit_to_screen(window: QWidget, preferred: tuple[int, int] = (1440, 900)) -> QRect:
+def fit_to_screen(window: QWidget) -> QRect:
     """Resize and move ``window`` so its frame lies inside the available area of the screen it is on (or the
-    primary screen): a geometry saved on a larger monitor, or the preferred size on a small laptop, must not
-    put half the window off screen. Returns the available area used."""
+    primary screen): a geometry saved on a larger monitor, or the default size on a small laptop, must not put
+    half the window off screen. Returns the available area used."""
     screen = window.screen() or QGuiApplication.primaryScreen()
     if screen is None:
         return QRect()
@@ -137,9 +137,9 @@ def fit_to_screen(window: QWidget, preferred: tuple[int, int] = (1440, 900)) -> 
     frame = window.frameGeometry()
     extra_w = max(0, frame.width() - window.width())  # title bar and borders (none before the first show)
     extra_h = max(0, frame.height() - window.height())
-    w = min(window.width() if window.width() > 200 else preferred[0], avail.width() - extra_w)
-    h = min(window.height() if window.height() > 200 else preferred[1], avail.height() - extra_h)
-    window.resize(max(1, w), max(1, h))
+    w = max(1, min(window.width(), avail.width() - extra_w))
+    h = max(1, min(window.height(), avail.height() - extra_h))
+    window.resize(w, h)
     x = min(max(frame.x(), avail.x()), avail.right() + 1 - w - extra_w)
     y = min(max(frame.y(), avail.y()), avail.bottom() + 1 - h - extra_h)
     window.move(x, y)

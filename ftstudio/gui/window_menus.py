@@ -268,8 +268,8 @@ class WindowMenusMixin:
 
     def _restore_settings(self) -> None:
         geom = self.settings.value("geometry")
-        if geom is not None:
-            self.restoreGeometry(geom)
+        if geom is None or not self.restoreGeometry(geom):
+            self.resize(1440, 900)  # a first start; the first show fits it into the screen (fit.fit_to_screen)
         recent = self.settings.value("recentModels", []) or []
         self.model_panel.set_recent([recent] if isinstance(recent, str) else list(recent))
         recent = self.settings.value("recentDatasets", []) or []
