@@ -418,9 +418,12 @@ def test_compare_tab_confusion_matrix_before_and_after(make_window, qtbot, tiny_
     assert blocker.args[0].status == "finished", blocker.args[0]
     tab = win.compare_tab
     assert tab.eval_button.isEnabled() and not tab.lm_box.isVisibleTo(win)
+    progress = []
+    tab.evalProgress.connect(lambda which, n, total: progress.append((which, n, total)))
     with qtbot.waitSignal(tab.compared, timeout=60_000) as done:
         tab.evaluate()
     out = done.args[0]
+    assert progress and progress[-1] == ("tuned", 6, 6) and ("base", 6, 6) in progress  # shown as it goes
     assert sorted(out["labels"]) == ["confidentiality", "termination"]
     for name in ("base", "tuned"):
         matrix = out[name]["matrix"]

@@ -171,8 +171,9 @@ def generate_pair(cfg: RunConfig, tuned: str, prompt: str, max_new_tokens: int, 
     return out
 
 
-def classify_pair(cfg: RunConfig, tuned: str) -> dict:
-    """{"base"/"tuned": {"accuracy", "macro_f1", "matrix"}, "labels"} on the validation split."""
+def classify_pair(cfg: RunConfig, tuned: str, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """{"base"/"tuned": {"accuracy", "macro_f1", "matrix"}, "labels"} on the validation split;
+    ``on_progress("base"|"tuned", rows done, rows)`` after each batch."""
     import torch
 
     data_mod = engine("data", "prepare_data")
@@ -196,6 +197,8 @@ def classify_pair(cfg: RunConfig, tuned: str) -> dict:
                 pred = lm.model(**batch).logits.argmax(-1).tolist()
                 for ex, p in zip(chunk, pred):
                     matrix[int(ex["label"])][int(p)] += 1
+                if on_progress is not None:
+                    on_progress(name, min(i + 16, len(prepared.val)), len(prepared.val))
             correct = sum(matrix[i][i] for i in range(n))
             out[name] = {"accuracy": correct / max(1, len(prepared.val)), "macro_f1": macro_f1(matrix),
                          "matrix": matrix}
