@@ -426,3 +426,23 @@ def test_compare_loads_the_base_model_once_per_session(tiny_llama, tmp_path, mon
         assert out["base"] is not None and out["tuned"] is not None
     assert loads.count(str(tiny_llama)) == 1 and loads.count(str(tuned)) == 2
     assert cj.release_base() and not cj.release_base()  # a training run frees it
+
+
+def test_an_evaluation_with_more_figures_says_them_in_the_log(qtbot):
+    """Issue 30 adds classification figures to the evaluation event: the monitor says any it does not draw."""
+    from dataclasses import dataclass, field
+
+    from ftstudio.core.events import EvalMetrics
+    from ftstudio.gui.monitor import Monitor
+
+    @dataclass
+    class RicherEval(EvalMetrics):
+        majority_accuracy: float | None = None
+        per_class_recall: dict = field(default_factory=dict)
+
+    m = Monitor()
+    qtbot.addWidget(m)
+    m.handle(RicherEval(step=3, loss=0.5, accuracy=0.5, majority_accuracy=0.5,
+                        per_class_recall={"termination": 1.0, "payment": 0.0}))
+    text = m.log.toPlainText()
+    assert "majority accuracy 0.5" in text and "per class recall {termination: 1, payment: 0}" in text

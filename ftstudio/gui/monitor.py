@@ -39,6 +39,26 @@ def keyed_title(plot: pg.PlotWidget, title: str, series: list["Series"]) -> None
     plot.setTitle(title + (": " + " · ".join(keys) if keys else ""), size="9pt")
 
 
+_EVAL_SHOWN = {"step", "loss", "perplexity", "accuracy", "macro_f1", "best"}
+
+
+def _other_figures(e) -> list[tuple[str, object]]:
+    """Figures an evaluation carries beyond those drawn (a newer engine's baseline or per-class figures): said
+    in the log line by their own names rather than dropped."""
+    import dataclasses
+    return [(f.name, getattr(e, f.name)) for f in dataclasses.fields(e)
+            if f.name not in _EVAL_SHOWN and getattr(e, f.name) not in (None, {}, [])]
+
+
+def _fmt_figure(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt_figure(x)}" for k, x in list(v.items())[:8]) + (
+            ", …}" if len(v) > 8 else "}")
+    return str(v)
+
+
 class BytesAxis(pg.AxisItem):
     """A y axis in bytes whose ticks read "0 MB, 100 MB, 200 MB" or "20 GB, 40 GB": one unit for the whole axis
     and only as many decimals as the tick spacing needs (no "363.4611564" when the value is flat)."""
@@ -331,6 +351,7 @@ class Monitor(QWidget):
                 self.best.x, self.best.y, self.best.dirty = [e.step], [e.loss], True
             extra = "".join(f", {k} {v:.4g}" for k, v in (("perplexity", e.perplexity), ("accuracy", e.accuracy),
                                                             ("macro F1", e.macro_f1)) if v is not None)
+            extra += "".join(f", {k.replace('_', ' ')} {_fmt_figure(v)}" for k, v in _other_figures(e))
             self.append_log(f"eval at step {e.step}: loss {e.loss:.4f}{extra}")
         elif isinstance(e, ev.RetentionMetrics):
             self.retention.append(e.step, e.loss)
