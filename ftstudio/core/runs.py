@@ -15,7 +15,9 @@ from typing import Any, Iterator
 
 
 def make_run_name(model: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name or model)[:40].strip("-") or "run"
+    name = Path(model.rstrip("/")).name or model
+    name = re.sub(r"\.gguf$", "", name, flags=re.IGNORECASE)  # a folder named "….gguf" would look like a model file
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:40].strip("-.") or "run"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
 
 

@@ -61,6 +61,7 @@ def _writable_output(win) -> None:
     out = Path(cfg.train.output)
     if not out.is_absolute() and not os.access(os.getcwd(), os.W_OK):
         win.training_panel.set_value("output", str(Path.home() / "ftstudio-runs" / out))
+        win.say_change(f"The start folder {os.getcwd()} is not writable, so runs go under your home folder", cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
