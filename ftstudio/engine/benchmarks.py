@@ -108,7 +108,7 @@ def _absolute_files(files, base: Path):
 
 
 def resolve_tasks(settings: BenchSettings):
-    """(TaskManager, the task list for simple_evaluate, the matched task names). Only the local folders are
+    """(TaskManager, the task list for simple_evaluate, the matched task names, {name: its YAML}). Only the local folders are
     indexed when every name is found there (the harness's own index of thousands of YAMLs takes seconds)."""
     require_lm_eval()
     from lm_eval.tasks import TaskManager
@@ -129,7 +129,8 @@ def resolve_tasks(settings: BenchSettings):
         raise ConfigError("--tasks", f"unknown task {missing[0]!r}{hint}: use lm-evaluation-harness's task names "
                                      "(`lm-eval ls tasks`), or the `task:` name of a task YAML in a folder given "
                                      "with --include-path")
-    return manager, _local_specs(manager, matched, folders), matched
+    yamls = {n: str(getattr(manager.task_index.get(n), "yaml_path", None) or "") or None for n in matched}
+    return manager, _local_specs(manager, matched, folders), matched, yamls
 
 
 def _all_found(asked: list[str], matched: list[str]) -> bool:
@@ -159,8 +160,8 @@ def _sha256_files(files) -> str | None:
     return h.hexdigest()
 
 
-def _task_facts(raw: dict) -> dict:
-    """Per task: its version, few-shot count, documents, and hashes of its config and its local data files."""
+def _task_facts(raw: dict, yamls: dict | None = None) -> dict:
+    """Per task: its version, few-shot count, documents, its YAML, and hashes of its config and local data."""
     facts = {}
     for name, cfg in (raw.get("configs") or {}).items():
         text = json.dumps(cfg, sort_keys=True, default=str)
@@ -170,8 +171,7 @@ def _task_facts(raw: dict) -> dict:
                        "num_fewshot": (raw.get("n-shot") or {}).get(name),
                        "documents": samples.get("effective"), "documents_in_task": samples.get("original"),
                        "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
-                       "data_sha256": _sha256_files(files), "source": (cfg.get("metadata") or {}).get(
-                           "config_source") if isinstance(cfg, dict) else None}
+                       "data_sha256": _sha256_files(files), "yaml": (yamls or {}).get(name)}
     return facts
 
 
@@ -216,17 +216,19 @@ def _template_sha(template) -> str | None:
     return hashlib.sha256(template.encode()).hexdigest()[:16] if isinstance(template, str) and template else None
 
 
-def evaluate_model(loaded_model, tokenizer, settings: BenchSettings, manager, specs, *, device: str,
+def evaluate_model(loaded_model, tokenizer, settings: BenchSettings, resolved, *, device: str,
                    label: str = "") -> dict:
-    """One model through ``simple_evaluate``: {"scores", "tasks" (facts), "raw_config"}."""
+    """``resolved``: what :func:`resolve_tasks` returned (resolved once, used for every model)."""
     require_lm_eval()
     import logging
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    for name in ("lm_eval", "lm-eval"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    manager, specs, _names, yamls = resolved
+    logging.getLogger("lm_eval").setLevel(logging.WARNING)
+    # Its warning that a model object (not a name) was passed: that is how FT Studio hands over its loaded model.
+    logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
     loaded_model.eval()
     lm = HFLM(pretrained=loaded_model, tokenizer=tokenizer, batch_size=settings.batch_size, device=device)
     limit = int(settings.limit) if settings.limit is not None and settings.limit >= 1 else settings.limit
@@ -237,7 +239,7 @@ def evaluate_model(loaded_model, tokenizer, settings: BenchSettings, manager, sp
                           torch_random_seed=settings.seed, fewshot_random_seed=settings.seed)
     if raw is None:  # a non-zero rank of a distributed harness run; ours is one process
         raise FTStudioError(f"lm-evaluation-harness returned no results for {label or 'the model'}")
-    return {"scores": scores_of(raw), "tasks": _task_facts(raw)}
+    return {"scores": scores_of(raw), "tasks": _task_facts(raw, yamls)}
 
 
 def _run_parts(source: str) -> tuple[Path, Path] | None:
@@ -265,7 +267,8 @@ def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str],
     lm_eval = require_lm_eval()
     say = report or (lambda _msg: None)
     settings.check()
-    manager, specs, names = resolve_tasks(settings)
+    resolved = resolve_tasks(settings)
+    names = resolved[2]
     device, dtype = _device_dtype(settings)
     parts = _run_parts(source)
     models: list[tuple[str, ModelConfig]] = []
@@ -300,7 +303,7 @@ def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str],
                                                            "--apply-chat-template to score it on plain text")
         say(f"{label}: scoring {', '.join(names)}")
         with torch.no_grad():
-            result = evaluate_model(model, tok, settings, manager, specs, device=device, label=label)
+            result = evaluate_model(model, tok, settings, resolved, device=device, label=label)
         record["models"][label] = {"source": mcfg.source, "scores": result["scores"],
                                    "chat_template_sha256": _template_sha(template) if settings.apply_chat_template
                                    else None}

@@ -135,8 +135,7 @@ def sweep_alphas(run_dir: str | Path, alphas: list[float], *, budget: float | No
                 point["retention"], point["retention_perplexity"] = retention_loss(model, retention)
         if bench_ctx is not None:
             from ftstudio.engine.benchmarks import evaluate_model
-            manager, specs, _names = bench_ctx
-            scores = evaluate_model(model, tok, bench, manager, specs, device=device, label=f"α={alpha:g}")["scores"]
+            scores = evaluate_model(model, tok, bench, bench_ctx, device=device, label=f"α={alpha:g}")["scores"]
             point["benchmarks"] = {f"{t}/{m}": v["value"] for t, ms in scores.items() for m, v in ms.items()}
         point["seconds"] = round(time.perf_counter() - t0, 2)
         say("α={:g}: {}".format(alpha, ", ".join(f"{k} {v:.4f}" for k, v in point.items()

@@ -309,3 +309,20 @@ def apply_alpha(model, plan: Plan, alpha: float) -> None:
     if missing:
         raise ModelError(f"the loaded model has no weight for {len(missing)} tensor(s) of final/ "
                          f"({', '.join(missing[:3])}); write each α with --alpha and evaluate the folders instead")
+
+
+def save_new_params(run_dir: str | Path, model, names: list[str]) -> Path | None:
+    """Keep the initialisation of the tensors the base model lacks (a classifier's new head) in the run folder:
+    their θ0, which θ(α) interpolates from. Written once, at the start of a run (a resume keeps the first one)."""
+    from safetensors.torch import save_file
+
+    path = Path(run_dir) / INIT_FILE
+    sd = model.state_dict()
+    tensors_ = {n: sd[n].detach().to("cpu").contiguous().clone() for n in names if n in sd}
+    if path.exists() or not tensors_:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors_, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path)
+    return path

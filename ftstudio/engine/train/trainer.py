@@ -171,6 +171,9 @@ class Trainer:
         self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
         if loaded.new_params:
             self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
+            if self.resume_from is None:  # their θ0, which `ftstudio interpolate` mixes from
+                from ftstudio.engine.forgetting import save_new_params
+                save_new_params(self.run_dir, model, loaded.new_params)
         if loaded.load_note:  # which loader placed the weights (shard by shard, or from_pretrained and why)
             self.report(LogLine(loaded.load_note))
         self._choose_attention(model, prepared, device)
