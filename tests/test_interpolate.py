@@ -1,5 +1,5 @@
 """θ(α) = (1−α)·θ0 + α·θ* between a run's base model and its final/ (forgetting/interpolate.py) and the α sweep
-(forgetting/alpha_sweep.py), on tiny models: no lm-evaluation-harness needed."""
+(engine/alpha_sweep.py), on tiny models: no lm-evaluation-harness needed."""
 import json
 import random
 import subprocess
@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from ftstudio.cli import main
 from ftstudio.core.events import RetentionMetrics, RunFinished
-from ftstudio.engine.forgetting.alpha_sweep import choose_alpha, sweep_alphas
+from ftstudio.engine.alpha_sweep import choose_alpha, sweep_alphas
 from ftstudio.engine.forgetting.interpolate import mix, plan_interpolation, write_interpolated
 from test_trainer import lm_config, run, write_class_data
 

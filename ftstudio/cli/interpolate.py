@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result, default=str))
         return 0
-    from ftstudio.engine.forgetting.alpha_sweep import sweep_alphas
+    from ftstudio.engine.alpha_sweep import sweep_alphas
 
     bench = None
     if args.tasks:

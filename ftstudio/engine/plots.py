@@ -77,7 +77,7 @@ def save_sweep_plot(path: str | Path, trials: list[dict], metric: str = "loss") 
 
 
 def save_interpolation_plot(path: str | Path, record: dict) -> str:
-    """The α sweep (forgetting/alpha_sweep.py): the task metric and the retention loss against α on one figure
+    """The α sweep (engine/alpha_sweep.py): the task metric and the retention loss against α on one figure
     (two y axes), the chosen α marked."""
     fig = _figure()
     ax = fig.add_subplot()

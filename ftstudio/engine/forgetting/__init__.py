@@ -5,7 +5,7 @@
 - ``general.py``: general text (the retention evaluation, data mixing, EWC's batches for a causal LM);
 - ``monitor.py``: ``Forgetting``, the trainer's side: builds all of the above once and reports their events;
 - ``interpolate.py``: after a run, θ(α) = (1−α)·θ0 + α·θ* written tensor by tensor (``ftstudio interpolate``);
-  ``alpha_sweep.py``: α scored on the task metric and retention, and chosen by a stated rule.
+  engine/alpha_sweep.py (above train and this room) scores θ(α) on the task metric and retention.
 """
 from ftstudio.engine.forgetting.anchors import Regularizer, build_regularizer, estimate_fisher
 from ftstudio.engine.forgetting.general import (collate_causal, general_batches, general_count, general_examples,

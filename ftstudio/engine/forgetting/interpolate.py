@@ -318,8 +318,10 @@ def save_new_params(run_dir: str | Path, model, names: list[str]) -> Path | None
 
     path = Path(run_dir) / INIT_FILE
     sd = model.state_dict()
+    if path.exists() or any(hasattr(sd.get(n), "full_tensor") for n in names):
+        return None  # kept at the first start; FSDP's sharded tensors (several GPUs) are not gathered for it
     tensors_ = {n: sd[n].detach().to("cpu").contiguous().clone() for n in names if n in sd}
-    if path.exists() or not tensors_:
+    if not tensors_:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

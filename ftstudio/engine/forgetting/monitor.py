@@ -11,14 +11,20 @@ from ftstudio.core.config import RunConfig
 from ftstudio.core.events import LogLine, RetentionMetrics
 from ftstudio.engine.forgetting.anchors import build_regularizer
 from ftstudio.engine.forgetting.general import collate_causal, general_examples, retention_loss
+from ftstudio.engine.forgetting.interpolate import save_new_params
 
 
 class Forgetting:
     """Built once at setup, on the model already on its device and before a resume loads a checkpoint
     (θ0 must be the pre-trained weights)."""
 
-    def __init__(self, cfg: RunConfig, model, tokenizer, task: str, prepared, device: str, autocast_dtype, report):
+    def __init__(self, cfg: RunConfig, model, tokenizer, task: str, prepared, device: str, autocast_dtype, report,
+                 new_params: tuple | None = None):
+        """``new_params``: (run folder, names of the tensors the base model lacks): their initialisation is kept
+        there (RUN/init/), the θ0 that ``ftstudio interpolate`` mixes a new classifier head from."""
         self.cfg, self.report, self.task, self.device = cfg, report, task, device
+        if new_params is not None and new_params[1]:
+            save_new_params(new_params[0], model, new_params[1])
         self.autocast_dtype = autocast_dtype
         r = cfg.regularize
         causal = task == "causal-lm"

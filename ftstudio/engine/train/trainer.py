@@ -171,9 +171,6 @@ class Trainer:
         self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
         if loaded.new_params:
             self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
-            if self.resume_from is None:  # their θ0, which `ftstudio interpolate` mixes from
-                from ftstudio.engine.forgetting import save_new_params
-                save_new_params(self.run_dir, model, loaded.new_params)
         if loaded.load_note:  # which loader placed the weights (shard by shard, or from_pretrained and why)
             self.report(LogLine(loaded.load_note))
         self._choose_attention(model, prepared, device)
@@ -199,7 +196,7 @@ class Trainer:
         # θ0 copies (L2-SP, EWC, drift) are taken here, before a resume overwrites the weights.
         from ftstudio.engine.forgetting import Forgetting
         self.forgetting = Forgetting(cfg, model, tokenizer, task, prepared, device, numerics.autocast_dtype,
-                                     self.report)
+                                     self.report, new_params=(self.run_dir, loaded.new_params))
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
         self._best = BestTracker.for_run(cfg, task, bool(prepared.val), self.report, model)
         sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general),
