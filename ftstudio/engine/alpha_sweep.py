@@ -68,9 +68,9 @@ def _fractions(points: list[dict]) -> None:
         r0, r1 = by_alpha[0.0].get("retention"), by_alpha[1.0].get("retention")
         for p in points:
             if None not in (t0, t1, p.get("task")) and t1 != t0:
-                p["task_gain_kept"] = (p["task"] - t0) / (t1 - t0)
+                p["task_gain_kept"] = (p["task"] - t0) / (t1 - t0) + 0.0  # no "-0 %"
             if None not in (r0, r1, p.get("retention")) and r1 > r0:
-                p["retention_recovered"] = (r1 - p["retention"]) / (r1 - r0)
+                p["retention_recovered"] = (r1 - p["retention"]) / (r1 - r0) + 0.0
 
 
 def sweep_alphas(run_dir: str | Path, alphas: list[float], *, budget: float | None = None, bench=None,

@@ -98,6 +98,6 @@ def save_interpolation_plot(path: str | Path, record: dict) -> str:
         handles.append(ax.axvline(record["chosen_alpha"], color="#16a34a", linewidth=2, linestyle=":",
                                   label=f"chosen α = {record['chosen_alpha']:g}"))
     ax.set_title("θ(α) = (1−α)·θ0 + α·θ*: task against retention", fontsize=10)
-    ax.legend(handles=handles, loc="best", fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)  # never over a curve
     fig.savefig(str(path))
     return str(path)
