@@ -148,3 +148,38 @@ def test_bundled_task_scores_a_plain_model_and_chat_template_needs_one(tiny_llam
                  "--apply-chat-template"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "has no chat template" in err[-1] and "Traceback" not in "".join(err)
+
+
+def test_eval_benchmarks_score_theta0_before_and_the_weights_after_a_run(tiny_llama, tmp_path):
+    pytest.importorskip("lm_eval")
+    from ftstudio.core.events import LogLine
+
+    tasks = write_task(tmp_path / "tasks")
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=8, lr=3e-2,
+                    benchmarks="tiny_mc", benchmark_include=str(tasks), benchmark_limit=6)
+    result, events = run(cfg)
+    assert isinstance(result, RunFinished), result
+    record = json.loads((tmp_path / "runs" / "r" / "benchmarks" / "run.json").read_text())
+    assert record["models"]["base"]["step"] == 0 and record["models"]["fine_tuned"]["step"] == 8
+    assert record["settings"]["limit"] == 6 and record["tasks"]["tiny_mc"]["documents"] == 6
+    base = record["models"]["base"]["scores"]["tiny_mc"]["acc"]["value"]
+    tuned = record["models"]["fine_tuned"]["scores"]["tiny_mc"]["acc"]["value"]
+    assert record["delta"]["tiny_mc"]["acc"]["value"] == pytest.approx(tuned - base)
+    said = [e.message for e in events if isinstance(e, LogLine) and e.message.startswith("Benchmark: ")]
+    assert len(said) == 2 and "Δ" in said[-1]
+    # θ0 scored inside the run equals the base model scored on its own under the same settings
+    alone = run_benchmarks(str(tiny_llama), BenchSettings(tasks=["tiny_mc"], include_path=[str(tasks)], limit=6,
+                                                          batch_size=4, seed=3))
+    assert alone["models"]["model"]["scores"]["tiny_mc"]["acc"]["value"] == pytest.approx(base)
+
+
+def test_eval_benchmarks_with_an_unknown_task_stop_the_run_before_it_trains(tiny_llama, tmp_path):
+    pytest.importorskip("lm_eval")
+    from ftstudio.core.events import RunFailed, StepMetrics
+
+    tasks = write_task(tmp_path / "tasks")
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=4,
+                    benchmarks="tiny_mcx", benchmark_include=str(tasks))
+    result, events = run(cfg)
+    assert isinstance(result, RunFailed) and "eval.benchmarks" in result.reason and "tiny_mc" in result.reason
+    assert not any(isinstance(e, StepMetrics) for e in events)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -384,3 +385,74 @@ def score_rows(record: dict) -> list[dict]:
                 row["delta"] = (record["delta"].get(task) or {}).get(metric)
             rows.append(row)
     return rows
+
+
+class RunBenchmarks:
+    """``eval.benchmarks`` inside a run: θ0 scored before the first step, the trained weights after the last, under
+    the same settings, into RUN/benchmarks/run.json (written after each pass, so a stopped run keeps the first).
+    Built at setup, where a missing harness or an unknown task stops the run before it trains. The weights
+    scored at the end are the last step's (final/ holds the best step's instead when checkpoint.export_best)."""
+
+    def __init__(self, cfg, run_dir, tokenizer, device: str, autocast_dtype, report):
+        from ftstudio.core.events import LogLine
+
+        self.tokenizer, self.device, self.autocast_dtype = tokenizer, device, autocast_dtype
+        self.report, self.LogLine = report, LogLine
+        e = cfg.eval
+        self.settings = BenchSettings(tasks=[t.strip() for t in e.benchmarks.split(",") if t.strip()],
+                                      include_path=[e.benchmark_include] if e.benchmark_include else [],
+                                      limit=e.benchmark_limit, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                                      device=device)
+        try:
+            self.settings.check()
+            self.resolved = resolve_tasks(self.settings)
+        except ConfigError as err:  # the flags' names mean nothing in a config file: name its fields
+            field_ = "eval.benchmark_include" if err.field == "--include-path" else "eval.benchmarks"
+            raise ConfigError(field_, err.message) from None
+        self.path = Path(run_dir) / "benchmarks" / "run.json"
+        self.export_best = bool(cfg.checkpoint.export_best)
+
+    def score(self, model, label: str, step: int) -> dict:
+        import torch
+
+        from ftstudio.core.runs import atomic_write_text
+
+        lm_eval = require_lm_eval()
+        self.report(self.LogLine(f"Benchmarks ({', '.join(self.resolved[2])}) of the {label.replace('_', '-')} "
+                                 f"weights at step {step}"))
+        was_training = model.training
+        autocast = (torch.autocast(device_type=self.device.split(":")[0], dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else nullcontext())
+        try:
+            with torch.no_grad(), autocast:
+                result = evaluate_model(model, self.tokenizer, self.settings, self.resolved, device=self.device,
+                                        label=label)
+        finally:
+            model.train(was_training)
+        record = {"models": {}}
+        if self.path.is_file():
+            try:
+                record = json.loads(self.path.read_text(encoding="utf-8"))
+            except ValueError:
+                pass
+        dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+        record["models"][label] = {"step": step, "scores": result["scores"], "source": "training weights"}
+        record.update(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), run=str(self.path.parent.parent),
+                      tasks=result["tasks"], export_best=self.export_best,
+                      settings=dict(asdict(self.settings), tasks_matched=self.resolved[2], dtype=dtype,
+                                    autocast=str(self.autocast_dtype).replace("torch.", "") if self.autocast_dtype
+                                    else None, lm_eval_version=lm_eval.__version__, log_samples=False))
+        if {"base", "fine_tuned"} <= set(record["models"]):
+            record["delta"] = delta(record["models"]["base"]["scores"], record["models"]["fine_tuned"]["scores"])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.path, json.dumps(record, indent=2, default=str) + "\n")
+        for task, metrics in result["scores"].items():
+            for metric, s in metrics.items():
+                d = ((record.get("delta") or {}).get(task) or {}).get(metric) if label == "fine_tuned" else None
+                said = f"{task} {metric} {s['value']:.4f}" if s["value"] is not None else f"{task} {metric} -"
+                if s["stderr"] is not None:
+                    said += f" ± {s['stderr']:.4f}"
+                if d is not None:
+                    said += f" (Δ {d['value']:+.4f} from the base model)"
+                self.report(self.LogLine(f"Benchmark: {said}"))
+        return record
