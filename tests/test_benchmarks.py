@@ -183,3 +183,14 @@ def test_eval_benchmarks_with_an_unknown_task_stop_the_run_before_it_trains(tiny
     result, events = run(cfg)
     assert isinstance(result, RunFailed) and "eval.benchmarks" in result.reason and "tiny_mc" in result.reason
     assert not any(isinstance(e, StepMetrics) for e in events)
+
+
+def test_a_cuda_device_torch_cannot_see_is_one_line(tuned_run, capsys):
+    pytest.importorskip("lm_eval")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["eval", str(tuned_run), "--tasks", "ftstudio_general_mc", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "torch sees no CUDA GPU" in err[0]

@@ -207,3 +207,19 @@ def test_peak_memory_is_one_shard_not_a_model(tmp_path):
     print(f"peak grew {grew / 1e6:.1f} MB writing a {size / 1e6:.1f} MB model")
     assert grew < 0.35 * size, (m, size)    # a whole model in memory would be >= 1.0 × size (two inputs: 2.0 ×)
     assert json.loads((tmp_path / "out" / "model.safetensors.index.json").read_text())["metadata"]["total_size"] == size
+
+
+def test_a_gguf_base_is_read_whole_and_alpha_0_is_its_weights(tiny_llama, tmp_path):
+    pytest.importorskip("gguf")
+    from test_models_gguf import write_tiny_gguf
+    from test_trainer import write_text_data
+
+    gguf = write_tiny_gguf(tiny_llama, tmp_path / "tiny.F32.gguf")
+    result, _ = run(lm_config(gguf, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=3))
+    assert isinstance(result, RunFinished), result
+    plan = plan_interpolation(tmp_path / "runs" / "r")
+    assert any("loaded whole" in n for n in plan.notes)
+    out = write_interpolated(tmp_path / "runs" / "r", 0.0, tmp_path / "a0", plan=plan)
+    got = load_file(f"{out['output']}/model.safetensors")
+    for k, v in load_file(tiny_llama / "model.safetensors").items():   # the GGUF holds these weights exactly
+        assert torch.equal(got[k], v), k

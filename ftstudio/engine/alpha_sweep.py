@@ -97,8 +97,8 @@ def sweep_alphas(run_dir: str | Path, alphas: list[float], *, budget: float | No
     final = plan.final_dir
     cfg = RunConfig.load_run(plan.run_dir / "config.yaml")
     task = _task_of(final)
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    from ftstudio.engine.benchmarks import pick_device
+    device = pick_device(device)
     numerics = pick_numerics(cfg.hardware.precision, device)
     quiet_transformers()
     loaded = load_model(ModelConfig(source=str(final), task=task), task=task,

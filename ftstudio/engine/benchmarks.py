@@ -203,14 +203,25 @@ def scores_of(raw: dict) -> dict[str, dict[str, dict]]:
 def _device_dtype(settings: BenchSettings) -> tuple[str, object]:
     import torch
 
-    device = settings.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = pick_device(settings.device)
     if settings.dtype != "auto":
         return device, getattr(torch, settings.dtype)
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return device, torch.bfloat16
     return device, torch.float32
+
+
+def pick_device(device: str) -> str:
+    """"auto": cuda when torch sees a GPU, else cpu; a CUDA device torch cannot see is refused in one line."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device", f"{device}: torch sees no CUDA GPU here; use --device cpu (or leave it out)")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ConfigError("--device", f"{device!r}: choose auto, cpu, cuda or cuda:N")
+    return device
 
 
 def _template_sha(template) -> str | None:
@@ -268,19 +279,19 @@ def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str],
     lm_eval = require_lm_eval()
     say = report or (lambda _msg: None)
     settings.check()
+    device, dtype = _device_dtype(settings)
     resolved = resolve_tasks(settings)
     names = resolved[2]
-    device, dtype = _device_dtype(settings)
     parts = _run_parts(source)
-    models: list[tuple[str, ModelConfig]] = []
     if parts is not None:
         cfg = RunConfig.load_run(parts[0] / "config.yaml")
+        arch = (json.loads((parts[1] / "config.json").read_text(encoding="utf-8")).get("architectures") or [""])[0]
+        if "SequenceClassification" in arch:
+            raise ConfigError("RUN", "this run trained a classifier; lm-evaluation-harness scores language models")
         base = cfg.model
         models = [("base", ModelConfig(source=base.source, task="causal-lm",
                                        trust_remote_code=base.trust_remote_code, revision=base.revision)),
                   ("fine_tuned", ModelConfig(source=str(parts[1]), task="causal-lm"))]
-        if cfg.model.task == "classification":
-            raise ConfigError("RUN", "this run trained a classifier; lm-evaluation-harness scores language models")
     else:
         models = [("model", ModelConfig(source=source, task="causal-lm"))]
     quiet_transformers()
