@@ -194,3 +194,26 @@ def test_a_cuda_device_torch_cannot_see_is_one_line(tuned_run, capsys):
     assert main(["eval", str(tuned_run), "--tasks", "ftstudio_general_mc", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "torch sees no CUDA GPU" in err[0]
+
+
+def test_sweep_benchmarks_at_the_end_points_equal_base_and_fine_tuned(tuned_run, tmp_path):
+    pytest.importorskip("lm_eval")
+    from ftstudio.engine.alpha_sweep import sweep_alphas
+
+    tasks = write_task(tmp_path / "tasks")
+    bench = BenchSettings(tasks=["tiny_mc"], include_path=[str(tasks)], batch_size=4)
+    record = run_benchmarks(str(tuned_run), bench)
+    sweep = sweep_alphas(tuned_run, [0, 0.5, 1], bench=bench, save=False)
+    pts = {p["alpha"]: p["benchmarks"]["tiny_mc/acc"] for p in sweep["points"]}
+    assert pts[0.0] == pytest.approx(record["models"]["base"]["scores"]["tiny_mc"]["acc"]["value"])
+    assert pts[1.0] == pytest.approx(record["models"]["fine_tuned"]["scores"]["tiny_mc"]["acc"]["value"])
+
+
+def test_chat_template_on_scores_both_models_through_the_fine_tunes_template(tuned_run, tmp_path):
+    pytest.importorskip("lm_eval")
+    tasks = write_task(tmp_path / "tasks")
+    record = run_benchmarks(str(tuned_run), BenchSettings(tasks=["tiny_mc"], include_path=[str(tasks)], limit=3,
+                                                          apply_chat_template=True))
+    shas = {m["chat_template_sha256"] for m in record["models"].values()}
+    assert len(shas) == 1 and None not in shas
+    assert record["settings"]["apply_chat_template"] is True and record["settings"]["fewshot_as_multiturn"] is True

@@ -73,57 +73,84 @@ def _fractions(points: list[dict]) -> None:
                 p["retention_recovered"] = (r1 - p["retention"]) / (r1 - r0) + 0.0
 
 
+class AlphaModel:
+    """The run's fine-tuned model loaded once (from final/, on ``device`` in the run's training dtype), set to any
+    θ(α) in place: the sweep's model, and the handle a window's slider previews α with (``set_alpha``, then
+    ``model`` / ``tokenizer`` for generation). ``alpha`` is the α its weights hold now."""
+
+    def __init__(self, run_dir: str | Path, device: str = "auto"):
+        from ftstudio.core.config import ModelConfig, RunConfig
+        from ftstudio.engine.benchmarks import pick_device
+        from ftstudio.engine.forgetting.interpolate import plan_interpolation
+        from ftstudio.engine.models import load_model, quiet_transformers
+        from ftstudio.engine.models.load import load_target
+        from ftstudio.engine.train.numerics import pick_numerics
+
+        self.plan = plan_interpolation(run_dir)
+        self.cfg = RunConfig.load_run(self.plan.run_dir / "config.yaml")
+        self.task = _task_of(self.plan.final_dir)
+        self.device = pick_device(device)
+        self.numerics = pick_numerics(self.cfg.hardware.precision, self.device)
+        quiet_transformers()
+        loaded = load_model(ModelConfig(source=str(self.plan.final_dir), task=self.task), task=self.task,
+                            **load_target(self.device, self.numerics.param_dtype))
+        self.model, self.tokenizer = loaded.model.to(self.device), loaded.tokenizer
+        self.model.eval()
+        self.alpha = 1.0
+
+    def set_alpha(self, alpha: float) -> None:
+        from ftstudio.engine.forgetting.interpolate import apply_alpha, check_alpha
+
+        alpha = check_alpha(alpha)
+        if alpha != self.alpha:
+            apply_alpha(self.model, self.plan, alpha)
+            self.alpha = alpha
+
+    def autocast(self):
+        import torch
+
+        dtype = self.numerics.autocast_dtype
+        return (torch.autocast(device_type=self.device.split(":")[0], dtype=dtype) if dtype is not None
+                else nullcontext())
+
+
 def sweep_alphas(run_dir: str | Path, alphas: list[float], *, budget: float | None = None, bench=None,
                  device: str = "auto", report: Callable[[str], None] | None = None, save: bool = True,
-                 should_stop: Callable[[], bool] | None = None) -> dict:
+                 should_stop: Callable[[], bool] | None = None, handle: AlphaModel | None = None) -> dict:
     """Score θ(α) for each α (task metric, retention, and ``bench`` (BenchSettings) when given); choose α.
-    Returns the record (also written atomically to RUN/interpolation/sweep-<time>.json when ``save``)."""
+    Returns the record (also written atomically to RUN/interpolation/sweep-<time>.json when ``save``).
+    ``should_stop()`` is asked before each α (a window's Stop: the points scored so far are kept); ``handle``
+    reuses an :class:`AlphaModel` already loaded (it is left at the last α scored)."""
     import torch
 
-    from ftstudio.core.config import ModelConfig, RunConfig
     from ftstudio.engine import data as data_mod
     from ftstudio.engine.forgetting.general import retention_loss
-    from ftstudio.engine.forgetting.interpolate import apply_alpha, plan_interpolation
-    from ftstudio.engine.models import load_model, quiet_transformers
-    from ftstudio.engine.models.load import load_target
     from ftstudio.engine.train.evaluate import evaluate
-    from ftstudio.engine.train.numerics import pick_numerics
 
     say = report or (lambda _m: None)
     alphas = check_alphas(alphas)
     if budget is not None and budget < 0:
         raise ConfigError("--retention-budget", f"{budget:g} must be 0 or more (nats above the base model's loss)")
-    plan = plan_interpolation(run_dir)
-    final = plan.final_dir
-    cfg = RunConfig.load_run(plan.run_dir / "config.yaml")
-    task = _task_of(final)
-    from ftstudio.engine.benchmarks import pick_device
-    device = pick_device(device)
-    numerics = pick_numerics(cfg.hardware.precision, device)
-    quiet_transformers()
-    loaded = load_model(ModelConfig(source=str(final), task=task), task=task,
-                        **load_target(device, numerics.param_dtype))
-    model, tok = loaded.model.to(device), loaded.tokenizer
-    model.eval()
-    prepared = data_mod.prepare_data(cfg.data, tok, task=task, seed=cfg.train.seed)
-    retention = _retention_batches(cfg, tok, cfg.train.batch_size) if task == "causal-lm" else []
-    metric = "eval loss" if task == "causal-lm" else "accuracy"
-    if not prepared.val:
-        say("warning: the run has no validation split (val_fraction 0): the task metric is not measured")
     bench_ctx = None
     if bench is not None:
         from ftstudio.engine.benchmarks import resolve_tasks
         bench.check()
         bench_ctx = resolve_tasks(bench)
-    autocast = (torch.autocast(device_type=device.split(":")[0], dtype=numerics.autocast_dtype)
-                if numerics.autocast_dtype is not None else None)
+    h = handle or AlphaModel(run_dir, device)
+    plan, cfg, task, device, numerics = h.plan, h.cfg, h.task, h.device, h.numerics
+    model, tok, final = h.model, h.tokenizer, plan.final_dir
+    prepared = data_mod.prepare_data(cfg.data, tok, task=task, seed=cfg.train.seed)
+    retention = _retention_batches(cfg, tok, cfg.train.batch_size) if task == "causal-lm" else []
+    metric = "eval loss" if task == "causal-lm" else "accuracy"
+    if not prepared.val:
+        say("warning: the run has no validation split (val_fraction 0): the task metric is not measured")
     points = []
     for alpha in alphas:
         if should_stop is not None and should_stop():
             say("stopped: the points scored so far are kept")
             break
         t0 = time.perf_counter()
-        apply_alpha(model, plan, alpha)
+        h.set_alpha(alpha)
         point: dict = {"alpha": alpha}
         if prepared.val:
             result = evaluate(model, prepared, device=device, task=task, autocast_dtype=numerics.autocast_dtype,
@@ -131,11 +158,12 @@ def sweep_alphas(run_dir: str | Path, alphas: list[float], *, budget: float | No
             point["eval_loss"] = result["loss"]
             point["task"] = result["loss"] if task == "causal-lm" else result["accuracy"]
         if retention:
-            with autocast if autocast is not None else nullcontext():
+            with h.autocast():
                 point["retention"], point["retention_perplexity"] = retention_loss(model, retention)
         if bench_ctx is not None:
             from ftstudio.engine.benchmarks import evaluate_model
-            scores = evaluate_model(model, tok, bench, bench_ctx, device=device, label=f"α={alpha:g}")["scores"]
+            with torch.no_grad(), h.autocast():
+                scores = evaluate_model(model, tok, bench, bench_ctx, device=device, label=f"α={alpha:g}")["scores"]
             point["benchmarks"] = {f"{t}/{m}": v["value"] for t, ms in scores.items() for m, v in ms.items()}
         point["seconds"] = round(time.perf_counter() - t0, 2)
         say("α={:g}: {}".format(alpha, ", ".join(f"{k} {v:.4f}" for k, v in point.items()
