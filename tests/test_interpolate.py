@@ -223,3 +223,23 @@ def test_a_gguf_base_is_read_whole_and_alpha_0_is_its_weights(tiny_llama, tmp_pa
     got = load_file(f"{out['output']}/model.safetensors")
     for k, v in load_file(tiny_llama / "model.safetensors").items():   # the GGUF holds these weights exactly
         assert torch.equal(got[k], v), k
+
+
+def test_a_base_weight_without_its_theta0_is_refused_not_kept(forgetful_run, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from ftstudio.core.config import RunConfig
+    from ftstudio.core.errors import ModelError
+
+    base = tmp_path / "base"
+    shutil.copytree(forgetful_run["base"], base)
+    sd = load_file(base / "model.safetensors")
+    sd["model.layers.0.renamed.weight"] = sd.pop("model.layers.0.mlp.up_proj.weight")
+    save_file(sd, str(base / "model.safetensors"), metadata={"format": "pt"})
+    run_dir = tmp_path / "run"
+    shutil.copytree(forgetful_run["run"] / "final", run_dir / "final")
+    RunConfig.load(forgetful_run["run"] / "config.yaml").replace(source=str(base)).save(run_dir / "config.yaml")
+    with pytest.raises(ModelError, match="model.layers.0.mlp.up_proj.weight"):
+        plan_interpolation(run_dir)

@@ -146,6 +146,11 @@ def plan_interpolation(run_dir: str | Path) -> Plan:
         else:
             pairs.append(Pair(key, f, None, nbytes=nbytes))
             kept.append(f"{key} (θ0 has shape {list(bshape)}, θ* {list(shape)})")
+    inside = [k.split(" ")[0] for k in kept if prefix and k.startswith(prefix + ".")]
+    if inside:  # a weight of the base model itself without its θ0: the output would not lie between the two models
+        raise ModelError(f"θ0 ({cfg.model.source}) has no tensor of the same name and shape for {len(inside)} of "
+                         f"final/'s base-model weights (e.g. {inside[0]}): its checkpoint names or shapes them "
+                         "differently from final/; nothing was written")
     if from_init:
         notes.append(f"{len(from_init)} new tensor(s) interpolate from the initialisation the run saved: "
                      f"{', '.join(from_init[:4])}")
