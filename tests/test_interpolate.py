@@ -139,6 +139,13 @@ def test_cli_interpolate_json_and_clean_errors(forgetful_run, tmp_path, capsys):
     assert "not a run folder" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert main(["interpolate", str(forgetful_run["run"]), "--alphas", "0.5"]) == 2
     assert "at least two" in capsys.readouterr().err
+    assert main(["interpolate", str(forgetful_run["run"]), "--alphas", "0,0.5,1", "-o", str(tmp_path / "chosen"),
+                 "--json"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out.strip().splitlines()[-1])
+    assert record["written"] == str(tmp_path / "chosen") and record["chosen_alpha"] == 0.5
+    assert json.loads((tmp_path / "chosen" / "interpolation.json").read_text())["alpha"] == 0.5
+    assert "retention loss" in captured.err and "0.5 ←" in captured.err
 
 
 def test_classifier_head_interpolates_from_its_saved_initialisation(tiny_bert, tmp_path):

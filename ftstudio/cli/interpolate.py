@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--alpha", type=float, help="write θ(α) for this α in [0, 1]")
     g.add_argument("--alphas", type=_alphas, metavar="0,0.25,...", help="sweep these α and choose one")
+    g.add_argument("--sweep", dest="alphas", action="store_const", const=[i / 10 for i in range(11)],
+                   help="sweep α = 0, 0.1, ..., 1 and choose one")
     p.add_argument("-o", "--output", metavar="DIR",
                    help="the model folder to write (default RUN/interpolated/alpha-A); with --alphas, θ(α) is "
                         "written only when -o is given")
