@@ -128,6 +128,8 @@ def test_cli_eval_writes_the_record_atomically_and_prints_the_table(tuned_run, t
     saved = record["saved_to"]
     assert saved.startswith(str(tuned_run / "benchmarks")) and json.loads(open(saved).read())["delta"]
     assert not list((tuned_run / "benchmarks").glob("*.tmp"))
+    from ftstudio.engine.benchmarks import latest_record
+    assert latest_record(tuned_run)["created"] == record["created"]
     assert record["settings"]["limit"] == 5 and record["tasks"]["tiny_mc"]["documents"] == 5
     assert "Fine-tuned" in captured.err and "Δ" in captured.err and "±" in captured.err
 

@@ -116,6 +116,8 @@ def test_sweep_recovers_retention_at_low_alpha_and_keeps_the_task_at_high_alpha(
     assert record["chosen"]["task_gain_kept"] > 0.5 and record["chosen"]["retention_recovered"] >= 0.5
     saved = json.loads(open(record["saved_to"]).read())
     assert saved["chosen_alpha"] == chosen and len(saved["points"]) == 5
+    from ftstudio.engine.alpha_sweep import latest_sweep
+    assert latest_sweep(forgetful_run["run"])["chosen_alpha"] == chosen
 
 
 def test_choose_alpha_rule():
@@ -145,6 +147,8 @@ def test_cli_interpolate_json_and_clean_errors(forgetful_run, tmp_path, capsys):
     record = json.loads(captured.out.strip().splitlines()[-1])
     assert record["written"] == str(tmp_path / "chosen") and record["chosen_alpha"] == 0.5
     assert json.loads((tmp_path / "chosen" / "interpolation.json").read_text())["alpha"] == 0.5
+    exported = json.loads((forgetful_run["run"] / "interpolation" / "exported.json").read_text())
+    assert exported["alpha"] == 0.5 and exported["output"] == str(tmp_path / "chosen")
     assert "retention loss" in captured.err and "0.5 ←" in captured.err
 
 

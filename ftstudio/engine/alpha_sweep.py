@@ -198,3 +198,14 @@ def save_sweep(record: dict) -> Path:
         record["plot"] = None  # matplotlib is optional ('ftstudio[plot]'); the table and the record stand
     atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     return path
+
+
+def latest_sweep(run_dir: str | Path) -> dict | None:
+    """The run's newest saved sweep record (RUN/interpolation/sweep-*.json), or None."""
+    files = sorted((Path(run_dir) / "interpolation").glob("sweep-*.json"))
+    for f in reversed(files):
+        try:
+            return json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None

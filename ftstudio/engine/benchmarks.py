@@ -247,6 +247,7 @@ def evaluate_model(loaded_model, tokenizer, settings: BenchSettings, resolved, *
     raw = simple_evaluate(model=lm, tasks=list(specs), task_manager=manager, num_fewshot=settings.num_fewshot,
                           batch_size=settings.batch_size, limit=limit,
                           apply_chat_template=settings.apply_chat_template, log_samples=False,
+                          fewshot_as_multiturn=settings.apply_chat_template,  # as recorded; only used with a template
                           random_seed=settings.seed, numpy_random_seed=settings.seed,
                           torch_random_seed=settings.seed, fewshot_random_seed=settings.seed)
     if raw is None:  # a non-zero rank of a distributed harness run; ours is one process
@@ -380,6 +381,17 @@ def save_record(record: dict, path: str | Path | None = None) -> Path | None:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     return path
+
+
+def latest_record(run_dir: str | Path) -> dict | None:
+    """The run's newest benchmark record (RUN/benchmarks/*.json, `ftstudio eval`'s or eval.benchmarks'), or None."""
+    files = sorted((Path(run_dir) / "benchmarks").glob("*.json"), key=lambda f: f.stat().st_mtime)
+    for f in reversed(files):
+        try:
+            return json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def score_rows(record: dict) -> list[dict]:

@@ -276,7 +276,19 @@ def write_interpolated(run_dir: str | Path, alpha: float, out_dir: str | Path | 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _remember_export(plan.run_dir, summary)
     return summary
+
+
+def _remember_export(run_dir: Path, summary: dict) -> None:
+    """RUN/interpolation/exported.json: the α last exported and where (a window reopening the run shows it)."""
+    from ftstudio.core.runs import atomic_write_text
+
+    try:
+        (run_dir / "interpolation").mkdir(exist_ok=True)
+        atomic_write_text(run_dir / "interpolation" / "exported.json", json.dumps(summary, indent=2) + "\n")
+    except OSError:
+        pass  # a read-only run folder: the exported folder's own interpolation.json still says what it is
 
 
 def _shard_layout(pairs: list[Pair], max_bytes: int) -> list[list[str]]:
