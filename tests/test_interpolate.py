@@ -95,6 +95,15 @@ def test_mix_keeps_the_dtype_and_the_end_points_exactly():
     assert torch.equal(mix(a, b, 0.3), torch.lerp(a, b.float(), 0.3).to(torch.bfloat16))
     ints = torch.arange(4)
     assert mix(ints + 1, ints, 0.5) is ints   # integer buffers are not mixed
+    import ftstudio.engine.forgetting.interpolate as interp
+
+    big0, big1 = torch.randn(37, 11), torch.randn(37, 11).to(torch.bfloat16)
+    whole = mix(big0, big1, 0.7)
+    chunk, interp._CHUNK = interp._CHUNK, 50           # row blocks of 4 rows: the same numbers
+    try:
+        assert torch.equal(mix(big0, big1, 0.7), whole) and mix(big0, big1, 0.7).dtype == torch.bfloat16
+    finally:
+        interp._CHUNK = chunk
 
 
 def test_sweep_recovers_retention_at_low_alpha_and_keeps_the_task_at_high_alpha(forgetful_run):

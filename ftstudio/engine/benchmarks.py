@@ -273,8 +273,7 @@ def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str],
     scores and, for a run, Δ (fine-tuned − base) with its standard error."""
     import torch
 
-    from ftstudio.core.config import RunConfig
-    from ftstudio.core.config import ModelConfig
+    from ftstudio.core.config import ModelConfig, RunConfig
     from ftstudio.engine.models import load_model, quiet_transformers
 
     lm_eval = require_lm_eval()

@@ -26,6 +26,7 @@ from ftstudio.core.errors import ConfigError, ModelError
 INIT_FILE = Path("init") / "new_params.safetensors"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 DEFAULT_SHARD_BYTES = 2 * 1024 ** 3
+_CHUNK = 1 << 24          # elements mixed in float32 at once (64 MB)
 
 
 @dataclass
@@ -202,7 +203,15 @@ def mix(theta0, theta_star, alpha: float):
         return theta_star
     if alpha == 0.0:
         return theta0.to(theta_star.dtype)
-    return torch.lerp(theta0.float(), theta_star.float(), float(alpha)).to(theta_star.dtype)
+    if theta_star.dim() == 0 or theta_star.numel() <= _CHUNK:
+        return torch.lerp(theta0.float(), theta_star.float(), float(alpha)).to(theta_star.dtype)
+    # A large tensor (a 128k-token embedding) in row blocks: float32 copies of one block at a time, not of the whole
+    # tensor (the same numbers: the mix is element by element).
+    out = torch.empty_like(theta_star)
+    rows = max(1, _CHUNK // max(1, theta_star[0].numel()))
+    for i in range(0, theta_star.shape[0], rows):
+        out[i:i + rows] = torch.lerp(theta0[i:i + rows].float(), theta_star[i:i + rows].float(), float(alpha))
+    return out
 
 
 def tensors(plan: Plan, alpha: float) -> Iterator[tuple[str, object]]:
