@@ -178,7 +178,7 @@ def test_classifier_head_interpolates_from_its_saved_initialisation(tiny_bert, t
     key = next(k for k in base if k.endswith("query.weight"))    # base "encoder..." -> final "bert.encoder..."
     assert torch.equal(got[f"bert.{key}"], base[key])
     record = sweep_alphas(run_dir, [0, 1], save=False)
-    assert record["task_metric"] == "accuracy" and record["chosen_alpha"] is None
+    assert record["task_metric"] == "eval loss" and record["chosen_alpha"] is None   # the run's eval.metric
     assert all(p["task"] is not None for p in record["points"])
 
 

@@ -1,5 +1,5 @@
-"""The α sweep: θ(α) for a grid of α scored on the run's own task metric (its validation split, through the
-trainer's evaluation) and on retention (the loss on the held-out general text the run measured forgetting with),
+"""The α sweep: θ(α) for a grid of α scored on the run's own task metric (eval.metric on its validation split,
+through the trainer's evaluation) and on retention (the loss on the held-out general text the run measured forgetting with),
 optionally on lm-evaluation-harness benchmarks; then an α chosen by a stated rule.
 
 One model is loaded (from final/) and set to each θ(α) in place, tensor by tensor (interpolate.apply_alpha), so
@@ -141,7 +141,8 @@ def sweep_alphas(run_dir: str | Path, alphas: list[float], *, budget: float | No
     model, tok, final = h.model, h.tokenizer, plan.final_dir
     prepared = data_mod.prepare_data(cfg.data, tok, task=task, seed=cfg.train.seed)
     retention = _retention_batches(cfg, tok, cfg.train.batch_size) if task == "causal-lm" else []
-    metric = "eval loss" if task == "causal-lm" else "accuracy"
+    key = cfg.eval.metric if task == "classification" else "loss"   # the run's own validation metric
+    metric = f"eval {key.replace('_', '-')}"
     if not prepared.val:
         say("warning: the run has no validation split (val_fraction 0): the task metric is not measured")
     points = []
@@ -156,7 +157,7 @@ def sweep_alphas(run_dir: str | Path, alphas: list[float], *, budget: float | No
             result = evaluate(model, prepared, device=device, task=task, autocast_dtype=numerics.autocast_dtype,
                               batch_size=cfg.train.batch_size, max_batches=cfg.eval.eval_batches)
             point["eval_loss"] = result["loss"]
-            point["task"] = result["loss"] if task == "causal-lm" else result["accuracy"]
+            point["task"] = result[key]
         if retention:
             with h.autocast():
                 point["retention"], point["retention_perplexity"] = retention_loss(model, retention)
