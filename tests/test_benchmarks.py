@@ -219,3 +219,12 @@ def test_chat_template_on_scores_both_models_through_the_fine_tunes_template(tun
     shas = {m["chat_template_sha256"] for m in record["models"].values()}
     assert len(shas) == 1 and None not in shas
     assert record["settings"]["apply_chat_template"] is True and record["settings"]["fewshot_as_multiturn"] is True
+
+
+def test_a_task_whose_data_cannot_be_loaded_is_one_line(tiny_llama, tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    tasks = write_task(tmp_path / "tasks")
+    (tasks / "data" / "tiny_mc.jsonl").unlink()
+    assert main(["eval", str(tiny_llama), "--tasks", "tiny_mc", "--include-path", str(tasks)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "could not load a task's data" in err[-1] and "internal error" not in err[-1]

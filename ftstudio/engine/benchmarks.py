@@ -125,7 +125,7 @@ def resolve_tasks(settings: BenchSettings):
     if missing:
         import difflib
 
-        close = difflib.get_close_matches(missing[0], manager.all_tasks, n=3)
+        close = difflib.get_close_matches(missing[0], manager.all_tasks, n=3, cutoff=0.75)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise ConfigError("--tasks", f"unknown task {missing[0]!r}{hint}: use lm-evaluation-harness's task names "
                                      "(`lm-eval ls tasks`), or the `task:` name of a task YAML in a folder given "
@@ -243,16 +243,26 @@ def evaluate_model(loaded_model, tokenizer, settings: BenchSettings, resolved, *
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
     loaded_model.eval()
     lm = HFLM(pretrained=loaded_model, tokenizer=tokenizer, batch_size=settings.batch_size, device=device)
-    limit = int(settings.limit) if settings.limit is not None and settings.limit >= 1 else settings.limit
-    raw = simple_evaluate(model=lm, tasks=list(specs), task_manager=manager, num_fewshot=settings.num_fewshot,
-                          batch_size=settings.batch_size, limit=limit,
-                          apply_chat_template=settings.apply_chat_template, log_samples=False,
-                          fewshot_as_multiturn=settings.apply_chat_template,  # as recorded; only used with a template
-                          random_seed=settings.seed, numpy_random_seed=settings.seed,
-                          torch_random_seed=settings.seed, fewshot_random_seed=settings.seed)
+    try:
+        raw = _simple_evaluate(simple_evaluate, lm, settings, manager, specs)
+    except OSError as e:  # datasets' ConnectionError, DatasetNotFoundError and missing files are all OSErrors
+        raise FTStudioError(f"lm-evaluation-harness could not load a task's data ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:300]}); the harness's own tasks download their data from "
+                            "the Hugging Face hub on first use: offline, score tasks over local files "
+                            "(--include-path; resources/benchmarks/ftstudio_general_mc.yaml is an example)") from None
     if raw is None:  # a non-zero rank of a distributed harness run; ours is one process
         raise FTStudioError(f"lm-evaluation-harness returned no results for {label or 'the model'}")
     return {"scores": scores_of(raw), "tasks": _task_facts(raw, yamls)}
+
+
+def _simple_evaluate(simple_evaluate, lm, settings: BenchSettings, manager, specs):
+    limit = int(settings.limit) if settings.limit is not None and settings.limit >= 1 else settings.limit
+    return simple_evaluate(model=lm, tasks=list(specs), task_manager=manager, num_fewshot=settings.num_fewshot,
+                           batch_size=settings.batch_size, limit=limit,
+                           apply_chat_template=settings.apply_chat_template, log_samples=False,
+                           fewshot_as_multiturn=settings.apply_chat_template,  # as recorded; used with a template
+                           random_seed=settings.seed, numpy_random_seed=settings.seed,
+                           torch_random_seed=settings.seed, fewshot_random_seed=settings.seed)
 
 
 def _run_parts(source: str) -> tuple[Path, Path] | None:
@@ -274,14 +284,12 @@ def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str],
     import torch
 
     from ftstudio.core.config import ModelConfig, RunConfig
-    from ftstudio.engine.models import load_model, quiet_transformers
+    from ftstudio.engine.models import describe_model, load_model, quiet_transformers
 
     lm_eval = require_lm_eval()
     say = report or (lambda _msg: None)
     settings.check()
     device, dtype = _device_dtype(settings)
-    resolved = resolve_tasks(settings)
-    names = resolved[2]
     parts = _run_parts(source)
     if parts is not None:
         cfg = RunConfig.load_run(parts[0] / "config.yaml")
@@ -294,6 +302,10 @@ def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str],
                   ("fine_tuned", ModelConfig(source=str(parts[1]), task="causal-lm"))]
     else:
         models = [("model", ModelConfig(source=source, task="causal-lm"))]
+    for _label, mcfg in models:  # a missing model is said before the tasks are indexed (seconds)
+        describe_model(mcfg.source, trust_remote_code=mcfg.trust_remote_code, revision=mcfg.revision)
+    resolved = resolve_tasks(settings)
+    names = resolved[2]
     quiet_transformers()
     record: dict = {"created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "source": str(source),
                     "run": str(parts[0]) if parts else None, "models": {}, "tasks": {}}
