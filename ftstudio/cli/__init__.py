@@ -15,11 +15,12 @@ import sys
 from ftstudio import __version__
 from ftstudio.core.streams import guard_windowed_streams
 
-VERBS = ("train", "estimate", "check-data", "gpus", "launch-script", "export", "lr-find", "sweep", "gui")
+VERBS = ("train", "estimate", "check-data", "gpus", "launch-script", "export", "lr-find", "sweep", "eval",
+         "interpolate", "gui")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import check_data, estimate, export, gpus, launch_script, lr_find, sweep, train
+    from . import check_data, estimate, eval as eval_cmd, export, gpus, interpolate, launch_script, lr_find, sweep, train
 
     parser = OneLineParser(prog="ftstudio", description="Full fine-tuning of pre-trained transformers. "
                                      "With no verb, opens the desktop app.")
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_parser(sub)
     sweep.add_parser(sub)
     export.add_parser(sub)
+    eval_cmd.add_parser(sub)
+    interpolate.add_parser(sub)
     g = sub.add_parser("gui", help="open the desktop app (the default)", add_help=False)
     g.set_defaults(func=None)
     return parser

@@ -194,7 +194,7 @@ class Trainer:
         # θ0 copies (L2-SP, EWC, drift) are taken here, before a resume overwrites the weights.
         from ftstudio.engine.forgetting import Forgetting
         self.forgetting = Forgetting(cfg, model, tokenizer, task, prepared, device, numerics.autocast_dtype,
-                                     self.report)
+                                     self.report, run_dir=self.run_dir, new_params=loaded.new_params)
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
         self._best = BestTracker.for_run(cfg, task, bool(prepared.val), self.report, model)
         sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general),
@@ -241,7 +241,7 @@ class Trainer:
                 eval_result = (self._best.last_result if stop_reason else
                                self._evaluate(model, prepared, device, numerics, task))
             self.forgetting.evaluate(model, self.step)
-            self.forgetting.summary(self._first_eval, eval_result)
+            self.forgetting.summary(self._first_eval, eval_result, model)
             eval_result = self._best.restore_best(model, self.step, eval_result, self.report)  # export_best
         final_dir = None
         if status == "stopped":
