@@ -6,7 +6,7 @@
 Each shape is a random-weight model of a public architecture's config (saved in bf16 with save_pretrained, with
 the word-level test tokenizer of tests/tiny.py), trained for a few steps on rows that fill seq_len, through
 ``ftstudio.engine.run`` (what ``ftstudio train`` calls) with a memory snapshot every step. The plan is
-``memory.run_plan.plan_run`` of the same config (what ``ftstudio estimate`` prints): its allocator peak against
+``train.plan_run.plan_run`` of the same config (what ``ftstudio estimate`` prints): its allocator peak against
 the largest ``allocated_peak`` of the run's snapshots. Error = (planned − measured) / measured: negative is an
 under-plan. ``--plan-only`` prints the plans (CPU, no run).
 """
@@ -41,10 +41,10 @@ SHAPES = {
     "gemma-2-2b": (dict(model_type="gemma2", hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
                         num_attention_heads=8, num_key_value_heads=4, head_dim=256, vocab_size=256000,
                         max_position_embeddings=8192, final_logit_softcapping=30.0, attn_logit_softcapping=50.0,
-                        query_pre_attn_scalar=256, sliding_window=4096), 2, 2048),
+                        query_pre_attn_scalar=256, sliding_window=4096), 1, 2048),
     "phi-3-mini": (dict(model_type="phi3", hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
                         num_attention_heads=32, num_key_value_heads=32, vocab_size=32064, tie_word_embeddings=False,
-                        max_position_embeddings=4096, original_max_position_embeddings=4096), 2, 2048),
+                        max_position_embeddings=4096, original_max_position_embeddings=4096), 1, 2048),
     "mistral-7b": (dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                         num_attention_heads=32, num_key_value_heads=8, vocab_size=32768, tie_word_embeddings=False,
                         max_position_embeddings=8192, sliding_window=None), 1, 2048),
@@ -57,7 +57,9 @@ SHAPES = {
     "gpt2": (dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024),
              8, 1024),
 }
-SETTINGS = {"defaults": None, "fastest": "fastest", "largest": "largest"}
+# name: (preset, leaves over it)
+SETTINGS = {"defaults": (None, {}), "checkpointed": (None, {"activation_checkpointing": True, "loss": "chunked"}),
+            "fastest": ("fastest", {}), "largest": ("largest", {})}
 
 
 def make_model(name: str, folder: Path) -> Path:
@@ -106,9 +108,10 @@ def config_for(name: str, setting: str, model: Path, data: Path, steps: int, out
     cfg = RunConfig().replace(source=str(model), dataset=str(data), batch_size=batch, seq_len=seq, max_steps=steps,
                               memory_snapshot_every=1, export=False, val_fraction=0.0, eval_every=0,
                               output=str(out), device="cuda", log_every=1)
-    if SETTINGS[setting]:
-        cfg = apply_preset(cfg, SETTINGS[setting])
-    return cfg
+    preset, leaves = SETTINGS[setting]
+    if preset:
+        cfg = apply_preset(cfg, preset)
+    return cfg.replace(**leaves) if leaves else cfg
 
 
 def measure_run(cfg) -> dict:
@@ -122,7 +125,8 @@ def measure_run(cfg) -> dict:
     def sink(e):
         if isinstance(e, MemorySnapshot) and e.allocated_peak:
             peaks.append(e.allocated_peak)
-        elif isinstance(e, LogLine) and ("Fast defaults" in e.message or e.level == "error"):
+        elif isinstance(e, LogLine) and ("Fast defaults" in e.message or "Memory plan" in e.message
+                                                or e.level == "error"):
             lines.append(e.message[:300])
 
     torch.cuda.empty_cache()
@@ -138,24 +142,25 @@ def measure_run(cfg) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default=",".join(SHAPES))
-    ap.add_argument("--settings", default="defaults,fastest,largest")
+    ap.add_argument("--settings", default="defaults,checkpointed,fastest,largest")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--work", default="/tmp/plan_vs_measured")
     ap.add_argument("--out")
     ap.add_argument("--jsonl")
     ap.add_argument("--plan-only", action="store_true")
     a = ap.parse_args()
-    from ftstudio.engine.memory.run_plan import RowFacts, plan_run
+    from ftstudio.engine.train.plan_run import RowFacts, plan_run
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     rows_out = []
-    for name in a.shapes.split(","):
-        cfg_d, batch, seq = SHAPES[name]
-        cls = cfg_d["model_type"] == "bert"
-        model = work / name if a.plan_only else make_model(name, work)
-        data = make_data(work, seq, batch * (a.steps + 1), cls)
-        for setting in a.settings.split(","):
+    capacity = _capacity()
+    for setting in a.settings.split(","):
+        for name in a.shapes.split(","):
+            cfg_d, batch, seq = SHAPES[name]
+            cls = cfg_d["model_type"] == "bert"
+            model = work / name if a.plan_only else make_model(name, work)
+            data = make_data(work, seq, batch * (a.steps + 1), cls)
             row = {"shape": name, "setting": setting, "batch": batch, "seq_len": seq}
             try:
                 cfg = config_for(name, setting, model, data, a.steps, work / "runs")
@@ -166,7 +171,9 @@ def main() -> int:
                            margin=rp.plan.margin, notes=rp.plan.notes, choices=rp.lines,
                            closed_form=rp.plan.parts.get("closed_form_peak", rp.plan.peak_allocated),
                            phase=rp.plan.peak_phase)
-                if not a.plan_only:
+                if capacity and rp.plan.peak_allocated > 0.97 * capacity:
+                    row.update(status="skipped", reason=f"planned beyond the card's {capacity / 1e9:.0f} GB")
+                elif not a.plan_only:
                     row.update(measure_run(cfg))
             except Exception as e:  # noqa: BLE001 - one failed row must not end the table
                 row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
@@ -183,6 +190,14 @@ def main() -> int:
     if a.out:
         Path(a.out).write_text(table + "\n")
     return 0
+
+
+def _capacity() -> int | None:
+    try:
+        import torch
+        return torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001
+        return None
 
 
 def format_table(rows: list[dict]) -> str:

@@ -22,16 +22,16 @@ fall back to the closed form of plan.py, with a wider margin.
 """
 from __future__ import annotations
 
-import math
 import time
 import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from ftstudio.engine.memory.trace_rules import CudaAutocastRules, unpacked_rows
 
 CUDA_BLOCK = 512            # the CUDA caching allocator rounds every allocation up to a multiple of 512 bytes
 
@@ -51,6 +51,8 @@ class LiveBytes(TorchDispatchMode):
         self.block = block
         self.live = 0
         self.peak = 0
+        self.region = 0                  # blocks whose backward is complete (set by trace.py's hooks)
+        self.region_peaks: dict[int, int] = {}
         self._seen: dict[int, tuple[weakref.ref, int]] = {}
 
     def _add(self, t) -> None:
@@ -74,6 +76,8 @@ class LiveBytes(TorchDispatchMode):
         self.live += n
         if self.live > self.peak:
             self.peak = self.live
+        if self.live > self.region_peaks.get(self.region, 0):
+            self.region_peaks[self.region] = self.live
 
     def count(self, tensors) -> None:
         """Count tensors made outside an op seen here (e.g. before the mode was entered)."""
@@ -82,6 +86,7 @@ class LiveBytes(TorchDispatchMode):
 
     def reset_peak(self) -> None:
         self.peak = self.live
+        self.region_peaks = {self.region: self.live}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -93,94 +98,6 @@ class LiveBytes(TorchDispatchMode):
 def _is_fake(t) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
     return isinstance(t, FakeTensor)
-
-
-# CUDA's autocast runs these in fp32 (aten/src/ATen/autocast_mode.cpp, the CUDA fp32 list); the CPU's keeps bf16.
-_F = torch.nn.functional
-_T = torch.Tensor
-_FP32_OPS = {torch.pow, _T.pow, _T.__pow__, _T.__rpow__, torch.exp, _T.exp, torch.log, _T.log, torch.log1p,
-             _T.log1p, torch.expm1, _T.expm1, torch.rsqrt, _T.rsqrt, torch.reciprocal, _T.reciprocal, torch.acos,
-             torch.asin, torch.cosh, torch.sinh, torch.tan, torch.erfinv, _F.softplus, _F.layer_norm, _F.group_norm,
-             _F.cosine_similarity, _F.nll_loss, _F.mse_loss, _F.l1_loss, _F.smooth_l1_loss, _F.huber_loss, _F.kl_div,
-             _F.binary_cross_entropy_with_logits, torch.logsumexp, _T.logsumexp, torch.cdist, torch.dist,
-             torch.renorm, torch.norm, _T.norm}
-# ... and these with their output dtype set to fp32 (the "fp32_set_opt_dtype" list).
-_FP32_OUT_OPS = {torch.softmax, _T.softmax, _F.softmax, torch.log_softmax, _T.log_softmax, _F.log_softmax,
-                 torch.sum, _T.sum, torch.prod, _T.prod, torch.cumsum, _T.cumsum, torch.cumprod, _T.cumprod}
-_LOW = (torch.bfloat16, torch.float16)
-# ... and these in bf16 (the CPU's autocast leaves them alone): the grouped matmul of mixture-of-experts layers.
-_LOW_OPS = {f for f in (getattr(torch, "_grouped_mm", None),) if f is not None}
-
-
-class CudaAutocastRules(TorchFunctionMode):
-    """What CUDA does differently from the CPU, for a plan of a CUDA step traced on the CPU: under autocast the
-    ops that CUDA's autocast runs in fp32 run in fp32 here too; fp32 grouped-query SDPA goes to the math kernel
-    as on CUDA (its fused kernels take no fp32 GQA); SDPA's dropout is applied inside the fused kernel."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if torch.is_autocast_enabled("cpu"):
-            if func in _FP32_OPS and _any_low(args, kwargs):
-                args, kwargs = _upcast(args), _upcast(kwargs)
-            elif func in _FP32_OUT_OPS and kwargs.get("dtype") is None and _any_low(args, kwargs):
-                if func in (torch.softmax, _T.softmax, _F.softmax, torch.log_softmax, _T.log_softmax,
-                            _F.log_softmax) and len(args) >= 3 and args[2] is not None:
-                    pass                       # dtype given positionally
-                else:
-                    kwargs = {**kwargs, "dtype": torch.float32}
-        if func in _LOW_OPS and torch.is_autocast_enabled("cpu"):      # CUDA's autocast casts these too
-            low = torch.get_autocast_dtype("cpu")
-            args, kwargs = _downcast(args, low), _downcast(kwargs, low)
-        if func is _F.scaled_dot_product_attention:
-            if kwargs.get("enable_gqa") and _fp32_gqa(args, kwargs):
-                return _math_sdpa(args, kwargs)
-            # CUDA's flash and memory-efficient kernels apply dropout inside (a seed is saved, not a mask); the
-            # CPU's would fall back to the math kernel and keep the (B, H, S, S) scores: trace without it.
-            if len(args) > 4:
-                args = (*args[:4], 0.0, *args[5:])
-            elif kwargs.get("dropout_p"):
-                kwargs = {**kwargs, "dropout_p": 0.0}
-        return func(*args, **kwargs)
-
-
-def _any_low(args, kwargs) -> bool:
-    return any(isinstance(t, torch.Tensor) and t.dtype in _LOW for t in tree_flatten((args, kwargs))[0])
-
-
-def _upcast(tree):
-    if isinstance(tree, torch.Tensor):
-        return tree.float() if tree.dtype in _LOW else tree
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_upcast(x) for x in tree)
-    if isinstance(tree, dict):
-        return {k: _upcast(v) for k, v in tree.items()}
-    return tree
-
-
-def _downcast(tree, dtype):
-    if isinstance(tree, torch.Tensor):
-        return tree.to(dtype) if tree.dtype == torch.float32 else tree
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_downcast(x, dtype) for x in tree)
-    if isinstance(tree, dict):
-        return {k: _downcast(v, dtype) for k, v in tree.items()}
-    return tree
-
-
-def _fp32_gqa(args, kwargs) -> bool:
-    q = args[0] if args else kwargs.get("query")
-    k = args[1] if len(args) > 1 else kwargs.get("key")
-    low = torch.is_autocast_enabled("cpu")
-    return (isinstance(q, torch.Tensor) and q.dtype == torch.float32 and not low
-            and q.shape[-3] != k.shape[-3])
-
-
-def _math_sdpa(args, kwargs):
-    names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
-    kw = dict(zip(names, args))
-    kw.update({k: v for k, v in kwargs.items() if k in names or k in ("scale", "enable_gqa")})
-    q, k, v = kw.pop("query"), kw.pop("key"), kw.pop("value")
-    return torch.ops.aten._scaled_dot_product_attention_math(q, k, v, **kw)[0]
 
 
 @dataclass
@@ -198,6 +115,7 @@ class StepChoices:
     padded: bool = False                # rows of a batch differ in length: an attention mask is passed
     num_labels: int = 2
     block: int = CUDA_BLOCK             # allocator rounding (1 on the CPU)
+    loss_fn: object = None              # loss_fn(model, batch, chunked=bool): the trainer's causal-LM loss
 
 
 @dataclass
@@ -253,14 +171,21 @@ def _with_layers(config, n: int):
 
 
 def trace_step(config, choices: StepChoices, *, trust_remote_code: bool = False) -> Trace:
-    """Trace the step of ``config`` (a transformers config) for ``choices``; see the module docstring."""
+    """Trace the step of ``config`` (a transformers config) for ``choices``; see the module docstring.
+
+    A model deeper than three passes of its layer pattern is traced with two and three passes and extrapolated.
+    The training peak is the larger of two lines: the peak until the top block's backward is done (activations of
+    every block still saved: it grows by a block's activations per block) and the peak after it (gradients of
+    the finished blocks: it grows by a block's gradients); the largest moment of a deep model is at one of these
+    ends, while a shallow trace's single peak may sit at the other."""
     t0 = time.perf_counter()
     depth = int(config.num_hidden_layers)
     period = layer_period(config)
-    if depth <= 2 * period:
+    if depth <= 3 * period:
         points = [(depth, _trace_once(config, choices, trust_remote_code))]
     else:
-        points = [(n, _trace_once(_with_layers(config, n), choices, trust_remote_code)) for n in (period, 2 * period)]
+        points = [(n, _trace_once(_with_layers(config, n), choices, trust_remote_code))
+                  for n in (2 * period, 3 * period)]
     (n1, a), rest = points[0], points[1:]
     if rest:
         n2, b = rest[0]
@@ -268,16 +193,45 @@ def trace_step(config, choices: StepChoices, *, trust_remote_code: bool = False)
 
         def at(key: str) -> int:
             return int(round(a[key] + scale * (b[key] - a[key])))
+        train_peak = max(at("first"), at("last"))
         per_layer = int((b["train_peak"] - a["train_peak"]) / (n2 - n1))
     else:
         def at(key: str) -> int:
             return int(a[key])
-        per_layer = 0
-    notes = list(a["notes"])
-    return Trace(weights=at("weights"), gradients=at("gradients"), train_peak=at("train_peak"),
+        train_peak, per_layer = a["train_peak"], 0
+    return Trace(weights=at("weights"), gradients=at("gradients"), train_peak=train_peak,
                  eval_peak=at("eval_peak"), params=at("params"), largest=max(a["largest"], points[-1][1]["largest"]),
                  layers_traced=tuple(n for n, _ in points), seconds=time.perf_counter() - t0, per_layer=per_layer,
-                 notes=notes)
+                 notes=list(a["notes"]))
+
+
+def _block_hooks(model, live: LiveBytes):
+    """Count, in ``live.region``, the blocks whose every parameter has its gradient (their backward is done).
+    Returns (number of blocks, a function that starts the count again for the next backward)."""
+    from ftstudio.engine.models.structure import find_block_list
+
+    blocks = find_block_list(model)
+    if blocks is None:
+        return 0, lambda: None
+    owners: list[list] = []
+    left: list[int] = []
+    for i, block in enumerate(blocks):
+        params = list({id(p): p for p in block.parameters()}.values())
+        owners.append(params)
+        left.append(len(params))
+
+        def done(_p, i=i):
+            left[i] -= 1
+            if left[i] == 0:
+                live.region += 1
+        for p in params:
+            p.register_post_accumulate_grad_hook(done)
+
+    def restart():
+        live.region = 0
+        for i, params in enumerate(owners):
+            left[i] = len(params)
+    return len(blocks), restart
 
 
 def _build(config, choices: StepChoices, trust_remote_code: bool):
@@ -324,18 +278,21 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool) -> dict:
         if choices.in_backward:
             for p in params:
                 p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
+        n_blocks, restart = _block_hooks(model, live)
         batch = _batch(config, choices)
         amp = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
-        rules = CudaAutocastRules() if choices.block > 1 else nullcontext()   # planning a CUDA step
-        with live, rules:
+        rules = CudaAutocastRules(autocast_dtype) if choices.block > 1 else nullcontext()   # planning a CUDA step
+        with live, rules, unpacked_rows():
             live.count(params)
             live.reset_peak()
             for _ in range(max(1, min(2, choices.grad_accum))):   # a second micro-batch runs with gradients alive
+                restart()
                 with amp:
                     loss = _loss(model, batch, choices)
                 loss.backward()
                 del loss
-            train_peak = live.peak
+            train_peak, regions = live.peak, dict(live.region_peaks)
+            live.region = 0
             grads = sum(round_block(p.grad.untyped_storage().nbytes(), choices.block)
                         for p in {id(p): p for p in params}.values() if p.grad is not None)
             for p in params:
@@ -348,7 +305,10 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool) -> dict:
             eval_peak = live.peak
     largest = max((p.numel() for p in params), default=0)
     n_params = sum(p.numel() for p in {id(p): p for p in params}.values())
+    first = regions.get(0, train_peak) if n_blocks >= 2 else train_peak
+    last = max(regions.get(n_blocks - 1, 0), regions.get(n_blocks, 0)) if n_blocks >= 2 else train_peak
     return {"weights": weights, "gradients": grads, "train_peak": train_peak, "eval_peak": eval_peak,
+            "first": first, "last": last,
             "params": n_params, "largest": largest, "notes": notes}
 
 
@@ -363,10 +323,11 @@ def _batch(config, choices: StepChoices) -> dict:
 
 
 def _loss(model, batch: dict, choices: StepChoices):
-    if choices.task == "classification":
+    if choices.task == "classification" or choices.loss_fn is None:
+        if choices.loss == "chunked" and choices.task != "classification":
+            raise ValueError("the chunked loss is traced through the trainer's loss function (StepChoices.loss_fn)")
         return model(**batch).loss
-    from ftstudio.engine.train.loss import causal_lm_loss
-    return causal_lm_loss(model, batch, chunked=choices.loss == "chunked")
+    return choices.loss_fn(model, batch, chunked=choices.loss == "chunked")
 
 
 

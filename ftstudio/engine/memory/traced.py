@@ -26,7 +26,7 @@ MARGIN_CLOSED_FORM = 0.10      # the closed form away from the Llama/Qwen2 rows 
 
 def plan(model_config: dict, run: RunConfig, gpus: int = 1, device: str | None = None, *, seq_len: int | None = None,
          padded: bool = False, trust_remote_code: bool = False, source: str | None = None,
-         trace: bool = True) -> MemoryBreakdown:
+         trace: bool = True, loss_fn=None) -> MemoryBreakdown:
     """The plan of ``run``: traced where the tracer covers the run, else the closed form with a wider margin.
 
     ``seq_len``: the longest batch the run will see (the real rows' length; default the config's seq_len);
@@ -34,14 +34,15 @@ def plan(model_config: dict, run: RunConfig, gpus: int = 1, device: str | None =
     shape = shape_from_config(model_config)
     closed = estimate(shape, run, gpus, device=device)
     closed.margin = MARGIN_CHECKED if shape.model_type in ("llama", "qwen2") else MARGIN_CLOSED_FORM
-    why = _untraced(run, gpus, device, trace)
+    why = _untraced(run, gpus, device, trace) or (
+        "the chunked loss needs the trainer's loss function" if run.memory.loss == "chunked" and loss_fn is None else "")
     if why:
         closed.notes.append(f"closed form ({why}); margin {closed.margin:.0%}")
         return closed
     try:
         from ftstudio.engine.memory.trace import hf_config
         config = hf_config(model_config, trust_remote_code=trust_remote_code, source=source)
-        traced = _trace(config, shape, run, device, seq_len, padded, trust_remote_code)
+        traced = _trace(config, shape, run, device, seq_len, padded, trust_remote_code, loss_fn)
     except Exception as e:  # noqa: BLE001 - any model code may fail on fake tensors: the closed form answers
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
         closed.notes.append(f"closed form: the model's step could not be traced on fake tensors ({type(e).__name__}: "
@@ -71,7 +72,7 @@ def _liger() -> bool:
     return importlib.util.find_spec("liger_kernel") is not None
 
 
-def _trace(config, shape: ModelShape, run: RunConfig, device, seq_len, padded, trust_remote_code):
+def _trace(config, shape: ModelShape, run: RunConfig, device, seq_len, padded, trust_remote_code, loss_fn):
     from ftstudio.engine.memory.trace import CUDA_BLOCK, StepChoices, trace_step
 
     on_cpu = (device or run.hardware.device) == "cpu"
@@ -81,7 +82,7 @@ def _trace(config, shape: ModelShape, run: RunConfig, device, seq_len, padded, t
                           attention="auto" if run.model.attention == "flex_attention" else run.model.attention,
                           checkpointing=run.memory.activation_checkpointing, loss=run.memory.loss,
                           grad_accum=run.train.grad_accum, in_backward=run.memory.optimizer_in_backward,
-                          padded=padded, block=1 if on_cpu else CUDA_BLOCK)
+                          padded=padded, block=1 if on_cpu else CUDA_BLOCK, loss_fn=loss_fn)
     return trace_step(config, choices, trust_remote_code=trust_remote_code)
 
 

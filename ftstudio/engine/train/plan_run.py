@@ -105,8 +105,10 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
     eff = run.replace(compile=chosen["compile"], packing=chosen["packing"])
     if chosen["packing"] and task == "causal-lm":
         longest, padded = s, False           # packed rows fill seq_len, one document mask per row
+    from ftstudio.engine.train.loss import causal_lm_loss
     plan = traced_plan(model_config, eff, gpus, dev, seq_len=longest, padded=padded,
-                       trust_remote_code=run.model.trust_remote_code, source=source, trace=trace)
+                       trust_remote_code=run.model.trust_remote_code, source=source, trace=trace,
+                       loss_fn=causal_lm_loss)
     return RunPlan(plan=plan, config=eff, lines=lines, seq_len=longest, padded=padded)
 
 
