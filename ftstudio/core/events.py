@@ -104,6 +104,8 @@ class MemorySnapshot(Event):
     reserved: int | None = None
     nvml_used: int | None = None
     total: int | None = None
+    planned_peak: int | None = None                # the memory plan's allocator peak for this run (train/memory_log.py)
+    planned_phases: dict | None = None             # the plan's peak of each phase of a step, bytes
 
 
 @dataclass

@@ -476,11 +476,8 @@ class Trainer:
         return kept
 
     def _memory_snapshot(self, model, device) -> None:
-        try:
-            from ftstudio.engine.memory import measure
-        except ImportError:
-            return
-        self.report(measure(model, self.optimizer, device, self.step))
+        from ftstudio.engine.train.memory_log import snapshot   # measured, beside this run's plan
+        self.report(snapshot(self, model, device))
 
     def _save_checkpoint(self, model, scaler) -> None:
         from ftstudio.engine.train.checkpoint import save_checkpoint
