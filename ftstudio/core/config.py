@@ -107,7 +107,8 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+        from .atomic import atomic_write_text   # a reader (a resume, the GUI) never sees half a config
+        atomic_write_text(path, self.to_yaml())
 
     @classmethod
     def from_yaml(cls, text: str, *, file: str | None = None) -> "RunConfig":

@@ -141,11 +141,6 @@ class RunIndex:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write a file so that readers see the old or the new content, never half of it (core/atomic.py)."""
+    from .atomic import atomic_write_text as write
+    write(path, text)

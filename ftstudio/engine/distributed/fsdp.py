@@ -341,14 +341,14 @@ class FSDPTrainer(Trainer):
             self.report(event_from_dict(d))
 
     # -- checkpoints and export ------------------------------------------------------------------------
-    def _save_checkpoint(self, model, scaler) -> None:
+    def _save_checkpoint(self, model, scaler, *, ended: str | None = None) -> None:
         from ftstudio.engine.distributed.checkpoint import save_sharded
 
-        # What a single-device checkpoint carries (the rollback's LR factor) plus what a resume needs for the
-        # forgetting summary; the data position is global, so another number of ranks resumes at the same sample.
-        retention = getattr(getattr(self, "forgetting", None), "first_retention", None)
-        extra = {"lr_factor": self._lr_factor, "skips": self._skips, "first_eval": self._first_eval,
-                 "first_retention": retention.to_dict() if retention is not None else None}
+        # What a single-device checkpoint carries (train/keeping.py: the rollback's LR factor, early stopping, the
+        # config, the forgetting summary's first figures); the data position is global, so another number of ranks
+        # resumes at the same sample. An end checkpoint (``ended``) keeps the optimizer too: DCP saves both at once.
+        self._check_folder()
+        extra = self._extra_state(ended)
         path = save_sharded(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=scaler,
                             micro_batch=self._sched.to_global(self.micro_batch),
