@@ -146,8 +146,11 @@ class SyncedControl(Control):
         import torch
         import torch.distributed as dist
 
+        # Rank 0 brings the supervisor's requests; every rank its own stop (a SIGTERM that reached it directly, as
+        # SLURM signals every process of a job): the maximum over ranks, so all stop at the same step.
         flags = torch.tensor(self._read() if self._rank == 0 else [0, 0, 0], dtype=torch.int64)
-        dist.broadcast(flags, src=0, group=self._group)
+        flags[0] = max(int(flags[0]), int(self.stop_requested))
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group)
         stop, pause, saves = flags.tolist()
         if stop:
             self.request_stop()
@@ -418,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         dist.init_process_group("gloo")
         cpu_group = None
     control = SyncedControl(os.environ.get(CONTROL_ENV), rank, cpu_group)
+    from ftstudio.core.control import SignalStop
+    SignalStop(control).install()   # SIGTERM/SIGHUP/SIGINT sent to a rank: stop with the others, checkpointed
     result = FSDPTrainer(cfg, reporter, control, resume_from=args.resume, cpu_group=cpu_group).run()
     sys.stdout.flush()
     sys.stderr.flush()

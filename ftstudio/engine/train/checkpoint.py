@@ -170,6 +170,21 @@ def read_state(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {path} cannot be read: {first}") from None
 
 
+def mark_ended(path: str | Path, ended: str) -> None:
+    """Mark a complete checkpoint as the run's end (``extra["ended"]``: its stop reason), rewriting only its state
+    file, atomically: a resume (``ftstudio export RUN``) then evaluates and exports without training further."""
+    import io
+
+    import torch
+
+    from ftstudio.core.atomic import atomic_write_bytes
+    state = read_state(path)
+    state.setdefault("extra", {})["ended"] = ended
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(Path(path) / STATE_FILE, buf.getvalue())
+
+
 def load_best_weights(path: str | Path) -> list | None:
     """export_best's copy saved with a checkpoint, in the order early_stop.snapshot made it (None: none saved)."""
     from safetensors.torch import load_file
@@ -222,7 +237,7 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
     try:
         weights = load_file(str(path / "model.safetensors"))
         state = torch.load(path / STATE_FILE, weights_only=True, map_location="cpu")
-        has_opt = (path / "optimizer.pt").exists() or not state.get("extra", {}).get("ended")
+        has_opt = (path / "optimizer.pt").exists() or state.get("extra", {}).get("ended") is None
         opt_state = (torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
                      if optimizer is not None and has_opt else None)
     except Exception as e:  # noqa: BLE001 - OSError, a truncated zip (RuntimeError), SafetensorError, UnpicklingError

@@ -162,8 +162,11 @@ class RunKeeping:
         """Before the export: the weights in a complete checkpoint of this step (the one just made, or None when
         one already existed). A full disk here is said, and the export still tried: it may fit where this did not."""
         ckpt = self.run_dir / "checkpoints" / f"step-{self.step}"
-        if ckpt.is_dir():
-            return None
+        if ckpt.is_dir():   # this step's periodic checkpoint (or the resumed end one): marked as the end
+            if getattr(self, "rank", 0) == 0:
+                from ftstudio.engine.train.checkpoint import mark_ended
+                mark_ended(ckpt, stop_reason)
+            return ckpt if self._ended is not None else None   # a finished export removes the end checkpoint
         try:
             self._save_checkpoint(model, scaler, ended=stop_reason)
         except DiskFullError as e:
