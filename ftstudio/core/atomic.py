@@ -35,7 +35,7 @@ class DiskFullError(FTStudioError):
 def is_disk_full(e: BaseException) -> bool:
     """True for ENOSPC/EDQUOT, and for the writers that report a full disk only in their message
     (safetensors' SafetensorError, torch.save's zip writer)."""
-    if isinstance(e, OSError) and e.errno in FULL_DISK_ERRNOS:
+    if isinstance(e, DiskFullError) or (isinstance(e, OSError) and e.errno in FULL_DISK_ERRNOS):
         return True
     text = str(e)
     return "No space left on device" in text or "Disk quota exceeded" in text

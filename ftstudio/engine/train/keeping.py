@@ -71,7 +71,7 @@ class RunKeeping:
         self._lock = lock
         if lock.previous_pid:
             self.report(LogLine(f"Took over the run folder from process {lock.previous_pid}, which ended without "
-                                "releasing it (killed or crashed)"))
+                                "releasing it (killed or crashed)", "warning"))
         clean_leftovers(run_dir)                   # a killed export's .tmp-final-<pid>
         if self.resume_from is not None:
             self._check_resume_config(run_dir)
