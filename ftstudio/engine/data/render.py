@@ -41,6 +41,10 @@ class TemplateError(ValueError):
     """The chat template refused a conversation (e.g. roles that do not alternate)."""
 
 
+class TemplateTimeout(TemplateError):
+    """The chat template ran past its time limit (data/time_limit.py): every row would, so reading stops."""
+
+
 def chat_template(tokenizer) -> str:
     return getattr(tokenizer, "chat_template", None) or FALLBACK_CHAT_TEMPLATE
 
@@ -64,9 +68,15 @@ TEMPLATE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "reaso
 def _render(tokenizer, messages, gen: bool, tools=None) -> str:
     msgs = [{k: m[k] for k in TEMPLATE_KEYS if k in m} for m in messages]
     kw = {"tools": tools} if tools else {}
+    from ftstudio.engine.data.time_limit import TimeLimitExceeded, template_seconds, time_limit
     try:
-        out = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen,
-                                            chat_template=chat_template(tokenizer), **kw)
+        with time_limit(template_seconds(), "rendering the chat template"):  # a runaway loop is an error, not a hang
+            out = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen,
+                                                chat_template=chat_template(tokenizer), **kw)
+    except TimeLimitExceeded:
+        raise TemplateTimeout(f"the chat template took longer than {template_seconds():g} s to render this row "
+                              "(loops that never end?); fix the template, or set FTSTUDIO_TEMPLATE_TIME_LIMIT to "
+                              "more seconds") from None
     except Exception as e:  # jinja's raise_exception and template bugs alike
         raise TemplateError(f"the chat template refused this conversation: {str(e).splitlines()[0][:200]}") from e
     return out if isinstance(out, str) else out[0]

@@ -160,6 +160,9 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         fresh = [str(w) for w in prepared.warnings if w not in report.problems]  # the check above said the rest
         for line in [*fresh, f"Data: {prepared.summary()}"]:  # nothing cut or dropped unsaid
             self.report(LogLine(line, "info" if line.startswith("Data: ") else "warning"))
+        from ftstudio.engine.train.notices import loaded_notices, training_notices  # said also under --quiet
+        for line in training_notices(cfg, info, tokenizer, prepared.format, task):
+            self.report(LogLine(line, "warning"))
         labels = prepared.label_names
         id2label = {i: name for i, name in enumerate(labels)} if labels else None
 
@@ -174,8 +177,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         model = loaded.model
         self._gguf.close()  # its readers' parsed fields are freed
         self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
-        if loaded.new_params:
-            self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
+        for line in loaded_notices(loaded):  # random parameters, a grown embedding: warnings, said under --quiet
+            self.report(LogLine(line, "warning"))
         if loaded.load_note:  # which loader placed the weights (shard by shard, or from_pretrained and why)
             self.report(LogLine(loaded.load_note))
         self._choose_attention(model, prepared, device)
