@@ -166,7 +166,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_and_the_run_resumes_exactly(t
     result, _ = _run(cfg, on_event=fill_after_first)
     assert isinstance(result, RunFailed) and result.error_type == "DiskFullError", result
     assert "the disk is full" in result.reason and "free" in result.reason
-    assert f"continue with: ftstudio train --resume {run_dir}" in result.advice
+    assert f"continue with: ftstudio train --resume {run_dir}" in result.reason and not result.advice   # one line
     from ftstudio.engine.train.checkpoint import list_checkpoints
     assert [s for s, _ in list_checkpoints(run_dir / "checkpoints")] == [2], "the newest complete state is kept"
     small_disk.free()
@@ -187,7 +187,8 @@ def test_disk_full_during_the_export_keeps_the_weights_and_export_run_finishes(t
     result, _ = _run(cfg, on_event=fill_at_the_end_checkpoint)
     assert isinstance(result, RunFailed) and "the disk is full" in result.reason, result
     assert not (run_dir / "final").exists() and not list(run_dir.glob(".tmp-*"))
-    said = result.reason + " " + result.advice
+    said = result.reason
+    assert not result.advice, "one line: what happened and the command that continues"
     assert f"ftstudio export {run_dir}" in said or f"ftstudio train --resume {run_dir}" in said
     assert (run_dir / "checkpoints" / "step-6").is_dir()
     small_disk.free()
@@ -212,6 +213,33 @@ def test_stdout_on_a_full_disk_is_one_line_not_an_internal_error(tiny_llama, sma
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
 
 
+def test_disk_full_while_writing_metrics_is_one_line_and_resumes(tiny_llama, data, tmp_path, monkeypatch):
+    """No root needed: metrics.jsonl's writes fail with ENOSPC from the fourth step on."""
+    import ftstudio.engine.sinks as sinks
+
+    class FullAfter:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, text):
+            if '"event": "step", "step": 4' in text:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+    monkeypatch.setattr(sinks, "open", lambda *a, **k: FullAfter(open(*a, **k)), raising=False)
+    cfg = lm_config(tiny_llama, data, tmp_path / "runs", max_steps=6, eval_every=0, checkpoint_every=2)
+    result, events = _run(cfg)
+    monkeypatch.undo()
+    run_dir = tmp_path / "runs" / "r"
+    assert isinstance(result, RunFailed) and result.error_type == "DiskFullError", result
+    assert "the disk is full" in result.reason and "internal error" not in result.reason
+    assert f"continue with: ftstudio train --resume {run_dir}" in result.reason
+    resumed, _ = _run(cfg, resume_from=run_dir)
+    assert isinstance(resumed, RunFinished) and resumed.steps == 6
+
+
 # -- a failed export (no root needed) ------------------------------------------------------------------------------
 def test_a_failed_export_leaves_no_final_and_says_how_to_finish(tiny_llama, data, tmp_path, monkeypatch, cli):
     from transformers import PreTrainedModel
@@ -228,7 +256,7 @@ def test_a_failed_export_leaves_no_final_and_says_how_to_finish(tiny_llama, data
     monkeypatch.undo()
     run_dir = tmp_path / "runs" / "r"
     assert isinstance(result, RunFailed) and "the export failed" in result.reason
-    assert "the disk is full" in result.reason and f"finish with: ftstudio export {run_dir}" in result.advice
+    assert "the disk is full" in result.reason and f"finish with: ftstudio export {run_dir}" in result.reason
     assert not (run_dir / "final").exists() and not list(run_dir.glob(".tmp-final-*"))
     code, _, err = cli("export", run_dir)
     assert code == 0, err

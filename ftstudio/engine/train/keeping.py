@@ -35,9 +35,7 @@ class RunFolderLost(FTStudioError):
 
 
 class ExportFailed(FTStudioError):
-    def __init__(self, message: str, advice: str = ""):
-        super().__init__(message)
-        self.advice = advice
+    """The export to final/ failed; the message says where the weights are and the command that finishes it."""
 
 
 def resume_command(run_dir) -> str:
@@ -61,7 +59,10 @@ class RunKeeping:
     ``optimizer``, ``scheduler``, ``_best``, ``_lr_factor``, ``_skips``, ``_first_eval``."""
 
     _lock: RunLock | None = None
-    _ended: str | None = None            # a resumed end checkpoint: the run's loop is over (its stop reason)
+    _ended: str | None = None            # a resumed early stop's end checkpoint: the loop is over (its reason)
+    _config_changed = False              # resumed with --allow-config-change and a change
+    _changed_lr: float | None = None     # the checkpoint's LR, when the change includes optim.lr
+    _resumed_end = False                 # resumed from an end checkpoint (weights only) to finish the export
     allow_config_change: bool = False
 
     # -- the folder ---------------------------------------------------------------------------------
@@ -103,6 +104,7 @@ class RunKeeping:
             raise ConfigError("resume", f"{run_dir / 'config.yaml'} differs from what {ckpt.name} trained: "
                                         f"{'; '.join(changes)}. Restore it, start a new run, or pass "
                                         "--allow-config-change to continue with the change")
+        self._config_changed = bool(changes)
         if changes:
             self.report(LogLine(f"Resuming with a changed config (--allow-config-change): {'; '.join(changes)}",
                                 "warning"))
@@ -124,7 +126,10 @@ class RunKeeping:
         retention = extra.get("first_retention")
         if retention and getattr(self, "forgetting", None) is not None:
             self.forgetting.first_retention = event_from_dict(retention)
-        self._ended = extra.get("ended")
+        # An early stop's end checkpoint: its loop is over (a normal end has no steps left anyway). A deliberate
+        # config change (a longer run, more patience) trains on instead.
+        self._ended = None if self._config_changed else (extra.get("ended") or None)
+        self._resumed_end = extra.get("ended") is not None and not (Path(ckpt) / "optimizer.pt").exists()
         old_lr = getattr(self, "_changed_lr", None)
         if old_lr and old_lr != self.cfg.optim.lr:   # a deliberate change: the scheduler's saved peak LR yields
             scale = self.cfg.optim.lr / old_lr
@@ -166,7 +171,8 @@ class RunKeeping:
             if getattr(self, "rank", 0) == 0:
                 from ftstudio.engine.train.checkpoint import mark_ended
                 mark_ended(ckpt, stop_reason)
-            return ckpt if self._ended is not None else None   # a finished export removes the end checkpoint
+            # An end checkpoint resumed to finish the export: removed with the rest once final/ holds the weights.
+            return ckpt if self._resumed_end else None
         try:
             self._save_checkpoint(model, scaler, ended=stop_reason)
         except DiskFullError as e:
@@ -188,9 +194,9 @@ class RunKeeping:
             if is_disk_full(e):
                 need = sum(p.numel() * self._export_options["dtype"].itemsize for p in model.parameters())
                 raise ExportFailed(f"the export failed: {disk_full_message(self.run_dir, need)}; no final/ was "
-                                   f"written", f"free some space; {how}") from None
+                                   f"written; free some space; {how}") from None
             if isinstance(e, FTStudioError):
-                raise ExportFailed(f"the export failed: {e}", how) from None
+                raise ExportFailed(f"the export failed: {e}; {how}") from None
             self.report(LogLine(f"the export failed ({type(e).__name__}: {e}); {how}", "error"))
             raise
         if made is not None and not self.cfg.checkpoint.checkpoint_every:
@@ -223,7 +229,12 @@ class RunKeeping:
             where = getattr(e, "filename", None) or self.run_dir or self.cfg.train.output
             reason = f"could not write: {disk_full_message(where)}"
         self._disable_full_sinks()
-        return self._fail(reason, "DiskFullError", f"free some space; {self._continue_hint()}")
+        # One line: what happened, the space it needs, and the command that continues.
+        try:
+            return self._fail(f"{reason.rstrip('.')}; free some space, then {self._continue_hint()}", "DiskFullError")
+        except OSError:   # the console's own stream is on the full disk: the caller still gets the event
+            return RunFailed(reason=reason, error_type="DiskFullError", step=self.step,
+                             output_dir=str(self.run_dir or ""))
 
     def _disable_full_sinks(self) -> None:
         """metrics.jsonl cannot take the failure line on a full disk: stop writing it (the console still says it)."""
