@@ -160,3 +160,4 @@ def test_two_processes_on_one_run_folder(setup):
     _, err3 = third.communicate(timeout=240)
     assert third.returncode == 128 + signal.SIGTERM, err3[-3000:]
     assert f"Took over the run folder from process {first.pid}" in err3
+

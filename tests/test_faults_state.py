@@ -264,8 +264,9 @@ def test_a_failed_export_leaves_no_final_and_says_how_to_finish(tiny_llama, data
 
 
 # -- config.yaml and checkpoints, edited or damaged --------------------------------------------------------------
-def _stopped_run(tiny_llama, data, tmp_path, at=4, **kw):
-    cfg = lm_config(tiny_llama, data, tmp_path / "runs", **{"max_steps": 8, "eval_every": 0, **kw})
+def _stopped_run(tiny_llama, data, tmp_path, at=4, **kw):  # checkpoints at every second step, and one at ``at``
+    cfg = lm_config(tiny_llama, data, tmp_path / "runs", **{"max_steps": 8, "eval_every": 0, "checkpoint_every": 2,
+                                                             "keep_last": 3, **kw})
     control = Control()
     result, _ = _run(cfg, control=control,
                      on_event=lambda e: isinstance(e, StepMetrics) and e.step == at and control.request_stop())
@@ -316,6 +317,10 @@ def test_a_damaged_checkpoint_is_one_line_naming_it(damage, tiny_llama, data, tm
     code, _, err = cli("train", "--resume", run_dir, "--quiet")
     errors = [line for line in err.splitlines() if "error" in line]
     assert code in (1, 2) and len(errors) == 1 and "step-4" in errors[0] and "cannot be read" in errors[0], err
+    assert "remove step-4 to resume from step-2, the newest before it" in errors[0]
+    shutil.rmtree(ckpt)   # as the line says: the resume then continues from step-2
+    code, _, err = cli("train", "--resume", run_dir, "--quiet")
+    assert code == 0, err
     assert "Traceback" not in err and "internal error" not in err
 
 

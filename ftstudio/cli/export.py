@@ -38,8 +38,14 @@ def run(args: argparse.Namespace) -> int:
         result = export_gguf(args.source, args.gguf, args.gguf_type)
     except FTStudioError as e:
         return fail(str(e))
-    except OSError as e:
-        return fail(f"{args.gguf}: cannot write the GGUF file ({e.strerror or e})")
+    except Exception as e:  # noqa: BLE001 - OSError, or the writer's own error on a full disk
+        from ftstudio.core.atomic import disk_full_message, is_disk_full
+        if is_disk_full(e):
+            return fail(f"cannot write the GGUF file: {disk_full_message(args.gguf)}; no partial file was left; "
+                        "free some space and run the same command again", 1)
+        if isinstance(e, OSError):
+            return fail(f"{args.gguf}: cannot write the GGUF file ({e.strerror or e})")
+        raise
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(result.summary())

@@ -78,6 +78,12 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush one file written by someone else's writer (GGUFWriter) before it is renamed into place."""
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
 def fsync_tree(path: str | Path) -> None:
     """Flush every file under ``path`` to the disk, then the folders themselves."""
     path = Path(path)

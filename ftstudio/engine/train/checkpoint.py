@@ -167,7 +167,21 @@ def read_state(path: str | Path) -> dict:
         return torch.load(Path(path) / STATE_FILE, weights_only=True, map_location="cpu")
     except Exception as e:  # noqa: BLE001
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read: {first}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read: {first}{_older(path)}") from None
+
+
+def _older(path: str | Path) -> str:
+    """What a damaged checkpoint's message adds: the one a resume would take once it is removed."""
+    path = Path(path)
+    older = [p for n, p in list_checkpoints(path.parent) if n < _step_of(path)]
+    if older:
+        return f"; remove {path.name} to resume from {older[-1].name}, the newest before it"
+    return "; no older checkpoint exists"
+
+
+def _step_of(path: Path) -> int:
+    m = _STEP_DIR.match(path.name)
+    return int(m.group(1)) if m else -1
 
 
 def mark_ended(path: str | Path, ended: str) -> None:
@@ -194,7 +208,8 @@ def load_best_weights(path: str | Path) -> list | None:
     try:
         d = load_file(str(f))
     except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"checkpoint {path} cannot be read: {BEST_FILE}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read: {BEST_FILE}: {str(e).splitlines()[0]}"
+                              f"{_older(path)}") from None
     return [d[str(i)] for i in range(len(d))]
 
 
@@ -242,7 +257,7 @@ def load_checkpoint(path: str | Path, *, model, optimizer=None, scheduler=None, 
                      if optimizer is not None and has_opt else None)
     except Exception as e:  # noqa: BLE001 - OSError, a truncated zip (RuntimeError), SafetensorError, UnpicklingError
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be read: {first}") from None
+        raise CheckpointError(f"checkpoint {path} cannot be read: {first}{_older(path)}") from None
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {n for n in missing if _is_tied(model, n)}
     if unexpected or set(missing) - tied:
