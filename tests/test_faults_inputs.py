@@ -61,6 +61,16 @@ def test_a_yaml_alias_bomb_is_refused_at_once(verb, cli, tmp_path):
     assert "expands to more than 100,000 values" in _one_error_line(err) and "bomb.yaml" in err
 
 
+def test_a_run_folder_holding_an_alias_bomb_is_listed_without_hanging(tmp_path):
+    from ftstudio.core.runs import summarize_run
+    run = tmp_path / "hostile-run"
+    run.mkdir()
+    (run / "config.yaml").write_text(_bomb())
+    t0 = time.monotonic()
+    summary = summarize_run(run)
+    assert time.monotonic() - t0 < 5 and summary is not None and summary.model == ""
+
+
 def test_an_oversized_config_is_refused_by_size(cli, tmp_path):
     path = tmp_path / "big.yaml"
     path.write_text("train:\n  run_name: " + "x" * 1_100_000 + "\n")

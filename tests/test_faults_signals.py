@@ -39,7 +39,8 @@ def setup(tiny_llama, tmp_path):
 def test_sigterm_and_sighup_stop_like_ctrl_c_and_resume_gives_the_uninterrupted_weights(sig, setup):
     base, out = setup
     steps = ["--max-steps", "150"]
-    reference = _ftstudio([*base, *steps, "--run-name", "straight"], _env())
+    compare = sig == signal.SIGTERM   # SIGHUP takes the same path: its stop is checked, the weights once
+    reference = _ftstudio([*base, *steps, "--run-name", "straight"], _env()) if compare else None
     victim = _ftstudio([*base, *steps, "--run-name", "signalled"], _env())
     run_dir = out / "signalled"
     _wait_for(lambda: _steps(run_dir) >= 3, victim, "step 3")
@@ -53,9 +54,11 @@ def test_sigterm_and_sighup_stop_like_ctrl_c_and_resume_gives_the_uninterrupted_
     assert f"Stopped at step {stopped_at}; continue with: ftstudio train --resume {run_dir}" in err
     assert "Traceback" not in err
     from ftstudio.core.runs import read_metrics
-    assert read_metrics(run_dir)[-1] == {**read_metrics(run_dir)[-1], "event": "finished", "status": "stopped"}
+    last_event = read_metrics(run_dir)[-1]
+    assert (last_event["event"], last_event["status"]) == ("finished", "stopped")
     assert (run_dir / ".lock").read_text() == "", "the lock was released"
-
+    if not compare:
+        return
     last = _ftstudio(["train", "--resume", run_dir, "--quiet"], _env())
     _, err_last = last.communicate(timeout=240)
     assert last.returncode == 0, err_last[-3000:]
@@ -161,3 +164,30 @@ def test_two_processes_on_one_run_folder(setup):
     assert third.returncode == 128 + signal.SIGTERM, err3[-3000:]
     assert f"Took over the run folder from process {first.pid}" in err3
 
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint(tiny_llama, tmp_path):
+    """SLURM signals every process of a job, torchrun's ranks included: a rank that gets SIGTERM stops with the
+    others (the stop is the maximum over ranks), checkpointed, instead of dying or leaving the others waiting."""
+    import threading
+
+    from test_distributed import _rank_pids
+    from test_trainer import lm_config
+
+    from ftstudio.core.events import CheckpointSaved, RunFinished, StepMetrics
+    from ftstudio.engine import run as train
+
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=100_000,
+                    eval_every=0, checkpoint_every=0, memory_snapshot_every=1000, gpus=[0, 1], run_name="dist")
+    events = []
+
+    def signal_rank_1(e):
+        events.append(e)
+        if isinstance(e, StepMetrics) and e.step == 2:
+            threading.Thread(target=lambda: [os.kill(pid, signal.SIGTERM) for pid in _rank_pids("1")]).start()
+    result = train(cfg, signal_rank_1)
+    assert isinstance(result, RunFinished) and result.status == "stopped", result
+    saved = [e for e in events if isinstance(e, CheckpointSaved)]
+    assert saved and saved[-1].step == result.steps >= 2
+    assert (tmp_path / "runs" / "dist" / "checkpoints" / f"step-{result.steps}" / "trainer_state.pt").exists()

@@ -186,6 +186,23 @@ MAX_YAML_CHARS = 1_000_000     # a run config is a few KB; the GUI's saved ones 
 MAX_YAML_VALUES = 100_000      # nodes once every alias is expanded: an alias bomb of 1 KB expands to billions
 
 
+def safe_load_bounded(text: str):
+    """``yaml.safe_load`` for a file that may be hostile (a run folder's config.yaml listed in the Runs tab):
+    None when it is larger than a config or its aliases expand past MAX_YAML_VALUES."""
+    import yaml
+
+    if len(text) > MAX_YAML_CHARS:
+        return None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None or _expanded_size(root) > MAX_YAML_VALUES:
+            return None
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
 def _expanded_size(root) -> int:
     """How many nodes ``root`` holds with every alias expanded, counted on the composed graph (shared nodes are
     counted once per use without being copied), so an alias bomb is refused before it is built."""

@@ -87,8 +87,8 @@ def summarize_run(run_dir: str | Path) -> RunSummary | None:
     events = read_metrics(run_dir)
     model = dataset = ""
     try:
-        import yaml
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        from .config import safe_load_bounded   # a hostile config.yaml must not hang the runs list
+        cfg = safe_load_bounded((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
         model = str(cfg.get("model", {}).get("source", ""))
         dataset = str(cfg.get("data", {}).get("dataset", ""))
     except Exception:  # a damaged config must not hide the run from the list
