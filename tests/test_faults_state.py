@@ -294,6 +294,14 @@ def test_an_edited_config_yaml_is_refused_by_field_unless_allowed_and_then_appli
     assert lr[5] == pytest.approx(lr_same[5] * 0.2)
 
 
+def test_an_edited_dataset_is_refused_naming_the_file(tiny_llama, data, tmp_path, cli):
+    _, run_dir = _stopped_run(tiny_llama, data, tmp_path)
+    with open(data, "a", encoding="utf-8") as fh:
+        fh.write('{"text": "one more row"}\n')
+    code, _, err = cli("train", "--resume", run_dir, "--quiet")
+    assert code == 1 and "data.dataset contents (" in err and "sha256" in err and "--allow-config-change" in err
+
+
 def test_an_emptied_config_yaml_is_refused_naming_the_model(tiny_llama, data, tmp_path, cli):
     _, run_dir = _stopped_run(tiny_llama, data, tmp_path)
     (run_dir / "config.yaml").write_text("")

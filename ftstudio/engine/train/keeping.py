@@ -42,6 +42,27 @@ def resume_command(run_dir) -> str:
     return f"ftstudio train --resume {shlex.quote(str(run_dir))}"
 
 
+def data_identity(cfg) -> dict[str, str]:
+    """``{field: "<bytes> bytes, sha256 <hex>"}`` for each data file the run reads (a folder or a hub id is named
+    by its config field alone): the checkpoint keeps it, so a resume notices an edited dataset."""
+    import hashlib
+
+    from ftstudio.engine.data.prepare import source_path
+
+    out = {}
+    for name in ("dataset", "val_dataset"):
+        value = getattr(cfg.data, name, None)
+        p = Path(source_path(value)) if value else None
+        if p is None or not p.is_file():
+            continue
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        out[f"data.{name}"] = f"{p.stat().st_size} bytes, sha256 {h.hexdigest()[:16]}"
+    return out
+
+
 def config_changes(saved: dict, now: dict) -> list[str]:
     """``section.field old → new`` for each field that defines the run and differs (a field added since the
     checkpoint was written, absent there, is no change)."""
@@ -74,9 +95,15 @@ class RunKeeping:
             self.report(LogLine(f"Took over the run folder from process {lock.previous_pid}, which ended without "
                                 "releasing it (killed or crashed)", "warning"))
         clean_leftovers(run_dir)                   # a killed export's .tmp-final-<pid>
+        self._data_identity()                      # the data as read at setup, before any step
         if self.resume_from is not None:
             self._check_resume_config(run_dir)
         return run_dir
+
+    def _data_identity(self) -> dict:
+        if getattr(self, "_data_id", None) is None:   # hashed once per process: the files are read at setup
+            self._data_id = data_identity(self.cfg)
+        return self._data_id
 
     def _check_folder(self) -> None:
         if self._lock is not None and not self._lock.folder_intact():
@@ -96,10 +123,14 @@ class RunKeeping:
         ckpt = latest_checkpoint(run_dir / "checkpoints")
         if ckpt is None:
             raise ConfigError("resume", f"{run_dir} has no complete checkpoint to resume from")
-        saved = (read_state(ckpt).get("extra") or {}).get("config")
+        extra = read_state(ckpt).get("extra") or {}
+        saved = extra.get("config")
         if not saved:
             return   # a checkpoint of an older FT Studio: nothing to compare with
         changes = config_changes(saved, self.cfg.to_dict())
+        data_then, data_now = extra.get("data") or {}, self._data_identity()
+        changes += [f"{k} contents ({data_then[k]} → {data_now.get(k, 'gone')})" for k in data_then
+                    if data_then[k] != data_now.get(k) and f"{k} " not in " ".join(changes)]
         if changes and not self.allow_config_change:
             raise ConfigError("resume", f"{run_dir / 'config.yaml'} differs from what {ckpt.name} trained: "
                                         f"{'; '.join(changes)}. Restore it, start a new run, or pass "
@@ -142,7 +173,7 @@ class RunKeeping:
     def _extra_state(self, ended: str | None = None) -> dict:
         retention = getattr(getattr(self, "forgetting", None), "first_retention", None)
         extra = {"lr_factor": self._lr_factor, "skips": self._skips, "best": self._best.state_dict(),
-                 "first_eval": self._first_eval, "config": self.cfg.to_dict(),
+                 "first_eval": self._first_eval, "config": self.cfg.to_dict(), "data": self._data_identity(),
                  "first_retention": retention.to_dict() if retention is not None else None}
         if ended is not None:
             extra["ended"] = ended
