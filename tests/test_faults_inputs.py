@@ -128,21 +128,21 @@ def test_every_path_in_a_launch_script_is_quoted(cli, tmp_path):
 
 # -- numbers --------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, needle", [
-    (["estimate", "MODEL", "--gpu-memory", "1e308"], "must be more than 0 and at most 100000"),
-    (["estimate", "MODEL", "--gpu-memory", "inf"], "is not a finite number"),
-    (["estimate", "--params", "1e400", "--hidden", "8", "--layers", "2"], "is not a finite number"),
-    (["estimate", "MODEL", "--seq-len", "99999999999999999999"], "at most 1e+09"),
-    (["estimate", "MODEL", "--gpus", "0"], "at least 1"),
+    (["estimate", "MODEL", "--gpu-memory", "1e308"], "--gpu-memory: 1e+308 is beyond any real gpu memory"),
+    (["estimate", "--params", "1e300", "--hidden", "8", "--layers", "2"], "--params: 1e+300 is beyond any real"),
+    (["estimate", "MODEL", "--batch-size", "99999999999999999999"], "--batch-size: 1e+20 is beyond any real"),
     (["train", "--demo", "--lr", "nan"], "is not a finite number"),
     (["train", "--demo", "--max-steps", "99999999999999999999"], "at most 1e+12"),
 ])
 def test_numeric_flags_are_bounded(argv, needle, tiny_llama, capsys):
     from ftstudio.cli import main
     argv = [str(tiny_llama) if a == "MODEL" else a for a in argv]
-    with pytest.raises(SystemExit) as e:
-        main(argv)
+    try:
+        code = main(argv)              # refused by the verb
+    except SystemExit as e:            # refused by argparse
+        code = e.code
     err = capsys.readouterr().err
-    assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
 
 
 # -- a chat template that never ends -----------------------------------------------------------------------------

@@ -8,18 +8,15 @@ import json
 def add_parser(sub) -> None:
     from ftstudio.core.config import LOSSES, OPTIMIZERS, PRECISIONS
 
-    from .flags import bounded
-    count = bounded(int, 1, 10 ** 9)   # sizes, layers, batches, GPUs: at least 1, never near an overflow
-
     p = sub.add_parser("estimate", help="plan the GPU memory of a run (weights, gradients, optimizer, activations)")
     p.add_argument("model", nargs="?", help="a model folder, a config.json, or a cached hub id")
-    p.add_argument("--params", type=bounded(float, 0, 1e14, lo_open=True), help="parameter count (instead of MODEL), e.g. 7e9")
-    p.add_argument("--hidden", type=count, help="hidden size d (with --params)")
-    p.add_argument("--layers", type=count, help="number of layers L (with --params)")
-    p.add_argument("--batch-size", type=count, default=1)
-    p.add_argument("--seq-len", type=count, default=None,
+    p.add_argument("--params", type=float, help="parameter count (instead of MODEL), e.g. 7e9")
+    p.add_argument("--hidden", type=int, help="hidden size d (with --params)")
+    p.add_argument("--layers", type=int, help="number of layers L (with --params)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=None,
                    help="tokens per row (default 2048, or the model's context length when that is shorter)")
-    p.add_argument("--grad-accum", type=count, default=1)
+    p.add_argument("--grad-accum", type=int, default=1)
     p.add_argument("--preset", help="start from a preset (e.g. fastest, largest); the flags below override it")
     p.add_argument("--precision", choices=[x for x in PRECISIONS if x != "auto"], help="default bf16-mixed")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adamw")
@@ -29,8 +26,8 @@ def add_parser(sub) -> None:
                    help="checkpointed block inputs in pinned CPU memory (implies --activation-checkpointing)")
     p.add_argument("--optimizer-in-backward", action="store_true", default=None,
                    help="the optimizer step inside backward: one gradient tensor at a time")
-    p.add_argument("--gpus", type=bounded(int, 1, 100_000), default=1, help="number of GPUs sharing the state (FSDP)")
-    p.add_argument("--gpu-memory", type=bounded(float, 0, 100_000, lo_open=True), default=80.0, help="memory of one card in GB (default 80)")
+    p.add_argument("--gpus", type=int, default=1, help="number of GPUs sharing the state (FSDP)")
+    p.add_argument("--gpu-memory", type=float, default=80.0, help="memory of one card in GB (default 80)")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON on the last line of stdout")
     p.set_defaults(func=run)
 

@@ -209,7 +209,7 @@ class RunKeeping:
         except DiskFullError as e:
             self.report(LogLine(f"{e} Trying the export anyway.", "warning"))
             return None
-        return ckpt
+        return ckpt if ckpt.is_dir() else None   # a trainer that keeps no checkpoints (a sweep's trial) made none
 
     def _finish_export(self, model, tokenizer, made: Path | None) -> Path:
         """``final/`` atomically; on failure, one line with what is kept and the command that finishes it."""
