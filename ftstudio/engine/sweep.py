@@ -81,7 +81,7 @@ def _trial_trainer():
     from ftstudio.engine.train import Trainer
 
     class TrialTrainer(Trainer):
-        def _save_checkpoint(self, model, scaler) -> None:
+        def _save_checkpoint(self, model, scaler, **_) -> None:   # ended=: no end checkpoint either
             pass
 
     return TrialTrainer

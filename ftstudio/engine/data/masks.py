@@ -31,6 +31,11 @@ class TemplateError(ValueError):
     """The chat template refused a conversation (e.g. roles that do not alternate), or cannot be masked."""
 
 
+class TemplateTimeout(TemplateError):
+    """The chat template ran past its time limit (data/time_limit.py): every row would, so reading stops. Never
+    taken for a refusal of one rendering: the fallbacks below re-raise it."""
+
+
 @dataclass
 class TurnNotes:
     """What the template did to a conversation's assistant turns."""
@@ -126,6 +131,8 @@ def _stand_in_rendering(render, messages: list[dict], i: int) -> tuple[str, bool
     stand_in = {k: v for k, v in m.items() if k not in PAYLOAD_KEYS} | {"content": PLACEHOLDER}
     try:
         return render(messages[:i] + [stand_in] + messages[i + 1:], False), False
+    except TemplateTimeout:
+        raise
     except TemplateError:
         return render(messages[:i] + messages[i + 1:], False), True
 
@@ -141,6 +148,8 @@ def _turn_start(render, before: list[dict], text: str, lo: int, payload: int) ->
         if text.startswith(with_prompt) and lo <= len(with_prompt) <= payload:
             return len(with_prompt)  # the usual case: the text goes on from the prompt (one rendering, not two)
         without = render(before, False)
+    except TemplateTimeout:
+        raise
     except TemplateError:            # a template that renders no conversation this short (an assistant first)
         return payload
     prompt = with_prompt[_common_prefix(with_prompt, without):]

@@ -18,7 +18,8 @@ from ftstudio.core.errors import DataError, DataProblem
 from ftstudio.engine.data.collate import Collator, pack, pad_id_of
 from ftstudio.engine.data.formats import Validator, detect_format, resolve_columns, sort_labels
 from ftstudio.engine.data.load import demo_dataset_path, read_source
-from ftstudio.engine.data.render import Encoded, TemplateError, encode_causal, encode_classification_batch
+from ftstudio.engine.data.render import (Encoded, TemplateError, TemplateTimeout, encode_causal,
+                                         encode_classification_batch)
 from ftstudio.engine.data.table import table_roles
 
 
@@ -210,6 +211,8 @@ def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
             enc = encode_causal(norm, tokenizer, seq_len, instruction_format)
         except TemplateError as e:
             built.problems.append(DataProblem(part.path, row, "messages", str(e)))
+            if isinstance(e, TemplateTimeout):
+                break   # every row would wait as long: the run fails on this one problem
             continue
         if enc.trainable == 0:
             skipped.append(row)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ftstudio.engine.data import masks
-from ftstudio.engine.data.masks import TemplateError  # noqa: F401 - the data package's name for it
+from ftstudio.engine.data.masks import TemplateError, TemplateTimeout  # noqa: F401 - the data package's names
 
 IGNORE = -100
 
@@ -64,9 +64,15 @@ TEMPLATE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "reaso
 def _render(tokenizer, messages, gen: bool, tools=None) -> str:
     msgs = [{k: m[k] for k in TEMPLATE_KEYS if k in m} for m in messages]
     kw = {"tools": tools} if tools else {}
+    from ftstudio.engine.data.time_limit import TimeLimitExceeded, template_seconds, time_limit
     try:
-        out = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen,
-                                            chat_template=chat_template(tokenizer), **kw)
+        with time_limit(template_seconds(), "rendering the chat template"):  # a runaway loop is an error, not a hang
+            out = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen,
+                                                chat_template=chat_template(tokenizer), **kw)
+    except TimeLimitExceeded:
+        raise TemplateTimeout(f"the chat template took longer than {template_seconds():g} s to render this row "
+                              "(loops that never end?); fix the template, or set FTSTUDIO_TEMPLATE_TIME_LIMIT to "
+                              "more seconds") from None
     except Exception as e:  # jinja's raise_exception and template bugs alike
         raise TemplateError(f"the chat template refused this conversation: {str(e).splitlines()[0][:200]}") from e
     return out if isinstance(out, str) else out[0]
@@ -91,6 +97,8 @@ def _end_of_turn(tokenizer) -> str:
     probe = [{"role": "user", "content": "Zq"}, {"role": "assistant", "content": "Xj"}]
     try:
         text = _render(tokenizer, probe, gen=False)
+    except TemplateTimeout:
+        raise
     except TemplateError:
         return ""
     i = text.rfind("Xj")
@@ -102,11 +110,18 @@ def _render_marked(tokenizer, messages, tools=None):
     runs it."""
     from transformers.utils.chat_template_utils import render_jinja_template
 
+    from ftstudio.engine.data.time_limit import TimeLimitExceeded, template_seconds, time_limit
+
     msgs = [{k: m[k] for k in TEMPLATE_KEYS if k in m} for m in messages]
     try:
-        texts, blocks = render_jinja_template([msgs], tools=tools or None, chat_template=chat_template(tokenizer),
-                                              return_assistant_tokens_mask=True, add_generation_prompt=False,
-                                              **tokenizer.special_tokens_map)
+        with time_limit(template_seconds(), "rendering the chat template"):
+            texts, blocks = render_jinja_template([msgs], tools=tools or None, chat_template=chat_template(tokenizer),
+                                                  return_assistant_tokens_mask=True, add_generation_prompt=False,
+                                                  **tokenizer.special_tokens_map)
+    except TimeLimitExceeded:
+        raise TemplateTimeout(f"the chat template took longer than {template_seconds():g} s to render this row "
+                              "(loops that never end?); fix the template, or set FTSTUDIO_TEMPLATE_TIME_LIMIT to "
+                              "more seconds") from None
     except Exception as e:  # noqa: BLE001 - jinja's raise_exception and template bugs alike
         raise TemplateError(f"the chat template refused this conversation: {str(e).splitlines()[0][:200]}") from e
     return texts[0], blocks[0]

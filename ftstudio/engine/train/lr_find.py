@@ -192,7 +192,7 @@ class RangeTest(Trainer):
     def _evaluate(self, model, prepared, device, numerics, task) -> dict:
         return {}   # the test's weights are thrown away: nothing to evaluate
 
-    def _save_checkpoint(self, model, scaler) -> None:
+    def _save_checkpoint(self, model, scaler, **_) -> None:
         pass        # nor to keep
 
 

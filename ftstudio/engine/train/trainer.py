@@ -19,10 +19,11 @@ from ftstudio.core.control import Control
 from ftstudio.core.errors import ConfigError, DataError, FTStudioError
 from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine, NonFiniteStep,
                                   Reporter, RunFailed, RunFinished, RunStarted, StepMetrics)
-from ftstudio.core.runs import open_run_dir
+from ftstudio.core.atomic import is_disk_full
 from ftstudio.engine.sinks import MetricsWriter
 from ftstudio.engine.train.early_stop import BestTracker, EarlyStop
 from ftstudio.engine.train.figures import LossTail, check_first_step
+from ftstudio.engine.train.keeping import RunKeeping
 from ftstudio.engine.data.collate import device_batch
 from ftstudio.engine.train.schedule import row_stats, schedule_lines
 
@@ -35,10 +36,10 @@ class _NonFinite(FTStudioError):
         self.advice = advice
 
 
-class Trainer:
+class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, checkpoints, resume and export
     def __init__(self, config: RunConfig, reporter: Reporter | None = None, control: Control | None = None,
-                 *, resume_from: str | Path | None = None):
-        self.cfg = config
+                 *, resume_from: str | Path | None = None, allow_config_change: bool = False):
+        self.cfg, self.allow_config_change = config, allow_config_change
         self.control = control or Control()
         self._user_reporter = reporter or (lambda e: None)
         self.report: Reporter = self._user_reporter
@@ -61,6 +62,8 @@ class Trainer:
         try:
             return self._run()
         except FTStudioError as e:
+            if is_disk_full(e):
+                return self._fail_disk_full(e)
             problems = getattr(e, "problems", [])   # DataError: one line per bad row; one alone is the reason
             for problem in problems[:200] if len(problems) > 1 else []:
                 self.report(LogLine(str(problem), level="error"))
@@ -69,6 +72,8 @@ class Trainer:
             import torch
             if isinstance(e, torch.OutOfMemoryError):
                 return self._fail_oom(e)
+            if is_disk_full(e):  # safetensors, torch.save, metrics.jsonl, the console: the user's to fix
+                return self._fail_disk_full(e)
             self.report(LogLine(traceback.format_exc(), level="error"))
             return self._fail(f"{type(e).__name__}: {e}", type(e).__name__)
         finally:
@@ -106,6 +111,7 @@ class Trainer:
             self._gguf.close()
         if self._metrics is not None:
             self._metrics.close()
+        self._release_lock()
 
     # ------------------------------------------------------------------------------------------------
     def _run(self) -> RunFinished | RunFailed:
@@ -115,7 +121,6 @@ class Trainer:
         from ftstudio.engine import models as models_mod
         from ftstudio.engine.models.export import export_options
         from ftstudio.engine.models.load import load_target
-        from ftstudio.engine.train.checkpoint import latest_checkpoint
         from ftstudio.engine.train.numerics import pick_numerics
         from ftstudio.engine.train import fast_path
         from ftstudio.engine.train.optim import build_optimizer
@@ -154,6 +159,9 @@ class Trainer:
         fresh = [str(w) for w in prepared.warnings if w not in report.problems]  # the check above said the rest
         for line in [*fresh, f"Data: {prepared.summary()}"]:  # nothing cut or dropped unsaid
             self.report(LogLine(line, "info" if line.startswith("Data: ") else "warning"))
+        from ftstudio.engine.train.notices import loaded_notices, training_notices  # said also under --quiet
+        for line in training_notices(cfg, info, tokenizer, prepared.format, task):
+            self.report(LogLine(line, "warning"))
         labels = prepared.label_names
 
         # 2. The run folder: config.yaml first, so the run can be resumed from its own config.
@@ -167,8 +175,8 @@ class Trainer:
         model = loaded.model
         self._gguf.close()  # its readers' parsed fields are freed
         self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
-        if loaded.new_params:
-            self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
+        for line in loaded_notices(loaded):  # random parameters, a grown embedding: warnings, said under --quiet
+            self.report(LogLine(line, "warning"))
         if loaded.load_note:  # which loader placed the weights (shard by shard, or from_pretrained and why)
             self.report(LogLine(loaded.load_note))
         self._choose_attention(model, prepared, device)
@@ -210,15 +218,8 @@ class Trainer:
         self.scheduler = self._build_scheduler(sched.total_steps)
         scaler = self._grad_scaler(device, numerics)
 
-        if self.resume_from is not None:
-            ckpt = latest_checkpoint(self.run_dir / "checkpoints")
-            if ckpt is None:
-                raise ConfigError("resume", f"{self.run_dir} has no complete checkpoint to resume from")
-            state = self._load_checkpoint(ckpt, model, scaler)
-            self.step, self.micro_batch = state.step, state.micro_batch
-            extra = getattr(state, "extra", None) or {}
-            self._lr_factor, self._skips = extra.get("lr_factor", 1.0), extra.get("skips", 0)
-            self.report(LogLine(f"Resumed from {ckpt} (step {self.step})"))
+        if self.resume_from is not None:  # weights, optimizer, schedule, RNG, data position, early stopping
+            self._resume(model, scaler)
 
         self.report(RunStarted(run_dir=str(self.run_dir), model=cfg.model.source, task=task, device=device,
                                precision=numerics.precision, params=n_params, total_steps=sched.total_steps,
@@ -228,14 +229,18 @@ class Trainer:
         if self.step == 0:
             self.forgetting.evaluate(model, 0)
 
-        try:
-            status, stop_reason = self._loop(model, prepared, sched, device, numerics, scaler), ""
+        try:  # a resumed end checkpoint (keeping.py) has no steps left: its evaluation and export are redone
+            status, stop_reason = ("finished", self._ended) if self._ended is not None else (
+                self._loop(model, prepared, sched, device, numerics, scaler), "")
         except EarlyStop as stop:  # patience ran out (train/early_stop.py): a finished run, ended early
             status, stop_reason = "finished", str(stop)
             self.report(LogLine(stop_reason))
 
-        # 4. End: final evaluation (the early stop's evaluation was this step's) and export.
-        eval_result = {}
+        # 4. End: the weights safe in a checkpoint, final evaluation (the early stop's evaluation was this step's)
+        # and export.
+        eval_result, secured = {}, None
+        if status == "finished" and cfg.checkpoint.export:
+            secured = self._secure_weights(model, scaler, stop_reason)
         if status == "finished":
             if prepared.val:
                 eval_result = (self._best.last_result if stop_reason else
@@ -247,7 +252,8 @@ class Trainer:
         if status == "stopped":
             self._save_checkpoint(model, scaler)
         elif cfg.checkpoint.export:
-            final_dir = self._export(model, tokenizer)
+            final_dir = self._finish_export(model, tokenizer, secured)
+        self._check_folder()  # a run whose folder vanished never reports success
         event = RunFinished(status=status, steps=self.step, **self._tail.summary(self._last_loss), eval=eval_result,
                             output_dir=str(self.run_dir), final_model=str(final_dir) if final_dir else None,
                             elapsed_s=time.perf_counter() - t_setup, stop_reason=stop_reason,
@@ -394,11 +400,6 @@ class Trainer:
         from ftstudio.engine.train.schedule import build_scheduler
         return build_scheduler(self.optimizer, total_steps, self.cfg.schedule)
 
-    def _load_checkpoint(self, ckpt, model, scaler, *, restore_rng: bool = True):
-        from ftstudio.engine.train.checkpoint import load_checkpoint
-        return load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
-                               scaler=scaler, restore_rng=restore_rng)
-
     def _grad_scaler(self, device: str, numerics):  # fp16's loss scaler (FSDP: the sharded one)
         import torch
         return torch.amp.GradScaler(device.split(":")[0], enabled=numerics.grad_scaler)
@@ -433,6 +434,7 @@ class Trainer:
             self.forgetting.evaluate(model, step)
         else:
             self.forgetting.maybe_drift(model, step)
+        self._check_folder()
         every = cfg.checkpoint.checkpoint_every
         if (every and step % every == 0) or self.control.take_save_request():
             self._save_checkpoint(model, scaler)
@@ -478,19 +480,3 @@ class Trainer:
     def _memory_snapshot(self, model, device) -> None:
         from ftstudio.engine.train.memory_log import snapshot   # measured, beside this run's plan
         self.report(snapshot(self, model, device))
-
-    def _save_checkpoint(self, model, scaler) -> None:
-        from ftstudio.engine.train.checkpoint import save_checkpoint
-        path = save_checkpoint(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
-                               scheduler=self.scheduler, scaler=scaler, micro_batch=self.micro_batch,
-                               keep_last=self.cfg.checkpoint.keep_last, extra={"lr_factor": self._lr_factor, "skips": self._skips})
-        self.report(CheckpointSaved(step=self.step, path=str(path)))
-
-    def _export(self, model, tokenizer) -> Path:
-        from ftstudio.engine.models.export import save_final
-        final = save_final(model, tokenizer, self.run_dir / "final", **self._export_options)
-        self.report(LogLine(f"Exported the fine-tuned model to {final}"))
-        return final
-
-    def _open_run_dir(self) -> Path:
-        return open_run_dir(self.cfg, self.resume_from)
