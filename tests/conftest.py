@@ -3,7 +3,19 @@ import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+def _offscreen_screen() -> str:
+    """The offscreen platform with one 1920×1080 screen (its default, 800×800, is smaller than any desktop's:
+    the window fits itself into the screen it opens on)."""
+    import json
+    import tempfile
+    path = os.path.join(tempfile.gettempdir(), "ftstudio-test-screen-1920x1080.json")
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump({"screens": [{"name": "test", "x": 0, "y": 0, "width": 1920, "height": 1080, "logicalDpi": 96,
+                                "logicalBaseDpi": 96, "dpr": 1}]}, fh)
+    return f"offscreen:configfile={path}"
+
+
+os.environ.setdefault("QT_QPA_PLATFORM", _offscreen_screen())
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -77,8 +77,9 @@ def test_range_test_on_a_tiny_model(tiny_llama, tmp_path):
     steps = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [e["loss"] for e in steps if e["event"] == "step"]
     assert losses[:result.steps] == pytest.approx(result.losses)
-    logged = [e["lr"] for e in steps if e["event"] == "step"]  # after step k the optimizer holds step k+1's LR
-    assert logged[:result.steps - 1] == pytest.approx([lr_at(k, 60, 1e-4, 1.0) for k in range(1, result.steps)])
+    logged = [e["lr"] for e in steps if e["event"] == "step"]  # the LR each step used (issue 30), as recorded
+    assert logged[:result.steps] == pytest.approx([lr_at(k, 60, 1e-4, 1.0) for k in range(result.steps)])
+    assert logged[:result.steps] == pytest.approx(result.lrs)
     assert not (run_dir / "final").exists() and not (run_dir / "checkpoints").exists()
     assert _digest(tiny_llama) == before                                    # the model's files untouched
 
@@ -97,7 +98,21 @@ def test_stop_is_obeyed(tiny_llama, tmp_path):
                               output=str(tmp_path / "runs"), batch_size=4, seq_len=32, device="cpu")
     result = lr_find(cfg, reporter, control, steps=80)
     assert result.status == "stopped" and result.steps == 12
-    assert result.suggested_lr is not None  # 12 points: enough for the rule
+    assert result.suggested_lr is None and "too few" in result.reason  # 12 points place no minimum: said so
+
+
+def test_a_curve_that_cannot_support_a_choice_says_why_and_what_would():
+    from ftstudio.engine.train.lr_find import unsupported
+
+    lrs = [lr_at(i, 60) for i in range(60)]
+    valley = [2.0 - (i / 30) if i < 30 else 1.0 + (i - 30) / 10 for i in range(60)]  # a bottom at step 30
+    assert unsupported(lrs, valley, "diverged", 1e-4) is None
+    falling = [2.0 - i / 100 for i in range(60)]  # lowest at the last LR: the minimum is beyond the range
+    assert "still falling" in unsupported(lrs, falling, "finished", 5e-4) and "higher end LR" in unsupported(
+        lrs, falling, "finished", 5e-4)
+    rising = [1.0 + i / 100 for i in range(60)]  # lowest at the first LR: it never learned
+    assert "never fell" in unsupported(lrs, rising, "diverged", 1e-6)
+    assert "too few" in unsupported(lrs[:10], falling[:10], "finished", 1e-6)  # the issue's 10-step test
 
 
 def test_cli_json_and_bad_input(tiny_llama, tmp_path, capsys):

@@ -202,7 +202,7 @@ def _full_disk_on_second_save(monkeypatch, how):
             return real(obj, f, *a, **k)
         monkeypatch.setattr(torch, "save", save)
         import ftstudio.engine.train.checkpoint as ck
-        monkeypatch.setattr(ck.shutil, "disk_usage", lambda p: type("U", (), {"free": 1024})())
+        monkeypatch.setattr(ck, "free_bytes", lambda p: 1024)
 
 
 @pytest.mark.parametrize("how", ["safetensors-enospc", "torch-save-runtime-error"])
@@ -337,5 +337,8 @@ def test_a_resumed_run_keeps_counting_its_skipped_steps(tiny_llama, data, tmp_pa
     assert state["extra"]["skips"] == 1
     Faults(monkeypatch, nan_loss={1})                   # the first forward after the resume is non-finite too
     more = cfg.replace(max_steps=5)
-    result, events = run(more, resume_from=run_dir)
+    refused, _ = run(more, resume_from=run_dir)         # a longer run is a change to what was trained: said
+    assert isinstance(refused, RunFailed) and "train.max_steps 3 → 5" in refused.reason
+    events = []
+    result = Trainer(more, events.append, resume_from=run_dir, allow_config_change=True).run()
     assert _nonfinite(events)[-1][2] == "stopped"       # 2 skips in the run > max_skips 1: stopped, not skipped

@@ -15,11 +15,12 @@ import sys
 from ftstudio import __version__
 from ftstudio.core.streams import guard_windowed_streams
 
-VERBS = ("train", "estimate", "check-data", "gpus", "launch-script", "export", "lr-find", "sweep", "gui")
+VERBS = ("train", "estimate", "check-data", "gpus", "launch-script", "export", "lr-find", "sweep", "eval",
+         "interpolate", "gui")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import check_data, estimate, export, gpus, launch_script, lr_find, sweep, train
+    from . import check_data, estimate, eval as eval_cmd, export, gpus, interpolate, launch_script, lr_find, sweep, train
 
     parser = OneLineParser(prog="ftstudio", description="Full fine-tuning of pre-trained transformers. "
                                      "With no verb, opens the desktop app.")
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_parser(sub)
     sweep.add_parser(sub)
     export.add_parser(sub)
+    eval_cmd.add_parser(sub)
+    interpolate.add_parser(sub)
     g = sub.add_parser("gui", help="open the desktop app (the default)", add_help=False)
     g.set_defaults(func=None)
     return parser
@@ -55,16 +58,39 @@ def main(argv: list[str] | None = None) -> int:
     from ftstudio.core.errors import FTStudioError
 
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()   # a full disk under a redirected stdout surfaces here, not as a bare exit status 120
+        return code
     except FTStudioError as e:
         return fail(str(e))
     except KeyboardInterrupt:
         return fail("interrupted", 130)
     except Exception as e:  # noqa: BLE001 - a bug: one line, and the way to see where it happened
+        from ftstudio.core.atomic import is_disk_full
+        if is_disk_full(e):   # stdout redirected to a full disk, or a write no verb caught: the user's to fix
+            return _disk_full(e)
         if os.environ.get("FTSTUDIO_DEBUG"):
             raise
         return fail(f"internal error ({type(e).__name__}: {e}); this is a bug in FT Studio: run again with "
                     "FTSTUDIO_DEBUG=1 for the traceback and report it", 70)
+
+
+def _disk_full(e: BaseException) -> int:
+    from ftstudio.core.atomic import disk_full_message
+    where = getattr(e, "filename", None) or _stream_path(sys.stdout) or "the output"
+    try:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - what stdout still buffers cannot be written: said below
+    except OSError:
+        pass
+    return fail(f"could not write: {disk_full_message(where)}; free some space (a run continues with "
+                "ftstudio train --resume RUN)", 1)
+
+
+def _stream_path(stream) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{stream.fileno()}")
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 class OneLineParser(argparse.ArgumentParser):

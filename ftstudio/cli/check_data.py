@@ -76,7 +76,10 @@ def _check_one(args: argparse.Namespace, cfg, tokenizer, task) -> int:
         if lengths:
             print("tokens per row: " + ", ".join(f"{k} {lengths[k]}" for k in ("min", "mean", "p50", "p95", "max")
                                                   if k in lengths))
-        if d.get("labels"):
+        if d.get("label_counts"):
+            total = sum(d["label_counts"].values()) or 1
+            print("classes: " + ", ".join(f"{k} {n:,} ({n / total:.1%})" for k, n in d["label_counts"].items()))
+        elif d.get("labels"):
             print(f"labels: {', '.join(map(str, d['labels']))}")
         if d.get("rendering"):
             print(f"rendered as: {d['rendering']}")

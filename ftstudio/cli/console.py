@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Event, LogLine, NonFiniteStep, RunFailed,
-                                  RunFinished, RunStarted, StepMetrics)
+                                  RunFinished, RunStarted, StepMetrics, per_class_text, train_loss_label)
 
 
 class ConsoleSink:
@@ -47,8 +47,14 @@ class ConsoleSink:
             if event.perplexity is not None:
                 parts.append(f"perplexity {event.perplexity:.2f}")
             if event.accuracy is not None:
-                parts.append(f"accuracy {event.accuracy:.3f}  macro-F1 {event.macro_f1:.3f}")
-            c.print(f"eval @ step {event.step}: " + "  ".join(parts))
+                parts.append(f"accuracy {event.accuracy:.3f}" + (f" (majority-class baseline "
+                             f"{event.majority_baseline:.3f})" if event.majority_baseline is not None else "")
+                             + f"  macro-F1 {event.macro_f1:.3f}")
+            c.print(f"eval @ step {event.step}: " + "  ".join(parts), markup=False)
+            if event.per_class:
+                c.print("  per class: " + "; ".join(per_class_text(event.per_class)), markup=False, soft_wrap=True)
+            if event.collapsed:
+                c.print(f"warning: {event.collapsed}", style="yellow", markup=False, soft_wrap=True)
         elif isinstance(event, CheckpointSaved):
             c.print(f"checkpoint saved: {event.path}")
         elif isinstance(event, NonFiniteStep):
@@ -73,6 +79,10 @@ class ConsoleSink:
             self.close()
             c.print(f"[bold green]{event.status}[/] after {event.steps} steps ({event.elapsed_s:.0f} s). "
                     f"Final model: {event.final_model or '-'}")
+            if event.train_loss is not None:
+                c.print(f"train loss {event.train_loss:.4f} ({train_loss_label(event)})", markup=False)
+            if (event.eval or {}).get("collapsed"):
+                c.print(f"warning: {event.eval['collapsed']}", style="yellow", markup=False, soft_wrap=True)
             if event.stop_reason:
                 c.print(event.stop_reason, markup=False, soft_wrap=True)
         elif isinstance(event, RunFailed):

@@ -1,5 +1,9 @@
 """`ftstudio export RUN_DIR|MODEL_DIR --gguf OUT.gguf [--gguf-type f16|bf16|q8_0] [--json]`: the fine-tuned
-causal LM as one GGUF file for llama.cpp and Ollama, with its tokenizer, chat template and end-of-turn token."""
+causal LM as one GGUF file for llama.cpp and Ollama, with its tokenizer, chat template and end-of-turn token.
+
+`ftstudio export RUN_DIR` (no --gguf) finishes a run whose own export to final/ failed or was killed: its weights
+wait in the end checkpoint the trainer wrote before exporting; the run is resumed from it (no step trains again),
+evaluated and exported."""
 from __future__ import annotations
 
 import argparse
@@ -12,8 +16,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write a run's final/ model (or a model folder) as GGUF for llama.cpp / Ollama")
     p.add_argument("source", metavar="RUN_DIR|MODEL_DIR",
                    help="a run folder (its final/ is exported) or a saved Hugging Face model folder")
-    p.add_argument("--gguf", metavar="OUT.gguf", required=True,
-                   help="the GGUF file to write (a folder: <run name>-<type>.gguf inside it)")
+    p.add_argument("--gguf", metavar="OUT.gguf",
+                   help="the GGUF file to write (a folder: <run name>-<type>.gguf inside it); without it, a run "
+                        "whose export to final/ did not complete is finished from its end checkpoint")
     p.add_argument("--gguf-type", choices=("f16", "bf16", "q8_0"), default="f16",
                    help="tensor type: f16 (default, exact enough to match final/), bf16, or q8_0 (8-bit, half the "
                         "size); norms and biases stay float32")
@@ -27,12 +32,20 @@ def run(args: argparse.Namespace) -> int:
 
     from . import fail
 
+    if not args.gguf:
+        return _finish_final(args.source)
     try:
         result = export_gguf(args.source, args.gguf, args.gguf_type)
     except FTStudioError as e:
         return fail(str(e))
-    except OSError as e:
-        return fail(f"{args.gguf}: cannot write the GGUF file ({e.strerror or e})")
+    except Exception as e:  # noqa: BLE001 - OSError, or the writer's own error on a full disk
+        from ftstudio.core.atomic import disk_full_message, is_disk_full
+        if is_disk_full(e):
+            return fail(f"cannot write the GGUF file: {disk_full_message(args.gguf)}; no partial file was left; "
+                        "free some space and run the same command again", 1)
+        if isinstance(e, OSError):
+            return fail(f"{args.gguf}: cannot write the GGUF file ({e.strerror or e})")
+        raise
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(result.summary())
@@ -40,3 +53,26 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(result), default=str))
     return 0
+
+
+def _finish_final(source: str) -> int:
+    """Resume a run from its end checkpoint (marked ``ended`` by the trainer) to write final/."""
+    from pathlib import Path
+
+    from ftstudio.engine.train.checkpoint import latest_checkpoint, read_state
+    from ftstudio.engine.train.keeping import resume_command
+
+    from . import fail, main
+
+    run = Path(source)
+    if (run / "final" / "config.json").is_file():
+        print(f"{run / 'final'} is complete; nothing to do (add --gguf OUT.gguf to write a GGUF file)")
+        return 0
+    if not (run / "config.yaml").is_file():
+        return fail(f"{run}: not a run folder (it has no config.yaml); give --gguf OUT.gguf to convert a model folder")
+    ckpt = latest_checkpoint(run / "checkpoints")
+    if ckpt is None:
+        return fail(f"{run}: no complete checkpoint holds its weights; the run must be trained again")
+    if (read_state(ckpt).get("extra") or {}).get("ended") is None:
+        return fail(f"{run} stopped at {ckpt.name}, before its end; continue it with: {resume_command(run)}")
+    return main(["train", "--resume", str(run)])

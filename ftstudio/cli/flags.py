@@ -23,6 +23,28 @@ def _parse_gpus(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r}: give GPU indices such as 0,1") from None
 
 
+LIMIT = 10 ** 12   # no count, size or rate FT Studio takes comes near it; beyond it only overflow waits
+
+
+def bounded(kind, lo: float | None = None, hi: float | None = LIMIT, *, lo_open: bool = False):
+    """An argparse type: ``kind`` (int or float) that is finite and within [lo, hi] (lo excluded when ``lo_open``),
+    refused as one line otherwise: no flag reaches the engine as inf, nan or a number that overflows."""
+    import math
+
+    def parse(text: str):
+        value = kind(text)   # a ValueError: argparse's own "invalid int value: '1.5'"
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        below = lo is not None and (value <= lo if lo_open else value < lo)
+        if below or (hi is not None and value > hi):
+            low = f"{'more than' if lo_open else 'at least'} {lo:g}" if lo is not None else ""
+            high = f"at most {hi:g}" if hi is not None else ""
+            raise argparse.ArgumentTypeError(f"{text!r} must be {' and '.join(x for x in (low, high) if x)}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _optional(kind):
     def parse(text: str):
         return None if text.lower() in ("none", "null", "") else kind(text)
@@ -48,7 +70,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                 kw["type"] = _parse_gpus
                 kw["metavar"] = "0,1"
             else:
-                kind = {int: int, float: float, str: str}.get(base, str)
+                kind = {int: bounded(int, -LIMIT), float: bounded(float, -LIMIT), str: str}.get(base, str)
                 kw["type"] = _optional(kind) if type(None) in args else kind
                 if f.name in choices:
                     kw["choices"] = choices[f.name]

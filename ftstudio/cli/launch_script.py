@@ -43,12 +43,17 @@ def run(args: argparse.Namespace) -> int:
             print(f"ftstudio: error: -o {out}: the folder {out.parent} does not exist; create it first",
                   file=sys.stderr)
             return 2
-    script = launch_script(Path(args.config).resolve(), args.nodes, args.gpus_per_node, args.slurm)
+    try:
+        script = launch_script(Path(args.config).resolve(), args.nodes, args.gpus_per_node, args.slurm)
+    except ConfigError as e:   # a path that cannot be written into a script safely
+        print(f"ftstudio: error: {e}", file=sys.stderr)
+        return 2
     if out is None:
         sys.stdout.write(script)
         return 0
     try:
-        out.write_text(script, encoding="utf-8")
+        from ftstudio.core.atomic import atomic_write_text
+        atomic_write_text(out, script)   # a half-written job script is never submitted
         out.chmod(0o755)
     except OSError as e:
         print(f"ftstudio: error: cannot write {out}: {e.strerror or e}", file=sys.stderr)

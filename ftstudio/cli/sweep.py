@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     if result.best:
         c.print(f"Best: trial {result.best['number']}, lr {result.best['lr']:.2e}, eval {result.metric} "
                 f"{result.best['value']:.4f}. Run it: ftstudio train {result.best_config}", markup=False)
+        if result.caveat:
+            c.print(f"But: {result.caveat}.", style="yellow", markup=False)
     else:
         c.print("No trial completed: no best.yaml", style="yellow")
     c.print(f"Table {result.table}; plot {result.plot or '-'}", markup=False)

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 
 from .flags import add_config_flags, apply_config_flags
+from ftstudio.core.events import train_loss_label
 
 
 def add_parser(sub) -> None:
@@ -27,7 +27,12 @@ def add_parser(sub) -> None:
     p.add_argument("--preset", metavar="NAME", help="apply a named preset before the flags: 'Safe defaults', "
                                                      "'Reference', 'Fastest', 'Largest' (core/presets.py)")
     p.add_argument("--json", action="store_true", help="print a JSON summary as the last line of stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (warnings and what changes the training "
+                                                         "are still printed)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: continue although config.yaml (or a flag) differs from what the checkpoint "
+                        "trained; each change is listed, applies from the resumed step, and is written to "
+                        "config.yaml")
     add_config_flags(p)
     p.set_defaults(func=run)
 
@@ -67,6 +72,8 @@ def _resume_config(args: argparse.Namespace):
         raise ConfigError("--resume", f"{run_dir} is not a run folder (it has no config.yaml)")
     run_cfg = RunConfig.load_run(run_dir / "config.yaml")
     asked = _overrides(RunConfig.load(args.config) if args.config else run_cfg, args)
+    if getattr(args, "allow_config_change", False):
+        run_cfg = asked   # the engine lists each change against the checkpoint and records it in config.yaml
     theirs, ours = run_cfg.to_dict(), asked.to_dict()
     diffs = [f"{flag_name(k)} {ours[sec][k]!r} (the run has {v!r})" for sec, fields in theirs.items()
              for k, v in fields.items() if ours[sec][k] != v]
@@ -100,17 +107,23 @@ def run(args: argparse.Namespace) -> int:
     except FTStudioError as e:
         return fail(str(e))
     control = Control()
-    _install_sigint(control)
+    signals = _install_sigint(control)
     sink = ConsoleSink(quiet=args.quiet)
     from ftstudio.engine import run as train
 
     try:
-        result = train(cfg, sink, control, resume_from=args.resume)
+        result = train(cfg, sink, control, resume_from=args.resume,
+                       allow_config_change=getattr(args, "allow_config_change", False))
     finally:
         sink.close()
     if args.json:
         print(json.dumps(_summary(result), default=str))
-    return 0 if getattr(result, "status", "failed") in ("finished", "stopped") else 1
+    status = getattr(result, "status", "failed")
+    if status == "stopped":
+        from ftstudio.engine.train.keeping import resume_command
+        _say(f"Stopped at step {result.steps}; continue with: {resume_command(result.output_dir)}")
+        return signals.exit_code if signals is not None else 1
+    return 0 if status == "finished" else 1
 
 
 def _summary(result) -> dict:
@@ -118,19 +131,21 @@ def _summary(result) -> dict:
     if d.pop("event") == "failed":
         return {"status": "failed", "reason": d["reason"], "advice": d["advice"], "steps": d["step"],
                 "output_dir": d["output_dir"]}
-    return {"status": d["status"], "steps": d["steps"], "train_loss": d["train_loss"], "eval": d["eval"],
+    return {"status": d["status"], "steps": d["steps"], "train_loss": d["train_loss"],
+            "train_loss_is": train_loss_label(result), "eval": d["eval"],
             "output_dir": d["output_dir"], "final_model": d["final_model"], "elapsed_s": d["elapsed_s"],
             "stop_reason": d["stop_reason"], "best_step": d["best_step"]}
 
 
-def _install_sigint(control) -> None:
-    """First Ctrl-C: stop after this step and save a checkpoint. Second: quit at once."""
-    def handler(signum, frame):
-        if control.stop_requested:
-            raise KeyboardInterrupt
-        print("\nStopping after this step (a checkpoint is saved); Ctrl-C again to quit now.", file=sys.stderr)
-        control.request_stop()
+def _say(text: str) -> None:
     try:
-        signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):   # stderr gone (a closed terminal) or full: the run's files still say it
         pass
+
+
+def _install_sigint(control):
+    """SIGINT, SIGTERM and SIGHUP: the first stops after this step and saves a checkpoint; a second quits at once
+    (core/control.py's SignalStop). Returns it (its ``exit_code`` is the stopped run's status)."""
+    from ftstudio.core.control import SignalStop
+    return SignalStop(control, _say).install()

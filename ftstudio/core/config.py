@@ -107,7 +107,8 @@ class RunConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+        from .atomic import atomic_write_text   # a reader (a resume, the GUI) never sees half a config
+        atomic_write_text(path, self.to_yaml())
 
     @classmethod
     def from_yaml(cls, text: str, *, file: str | None = None) -> "RunConfig":
@@ -115,6 +116,9 @@ class RunConfig:
         loader = _strict_loader()(text)
         try:
             root = loader.get_single_node()
+            if root is not None and _expanded_size(root) > MAX_YAML_VALUES:
+                raise ConfigError("<yaml>", f"the YAML expands to more than {MAX_YAML_VALUES:,} values (aliases "
+                                            "repeating aliases); a run config is a few dozen fields", file=file)
             data = loader.construct_document(root) if root is not None else None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
@@ -144,6 +148,9 @@ class RunConfig:
             raise ConfigError("<file>", "config file is not UTF-8 text", file=str(p)) from None
         except OSError as e:
             raise ConfigError("<file>", f"cannot read the config file: {e.strerror or e}", file=str(p)) from None
+        if len(text) > MAX_YAML_CHARS:
+            raise ConfigError("<file>", f"config file is {len(text):,} characters; a run config is a few KB (at most "
+                                        f"{MAX_YAML_CHARS:,})", file=str(p))
         if "\x00" in text:
             raise ConfigError("<file>", "config file is binary (it holds NUL bytes), not YAML text", file=str(p))
         return cls.from_yaml(text, file=str(p))
@@ -173,6 +180,49 @@ class RunConfig:
                 raise ConfigError(leaf, "unknown field")
             d[LEAF_TO_SECTION[leaf]][leaf] = value
         return RunConfig.from_dict(d)
+
+
+MAX_YAML_CHARS = 1_000_000     # a run config is a few KB; the GUI's saved ones are under 4 KB
+MAX_YAML_VALUES = 100_000      # nodes once every alias is expanded: an alias bomb of 1 KB expands to billions
+
+
+def safe_load_bounded(text: str):
+    """``yaml.safe_load`` for a file that may be hostile (a run folder's config.yaml listed in the Runs tab):
+    None when it is larger than a config or its aliases expand past MAX_YAML_VALUES."""
+    import yaml
+
+    if len(text) > MAX_YAML_CHARS:
+        return None
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None or _expanded_size(root) > MAX_YAML_VALUES:
+            return None
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(root) -> int:
+    """How many nodes ``root`` holds with every alias expanded, counted on the composed graph (shared nodes are
+    counted once per use without being copied), so an alias bomb is refused before it is built."""
+    import yaml
+
+    memo: dict[int, int] = {}
+
+    def size(node, depth=0) -> int:
+        if id(node) in memo:
+            return memo[id(node)]
+        if depth > 200:      # deeper than any config: PyYAML would recurse past Python's limit building it
+            return MAX_YAML_VALUES + 1
+        n = 1
+        if isinstance(node, yaml.SequenceNode):
+            n += sum(size(child, depth + 1) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            n += sum(size(k, depth + 1) + size(v, depth + 1) for k, v in node.value)
+        memo[id(node)] = n = min(n, MAX_YAML_VALUES + 1)
+        return n
+    return size(root)
 
 
 @functools.lru_cache(maxsize=1)

@@ -51,3 +51,49 @@ class Control:
         while not self._resume.wait(poll_s):
             if self._stop.is_set():
                 return
+
+
+class SignalStop:
+    """SIGINT (Ctrl-C), SIGTERM (SLURM preemption, ``docker stop``, ``kill``) and SIGHUP (a closed terminal) stop a
+    run alike: the first asks ``control`` to stop after the step in progress (the trainer saves a checkpoint and
+    writes ``stopped``); a second exits at once with status 128 + its number, keeping the newest complete
+    checkpoint (every write is atomic, core/atomic.py). ``say`` prints a line; ``received`` is the first signal."""
+
+    NAMES = ("SIGINT", "SIGTERM", "SIGHUP")
+
+    def __init__(self, control: Control, say=None):
+        self.control = control
+        self.say = say or (lambda text: None)
+        self.received: int | None = None
+
+    def install(self) -> "SignalStop":
+        import signal
+        for name in self.NAMES:
+            if hasattr(signal, name):
+                try:
+                    signal.signal(getattr(signal, name), self._handle)
+                except ValueError:  # not the main thread: whoever owns it handles signals
+                    return self
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        import os
+        import signal
+        name = signal.Signals(signum).name
+        if self.received is not None:
+            self._say(f"{name} again: quitting now (the newest complete checkpoint is kept)")
+            os._exit(128 + signum)
+        self.received = signum
+        self._say(f"{name}: stopping after this step (a checkpoint is saved); send it again to quit now")
+        self.control.request_stop()
+
+    def _say(self, text: str) -> None:
+        try:
+            self.say(text)
+        except (OSError, ValueError):  # a closed terminal (SIGHUP) cannot take the line; the stop goes on
+            pass
+
+    @property
+    def exit_code(self) -> int:
+        """The conventional status of a run stopped by a signal (130 for Ctrl-C), 1 when stopped otherwise."""
+        return 128 + self.received if self.received else 1

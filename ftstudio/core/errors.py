@@ -37,7 +37,7 @@ class DataProblem:
     row: int | None  # 1-based line/row number in the file; None when the whole file is at fault
     field: str | None
     reason: str
-    severity: str = "error"  # "error" stops a run; "warning" does not
+    severity: str = "error"  # "error" stops a run; "warning" does not; "info" says a choice made for the user
 
     def __str__(self) -> str:
         where = self.path

@@ -63,6 +63,13 @@ class EvalMetrics(Event):
     accuracy: float | None = None
     macro_f1: float | None = None
     best: bool = False  # the best evaluation so far by eval.metric (the monitor marks it)
+    # A classifier's accuracy beside what it means: the share of the most frequent true class (what always
+    # answering it scores), per-class {"precision", "recall", "support", "predicted"} by label name, and a warning
+    # line when nearly every prediction is one class (None when not).
+    majority_baseline: float | None = None
+    majority_class: str | None = None
+    per_class: dict[str, dict] | None = None
+    collapsed: str | None = None
 
 
 @dataclass
@@ -97,6 +104,8 @@ class MemorySnapshot(Event):
     reserved: int | None = None
     nvml_used: int | None = None
     total: int | None = None
+    planned_peak: int | None = None                # the memory plan's allocator peak for this run (train/memory_log.py)
+    planned_phases: dict | None = None             # the plan's peak of each phase of a step, bytes
 
 
 @dataclass
@@ -127,13 +136,14 @@ class RunFinished(Event):
     kind: ClassVar[str] = "finished"
     status: str  # "finished" or "stopped"
     steps: int
-    train_loss: float | None
+    train_loss: float | None  # the mean step loss over the last train_loss_steps steps (figures.tail_steps)
     eval: dict[str, Any] = field(default_factory=dict)
     output_dir: str = ""
     final_model: str | None = None
     elapsed_s: float = 0.0
     stop_reason: str = ""  # why a finished run ended before its last step (early stopping), else ""
     best_step: int | None = None  # the step of the best evaluation (what final/ holds with export_best)
+    train_loss_steps: int = 0  # how many last steps train_loss averages (0: the last logged loss)
 
 
 @dataclass
@@ -144,6 +154,20 @@ class RunFailed(Event):
     error_type: str = ""
     step: int = 0
     output_dir: str = ""
+
+
+def train_loss_label(event: RunFinished) -> str:
+    """What the end-of-run train loss is, in words (the console, the window and the JSON summary say it)."""
+    n = getattr(event, "train_loss_steps", 0)
+    return f"mean of the last {n} steps" if n > 1 else ("the last step" if n == 1 else "the last logged steps")
+
+
+def per_class_text(per_class: dict[str, dict]) -> list[str]:
+    """Each class as 'name: precision P, recall R (n rows)'; '–' for a precision of a class never predicted."""
+    def pct(x):
+        return "–" if x is None else f"{x:.1%}"
+    return [f"{name}: precision {pct(d.get('precision'))}, recall {pct(d.get('recall'))} "
+            f"({d.get('support', 0)} row{'' if d.get('support') == 1 else 's'})" for name, d in per_class.items()]
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

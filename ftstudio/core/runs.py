@@ -15,7 +15,9 @@ from typing import Any, Iterator
 
 
 def make_run_name(model: str) -> str:
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name or model)[:40].strip("-") or "run"
+    name = Path(model.rstrip("/")).name or model
+    name = re.sub(r"\.gguf$", "", name, flags=re.IGNORECASE)  # a folder named "….gguf" would look like a model file
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:40].strip("-.") or "run"
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}"
 
 
@@ -87,8 +89,8 @@ def summarize_run(run_dir: str | Path) -> RunSummary | None:
     events = read_metrics(run_dir)
     model = dataset = ""
     try:
-        import yaml
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+        from .config import safe_load_bounded   # a hostile config.yaml must not hang the runs list
+        cfg = safe_load_bounded((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
         model = str(cfg.get("model", {}).get("source", ""))
         dataset = str(cfg.get("data", {}).get("dataset", ""))
     except Exception:  # a damaged config must not hide the run from the list
@@ -141,11 +143,6 @@ class RunIndex:
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a file so that readers see the old or the new content, never half of it."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Write a file so that readers see the old or the new content, never half of it (core/atomic.py)."""
+    from .atomic import atomic_write_text as write
+    write(path, text)

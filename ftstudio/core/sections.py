@@ -222,7 +222,7 @@ class ScheduleConfig:
     schedule: str = "cosine"
     """Learning-rate schedule: "cosine" (linear warmup, cosine decay to the floor), "constant" (warmup, then hold), "linear" (warmup, linear decay to the floor)."""
     warmup_ratio: float = 0.05
-    """Fraction of all steps spent ramping the LR linearly up from zero (3–10 % is usual)."""
+    """Fraction of all steps spent ramping the LR linearly up to the peak (3–10 % is usual): with W warmup steps, the first step runs at peak/W, step W at the peak."""
     warmup_steps: int | None = None
     """Warmup length in steps; overrides warmup_ratio when set."""
     min_lr_ratio: float = 0.0
@@ -292,9 +292,18 @@ class EvalConfig:
     """What "better" means for early stopping, the best model and sweeps: the validation "loss" (lower is better), or "accuracy" / "macro_f1" (higher is better; classifiers only)."""
     early_stop_patience: int = 0
     """End the run after this many evaluations in a row without an improvement of eval.metric (needs eval_every and validation rows); 0 = never stop early."""
+    benchmarks: str = ""
+    """lm-evaluation-harness tasks scored before the first step and after the last, e.g. "hellaswag,arc_easy" (the harness's names, or a task YAML's name in eval.benchmark_include); scores and settings go to RUN/benchmarks/. Empty = none. Needs pip install 'ftstudio[eval]'."""
+    benchmark_include: str | None = None
+    """A folder of task YAMLs of your own (the harness's format, over local JSONL files) for eval.benchmarks."""
+    benchmark_limit: int | None = None
+    """Score at most this many documents of each eval.benchmarks task (None: all of them)."""
 
     def __post_init__(self) -> None:
         _check_range("eval", "eval_every", self.eval_every, 0, integer=True)
+        _check_range("eval", "benchmark_limit", self.benchmark_limit, 1, integer=True, allow_none=True)
+        if not isinstance(self.benchmarks, str):
+            raise ConfigError("eval.benchmarks", f"{self.benchmarks!r} must be text such as 'hellaswag,arc_easy'")
         _check_range("eval", "eval_batches", self.eval_batches, 1, integer=True, allow_none=True)
         _check_choice("eval", "metric", self.metric, METRICS)
         _check_range("eval", "early_stop_patience", self.early_stop_patience, 0, integer=True)

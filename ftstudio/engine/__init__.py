@@ -60,11 +60,12 @@ def check_sharded(config) -> None:
                           "the preset), or keep it and guard against forgetting with mix_fraction instead")
 
 
-def run(config, reporter=None, control=None, *, resume_from=None):
+def run(config, reporter=None, control=None, *, resume_from=None, allow_config_change: bool = False):
     """Run a fine-tune and return its ``RunFinished`` or ``RunFailed``: in this process on one device, or,
     when several GPUs are ticked, as a supervised ``torchrun`` FSDP2 subprocess whose rank 0 streams the same
     events. ``reporter`` receives every event; ``control`` (stop, pause, save now) is polled between steps.
-    A run that :func:`check_run` refuses ends before anything is written, with one ``RunFailed``."""
+    A run that :func:`check_run` refuses ends before anything is written, with one ``RunFailed``.
+    ``allow_config_change``: a resume may continue with a config that differs from its checkpoint's (one GPU)."""
     from ftstudio.core.errors import FTStudioError
     from ftstudio.core.events import RunFailed
 
@@ -79,4 +80,4 @@ def run(config, reporter=None, control=None, *, resume_from=None):
         from ftstudio.engine.distributed import run_distributed
         return run_distributed(config, reporter, control, resume_from=resume_from)
     from ftstudio.engine.train import Trainer
-    return Trainer(config, reporter, control, resume_from=resume_from).run()
+    return Trainer(config, reporter, control, resume_from=resume_from, allow_config_change=allow_config_change).run()

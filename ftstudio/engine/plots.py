@@ -74,3 +74,30 @@ def save_sweep_plot(path: str | Path, trials: list[dict], metric: str = "loss") 
         ax.legend(fontsize=8)
     fig.savefig(path)
     return str(path)
+
+
+def save_interpolation_plot(path: str | Path, record: dict) -> str:
+    """The α sweep (engine/alpha_sweep.py): the task metric and the retention loss against α on one figure
+    (two y axes), the chosen α marked."""
+    fig = _figure()
+    ax = fig.add_subplot()
+    pts = record["points"]
+    xs = [p["alpha"] for p in pts]
+    handles = []
+    if any(p.get("task") is not None for p in pts):
+        handles += ax.plot(xs, [p.get("task", math.nan) for p in pts], "o-", color="#2563eb",
+                           label=f"task {record['task_metric']} (validation split)")
+    ax.set_xlabel("α   (0: base model θ0,  1: fine-tuned θ*)")
+    ax.set_ylabel(f"task {record['task_metric']}", color="#2563eb")
+    if any(p.get("retention") is not None for p in pts):
+        ax2 = ax.twinx()
+        handles += ax2.plot(xs, [p.get("retention", math.nan) for p in pts], "s-", color="#dc2626",
+                            label="retention loss (general text)")
+        ax2.set_ylabel("retention loss (general text)", color="#dc2626")
+    if record.get("chosen_alpha") is not None:
+        handles.append(ax.axvline(record["chosen_alpha"], color="#16a34a", linewidth=2, linestyle=":",
+                                  label=f"chosen α = {record['chosen_alpha']:g}"))
+    ax.set_title("θ(α) = (1−α)·θ0 + α·θ*: task against retention", fontsize=10)
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, fontsize=8)  # never over a curve
+    fig.savefig(str(path))
+    return str(path)

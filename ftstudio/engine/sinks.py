@@ -17,15 +17,29 @@ class MetricsWriter:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._fh = None
+        self.broken = False   # a write failed (a full disk): the run ends on that error; later events are not written
 
     def __call__(self, event: Event) -> None:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = open(self.path, "a", encoding="utf-8")
-        self._fh.write(json.dumps(event.to_dict(), default=str) + "\n")
-        self._fh.flush()
+        if self.broken:
+            return
+        line = json.dumps(event.to_dict(), default=str) + "\n"
+        try:
+            if self._fh is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh.write(line)
+            self._fh.flush()
+        except OSError:
+            self.broken = True
+            self._close_quietly()
+            raise
 
     def close(self) -> None:
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            try:
+                fh.close()
+            except OSError:   # every line was flushed as written; a full disk cannot take the (empty) rest
+                pass
+
+    _close_quietly = close

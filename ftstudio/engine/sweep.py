@@ -52,9 +52,10 @@ class SweepResult:
     table: str | None = None
     plot: str | None = None
     status: str = "finished"                           # or "stopped"
+    caveat: str = ""                                   # why the best may not be better than the others (best_caveat)
 
     def summary(self) -> dict:
-        return {"best_lr": self.best["lr"] if self.best else None, "best_config": self.best_config,
+        return {"caveat": self.caveat, "best_lr": self.best["lr"] if self.best else None, "best_config": self.best_config,
                 "metric": self.metric, "best_value": self.best["value"] if self.best else None,
                 "trials": self.trials, "table": self.table, "plot": self.plot, "folder": self.folder,
                 "status": self.status}
@@ -80,7 +81,7 @@ def _trial_trainer():
     from ftstudio.engine.train import Trainer
 
     class TrialTrainer(Trainer):
-        def _save_checkpoint(self, model, scaler) -> None:
+        def _save_checkpoint(self, model, scaler, **_) -> None:   # ended=: no end checkpoint either
             pass
 
     return TrialTrainer
@@ -192,11 +193,38 @@ def sweep(cfg, spec: SweepSpec, reporter=None, control: Control | None = None,
     return result
 
 
+NOISE_REL = 0.01   # short runs of the same config differ by about this share of their eval loss (seeds, batches)
+SHORT_TRIAL = 20   # steps: fewer cannot tell learning rates apart (the schedule barely leaves warm-up)
+
+
+def best_caveat(done: list[dict], metric: str) -> str:
+    """Why the sweep's best may be no better than the runner-up: a margin inside the noise of short runs, or
+    trials too short to separate; "" when the best stands out. Says what would decide it."""
+    if len(done) < 2:
+        return ""
+    ranked = sorted(done, key=(lambda t: t["value"]) if metric == "loss" else (lambda t: -t["value"]))
+    best, second = ranked[0], ranked[1]
+    margin = abs(second["value"] - best["value"])
+    noise = NOISE_REL * abs(best["value"]) if metric == "loss" else 0.01
+    steps = min(int(t.get("step") or 0) for t in done)
+    if margin <= noise:
+        return (f"the best trial's eval {metric} ({best['value']:.4f}) is only {margin:.4f} from the runner-up's "
+                f"({second['value']:.4f}), inside the noise between short runs (about {noise:.4f}): the sweep "
+                "cannot tell them apart. Repeat the top trials with more steps before choosing")
+    if steps < SHORT_TRIAL:
+        return (f"each trial ran only {steps} steps, too few to tell learning rates apart (the schedule barely "
+                "leaves warm-up). Run trials of at least 50 steps")
+    return ""
+
+
 def _finish(result: SweepResult, cfg, folder: Path, report) -> None:
     done = [t for t in result.trials if t["state"] == "complete"]
     if done:
         key = (lambda t: t["value"]) if result.metric == "loss" else (lambda t: -t["value"])
         result.best = min(done, key=key)
+        result.caveat = best_caveat(done, result.metric)
+        if result.caveat:
+            report(LogLine(f"The best trial may be no better than the others: {result.caveat}", "warning"))
         knobs = {k: result.best[k] for k in ("lr", "batch_size", "warmup_ratio") if k in result.best}
         if "warmup_ratio" in knobs:
             knobs["warmup_steps"] = None

@@ -59,7 +59,8 @@ def scalars(event: Event) -> tuple[int, dict[str, float]] | None:
                 for k in ("weights", "gradients", "optimizer", "activations", "allocated_peak", "reserved",
                           "nvml_used") if getattr(event, k) is not None}
     elif isinstance(event, EvalMetrics):
-        vals = {f"eval/{k}": getattr(event, k) for k in ("loss", "perplexity", "accuracy", "macro_f1")}
+        vals = {f"eval/{k}": getattr(event, k) for k in ("loss", "perplexity", "accuracy", "macro_f1",
+                                                         "majority_baseline")}
     elif isinstance(event, RetentionMetrics):
         vals = {"eval/retention_loss": event.loss, "eval/retention_perplexity": event.perplexity}
     elif isinstance(event, DriftMetrics):

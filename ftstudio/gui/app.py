@@ -61,6 +61,7 @@ def _writable_output(win) -> None:
     out = Path(cfg.train.output)
     if not out.is_absolute() and not os.access(os.getcwd(), os.W_OK):
         win.training_panel.set_value("output", str(Path.home() / "ftstudio-runs" / out))
+        win.say_change(f"The start folder {os.getcwd()} is not writable, so runs go under your home folder", cfg)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -168,11 +169,48 @@ def main(argv: list[str] | None = None) -> int:
 
     win.monitor.eventsProcessed.connect(on_events)
     win.runFinished.connect(on_finished)
+    signals = stop_on_signals(app, win)
     QTimer.singleShot(0, shown)
     if not args.screenshot or args.autostart:
         QTimer.singleShot(1500, win.warm_up)
     app.exec()
-    return state["rc"]
+    return 128 + signals.received if signals.received else state["rc"]
+
+
+class _SignalClose:
+    """SIGTERM, SIGHUP and SIGINT close the window as the user would, without asking: a run stops after its step
+    with a checkpoint (MainWindow.closeEvent → shutdown(save=True)); a second signal exits at once."""
+
+    def __init__(self, win):
+        self.win, self.received = win, None
+
+    def __call__(self, signum, frame) -> None:
+        import os
+        if self.received is not None:
+            os._exit(128 + signum)
+        self.received = signum
+        from PySide6.QtCore import QTimer
+        self.win.ask_on_close = False
+        QTimer.singleShot(0, self.win.close)   # from the event loop, not from inside whatever Python was running
+
+
+def _let_python_handle_signals() -> None:
+    """A no-op: a timer that runs Python now and then, so a signal's Python handler runs while Qt waits."""
+
+
+def stop_on_signals(app, win) -> _SignalClose:
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    handler = _SignalClose(win)
+    for name in ("SIGTERM", "SIGHUP", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), handler)
+    tick = QTimer(app)
+    tick.timeout.connect(_let_python_handle_signals)
+    tick.start(250)
+    return handler
 
 
 def compare(win, args, shoot, state) -> None:

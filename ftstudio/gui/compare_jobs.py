@@ -45,6 +45,28 @@ def _load(source: str, cfg: ModelConfig, task: str, **kw):
     return loaded
 
 
+_base: dict = {}  # (source, revision, trust, task) → the loaded base model, kept between comparisons
+
+
+def load_base(cfg: ModelConfig, task: str):
+    """The base model θ0, loaded once and reused by every comparison of the session (a GGUF file is
+    de-quantised again on each load: minutes for a large one). One at a time; :func:`release_base` frees it
+    (a training run needs the memory)."""
+    key = (cfg.source, cfg.revision, cfg.trust_remote_code, task)
+    if key not in _base:
+        _base.clear()
+        _base[key] = _load(cfg.source, cfg, task)
+    return _base[key]
+
+
+def release_base() -> bool:
+    """Drop the kept base model (before a training run, which needs its memory); True if one was kept."""
+    with _lock:
+        kept = bool(_base)
+        _base.clear()
+    return kept
+
+
 def training_template(tuned_tokenizer, base_tokenizer) -> str:
     """The chat template the fine-tune was trained with: saved beside the fine-tuned weights; a model without
     one trained through the fallback, which the export saves too (older exports: the fallback itself)."""
@@ -131,7 +153,7 @@ def generate_pair(cfg: RunConfig, tuned: str, prompt: str, max_new_tokens: int, 
     out: dict = {}
     with _lock:
         tuned_lm = _load(tuned, cfg.model, "causal-lm")
-        base_lm = _load(cfg.model.source, cfg.model, "causal-lm")
+        base_lm = load_base(cfg.model, "causal-lm")
         template = training_template(tuned_lm.tokenizer, base_lm.tokenizer) if chat else None
         for name, lm in (("base", base_lm), ("tuned", tuned_lm)):
             tok = lm.tokenizer
@@ -149,8 +171,9 @@ def generate_pair(cfg: RunConfig, tuned: str, prompt: str, max_new_tokens: int, 
     return out
 
 
-def classify_pair(cfg: RunConfig, tuned: str) -> dict:
-    """{"base"/"tuned": {"accuracy", "macro_f1", "matrix"}, "labels"} on the validation split."""
+def classify_pair(cfg: RunConfig, tuned: str, on_progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """{"base"/"tuned": {"accuracy", "macro_f1", "matrix"}, "labels"} on the validation split;
+    ``on_progress("base"|"tuned", rows done, rows)`` after each batch."""
     import torch
 
     data_mod = engine("data", "prepare_data")
@@ -174,6 +197,8 @@ def classify_pair(cfg: RunConfig, tuned: str) -> dict:
                 pred = lm.model(**batch).logits.argmax(-1).tolist()
                 for ex, p in zip(chunk, pred):
                     matrix[int(ex["label"])][int(p)] += 1
+                if on_progress is not None:
+                    on_progress(name, min(i + 16, len(prepared.val)), len(prepared.val))
             correct = sum(matrix[i][i] for i in range(n))
             out[name] = {"accuracy": correct / max(1, len(prepared.val)), "macro_f1": macro_f1(matrix),
                          "matrix": matrix}

@@ -24,6 +24,7 @@ from .worker import JobRunner
 class CompareTab(QWidget):
     compared = Signal(object)
     textStreamed = Signal(str, str)  # "base" | "tuned", a piece of text (emitted on the pool thread)
+    evalProgress = Signal(str, int, int)  # "base" | "tuned", rows scored, rows (emitted on the pool thread)
 
     def __init__(self, jobs_pool=None, parent: QWidget | None = None):
         super().__init__(parent)
@@ -40,6 +41,8 @@ class CompareTab(QWidget):
         self.jobs.done.connect(self._done)
         self.jobs.failed.connect(self._failed)
         self.textStreamed.connect(self._on_text)
+        self.evalProgress.connect(self._on_eval_progress)
+        self._eval_t0 = 0.0
         self._build()
 
     def _build(self) -> None:
@@ -199,8 +202,24 @@ class CompareTab(QWidget):
         if not self.tuned or self.cfg is None or self.busy:
             return
         cfg, tuned = self.cfg, self.tuned
-        self._busy("Evaluating the base and the fine-tuned classifier…")
-        self.jobs.submit("classify", lambda: classify_pair(cfg, tuned))
+        self._busy("Loading the base classifier and the validation rows…")
+        import time
+        self._eval_t0 = time.monotonic()
+        progress = self.evalProgress.emit  # a bound signal: queued to _on_eval_progress
+        self.jobs.submit("classify", lambda: classify_pair(cfg, tuned, progress))
+
+    @Slot(str, int, int)
+    def _on_eval_progress(self, which: str, done: int, total: int) -> None:
+        """Rows scored so far, with the time left at this pace (the fine-tuned model's pass follows the base's)."""
+        import time
+        if not self.busy:
+            return
+        passes_done = (0 if which == "base" else 1) + done / max(1, total)
+        elapsed = time.monotonic() - self._eval_t0
+        eta = elapsed / passes_done * (2 - passes_done) if passes_done > 0 else None
+        model = "base" if which == "base" else "fine-tuned"
+        self.info.setText(f"Evaluating the {model} classifier: {done} / {total} validation rows"
+                          + (f" · about {eta:.0f} s left" if eta is not None else ""))
 
     def _busy(self, text: str) -> None:
         self.busy = True

@@ -1,5 +1,17 @@
 """Texts of the Help menu: the seed's ideas, briefly, where a user meets them in the app."""
 
+def about_text() -> str:
+    """About's text with the version of FT Studio and of what it runs on (what a bug report needs)."""
+    import platform
+
+    import PySide6
+
+    from ftstudio import __version__
+    return ABOUT.replace("<h3>FT Studio</h3>", f"<h3>FT Studio {__version__}</h3>") + (
+        f"<p><small>Version {__version__} · Python {platform.python_version()} · PySide6 {PySide6.__version__}"
+        "</small></p>")
+
+
 ABOUT = """<h3>FT Studio</h3>
 <p>Full fine-tuning of pre-trained transformers: every weight of θ0 is trained on your data.</p>
 <p>Pick a model, a dataset and a GPU; the memory bar tells you whether it fits before you start; the monitor

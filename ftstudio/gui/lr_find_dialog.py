@@ -12,6 +12,26 @@ from .tool_thread import job_controls
 REDRAW_MS = 100
 
 
+def decade_labels(values) -> list[str]:
+    """Tick labels of a log10 axis: "1e-05" at whole decades, none between them (pyqtgraph labels the minor
+    ticks 2…9 too, which overprint each other on a range of five decades)."""
+    return [f"{10 ** round(v):.0e}" if abs(v - round(v)) < 1e-6 else "" for v in values]
+
+
+def _decade_axis():
+    import pyqtgraph as pg
+
+    class _DecadeAxis(pg.AxisItem):
+        def logTickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph name)
+            return decade_labels(values)
+
+    return _DecadeAxis
+
+
+def DecadeAxis(orientation: str):  # noqa: N802 (reads as the axis class it builds; pyqtgraph is imported late)
+    return _decade_axis()(orientation)
+
+
 class LRFindDialog(QDialog):
     """``config`` is the run config the test starts from; ``useLearningRate(float)`` when the user takes it."""
 
@@ -36,9 +56,11 @@ class LRFindDialog(QDialog):
                        f"{self.lr_mod.RULE}.")
         intro.setWordWrap(True)
         lay.addWidget(intro)
-        self.plot = pg.PlotWidget()
+        self.plot = pg.PlotWidget(axisItems={"bottom": DecadeAxis("bottom")})
         self.plot.setObjectName("lrFindPlot")
         self.plot.setLogMode(x=True, y=False)
+        for side in ("bottom", "left"):  # the ticks carry the values: no "(x0.001)" scale beside the label
+            self.plot.getPlotItem().getAxis(side).enableAutoSIPrefix(False)
         self.plot.setLabel("bottom", "learning rate")
         self.plot.setLabel("left", "training loss")
         self.plot.showGrid(x=True, y=True, alpha=0.25)

@@ -9,15 +9,16 @@ from __future__ import annotations
 import gc
 import time
 
-from PySide6.QtCore import QSettings, Qt, QThreadPool, Signal, Slot
-from PySide6.QtWidgets import (QHBoxLayout, QLabel, QMainWindow, QMessageBox, QPushButton, QSplitter,
-                               QTabWidget, QVBoxLayout, QWidget)
+from PySide6.QtCore import QSettings, Qt, QThreadPool, QTimer, Signal, Slot
+from PySide6.QtWidgets import (QApplication, QHBoxLayout, QMainWindow, QPushButton, QSplitter, QVBoxLayout,
+                               QWidget)
 
 from ftstudio.core.config import RunConfig
 from ftstudio.core.errors import ConfigError
 from ftstudio.core.events import RunFinished
 
 from .compare_tab import CompareTab
+from .fit import ElidedLabel, ScrollTabs, WheelGuard, plots_take_no_focus, scrolled
 from .run_text import advice_actions, result_line
 from .engine_access import EngineMissing, engine
 from .heartbeat import Heartbeat
@@ -28,6 +29,8 @@ from .panels.hardware_panel import HardwarePanel
 from .panels.model_panel import ModelPanel
 from .panels.training_panel import TrainingPanel
 from .runs_tab import RunsTab
+from .status_line import StatusLineMixin
+from .window_life import WindowLifecycleMixin
 from .window_menus import WindowMenusMixin
 
 
@@ -45,7 +48,7 @@ def _warm_imports() -> None:
     import transformers  # noqa: F401
 
 
-class MainWindow(WindowMenusMixin, QMainWindow):
+class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainWindow):
     runFinished = Signal(object)  # RunFinished | RunFailed, after the thread ended
     planUpdated = Signal(object)  # MemoryBreakdown
 
@@ -70,6 +73,10 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.heartbeat.training_ids = self.runs.training_thread_ids
         self._build()
         self._build_menus()
+        self.wheel_guard = WheelGuard(self)  # the wheel over an unfocused value control scrolls, never edits
+        QApplication.instance().installEventFilter(self.wheel_guard)
+        self._fitted = False
+        self.finishing = False  # closed mid-run: the step finishes and the checkpoint is written, then it closes
         cfg = config or (self._last_config() if restore_last else None) or RunConfig()
         self._restore_settings()
         self.model_panel.set_trust(cfg.model.trust_remote_code)
@@ -88,49 +95,74 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.runs_tab = RunsTab(self.pool)
         self.compare_tab = CompareTab(self.pool)
 
+        # Every panel scrolls rather than push the window's minimum size past a small screen (1280×720 at
+        # 100 %, 1920×1080 at 150 %) or crush its rows; splitters let the user give room where it is wanted.
         setup = QSplitter(Qt.Orientation.Vertical)
-        setup.addWidget(self.model_panel)
-        setup.addWidget(self.data_panel)
+        setup.setObjectName("setupSplitter")
+        setup.addWidget(scrolled(self.model_panel))
+        setup.addWidget(scrolled(self.data_panel))
+        setup.setStretchFactor(0, 0)  # the model's facts keep their height; the data panel takes the rest
         setup.setStretchFactor(1, 1)
-        self.left = QTabWidget()
+        setup.setChildrenCollapsible(False)
+        self.setup_splitter = setup
+        self.setup_user_sized = False  # once the user drags it, the window stops sizing the model's pane
+        setup.splitterMoved.connect(self._setup_dragged)
+        self.left = ScrollTabs()
         self.left.setObjectName("setupTabs")
         self.left.addTab(setup, "Model && data")
-        self.left.addTab(self.training_panel, "Training")
-        self.left.addTab(self.hardware_panel, "Hardware")
-        self.center = QTabWidget()
+        self.left.addTab(self.training_panel, "Training")  # its form scrolls on its own
+        self.left.add_scrolled(self.hardware_panel, "Hardware")
+        self.center = ScrollTabs()
         self.center.setObjectName("mainTabs")
-        self.center.addTab(self.monitor, "Monitor")
-        self.center.addTab(self.runs_tab, "Runs")
-        self.center.addTab(self.compare_tab, "Compare")
+        self.center.addTab(self.monitor, "Monitor")  # its plots reflow and scroll on their own
+        self.center.add_scrolled(self.runs_tab, "Runs", horizontal=True)
+        self.center.add_scrolled(self.compare_tab, "Compare", horizontal=True)
         split = QSplitter(Qt.Orientation.Horizontal)
+        split.setObjectName("mainSplitter")
         split.addWidget(self.left)
         split.addWidget(self.center)
         split.setStretchFactor(0, 2)
         split.setStretchFactor(1, 3)
         split.setSizes([480, 800])
+        split.setChildrenCollapsible(False)
         self.splitter = split
 
         controls = QHBoxLayout()
         self.start_button = self._button("Start", "startButton", self.start_clicked, "Start training (Ctrl+R)")
         self.pause_button = self._button("Pause", "pauseButton", self.toggle_pause, "Pause between steps / resume")
         self.stop_button = self._button("Stop", "stopButton", self.stop_run, "Stop after the current step")
-        self.save_button = self._button("Save checkpoint now", "saveButton", self.save_now,
+        self.save_button = self._button("Save checkpoint", "saveButton", self.save_now,
                                         "Write a resumable checkpoint after the current step")
         for b in (self.start_button, self.pause_button, self.stop_button, self.save_button):
             controls.addWidget(b)
-        self.status_label = QLabel("")
+        self.status_label = ElidedLabel("")
         self.status_label.setObjectName("statusLabel")
-        self.status_label.setMinimumWidth(100)
         self.status_text = ""
         controls.addWidget(self.status_label, 1)
+        self.undo_button = self._button("Undo", "undoButton", self.undo_window_change,
+                                        "Put back the values the window changed")
+        self.undo_button.setVisible(False)
+        controls.addWidget(self.undo_button)
+
+        body = QSplitter(Qt.Orientation.Vertical)  # the memory bar gives room to the panels when asked
+        body.setObjectName("bodySplitter")
+        body.addWidget(split)
+        self.memory_scroll = scrolled(self.memory_bar)
+        body.addWidget(self.memory_scroll)
+        body.setStretchFactor(0, 1)
+        body.setStretchFactor(1, 0)
+        body.setChildrenCollapsible(False)
+        self.body_splitter = body
+        self.memory_user_sized = False  # once the user drags it, the window stops sizing the memory pane
+        body.splitterMoved.connect(self._memory_dragged)
 
         host = QWidget()
         lay = QVBoxLayout(host)
         lay.setContentsMargins(6, 6, 6, 4)
         lay.addLayout(controls)
-        lay.addWidget(split, 1)
-        lay.addWidget(self.memory_bar)
+        lay.addWidget(body, 1)
         self.setCentralWidget(host)
+        plots_take_no_focus(host)
         self._set_running(False)
 
         self.model_panel.modelChanged.connect(self._model_changed)
@@ -140,10 +172,12 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.data_panel.dataFailed.connect(self._data_failed)
         self.data_panel.datasetRequested.connect(self._dataset_requested)
         self.training_panel.configChanged.connect(self._config_changed)
+        self.training_panel.bulkChanged.connect(self._bulk_changed)
         self.hardware_panel.targetChanged.connect(self._target_changed)
         self.hardware_panel.selectionChanged.connect(self._gpus_changed)
         self.monitor.memoryMeasured.connect(self.memory_bar.set_measured)
         self.memory_bar.applyRequested.connect(self._apply_advice)
+        self.memory_bar.contentChanged.connect(self._memory_content_changed)
         self.monitor.eventsProcessed.connect(self._events_processed)
         self.monitor.runStarted.connect(self._run_started)
         self.runs_tab.openRun.connect(self._open_run)
@@ -169,7 +203,12 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.data_panel.set_task(None if cfg.model.task == "auto" else cfg.model.task)
         self.hardware_panel.set_config(cfg.hardware.device, cfg.hardware.gpus)
         self.runs_tab.set_root(cfg.train.output)
+        self.clear_stale_error("config")
         self._update_plan()
+
+    @Slot(str, object)
+    def _bulk_changed(self, what: str, before) -> None:
+        self.say_change(what, before)
 
     @Slot(object)
     def _model_changed(self, info) -> None:
@@ -185,6 +224,9 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self._resolve_task()
         self._update_plan()
         self._remember("recentModels", info.source)
+        self.clear_stale_error("model")
+        if not self.setup_user_sized:
+            QTimer.singleShot(0, self._fit_setup_panes)  # the new facts' height, once laid out
         self._set_running(self.runs.running)
 
     @Slot(str)
@@ -197,6 +239,9 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.training_panel.set_context_length(None)
         self.memory_bar.set_unavailable(f"No memory plan: {message}")
         self._set_running(self.runs.running)
+        if not self.runs.running:  # the line says what is true now: no model (an older data error is stale)
+            self._status(f"No model loaded: {message.rstrip('.')}. Choose another in the Model & data tab.",
+                         error=True, about="model")
 
     @Slot(bool)
     def _trust_changed(self, on: bool) -> None:
@@ -211,6 +256,8 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     @Slot(object)
     def _data_checked(self, report) -> None:
         self.training_panel.set_train_rows(report.train_rows or None)
+        if not self.data_panel.error:
+            self.clear_stale_error("data")
         self._resolve_task()
         self._start_if_waiting()
 
@@ -256,7 +303,11 @@ class MainWindow(WindowMenusMixin, QMainWindow):
     def _update_plan(self) -> None:
         cfg = self.config()
         device = self.plan_device(cfg)
-        capacity, label = self.hardware_panel.ram() if device == "cpu" else self.hardware_panel.capacity()
+        if self.hardware_panel.card_chosen():  # a card picked in the list: plan a GPU run for it, from any machine
+            device = None
+            capacity, label = self.hardware_panel.capacity()
+        else:
+            capacity, label = self.hardware_panel.ram()
         self.memory_bar.capacity, self.memory_bar.capacity_label = capacity, label
         if self.model_info is None or not self.model_info.config:
             return
@@ -275,17 +326,20 @@ class MainWindow(WindowMenusMixin, QMainWindow):
             return
         self.plan_ms = (time.perf_counter() - t0) * 1000
         self.plan = plan
-        self.memory_bar.set_plan(plan, advice, actions, on_cpu=device == "cpu")
+        hw = self.hardware_panel
+        self.memory_bar.set_plan(plan, advice, actions, on_cpu=device == "cpu",
+                                 other_machine=hw.card_chosen() and not hw.card_is_local())
         self.planUpdated.emit(plan)
 
     @Slot(dict)
     def _apply_advice(self, leaves: dict) -> None:
         if not leaves or self.runs.running:
             return
+        before = self.config()
         self.training_panel.set_values(**leaves)  # → _config_changed → a new plan
         for leaf in leaves:
             self.training_panel.reveal(leaf)
-        self._status("Applied: " + ", ".join(f"{k} = {v}" for k, v in leaves.items()) + ".")
+        self.say_change("Applied the memory advice", before)
 
     # -- run control ---------------------------------------------------------------------------
     @Slot()
@@ -299,21 +353,23 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         if self.runs.running:
             return False
         if self.training_panel.error:
-            self._status(f"Fix the config first: {self.training_panel.error}", error=True)
+            self._status(f"Fix the training form first: {self.training_panel.error}", error=True, about="config")
             return False
         if self.model_info is None:
             why = self.model_panel.error or "the model is still being read"
-            self._status(f"Choose a model that loads first: {why}", error=True)
+            self._status(f"Choose a model that loads first: {why}", error=True, about="model")
             return False
         if resume_from is None and self.checks_pending():
             self._start_when_checked = True
             self._status("Checking the data first; the run starts when the check passes.")
             return False
         if self.data_panel.error and resume_from is None:
-            self._status(f"Fix the data first: {self.data_panel.error} (Model && data tab).", error=True)
+            self._status(f"Fix the data first: {self.data_panel.error} (Model & data tab).", error=True, about="data")
             return False
         cfg = self.config()
         self.settings.setValue("lastConfig", cfg.to_yaml())
+        from .compare_jobs import release_base
+        release_base()  # the Compare tab's kept base model must not hold memory the run needs
         if gc.get_freeze_count() == 0 and self.last_result is not None:
             gc.collect()  # a previous run's cycles (its model, on a GPU) go before the next run loads its own
         self.memory_bar.clear_measured()
@@ -333,6 +389,8 @@ class MainWindow(WindowMenusMixin, QMainWindow):
 
     @Slot(int)
     def _events_processed(self, _n: int) -> None:
+        if self.runs.running:
+            self.runs_tab.set_live_steps(self.monitor.step, self.monitor.total_steps)
         if self.monitor.counts["step"] and self.heartbeat.mark_t is None:
             self.heartbeat.mark()
             freeze_setup_objects()
@@ -389,29 +447,21 @@ class MainWindow(WindowMenusMixin, QMainWindow):
         self.runs_tab.set_running(None)
         self.runs_tab.refresh()
         self.runFinished.emit(result)
+        if self.finishing:  # closed mid-run: the checkpoint is written, now the window goes
+            self.finishing = False
+            QTimer.singleShot(0, self.close)
 
     def _set_running(self, running: bool) -> None:
         """During a run the setup is read-only (the run holds its own copy of the config); Start needs a
         model that resolved."""
         self.start_button.setEnabled(not running and self.model_info is not None)
         self.start_button.setToolTip("Start training (Ctrl+R)" if self.model_info is not None or running
-                                     else "Choose a model that loads first (Model && data tab).")
+                                     else "Choose a model that loads first (Model & data tab).")
         for b in (self.pause_button, self.stop_button, self.save_button):
             b.setEnabled(running)
         self.pause_button.setText("Pause")
         for panel in (self.training_panel, self.model_panel, self.data_panel, self.hardware_panel.table):
             panel.setEnabled(not running)
-
-    def _status(self, text: str, error: bool = False) -> None:
-        """One line beside the buttons (elided; the whole text in the tooltip and, for errors, in the log)."""
-        self.status_text = text
-        width = max(200, self.status_label.width())
-        self.status_label.setText(self.status_label.fontMetrics().elidedText(text, Qt.TextElideMode.ElideRight,
-                                                                               width))
-        self.status_label.setToolTip(text)
-        self.status_label.setStyleSheet("color: #d62728;" if error else "")
-        if error:
-            self.monitor.append_log(text, "error")
 
     # -- runs tab ------------------------------------------------------------------------------
     @Slot(str, list)
@@ -435,29 +485,3 @@ class MainWindow(WindowMenusMixin, QMainWindow):
             return
         self.start_run(resume_from=run_dir)
 
-    # -- settings and close --------------------------------------------------------------------
-    def shutdown(self) -> None:
-        """Stop everything this window started and wait for it (close, tests)."""
-        self.runs.shutdown(save=True)
-        if getattr(self, "tool_dialog", None) is not None:  # Run → Find learning rate / Sweep: stop and wait
-            self.tool_dialog.close()
-        self.compare_tab.shutdown()
-        self.heartbeat.stop()
-        self.monitor.timer.stop()
-        self.hardware_panel.stop()
-        self.data_panel._debounce.stop()
-        self.pool.waitForDone()
-
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)
-        if self.runs.running and self.ask_on_close:
-            answer = QMessageBox.question(
-                self, "A run is in progress",
-                "Stop the run? A checkpoint is saved first, so it can be resumed from the Runs tab.",
-                QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No)
-            if answer != QMessageBox.StandardButton.Yes:
-                event.ignore()
-                return
-        self.settings.setValue("geometry", self.saveGeometry())
-        self.settings.setValue("lastConfig", self.config().to_yaml())
-        self.shutdown()
-        event.accept()

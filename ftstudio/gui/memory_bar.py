@@ -21,7 +21,7 @@ from .panels import breakable
 from .theme import COLORS
 
 PARTS = ("weights", "gradients", "optimizer", "activations", "other")
-CARD_MARKERS_GB = (24, 48, 80, 141)
+CARD_MARKERS_GB = (24, 48, 80, 141)  # the markers drawn on the bar (the target list has more sizes)
 
 
 def _host_ram() -> int | None:
@@ -176,6 +176,7 @@ class MemoryBar(QWidget):
     """Plan vs measured memory per GPU against a chosen card (or the host's RAM for a CPU run)."""
 
     applyRequested = Signal(dict)  # config leaves of an advice row's Apply button
+    contentChanged = Signal()  # the summary or advice changed: its pane may need another height
 
     MAX_ADVICE = 4
 
@@ -191,6 +192,7 @@ class MemoryBar(QWidget):
         self.capacity_label = ""
         self.fits = True
         self.on_cpu = False  # the run goes to the CPU: plan against the RAM, no card markers, no CUDA context
+        self.other_machine = False  # the plan is for a card this machine does not have (no host RAM comparison)
         self.actions: list[tuple[str, dict, int, bool]] = []  # (change, leaves, bytes saved, makes it fit)
         self.shown_advice: list[tuple[str, dict, int, bool]] = []  # the rows under the bar now
         self.canvas = _BarCanvas(self)
@@ -220,12 +222,14 @@ class MemoryBar(QWidget):
         self.capacity, self.capacity_label = capacity_bytes, label
         self._refresh()
 
-    def set_plan(self, plan, advice=None, actions=None, on_cpu: bool | None = None) -> None:
+    def set_plan(self, plan, advice=None, actions=None, on_cpu: bool | None = None,
+                 other_machine: bool = False) -> None:
         """``plan``: MemoryBreakdown; ``advice``: the solver's Advice for the chosen card (or None); ``actions``:
         the changes to offer when it does not fit, as (change, config leaves, bytes saved, makes it fit);
         ``on_cpu``: the plan is for the host's RAM."""
         if on_cpu is not None:
             self.on_cpu = on_cpu
+        self.other_machine = other_machine
         self.plan, self.advice = plan, advice
         self.actions = list(actions or [])
         self.textbook = float(getattr(plan, "textbook", 0) or 0) if plan is not None else None
@@ -242,6 +246,7 @@ class MemoryBar(QWidget):
         self.fits = True
         self.summary.setText(html.escape(breakable(message)))
         self.canvas.update()
+        self.contentChanged.emit()
 
     def set_measured(self, snapshot) -> None:
         """A MemorySnapshot: each device keeps its own row (one per GPU of a multi-GPU run)."""
@@ -266,13 +271,14 @@ class MemoryBar(QWidget):
             anchor = getattr(self.plan, "anchor", 0)
             if anchor:
                 detail += f" (other includes θ0 anchor {fmt_bytes(anchor)})"
-            where = "in CPU RAM (no CUDA context)" if self.on_cpu else "per GPU"
+            where = "in CPU RAM (no CUDA context)" if self.on_cpu else f"per GPU, for {self.card_words()}"
             span = "" if self.on_cpu else ", so the 141 GB card shows"
             lines.append(f"<b>Plan {fmt_bytes(sum(parts.values()))}</b> {where} ({detail}); "
                          f"textbook 16N + s·b·d·L·12: {fmt_bytes(self.textbook)}. "
                          f"<small>(bar 0–{fmt_bytes(self.canvas.scale())}{span})</small>")
         host, ram = getattr(self.plan, "host", 0) or 0, _host_ram()
-        if host and ram and host > ram and not self.on_cpu:   # a GPU run still needs the host to load and save
+        # a GPU run still needs the host to load and save (not said for a card planned for another machine)
+        if host and ram and host > ram and not self.on_cpu and not self.other_machine:
             lines.append(f"<span style='color:#d62728'><b>Host RAM:</b> this run needs about {fmt_bytes(host)} of "
                          f"host memory; this machine has {fmt_bytes(ram)}.</span>")
         for dev, m in sorted(self.measured_by_device.items()):
@@ -288,7 +294,7 @@ class MemoryBar(QWidget):
                 tail = " No single change makes it fit: combine the savings below, or use more or larger GPUs."
             else:
                 tail = " Lower the batch size or sequence length, or use more or larger GPUs."
-            lines.append("<span style='color:#d62728'><b>Does not fit on " + self.capacity_label + ".</b>"
+            lines.append("<span style='color:#d62728'><b>Does not fit on " + self.card_words() + ".</b>"
                          + tail + "</span>")
             if not shown:
                 shown = self.offered(only_fitting=False)
@@ -296,6 +302,14 @@ class MemoryBar(QWidget):
         self._fill_advice(shown)
         self.summary.setText("<br>".join(lines) or "Memory plan: choose a model.")
         self.canvas.update()
+        self.contentChanged.emit()
+
+    def card_words(self) -> str:
+        """"a 48 GB card", "GPU 0: NVIDIA H100 (80 GB)": the card this plan is for."""
+        label = self.capacity_label or "the chosen card"
+        if not label.endswith(" GB card") or label.startswith("Custom"):
+            return label
+        return ("an " if label.startswith(("8", "11 ", "18 ")) else "a ") + label  # "an 8 GB card", "an 80 GB card"
 
     def offered(self, only_fitting: bool = True) -> list[tuple[str, dict, int, bool]]:
         """The advice rows: changes that make the plan fit (or the largest savings), each with a gain that

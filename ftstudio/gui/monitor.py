@@ -15,12 +15,13 @@ import time
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Signal, Slot
 from PySide6.QtGui import QTextCursor
-from PySide6.QtWidgets import (QGridLayout, QPlainTextEdit, QProgressBar, QSplitter, QVBoxLayout,
+from PySide6.QtWidgets import (QPlainTextEdit, QProgressBar, QSplitter, QVBoxLayout,
                                QWidget)
 
 from ftstudio.core import events as ev
 
 from .engine_access import fmt_duration
+from .fit import PlotGrid, scrolled
 from .forgetting_views import DriftStrip
 from .theme import COLORS
 
@@ -38,6 +39,26 @@ def keyed_title(plot: pg.PlotWidget, title: str, series: list["Series"]) -> None
     plot.setTitle(title + (": " + " · ".join(keys) if keys else ""), size="9pt")
 
 
+_EVAL_SHOWN = {"step", "loss", "perplexity", "accuracy", "macro_f1", "best"}
+
+
+def _other_figures(e) -> list[tuple[str, object]]:
+    """Figures an evaluation carries beyond those drawn (a newer engine's baseline or per-class figures): said
+    in the log line by their own names rather than dropped."""
+    import dataclasses
+    return [(f.name, getattr(e, f.name)) for f in dataclasses.fields(e)
+            if f.name not in _EVAL_SHOWN and getattr(e, f.name) not in (None, {}, [])]
+
+
+def _fmt_figure(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_fmt_figure(x)}" for k, x in list(v.items())[:8]) + (
+            ", …}" if len(v) > 8 else "}")
+    return str(v)
+
+
 class BytesAxis(pg.AxisItem):
     """A y axis in bytes whose ticks read "0 MB, 100 MB, 200 MB" or "20 GB, 40 GB": one unit for the whole axis
     and only as many decimals as the tick spacing needs (no "363.4611564" when the value is flat)."""
@@ -50,6 +71,17 @@ class BytesAxis(pg.AxisItem):
         return [f"{v / div:.{decimals}f} {unit}" for v in values]
 
 
+class ScientificAxis(pg.AxisItem):
+    """Ticks that carry their own scale ("4e-05", "0.5"): no "(x1e-06)" beside the label for a learning rate."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.enableAutoSIPrefix(False)
+
+    def tickStrings(self, values, scale, spacing):  # noqa: N802 (pyqtgraph name)
+        return [f"{v:.2g}" if v else "0" for v in values]
+
+
 def make_plot(title: str, ylabel: str, object_name: str | None = None, left_axis=None) -> pg.PlotWidget:
     w = pg.PlotWidget(title=title, axisItems={"left": left_axis} if left_axis is not None else None)
     if object_name:
@@ -57,7 +89,7 @@ def make_plot(title: str, ylabel: str, object_name: str | None = None, left_axis
     w.setLabel("bottom", "step")
     w.setLabel("left", ylabel)
     w.showGrid(x=True, y=True, alpha=0.2)
-    w.setMinimumHeight(95)  # three rows of plots, the log and the memory bar's advice fit 1280×800
+    w.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # Tab walks through the controls, not through the plots
     item = w.getPlotItem()
     item.setDownsampling(auto=True, mode="peak")
     item.setClipToView(True)
@@ -151,6 +183,8 @@ class Monitor(QWidget):
         self.last_eta: float | None = None
         self.started: ev.RunStarted | None = None
         self.counts: collections.Counter[str] = collections.Counter()
+        self.finishing = False
+        self._t0 = time.monotonic()
         self._build()
         self.timer = QTimer(self)
         self.timer.setInterval(REDRAW_MS)
@@ -158,11 +192,13 @@ class Monitor(QWidget):
 
     def _build(self) -> None:
         self.loss_plot = make_plot("Loss", "loss", "lossPlot")
-        self.lr_plot = make_plot("Learning rate", "lr", "lrPlot")
+        self.lr_plot = make_plot("Learning rate", "lr", "lrPlot", left_axis=ScientificAxis("left"))
         self.grad_plot = make_plot("Gradient norm", "norm", "gradPlot")
         self.tps_plot = make_plot("Throughput", "tokens/s", "tokensPlot")
         self.mem_plot = make_plot("Memory (measured)", "memory", "memoryPlot", left_axis=BytesAxis("left"))
-        self.mem_plot.getPlotItem().getAxis("left").setWidth(62)
+        mem_axis = self.mem_plot.getPlotItem().getAxis("left")
+        mem_axis.setWidth(62)
+        mem_axis.enableAutoSIPrefix(False)  # the ticks carry their unit: no second "(x1e+09)" scale on the label
         self.train = Series(self.loss_plot, COLORS["train"], "train")
         self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
         self.retention = Series(self.loss_plot, COLORS["retention"], "general text (forgetting)", symbol="t")
@@ -187,19 +223,13 @@ class Monitor(QWidget):
         self.mem_by_device: dict[str, tuple[Series, Series]] = {}  # a multi-GPU run: one pair of curves per card
         self.series += [self.accuracy, self.macro_f1]
 
-        grid = QGridLayout()
-        grid.setSpacing(4)
-        grid.addWidget(self.loss_plot, 0, 0)
-        grid.addWidget(self.drift, 0, 1)
-        grid.addWidget(self.lr_plot, 1, 0)
-        grid.addWidget(self.grad_plot, 1, 1)
-        grid.addWidget(self.tps_plot, 2, 0)
-        grid.addWidget(self.mem_plot, 2, 1)
-        grid.setRowStretch(0, 3)
-        grid.setRowStretch(1, 2)
-        grid.setRowStretch(2, 2)
-        plots = QWidget()
-        plots.setLayout(grid)
+        # Two columns (three on a wide screen, one when narrow: stacked), each plot tall enough for its ticks;
+        # the grid scrolls when the height does not hold them all (a 1280×720 screen at 100 %, 1080p at 150 %).
+        self.plot_grid = PlotGrid([self.loss_plot, self.drift, self.lr_plot, self.grad_plot, self.tps_plot,
+                                   self.mem_plot])
+        self.plot_grid.setObjectName("plotGrid")
+        plots = scrolled(self.plot_grid)
+        plots.setObjectName("plotScroll")
 
         self.progress = QProgressBar()
         self.progress.setObjectName("progressBar")
@@ -213,7 +243,9 @@ class Monitor(QWidget):
         self.log.setMaximumBlockCount(5000)
         self.log.setPlaceholderText("Run log: events, evaluations, checkpoints and warnings appear here.")
 
+        self.log.setMinimumHeight(48)
         split = QSplitter(Qt.Orientation.Vertical)
+        split.setChildrenCollapsible(False)
         split.addWidget(plots)
         split.addWidget(self.log)
         split.setStretchFactor(0, 5)
@@ -252,6 +284,7 @@ class Monitor(QWidget):
         self._mem_title()
         self.counts.clear()
         self.total_steps = self.step = 0
+        self.finishing = False
         self.last_eta = None
         self.started = None
         self.progress.setRange(0, 1)
@@ -260,6 +293,11 @@ class Monitor(QWidget):
         self.eta_text = ""
         self.log.clear()
         self._t0 = time.monotonic()
+
+    def set_finishing(self) -> None:
+        """The window was closed mid-run: the bar says the run is finishing its step and saving until it ends."""
+        self.finishing = True
+        self.progress.setFormat("finishing the step and saving…")
 
     def append_log(self, text: str, level: str = "info") -> None:
         prefix = {"warning": "⚠ ", "error": "✖ "}.get(level, "")
@@ -279,6 +317,10 @@ class Monitor(QWidget):
             self.handle(e)
             n += 1
         self._flush()
+        if self.source is not None and self.started is None and not self.finishing:
+            # before the first event: the model and data load (minutes for a large or GGUF model): count it
+            waited = int(time.monotonic() - self._t0)
+            self.progress.setFormat(f"starting: loading the model and data… {waited} s" if waited else "starting…")
         if n:
             self.eventsProcessed.emit(n)
 
@@ -308,8 +350,12 @@ class Monitor(QWidget):
             if e.best:
                 self.best.x, self.best.y, self.best.dirty = [e.step], [e.loss], True
             extra = "".join(f", {k} {v:.4g}" for k, v in (("perplexity", e.perplexity), ("accuracy", e.accuracy),
+                                                            ("majority-class baseline", e.majority_baseline),
                                                             ("macro F1", e.macro_f1)) if v is not None)
+            extra += "".join(f", {k.replace('_', ' ')} {_fmt_figure(v)}" for k, v in _other_figures(e))
             self.append_log(f"eval at step {e.step}: loss {e.loss:.4f}{extra}")
+            if e.collapsed:
+                self.append_log(f"warning: {e.collapsed}")
         elif isinstance(e, ev.RetentionMetrics):
             self.retention.append(e.step, e.loss)
             if len(self.retention.y) == 1 and self.metric_axis.shown:
@@ -359,7 +405,8 @@ class Monitor(QWidget):
         self.last_eta = e.eta_s
         self.eta_text = (f"epoch {e.epoch:.2f} · elapsed {fmt_duration(e.elapsed_s)} · ETA {fmt_duration(e.eta_s)} · "
                          f"{e.tokens_per_s:,.0f} tokens/s")
-        self.progress.setFormat(f"step %v / %m · {self.eta_text}")
+        self.progress.setFormat(("finishing the step and saving… · " if self.finishing else "step %v / %m · ")
+                                + self.eta_text)
 
     def _mem_series(self, device: str) -> tuple[Series, Series]:
         """The curves of one device: the first device uses the plot's own pair, each further card gets one."""
@@ -408,11 +455,16 @@ class Monitor(QWidget):
         if e.status == "finished":
             self.progress.setValue(self.progress.maximum())
         self.progress.setFormat(f"{e.status} after {e.steps} steps")
-        loss = f"{e.train_loss:.4f}" if e.train_loss is not None else "–"
-        evals = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (e.eval or {}).items())
+        loss = f"{e.train_loss:.4f} ({ev.train_loss_label(e)})" if e.train_loss is not None else "–"
+        evals = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in (e.eval or {}).items()
+                          if v is not None and k not in ("per_class", "collapsed"))
         self.append_log(f"run {e.status} after {e.steps} steps in {fmt_duration(e.elapsed_s)}: train loss {loss}"
                         + (f"; eval {evals}" if evals else "")
                         + (f". Model: {e.final_model}" if e.final_model else ""))
+        if (e.eval or {}).get("per_class"):
+            self.append_log("per class: " + "; ".join(ev.per_class_text(e.eval["per_class"])))
+        if (e.eval or {}).get("collapsed"):
+            self.append_log(f"warning: {e.eval['collapsed']}")
         if e.stop_reason:
             self.append_log(e.stop_reason)
 

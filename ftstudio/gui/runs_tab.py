@@ -59,6 +59,7 @@ class RunsTab(QWidget):
         self.summaries: list = []
         self.curves: dict[str, dict] = {}
         self.running_dir: str | None = None  # the run in progress: listed, never offered for Resume
+        self.live_steps: tuple[int, int] | None = None  # (step, total) of the run in progress, from the monitor
         self.accuracy: dict[str, float | None] = {}  # run folder → last validation accuracy
         self.jobs = JobRunner(jobs_pool, self)
         self.jobs.done.connect(self._job_done)
@@ -118,8 +119,23 @@ class RunsTab(QWidget):
     def set_running(self, run_dir: str | None) -> None:
         """The folder of the run in progress (None when none): its row says so and Resume skips it."""
         self.running_dir = str(Path(run_dir).resolve()) if run_dir else None
+        if run_dir is None:
+            self.live_steps = None
         self._fill(self.summaries)
         self._update_buttons()
+
+    def set_live_steps(self, step: int, total: int) -> None:
+        """The run in progress has reached ``step`` of ``total``: its row says so (its metrics file lags, and a
+        row listed as the run started said "0")."""
+        self.live_steps = (step, total)
+        for i in range(self.table.topLevelItemCount()):
+            item = self.table.topLevelItem(i)
+            if self._is_running(str(item.data(0, Qt.ItemDataRole.UserRole))):
+                item.setText(COLUMNS.index("steps"), self._live_text())
+
+    def _live_text(self) -> str:
+        step, total = self.live_steps or (0, 0)
+        return f"{step} / {total}" if step else "starting"
 
     def _is_running(self, path: str) -> bool:
         return self.running_dir is not None and str(Path(path).resolve()) == self.running_dir
@@ -162,9 +178,11 @@ class RunsTab(QWidget):
         for s in summaries:
             started = datetime.datetime.fromtimestamp(s.started).strftime("%Y-%m-%d %H:%M")
             acc = self.accuracy.get(s.path)
-            status = "running" if self._is_running(s.path) else s.status
+            running = self._is_running(s.path)
+            status = "running" if running else s.status
             item = QTreeWidgetItem([s.name, Path(s.model).name or s.model, Path(s.dataset).name or s.dataset, status,
-                                    str(s.steps), "–" if s.train_loss is None else f"{s.train_loss:.4f}",
+                                    self._live_text() if running else str(s.steps),
+                                    "–" if s.train_loss is None else f"{s.train_loss:.4f}",
                                     "–" if s.eval_loss is None else f"{s.eval_loss:.4f}",
                                     "–" if acc is None else f"{acc:.1%}", started])
             item.setData(0, Qt.ItemDataRole.UserRole, s.path)

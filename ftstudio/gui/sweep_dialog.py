@@ -149,9 +149,12 @@ class SweepDialog(QDialog):
             self._fill()
             if result.best:
                 self.use_button.setEnabled(True)
+                caveat = getattr(result, "caveat", "")
                 self.status.setText(f"Best: trial {result.best['number']}, lr {result.best['lr']:.2e}, eval "
-                                    f"{result.metric} {result.best['value']:.4f}. Table, plot and best.yaml in "
-                                    f"{result.folder}")
+                                    f"{result.metric} {result.best['value']:.4f}"
+                                    + (f". But {caveat}." if caveat else ".")
+                                    + f" Table, plot and best.yaml in {result.folder}")
+                self.status.setStyleSheet("color: #b8860b;" if caveat else "")
             else:
                 self.status.setText(f"No trial completed ({result.status}).")
         self.finishedSweep.emit(result)

@@ -132,13 +132,15 @@ class WindowMenusMixin:
 
     @Slot(float)
     def _use_found_lr(self, lr: float) -> None:
+        before = self.config()
         self.training_panel.set_value("lr", lr)
-        self._status(f"Learning rate set to {lr:g} (the range test's suggestion).")
+        self.say_change("The learning-rate finder's suggestion", before)
 
     @Slot(object)
     def _use_sweep_values(self, values: dict) -> None:
+        before = self.config()
         self.training_panel.set_values(**values)
-        self._status("From the sweep's best trial: " + ", ".join(f"{k} {v:g}" for k, v in values.items()))
+        self.say_change("From the sweep's best trial", before)
 
     @Slot(object)
     def _sweep_finished(self, result) -> None:
@@ -230,7 +232,7 @@ class WindowMenusMixin:
 
     @Slot()
     def show_about(self) -> None:
-        QMessageBox.about(self, "About FT Studio", help_text.ABOUT)
+        QMessageBox.about(self, "About FT Studio", help_text.about_text())
 
     @Slot()
     def show_ideas(self) -> None:
@@ -266,8 +268,8 @@ class WindowMenusMixin:
 
     def _restore_settings(self) -> None:
         geom = self.settings.value("geometry")
-        if geom is not None:
-            self.restoreGeometry(geom)
+        if geom is None or not self.restoreGeometry(geom):
+            self.resize(1440, 900)  # a first start; the first show fits it into the screen (fit.fit_to_screen)
         recent = self.settings.value("recentModels", []) or []
         self.model_panel.set_recent([recent] if isinstance(recent, str) else list(recent))
         recent = self.settings.value("recentDatasets", []) or []

@@ -31,6 +31,8 @@ class DataReport:
     problems: list[DataProblem]
     rendering: str | None = None  # how rows reach the model: "chat template", "text (Alpaca prompt)", ...
     skipped: int = 0  # rows dropped because truncation at seq_len left them no trained token
+    label_counts: dict[str, int] | None = None  # classification: rows per class, most frequent first
+    columns: dict[str, str] | None = None  # a table's roles: {"text": column, "label": column}, how they were found
 
     @property
     def errors(self) -> list[DataProblem]:
@@ -54,7 +56,8 @@ class DataReport:
         return {"path": self.path, "format": self.format, "task": self.task, "rows": self.rows,
                 "train_rows": self.train_rows, "val_rows": self.val_rows, "tokens": self.tokens,
                 "trainable_tokens": self.trainable_tokens, "truncated": self.truncated, "skipped": self.skipped,
-                "lengths": self.length_stats(), "labels": self.labels, "ok": self.ok,
+                "lengths": self.length_stats(), "labels": self.labels, "label_counts": self.label_counts,
+                "columns": self.columns, "ok": self.ok,
                 "errors": [p.to_dict() for p in self.errors],
                 "warnings": [p.to_dict() for p in self.problems if p.severity != "error"],
                 "rendering": self.rendering}
@@ -97,7 +100,8 @@ def check_data(cfg, tokenizer=None, *, task: str | None = None, seed: int = 42) 
         truncated = sum(e.truncated for e in encs)
     report = DataReport(built.train.path, built.format, built.task, len(built.train.norms) + len(built.val.norms),
                       len(built.train.norms), len(built.val.norms), tokens, trainable, lengths, truncated,
-                      built.label_names, built.problems, skipped=built.skipped)
+                      built.label_names, built.problems, skipped=built.skipped, label_counts=built.label_counts,
+                        columns=built.columns)
     if tokenizer is not None and built.task == "causal-lm":
         report.rendering = rendering(built.format, _load_tokenizer(tokenizer), cfg.instruction_format)
     return report

@@ -76,6 +76,11 @@ def read_source(path: str, *, fmt_hint: str | None = None) -> LoadResult:
         res = LoadResult(str(path))
         res.problem(None, None, "no such file or folder")
         return res
+    if not p.is_file():   # reading a pipe or a device would wait forever or never end
+        res = LoadResult(str(p))
+        res.problem(None, None, f"this is {_special_kind(p)}, not a regular file; give a data file (copy the "
+                                "stream into one first)")
+        return res
     suffixes = [x.lower() for x in p.suffixes[-2:]]
     named_compression = COMPRESSED_SUFFIXES.get(suffixes[-1]) if suffixes else None
     inner = (suffixes[-2] if len(suffixes) > 1 else "") if named_compression else (suffixes[-1] if suffixes else "")
@@ -120,6 +125,16 @@ def read_source(path: str, *, fmt_hint: str | None = None) -> LoadResult:
     if not res.records and not res.errors:
         res.problem(None, None, "the file holds no rows")
     return res
+
+
+def _special_kind(p: Path) -> str:
+    import stat
+    mode = p.stat().st_mode
+    for test, name in ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def _kind_from_content(text: str) -> str:

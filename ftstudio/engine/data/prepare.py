@@ -8,6 +8,7 @@ for (val_fraction > 0) and the validation split comes out empty.
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import Counter
 from dataclasses import dataclass, field
@@ -17,7 +18,9 @@ from ftstudio.core.errors import DataError, DataProblem
 from ftstudio.engine.data.collate import Collator, pack, pad_id_of
 from ftstudio.engine.data.formats import Validator, detect_format, resolve_columns, sort_labels
 from ftstudio.engine.data.load import demo_dataset_path, read_source
-from ftstudio.engine.data.render import Encoded, TemplateError, encode_causal, encode_classification_batch
+from ftstudio.engine.data.render import (Encoded, TemplateError, TemplateTimeout, encode_causal,
+                                         encode_classification_batch)
+from ftstudio.engine.data.table import table_roles
 
 
 def source_path(name: str) -> str:
@@ -41,6 +44,8 @@ class _Built:
     val: _Part
     problems: list[DataProblem]
     label_names: list[str] | None = None
+    label_counts: dict[str, int] | None = None  # rows per class, both splits (check-data shows the balance)
+    columns: dict[str, str] | None = None  # a table's roles found by table.py: text, label, found_by
     skipped: int = 0  # rows dropped because truncation left no trained token (both splits)
     truncated: int = 0  # rows cut at seq_len (both splits)
 
@@ -94,6 +99,10 @@ def build_rows(cfg, task: str | None, seed: int) -> _Built:
     problems: list[DataProblem] = []
     res = read_source(source_path(cfg.dataset))
     problems += res.problems
+    roles = table_roles(res.records, cfg)    # a table whose column names formats.py does not know (table.py)
+    if roles is not None:
+        cfg = dataclasses.replace(cfg, text_column=roles.text, label_column=roles.label)
+        problems.append(DataProblem(res.path, None, None, roles.line(), "info"))
     fmt = detect_format(res.records, cfg)
     text_col, label_col = resolve_columns(res.records, cfg)
     if fmt in ("text", "classification") and res.records and not any(text_col in r for r in res.records):
@@ -126,18 +135,38 @@ def build_rows(cfg, task: str | None, seed: int) -> _Built:
         train, val = _split(train, cfg.val_fraction, seed, by_label)
         _check_split(train, val, cfg.val_fraction, by_label, label_col, problems)
     built = _Built(fmt, task, train, val, problems)
+    built.columns = {"text": roles.text, "label": roles.label, "found_by": roles.how} if roles else None
     if by_label:
         names = sort_labels(n["label"] for n in train.norms)
         built.label_names = names
         if train.norms and len(names) < 2:
             problems.append(DataProblem(train.path, None, label_col, f"only one class ({names[0]!r}); a "
                                         "classifier needs at least two labels"))
+        built.label_counts = class_balance(train, val, label_col, problems)
         known = set(names)
         for norm, row in zip(val.norms, val.rows):
             if norm["label"] not in known:
                 problems.append(DataProblem(val.path, row, label_col, f"label {norm['label']!r} does not occur in "
                                             f"the training data (labels: {', '.join(names[:20])})"))
     return built
+
+
+IMBALANCE = 3.0   # the largest class this many times the smallest: accuracy alone says little
+
+
+def class_balance(train: _Part, val: _Part, label_col: str, problems: list[DataProblem]) -> dict[str, int]:
+    """Rows per class (both splits, most frequent first), with a warning when the classes are imbalanced: a
+    classifier that always answers the majority class then scores its share as accuracy."""
+    counts = dict(Counter(str(n["label"]) for n in train.norms + val.norms).most_common())
+    total = sum(counts.values())
+    if len(counts) > 1 and max(counts.values()) >= IMBALANCE * min(counts.values()):
+        top = next(iter(counts))
+        shares = ", ".join(f"{name} {n:,} ({n / total:.1%})" for name, n in list(counts.items())[:6])
+        problems.append(DataProblem(train.path, None, label_col, f"classes are imbalanced: {shares}; always "
+                                    f"answering {top!r} scores {counts[top] / total:.1%} accuracy, so judge a "
+                                    "classifier by macro-F1 and per-class recall (the evaluation reports both "
+                                    "beside that majority-class baseline)", "warning"))
+    return counts
 
 
 def _check_split(train: _Part, val: _Part, frac: float, by_label: bool, label_col: str,
@@ -176,12 +205,14 @@ def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
         encs = encode_classification_batch([n["text"] for n in part.norms], tokenizer, seq_len)
         built.truncated += sum(e.truncated for e in encs)
         return list(zip(part.rows, encs))
-    skipped = []
+    skipped, rewritten = [], {}
     for norm, row in zip(part.norms, part.rows):
         try:
             enc = encode_causal(norm, tokenizer, seq_len, instruction_format)
         except TemplateError as e:
             built.problems.append(DataProblem(part.path, row, "messages", str(e)))
+            if isinstance(e, TemplateTimeout):
+                break   # every row would wait as long: the run fails on this one problem
             continue
         if enc.trainable == 0:
             skipped.append(row)
@@ -192,12 +223,36 @@ def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
             continue
         built.truncated += enc.truncated
         out.append((row, enc))
+        for kind in ("dropped", "reasoning_dropped"):
+            for turn in getattr(enc.notes, kind, None) or []:
+                rewritten.setdefault(kind, []).append((row, turn))
+    _say_rewritten(part.path, rewritten, built.problems)
     built.skipped += len(skipped)
     if len(skipped) > MAX_ROW_WARNINGS:
         built.problems.append(DataProblem(part.path, None, None, f"{len(skipped)} of {len(part.norms)} rows in all "
                                           f"were skipped (no trained token within seq_len={seq_len}); raise "
                                           "--seq-len or shorten the prompts", "warning"))
     return out
+
+
+_REWRITTEN = {
+    "dropped": "the chat template renders nothing of {n} assistant turn{s} ({where}): not trained, nothing "
+               "else trained in {their} place",
+    "reasoning_dropped": "the chat template does not render the reasoning of {n} assistant turn{s} ({where}; "
+                         "Qwen3-style templates keep it only after the last user message, DeepSeek-R1's never): "
+                         "trained on the answer without it",
+}
+
+
+def _say_rewritten(path: str, rewritten: dict, problems: list[DataProblem]) -> None:
+    """One counted warning per kind of turn the template dropped or rewrote (nothing changed unsaid)."""
+    for kind, turns in rewritten.items():
+        turns, rows = sorted(turns), sorted({r for r, _ in turns})
+        where = ", ".join(f"row {r} turn {t}" for r, t in turns[:3]) + (f", … in {len(rows)} rows" if
+                                                                          len(turns) > 3 else "")
+        problems.append(DataProblem(path, None, "messages", _REWRITTEN[kind].format(
+            n=len(turns), s="" if len(turns) == 1 else "s", where=where, their="its" if len(turns) == 1 else
+            "their"), "warning"))
 
 
 @dataclass

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ftstudio.engine.data import masks
+from ftstudio.engine.data.masks import TemplateError, TemplateTimeout  # noqa: F401 - the data package's names
+
 IGNORE = -100
 
 # Used when the tokenizer has no chat template of its own. Role headers are plain text (no new tokens, so the
@@ -27,6 +30,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]
     full_length: int  # tokens before truncation
+    notes: object = None  # masks.TurnNotes of a chat: turns the template dropped or rendered without reasoning
 
     @property
     def truncated(self) -> bool:
@@ -35,10 +39,6 @@ class Encoded:
     @property
     def trainable(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
-
-
-class TemplateError(ValueError):
-    """The chat template refused a conversation (e.g. roles that do not alternate)."""
 
 
 def chat_template(tokenizer) -> str:
@@ -64,58 +64,86 @@ TEMPLATE_KEYS = ("role", "content", "name", "tool_calls", "tool_call_id", "reaso
 def _render(tokenizer, messages, gen: bool, tools=None) -> str:
     msgs = [{k: m[k] for k in TEMPLATE_KEYS if k in m} for m in messages]
     kw = {"tools": tools} if tools else {}
+    from ftstudio.engine.data.time_limit import TimeLimitExceeded, template_seconds, time_limit
     try:
-        out = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen,
-                                            chat_template=chat_template(tokenizer), **kw)
+        with time_limit(template_seconds(), "rendering the chat template"):  # a runaway loop is an error, not a hang
+            out = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen,
+                                                chat_template=chat_template(tokenizer), **kw)
+    except TimeLimitExceeded:
+        raise TemplateTimeout(f"the chat template took longer than {template_seconds():g} s to render this row "
+                              "(loops that never end?); fix the template, or set FTSTUDIO_TEMPLATE_TIME_LIMIT to "
+                              "more seconds") from None
     except Exception as e:  # jinja's raise_exception and template bugs alike
         raise TemplateError(f"the chat template refused this conversation: {str(e).splitlines()[0][:200]}") from e
     return out if isinstance(out, str) else out[0]
 
 
 def end_of_turn(tokenizer) -> str:
-    """The text the chat template writes right after an assistant turn's content (``<|im_end|>``, ``<|eot_id|>``,
-    ``<end_of_turn>``, the fallback's EOS), found by rendering a probe conversation; "" when there is none."""
+    """The end-of-turn marker the chat template writes right after an assistant turn's content (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``, ``<|end|>``, the fallback's EOS), found by rendering a probe conversation:
+    the first special token after the content (:func:`masks.end_marker`); "" when there is none."""
+    key = (id(tokenizer), chat_template(tokenizer), str(getattr(tokenizer, "eos_token", None)))
+    if key not in _EOT:
+        if len(_EOT) > 16:
+            _EOT.clear()
+        _EOT[key] = _end_of_turn(tokenizer)
+    return _EOT[key]
+
+
+_EOT: dict = {}   # (tokenizer, template) → its end-of-turn marker: one probe per dataset, not one per row
+
+
+def _end_of_turn(tokenizer) -> str:
     probe = [{"role": "user", "content": "Zq"}, {"role": "assistant", "content": "Xj"}]
     try:
         text = _render(tokenizer, probe, gen=False)
+    except TemplateTimeout:
+        raise
     except TemplateError:
         return ""
     i = text.rfind("Xj")
-    return text[i + 2:].strip() if i >= 0 else ""
+    return masks.end_marker(tokenizer, text[i + 2:].lstrip()) if i >= 0 else ""
 
 
-def render_chat(tokenizer, messages: list[dict], tools=None) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered chat and the character spans of the trained assistant turns, each with its end-of-turn
-    marker (a turn with ``weight: 0`` is rendered but not trained).
+def _render_marked(tokenizer, messages, tools=None):
+    """(text, generation-block character ranges): transformers' own renderer, as ``return_assistant_tokens_mask``
+    runs it."""
+    from transformers.utils.chat_template_utils import render_jinja_template
 
-    A turn's span runs from the end of the conversation rendered up to it with the generation prompt, to the
-    end of the conversation rendered through it. Templates that rewrite earlier turns (Qwen3 drops the
-    reasoning of past turns, so those renderings are not prefixes of the whole) fall back to finding the turn's
-    content in the text, and the end-of-turn marker that follows it is added to the span: the model must learn
-    to stop there too.
-    """
-    text = _render(tokenizer, messages, gen=False, tools=tools)
-    eot = None
-    spans, cursor = [], 0
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        start = len(_render(tokenizer, messages[:i], gen=True, tools=tools)) if i else 0
-        through = _render(tokenizer, messages[: i + 1], gen=False, tools=tools)
-        end = len(through)
-        if start < cursor or end <= start or not text.startswith(through):
-            content = m.get("content") or ""
-            found = text.find(content, cursor) if content else -1
-            if found < 0:
-                raise TemplateError(f"the chat template dropped assistant turn {i + 1}; cannot mask it")
-            start, end = found, found + len(content)
-            eot = end_of_turn(tokenizer) if eot is None else eot
-            rest = text[end:]
-            if eot and rest.lstrip().startswith(eot):
-                end += len(rest) - len(rest.lstrip()) + len(eot)
-        cursor = end
-        if m.get("weight", 1) != 0:
-            spans.append((start, end))
+    from ftstudio.engine.data.time_limit import TimeLimitExceeded, template_seconds, time_limit
+
+    msgs = [{k: m[k] for k in TEMPLATE_KEYS if k in m} for m in messages]
+    try:
+        with time_limit(template_seconds(), "rendering the chat template"):
+            texts, blocks = render_jinja_template([msgs], tools=tools or None, chat_template=chat_template(tokenizer),
+                                                  return_assistant_tokens_mask=True, add_generation_prompt=False,
+                                                  **tokenizer.special_tokens_map)
+    except TimeLimitExceeded:
+        raise TemplateTimeout(f"the chat template took longer than {template_seconds():g} s to render this row "
+                              "(loops that never end?); fix the template, or set FTSTUDIO_TEMPLATE_TIME_LIMIT to "
+                              "more seconds") from None
+    except Exception as e:  # noqa: BLE001 - jinja's raise_exception and template bugs alike
+        raise TemplateError(f"the chat template refused this conversation: {str(e).splitlines()[0][:200]}") from e
+    return texts[0], blocks[0]
+
+
+def render_chat(tokenizer, messages: list[dict], tools=None, notes: list | None = None
+                ) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered chat and the character spans of the trained assistant turns (a turn with ``weight: 0`` is
+    rendered but not trained), each from the template's own rendering (``masks.py``): its ``{% generation %}``
+    blocks where it has them, else differential rendering of the whole conversation, the span running from
+    the end of the generation prompt through the end-of-turn marker. ``notes``: a list that receives the
+    :class:`masks.TurnNotes` (turns the template dropped, reasoning it did not render)."""
+    if masks.GENERATION_BLOCK.search(chat_template(tokenizer)):
+        text, spans = masks.generation_spans(lambda msgs: _render_marked(tokenizer, msgs, tools), messages)
+        if spans is not None:
+            if notes is not None:
+                notes.append(masks.TurnNotes(method="generation blocks"))
+            return text, spans
+    text, spans, said = masks.differential_spans(
+        lambda msgs, gen: _render(tokenizer, msgs, gen=gen, tools=tools), tokenizer, messages, end_of_turn(tokenizer))
+    if notes is not None:
+        notes.append(said)
     return text, spans
 
 
@@ -162,9 +190,12 @@ def encode_causal(norm: dict, tokenizer, seq_len: int, instruction_format: str =
         norm = {"messages": [{"role": "user", "content": norm.get("user", norm["prompt"])},
                              {"role": "assistant", "content": norm["completion"]}]}
     if "messages" in norm:
-        text, spans = render_chat(tokenizer, norm["messages"], tools=norm.get("tools"))
+        notes: list = []
+        text, spans = render_chat(tokenizer, norm["messages"], tools=norm.get("tools"), notes=notes)
         # The template writes BOS itself when the model wants one; adding special tokens would double it.
-        return encode_spans(tokenizer, text, spans, add_special=False, add_eos=False, seq_len=seq_len)
+        enc = encode_spans(tokenizer, text, spans, add_special=False, add_eos=False, seq_len=seq_len)
+        enc.notes = notes[0] if notes else None
+        return enc
     if "completion" in norm:
         text = norm["prompt"] + norm["completion"]
         return encode_spans(tokenizer, text, [(len(norm["prompt"]), len(text))], add_special=True,

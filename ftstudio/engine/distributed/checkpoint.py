@@ -15,8 +15,9 @@ import shutil
 from pathlib import Path
 
 from ftstudio.engine.models.export import save_final
-from ftstudio.engine.train.checkpoint import (STATE_FILE, CheckpointError, TrainState, _fsync_dir, _fsync_tree,
-                                              prune_checkpoints, rng_state, set_rng_state)
+from ftstudio.core.atomic import disk_full_message, discard, fsync_dir as _fsync_dir, fsync_tree as _fsync_tree, is_disk_full
+from ftstudio.engine.train.checkpoint import (STATE_FILE, CheckpointError, TrainState, prune_checkpoints, rng_state,
+                                              set_rng_state)
 
 
 def _optimizers(optimizer):
@@ -60,13 +61,14 @@ def save_sharded(checkpoints_dir: str | Path, step: int, *, model, optimizer, sc
             torch.save(state, tmp / STATE_FILE)
             _fsync_tree(tmp)
             if final.exists():
-                shutil.rmtree(final)
+                discard(final)   # renamed away first: no half-deleted step-N is ever visible
             os.rename(tmp, final)
             _fsync_dir(root)
             prune_checkpoints(root, keep_last)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - OSError, or torch.save's RuntimeError on a full disk
             shutil.rmtree(tmp, ignore_errors=True)
-            error = f"could not write checkpoint {final}: {e.strerror or e}. The previous checkpoint is intact."
+            what = disk_full_message(root) if is_disk_full(e) else (getattr(e, "strerror", None) or e)
+            error = f"could not write checkpoint {final}: {what}. The previous checkpoint is intact."
     # Every rank learns whether rank 0 succeeded, so all raise (or none does) and nobody waits forever.
     status = [error]
     dist.broadcast_object_list(status, src=0, group=group)

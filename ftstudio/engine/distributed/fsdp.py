@@ -146,8 +146,11 @@ class SyncedControl(Control):
         import torch
         import torch.distributed as dist
 
+        # Rank 0 brings the supervisor's requests; every rank its own stop (a SIGTERM that reached it directly, as
+        # SLURM signals every process of a job): the maximum over ranks, so all stop at the same step.
         flags = torch.tensor(self._read() if self._rank == 0 else [0, 0, 0], dtype=torch.int64)
-        dist.broadcast(flags, src=0, group=self._group)
+        flags[0] = max(int(flags[0]), int(self.stop_requested))
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group)
         stop, pause, saves = flags.tolist()
         if stop:
             self.request_stop()
@@ -264,7 +267,9 @@ class FSDPTrainer(Trainer):
         # each rank still runs (RunConfig.replace would re-validate, and blame a grad_accum nobody set).
         cfg = copy.copy(self.cfg)
         cfg.train = dataclasses.replace(self.cfg.train, grad_accum=self.cfg.train.grad_accum * self.world)
-        self._sched = _RankSchedule(plan_schedule(cfg, n_train, n_general, *tokens), self.world, self.rank)
+        sched = plan_schedule(cfg, n_train, n_general, *tokens)
+        sched.ranks = self.world          # an epoch's last step gives every rank a row (schedule.py)
+        self._sched = _RankSchedule(sched, self.world, self.rank)
         return self._sched
 
     def _forward_loss(self, model, batch):
@@ -341,14 +346,14 @@ class FSDPTrainer(Trainer):
             self.report(event_from_dict(d))
 
     # -- checkpoints and export ------------------------------------------------------------------------
-    def _save_checkpoint(self, model, scaler) -> None:
+    def _save_checkpoint(self, model, scaler, *, ended: str | None = None) -> None:
         from ftstudio.engine.distributed.checkpoint import save_sharded
 
-        # What a single-device checkpoint carries (the rollback's LR factor) plus what a resume needs for the
-        # forgetting summary; the data position is global, so another number of ranks resumes at the same sample.
-        retention = getattr(getattr(self, "forgetting", None), "first_retention", None)
-        extra = {"lr_factor": self._lr_factor, "skips": self._skips, "first_eval": self._first_eval,
-                 "first_retention": retention.to_dict() if retention is not None else None}
+        # What a single-device checkpoint carries (train/keeping.py: the rollback's LR factor, early stopping, the
+        # config, the forgetting summary's first figures); the data position is global, so another number of ranks
+        # resumes at the same sample. An end checkpoint (``ended``) keeps the optimizer too: DCP saves both at once.
+        self._check_folder()
+        extra = self._extra_state(ended)
         path = save_sharded(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
                             scheduler=self.scheduler, scaler=scaler,
                             micro_batch=self._sched.to_global(self.micro_batch),
@@ -418,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
         dist.init_process_group("gloo")
         cpu_group = None
     control = SyncedControl(os.environ.get(CONTROL_ENV), rank, cpu_group)
+    from ftstudio.core.control import SignalStop
+    SignalStop(control).install()   # SIGTERM/SIGHUP/SIGINT sent to a rank: stop with the others, checkpointed
     result = FSDPTrainer(cfg, reporter, control, resume_from=args.resume, cpu_group=cpu_group).run()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -255,6 +255,11 @@ def launch_script(config_path: str | Path, nodes: int = 1, gpus_per_node: int = 
     """
     if nodes < 1 or gpus_per_node < 1:
         raise ValueError("nodes and gpus_per_node must be at least 1")
+    bad = sorted({c for c in str(config_path) if ord(c) < 32 or ord(c) == 127})
+    if bad:   # a newline in a name would end the script's line: what follows would run as a command
+        from ftstudio.core.errors import ConfigError
+        raise ConfigError("config", f"the path {str(config_path)!r} holds a control character "
+                                    f"({', '.join(repr(c) for c in bad)}); rename the file, then write the script")
     cfg = shlex.quote(str(config_path))
     run = f"-m ftstudio.engine.distributed {cfg}"
     lines = ["#!/bin/bash"]
@@ -262,7 +267,7 @@ def launch_script(config_path: str | Path, nodes: int = 1, gpus_per_node: int = 
         lines += ["#SBATCH --job-name=ftstudio", f"#SBATCH --nodes={nodes}", "#SBATCH --ntasks-per-node=1",
                   f"#SBATCH --gpus-per-node={gpus_per_node}", f"#SBATCH --cpus-per-task={8 * gpus_per_node}",
                   "#SBATCH --exclusive", "#SBATCH --output=ftstudio-%j.log", ""]
-    lines += [f"# FT Studio: full fine-tune of {config_path} on {nodes} node(s) x {gpus_per_node} GPU(s) with FSDP2.",
+    lines += [f"# FT Studio: full fine-tune of {cfg} on {nodes} node(s) x {gpus_per_node} GPU(s) with FSDP2.",
               "# Every node needs the same Python environment (pip install ftstudio) and the model, data and",
               "# output folder on a shared filesystem. Resume: add `--resume RUN_DIR` after the config.",
               "set -euo pipefail", ""]

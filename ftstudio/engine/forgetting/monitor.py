@@ -11,14 +11,31 @@ from ftstudio.core.config import RunConfig
 from ftstudio.core.events import LogLine, RetentionMetrics
 from ftstudio.engine.forgetting.anchors import build_regularizer
 from ftstudio.engine.forgetting.general import collate_causal, general_examples, retention_loss
+from ftstudio.engine.forgetting.interpolate import save_new_params
 
 
 class Forgetting:
     """Built once at setup, on the model already on its device and before a resume loads a checkpoint
     (θ0 must be the pre-trained weights)."""
 
-    def __init__(self, cfg: RunConfig, model, tokenizer, task: str, prepared, device: str, autocast_dtype, report):
+    def __init__(self, cfg: RunConfig, model, tokenizer, task: str, prepared, device: str, autocast_dtype, report,
+                 run_dir=None, new_params=()):
+        """``new_params``: the tensors the base model lacks: their initialisation is kept in ``run_dir`` (init/),
+        the θ0 that ``ftstudio interpolate`` mixes a new classifier head from. ``eval.benchmarks``: scored on
+        θ0 at the first evaluation and on the trained weights at :meth:`summary` (benchmarks.RunBenchmarks)."""
         self.cfg, self.report, self.task, self.device = cfg, report, task, device
+        if run_dir is not None and new_params:
+            save_new_params(run_dir, model, new_params)
+        self.benchmarks = None
+        if cfg.eval.benchmarks.strip() and run_dir is not None:
+            import torch.distributed as dist
+
+            if task != "causal-lm" or (dist.is_available() and dist.is_initialized()):
+                report(LogLine("eval.benchmarks score a language model on one device; they are off for this run "
+                               "(score it afterwards: ftstudio eval RUN --tasks ...)", "warning"))
+            else:
+                from ftstudio.engine.benchmarks import RunBenchmarks
+                self.benchmarks = RunBenchmarks(cfg, run_dir, tokenizer, device, autocast_dtype, report)
         self.autocast_dtype = autocast_dtype
         r = cfg.regularize
         causal = task == "causal-lm"
@@ -67,6 +84,9 @@ class Forgetting:
 
     def evaluate(self, model, step: int) -> None:
         """Retention loss on general text and drift from θ0, at the start and at every evaluation."""
+        self._last_step = step
+        if step == 0 and self.benchmarks is not None:
+            self.benchmarks.score(model, "base", 0)
         if self.retention_batches:
             with self._autocast():
                 loss, ppl = retention_loss(model, self.retention_batches)
@@ -82,8 +102,11 @@ class Forgetting:
         if self.regularizer is not None and every and step % every == 0:
             self.report(self.regularizer.drift_metrics(model, step))
 
-    def summary(self, first_eval: dict | None, last_eval: dict | None) -> None:
-        """One line a user can act on: what the task gained against what general text lost."""
+    def summary(self, first_eval: dict | None, last_eval: dict | None, model=None) -> None:
+        """One line a user can act on: what the task gained against what general text lost (and the benchmarks
+        of the trained ``model`` against θ0's, when eval.benchmarks names some)."""
+        if self.benchmarks is not None and model is not None:
+            self.benchmarks.score(model, "fine_tuned", getattr(self, "_last_step", 0))
         if not (self.first_retention and self.last_retention):
             return
         a, b = self.first_retention, self.last_retention

@@ -119,6 +119,9 @@ def _host_ram() -> int | None:
         return None
 
 
+_MAX_SIZES = {"params": 1e14, "gpu_memory_gb": 1e5}   # 100 T parameters, 100 TB a card; counts at most 1e9
+
+
 def _check_sizes(**sizes) -> None:
     """Sizes, counts and memory must be positive (and finite): a plan of nonsense would look like an answer."""
     for name, value in sizes.items():
@@ -132,6 +135,9 @@ def _check_sizes(**sizes) -> None:
             raise ConfigError(flag, f"{value!r} is not a finite number")
         if value <= 0:
             raise ConfigError(flag, f"{value:g} must be positive")
+        if value > _MAX_SIZES.get(name, 1e9):   # past any real model or card: the arithmetic would overflow
+            raise ConfigError(flag, f"{value:g} is beyond any real {name.replace('_gb', '').replace('_', ' ')} "
+                                    f"(at most {_MAX_SIZES.get(name, 1e9):g})")
         if whole and not float(value).is_integer():
             raise ConfigError(flag, f"{value!r} is not a whole number")
 

@@ -133,10 +133,12 @@ def _usage_section(repo_hint: str, task: str) -> list[str]:
             "llama.cpp applies a built-in template that may differ). Ollama: `ollama create NAME -f Modelfile`.", ""]
 
 
-def write_model_card(final: str | Path, run_dir: str | Path | None = None, check: str | None = None) -> Path | None:
+def write_model_card(final: str | Path, run_dir: str | Path | None = None, check: str | None = None,
+                     location: str | Path | None = None) -> Path | None:
     """Write ``final/README.md`` from the run's ``config.yaml`` and ``metrics.jsonl`` (``run_dir``: default
-    ``final``'s parent; ``check``: the export gate's summary). Returns the path, or None when no run folder is
-    found (a bare export)."""
+    ``final``'s parent; ``check``: the export gate's summary; ``location``: where the folder will be once
+    renamed into place, for the usage lines). Returns the path, or None when no run folder is found (a bare
+    export)."""
     import yaml
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -176,7 +178,7 @@ def write_model_card(final: str | Path, run_dir: str | Path | None = None, check
     lines += _metrics_section(events) + _forgetting_section(events) + _memory_section(events)
     if check:
         lines += ["## Export check", "", check[0].upper() + check[1:] + ".", ""]
-    lines += _usage_section(str(final), task)
+    lines += _usage_section(str(location or final), task)
     card = ModelCard.from_template(data, template_str="---\n{{ card_data }}\n---\n\n{{ body }}\n",
                                    body="\n".join(line for line in lines if line is not None))
     path = final / "README.md"

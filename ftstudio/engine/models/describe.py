@@ -199,3 +199,4 @@ class LoadedModel:
     info: ModelInfo
     new_params: list[str] = field(default_factory=list)  # names freshly initialised (e.g. a classifier head)
     load_note: str = ""  # which loader placed the weights, and why (the run's log shows it)
+    notes: list[str] = field(default_factory=list)  # what changes the model beyond the checkpoint (said as warnings)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ftstudio.core.atomic import atomic_dir
+
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -84,19 +86,36 @@ def save_final(model, tokenizer, final: Path, *, state_dict: dict | None = None,
             gen.eos_token_id = stops if len(stops) > 1 else stops[0]
         if getattr(tokenizer, "pad_token_id", None) is not None:
             gen.pad_token_id = tokenizer.pad_token_id
-    # 5 GB shards (as hub checkpoints are): a model on the GPU reaches the host one shard at a time.
-    model.save_pretrained(final, state_dict=state_dict, safe_serialization=True, max_shard_size="5GB")
-    tokenizer.save_pretrained(final)
-    if architecture:
-        # fully_shard swaps the class for "FSDP<Name>"; the folder must name the real architecture.
-        cfg_path = final / "config.json"
-        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-        cfg["architectures"] = [architecture]
-        cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     from ftstudio.engine.models import gate
     from ftstudio.engine.models.card import write_model_card
 
-    # Reloaded in a fresh process and compared with the trained model: a broken export raises here.
-    checked = gate.check_export(final, model, tokenizer, state_dict=state_dict) if gate.enabled() else None
-    write_model_card(final, check=checked)  # README.md: the Hub's model card, from the run folder if there is one
+    # Written under a temporary name, synced and renamed (core/atomic.py): a final/ that exists is complete, and a
+    # kill or a full disk mid-export leaves no folder that looks like a model but holds half its weights.
+    final.parent.mkdir(parents=True, exist_ok=True)   # the trainer checks first that its run folder is intact
+    with atomic_dir(final) as tmp:
+        # 5 GB shards (as hub checkpoints are): a model on the GPU reaches the host one shard at a time.
+        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True, max_shard_size="5GB")
+        tokenizer.save_pretrained(tmp)
+        if architecture:
+            # fully_shard swaps the class for "FSDP<Name>"; the folder must name the real architecture.
+            cfg_path = tmp / "config.json"
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+            cfg["architectures"] = [architecture]
+            cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        # Reloaded in a fresh process and compared with the trained model before the rename: a broken export
+        # raises here and never becomes final/.
+        checked = gate.check_export(tmp, model, tokenizer, state_dict=state_dict) if gate.enabled() else None
+        # README.md: the Hub's model card, from the run folder around final/ when there is one
+        write_model_card(tmp, run_dir=final.parent, check=checked, location=final)
+        _fault_pause()
     return final
+
+
+def _fault_pause() -> None:
+    """Test hook: FTSTUDIO_FAULT_SLOW_EXPORT=<seconds> sleeps with final/ written but not yet renamed into place,
+    so a test can kill the export mid-way (tests/test_faults_*.py). Unset in normal use."""
+    import os
+    import time
+    delay = os.environ.get("FTSTUDIO_FAULT_SLOW_EXPORT")
+    if delay:
+        time.sleep(float(delay))

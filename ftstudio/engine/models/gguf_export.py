@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ftstudio.core.atomic import fsync_dir, fsync_file
 from ftstudio.core.errors import ModelError
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}  # HF class → llama.cpp arch name
@@ -265,7 +266,9 @@ def export_gguf(source: str | Path, out: str | Path, gguf_type: str = "f16", *, 
         for _gname, array in extra:
             writer.write_tensor_data(array)
         writer.close()
+        fsync_file(part)   # on the disk before its final name exists (core/atomic.py)
         os.replace(part, out)
+        fsync_dir(out.parent)
     except BaseException:
         writer.close()
         part.unlink(missing_ok=True)

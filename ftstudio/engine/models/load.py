@@ -106,12 +106,22 @@ def prepare_tokenizer(tok) -> None:
     tok.padding_side = "right"  # loss masks and classifier pooling both assume right padding
 
 
-def _ensure_pad(tok, model) -> None:
+def _ensure_pad(tok, model) -> str:
+    """A pad token, and an embedding with a row for every token id the tokenizer makes; says when rows were added."""
+    had_pad = tok.pad_token is not None
     prepare_tokenizer(tok)
     emb = model.get_input_embeddings()
-    if emb is not None and len(tok) > emb.weight.shape[0]:  # a pad token was added
+    note = ""
+    if emb is not None and len(tok) > emb.weight.shape[0]:  # a pad token was added, or the tokenizer has more ids
+        rows = emb.weight.shape[0]
+        extra = [t for t, i in sorted(tok.get_vocab().items(), key=lambda x: x[1]) if i >= rows]
         model.resize_token_embeddings(len(tok))
+        why = "a pad token was added" if not had_pad and extra == [tok.pad_token] else \
+            f"the tokenizer has {len(tok) - rows} token ids beyond it ({', '.join(map(repr, extra[:4]))})"
+        note = (f"The embedding grew from {rows} to {len(tok)} rows ({why}): the new rows start random and train; "
+                "final/ keeps the larger size")
     model.config.pad_token_id = tok.pad_token_id
+    return note
 
 
 def _forget_gguf_quantization(model) -> None:
@@ -210,9 +220,10 @@ def load_model(cfg, *, task: str, num_labels: int | None = None, id2label: dict[
                                                               for m in loading.get("mismatched_keys", [])})
     if info.kind == "gguf":
         _forget_gguf_quantization(model)
-    _ensure_pad(tok, model)
+    grown = _ensure_pad(tok, model)
     _make_trainable(model, info.path or info.source)
-    return LoadedModel(model=model, tokenizer=tok, task=task, info=info, new_params=new, load_note=note)
+    return LoadedModel(model=model, tokenizer=tok, task=task, info=info, new_params=new, load_note=note,
+                       notes=[grown] if grown else [])
 
 
 def _meta_skeleton(auto, target: str, info: ModelInfo, dtype, kw: dict, model_kw: dict):

@@ -83,6 +83,26 @@ class BestTracker:
                             f"Early stop at step {step}: eval {self.metric} was not finite for {self.bad_evals} "
                             "evaluations")
 
+    # -- in every checkpoint, so a resumed run stops at the same step and exports the same weights ---------
+    def state_dict(self) -> dict:
+        """What the tracker knows, as plain values (the best weights travel apart: :attr:`weights`)."""
+        return {"best_value": self.best_value, "best_step": self.best_step, "best_result": dict(self.best_result),
+                "last_result": dict(self.last_result), "bad_evals": self.bad_evals}
+
+    def load_state_dict(self, state: dict | None, weights: list | None = None) -> None:
+        if not state:
+            return
+        self.best_value, self.best_step = state.get("best_value"), state.get("best_step")
+        self.best_result, self.last_result = dict(state.get("best_result") or {}), dict(state.get("last_result") or {})
+        self.bad_evals = int(state.get("bad_evals") or 0)
+        if self.keep_weights and weights is not None:
+            self._weights = weights
+
+    @property
+    def weights(self) -> list | None:
+        """The host copy of the best weights (export_best), or None."""
+        return self._weights
+
     @property
     def has_weights(self) -> bool:
         return self._weights is not None

@@ -1,5 +1,6 @@
 """Evaluation on the validation split: loss and perplexity for causal LMs; loss, accuracy and macro-F1 for
-classifiers. Also the predictions a confusion matrix needs (the GUI's compare tab)."""
+classifiers, beside the majority-class baseline, per-class precision/recall and a warning when the predictions
+collapse onto one class (figures.py). Also the predictions a confusion matrix needs (the GUI's compare tab)."""
 from __future__ import annotations
 
 import math
@@ -103,6 +104,11 @@ def evaluate(model, prepared, *, device: str, task: str, autocast_dtype=None, ba
                                               shard=shard)
     loss = loss_sum / max(1, count)
     if task == "classification":
+        from ftstudio.engine.train.figures import class_figures
+
         acc = sum(p == t for p, t in zip(preds, targets)) / max(1, len(targets))
-        return {"loss": loss, "accuracy": acc, "macro_f1": macro_f1(preds, targets), "perplexity": None}
+        figures = class_figures(preds, targets, getattr(prepared, "label_names", None))
+        return {"loss": loss, "accuracy": acc, "macro_f1": macro_f1(preds, targets), "perplexity": None,
+                "majority_baseline": figures["majority_baseline"], "majority_class": figures["majority_class"],
+                "per_class": figures["per_class"], "collapsed": figures["collapsed"]}
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "accuracy": None, "macro_f1": None}

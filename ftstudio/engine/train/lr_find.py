@@ -28,6 +28,7 @@ START_LR, END_LR, STEPS = 1e-7, 1e-2, 100
 SMOOTHING = 0.9         # EMA of the loss (debiased), so one noisy batch neither ends the test nor sets the minimum
 DIVERGE_FACTOR = 4.0    # stop once the smoothed loss is this many times its minimum (fastai's rule)
 MIN_POINTS = 10         # no divergence call, and no suggestion, before this many steps
+ENOUGH_POINTS = 20      # fewer recorded steps cannot place a minimum: the curve is said to be too short
 FINE_TUNE_RANGE = (1e-6, 5e-4)
 RULE = ("a tenth of the LR at the minimum of the smoothed loss, clipped to the fine-tuning range "
         f"{FINE_TUNE_RANGE[0]:.0e}–{FINE_TUNE_RANGE[1]:.0e}")
@@ -94,6 +95,30 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float | None, floa
     lo, hi = FINE_TUNE_RANGE
     lr = min(hi, max(lo, raw))
     return lr, min_lr, steepest, lr != raw
+
+
+def unsupported(lrs: list[float], smoothed: list[float], status: str, suggested: float | None) -> str | None:
+    """Why this curve cannot support a learning rate, with what would (None when it can). A number picked from
+    a curve too short to have a bottom, or whose lowest loss sits at an end of the range, is the range's edge,
+    not the model's answer (a 10-step test once "suggested" the floor 1e-6 from losses between 0.79 and 2.55)."""
+    pts = [(lr, y) for lr, y in zip(lrs, smoothed) if math.isfinite(y)]
+    n = len(pts)
+    if n < ENOUGH_POINTS:
+        return (f"only {n} steps were recorded: too few to locate the loss's minimum. Run the test with at least "
+                f"{ENOUGH_POINTS * 3} steps")
+    i_min = min(range(n), key=lambda i: pts[i][1])
+    edge = max(2, n // 10)
+    if i_min >= n - edge and status != "diverged":
+        return (f"the loss was still falling at the end of the range (lowest at the last LRs tried, "
+                f"{pts[i_min][0]:.1e}): the minimum lies beyond it. Run with more steps or a higher end LR")
+    if i_min < edge:
+        return (f"the lowest loss is at the start of the range ({pts[i_min][0]:.1e}): the loss never fell, so the "
+                "curve shows no LR that learns. Start the range lower, run more steps, or check the data")
+    lo = FINE_TUNE_RANGE[0]
+    if suggested is not None and suggested <= lo and pts[i_min][0] / 10 < lo:
+        return (f"the rule gives {pts[i_min][0] / 10:.1e}, below the fine-tuning range ({lo:.0e} is its floor): "
+                "the curve does not point at a usable LR. Run more steps, or keep the preset's LR")
+    return None
 
 
 def range_config(cfg, steps: int = STEPS, end_lr: float = END_LR):
@@ -167,7 +192,7 @@ class RangeTest(Trainer):
     def _evaluate(self, model, prepared, device, numerics, task) -> dict:
         return {}   # the test's weights are thrown away: nothing to evaluate
 
-    def _save_checkpoint(self, model, scaler) -> None:
+    def _save_checkpoint(self, model, scaler, **_) -> None:
         pass        # nor to keep
 
 
@@ -194,8 +219,10 @@ def lr_find(cfg, reporter=None, control: Control | None = None, *, steps: int = 
         result.reason = outcome.reason
         return result
     result.suggested_lr, result.min_loss_lr, result.steepest_lr, result.clipped = suggest(test.lrs, test.smoothed)
-    if result.suggested_lr is None:
-        result.reason = f"only {len(test.lrs)} steps were recorded; the rule needs at least {MIN_POINTS}"
+    why = unsupported(test.lrs, test.smoothed, status, result.suggested_lr)
+    if why:  # a caveat and what would answer, instead of a number the curve cannot support
+        result.suggested_lr, result.clipped = None, False
+        result.reason = why
     if test.run_dir is not None:
         _write_outputs(result, Path(test.run_dir), report)
     return result

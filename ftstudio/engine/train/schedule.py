@@ -4,8 +4,9 @@ micro-batch reads; the learning-rate schedules below say what each step's LR is.
 
 Learning-rate schedules:
 
-All three start with a linear warmup from 0 to the peak (it keeps the first, noisy updates of a
-pre-trained model small), then:
+All three start with a linear warmup over W steps (it keeps the first, noisy updates of a pre-trained model
+small): step s (0-based) runs at peak · (s+1)/W, so the first step runs at peak/W, not 0 (a step at 0 would
+change nothing), and step W−1 at the peak; then:
   cosine   lr = floor + (peak − floor) · ½(1 + cos(π·p))        p = progress through the decay, 0 → 1
   constant lr = peak
   linear   lr = floor + (peak − floor) · (1 − p)
@@ -88,6 +89,7 @@ class Schedule:
     task_tokens: tuple[int, ...] | None = field(default=None, repr=False)     # trained tokens of each example
     general_tokens: tuple[int, ...] | None = field(default=None, repr=False)
     lengths: tuple[int, ...] | None = field(default=None, repr=False)         # set: length-grouped batches
+    ranks: int = 1   # processes sharing each step (FSDP): an epoch's last step holds at least this many rows
     padding: tuple[int, int] | None = field(default=None, repr=False)  # padded tokens of epoch 0: plain, grouped
     _orders: dict = field(default_factory=dict, repr=False)
     _g_before: list[int] = field(default_factory=lambda: [0], repr=False)     # general rows before micro-batch i
@@ -113,7 +115,17 @@ class Schedule:
         return self.batch_size * (1.0 - self.row_share)
 
     @property
+    def step_rows(self) -> int:
+        """Rows of one optimizer step: batch × grad_accum (× ranks: the global schedule's grad_accum)."""
+        return self.batch_size * self.grad_accum
+
+    @property
     def batches_per_epoch(self) -> int:
+        """Micro-batches of one epoch. Without mixing, an epoch is whole steps (its last may hold fewer rows, cut
+        over the step's grad_accum micro-batches), so a step never straddles two epochs and reads the same rows
+        however it is cut; with mixing, task rows come from an endless stream (``_stream``)."""
+        if self.mix_fraction == 0:
+            return max(1, math.ceil(self.n_examples / self.step_rows)) * self.grad_accum
         return max(1, math.ceil(self.n_examples / self.task_rows_per_batch))
 
     @property
@@ -157,23 +169,35 @@ class Schedule:
     def batch_indices(self, micro_batch: int) -> list[int]:
         """Task example indices of global micro-batch number ``micro_batch``."""
         if self.mix_fraction == 0:
-            # Without mixing, batches never straddle epochs: the last batch of an epoch may be short.
+            # Without mixing, a step is rows [s·R, (s+1)·R) of its epoch's order (R = batch × grad_accum) cut
+            # into grad_accum micro-batches; the epoch's last step may be short, its rows then spread evenly
+            # (sizes differ by one at most) so that each rank of a sharded run gets rows while there are enough.
             epoch, pos = divmod(micro_batch, self.batches_per_epoch)
-            return list(self.epoch_order(epoch)[pos * self.batch_size:(pos + 1) * self.batch_size])
+            step, k = divmod(pos, self.grad_accum)
+            order = self.epoch_order(epoch)
+            rows = order[step * self.step_rows:(step + 1) * self.step_rows]
+            if len(rows) == self.step_rows:
+                return list(rows[k * self.batch_size:(k + 1) * self.batch_size])
+            if len(rows) < self.ranks:   # every rank needs a row (FSDP's collectives): repeat the epoch's first
+                rows = tuple(rows) + tuple(order[:self.ranks - len(rows)])   # rows, as DistributedSampler pads
+            q, r = divmod(len(rows), self.grad_accum)
+            start = k * q + min(k, r)
+            return list(rows[start:start + q + (k < r)])
         g0, g1 = self._general_before(micro_batch), self._general_before(micro_batch + 1)
         t0 = micro_batch * self.batch_size - g0
         return self._stream(t0, self.batch_size - (g1 - g0), self.n_examples, self.seed)
 
     def epoch_order(self, epoch: int) -> tuple[int, ...]:
         """The task rows of one epoch in reading order (without mixing): the seeded shuffle, or with ``lengths``
-        its length-grouped batches (:func:`grouped_order`), a function of the seed and the epoch alone."""
+        its length-grouped steps (:func:`grouped_order` over batch × grad_accum rows), a function of the seed and
+        the epoch alone."""
         if self.lengths is None:
             return _epoch_order(self.n_examples, self.seed, epoch)
         if epoch not in self._orders:
             if len(self._orders) > 2:
                 self._orders.clear()
             self._orders[epoch] = grouped_order(_epoch_order(self.n_examples, self.seed, epoch), self.lengths,
-                                                self.batch_size, self.seed, epoch)
+                                                self.step_rows, self.seed, epoch)
         return self._orders[epoch]
 
     def general_indices(self, micro_batch: int) -> list[int]:
@@ -193,29 +217,31 @@ def _epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     return tuple(torch.randperm(n, generator=g).tolist())
 
 
-MEGABATCH = 50   # batches per megabatch of length-grouped batches (Hugging Face's group_by_length uses 50 too)
+MEGABATCH = 50   # steps per megabatch of length-grouped steps (Hugging Face's group_by_length uses 50 too)
 
 
-def grouped_order(order, lengths, batch_size: int, seed: int, epoch: int) -> tuple[int, ...]:
-    """Length-grouped batches: the epoch's shuffle ``order`` cut into megabatches of MEGABATCH batches, each
-    sorted by length (longest first; ties keep the shuffled order) and cut into batches, so that a batch holds
-    rows of similar length and pads little; then the batches in a seeded shuffle, the one with the longest row
-    first (an out-of-memory shows at the first step, not hours in). A short last batch stays last, so batch i
-    is still ``order[i·B:(i+1)·B]``: every row once per epoch, and a micro-batch number alone says its rows."""
+def grouped_order(order, lengths, step_rows: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """Length-grouped steps: the epoch's shuffle ``order`` cut into megabatches of MEGABATCH steps, each sorted
+    by length (longest first; ties keep the shuffled order) and cut into steps of ``step_rows`` rows (batch ×
+    grad_accum, × ranks: as Hugging Face's LengthGroupedSampler groups by batch × accumulation), so that a step
+    holds rows of similar length and its micro-batches, consecutive slices of it, pad little; then the steps in a
+    seeded shuffle, the one with the longest row first (an out-of-memory shows at the first step, not hours in).
+    A short last step stays last. Grouping by step, not by micro-batch, is what makes 4 × 1, 2 × 2 and 1 × 4
+    read the same rows in each step, hence make the same update."""
     import torch
 
-    mega = MEGABATCH * batch_size
-    batches: list[list[int]] = []
+    mega = MEGABATCH * step_rows
+    steps: list[list[int]] = []
     for start in range(0, len(order), mega):
         part = sorted(order[start:start + mega], key=lambda i: -lengths[i])
-        batches += [part[j:j + batch_size] for j in range(0, len(part), batch_size)]
-    tail = [batches.pop()] if batches and len(batches[-1]) < batch_size else []
+        steps += [part[j:j + step_rows] for j in range(0, len(part), step_rows)]
+    tail = [steps.pop()] if steps and len(steps[-1]) < step_rows else []
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_777_777)   # not the rows' own shuffle stream
-    batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-    if batches:
-        longest = max(range(len(batches)), key=lambda b: lengths[batches[b][0]])
-        batches[0], batches[longest] = batches[longest], batches[0]
-    return tuple(i for b in batches + tail for i in b)
+    steps = [steps[i] for i in torch.randperm(len(steps), generator=g).tolist()]
+    if steps:
+        longest = max(range(len(steps)), key=lambda b: lengths[steps[b][0]])
+        steps[0], steps[longest] = steps[longest], steps[0]
+    return tuple(i for b in steps + tail for i in b)
 
 
 def padded_tokens(order, lengths, batch_size: int) -> int:
@@ -241,8 +267,9 @@ def plan_schedule(cfg: RunConfig, n_examples: int, n_general: int = 0, task_toke
     if lengths is not None and not mix and len(lengths) == n_examples:
         s.lengths = tuple(lengths)
         plain = _epoch_order(n_examples, s.seed, 0)
+        grouped = [[s.lengths[i] for i in s.batch_indices(b)] for b in range(s.batches_per_epoch)]
         s.padding = (padded_tokens(plain, s.lengths, s.batch_size),
-                     padded_tokens(s.epoch_order(0), s.lengths, s.batch_size))
+                     sum(max(b) * len(b) - sum(b) for b in grouped if b))
     if cfg.train.max_steps is not None:
         s.total_steps = cfg.train.max_steps
     else:
@@ -299,6 +326,10 @@ def schedule_warning(cfg: RunConfig, sched: Schedule) -> str | None:
     if wanted is not None and wanted >= sched.total_steps:
         said.append(f"warmup_steps {wanted} covers the whole run of {sched.total_steps} steps (cut to {warmup}): "
                     "the learning rate never reaches its peak")
+    tail = sched.n_examples % sched.step_rows if sched.mix_fraction == 0 else 0
+    if 0 < tail < sched.ranks:
+        said.append(f"the last step of each epoch holds {tail} row{'s' if tail > 1 else ''} for {sched.ranks} GPUs: "
+                    f"it repeats {sched.ranks - tail} of the epoch's first rows so that every GPU has one")
     rows = cfg.train.batch_size * sched.grad_accum
     if rows > sched.n_examples:
         said.append(f"one step wants batch_size × grad_accum × GPUs = {rows} rows but the training split has "

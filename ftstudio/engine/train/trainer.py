@@ -19,9 +19,11 @@ from ftstudio.core.control import Control
 from ftstudio.core.errors import ConfigError, DataError, FTStudioError
 from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine, NonFiniteStep,
                                   Reporter, RunFailed, RunFinished, RunStarted, StepMetrics)
-from ftstudio.core.runs import open_run_dir
+from ftstudio.core.atomic import is_disk_full
 from ftstudio.engine.sinks import MetricsWriter
 from ftstudio.engine.train.early_stop import BestTracker, EarlyStop
+from ftstudio.engine.train.figures import LossTail, check_first_step
+from ftstudio.engine.train.keeping import RunKeeping
 from ftstudio.engine.data.collate import device_batch
 from ftstudio.engine.train.schedule import row_stats, schedule_lines
 
@@ -34,10 +36,10 @@ class _NonFinite(FTStudioError):
         self.advice = advice
 
 
-class Trainer:
+class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, checkpoints, resume and export
     def __init__(self, config: RunConfig, reporter: Reporter | None = None, control: Control | None = None,
-                 *, resume_from: str | Path | None = None):
-        self.cfg = config
+                 *, resume_from: str | Path | None = None, allow_config_change: bool = False):
+        self.cfg, self.allow_config_change = config, allow_config_change
         self.control = control or Control()
         self._user_reporter = reporter or (lambda e: None)
         self.report: Reporter = self._user_reporter
@@ -49,7 +51,7 @@ class Trainer:
         self.compiled = False            # blocks compiled (CUDA): the full loss then compiles its head too
         self._metrics: MetricsWriter | None = None
         self._model_config: dict = {}
-        self._last_loss: float | None = None
+        self._last_loss, self._tail = None, LossTail(0)   # the last logged loss; the last steps' losses
         self._lr_factor, self._skips = 1.0, 0   # rollback's LR factor, non-finite steps skipped (checkpointed)
         self._first_eval: dict | None = None
         self._failed = False
@@ -60,6 +62,8 @@ class Trainer:
         try:
             return self._run()
         except FTStudioError as e:
+            if is_disk_full(e):
+                return self._fail_disk_full(e)
             problems = getattr(e, "problems", [])   # DataError: one line per bad row; one alone is the reason
             for problem in problems[:200] if len(problems) > 1 else []:
                 self.report(LogLine(str(problem), level="error"))
@@ -68,6 +72,8 @@ class Trainer:
             import torch
             if isinstance(e, torch.OutOfMemoryError):
                 return self._fail_oom(e)
+            if is_disk_full(e):  # safetensors, torch.save, metrics.jsonl, the console: the user's to fix
+                return self._fail_disk_full(e)
             self.report(LogLine(traceback.format_exc(), level="error"))
             return self._fail(f"{type(e).__name__}: {e}", type(e).__name__)
         finally:
@@ -105,6 +111,7 @@ class Trainer:
             self._gguf.close()
         if self._metrics is not None:
             self._metrics.close()
+        self._release_lock()
 
     # ------------------------------------------------------------------------------------------------
     def _run(self) -> RunFinished | RunFailed:
@@ -114,16 +121,13 @@ class Trainer:
         from ftstudio.engine import models as models_mod
         from ftstudio.engine.models.export import export_options
         from ftstudio.engine.models.load import load_target
-        from ftstudio.engine.train.checkpoint import latest_checkpoint
         from ftstudio.engine.train.numerics import pick_numerics
         from ftstudio.engine.train import fast_path
         from ftstudio.engine.train.optim import build_optimizer
 
-        cfg = self.cfg
-        t_setup = time.perf_counter()
+        cfg, t_setup = self.cfg, time.perf_counter()
         torch.manual_seed(cfg.train.seed)
-        device = self._pick_device()
-        self._device = device
+        device = self._device = self._pick_device()
         numerics = pick_numerics(cfg.hardware.precision, device)
         if cfg.memory.compile and not device.startswith("cuda"):
             self.report(LogLine("compile is for CUDA runs; training uncompiled on the CPU", "warning"))
@@ -142,7 +146,7 @@ class Trainer:
         if errors:
             raise DataError(report.path, problems=errors)
         for warning in (p for p in report.problems if p.severity != "error"):
-            self.report(LogLine(str(warning), "warning"))
+            self.report(LogLine(str(warning), "info" if warning.severity == "info" else "warning"))
         fmt = report.format
         task = models_mod.resolve_task(cfg.model.task, info, fmt)
         self.report(LogLine(f"Model {info.architecture} ({info.params_text} parameters), "
@@ -155,8 +159,10 @@ class Trainer:
         fresh = [str(w) for w in prepared.warnings if w not in report.problems]  # the check above said the rest
         for line in [*fresh, f"Data: {prepared.summary()}"]:  # nothing cut or dropped unsaid
             self.report(LogLine(line, "info" if line.startswith("Data: ") else "warning"))
+        from ftstudio.engine.train.notices import loaded_notices, training_notices  # said also under --quiet
+        for line in training_notices(cfg, info, tokenizer, prepared.format, task):
+            self.report(LogLine(line, "warning"))
         labels = prepared.label_names
-        id2label = {i: name for i, name in enumerate(labels)} if labels else None
 
         # 2. The run folder: config.yaml first, so the run can be resumed from its own config.
         self.run_dir = self._open_run_dir()
@@ -164,13 +170,13 @@ class Trainer:
 
         # 3. Model on the device (one GPU: loaded onto it in the training dtype, no host copy). Every weight trains.
         loaded = models_mod.load_model(cfg.model, task=task, num_labels=len(labels) if labels else None,
-                                       id2label=id2label, tokenizer=tokenizer,
+                                       id2label=dict(enumerate(labels)) if labels else None, tokenizer=tokenizer,
                                        **load_target(device, numerics.param_dtype, getattr(self, "world", 1)))
         model = loaded.model
         self._gguf.close()  # its readers' parsed fields are freed
         self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
-        if loaded.new_params:
-            self.report(LogLine(f"New (randomly initialised) parameters: {', '.join(loaded.new_params[:6])}"))
+        for line in loaded_notices(loaded):  # random parameters, a grown embedding: warnings, said under --quiet
+            self.report(LogLine(line, "warning"))
         if loaded.load_note:  # which loader placed the weights (shard by shard, or from_pretrained and why)
             self.report(LogLine(loaded.load_note))
         self._choose_attention(model, prepared, device)
@@ -196,7 +202,7 @@ class Trainer:
         # θ0 copies (L2-SP, EWC, drift) are taken here, before a resume overwrites the weights.
         from ftstudio.engine.forgetting import Forgetting
         self.forgetting = Forgetting(cfg, model, tokenizer, task, prepared, device, numerics.autocast_dtype,
-                                     self.report)
+                                     self.report, run_dir=self.run_dir, new_params=loaded.new_params)
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
         self._best = BestTracker.for_run(cfg, task, bool(prepared.val), self.report, model)
         sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general),
@@ -208,18 +214,12 @@ class Trainer:
             check_in_backward(numerics.precision)
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0],
                                          in_backward=cfg.memory.optimizer_in_backward)
+        check_first_step(self.optimizer, model, cfg, self.report, fresh=self.resume_from is None)  # all moved?
         self.scheduler = self._build_scheduler(sched.total_steps)
         scaler = self._grad_scaler(device, numerics)
 
-        if self.resume_from is not None:
-            ckpt = latest_checkpoint(self.run_dir / "checkpoints")
-            if ckpt is None:
-                raise ConfigError("resume", f"{self.run_dir} has no complete checkpoint to resume from")
-            state = self._load_checkpoint(ckpt, model, scaler)
-            self.step, self.micro_batch = state.step, state.micro_batch
-            extra = getattr(state, "extra", None) or {}
-            self._lr_factor, self._skips = extra.get("lr_factor", 1.0), extra.get("skips", 0)
-            self.report(LogLine(f"Resumed from {ckpt} (step {self.step})"))
+        if self.resume_from is not None:  # weights, optimizer, schedule, RNG, data position, early stopping
+            self._resume(model, scaler)
 
         self.report(RunStarted(run_dir=str(self.run_dir), model=cfg.model.source, task=task, device=device,
                                precision=numerics.precision, params=n_params, total_steps=sched.total_steps,
@@ -229,27 +229,32 @@ class Trainer:
         if self.step == 0:
             self.forgetting.evaluate(model, 0)
 
-        try:
-            status, stop_reason = self._loop(model, prepared, sched, device, numerics, scaler), ""
+        try:  # a resumed end checkpoint (keeping.py) has no steps left: its evaluation and export are redone
+            status, stop_reason = ("finished", self._ended) if self._ended is not None else (
+                self._loop(model, prepared, sched, device, numerics, scaler), "")
         except EarlyStop as stop:  # patience ran out (train/early_stop.py): a finished run, ended early
             status, stop_reason = "finished", str(stop)
             self.report(LogLine(stop_reason))
 
-        # 4. End: final evaluation (the early stop's evaluation was this step's) and export.
-        eval_result = {}
+        # 4. End: the weights safe in a checkpoint, final evaluation (the early stop's evaluation was this step's)
+        # and export.
+        eval_result, secured = {}, None
+        if status == "finished" and cfg.checkpoint.export:
+            secured = self._secure_weights(model, scaler, stop_reason)
         if status == "finished":
             if prepared.val:
                 eval_result = (self._best.last_result if stop_reason else
                                self._evaluate(model, prepared, device, numerics, task))
             self.forgetting.evaluate(model, self.step)
-            self.forgetting.summary(self._first_eval, eval_result)
+            self.forgetting.summary(self._first_eval, eval_result, model)
             eval_result = self._best.restore_best(model, self.step, eval_result, self.report)  # export_best
         final_dir = None
         if status == "stopped":
             self._save_checkpoint(model, scaler)
         elif cfg.checkpoint.export:
-            final_dir = self._export(model, tokenizer)
-        event = RunFinished(status=status, steps=self.step, train_loss=self._last_loss, eval=eval_result,
+            final_dir = self._finish_export(model, tokenizer, secured)
+        self._check_folder()  # a run whose folder vanished never reports success
+        event = RunFinished(status=status, steps=self.step, **self._tail.summary(self._last_loss), eval=eval_result,
                             output_dir=str(self.run_dir), final_model=str(final_dir) if final_dir else None,
                             elapsed_s=time.perf_counter() - t_setup, stop_reason=stop_reason,
                             best_step=self._best.best_step)
@@ -268,8 +273,7 @@ class Trainer:
         in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (train/speed.py)
         window_tokens, window_t0 = 0, time.perf_counter()
         run_t0, start_step = time.perf_counter(), self.step
-        loss_sum = torch.zeros((), device=device)
-        loss_count = 0
+        loss_sum, loss_count, self._tail = torch.zeros((), device=device), 0, LossTail(sched.total_steps)
 
         while self.step < sched.total_steps:
             control.wait_while_paused()
@@ -328,14 +332,15 @@ class Trainer:
 
             scaler.step(self.optimizer)
             scaler.update()
+            step_lr = self.optimizer.param_groups[-1]["lr"]   # the LR this step used: read before the schedule moves
             self.scheduler.step()
             self.step += 1
             every = cfg.hardware.memory_snapshot_every
             if every and (self.step % every == 0 or self.step == 1):
                 self._memory_snapshot(model, device)  # gradients still exist: they are counted
             self.optimizer.zero_grad(set_to_none=True)
-            loss_sum += step_loss
-            loss_count += 1
+            loss_sum, loss_count = loss_sum + step_loss, loss_count + 1
+            self._tail.append(step_loss)   # the end-of-run train loss: a mean over the last steps
 
             if self.step % cfg.train.log_every == 0 or self.step == sched.total_steps:
                 # .item() syncs the GPU: only at log intervals.
@@ -346,7 +351,7 @@ class Trainer:
                 elapsed = now - run_t0
                 per_step = elapsed / max(1, self.step - start_step)
                 self.report(StepMetrics(step=self.step, loss=self._last_loss,
-                                        lr=float(self.optimizer.param_groups[-1]["lr"]),
+                                        lr=float(step_lr),
                                         grad_norm=float(grad_norm),
                                         tokens_per_s=self._global_tokens(window_tokens) / max(1e-9, now - window_t0),
                                         epoch=self.micro_batch / sched.batches_per_epoch, elapsed_s=elapsed,
@@ -395,11 +400,6 @@ class Trainer:
         from ftstudio.engine.train.schedule import build_scheduler
         return build_scheduler(self.optimizer, total_steps, self.cfg.schedule)
 
-    def _load_checkpoint(self, ckpt, model, scaler, *, restore_rng: bool = True):
-        from ftstudio.engine.train.checkpoint import load_checkpoint
-        return load_checkpoint(ckpt, model=model, optimizer=self.optimizer, scheduler=self.scheduler,
-                               scaler=scaler, restore_rng=restore_rng)
-
     def _grad_scaler(self, device: str, numerics):  # fp16's loss scaler (FSDP: the sharded one)
         import torch
         return torch.amp.GradScaler(device.split(":")[0], enabled=numerics.grad_scaler)
@@ -434,6 +434,7 @@ class Trainer:
             self.forgetting.evaluate(model, step)
         else:
             self.forgetting.maybe_drift(model, step)
+        self._check_folder()
         every = cfg.checkpoint.checkpoint_every
         if (every and step % every == 0) or self.control.take_save_request():
             self._save_checkpoint(model, scaler)
@@ -477,24 +478,5 @@ class Trainer:
         return kept
 
     def _memory_snapshot(self, model, device) -> None:
-        try:
-            from ftstudio.engine.memory import measure
-        except ImportError:
-            return
-        self.report(measure(model, self.optimizer, device, self.step))
-
-    def _save_checkpoint(self, model, scaler) -> None:
-        from ftstudio.engine.train.checkpoint import save_checkpoint
-        path = save_checkpoint(self.run_dir / "checkpoints", self.step, model=model, optimizer=self.optimizer,
-                               scheduler=self.scheduler, scaler=scaler, micro_batch=self.micro_batch,
-                               keep_last=self.cfg.checkpoint.keep_last, extra={"lr_factor": self._lr_factor, "skips": self._skips})
-        self.report(CheckpointSaved(step=self.step, path=str(path)))
-
-    def _export(self, model, tokenizer) -> Path:
-        from ftstudio.engine.models.export import save_final
-        final = save_final(model, tokenizer, self.run_dir / "final", **self._export_options)
-        self.report(LogLine(f"Exported the fine-tuned model to {final}"))
-        return final
-
-    def _open_run_dir(self) -> Path:
-        return open_run_dir(self.cfg, self.resume_from)
+        from ftstudio.engine.train.memory_log import snapshot   # measured, beside this run's plan
+        self.report(snapshot(self, model, device))

@@ -90,10 +90,11 @@ def model_warnings(cfg: DataConfig, info, tok, task: str | None) -> list[DataPro
     out = []
     ctx = getattr(info, "context_length", None)
     if ctx and cfg.seq_len > ctx:
-        out.append(DataProblem(cfg.dataset, None, "seq_len", f"seq_len {cfg.seq_len} is longer than the model's "
-                               f"context ({ctx} positions): rows past {ctx} tokens get positions it never saw "
-                               "(or fail); lower seq_len", "warning"))
-    if tok is not None and task != "classification" and getattr(tok, "eos_token", None) is None:
+        out.append(DataProblem(cfg.dataset, None, "Sequence length", f"the sequence length {cfg.seq_len} is longer "
+                               f"than the model's context ({ctx} positions): rows past {ctx} tokens get positions "
+                               "it never saw (or fail); lower the sequence length (Training tab)", "warning"))
+    encoder = bool(getattr(info, "is_encoder", False))  # a classifier's head reads a row; it never generates
+    if tok is not None and task != "classification" and not encoder and getattr(tok, "eos_token", None) is None:
         out.append(DataProblem(cfg.dataset, None, None, "the tokenizer has no end-of-sequence token: the model "
                                "cannot learn where a completion ends, so it will not stop generating", "warning"))
     return out
@@ -119,7 +120,8 @@ def check_job(cfg: DataConfig, info, task: str | None, trust: bool) -> dict:
         warnings += duplicate_warnings(source, records, val)
     except (DataError, OSError, ValueError):
         pass  # the problems are already in the report
-    warnings += model_warnings(cfg, info, tok, report.task or task)
+    if report.rows:  # about rows to train on: a missing or empty file gets its own error, not these
+        warnings += model_warnings(cfg, info, tok, report.task or task)
     if tokenizer_error:  # the whole message in the list; the status line says it in a few words
         warnings.insert(0, DataProblem(getattr(info, "source", "") or cfg.dataset, None, None,
                                        tokenizer_error + ": tokens are not counted and rows not rendered", "warning"))
@@ -128,11 +130,15 @@ def check_job(cfg: DataConfig, info, task: str | None, trust: bool) -> dict:
 
 
 def render_html(pieces: list[tuple[str, bool]]) -> str:
+    """The row as the model sees it; the first trained piece carries the anchor "trained" (scrolled into view)."""
     out = []
+    anchored = False
     for text, trained in pieces:
         t = html.escape(text).replace("\n", "↵<br>")
         if trained:
-            out.append(f"<span style='background:#b9e6b0;color:#0b3d0b'>{t}</span>")
+            out.append(("" if anchored else "<a name='trained'></a>")
+                       + f"<span style='background:#b9e6b0;color:#0b3d0b'>{t}</span>")
+            anchored = True
         else:
             out.append(f"<span style='color:#8a8a8a'>{t}</span>")
     return "<span style='font-family:monospace'>" + "".join(out) + "</span>"
@@ -220,7 +226,7 @@ class DatasetPanel(QGroupBox):
         self.bars = None
         self.tabs.addTab(self.hist, "Lengths")
         for w in (self.problems, self.preview, self.hist):
-            w.setMinimumHeight(50)  # the panel shares the tab with the model's facts: it must not push the window
+            w.setMinimumHeight(160)  # about nine lines of a row: on a short screen the panel scrolls instead
         lay.addWidget(self.tabs, 1)
 
     # -- inputs --------------------------------------------------------------------------------
@@ -320,6 +326,11 @@ class DatasetPanel(QGroupBox):
         if gen != self._generation:
             return
         self.report = None
+        self.records, self.warnings = [], []
+        for w in self.fields.values():  # no facts of the last data (a missing file has no format or task)
+            w.setText("–")
+        self._draw_histogram([])
+        self._render_preview()
         if isinstance(exc, DataError):
             self._show_problems(exc.problems)
             self.error = f"{len(exc.problems)} problem(s) in the data"
@@ -334,14 +345,20 @@ class DatasetPanel(QGroupBox):
 
     def _show_report(self, rep) -> None:
         f = self.fields
-        f["format"].setText(f"{rep.format or 'not detected'} → task {rep.task or '?'}")
-        f["rows"].setText(f"{rep.rows:,} ({rep.train_rows:,} train / {rep.val_rows:,} validation)")
-        trunc = f", {rep.truncated} truncated at seq_len {self.cfg.seq_len}" if rep.truncated else ""
-        if rep.tokens is None:
-            f["tokens"].setText("– (needs the model's tokenizer)")
+        if not rep.rows:  # nothing was read (a missing or empty file): no format, task or counts to state
+            for w in f.values():
+                w.setText("–")
         else:
-            f["tokens"].setText(f"{fmt_count(rep.tokens)} ({fmt_count(rep.trainable_tokens)} under the loss){trunc}")
-        f["labels"].setText(", ".join(rep.labels[:20]) + (" …" if len(rep.labels) > 20 else "") if rep.labels else "–")
+            f["format"].setText(f"{rep.format or 'not detected'} → task {rep.task or '?'}")
+            f["rows"].setText(f"{rep.rows:,} ({rep.train_rows:,} train / {rep.val_rows:,} validation)")
+            trunc = (f", {rep.truncated} cut at the sequence length {self.cfg.seq_len}" if rep.truncated else "")
+            if rep.tokens is None:
+                f["tokens"].setText("– (needs the model's tokenizer)")
+            else:
+                f["tokens"].setText(f"{fmt_count(rep.tokens)} ({fmt_count(rep.trainable_tokens)} under the loss)"
+                                    f"{trunc}")
+            f["labels"].setText(", ".join(rep.labels[:20]) + (" …" if len(rep.labels) > 20 else "")
+                                if rep.labels else "–")
         self._show_problems(list(rep.problems) + self.warnings)
         self._draw_histogram(rep.lengths)
         self.row_spin.setRange(1, max(1, len(self.records)))
@@ -387,9 +404,14 @@ class DatasetPanel(QGroupBox):
             return
         try:
             data = engine("data", "render_example")
-            pieces = data.render_example(rec, self.report.format, self.tokenizer, self.cfg, task=self.report.task)
+            roles = getattr(self.report, "columns", None)  # a table's roles the check found (engine/data/table.py)
+            cfg = (dataclasses.replace(self.cfg, text_column=roles["text"], label_column=roles["label"]) if roles
+                   else self.cfg)
+            pieces = data.render_example(rec, self.report.format, self.tokenizer, cfg, task=self.report.task)
         except Exception as exc:  # a row that cannot render says why, in place of the preview
             self.preview.setPlainText(f"This row cannot be rendered: {exc}\n\n"
                                       + json.dumps(rec, ensure_ascii=False, indent=2))
             return
         self.preview.setHtml(render_html(pieces))
+        if any(trained for _t, trained in pieces):  # a long prompt must not hide the trained span below the fold
+            self.preview.scrollToAnchor("trained")

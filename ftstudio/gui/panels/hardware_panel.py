@@ -18,7 +18,14 @@ from ..engine_access import engine, fmt_bytes
 from ..worker import JobRunner
 
 POLL_MS = 1000
-CARDS_GB = (24, 48, 80, 141)
+CARDS_GB = (8, 12, 16, 24, 40, 48, 80, 94, 141, 192)  # the common cards' memory, in GB (1e9 bytes)
+THIS_MACHINE = "ram"  # the target item "this machine's RAM" (a CPU-only machine, or a CPU run)
+CUSTOM = "custom"  # the target item that asks for a size
+
+
+def card_label(gb: float, custom: bool = False) -> str:
+    """"24 GB card" (the --target-card label), "Custom: 33.5 GB card"."""
+    return ("Custom: " if custom else "") + f"{gb:g} GB card"
 
 
 def hardware_fields(selected: list[int]) -> dict:
@@ -85,7 +92,10 @@ class HardwarePanel(QGroupBox):
         row.addWidget(QLabel("Plan memory for:"))
         self.target = QComboBox()
         self.target.setObjectName("targetCard")
-        self.target.setToolTip("The card the memory bar compares the plan with.")
+        self.target.setToolTip("The card the memory bar compares the plan with: a GPU of this machine, this "
+                                "machine's RAM, or any card size (also from a machine without a GPU, to plan a run "
+                                "for another one).")
+        self.custom_gb: float | None = None
         self.target.currentIndexChanged.connect(self._target_changed)
         row.addWidget(self.target, 1)
         lay.addLayout(row)
@@ -139,8 +149,9 @@ class HardwarePanel(QGroupBox):
         else:
             item = QTreeWidgetItem()
             self.table.addTopLevelItem(item)
-            self.note.setText((message or "No NVIDIA GPU found.") + " Training runs on the CPU (slow, but every "
-                              "feature works).")
+            said = (message or "No NVIDIA GPU found").strip().rstrip(".")
+            self.note.setText(said[:1].upper() + said[1:] + ". Training runs on the CPU (slow, but every feature "
+                              "works); the plan can still be drawn for any card below.")
         self.table.blockSignals(False)
         self._update_rows()
         for c in range(6):
@@ -216,26 +227,69 @@ class HardwarePanel(QGroupBox):
         return out
 
     # -- target card ---------------------------------------------------------------------------
-    def _fill_targets(self) -> None:
+    def _list_targets(self) -> None:
+        """This machine's GPUs (or its RAM), every common card size, the custom size, "Custom size…"; the
+        current choice kept by its label (no signal)."""
         current = self.target.currentText()
         self.target.blockSignals(True)
         self.target.clear()
         for g in self.gpus:
             self.target.addItem(f"GPU {g.index}: {g.name} ({fmt_bytes(g.total_bytes)})", g.total_bytes)
+        if not self.gpus:
+            self.target.addItem(self.ram()[1].replace("CPU RAM", "This machine: CPU RAM"), THIS_MACHINE)
         for gb in CARDS_GB:
-            self.target.addItem(f"{gb} GB card", gb * 1e9)
+            self.target.addItem(card_label(gb), gb * 1e9)
+        if self.custom_gb:
+            self.target.addItem(card_label(self.custom_gb, custom=True), self.custom_gb * 1e9)
+        self.target.addItem("Custom size…", CUSTOM)
         idx = self.target.findText(current)
-        self.target.setCurrentIndex(idx if idx >= 0 else (0 if self.gpus else CARDS_GB.index(80)))
+        if idx < 0 and current.startswith("This machine"):
+            idx = self.target.findData(THIS_MACHINE)  # the RAM's label changes with its first reading
+        self.target.setCurrentIndex(max(0, idx))
         self.target.blockSignals(False)
+
+    def _fill_targets(self) -> None:
+        self._list_targets()
         self._target_changed(self.target.currentIndex())
 
     @Slot(int)
     def _target_changed(self, index: int) -> None:
-        if index >= 0:
-            self.targetChanged.emit(self.target.itemData(index), self.target.itemText(index))
+        if index < 0:
+            return
+        if self.target.itemData(index) == CUSTOM:
+            from PySide6.QtWidgets import QInputDialog
+            gb, ok = QInputDialog.getDouble(self, "Plan memory for a card", "Memory of the card (GB):",
+                                            self.custom_gb or 32.0, 1.0, 4096.0, 1)
+            self.set_custom(gb if ok else None)
+            return
+        self.targetChanged.emit(*self.capacity())
+
+    def set_custom(self, gb: float | None) -> None:
+        """Plan for a card of ``gb`` GB (listed as "Custom: … GB card"); None goes back to the first item."""
+        if gb:
+            self.custom_gb = float(gb)
+        self._list_targets()
+        idx = self.target.findText(card_label(self.custom_gb, custom=True)) if gb else 0
+        self.target.blockSignals(True)
+        self.target.setCurrentIndex(max(0, idx))
+        self.target.blockSignals(False)
+        self.targetChanged.emit(*self.capacity())
 
     def capacity(self) -> tuple[float | None, str]:
-        return self.target.currentData(), self.target.currentText()
+        """(bytes, label) of the chosen target; this machine's RAM when that is the choice."""
+        data = self.target.currentData()
+        if data == THIS_MACHINE or data == CUSTOM or data is None:
+            return self.ram()
+        return float(data), self.target.currentText()
+
+    def card_is_local(self) -> bool:
+        """True when the chosen target is one of this machine's GPUs (listed first)."""
+        return 0 <= self.target.currentIndex() < len(self.gpus)
+
+    def card_chosen(self) -> bool:
+        """True when the plan is for a card size the user picked (a GPU of this machine or any listed size),
+        not for this machine's RAM: a CPU-only machine then plans a GPU run for that card."""
+        return self.target.currentData() not in (THIS_MACHINE, CUSTOM, None)
 
     @property
     def polled(self) -> bool:

@@ -6,7 +6,9 @@ the network), so the GUI thread never waits.
 """
 from __future__ import annotations
 
-from PySide6.QtCore import Signal, Slot
+import time
+
+from PySide6.QtCore import QTimer, Signal, Slot
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QFileDialog, QGroupBox, QHBoxLayout,
                                QLineEdit, QMessageBox, QPushButton, QVBoxLayout, QWidget)
 
@@ -37,6 +39,10 @@ class ModelPanel(QGroupBox):
         self.jobs = JobRunner(jobs_pool, self)
         self.jobs.done.connect(self._job_done)
         self.jobs.failed.connect(self._job_failed)
+        self._reading: tuple[str, float] | None = None  # (source, start) while a description runs
+        self.ticker = QTimer(self)  # the status counts the seconds of a long read (a GGUF file: a minute or more)
+        self.ticker.setInterval(1000)
+        self.ticker.timeout.connect(self._tick)
         self._build()
 
     def _build(self) -> None:
@@ -45,6 +51,7 @@ class ModelPanel(QGroupBox):
         self.combo.setObjectName("modelCombo")
         self.combo.setToolTip("The demo, models found in the Hugging Face cache, and recent folders.")
         self.combo.addItem(DEMO_LABEL, "demo")
+        self.combo.setPlaceholderText("No model loaded: choose one")
         self.combo.activated.connect(self._combo_activated)
         lay.addWidget(self.combo)
 
@@ -67,9 +74,9 @@ class ModelPanel(QGroupBox):
         self.trust.toggled.connect(self._trust_toggled)
         lay.addWidget(self.trust)
 
+        # five rows (the dtype beside the count, the context beside the shape): the facts fit a short screen
         facts = (("source", "Source"), ("architecture", "Architecture"), ("params", "Parameters"),
-                 ("dtype", "Stored dtype"), ("context", "Context length"), ("shape", "Layers × width"),
-                 ("task", "Task"))
+                 ("shape", "Shape"), ("task", "Task"))
         self.fields, self.status = add_fact_rows(lay, facts, "modelStatus", selectable=True)
 
     # -- choosing ------------------------------------------------------------------------------
@@ -80,10 +87,28 @@ class ModelPanel(QGroupBox):
             return
         self._generation += 1
         self.busy = True
-        self.status.setText(f"Reading {source}…")
+        self._reading = (source, time.monotonic())
+        self._tick()
+        self.ticker.start()
         self.status.setStyleSheet("")
         trust = self.trust.isChecked()
         self.jobs.submit(("describe", self._generation, source), lambda: describe(source, trust))
+
+    @Slot()
+    def _tick(self) -> None:
+        if self._reading is None:
+            self.ticker.stop()
+            return
+        source, t0 = self._reading
+        waited = int(time.monotonic() - t0)
+        slow = (" A GGUF file is read and its tensors de-quantised: this can take a minute or more."
+                if source.lower().endswith(".gguf") else "")
+        self.status.setText(breakable(f"Reading {source}… {waited} s." + slow) if waited else
+                            breakable(f"Reading {source}…" + slow))
+
+    def stop_reading(self) -> None:
+        self._reading = None
+        self.ticker.stop()
 
     def refresh_cache(self) -> None:
         """List the models in the Hugging Face cache (scan on a pool thread)."""
@@ -110,7 +135,8 @@ class ModelPanel(QGroupBox):
         if idx < 0:
             self.combo.addItem(current, current)
             idx = self.combo.count() - 1
-        self.combo.setCurrentIndex(idx)
+        # after a failed choice no model is loaded: the combo shows none (its placeholder), not the last one
+        self.combo.setCurrentIndex(-1 if self.info is None and self.error else idx)
         self.combo.blockSignals(False)
 
     @Slot(int)
@@ -167,6 +193,7 @@ class ModelPanel(QGroupBox):
         if gen != self._generation:
             return  # the user chose another model meanwhile
         self.busy = False
+        self.stop_reading()
         self.info, self.error = result, None
         self.status.setStyleSheet("")
         self._show(result)
@@ -185,6 +212,7 @@ class ModelPanel(QGroupBox):
         if gen != self._generation:
             return
         self.busy = False
+        self.stop_reading()
         self.info = None
         self.error = str(exc) if not isinstance(exc, EngineMissing) else f"Model inspection not available: {exc}"
         for key, w in self.fields.items():  # the error replaces the facts: nothing of the last model stays
@@ -193,6 +221,7 @@ class ModelPanel(QGroupBox):
         self.fields["source"].setText(breakable(source))
         self.status.setText(breakable(f"Cannot use {source}: {self.error}"))
         self.status.setStyleSheet("color: #d62728;")
+        self.combo.setCurrentIndex(-1)  # shows "No model loaded": the previous model is not the one in use
         self.modelFailed.emit(self.error)
 
     def _show(self, info) -> None:
@@ -200,10 +229,10 @@ class ModelPanel(QGroupBox):
         f["source"].setText(f"{info.source} ({info.kind})" + (f"<br><small>{breakable(info.path)}</small>" if info.path else ""))
         f["architecture"].setText(f"{info.architecture} · {info.model_type}" + (" · encoder" if info.is_encoder else ""))
         exact = "" if getattr(info, "params_exact", True) else " (estimated)"
-        f["params"].setText(f"{info.params:,}{exact}" if info.params else "unknown")
-        f["dtype"].setText(info.dtype)
-        f["context"].setText(f"{info.context_length:,}" if info.context_length else "–")
-        f["shape"].setText(f"{info.num_layers or '?'} × {info.hidden_size or '?'} · vocab {info.vocab_size or '?'}")
+        f["params"].setText((f"{info.params:,}{exact}" if info.params else "unknown") + f" · stored as {info.dtype}")
+        context = f" · context {info.context_length:,}" if info.context_length else ""
+        vocab = f"{info.vocab_size:,}" if isinstance(info.vocab_size, int) else "?"
+        f["shape"].setText(f"{info.num_layers or '?'} layers × {info.hidden_size or '?'} · vocab {vocab}{context}")
 
     def show_task(self, text: str, error: bool = False) -> None:
         self.fields["task"].setText(text)

@@ -140,6 +140,7 @@ class TrainingPanel(QWidget):
     """Every RunConfig field, presets, and the LR schedule preview."""
 
     configChanged = Signal(object)  # a valid RunConfig after any edit
+    bulkChanged = Signal(str, object)  # what changed several fields at once (a preset, Defaults), the config before
     invalid = Signal(str)  # the ConfigError message when the form does not validate
 
     def __init__(self, config: C.RunConfig | None = None, parent: QWidget | None = None):
@@ -159,7 +160,7 @@ class TrainingPanel(QWidget):
         lay.setContentsMargins(0, 0, 0, 0)
         top = QHBoxLayout()
         top.addWidget(QLabel("Preset:"))
-        self.preset = QComboBox()
+        self.preset = WheelSafeComboBox()  # one wheel notch must not apply a preset
         self.preset.setObjectName("presetCombo")
         self.preset.addItem(NO_PRESET)
         for i, name in enumerate(P.preset_names(), start=1):
@@ -292,7 +293,9 @@ class TrainingPanel(QWidget):
     @Slot(int)
     def _apply_preset_index(self, index: int) -> None:
         if index > 0:
+            before = self._config
             self.apply_preset(self.preset.itemText(index))
+            self.bulkChanged.emit(f"Preset \u201c{self.preset.itemText(index)}\u201d", before)
         self._show_preset()
 
     def _show_preset(self) -> None:
@@ -306,7 +309,9 @@ class TrainingPanel(QWidget):
     @Slot()
     def reset_defaults(self) -> None:
         keep = {"source": self.editors["source"].get(), "dataset": self.editors["dataset"].get()}
+        before = self._config
         self.set_config(C.RunConfig().replace(**keep))
+        self.bulkChanged.emit("Defaults", before)
 
     def set_model_layers(self, num_layers: int | None) -> None:
         """The chosen model's number of blocks (from its description; no weights are loaded)."""
@@ -354,14 +359,15 @@ class TrainingPanel(QWidget):
         try:
             cfg = C.RunConfig.from_dict(self.values())
         except ConfigError as e:
-            self.error = str(e)
             leaf = e.field.split(".")[-1]
+            # the form's words: the field's label ("Learning rate"), not its path (optim.lr: in the tooltip)
+            self.error = f"{readable(leaf)}: {e.message}" if leaf in self.editors else str(e)
             if leaf in self.editors:
                 self.editors[leaf].show_error(e.message)
                 for group in self.groups.values():  # a collapsed group must not hide the field at fault
                     if group.isAncestorOf(self.editors[leaf].widget):
                         group.set_expanded(True)
-            self.error_label.setText(f"{e.field}: {e.message}")
+            self.error_label.setText(self.error)
             self.error_label.setVisible(True)
             self.invalid.emit(self.error)
             return

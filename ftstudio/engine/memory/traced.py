@@ -1,0 +1,144 @@
+"""The plan of a run from its traced step (trace.py), with the closed form (plan.py) as the first answer and the
+fallback. No torch at import: the tracer is imported when a plan is asked for.
+
+The traced step gives weights, gradients and the activations of forward, loss and backward (allocator-rounded);
+the optimizer state, the θ0 anchors and the optimizer step's transient come from the same parameters as in the
+closed form; the allocator's slack (reserved − allocated) and the CUDA context are plan.py's calibrated constants.
+
+The margin says how far to trust the peak: 2 % for an architecture and settings checked against the allocator's
+peak on a GPU (tests/benchmarks/plan_vs_measured.py), wider, and said, where the plan is outside that.
+"""
+from __future__ import annotations
+
+from ftstudio.core.config import RunConfig
+from ftstudio.engine.memory.plan import (ALLOCATOR_SLACK_BYTES, ALLOCATOR_SLACK_LOSS, CUDA_CONTEXT,
+                                         LOWBIT_STEP_BYTES, PRECISION_BYTES, MemoryBreakdown, estimate,
+                                         optimizer_bytes, resolve_precision)
+from ftstudio.engine.models import ModelShape, shape_from_config
+
+# model_type values whose traced plan was compared with the allocator's peak on an H100 (plan_vs_measured.py):
+# inside them the margin is MARGIN_CHECKED, outside MARGIN_UNCHECKED and the plan says so.
+CHECKED_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma2", "phi3", "gpt2", "bert"})
+MARGIN_CHECKED = 0.02
+MARGIN_UNCHECKED = 0.06
+MARGIN_CLOSED_FORM = 0.10      # the closed form away from the Llama/Qwen2 rows it was fitted on
+
+
+def plan(model_config: dict, run: RunConfig, gpus: int = 1, device: str | None = None, *, seq_len: int | None = None,
+         padded: bool = False, trust_remote_code: bool = False, source: str | None = None,
+         trace: bool = True, loss_fn=None) -> MemoryBreakdown:
+    """The plan of ``run``: traced where the tracer covers the run, else the closed form with a wider margin.
+
+    ``seq_len``: the longest batch the run will see (the real rows' length; default the config's seq_len);
+    ``padded``: that batch's rows differ in length, so an attention mask is passed (GQA k/v are then repeated)."""
+    shape = shape_from_config(model_config)
+    closed = estimate(shape, run, gpus, device=device)
+    closed.margin = MARGIN_CHECKED if shape.model_type in ("llama", "qwen2") else MARGIN_CLOSED_FORM
+    why = _untraced(run, gpus, device, trace) or (
+        "the chunked loss needs the trainer's loss function" if run.memory.loss == "chunked" and loss_fn is None else "")
+    if why:
+        closed.notes.append(f"closed form ({why}); margin {closed.margin:.0%}")
+        return closed
+    try:
+        from ftstudio.engine.memory.trace import hf_config
+        config = hf_config(model_config, trust_remote_code=trust_remote_code, source=source)
+        traced = _trace(config, shape, run, device, seq_len, padded, trust_remote_code, loss_fn)
+    except Exception as e:  # noqa: BLE001 - any model code may fail on fake tensors: the closed form answers
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        closed.notes.append(f"closed form: the model's step could not be traced on fake tensors ({type(e).__name__}: "
+                            f"{first}); margin {closed.margin:.0%}")
+        return closed
+    return _compose(traced, shape, run, gpus, device, closed)
+
+
+def _untraced(run: RunConfig, gpus: int, device: str | None, trace: bool) -> str:
+    on_cpu = (device or run.hardware.device) == "cpu"
+    m = run.memory
+    if not trace:
+        return "tracing off"
+    if gpus > 1:
+        return "several GPUs: FSDP's gathered blocks are not traced"
+    if m.compile and not on_cpu:
+        return "compiled blocks: inductor decides what is saved, fitted on the Llama rows"
+    if m.offload_activations:
+        return "offloaded activations are not traced"
+    if m.loss == "chunked" and not on_cpu and _liger():
+        return "Liger's fused loss is a Triton kernel, not traced"
+    return ""
+
+
+def _liger() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("liger_kernel") is not None
+
+
+def _trace(config, shape: ModelShape, run: RunConfig, device, seq_len, padded, trust_remote_code, loss_fn):
+    from ftstudio.engine.memory.trace import CUDA_BLOCK, StepChoices, trace_step
+
+    on_cpu = (device or run.hardware.device) == "cpu"
+    task = run.model.task if run.model.task != "auto" else ("classification" if shape.is_encoder else "causal-lm")
+    choices = StepChoices(batch=run.train.batch_size, seq_len=int(seq_len or run.data.seq_len),
+                          precision=resolve_precision(run, device), task=task,
+                          attention="auto" if run.model.attention == "flex_attention" else run.model.attention,
+                          checkpointing=run.memory.activation_checkpointing, loss=run.memory.loss,
+                          grad_accum=run.train.grad_accum, in_backward=run.memory.optimizer_in_backward,
+                          padded=padded, block=1 if on_cpu else CUDA_BLOCK, loss_fn=loss_fn)
+    return trace_step(config, choices, trust_remote_code=trust_remote_code)
+
+
+def _compose(t, shape: ModelShape, run: RunConfig, gpus: int, device, closed: MemoryBreakdown) -> MemoryBreakdown:
+    precision = resolve_precision(run, device)
+    wb, c, _, _ = PRECISION_BYTES[precision]
+    on_cpu = (device or run.hardware.device) == "cpu"
+    opt = optimizer_bytes(shape, run.optim.optimizer, wb, kahan=run.optim.bf16_rounding == "kahan")
+    anchor = closed.anchor
+    in_bwd = run.memory.optimizer_in_backward
+    step_tmp = (wb + c + LOWBIT_STEP_BYTES.get(run.optim.optimizer, 0)) * t.largest
+    grads_end = wb * t.largest if in_bwd else t.gradients
+    phases = {
+        # forward + loss + backward as traced (weights, gradients as they accumulate, activations), with the
+        # optimizer state of the steps before beside them; the step in backward updates one tensor at a time
+        "forward/backward": t.train_peak + opt + anchor + (step_tmp if in_bwd else 0),
+        "optimizer step": t.weights + grads_end + opt + anchor + step_tmp
+        + (grads_end if run.optim.optimizer == "adafactor" else 0),
+        "evaluation": t.eval_peak + opt + anchor,
+    }
+    phase = max(phases, key=phases.get)
+    peak = phases[phase]
+    if on_cpu:
+        reserved, other = peak, 0
+    else:
+        loss_buffers = closed.parts.get("loss", 0) if (run.memory.activation_checkpointing or precision == "bf16") else 0
+        reserved = int(peak + min(ALLOCATOR_SLACK_BYTES, 0.1 * peak) + ALLOCATOR_SLACK_LOSS * loss_buffers)
+        other = CUDA_CONTEXT + reserved - peak
+    grads_shown = grads_end
+    activations = max(0, peak - (t.weights + grads_shown + opt + anchor))
+    checked = shape.model_type in CHECKED_TYPES
+    margin = MARGIN_CHECKED if checked else MARGIN_UNCHECKED
+    notes = [f"traced: the model's own step on fake tensors ({'/'.join(map(str, t.layers_traced))} blocks traced"
+             f"{', repeated to ' + str(shape.layers) if max(t.layers_traced) < shape.layers else ''}; "
+             f"{t.seconds:.1f} s)"]
+    if not checked:
+        notes.append(f"model_type '{shape.model_type}' is outside the architectures checked on a GPU; margin "
+                     f"widened to {margin:.0%}")
+    notes += t.notes
+    parts = dict(closed.parts)
+    parts.update({f"phase:{k}": v for k, v in phases.items()}, per_layer=t.per_layer,
+                 closed_form_peak=closed.peak_allocated, traced_seconds=int(t.seconds * 1000))
+    return MemoryBreakdown(weights=t.weights, gradients=grads_shown, optimizer=opt, activations=activations,
+                           other=other, anchor=anchor, textbook=closed.textbook, params=t.params,
+                           peak_allocated=peak, peak_reserved=reserved, peak_phase=phase, parts=parts,
+                           host=closed.host, method="traced", margin=margin, notes=notes)
+
+
+def textbook_omits(b: MemoryBreakdown, shape: ModelShape | None = None) -> str:
+    """One line: what the seed's 16N + s·b·d·L·12 leaves out, with the sizes this plan found."""
+    gb = lambda x: f"{x / 1e9:.1f} GB"  # noqa: E731
+    loss = b.parts.get("loss", 0)
+    copies = b.parts.get("weight_copies", 0)
+    return (f"the textbook figure leaves out the loss's logits (b·s·vocab, fp32 with their gradient: ~{gb(loss)}), "
+            f"attention and norm temporaries, autocast's bf16 weight copies (~{gb(copies)}), the allocator's "
+            f"rounding and the CUDA context")
+
+
+__all__ = ["plan", "textbook_omits", "CHECKED_TYPES", "MARGIN_CHECKED", "MARGIN_UNCHECKED"]

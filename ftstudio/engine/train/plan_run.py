@@ -1,0 +1,115 @@
+"""The plan of the run ``train`` would start: the same config, the fast defaults' choices (packing, compile) made
+by the trainer's own decision function (train/fast_path.py), and the real rows' lengths when the data can be read.
+
+Without the data the plan assumes rows that fill ``seq_len`` (the longest batch the run can see) and says so;
+the compile decision then needs the run's length (``max_steps``), else it is said to be undecided and planned as
+the eager step (which holds more than the compiled one: the plan errs high).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ftstudio.core.config import RunConfig
+from ftstudio.engine.memory.plan import MemoryBreakdown
+
+
+@dataclass
+class RunPlan:
+    plan: MemoryBreakdown
+    config: RunConfig               # the config the trainer would train with (fast defaults applied)
+    lines: list[str] = field(default_factory=list)   # what was decided and assumed, one line each
+    seq_len: int = 0                # the longest batch planned
+    padded: bool = False
+
+
+@dataclass
+class RowFacts:
+    count: int
+    longest: int
+    fill: float                     # mean tokens per row / seq_len
+    padded: bool                    # the longest batch holds rows of different lengths
+    total_steps: int
+
+
+def _device(run: RunConfig, device: str | None) -> str:
+    d = device or run.hardware.device
+    if d == "auto":
+        from ftstudio.engine.hardware import list_gpus
+        d = "cuda:0" if list_gpus() else "cpu"
+    return "cuda:0" if d == "cuda" else d
+
+
+def read_rows(run: RunConfig, task: str | None = None) -> RowFacts:
+    """Tokenise the run's data as the trainer does and count what the plan needs (raises DataError / ModelError)."""
+    from ftstudio.engine import data as data_mod
+    from ftstudio.engine import models as models_mod
+    from ftstudio.engine.train.schedule import plan_schedule, row_stats
+
+    info = models_mod.describe_model(run.model.source, trust_remote_code=run.model.trust_remote_code)
+    report = data_mod.check_data(run.data, task=None if run.model.task == "auto" else run.model.task,
+                                 seed=run.train.seed)
+    task = task or models_mod.resolve_task(run.model.task, info, report.format)
+    models_mod.quiet_transformers()
+    tokenizer = models_mod.load_tokenizer(run.model)
+    prepared = data_mod.prepare_data(run.data, tokenizer, task=task, seed=run.train.seed)
+    lengths = sorted(len(r["input_ids"]) for r in prepared.train)
+    s = run.data.seq_len
+    longest = min(s, lengths[-1]) if lengths else s
+    top = lengths[-run.train.batch_size:] if lengths else []
+    sched = plan_schedule(run, len(prepared.train), 0, *row_stats(prepared.train, [], run))
+    return RowFacts(count=len(lengths), longest=longest, fill=sum(lengths) / max(1, len(lengths)) / s,
+                    padded=bool(top) and (min(top) != max(top) or task == "classification"),
+                    total_steps=sched.total_steps)
+
+
+def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | None = None, device: str | None = None,
+             rows: RowFacts | None = None, read_data: bool = True, trace: bool = True) -> RunPlan:
+    """The plan of the run ``train`` would start with ``run`` (see the module docstring)."""
+    from ftstudio.engine.memory.shape import load_shape
+    from ftstudio.engine.memory.traced import plan as traced_plan
+    from ftstudio.engine.models import shape_from_config
+    from ftstudio.engine.train import fast_path
+
+    if model_config is None:
+        shape, model_config = load_shape(run.model.source)
+        source = run.model.source
+    else:
+        shape, source = shape_from_config(model_config), None
+    gpus = gpus or max(1, len(run.hardware.gpus))
+    dev = _device(run, device)
+    task = run.model.task if run.model.task != "auto" else ("classification" if shape.is_encoder else "causal-lm")
+    lines: list[str] = []
+    if rows is None and read_data and run.data.dataset:
+        try:
+            rows = read_rows(run, task)
+        except Exception as e:  # noqa: BLE001 - the plan stands without the data, and says why
+            lines.append(f"Data not read ({str(e).splitlines()[0][:140]}): rows assumed to fill seq_len")
+    s = run.data.seq_len
+    if rows is not None:
+        lines.append(f"Data: {rows.count} training rows, the longest {rows.longest} tokens, rows fill "
+                     f"{rows.fill:.0%} of seq_len; {rows.total_steps} steps")
+        fill, steps, longest, padded = rows.fill, rows.total_steps, rows.longest, rows.padded
+    else:
+        fill, longest, padded = 1.0, s, task == "classification"
+        steps = run.train.max_steps or 0
+        if rows is None and read_data is False or not run.data.dataset:
+            lines.append("No data given: rows assumed to fill seq_len (the longest batch possible)")
+    chosen, said = fast_path.choose(run, dev, task=task, rows_fill=fill, total_steps=max(steps, 1),
+                                    params=shape.params)
+    if not steps and run.memory.fast_defaults and dev.startswith("cuda") and not run.memory.compile:
+        said = [ln for ln in said if "compile" not in ln]
+        chosen["compile"] = False
+        lines.append("Fast defaults: compile undecided (the run's length is unknown: give --max-steps or the "
+                     "data); planned uncompiled, which holds more")
+    lines += said
+    eff = run.replace(compile=chosen["compile"], packing=chosen["packing"])
+    if chosen["packing"] and task == "causal-lm":
+        longest, padded = s, False           # packed rows fill seq_len, one document mask per row
+    from ftstudio.engine.train.loss import causal_lm_loss
+    plan = traced_plan(model_config, eff, gpus, dev, seq_len=longest, padded=padded,
+                       trust_remote_code=run.model.trust_remote_code, source=source, trace=trace,
+                       loss_fn=causal_lm_loss)
+    return RunPlan(plan=plan, config=eff, lines=lines, seq_len=longest, padded=padded)
+
+
+__all__ = ["RunPlan", "RowFacts", "plan_run", "read_rows"]
