@@ -119,6 +119,7 @@ class _BarCanvas(QWidget):
         small.setPointSizeF(max(7.0, small.pointSizeF() * 0.85))
         p.setFont(small)
         rows = self.rows()
+        totals = []
         for i, (name, parts) in enumerate(rows):
             y = top + i * (self.ROW_H + 4)
             p.setPen(fg)
@@ -128,7 +129,9 @@ class _BarCanvas(QWidget):
             p.setBrush(Qt.BrushStyle.NoBrush)
             p.drawRect(QRectF(label_w, y, width, self.ROW_H))
             if parts:
-                self._paint_parts(p, parts, y, x_of, red=(name == "plan" and not o.fits), fg=fg)
+                total = self._paint_parts(p, parts, y, x_of, red=(name == "plan" and not o.fits), fg=fg)
+                if total is not None:
+                    totals.append(total)
         if o.textbook:  # the seed's textbook 16N figure beside the plan
             xt = x_of(o.textbook)
             p.setPen(QPen(QColor("#b07aa1"), 2, Qt.PenStyle.DashLine))
@@ -151,9 +154,12 @@ class _BarCanvas(QWidget):
             p.fillRect(QRectF(rect.x(), ybot + 6, 10, 10), QColor(COLORS[part]))
             p.setPen(fg)
             p.drawText(int(rect.x()) + 13, ybot + 15, part)
+        for left, y, text in totals:
+            self._paint_total(p, left, y, text, fg)
         p.end()
 
-    def _paint_parts(self, p: QPainter, parts: dict[str, float], y: float, x_of, red: bool, fg) -> None:
+    def _paint_parts(self, p: QPainter, parts: dict[str, float], y: float, x_of, red: bool, fg):
+        """Fill one row; returns where its total goes (drawn by paintEvent after the markers), or None."""
         x0 = x = float(x_of(0))
         total = 0.0
         for part in PARTS:
@@ -167,9 +173,21 @@ class _BarCanvas(QWidget):
             p.fillRect(QRectF(x0, y + 1, 3, self.ROW_H - 2), QColor(COLORS["weights"]))
             x = x0 + 3
         if x - x0 < 0.5 * self.width():  # the total beside the bar, so a sliver still reads
-            p.setPen(fg)
-            p.drawText(QRectF(x + 6, y, 160, self.ROW_H), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter,
-                       fmt_bytes(total))
+            text = fmt_bytes(total)
+            left = x + 6
+            if self.owner.capacity:  # never under the card's line: start right of it when they would cross
+                xc = x_of(self.owner.capacity)
+                if left - 3 <= xc <= left + p.fontMetrics().horizontalAdvance(text) + 3:
+                    left = xc + 5
+            return left, y, text
+        return None
+
+    def _paint_total(self, p: QPainter, left: float, y: float, text: str, fg) -> None:
+        """A row's total, drawn last on a patch of background so no card marker runs through it."""
+        w = p.fontMetrics().horizontalAdvance(text) + 4
+        p.fillRect(QRectF(left - 2, y + 3, w, self.ROW_H - 6), self.palette().window())
+        p.setPen(fg)
+        p.drawText(QRectF(left, y, 160, self.ROW_H), Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter, text)
 
 
 class MemoryBar(QWidget):

@@ -99,6 +99,7 @@ class HardwarePanel(QGroupBox):
         self.target.currentIndexChanged.connect(self._target_changed)
         row.addWidget(self.target, 1)
         lay.addLayout(row)
+        lay.addStretch(1)  # the room below the card choice stays empty, not the table
         self._fill_targets()
 
     def start(self) -> None:
@@ -156,6 +157,11 @@ class HardwarePanel(QGroupBox):
         self._update_rows()
         for c in range(6):
             self.table.resizeColumnToContents(c)
+        # as tall as its rows (one for a CPU-only machine, eight for an 8-GPU node), not an empty white box
+        rows = max(1, self.table.topLevelItemCount())
+        row_h = max(self.table.sizeHintForRow(0), self.table.fontMetrics().height() + 4)
+        self.table.setMaximumHeight(self.table.header().sizeHint().height() + rows * row_h
+                                    + 2 * self.table.frameWidth() + 4)
 
     def _update_rows(self) -> None:
         self.table.blockSignals(True)
