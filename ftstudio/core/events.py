@@ -52,6 +52,7 @@ class StepMetrics(Event):
     elapsed_s: float = 0.0
     eta_s: float | None = None
     total_steps: int = 0
+    objective: dict[str, float] = field(default_factory=dict)  # dpo/simpo: rewards, margins, accuracy, log-probs
 
 
 @dataclass
@@ -63,6 +64,7 @@ class EvalMetrics(Event):
     accuracy: float | None = None
     macro_f1: float | None = None
     best: bool = False  # the best evaluation so far by eval.metric (the monitor marks it)
+    objective: dict[str, float] = field(default_factory=dict)  # dpo/simpo: rewards, margins, log-probs
 
 
 @dataclass
