@@ -162,7 +162,7 @@ class TrainConfig:
     dpo_beta: float = 0.1
     """β of DPO and SimPO: how strongly the policy is held to its reference (DPO: 0.1 is usual, smaller moves further from θ0); SimPO scales its length-normalised log-probabilities by β (the SimPO paper uses 2 to 2.5)."""
     dpo_label_smoothing: float = 0.0
-    """Conservative DPO: the share of pairs assumed to be labelled the wrong way round (0 = plain DPO; 0.1 tolerates noisy preferences). Below 0.5."""
+    """Conservative DPO (cDPO): the share of pairs assumed to be labelled the wrong way round, loss −(1−ε)·log σ(βh) − ε·log σ(−βh) (0 = plain DPO, as TRL's sigmoid loss; 0.1 tolerates noisy preferences). Below 0.5."""
     dpo_reference: str = "auto"
     """Where DPO's reference log-probabilities come from: "precompute" (θ0 scores every pair once before training and the values are kept per row in the run folder: no second model in memory while training, resume reads them back), "model" (a frozen copy of θ0 on the device scores each batch: one more copy of the weights in the training dtype), or "auto" (precompute: it never costs more memory and never more forwards). `ftstudio estimate` shows both costs."""
     simpo_gamma: float = 0.5
