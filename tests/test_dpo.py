@@ -241,3 +241,24 @@ def test_trackers_get_the_preference_metrics_as_scalars():
     _, vals = scalars(EvalMetrics(step=3, loss=0.4, accuracy=0.8, objective={"rewards/chosen": 0.1}))
     assert vals["eval/accuracy"] == 0.8 and vals["eval/rewards/chosen"] == 0.1
     assert math.isfinite(vals["eval/loss"])
+
+
+def test_the_plan_counts_two_rows_per_pair_and_the_reference_per_option():
+    from ftstudio.engine.memory import estimate
+    from ftstudio.engine.memory.reference import reference_costs
+    shape_cfg = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 4,
+                 "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 1000,
+                 "max_position_embeddings": 512}
+    base = RunConfig().replace(device="cuda", batch_size=4, seq_len=128, precision="bf16-mixed")
+    sft = estimate(shape_cfg, base)
+    dpo = estimate(shape_cfg, base.replace(method="dpo", dpo_reference="precompute"))
+    doubled = estimate(shape_cfg, base.replace(batch_size=8))
+    assert dpo.peak_allocated == doubled.peak_allocated > sft.peak_allocated   # a pair = two rows
+    frozen = estimate(shape_cfg, base.replace(method="dpo", dpo_reference="model"))
+    assert frozen.anchor - dpo.anchor == 4 * sft.params                        # one fp32 copy of the weights
+    assert frozen.peak_allocated == dpo.peak_allocated + 4 * sft.params
+    costs = reference_costs(estimate.__globals__["shape_from_config"](shape_cfg),
+                            base.replace(method="dpo"))
+    assert costs["chosen"] == "precompute" and costs["precompute"]["reference"] == 0
+    assert costs["model"]["reference"] == 4 * sft.params
+    assert reference_costs(None, base) == {}

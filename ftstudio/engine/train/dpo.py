@@ -78,6 +78,14 @@ class PreferenceObjective:
     def pair_stats(self, model, batch: dict):
         """(per-pair losses, the per-pair metrics stacked (len(METRICS), B)) of one pair batch."""
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+        ref = batch.get("ref_logps")
+        if self.method == "dpo" and ref is None:
+            if self.reference is None:
+                raise RuntimeError("a DPO batch without reference log-probabilities and no reference model")
+            # First, while no activation of the policy is saved: the frozen copy's forward then costs no more
+            # than an evaluation forward (memory/reference.py plans it so).
+            with torch.no_grad():
+                ref = sequence_logps(self.reference(**inputs).logits, batch["labels"])[0]
         logps, counts = sequence_logps(model(**inputs).logits, batch["labels"])
         b = logps.shape[0] // 2
         if self.method == "simpo":
@@ -85,12 +93,6 @@ class PreferenceObjective:
             losses, rc, rr = simpo_loss(avg[:b], avg[b:], self.beta, self.gamma, self.label_smoothing)
             shown = avg
         else:
-            ref = batch.get("ref_logps")
-            if ref is None:
-                if self.reference is None:
-                    raise RuntimeError("a DPO batch without reference log-probabilities and no reference model")
-                with torch.no_grad():
-                    ref = sequence_logps(self.reference(**inputs).logits, batch["labels"])[0]
             losses, rc, rr = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], self.beta, self.label_smoothing)
             shown = logps
         shown = shown.detach()
