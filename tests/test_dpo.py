@@ -79,9 +79,10 @@ def grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("method,reference,ls", [("dpo", "precompute", 0.0), ("dpo", "model", 0.0),
-                                                 ("dpo", "precompute", 0.2), ("simpo", None, 0.1)])
-def test_loss_rewards_and_gradient_equal_the_plain_reference(method, reference, ls, tiny_llama, tmp_path):
+@pytest.mark.parametrize("method,reference,ls,chunked", [
+    ("dpo", "precompute", 0.0, False), ("dpo", "model", 0.0, False), ("dpo", "precompute", 0.2, False),
+    ("simpo", None, 0.1, False), ("dpo", "model", 0.1, True), ("dpo", "precompute", 0.0, True)])
+def test_loss_rewards_and_gradient_equal_the_plain_reference(method, reference, ls, chunked, tiny_llama, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from ftstudio.engine.train.dpo import PreferenceObjective, precompute_reference
@@ -100,9 +101,9 @@ def test_loss_rewards_and_gradient_equal_the_plain_reference(method, reference, 
 
     ours_model, plain_model = copy.deepcopy(policy), copy.deepcopy(policy)
     if reference == "precompute":
-        precompute_reference(ref_model, prepared, device="cpu", batch_size=4)
+        precompute_reference(ref_model, prepared, device="cpu", batch_size=4, chunked=chunked)
         assert all(len(ex["ref"]) == 2 for ex in examples)
-    objective = PreferenceObjective(train, reference=ref_model if reference == "model" else None)
+    objective = PreferenceObjective(train, reference=ref_model if reference == "model" else None, chunked=chunked)
     batch = prepared.collate(examples)
     assert ("ref_logps" in batch) == (reference == "precompute")
     loss = objective.loss(ours_model, batch)

@@ -25,9 +25,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from ftstudio.core.errors import ConfigError, DataError
 from ftstudio.core.events import LogLine
+from ftstudio.engine.memory import chunk_tokens
+from ftstudio.engine.train.loss import logit_transform, transform_logits
 
 REFERENCE_FILE = "reference_logps.json"
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
@@ -46,6 +49,35 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     norm = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])
     per_token = (picked - norm) * mask
     return per_token.sum(-1), mask.sum(-1)
+
+
+def _slice_logps(hidden, weight, bias, targets, scale: float, cap):
+    logits = transform_logits(F.linear(hidden, weight, bias).float(), scale, cap)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def chunked_sequence_logps(model, inputs: dict, labels: torch.Tensor, chunk: int | None = None):
+    """:func:`sequence_logps` without the logits (``memory.loss: chunked``): the base model's hidden states, then
+    the head and the log-softmax by slices of tokens under activation checkpointing, as the chunked SFT loss
+    (train/loss.py) does, so that only one slice's fp32 logits exist at a time."""
+    base = getattr(model, model.base_model_prefix, None) or model.model
+    hidden = base(**inputs).last_hidden_state[:, :-1]
+    head = model.get_output_embeddings()
+    scale, cap = logit_transform(model)
+    targets = labels[:, 1:]
+    mask = targets != -100
+    flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.masked_fill(~mask, 0).reshape(-1)
+    step = chunk or chunk_tokens(head.weight.shape[0])
+    per_token = torch.cat([checkpoint(_slice_logps, flat_h[i:i + step], head.weight, head.bias, flat_t[i:i + step],
+                                      scale, cap, use_reentrant=False) for i in range(0, flat_h.shape[0], step)])
+    return (per_token.view_as(targets) * mask).sum(-1), mask.sum(-1)
+
+
+def answer_logps(model, inputs: dict, labels: torch.Tensor, chunked: bool = False):
+    """(summed log-probabilities, scored tokens) of each row of a pair batch, through the full or chunked head."""
+    if chunked:
+        return chunked_sequence_logps(model, inputs, labels)
+    return sequence_logps(model(**inputs).logits, labels)
 
 
 def sigmoid_loss(h: torch.Tensor, beta: float, label_smoothing: float) -> torch.Tensor:
@@ -68,7 +100,8 @@ def simpo_loss(chosen_avg, rejected_avg, beta: float, gamma: float, label_smooth
 class PreferenceObjective:
     """The loss the trainer calls instead of the next-token loss, and the running sums of its metrics."""
 
-    def __init__(self, train_cfg, reference=None):
+    def __init__(self, train_cfg, reference=None, chunked: bool = False):
+        self.chunked = chunked     # memory.loss chunked: log-probabilities by slices, the logits never whole
         self.method, self.beta = train_cfg.method, float(train_cfg.dpo_beta)
         self.label_smoothing, self.gamma = float(train_cfg.dpo_label_smoothing), float(train_cfg.simpo_gamma)
         self.reference = reference   # the frozen copy of θ0 (dpo_reference: model), else None
@@ -85,8 +118,8 @@ class PreferenceObjective:
             # First, while no activation of the policy is saved: the frozen copy's forward then costs no more
             # than an evaluation forward (memory/reference.py plans it so).
             with torch.no_grad():
-                ref = sequence_logps(self.reference(**inputs).logits, batch["labels"])[0]
-        logps, counts = sequence_logps(model(**inputs).logits, batch["labels"])
+                ref = self.logps(self.reference, inputs, batch["labels"])[0]
+        logps, counts = self.logps(model, inputs, batch["labels"])
         b = logps.shape[0] // 2
         if self.method == "simpo":
             avg = logps / counts.clamp(min=1)
@@ -98,6 +131,9 @@ class PreferenceObjective:
         shown = shown.detach()
         stats = torch.stack([rc, rr, rc - rr, (rc > rr).float(), shown[:b], shown[b:]])
         return losses, stats
+
+    def logps(self, model, inputs: dict, labels: torch.Tensor):
+        return answer_logps(model, inputs, labels, self.chunked)
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         """The mean loss over the batch's pairs; its metrics are summed on the device (no sync) for :meth:`take`."""
@@ -144,7 +180,7 @@ def evaluate_pairs(objective: PreferenceObjective, model, prepared, *, device: s
 
 
 def precompute_reference(model, prepared, *, device: str, autocast_dtype=None, batch_size: int = 16,
-                         path: Path | None = None, report=None) -> str:
+                         path: Path | None = None, report=None, chunked: bool = False) -> str:
     """Put θ0's log-probabilities of both answers on every pair (``ex["ref"]``), stored in ``path`` once: a later
     call (a resumed run) reads them back instead of recomputing them. Returns what it did, in words."""
     stored = json.loads(path.read_text(encoding="utf-8")) if path is not None and path.exists() else None
@@ -174,8 +210,8 @@ def precompute_reference(model, prepared, *, device: str, autocast_dtype=None, b
                 for start in range(0, len(order), batch_size):
                     chunk = [rows[i] for i in order[start:start + batch_size]]
                     batch = {k: v.to(device) for k, v in prepared.collate(chunk).items() if k != "ref_logps"}
-                    logps = sequence_logps(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                                                 ).logits, batch["labels"])[0].tolist()
+                    inputs = {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+                    logps = answer_logps(model, inputs, batch["labels"], chunked)[0].tolist()
                     for j, ex in enumerate(chunk):
                         ex["ref"] = [logps[j], logps[len(chunk) + j]]
                     done += len(chunk)
@@ -223,14 +259,16 @@ def _objective(cfg, model, prepared, device: str, numerics, run_dir, report):
                           f"the data format is {prepared.format!r}")
     if method == "simpo":
         report(LogLine(f"SimPO: reference-free, β {cfg.train.dpo_beta:g}, γ {cfg.train.simpo_gamma:g}"))
-        return PreferenceObjective(cfg.train)
+        return PreferenceObjective(cfg.train, chunked=chunked)
+    chunked = cfg.memory.loss == "chunked"
     choice = reference_choice(cfg.train)
     if choice == "model":
         import copy
         reference = copy.deepcopy(model).eval().requires_grad_(False)
         report(LogLine(f"DPO (β {cfg.train.dpo_beta:g}): reference = a frozen copy of θ0 on {device}"))
-        return PreferenceObjective(cfg.train, reference)
+        return PreferenceObjective(cfg.train, reference, chunked=chunked)
     said = precompute_reference(model, prepared, device=device, autocast_dtype=numerics.autocast_dtype,
-                                batch_size=cfg.train.batch_size, path=Path(run_dir) / REFERENCE_FILE, report=report)
+                                batch_size=cfg.train.batch_size, path=Path(run_dir) / REFERENCE_FILE, report=report,
+                                chunked=chunked)
     report(LogLine(f"DPO (β {cfg.train.dpo_beta:g}): {said}; no reference model during training"))
-    return PreferenceObjective(cfg.train)
+    return PreferenceObjective(cfg.train, chunked=chunked)
