@@ -185,13 +185,13 @@ class Validator:
             return None
         return {"messages": msgs}
 
-    def _chat(self, rec, row, key: str = "messages", need_assistant: bool = True):
-        turns = self._turns(rec, row, key)
+    def _chat(self, rec, row, column: str = "messages", need_assistant: bool = True):
+        turns = self._turns(rec, row, column)
         if turns is None:
             return None
         msgs, ok = [], True
         for i, m in enumerate(turns):
-            where = f"{key}[{i}]"
+            where = f"{column}[{i}]"
             if not isinstance(m, dict):
                 self.bad(row, where, f"expected an object with 'role' and 'content', got {_kind(m)}")
                 ok = False
@@ -224,7 +224,7 @@ class Validator:
                          f"{', '.join(map(repr, unused))} not used (a message has {', '.join(sorted(MESSAGE_KEYS))})"
                          f"{_suggest(unused[0], MESSAGE_KEYS)}; ignored", "warning")
             msgs.append(msg)
-        out = (self._finish_chat(msgs if ok else None, row, key) if need_assistant
+        out = (self._finish_chat(msgs if ok else None, row, column) if need_assistant
                else {"messages": msgs} if ok else None)
         tools = rec.get("tools")
         if out is not None and tools is not None:

@@ -46,7 +46,7 @@ class PreferenceValidator(Validator):
         """A string, or a validated message list (an answer's must hold an assistant turn later on)."""
         v = rec[key]
         if isinstance(v, list):
-            out = self._chat(rec, row, key=key, need_assistant=False)
+            out = self._chat(rec, row, column=key, need_assistant=False)
             return None if out is None else out["messages"]
         if v is None or isinstance(v, str):
             return self._string(rec, key, row, allow_empty=not answer)

@@ -87,11 +87,11 @@ def apply(cfg, device: str, prepared, info, plan_schedule, report):
     fill = sum(len(r["input_ids"]) for r in rows) / max(1, len(rows)) / seq_len
     if getattr(prepared.collate, "packed", False):
         fill = 1.0
+    pairs = getattr(prepared, "format", None) == "preference"   # dpo / simpo: pairs are padded, never packed
     packed_rows = (_pack(prepared, seq_len) if prepared.task == "causal-lm" and fill < PACK_BELOW
-                   and not cfg.data.packing and prepared.format != "preference" else None)       # the step count of a packed run decides compile
+                   and not cfg.data.packing and not pairs else None)       # the step count of a packed run decides compile
     steps = plan_schedule(len(packed_rows[0]) if packed_rows else len(rows), 0).total_steps
-    chosen, lines = choose(cfg, device, task="preference" if prepared.format == "preference" else prepared.task,
-                           rows_fill=fill, total_steps=steps,
+    chosen, lines = choose(cfg, device, task="preference" if pairs else prepared.task, rows_fill=fill, total_steps=steps,
                            params=int(info.params or 0))
     for line in lines:
         report(LogLine(line))
