@@ -210,6 +210,17 @@ def test_dpo_run_reports_preference_metrics_and_resumes_exactly(tiny_llama, tmp_
     assert isinstance(resumed, RunFinished) and resumed.steps == 8, resumed
     assert next(e for e in events if isinstance(e, RunStarted)).resumed_from_step == 4
     assert any(isinstance(e, LogLine) and "read from" in e.message for e in events)  # θ0's values, not recomputed
+    # The stored values belong to their pairs: changed data is refused by row, not silently scored against.
+    from ftstudio.core.errors import DataError
+    from ftstudio.engine.train.dpo import precompute_reference
+    prepared = prepared_pairs(tiny_llama, tmp_path / "p.jsonl")
+    prepared.train = [ex for ex in prepared.train if str(ex["row"]) in stored["train"]][:2]
+    prepared.val = []
+    precompute_reference(None, prepared, device="cpu", path=run_dir / "reference_logps.json")  # read back: no model
+    assert all(len(ex["ref"]) == 2 for ex in prepared.train)
+    prepared.train[1]["rejected_input_ids"] = prepared.train[1]["rejected_input_ids"][:-1]
+    with pytest.raises(DataError, match="not the pair"):
+        precompute_reference(None, prepared, device="cpu", path=run_dir / "reference_logps.json")
     a = load_file(str(tmp_path / "runs" / "straight" / "final" / "model.safetensors"))
     b = load_file(str(run_dir / "final" / "model.safetensors"))
     assert a.keys() == b.keys()

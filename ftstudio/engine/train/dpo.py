@@ -193,7 +193,12 @@ def precompute_reference(model, prepared, *, device: str, autocast_dtype=None, b
                 raise DataError(str(path), missing[0], None, f"the stored reference log-probabilities have no "
                                 f"{name} row {missing[0]}: the data changed since the run started")
             for ex in rows:
-                ex["ref"] = have[str(ex["row"])]
+                *ref, digest = have[str(ex["row"])]
+                if digest != _digest(ex):
+                    raise DataError(str(path), ex["row"], None, f"{name} row {ex['row']} is not the pair the stored "
+                                    "reference log-probabilities were computed for: the data or the tokenizer "
+                                    "changed since the run started; start a new run")
+                ex["ref"] = ref
         return f"Reference log-probabilities read from {path}"
     was_training = model.training
     model.eval()
@@ -220,7 +225,7 @@ def precompute_reference(model, prepared, *, device: str, autocast_dtype=None, b
     finally:
         model.train(was_training)
     if path is not None:
-        data = {name: {str(ex["row"]): ex["ref"] for ex in rows} for name, rows in splits.items()}
+        data = {name: {str(ex["row"]): [*ex["ref"], _digest(ex)] for ex in rows} for name, rows in splits.items()}
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(data, fh)
@@ -228,6 +233,13 @@ def precompute_reference(model, prepared, *, device: str, autocast_dtype=None, b
             os.fsync(fh.fileno())
         os.replace(tmp, path)   # a crash leaves the old file or none, never half of one
     return f"Reference log-probabilities of θ0 computed for {total} pairs" + (f" and stored in {path}" if path else "")
+
+
+def _digest(ex: dict) -> str:
+    """What a stored value belongs to: the pair's token ids and scored tokens."""
+    import hashlib
+    key = json.dumps([ex["input_ids"], ex["labels"], ex["rejected_input_ids"], ex["rejected_labels"]])
+    return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
 def reference_choice(train_cfg) -> str:
