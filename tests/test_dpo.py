@@ -195,6 +195,8 @@ def test_dpo_run_reports_preference_metrics_and_resumes_exactly(tiny_llama, tmp_
     assert "rewards/margins" in evals[-1].objective
     lines = [json.loads(x) for x in (tmp_path / "runs" / "straight" / "metrics.jsonl").read_text().splitlines()]
     assert any(x["event"] == "step" and "rewards/margins" in x["objective"] for x in lines)
+    card = (tmp_path / "runs" / "straight" / "final" / "README.md").read_text()
+    assert "- dpo\n" in card.split("---")[1]          # the model card's tags
     stored = json.loads((tmp_path / "runs" / "straight" / "reference_logps.json").read_text())
     assert len(stored["train"]) == 24 and len(stored["val"]) == 8
 
