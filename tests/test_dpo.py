@@ -230,6 +230,19 @@ def test_dpo_run_reports_preference_metrics_and_resumes_exactly(tiny_llama, tmp_
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.parametrize("extra", [dict(method="simpo", dpo_beta=2.0, loss="chunked"),
+                                   dict(dpo_reference="model", l2sp=0.1, retention_eval=True, metric="accuracy")])
+def test_simpo_and_the_frozen_reference_train_with_the_other_options(extra, tiny_llama, tmp_path):
+    result, events = run(dpo_config(tiny_llama, write_pairs(tmp_path / "p.jsonl", n=24), tmp_path / "runs",
+                                    max_steps=6, eval_every=3, **extra))
+    assert isinstance(result, RunFinished), result
+    steps = [e for e in events if isinstance(e, StepMetrics)]
+    assert steps[-1].loss < steps[0].loss and steps[-1].objective["rewards/margins"] > steps[0].objective[
+        "rewards/margins"]
+    assert result.eval["accuracy"] is not None
+    assert not (tmp_path / "runs" / "r" / "reference_logps.json").exists()   # nothing precomputed
+
+
 def test_config_and_data_mismatches_are_refused_by_name(tiny_llama, tmp_path):
     with pytest.raises(ConfigError, match="data.packing"):
         RunConfig().replace(method="dpo", packing=True)

@@ -269,10 +269,10 @@ def _objective(cfg, model, prepared, device: str, numerics, run_dir, report):
     if not preference:
         raise ConfigError("train.method", f"{method} needs preference data (rows with prompt, chosen and rejected); "
                           f"the data format is {prepared.format!r}")
+    chunked = cfg.memory.loss == "chunked"
     if method == "simpo":
         report(LogLine(f"SimPO: reference-free, β {cfg.train.dpo_beta:g}, γ {cfg.train.simpo_gamma:g}"))
         return PreferenceObjective(cfg.train, chunked=chunked)
-    chunked = cfg.memory.loss == "chunked"
     choice = reference_choice(cfg.train)
     if choice == "model":
         import copy
