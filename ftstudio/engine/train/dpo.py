@@ -40,8 +40,9 @@ METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/acc
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of log-probabilities of each row's scored tokens, their count), both (rows,), in fp32.
 
-    The log-softmax normaliser is taken one row at a time, so the fp32 copy of a (rows, L, vocab) logits tensor
-    never exists at once (TRL's ``selective_log_softmax`` does the same)."""
+    The log-softmax normaliser is taken one row at a time (TRL's ``selective_log_softmax`` does the same): no
+    full log-softmax output is made beside the logits, but each row's fp32 copy is kept for the backward, about
+    what the SFT loss keeps per logit (the plan counts it so); ``memory.loss: chunked`` avoids whole logits."""
     labels = labels[:, 1:]
     logits = logits[:, :-1]
     mask = labels != -100
