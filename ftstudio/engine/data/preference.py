@@ -66,8 +66,8 @@ class PreferenceValidator(Validator):
             return None
         chat = any(isinstance(v, list) for v in parts.values())
         if chat:  # a string beside message lists is one turn: the user's prompt, the assistant's answer
-            parts = {k: v if isinstance(v, list) else [{"role": "user" if k == "prompt" else "assistant",
-                                                         "content": v}] for k, v in parts.items()}
+            parts = {k: v if isinstance(v, list) else [] if k == "prompt" and not v.strip() else
+                     [{"role": "user" if k == "prompt" else "assistant", "content": v}] for k, v in parts.items()}
         if not has_prompt:
             parts["prompt"], parts["chosen"], parts["rejected"] = implicit_prompt(parts["chosen"], parts["rejected"])
         for side in SIDES:
