@@ -171,7 +171,7 @@ class Monitor(QWidget):
         self.accuracy = Series(self.metric_axis, COLORS["accuracy"], "acc", symbol="s")  # short: the key is one line
         self.macro_f1 = Series(self.metric_axis, COLORS["macro_f1"], "F1", symbol="d")
         # dpo / simpo: the training pairs' preference accuracy beside the held-out one ("acc")
-        self.pref_acc = Series(self.metric_axis, COLORS["accuracy"], "train acc")
+        self.pref_acc = Series(self.metric_axis, COLORS["macro_f1"], "train acc")  # F1 is not shown beside it
         self.metric_axis.set_shown(False)  # shown once a run reports them
         self._loss_key()
         self.drift = DriftStrip()
