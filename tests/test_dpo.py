@@ -289,3 +289,10 @@ def test_the_plan_counts_two_rows_per_pair_and_the_reference_per_option():
     assert costs["chosen"] == "precompute" and costs["precompute"]["reference"] == 0
     assert costs["model"]["reference"] == 4 * sft.params
     assert reference_costs(None, base) == {}
+
+
+def test_pairs_are_length_grouped_by_their_longer_answer():
+    from ftstudio.engine.train.schedule import row_stats
+    pairs = [{"input_ids": [1] * 3, "labels": [1] * 3, "rejected_input_ids": [1] * 9, "rejected_labels": [1] * 9},
+             {"input_ids": [1] * 7, "labels": [1] * 7, "rejected_input_ids": [1] * 2, "rejected_labels": [1] * 2}]
+    assert row_stats(pairs, [], RunConfig().replace(method="dpo"))[2] == [9, 7]
