@@ -208,13 +208,19 @@ def test_demo_dataset_is_balanced_and_regenerates_identically():
 
 
 def test_resources_dir_falls_back_to_the_bundle(tmp_path, monkeypatch):
+    """Neither inside the package (a wheel) nor beside it (the source tree): the bundle's _MEIPASS/resources."""
+    from ftstudio.engine import resources as res_mod
+
     assert (resources_dir() / "demo" / "legal_clauses.jsonl").is_file()
-    fake_pkg = tmp_path / "site" / "ftstudio" / "engine" / "data.py"
+    site = tmp_path / "site" / "ftstudio"
     bundle = tmp_path / "bundle"
-    (bundle / "resources").mkdir(parents=True)
-    monkeypatch.setattr(data_mod, "__file__", str(fake_pkg))
+    (bundle / "resources" / "demo").mkdir(parents=True)
+    monkeypatch.setattr(res_mod, "__file__", str(site / "engine" / "resources.py"))
+    monkeypatch.setattr(res_mod._res, "files", lambda package: site)
     monkeypatch.setattr("sys._MEIPASS", str(bundle), raising=False)
     assert resources_dir() == bundle / "resources"
+    (site / "resources" / "demo").mkdir(parents=True)     # a wheel install: the packaged folder wins
+    assert resources_dir() == site / "resources"
 
 
 @pytest.mark.parametrize("fmt", ["text", "chat"])

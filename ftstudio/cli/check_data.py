@@ -84,7 +84,8 @@ def _check_one(args: argparse.Namespace, cfg, tokenizer, task) -> int:
         if d.get("rendering"):
             print(f"rendered as: {d['rendering']}")
         for item in d.get("preview", []):
-            print(f"--- row {item['row']}" + (" (truncated at seq_len)" if item.get("truncated") else ""))
+            print(f"--- row {item['row']}" + (f" ({item['side']})" if item.get("side") else "")
+                  + (" (truncated at seq_len)" if item.get("truncated") else ""))
             print(item["text"] if item.get("text") is not None else f"error: {item.get('error')}")
             print(f"[trained] {item['trained']}" if item.get("trained") is not None else "")
     else:

@@ -39,6 +39,9 @@ class ConsoleSink:
             if self.progress is not None:
                 info = (f"loss {event.loss:.4f}  lr {event.lr:.2e}  |g| {event.grad_norm:.2f}  "
                         f"{event.tokens_per_s:,.0f} tok/s")
+                if "rewards/accuracies" in event.objective:   # dpo / simpo
+                    info += (f"  pref acc {event.objective['rewards/accuracies']:.2f}  "
+                             f"margin {event.objective['rewards/margins']:.3f}")
                 self.progress.update(self.task, completed=event.step, info=info)
             elif not self.quiet:
                 c.print(f"step {event.step}: loss {event.loss:.4f}")
@@ -49,7 +52,9 @@ class ConsoleSink:
             if event.accuracy is not None:
                 parts.append(f"accuracy {event.accuracy:.3f}" + (f" (majority-class baseline "
                              f"{event.majority_baseline:.3f})" if event.majority_baseline is not None else "")
-                             + f"  macro-F1 {event.macro_f1:.3f}")
+                             + (f"  macro-F1 {event.macro_f1:.3f}" if event.macro_f1 is not None else ""))
+            if "rewards/margins" in event.objective:   # dpo / simpo
+                parts.append(f"reward margin {event.objective['rewards/margins']:.3f}")
             c.print(f"eval @ step {event.step}: " + "  ".join(parts), markup=False)
             if event.per_class:
                 c.print("  per class: " + "; ".join(per_class_text(event.per_class)), markup=False, soft_wrap=True)

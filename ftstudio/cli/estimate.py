@@ -26,6 +26,9 @@ def add_parser(sub) -> None:
                    help="checkpointed block inputs in pinned CPU memory (implies --activation-checkpointing)")
     p.add_argument("--optimizer-in-backward", action="store_true", default=None,
                    help="the optimizer step inside backward: one gradient tensor at a time")
+    p.add_argument("--method", choices=("sft", "dpo", "simpo"), help="the objective (train.method); default sft")
+    p.add_argument("--dpo-reference", choices=("auto", "precompute", "model"),
+                   help="where DPO's reference log-probabilities come from; both options' costs are shown")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs sharing the state (FSDP)")
     p.add_argument("--gpu-memory", type=float, default=80.0, help="memory of one card in GB (default 80)")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON on the last line of stdout")
@@ -44,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("give MODEL (a folder, config.json or cached hub id) or --params, --hidden and --layers")
     try:
         base = apply_preset(RunConfig(), args.preset) if args.preset else RunConfig()
+        base = base.replace(**{k: v for k, v in (("method", args.method), ("dpo_reference", args.dpo_reference))
+                               if v is not None})
         m = base.memory
         ckpt = args.activation_checkpointing or args.offload_activations or m.activation_checkpointing
         base = base.replace(activation_checkpointing=bool(ckpt),

@@ -30,6 +30,28 @@ from .sections import (  # noqa: F401  (the sections and choices are part of thi
 RUN_FIELDS_SINCE = {("data", "group_by_length"): False}
 
 
+def _check_preference_run(cfg) -> None:
+    """What train.method dpo / simpo cannot be combined with, refused up front by name."""
+    method = cfg.train.method
+    if cfg.model.task == "classification":
+        raise ConfigError("train.method", f"{method} trains a causal LM on preference pairs; this run's task is "
+                          "classification")
+    if cfg.data.format not in ("auto", "preference"):
+        raise ConfigError("data.format", f"train.method {method} needs preference data (prompt / chosen / rejected); "
+                          f"{cfg.data.format!r} rows have no rejected answer")
+    if cfg.data.packing:
+        raise ConfigError("data.packing", f"train.method {method} scores each answer as its own padded row; "
+                          "turn packing off")
+    if cfg.regularize.mix_fraction:
+        raise ConfigError("regularize.mix_fraction", f"general-text mixing adds next-token rows, which "
+                          f"train.method {method} has no loss for; use l2sp or ewc against forgetting instead")
+    if len(cfg.hardware.gpus) > 1:
+        raise ConfigError("train.method", f"{method} runs on one device for now; several GPUs (FSDP2) train sft only")
+    if cfg.eval.metric == "macro_f1":
+        raise ConfigError("eval.metric", "macro_f1 is for classifiers; a preference run is judged by its "
+                          "validation loss or preference accuracy")
+
+
 @dataclass
 class RunConfig:
     """Everything that defines a run. ``RunConfig()`` is the bundled demo on the CPU."""
@@ -67,9 +89,13 @@ class RunConfig:
         if self.checkpoint.export_best and len(self.hardware.gpus) > 1:
             raise ConfigError("checkpoint.export_best", "keeps the best weights of one device; it is not "
                               "available for a multi-GPU (FSDP2) run yet")
-        if self.eval.metric != "loss" and self.model.task == "causal-lm":
+        preference = self.train.method != "sft"
+        if self.eval.metric != "loss" and self.model.task == "causal-lm" and not (
+                preference and self.eval.metric == "accuracy"):
             raise ConfigError("eval.metric", f"{self.eval.metric!r} is for classifiers; a causal LM is judged "
-                              "by its validation loss")
+                              "by its validation loss (or, with train.method dpo/simpo, its preference accuracy)")
+        if preference:
+            _check_preference_run(self)
 
     # -- dict / YAML ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, dict[str, Any]]:

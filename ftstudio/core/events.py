@@ -52,6 +52,7 @@ class StepMetrics(Event):
     elapsed_s: float = 0.0
     eta_s: float | None = None
     total_steps: int = 0
+    objective: dict[str, float] = field(default_factory=dict)  # dpo/simpo: rewards, margins, accuracy, log-probs
 
 
 @dataclass
@@ -70,6 +71,7 @@ class EvalMetrics(Event):
     majority_class: str | None = None
     per_class: dict[str, dict] | None = None
     collapsed: str | None = None
+    objective: dict[str, float] = field(default_factory=dict)  # dpo/simpo: rewards, margins, log-probs
 
 
 @dataclass

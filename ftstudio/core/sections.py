@@ -16,7 +16,7 @@ from typing import Any
 from .errors import ConfigError
 
 TASKS = ("auto", "causal-lm", "classification")
-FORMATS = ("auto", "text", "prompt-completion", "alpaca", "chat", "sharegpt", "classification")
+FORMATS = ("auto", "text", "prompt-completion", "alpaca", "chat", "sharegpt", "classification", "preference")
 SCHEDULES = ("cosine", "constant", "linear")
 PRECISIONS = ("auto", "bf16-mixed", "fp16-mixed", "bf16", "fp32")
 OPTIMIZERS = ("adamw", "adamw8bit", "adamw4bit", "adafactor", "sgd")
@@ -30,12 +30,14 @@ REPORT_MODEL = ("small", "all", "none")
 INSTRUCTION_FORMATS = ("auto", "chat-template", "text")
 EXPORT_DTYPES = ("auto", "float32", "bfloat16", "float16")
 METRICS = ("loss", "accuracy", "macro_f1")
+METHODS = ("sft", "dpo", "simpo")
+DPO_REFERENCES = ("auto", "precompute", "model")
 # Leaf name → allowed values: the CLI's argparse choices and the GUI's combo boxes both read this.
 FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "task": TASKS, "format": FORMATS, "schedule": SCHEDULES, "precision": PRECISIONS, "optimizer": OPTIMIZERS,
     "bf16_rounding": BF16_ROUNDINGS, "loss": LOSSES, "nonfinite": NONFINITE_POLICIES, "l2sp_anchor": ANCHOR_PLACES,
     "attention": ATTENTIONS, "metric": METRICS, "instruction_format": INSTRUCTION_FORMATS,
-    "export_dtype": EXPORT_DTYPES, "report_model": REPORT_MODEL,
+    "export_dtype": EXPORT_DTYPES, "report_model": REPORT_MODEL, "method": METHODS, "dpo_reference": DPO_REFERENCES,
 }
 
 
@@ -99,7 +101,7 @@ class DataConfig:
     dataset: str = "demo"
     """The training data: "demo" (bundled legal clauses), a .jsonl/.json/.csv/.tsv/.parquet/.txt file, a folder saved by datasets, or a hub id."""
     format: str = "auto"
-    """Row format: text, prompt-completion, alpaca, chat (OpenAI messages), sharegpt, classification, or "auto" to detect it."""
+    """Row format: text, prompt-completion, alpaca, chat (OpenAI messages), sharegpt, classification, preference (prompt / chosen / rejected, for train.method dpo or simpo), or "auto" to detect it."""
     text_column: str | None = None
     """Column holding the text for "text" and "classification" formats; None picks "text" (or the only string column)."""
     label_column: str | None = None
@@ -155,6 +157,16 @@ class TrainConfig:
     """Experiment trackers that also receive the run's metrics, comma-separated: "tensorboard" (event files in the run folder), "wandb" (offline unless you are logged in), "mlflow" (a SQLite store in the run folder unless MLFLOW_TRACKING_URI is set), or "none". Each is an optional extra: pip install "ftstudio[tensorboard]"."""
     report_model: str = "small"
     """What the trackers keep of the final model as an artifact: "small" (its model card, config and tokenizer files), "all" (also the weights), or "none"."""
+    method: str = "sft"
+    """The objective: "sft" (next-token loss on the completions: demonstrations), "dpo" (Direct Preference Optimization on prompt / chosen / rejected pairs, against the frozen starting weights θ0 as reference; usually run on a model after SFT), or "simpo" (SimPO: reference-free, length-normalised log-probabilities with a margin simpo_gamma; no reference cost). dpo and simpo need preference data."""
+    dpo_beta: float = 0.1
+    """β of DPO and SimPO: how strongly the policy is held to its reference (DPO: 0.1 is usual, smaller moves further from θ0); SimPO scales its length-normalised log-probabilities by β (the SimPO paper uses 2 to 2.5)."""
+    dpo_label_smoothing: float = 0.0
+    """Conservative DPO (cDPO): the share of pairs assumed to be labelled the wrong way round, loss −(1−ε)·log σ(βh) − ε·log σ(−βh) (0 = plain DPO, as TRL's sigmoid loss; 0.1 tolerates noisy preferences). Below 0.5."""
+    dpo_reference: str = "auto"
+    """Where DPO's reference log-probabilities come from: "precompute" (θ0 scores every pair once before training and the values are kept per row in the run folder: no second model in memory while training, resume reads them back), "model" (a frozen copy of θ0 on the device scores each batch: one more copy of the weights in the training dtype), or "auto" (precompute: it never costs more memory and never more forwards). `ftstudio estimate` shows both costs."""
+    simpo_gamma: float = 0.5
+    """SimPO's target reward margin γ: the chosen answer's scaled log-probability must beat the rejected one's by γ (0.5 to 1.5 in the SimPO paper)."""
 
     def __post_init__(self) -> None:
         _check_range("train", "epochs", self.epochs, 0.0, 10_000, lo_open=True)
@@ -167,6 +179,11 @@ class TrainConfig:
         _check_range("train", "log_every", self.log_every, 1, integer=True)
         report_targets(self.report_to)
         _check_choice("train", "report_model", self.report_model, REPORT_MODEL)
+        _check_choice("train", "method", self.method, METHODS)
+        _check_choice("train", "dpo_reference", self.dpo_reference, DPO_REFERENCES)
+        _check_range("train", "dpo_beta", self.dpo_beta, 0.0, 1000.0, lo_open=True)
+        _check_range("train", "dpo_label_smoothing", self.dpo_label_smoothing, 0.0, 0.49)
+        _check_range("train", "simpo_gamma", self.simpo_gamma, 0.0, 100.0)
         _check_run_name(self.run_name)
         if not self.output.strip():
             raise ConfigError("train.output", "must name a folder, e.g. 'runs'")

@@ -53,7 +53,8 @@ def scalars(event: Event) -> tuple[int, dict[str, float]] | None:
     """``(step, {"train/loss": 2.3, ...})`` for an event that carries metrics, else None."""
     if isinstance(event, StepMetrics):
         vals = {"train/loss": event.loss, "train/lr": event.lr, "train/grad_norm": event.grad_norm,
-                "train/tokens_per_s": event.tokens_per_s, "train/epoch": event.epoch}
+                "train/tokens_per_s": event.tokens_per_s, "train/epoch": event.epoch,
+                **{f"train/{k}": v for k, v in event.objective.items()}}
     elif isinstance(event, MemorySnapshot):
         vals = {f"train/memory_gib/{k}": getattr(event, k) / _GIB
                 for k in ("weights", "gradients", "optimizer", "activations", "allocated_peak", "reserved",
@@ -61,6 +62,7 @@ def scalars(event: Event) -> tuple[int, dict[str, float]] | None:
     elif isinstance(event, EvalMetrics):
         vals = {f"eval/{k}": getattr(event, k) for k in ("loss", "perplexity", "accuracy", "macro_f1",
                                                          "majority_baseline")}
+        vals.update({f"eval/{k}": v for k, v in event.objective.items()})
     elif isinstance(event, RetentionMetrics):
         vals = {"eval/retention_loss": event.loss, "eval/retention_perplexity": event.perplexity}
     elif isinstance(event, DriftMetrics):

@@ -39,7 +39,7 @@ def keyed_title(plot: pg.PlotWidget, title: str, series: list["Series"]) -> None
     plot.setTitle(title + (": " + " · ".join(keys) if keys else ""), size="9pt")
 
 
-_EVAL_SHOWN = {"step", "loss", "perplexity", "accuracy", "macro_f1", "best"}
+_EVAL_SHOWN = {"step", "loss", "perplexity", "accuracy", "macro_f1", "best", "majority_baseline", "objective"}
 
 
 def _other_figures(e) -> list[tuple[str, object]]:
@@ -206,6 +206,8 @@ class Monitor(QWidget):
         self.metric_axis = _TwinAxis(self.loss_plot, "acc / F1", (0.0, 1.0))
         self.accuracy = Series(self.metric_axis, COLORS["accuracy"], "acc", symbol="s")  # short: the key is one line
         self.macro_f1 = Series(self.metric_axis, COLORS["macro_f1"], "F1", symbol="d")
+        # dpo / simpo: the training pairs' preference accuracy beside the held-out one ("acc")
+        self.pref_acc = Series(self.metric_axis, COLORS["macro_f1"], "train acc")  # F1 is not shown beside it
         self.metric_axis.set_shown(False)  # shown once a run reports them
         self._loss_key()
         self.drift = DriftStrip()
@@ -221,7 +223,7 @@ class Monitor(QWidget):
         self.series = [self.train, self.eval, self.retention, self.lr, self.grad, self.tps, self.mem, self.mem_nvml,
                        self.best]
         self.mem_by_device: dict[str, tuple[Series, Series]] = {}  # a multi-GPU run: one pair of curves per card
-        self.series += [self.accuracy, self.macro_f1]
+        self.series += [self.accuracy, self.macro_f1, self.pref_acc]
 
         # Two columns (three on a wide screen, one when narrow: stacked), each plot tall enough for its ticks;
         # the grid scrolls when the height does not hold them all (a 1280×720 screen at 100 %, 1080p at 150 %).
@@ -351,7 +353,9 @@ class Monitor(QWidget):
                 self.best.x, self.best.y, self.best.dirty = [e.step], [e.loss], True
             extra = "".join(f", {k} {v:.4g}" for k, v in (("perplexity", e.perplexity), ("accuracy", e.accuracy),
                                                             ("majority-class baseline", e.majority_baseline),
-                                                            ("macro F1", e.macro_f1)) if v is not None)
+                                                            ("macro F1", e.macro_f1),
+                                                            ("reward margin", e.objective.get("rewards/margins")))
+                            if v is not None)
             extra += "".join(f", {k.replace('_', ' ')} {_fmt_figure(v)}" for k, v in _other_figures(e))
             self.append_log(f"eval at step {e.step}: loss {e.loss:.4f}{extra}")
             if e.collapsed:
@@ -398,6 +402,11 @@ class Monitor(QWidget):
         self.lr.append(e.step, e.lr)
         self.grad.append(e.step, e.grad_norm)
         self.tps.append(e.step, e.tokens_per_s)
+        if "rewards/accuracies" in e.objective:
+            self.pref_acc.append(e.step, e.objective["rewards/accuracies"])
+            if len(self.pref_acc.y) == 1:
+                self.metric_axis.set_shown(True)
+                self._loss_key()
         if e.total_steps and e.total_steps != self.total_steps:
             self.total_steps = e.total_steps
             self.progress.setRange(0, e.total_steps)
@@ -430,7 +439,8 @@ class Monitor(QWidget):
         """The curves' key in the title; a classifier's accuracy and macro-F1 (right axis) join it once shown."""
         shown = [self.train, self.eval]
         if self.metric_axis.shown:  # a classifier: its metrics (general text only if measured: the title is one line)
-            shown += ([self.retention] if self.retention.y else []) + [self.accuracy, self.macro_f1]
+            shown += ([self.retention] if self.retention.y else []) + [self.accuracy] + (
+                [self.pref_acc] if self.pref_acc.y else [self.macro_f1])   # dpo: train and held-out accuracy
         else:
             shown.append(self.retention)
         keyed_title(self.loss_plot, "Loss", shown)

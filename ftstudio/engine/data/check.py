@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ftstudio.core.errors import DataError, DataProblem
-from ftstudio.engine.data.formats import Validator, detect_format, resolve_columns
-from ftstudio.engine.data.prepare import build_rows, check_survivors, encode_rows, source_path
+from ftstudio.engine.data.formats import detect_format, resolve_columns
+from ftstudio.engine.data.preference import SIDES, encode_pair, encode_pairs
+from ftstudio.engine.data.prepare import build_rows, check_survivors, encode_rows, source_path, validator_for
 from ftstudio.engine.data.render import (IGNORE, TemplateError, encode_causal, encode_classification_batch,
                                          has_chat_template, uses_chat_template)
 
@@ -90,10 +91,13 @@ def check_data(cfg, tokenizer=None, *, task: str | None = None, seed: int = 42) 
     truncated = 0
     if tokenizer is not None and built.train.norms:
         tok = _load_tokenizer(tokenizer)
-        train_enc, val_enc = (encode_rows(built, part, tok, cfg.seq_len, cfg.instruction_format)
+        encode = encode_pairs if built.format == "preference" else encode_rows
+        train_enc, val_enc = (encode(built, part, tok, cfg.seq_len, cfg.instruction_format)
                               for part in (built.train, built.val))
         check_survivors(built, train_enc, val_enc, cfg.seq_len)
         encs = [e for _, e in train_enc + val_enc]
+        if built.format == "preference":  # each answer is a row of its own (after the shared prompt)
+            encs = [e for pair in encs for e in pair]
         lengths = [e.full_length for e in encs]
         tokens = sum(len(e.input_ids) for e in encs)
         trainable = tokens if built.task == "classification" else sum(e.trainable for e in encs)
@@ -123,6 +127,9 @@ def rendering(fmt: str, tokenizer, instruction_format: str = "auto") -> str:
     """How rows of ``fmt`` reach this tokenizer's model, in words (check-data and the GUI say it)."""
     if fmt in ("chat", "sharegpt"):
         return "chat template" if has_chat_template(tokenizer) else "fallback chat template (saved with the export)"
+    if fmt == "preference":
+        return ("chat template" if has_chat_template(tokenizer) else "fallback chat template for message lists, "
+                "text (prompt + answer) for strings") + ": the chosen and the rejected answer each after the prompt"
     if fmt in ("alpaca", "prompt-completion"):
         if uses_chat_template(tokenizer, instruction_format):
             return "chat template" if has_chat_template(tokenizer) else "fallback chat template (saved with the export)"
@@ -139,6 +146,17 @@ def preview(cfg, tokenizer, n: int, *, task: str | None = None, seed: int = 42) 
                    key=lambda rn: rn[0])
     out = []
     for row, norm in pairs[:max(0, n)]:
+        if built.format == "preference":  # both sides, one item each
+            try:
+                pair = encode_pair(norm, tok, cfg.seq_len, cfg.instruction_format)
+            except TemplateError as e:
+                out.append({"row": row, "text": None, "trained": None, "error": str(e)})
+                continue
+            for side, enc in zip(SIDES, pair):
+                texts = _token_texts(tok, enc.input_ids)
+                out.append({"row": row, "side": side, "text": "".join(texts), "truncated": enc.truncated,
+                            "trained": "".join(t for t, lab in zip(texts, enc.labels) if lab != IGNORE)})
+            continue
         if built.task == "classification":
             enc = encode_classification_batch([norm["text"]], tok, cfg.seq_len)[0]
             texts, trained = _token_texts(tok, enc.input_ids), f"→ {norm['label']}"
@@ -163,7 +181,7 @@ def render_example(record: dict, fmt: str, tokenizer, cfg, *, task: str | None =
     if fmt == "auto":
         fmt = detect_format([record], cfg)
     text_col, label_col = resolve_columns([record], cfg)
-    v = Validator(fmt, "<preview>", text_col, label_col)
+    v = validator_for(fmt, "<preview>", text_col, label_col)
     norm = v.check(record, 1)
     errors = [p for p in v.problems if p.severity == "error"]
     if norm is None or errors:
@@ -173,6 +191,16 @@ def render_example(record: dict, fmt: str, tokenizer, cfg, *, task: str | None =
     if task == "classification":
         enc = encode_classification_batch([norm["text"]], tokenizer, cfg.seq_len)[0]
         return [(t, False) for t in _token_texts(tokenizer, enc.input_ids)] + [(f" → {norm.get('label')}", True)]
+    if fmt == "preference":  # both sides, each under a header line that is not trained
+        try:
+            pair = encode_pair(norm, tokenizer, cfg.seq_len, cfg.instruction_format)
+        except TemplateError as e:
+            raise DataError("<preview>", 1, str(e).split(":", 1)[0], str(e)) from e
+        out = []
+        for side, enc in zip(SIDES, pair):
+            out += [(f"{chr(10) if out else ''}── {side} ──{chr(10)}", False)]
+            out += list(zip(_token_texts(tokenizer, enc.input_ids), (lab != IGNORE for lab in enc.labels)))
+        return out
     try:
         enc = encode_causal(norm, tokenizer, cfg.seq_len, cfg.instruction_format)
     except TemplateError as e:

@@ -154,5 +154,5 @@ def device_batch(collate, rows: list[dict], device: str) -> DeviceBatch:
         batch = {k: v for k, v in batch.items() if k != "attention_mask"}
     out = DeviceBatch({k: v.to(device, non_blocking=True) for k, v in batch.items()})
     out.dense_mask = host is not None and collate.dense_mask
-    out.items, out.tokens = trained_items(batch), tokens
+    out.items, out.tokens = getattr(collate, "items", trained_items)(batch), tokens  # preference pairs: pairs
     return out

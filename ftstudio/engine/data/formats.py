@@ -5,6 +5,7 @@ Normal forms (what tokenisation sees):
   prompt-completion  {"prompt": str, "completion": str}   (alpaca rows become this, see ALPACA_PROMPT)
   chat / sharegpt    {"messages": [{"role": str, "content": str}, ...]}
   classification     {"text": str, "label": str}          (labels are kept as names; ids come later)
+  preference         {"prompt", "chosen", "rejected"}      (strings or message lists: data/preference.py)
 
 Each validator returns the normal form or None, recording problems that name the row and the field.
 Pure Python.
@@ -44,6 +45,8 @@ def _suggest(name: str, keys) -> str:
 def row_format(rec: dict, text_column: str | None = None, label_column: str | None = None) -> str | None:
     """The format one row's keys suggest, or None when nothing fits."""
     keys = set(rec)
+    if "chosen" in keys and "rejected" in keys:
+        return "preference"  # TRL's preference rows (data/preference.py)
     if "messages" in keys:
         return "chat"
     if "conversations" in keys:
@@ -182,13 +185,13 @@ class Validator:
             return None
         return {"messages": msgs}
 
-    def _chat(self, rec, row):
-        turns = self._turns(rec, row, "messages")
+    def _chat(self, rec, row, column: str = "messages", need_assistant: bool = True):
+        turns = self._turns(rec, row, column)
         if turns is None:
             return None
         msgs, ok = [], True
         for i, m in enumerate(turns):
-            where = f"messages[{i}]"
+            where = f"{column}[{i}]"
             if not isinstance(m, dict):
                 self.bad(row, where, f"expected an object with 'role' and 'content', got {_kind(m)}")
                 ok = False
@@ -221,7 +224,8 @@ class Validator:
                          f"{', '.join(map(repr, unused))} not used (a message has {', '.join(sorted(MESSAGE_KEYS))})"
                          f"{_suggest(unused[0], MESSAGE_KEYS)}; ignored", "warning")
             msgs.append(msg)
-        out = self._finish_chat(msgs if ok else None, row, "messages")
+        out = (self._finish_chat(msgs if ok else None, row, column) if need_assistant
+               else {"messages": msgs} if ok else None)
         tools = rec.get("tools")
         if out is not None and tools is not None:
             if isinstance(tools, list) and all(isinstance(t, dict) for t in tools):

@@ -18,6 +18,7 @@ from ftstudio.core.errors import DataError, DataProblem
 from ftstudio.engine.data.collate import Collator, pack, pad_id_of
 from ftstudio.engine.data.formats import Validator, detect_format, resolve_columns, sort_labels
 from ftstudio.engine.data.load import demo_dataset_path, read_source
+from ftstudio.engine.data.preference import PairCollator, PreferenceValidator, encode_pairs, pair_examples
 from ftstudio.engine.data.render import (Encoded, TemplateError, TemplateTimeout, encode_causal,
                                          encode_classification_batch)
 from ftstudio.engine.data.table import table_roles
@@ -54,7 +55,7 @@ MAX_ROW_WARNINGS = 20  # skipped rows named one by one; past this, one line coun
 
 
 def _validate(res, fmt: str, text_col: str, label_col: str, problems: list[DataProblem]) -> _Part:
-    v = Validator(fmt, res.path, text_col, label_col)
+    v = validator_for(fmt, res.path, text_col, label_col)
     part = _Part(res.path)
     for rec, row in zip(res.records, res.rows):
         norm = v.check(rec, row)
@@ -65,6 +66,10 @@ def _validate(res, fmt: str, text_col: str, label_col: str, problems: list[DataP
     if res.records and not part.norms and not any(p.severity == "error" for p in v.problems):
         problems.append(DataProblem(res.path, None, None, f"no usable {fmt} rows"))
     return part
+
+
+def validator_for(fmt: str, path: str, text_col: str = "text", label_col: str = "label") -> Validator:
+    return PreferenceValidator(path) if fmt == "preference" else Validator(fmt, path, text_col, label_col)
 
 
 def _split(part: _Part, frac: float, seed: int, by_label: bool) -> tuple[_Part, _Part]:
@@ -285,12 +290,18 @@ def prepare_data(cfg, tokenizer, *, task: str, seed: int) -> PreparedData:
     """Load, validate, split and tokenise; raise DataError listing every problem if any is an error."""
     built = build_rows(cfg, task, seed)
     _raise_errors(built.problems)
-    train_enc = encode_rows(built, built.train, tokenizer, cfg.seq_len, cfg.instruction_format)
-    val_enc = encode_rows(built, built.val, tokenizer, cfg.seq_len, cfg.instruction_format)
+    pairs = built.format == "preference"  # both answers of each pair (data/preference.py)
+    encode = encode_pairs if pairs else encode_rows
+    train_enc = encode(built, built.train, tokenizer, cfg.seq_len, cfg.instruction_format)
+    val_enc = encode(built, built.val, tokenizer, cfg.seq_len, cfg.instruction_format)
     check_survivors(built, train_enc, val_enc, cfg.seq_len)
     _raise_errors(built.problems)
     if not train_enc:
         raise DataError(built.train.path, None, None, "no training rows left after tokenisation")
+    if pairs:
+        return PreparedData(pair_examples(train_enc), pair_examples(val_enc), built.format, built.task, None,
+                            PairCollator(pad_id_of(tokenizer)), built.skipped, built.truncated,
+                            [p for p in built.problems if p.severity != "error"])
     train, val = _examples(built, built.train, train_enc), _examples(built, built.val, val_enc)
     packed = bool(cfg.packing) and built.task == "causal-lm"
     if packed:

@@ -208,7 +208,8 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
     wb, c, r, autocast = PRECISION_BYTES[precision]
     on_cpu = (device or run.hardware.device) == "cpu"
     b, s = run.train.batch_size, run.data.seq_len
-    T = b * s
+    pairs = run.train.method != "sft"
+    T = (2 if pairs else 1) * b * s   # dpo / simpo: a pair is two rows (chosen and rejected) in one forward
     N = shape.params
     d, L = shape.hidden, shape.layers
     task = _task(shape, run)
@@ -222,6 +223,10 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
     anchor_copies = (1 if (reg.l2sp > 0 or reg.ewc > 0 or reg.drift_every > 0) else 0) + (1 if reg.ewc > 0 else 0)
     anchor_bytes = {"gpu": 4, "bf16": 2, "cpu": 4 if on_cpu else 0}[reg.l2sp_anchor]
     anchor = anchor_copies * anchor_bytes * N // gpus
+    # DPO's reference: a frozen copy of θ0 in the weights' dtype (dpo_reference "model"); precomputed log-probs
+    # cost a forward pass before training (at most the evaluation phase below) and nothing during it.
+    reference = wb * N // gpus if run.train.method == "dpo" and run.train.dpo_reference == "model" else 0
+    anchor += reference
     largest = shape.largest_tensor()
 
     # bf16 weight copies: autocast caches one per matmul weight (the head's too when tied); FSDP instead
@@ -308,7 +313,7 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
     activations = max(0, peak - (weights + shown_grads + opt + anchor))
     textbook = 16 * N + s * b * d * L * 12
     parts = {"layers": layers_act, "head": head_act, "loss": max(loss_fwd, loss_bwd),
-             "weight_copies": max(cache_fwd, cache_bwd), "per_layer_per_token": per_layer}
+             "weight_copies": max(cache_fwd, cache_bwd), "per_layer_per_token": per_layer, "reference": reference}
     parts.update({f"phase:{k}": v for k, v in phases.items()})
     return MemoryBreakdown(weights=weights, gradients=shown_grads, optimizer=opt, activations=activations,
                            other=other, anchor=anchor, textbook=textbook, params=N, peak_allocated=peak,

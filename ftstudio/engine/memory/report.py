@@ -96,6 +96,9 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
         report["min_gpus"] = _min_gpus(shape, run, int(gpu_memory_gb * 1e9))
     if model is None and params:
         report["seed_table"] = seed_table(seq_len=2048, batch_size=1, gpu_gb=int(gpu_memory_gb or 80))
+    from ftstudio.engine.memory.reference import reference_costs
+    report["method"] = run.train.method
+    report["reference"] = reference_costs(shape, run, gpus)   # DPO: the reference's cost per option
     return report
 
 
@@ -177,6 +180,13 @@ def format_report(report: dict) -> str:
         lines.append(f"  {key:<12}{gb(b[key]):>12}")
     lines.append(f"  {'peak':<12}{gb(report['peak_bytes']):>12}   per GPU (largest at the {report['peak_phase']})")
     lines.append(f"  {'textbook':<12}{gb(report['textbook_bytes']):>12}   the seed's 16N + s·b·d·L·12")
+    if report.get("method", "sft") != "sft":
+        lines.append(f"  {report['method']}: two rows per pair (chosen and rejected) in each forward")
+    ref = report.get("reference") or {}
+    for option in ("precompute", "model") if ref else ():
+        r = ref[option]
+        lines.append(f"  reference {option:<10} peak {gb(r['total']):>10}   +{gb(r['reference'])} during training: "
+                     f"{r['when']}{'  (this run)' if ref['chosen'] == option else ''}")
     if report.get("host_bytes"):
         ram = report.get("host_ram_bytes")
         lines.append(f"  {'host RAM':<12}{gb(report['host_bytes']):>12}   for the whole run (weights load onto the "

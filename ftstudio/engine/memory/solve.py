@@ -77,7 +77,9 @@ def _changes(run: RunConfig, gpus: int, shape: ModelShape,
                     {"batch_size": half, "grad_accum": t.grad_accum * 2}, gpus))
     if not m.optimizer_in_backward and t.grad_accum == 1:
         out.append(("optimizer step in backward (--optimizer-in-backward)", {"optimizer_in_backward": True}, gpus))
-    if on_gpu:
+    if t.method == "dpo" and t.dpo_reference == "model":   # the frozen copy of θ0 is a whole copy of the weights
+        out.append(("precomputed DPO reference (--dpo-reference precompute)", {"dpo_reference": "precompute"}, gpus))
+    if on_gpu and t.method == "sft":   # preference runs are on one device for now
         out.append((f"{gpus * 2} GPUs (FSDP)", {}, gpus * 2))
     made = [(d, _variant(run, **lv) if lv else run, g, lv) for d, lv, g in out]
     return [(d, r, g, lv) for d, r, g, lv in made if r is not None]

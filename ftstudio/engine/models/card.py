@@ -162,7 +162,8 @@ def write_model_card(final: str | Path, run_dir: str | Path | None = None, check
     pipeline_tag = "text-classification" if task == "classification" else "text-generation"
     data = ModelCardData(
         base_model=base, license=base_license(source, folder), datasets=hub_datasets, library_name="transformers",
-        pipeline_tag=pipeline_tag, tags=["ftstudio", "full-fine-tuning", task])
+        pipeline_tag=pipeline_tag, tags=["ftstudio", "full-fine-tuning", task] + (
+            [method] if (method := cfg.get("train", {}).get("method", "sft")) != "sft" else []))   # dpo / simpo (TRL's tags)
     name = run_dir.name
     lines = [f"# {name}", "",
              f"A full fine-tune (every weight trained, no adapters) of **{base or source}** made with FT Studio.",

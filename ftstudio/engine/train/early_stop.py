@@ -41,7 +41,7 @@ class BestTracker:
     @classmethod
     def for_run(cls, cfg, task: str, has_val: bool, report=None, model=None) -> "BestTracker":
         metric = cfg.eval.metric
-        if metric != "loss" and task != "classification":
+        if metric != "loss" and task != "classification" and not (metric == "accuracy" and cfg.train.method != "sft"):
             raise ConfigError("eval.metric", f"{metric!r} is for classifiers; this run trains a {task} model, "
                               "judged by its validation loss")
         wants = cfg.eval.early_stop_patience > 0 or cfg.checkpoint.export_best

@@ -98,7 +98,11 @@ def confusion_matrix(preds: list[int], targets: list[int], n_classes: int) -> li
 
 
 def evaluate(model, prepared, *, device: str, task: str, autocast_dtype=None, batch_size: int = 32,
-             max_batches=None, loss_fn=None, shard=None) -> dict:
+             max_batches=None, loss_fn=None, shard=None, objective=None) -> dict:
+    if objective is not None:  # preference pairs (train.method dpo / simpo): loss, accuracy, rewards
+        from ftstudio.engine.train.dpo import evaluate_pairs
+        return evaluate_pairs(objective, model, prepared, device=device, autocast_dtype=autocast_dtype,
+                              batch_size=batch_size, max_batches=max_batches)
     loss_sum, count, preds, targets = predict(model, prepared, device=device, autocast_dtype=autocast_dtype,
                                               batch_size=batch_size, max_batches=max_batches, loss_fn=loss_fn,
                                               shard=shard)

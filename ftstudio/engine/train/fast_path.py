@@ -49,7 +49,8 @@ def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, p
     pays, eager_s = compile_pays(total_steps, params, cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum)
     if not chosen["packing"]:
         if task != "causal-lm":
-            lines.append("Fast defaults: packing off (a classifier's rows are not packed)")
+            rows = "preference pairs are" if task == "preference" else "a classifier's rows are"
+            lines.append(f"Fast defaults: packing off ({rows} not packed)")
         elif rows_fill >= PACK_BELOW:
             lines.append(f"Fast defaults: packing off (rows fill {rows_fill:.0%} of seq_len already)")
         elif not pays:
@@ -86,10 +87,11 @@ def apply(cfg, device: str, prepared, info, plan_schedule, report):
     fill = sum(len(r["input_ids"]) for r in rows) / max(1, len(rows)) / seq_len
     if getattr(prepared.collate, "packed", False):
         fill = 1.0
+    pairs = getattr(prepared, "format", None) == "preference"   # dpo / simpo: pairs are padded, never packed
     packed_rows = (_pack(prepared, seq_len) if prepared.task == "causal-lm" and fill < PACK_BELOW
-                   and not cfg.data.packing else None)       # the step count of a packed run decides compile
+                   and not cfg.data.packing and not pairs else None)       # the step count of a packed run decides compile
     steps = plan_schedule(len(packed_rows[0]) if packed_rows else len(rows), 0).total_steps
-    chosen, lines = choose(cfg, device, task=prepared.task, rows_fill=fill, total_steps=steps,
+    chosen, lines = choose(cfg, device, task="preference" if pairs else prepared.task, rows_fill=fill, total_steps=steps,
                            params=int(info.params or 0))
     for line in lines:
         report(LogLine(line))

@@ -296,7 +296,9 @@ def row_stats(task_examples: list, general_examples: list, cfg: RunConfig):
     grouped = (cfg.data.group_by_length and not mixing and task_examples
                and "position_ids" not in task_examples[0])
     return (*mix_tokens(task_examples, general_examples, cfg),
-            [len(ex["input_ids"]) for ex in task_examples] if grouped else None)
+            # a preference pair (data/preference.py) is as long as its longer answer
+            [max(len(ex["input_ids"]), len(ex.get("rejected_input_ids", ()))) for ex in task_examples]
+            if grouped else None)
 
 
 def schedule_lines(cfg: RunConfig, sched) -> list[tuple[str, str]]:

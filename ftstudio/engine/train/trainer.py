@@ -94,7 +94,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         return self._fail(reason, "OutOfMemoryError", advice)
 
     def _release(self) -> None:
-        for name in ("model", "optimizer", "scheduler", "regularizer", "forgetting"):
+        for name in ("model", "optimizer", "scheduler", "regularizer", "forgetting", "_objective"):
             if hasattr(self, name):
                 setattr(self, name, None)
         # A full collection frees GPU tensors held in reference cycles at once, but holds the GIL for a few
@@ -122,7 +122,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         from ftstudio.engine.models.export import export_options
         from ftstudio.engine.models.load import load_target
         from ftstudio.engine.train.numerics import pick_numerics
-        from ftstudio.engine.train import fast_path
+        from ftstudio.engine.train import dpo, fast_path
         from ftstudio.engine.train.optim import build_optimizer
 
         cfg, t_setup = self.cfg, time.perf_counter()
@@ -196,7 +196,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
             self.compiled = True
         model = self._place_model(model, device, numerics)
         model.train()
-        self.model = model
+        self.model, self._objective = model, dpo.objective_for(self, cfg, model, prepared, device, numerics)  # dpo/simpo
         n_params = sum(p.numel() for p in model.parameters())
 
         # θ0 copies (L2-SP, EWC, drift) are taken here, before a resume overwrites the weights.
@@ -356,7 +356,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
                                         tokens_per_s=self._global_tokens(window_tokens) / max(1e-9, now - window_t0),
                                         epoch=self.micro_batch / sched.batches_per_epoch, elapsed_s=elapsed,
                                         eta_s=per_step * (sched.total_steps - self.step),
-                                        total_steps=sched.total_steps))
+                                        total_steps=sched.total_steps, objective=self._objective.take() if self._objective else {}))
                 window_tokens, window_t0 = 0, now
             self._periodic(model, prepared, device, numerics, scaler, sched)
         return "finished"
@@ -470,7 +470,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         from ftstudio.engine.train.evaluate import evaluate
         result = evaluate(model, prepared, device=device, autocast_dtype=numerics.autocast_dtype, task=task,
                           batch_size=self.cfg.train.batch_size, max_batches=self.cfg.eval.eval_batches,
-                          loss_fn=self._forward_loss)
+                          loss_fn=self._forward_loss, objective=getattr(self, "_objective", None))
         kept = {k: v for k, v in result.items() if v is not None}
         best = self._best.update(self.step, kept, model)  # copies the weights when export_best keeps them
         self.report(EvalMetrics(step=self.step, **result, best=best))
