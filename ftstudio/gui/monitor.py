@@ -39,7 +39,8 @@ def keyed_title(plot: pg.PlotWidget, title: str, series: list["Series"]) -> None
     plot.setTitle(title + (": " + " · ".join(keys) if keys else ""), size="9pt")
 
 
-_EVAL_SHOWN = {"step", "loss", "perplexity", "accuracy", "macro_f1", "best", "majority_baseline", "objective"}
+_EVAL_SHOWN = {"step", "loss", "perplexity", "accuracy", "macro_f1", "best", "majority_baseline", "majority_class",
+               "per_class", "collapsed", "objective"}   # shown by name above; others by _other_figures
 
 
 def _other_figures(e) -> list[tuple[str, object]]:
