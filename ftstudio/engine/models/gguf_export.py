@@ -34,14 +34,21 @@ class GGUFExport:
     bytes: int
     vocab: dict = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    modelfile: str = ""
+    modelfile_template: str = ""     # translated / left to Ollama / none
 
     def summary(self) -> str:
         v = self.vocab
         eot = (f", end of turn {v.get('eot_token')!r} ({v.get('eot_token_id')})"
                if v.get("eot_token_id") is not None and v.get("eot_token_id") != v.get("eos_token_id") else "")
-        return (f"Wrote {self.path} ({self.architecture}, {self.gguf_type}, {self.tensors} tensors, "
-                f"{self.bytes / 1e6:.1f} MB; eos {v.get('eos_token')!r} ({v.get('eos_token_id')}){eot}; chat template "
-                f"{'included' if v.get('chat_template') else 'none'})")
+        template = ("chat template included: llama.cpp uses it as written with --jinja (without it, llama.cpp "
+                    "applies its built-in format for the family it recognises)" if v.get("chat_template")
+                    else "no chat template")
+        modelfile = (f"; Ollama Modelfile {self.modelfile} (template {self.modelfile_template})"
+                     if self.modelfile else "")
+        return (f"Wrote {self.path} ({self.architecture}, {self.gguf_type}, {v.get('tokenizer')} tokenizer, "
+                f"{self.tensors} tensors, {self.bytes / 1e6:.1f} MB; eos {v.get('eos_token')!r} "
+                f"({v.get('eos_token_id')}){eot}; {template}{modelfile})")
 
 
 def resolve_model_dir(source: str | Path) -> Path:
@@ -188,5 +195,9 @@ def export_gguf(source: str | Path, out: str | Path, gguf_type: str = "f16", *, 
         writer.close()
         part.unlink(missing_ok=True)
         raise
+    from ftstudio.engine.models.gguf_modelfile import write_modelfile
+
+    modelfile, how = write_modelfile(out, model_dir, vocab)
     return GGUFExport(path=str(out), architecture=arch.gguf, gguf_type=gguf_type, tensors=len(plan) + len(extra),
-                      bytes=out.stat().st_size, vocab=vocab, warnings=warnings)
+                      bytes=out.stat().st_size, vocab=vocab, warnings=warnings, modelfile=str(modelfile),
+                      modelfile_template=how)

@@ -148,7 +148,8 @@ def add_vocab(writer, model_dir: Path, vocab_size: int) -> dict:
         writer.add_eot_token_id(eot)
     return {"tokenizer": kind, "pre_tokenizer": pre, "eos_token_id": eos, "eot_token_id": eot,
             "eos_token": by_id.get(eos), "eot_token": by_id.get(eot), "merges": len(special.merges),
-            "chat_template": special.chat_template is not None, "bos_token": by_id.get(special.special_token_ids.get("bos"))}
+            "chat_template": special.chat_template is not None, "add_bos": special.add_special_token["bos"],
+            "add_space_prefix": adds_space_prefix(tj) if kind == "llama" else None}
 
 
 def _gpt2_tokens(tok, by_id: dict, vocab_size: int) -> tuple[list, list]:
