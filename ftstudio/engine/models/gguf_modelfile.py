@@ -114,6 +114,8 @@ def write_modelfile(gguf_path: str | Path, model_dir: str | Path, vocab: dict) -
     gguf_path = Path(gguf_path)
     tok = AutoTokenizer.from_pretrained(model_dir)
     turns = template_turns(tok) if getattr(tok, "chat_template", None) else None
+    if turns is not None and '"""' in turns.go_template(False) + (turns.default_system or ""):
+        turns = None    # a Modelfile's triple-quoted text cannot hold three quotes
     lines = [f"# Ollama: ollama create NAME -f {gguf_path.stem}.Modelfile && ollama run NAME",
              f"FROM ./{gguf_path.name}"]
     if turns is not None:
