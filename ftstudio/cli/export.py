@@ -1,5 +1,6 @@
 """`ftstudio export RUN_DIR|MODEL_DIR --gguf OUT.gguf [--gguf-type f16|bf16|q8_0] [--json]`: the fine-tuned
-causal LM as one GGUF file for llama.cpp and Ollama, with its tokenizer, chat template and end-of-turn token.
+causal LM as one GGUF file for llama.cpp and Ollama, with its tokenizer, chat template and end-of-turn token,
+and an Ollama Modelfile beside it (OUT.Modelfile).
 
 `ftstudio export RUN_DIR` (no --gguf) finishes a run whose own export to final/ failed or was killed: its weights
 wait in the end checkpoint the trainer wrote before exporting; the run is resumed from it (no step trains again),
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(result.summary())
-    print(f"Run it: llama-cli -m {result.path} -cnv   ·   Ollama: a Modelfile with 'FROM {result.path}'")
+    print(f"Run it: llama-cli -m {result.path} -cnv --jinja   ·   Ollama: ollama create NAME -f {result.modelfile}")
     if args.json:
         print(json.dumps(dataclasses.asdict(result), default=str))
     return 0

@@ -128,9 +128,10 @@ def _usage_section(repo_hint: str, task: str) -> list[str]:
     return ["## How to use", "", "transformers:", "", "```python", "from transformers import pipeline",
             f'chat = pipeline("text-generation", model="{repo_hint}")',
             'print(chat([{"role": "user", "content": "Hello"}], max_new_tokens=128))', "```", "",
-            "llama.cpp: `ftstudio export RUN --gguf` writes `model.gguf` and an Ollama `Modelfile`; run "
-            "`llama-cli -m model.gguf --jinja` (`--jinja` uses this model's own chat template; without it "
-            "llama.cpp applies a built-in template that may differ). Ollama: `ollama create NAME -f Modelfile`.", ""]
+            "llama.cpp: `ftstudio export RUN --gguf model.gguf` writes `model.gguf` and an Ollama `model.Modelfile` "
+            "beside it; run `llama-cli -m model.gguf --jinja` (`--jinja` uses this model's own chat template; "
+            "without it llama.cpp applies a built-in template that may differ). Ollama: "
+            "`ollama create NAME -f model.Modelfile`.", ""]
 
 
 def write_model_card(final: str | Path, run_dir: str | Path | None = None, check: str | None = None,

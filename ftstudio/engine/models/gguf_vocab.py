@@ -2,9 +2,14 @@
 end-of-turn token (llama.cpp's ``tokenizer.ggml.*`` keys), written with the ``gguf`` package's ``GGUFWriter``
 and ``SpecialVocab``.
 
-Byte-level BPE tokenizers (GPT-2 style: SmolLM2, Qwen2, Llama 3) are written as llama.cpp's ``gpt2`` model.
-SentencePiece tokenizers (Llama 2 style, byte-fallback BPE) and any other kind are refused by name: their
-scores and byte tokens need a converter this module does not have yet.
+Byte-level BPE tokenizers (GPT-2 style: SmolLM2, Qwen2, Llama 3) are written as llama.cpp's ``gpt2`` model
+with their merges. SentencePiece-style tokenizers (byte-fallback BPE in tokenizer.json, as Llama 2, Mistral,
+Gemma and Phi-3 have) are written as llama.cpp's ``llama`` model: tokens and types from ``gguf.vocab``'s
+``LlamaHfVocab`` (byte tokens ``<0xNN>``, control and user-defined added tokens), and a score per token.
+llama.cpp's sentencepiece tokenizer merges the adjacent pair whose joined text has the highest score, while
+tokenizer.json ranks its merges; LlamaHfVocab leaves every score at -1000, which would make llama.cpp merge
+left to right, so each token's score here is minus the rank of the first merge that makes it: the same
+merges in the same order. Any other kind (WordLevel, Unigram, WordPiece) is refused by name.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from pathlib import Path
 
 from ftstudio.core.errors import ModelError
 
-SUPPORTED_TOKENIZERS = "byte-level BPE (GPT-2 style, as SmolLM2, Qwen2 and Llama 3 have)"
+SUPPORTED_TOKENIZERS = ("byte-level BPE (GPT-2 style, as SmolLM2, Qwen2 and Llama 3 have) and SentencePiece-style "
+                        "byte-fallback BPE (as Llama 2, Mistral, Gemma and Phi-3 have)")
 
 
 def tokenizer_json(model_dir: Path) -> dict:
@@ -24,19 +30,27 @@ def tokenizer_json(model_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def tokenizer_kind(tj: dict) -> str:
+    """llama.cpp's tokenizer model for this tokenizer.json: "gpt2" (byte-level BPE) or "llama" (byte-fallback
+    BPE, SentencePiece style); "" for a kind GGUF export cannot write."""
+    model = tj.get("model") or {}
+    decoder = (tj.get("decoder") or {}).get("type")
+    byte_level = decoder == "ByteLevel" or "ByteLevel" in json.dumps(tj.get("pre_tokenizer"))
+    if model.get("type") != "BPE":
+        return ""
+    # Some converters (transformers' GGUF reader, 5.17 here) set byte_fallback on a byte-level BPE as well: its
+    # ByteLevel pre-tokenizer already maps every byte to a token, so the flag changes nothing there.
+    if byte_level:
+        return "gpt2"
+    return "llama" if model.get("byte_fallback") else ""
+
+
 def check_tokenizer(model_dir: Path) -> dict:
     """tokenizer.json when it is one we can write, else a ModelError that names its kind."""
     tj = tokenizer_json(model_dir)
-    model = tj.get("model") or {}
-    kind = model.get("type", "unknown")
-    decoder = (tj.get("decoder") or {}).get("type")
-    byte_level = decoder == "ByteLevel" or "ByteLevel" in json.dumps(tj.get("pre_tokenizer"))
-    # Some converters (transformers' GGUF reader, 5.17 here) set byte_fallback on a byte-level BPE as well: its
-    # ByteLevel pre-tokenizer already maps every byte to a token, so the flag changes nothing there.
-    if kind == "BPE" and model.get("byte_fallback") and not byte_level:
-        raise ModelError(f"{model_dir}: its tokenizer is SentencePiece-style BPE (byte fallback, as Llama 2 has), "
-                         f"which GGUF export does not write yet; supported: {SUPPORTED_TOKENIZERS}")
-    if kind != "BPE" or not byte_level:
+    if not tokenizer_kind(tj):
+        kind = (tj.get("model") or {}).get("type", "unknown")
+        decoder = (tj.get("decoder") or {}).get("type")
         raise ModelError(f"{model_dir}: its tokenizer is {kind} (decoder {decoder}), which GGUF cannot carry "
                          f"here; supported: {SUPPORTED_TOKENIZERS}")
     return tj
@@ -99,8 +113,48 @@ def add_vocab(writer, model_dir: Path, vocab_size: int) -> dict:
     from transformers import AutoTokenizer
 
     tj = check_tokenizer(model_dir)
+    kind = tokenizer_kind(tj)
     tok = AutoTokenizer.from_pretrained(model_dir)
     by_id = {i: t for t, i in tok.get_vocab().items()}
+    if len(by_id) > vocab_size:
+        raise ModelError(f"{model_dir}: the tokenizer has {len(by_id)} tokens but the model only {vocab_size} "
+                         "embedding rows; resize the embeddings (model.resize_token_embeddings) before exporting")
+    writer.add_tokenizer_model(kind)
+    if kind == "gpt2":
+        tokens, types = _gpt2_tokens(tok, by_id, vocab_size)
+        pre = pre_tokenizer_name(tj)
+    else:
+        tokens, types, scores = _spm_tokens(model_dir, tj, tok, by_id, vocab_size)
+        pre = "default"
+        writer.add_token_scores(scores)
+        writer.add_add_space_prefix(adds_space_prefix(tj))
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+
+    special = gguf.SpecialVocab(model_dir, load_merges=kind == "gpt2", n_vocab=vocab_size)
+    # What the tokenizer does, not what its files say or leave out: llama.cpp adds BOS to a sentencepiece
+    # vocabulary that does not say otherwise, and tokenizer_config.json often does not say.
+    probe = tok("a")["input_ids"]
+    bare = tok("a", add_special_tokens=False)["input_ids"]
+    special.add_special_token["bos"] = tok.bos_token_id is not None and probe[:1] == [tok.bos_token_id] != bare[:1]
+    special.add_special_token["eos"] = tok.eos_token_id is not None and probe[-1:] == [tok.eos_token_id] != bare[-1:]
+    special.add_to_gguf(writer, quiet=True)
+    eos = special.special_token_ids.get("eos")
+    eot = end_of_turn_id(tok)
+    if eot is None:
+        eot = _generation_stop(model_dir, eos)
+    if eot is not None and eot != eos:
+        writer.add_eot_token_id(eot)
+    return {"tokenizer": kind, "pre_tokenizer": pre, "eos_token_id": eos, "eot_token_id": eot,
+            "eos_token": by_id.get(eos), "eot_token": by_id.get(eot), "merges": len(special.merges),
+            "chat_template": special.chat_template is not None, "add_bos": special.add_special_token["bos"],
+            "add_space_prefix": adds_space_prefix(tj) if kind == "llama" else None}
+
+
+def _gpt2_tokens(tok, by_id: dict, vocab_size: int) -> tuple[list, list]:
+    import gguf
+
     added = tok.added_tokens_decoder
     tokens, types = [], []
     for i in range(vocab_size):
@@ -115,26 +169,66 @@ def add_vocab(writer, model_dir: Path, vocab_size: int) -> dict:
         else:
             tokens.append(by_id[i])
             types.append(gguf.TokenType.NORMAL)
-    if len(by_id) > vocab_size:
-        raise ModelError(f"{model_dir}: the tokenizer has {len(by_id)} tokens but the model only {vocab_size} "
-                         "embedding rows; resize the embeddings (model.resize_token_embeddings) before exporting")
-    pre = pre_tokenizer_name(tj)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
+    return tokens, types
 
-    special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=vocab_size)
-    special.add_to_gguf(writer, quiet=True)
-    eos = special.special_token_ids.get("eos")
-    eot = end_of_turn_id(tok)
-    if eot is None:
-        eot = _generation_stop(model_dir, eos)
-    if eot is not None and eot != eos:
-        writer.add_eot_token_id(eot)
-    return {"tokenizer": "gpt2", "pre_tokenizer": pre, "eos_token_id": eos, "eot_token_id": eot,
-            "eos_token": by_id.get(eos), "eot_token": by_id.get(eot), "merges": len(special.merges),
-            "chat_template": special.chat_template is not None}
+
+def _spm_tokens(model_dir: Path, tj: dict, tok, by_id: dict, vocab_size: int) -> tuple[list, list, list]:
+    """Tokens and types from gguf's LlamaHfVocab, scores from the merge ranks (see the module text)."""
+    import gguf
+    from gguf.vocab import LlamaHfVocab
+
+    try:
+        hf = LlamaHfVocab(model_dir)
+    except (FileNotFoundError, TypeError, KeyError) as e:
+        raise ModelError(f"{model_dir}: its byte-fallback tokenizer is not one llama.cpp's sentencepiece "
+                         f"vocabulary reader takes ({e}); supported: {SUPPORTED_TOKENIZERS}") from None
+    entries = list(hf.all_tokens())
+    for i, (text, _score, _type) in enumerate(entries):
+        if by_id.get(i) != text.decode("utf-8"):   # LlamaHfVocab lists base tokens, then added ones in id order
+            raise ModelError(f"{model_dir}: token {i} of tokenizer.json is {by_id.get(i)!r} but the sentencepiece "
+                             f"reader puts {text.decode('utf-8', 'replace')!r} there (added token ids with gaps?); "
+                             "GGUF export needs consecutive ids")
+    ranks: dict[str, int] = {}
+    for rank, merge in enumerate((tj.get("model") or {}).get("merges") or []):
+        left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
+        ranks.setdefault(left + right, rank)
+    added = tok.added_tokens_decoder
+    tokens, types, scores = [], [], []
+    for i in range(vocab_size):
+        if i >= len(entries):  # the embedding has more rows than the tokenizer has tokens
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+            scores.append(-1000.0)
+            continue
+        text, _score, ttype = entries[i]
+        piece = text.decode("utf-8")
+        if i in added:  # as llama.cpp's own converter: special → control, other added tokens → user-defined
+            ttype = gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED
+        if i in added or ttype in (gguf.TokenType.BYTE, gguf.TokenType.CONTROL):
+            score = 0.0
+        elif piece in ranks:
+            score = -float(ranks[piece])
+        else:  # single characters (never made by a merge) and pieces no merge reaches
+            score = -float(len(ranks) + i)
+        tokens.append(text)
+        types.append(ttype)
+        scores.append(score)
+    return tokens, types, scores
+
+
+def adds_space_prefix(tj: dict) -> bool:
+    """Whether the tokenizer puts "▁" before the text (Llama 2, Mistral, Phi-3) or not (Gemma): llama.cpp's
+    ``tokenizer.ggml.add_space_prefix``."""
+    parts = []
+    for key in ("normalizer", "pre_tokenizer"):
+        node = tj.get(key) or {}
+        parts += node.get("normalizers") or node.get("pretokenizers") or [node]
+    for p in parts:
+        if p.get("type") == "Prepend" and p.get("prepend") == "\u2581":
+            return True
+        if p.get("type") == "Metaspace":
+            return p.get("prepend_scheme", "always" if p.get("add_prefix_space", True) else "never") != "never"
+    return False
 
 
 def _generation_stop(model_dir: Path, eos: int | None) -> int | None:
