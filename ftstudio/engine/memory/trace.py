@@ -31,7 +31,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ftstudio.engine.memory.trace_rules import CudaAutocastRules, unpacked_rows
+from ftstudio.engine.memory.trace_rules import CudaAutocastRules, fp32_grouped_mm, unpacked_rows
 
 CUDA_BLOCK = 512            # the CUDA caching allocator rounds every allocation up to a multiple of 512 bytes
 
@@ -89,7 +89,10 @@ class LiveBytes(TorchDispatchMode):
         self.region_peaks = {self.region: self.live}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = fp32_grouped_mm(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
         for t in tree_flatten(out)[0]:
             self._add(t)
         return out
@@ -237,7 +240,7 @@ def _block_hooks(model, live: LiveBytes):
 def _build(config, choices: StepChoices, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    kw = {"trust_remote_code": trust_remote_code}
+    kw = {"trust_remote_code": trust_remote_code, "dtype": torch.get_default_dtype()}   # not config.json's dtype
     if choices.attention not in ("auto", "", None):
         kw["attn_implementation"] = choices.attention
     if choices.task == "classification":
@@ -245,10 +248,12 @@ def _build(config, choices: StepChoices, trust_remote_code: bool):
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = 0
         return AutoModelForSequenceClassification.from_config(config, **kw)
-    return AutoModelForCausalLM.from_config(config, **kw)
+    return AutoModelForCausalLM.from_config(config, **kw)   # dtype: the caller's default (config.dtype ignored)
 
 
-def _trace_once(config, choices: StepChoices, trust_remote_code: bool) -> dict:
+def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: bool = True) -> dict:
+    """One traced step of ``config`` as built (``fake=False``: the same step on real CPU tensors, for the tests
+    that check the fake trace against what torch really allocates)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     config = _with_layers(config, config.num_hidden_layers)   # a copy: the caller's config is not changed
@@ -256,10 +261,10 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool) -> dict:
         config.use_cache = False
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(choices.precision)
     param_dtype = torch.bfloat16 if choices.precision == "bf16" else torch.float32
-    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else nullcontext()
     live = LiveBytes(choices.block)
     notes: list[str] = []
-    with fake:
+    with mode:
         prev = torch.get_default_dtype()
         torch.set_default_dtype(param_dtype)
         try:
@@ -271,7 +276,10 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool) -> dict:
         for p in params:
             p.requires_grad_(True)
         if choices.checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # The recompute in backward runs under the same CUDA rules as the forward (checkpoint's context_fn)
+            rules_for = (lambda: CudaAutocastRules(autocast_dtype)) if choices.block > 1 else nullcontext
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+                "use_reentrant": False, "context_fn": lambda: (nullcontext(), rules_for())})
         model.train()
         weights = sum(round_block(p.untyped_storage().nbytes(), choices.block)
                       for p in {id(p): p for p in params}.values())
@@ -317,7 +325,10 @@ def _batch(config, choices: StepChoices) -> dict:
     ids = torch.zeros(b, s, dtype=torch.long)
     batch = {"input_ids": ids}
     if choices.padded or choices.task == "classification":
-        batch["attention_mask"] = torch.ones(b, s, dtype=torch.long)
+        mask = torch.ones(b, s, dtype=torch.long)
+        if b > 1 and s > 1:
+            mask[-1, -1] = 0                   # one padded token: the mask is needed, as in a padded batch
+        batch["attention_mask"] = mask
     batch["labels"] = torch.zeros(b, dtype=torch.long) if choices.task == "classification" else ids
     return batch
 

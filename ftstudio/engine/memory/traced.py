@@ -18,10 +18,18 @@ from ftstudio.engine.models import ModelShape, shape_from_config
 
 # model_type values whose traced plan was compared with the allocator's peak on an H100 (plan_vs_measured.py):
 # inside them the margin is MARGIN_CHECKED, outside MARGIN_UNCHECKED and the plan says so.
-CHECKED_TYPES = frozenset({"llama", "qwen2", "qwen3", "mistral", "gemma2", "phi3", "gpt2", "bert"})
+CHECKED_TYPES = frozenset({"llama", "qwen2", "qwen3", "gemma2", "phi3", "gpt2", "bert"})
 MARGIN_CHECKED = 0.02
 MARGIN_UNCHECKED = 0.06
 MARGIN_CLOSED_FORM = 0.10      # the closed form away from the Llama/Qwen2 rows it was fitted on
+# Mixture-of-experts: the one MoE shape measured (a small Qwen3-MoE, H100) peaked 8 % above its traced plan.
+MARGIN_MOE = 0.12
+_MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+
+
+def is_moe(model_config: dict) -> bool:
+    cfg = model_config.get("text_config") if isinstance(model_config.get("text_config"), dict) else model_config
+    return any(isinstance(cfg.get(k), int) and cfg.get(k) > 1 for k in _MOE_KEYS)
 
 
 def plan(model_config: dict, run: RunConfig, gpus: int = 1, device: str | None = None, *, seq_len: int | None = None,
@@ -48,7 +56,12 @@ def plan(model_config: dict, run: RunConfig, gpus: int = 1, device: str | None =
         closed.notes.append(f"closed form: the model's step could not be traced on fake tensors ({type(e).__name__}: "
                             f"{first}); margin {closed.margin:.0%}")
         return closed
-    return _compose(traced, shape, run, gpus, device, closed)
+    out = _compose(traced, shape, run, gpus, device, closed)
+    if is_moe(model_config):
+        out.margin = max(out.margin, MARGIN_MOE)
+        out.notes.append(f"mixture of experts: the one MoE shape measured on a GPU peaked 8 % above its traced plan "
+                         f"(expert routing is data-dependent); margin {out.margin:.0%}")
+    return out
 
 
 def _untraced(run: RunConfig, gpus: int, device: str | None, trace: bool) -> str:
@@ -131,14 +144,4 @@ def _compose(t, shape: ModelShape, run: RunConfig, gpus: int, device, closed: Me
                            host=closed.host, method="traced", margin=margin, notes=notes)
 
 
-def textbook_omits(b: MemoryBreakdown, shape: ModelShape | None = None) -> str:
-    """One line: what the seed's 16N + s·b·d·L·12 leaves out, with the sizes this plan found."""
-    gb = lambda x: f"{x / 1e9:.1f} GB"  # noqa: E731
-    loss = b.parts.get("loss", 0)
-    copies = b.parts.get("weight_copies", 0)
-    return (f"the textbook figure leaves out the loss's logits (b·s·vocab, fp32 with their gradient: ~{gb(loss)}), "
-            f"attention and norm temporaries, autocast's bf16 weight copies (~{gb(copies)}), the allocator's "
-            f"rounding and the CUDA context")
-
-
-__all__ = ["plan", "textbook_omits", "CHECKED_TYPES", "MARGIN_CHECKED", "MARGIN_UNCHECKED"]
+__all__ = ["plan", "is_moe", "CHECKED_TYPES", "MARGIN_CHECKED", "MARGIN_UNCHECKED", "MARGIN_MOE"]
