@@ -176,3 +176,25 @@ def test_a_cuda_snapshot_carries_the_plan_of_its_run():
     assert json.loads(json.dumps(snap.to_dict()))["planned_peak"] == snap.planned_peak
     cpu = snapshot(trainer, model, "cpu")
     assert cpu.planned_peak is None
+
+
+def test_estimate_takes_train_flags_a_config_file_and_the_data(tmp_path, capsys):
+    """`ftstudio estimate` with train's flags and YAML plans that run: the rows of the data file, the fast
+    defaults' choices said, the traced plan beside the closed form and the textbook figure's omissions."""
+    from tiny import save_tiny_llama
+
+    from ftstudio.cli import main
+    from ftstudio.core.config import RunConfig
+
+    model = save_tiny_llama(tmp_path / "m")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"text": "the cat and the dog " * (3 + i % 5)}) + "\n" for i in range(40)))
+    yaml = tmp_path / "run.yaml"
+    RunConfig().replace(source=str(model), dataset=str(data), batch_size=4, seq_len=64).save(yaml)
+    assert main(["estimate", "--config", str(yaml), "--max-steps", "5", "--attention", "eager", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["method"] == "traced" and report["batch_size"] == 4 and report["seq_len"] == 64
+    assert any(c.startswith("Data: 36 training rows") for c in report["choices"]), report["choices"]
+    assert report["closed_form_bytes"] > 0 and "logits" in report["textbook_omits"]
+    assert main(["estimate", str(model), "--no-trace", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["method"] == "closed form"

@@ -81,9 +81,18 @@ def run(args: argparse.Namespace) -> int:
 
     from . import fail
 
+    if not args.model and (args.config or args.cfg_source):
+        try:                                  # the model named by the config file or --model
+            args.model = _run_config(args).model.source
+        except FTStudioError as e:
+            return fail(str(e))
     if not args.model and None in (args.params, args.hidden, args.layers):
         return fail("give MODEL (a folder, config.json or cached hub id) or --params, --hidden and --layers")
     try:
+        from ftstudio.engine.memory.report import _check_sizes   # this verb's own sizes, named by their flags
+        _check_sizes(params=args.params, hidden=args.hidden, layers=args.layers, seq_len=args.seq_len,
+                     batch_size=args.batch_size, grad_accum=args.grad_accum, gpus=args.gpus,
+                     gpu_memory_gb=args.gpu_memory)
         cfg = _run_config(args)
         seeded = args.model is None          # the seed's table keeps its own defaults (b = 1, s = 2048)
         precision = cfg.hardware.precision if cfg.hardware.precision != "auto" else "bf16-mixed"
