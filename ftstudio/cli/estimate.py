@@ -1,22 +1,38 @@
-"""`ftstudio estimate MODEL|--params N --hidden D --layers L [...]`: will the run fit? No torch import."""
+"""`ftstudio estimate MODEL|--params N --hidden D --layers L [CONFIG flags]`: will the run fit?
+
+With a MODEL the plan is for the run `ftstudio train` would start with the same flags and config file: every
+`train` flag is taken, the fast defaults' choices are made by the trainer's own function and said, the data file
+(when given) sets the real row lengths, and the activations come from the model's own step traced on fake tensors
+(`--no-trace`: the closed form alone). `--params/--hidden/--layers` plan the seed's LLaMA-like shape with the
+closed form and import no torch."""
 from __future__ import annotations
 
 import argparse
 import json
 
+# the leaves this verb defines itself (its defaults and help predate the train flags)
+OWN = ("batch_size", "seq_len", "grad_accum", "precision", "optimizer", "loss", "activation_checkpointing",
+       "offload_activations", "optimizer_in_backward", "gpus")
+
 
 def add_parser(sub) -> None:
     from ftstudio.core.config import LOSSES, OPTIMIZERS, PRECISIONS
 
+    from .flags import add_config_flags
+
     p = sub.add_parser("estimate", help="plan the GPU memory of a run (weights, gradients, optimizer, activations)")
     p.add_argument("model", nargs="?", help="a model folder, a config.json, or a cached hub id")
+    p.add_argument("--config", metavar="RUN.yaml", help="a run config YAML, as `ftstudio train` takes it; flags "
+                                                          "override it")
     p.add_argument("--params", type=float, help="parameter count (instead of MODEL), e.g. 7e9")
     p.add_argument("--hidden", type=int, help="hidden size d (with --params)")
     p.add_argument("--layers", type=int, help="number of layers L (with --params)")
-    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="rows per micro-batch (default: the config's; 1 with --params)")
     p.add_argument("--seq-len", type=int, default=None,
-                   help="tokens per row (default 2048, or the model's context length when that is shorter)")
-    p.add_argument("--grad-accum", type=int, default=1)
+                   help="tokens per row (default: the config's, or 2048 with --params; never beyond the model's "
+                        "context length)")
+    p.add_argument("--grad-accum", type=int, default=None)
     p.add_argument("--preset", help="start from a preset (e.g. fastest, largest); the flags below override it")
     p.add_argument("--precision", choices=[x for x in PRECISIONS if x != "auto"], help="default bf16-mixed")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adamw")
@@ -26,41 +42,72 @@ def add_parser(sub) -> None:
                    help="checkpointed block inputs in pinned CPU memory (implies --activation-checkpointing)")
     p.add_argument("--optimizer-in-backward", action="store_true", default=None,
                    help="the optimizer step inside backward: one gradient tensor at a time")
-    p.add_argument("--method", choices=("sft", "dpo", "simpo"), help="the objective (train.method); default sft")
-    p.add_argument("--dpo-reference", choices=("auto", "precompute", "model"),
-                   help="where DPO's reference log-probabilities come from; both options' costs are shown")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs sharing the state (FSDP)")
     p.add_argument("--gpu-memory", type=float, default=80.0, help="memory of one card in GB (default 80)")
+    p.add_argument("--no-trace", dest="trace", action="store_false",
+                   help="the closed form only (no torch): skip tracing the model's step on fake tensors")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON on the last line of stdout")
+    add_config_flags(p, skip=OWN)
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+def _run_config(args: argparse.Namespace):
+    """The RunConfig `train` would get from the same config file, preset and flags (then this verb's own)."""
     from ftstudio.core.config import RunConfig
-    from ftstudio.core.errors import FTStudioError
     from ftstudio.core.presets import apply_preset
+
+    from .flags import apply_config_flags
+
+    base = RunConfig.load(args.config) if args.config else RunConfig()
+    if args.preset:
+        base = apply_preset(base, args.preset)
+    base = apply_config_flags(base, args)
+    if args.model:
+        base = base.replace(source=args.model)
+    m = base.memory
+    ckpt = bool(args.activation_checkpointing or args.offload_activations or m.activation_checkpointing)
+    own = {"activation_checkpointing": ckpt,
+           "offload_activations": bool(args.offload_activations or m.offload_activations),
+           "optimizer_in_backward": bool(args.optimizer_in_backward or m.optimizer_in_backward)}
+    for leaf in ("batch_size", "grad_accum", "optimizer", "loss", "precision"):
+        if getattr(args, leaf) is not None:
+            own[leaf] = getattr(args, leaf)
+    return base.replace(**own)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ftstudio.core.errors import FTStudioError
     from ftstudio.engine.memory import estimate_report, format_report
 
     from . import fail
 
+    if not args.model and (args.config or args.cfg_source):
+        try:                                  # the model named by the config file or --model
+            args.model = _run_config(args).model.source
+        except FTStudioError as e:
+            return fail(str(e))
     if not args.model and None in (args.params, args.hidden, args.layers):
         return fail("give MODEL (a folder, config.json or cached hub id) or --params, --hidden and --layers")
     try:
-        base = apply_preset(RunConfig(), args.preset) if args.preset else RunConfig()
-        base = base.replace(**{k: v for k, v in (("method", args.method), ("dpo_reference", args.dpo_reference))
-                               if v is not None})
-        m = base.memory
-        ckpt = args.activation_checkpointing or args.offload_activations or m.activation_checkpointing
-        base = base.replace(activation_checkpointing=bool(ckpt),
-                            offload_activations=bool(args.offload_activations or m.offload_activations),
-                            optimizer_in_backward=bool(args.optimizer_in_backward or m.optimizer_in_backward))
-        precision = args.precision or (base.hardware.precision if base.hardware.precision != "auto"
-                                       else "bf16-mixed")
+        from ftstudio.engine.memory.report import _check_sizes   # this verb's own sizes, named by their flags
+        _check_sizes(params=args.params, hidden=args.hidden, layers=args.layers, seq_len=args.seq_len,
+                     batch_size=args.batch_size, grad_accum=args.grad_accum, gpus=args.gpus,
+                     gpu_memory_gb=args.gpu_memory)
+        cfg = _run_config(args)
+        seeded = args.model is None          # the seed's table keeps its own defaults (b = 1, s = 2048)
+        precision = cfg.hardware.precision if cfg.hardware.precision != "auto" else "bf16-mixed"
+        batch = args.batch_size or (1 if seeded and not args.config else cfg.train.batch_size)
+        if seeded or args.seq_len is not None:
+            seq, cap = args.seq_len, False
+        else:
+            seq, cap = cfg.data.seq_len, True    # the config's length, capped at the model's context
+        read_data = bool(args.config or args.cfg_dataset)
+        plan_fn = _planner(args, read_data) if args.model and args.trace else None
         report = estimate_report(args.model, params=args.params, hidden=args.hidden, layers=args.layers,
-                                 seq_len=args.seq_len, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                                 precision=precision, optimizer=args.optimizer or base.optim.optimizer,
-                                 loss=args.loss or m.loss, activation_checkpointing=bool(ckpt), gpus=args.gpus,
-                                 gpu_memory_gb=args.gpu_memory, run_config=base)
+                                 seq_len=seq, cap_seq_len=cap, batch_size=batch, grad_accum=cfg.train.grad_accum,
+                                 precision=precision, optimizer=cfg.optim.optimizer, loss=cfg.memory.loss,
+                                 activation_checkpointing=cfg.memory.activation_checkpointing, gpus=args.gpus,
+                                 gpu_memory_gb=args.gpu_memory, run_config=cfg, plan_fn=plan_fn)
     except FTStudioError as e:
         return fail(str(e))
     if args.json:
@@ -68,3 +115,13 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
     return 0
+
+
+def _planner(args: argparse.Namespace, read_data: bool):
+    """The plan of the run `train` would start (train/plan_run.py): traced step, fast defaults, real rows."""
+    def plan(run, model_config: dict):
+        from ftstudio.engine.train.plan_run import plan_run
+
+        rp = plan_run(run, model_config=model_config, gpus=args.gpus, device="cuda", read_data=read_data)
+        return rp.plan, rp.lines
+    return plan

@@ -52,13 +52,16 @@ def _optional(kind):
     return parse
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """Every RunConfig leaf as a flag (``skip``: leaf names the verb defines itself)."""
     choices = _choices()
     for section, cls in SECTIONS.items():
         group = parser.add_argument_group(section)
         docs = field_docs(cls)
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
+            if f.name in skip:
+                continue
             flag = flag_name(f.name)
             hint = hints[f.name]
             args = typing.get_args(hint)

@@ -7,7 +7,7 @@ import math
 from ftstudio.core.config import RunConfig
 from ftstudio.core.errors import ConfigError
 
-from ftstudio.engine.memory.plan import estimate, host_bytes, textbook_bytes
+from ftstudio.engine.memory.plan import MemoryBreakdown, estimate, host_bytes, textbook_bytes
 from ftstudio.engine.memory.shape import check_model_config, load_shape
 from ftstudio.engine.memory.solve import solve
 from ftstudio.engine.models import ModelShape, shape_from_config
@@ -45,9 +45,12 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
                     precision: str = "bf16-mixed", optimizer: str = "adamw", loss: str = "full",
                     activation_checkpointing: bool = False, grad_accum: int = 1, gpus: int = 1,
                     gpu_memory_gb: float | None = 80.0, run_config: RunConfig | None = None,
-                    model_config: dict | None = None) -> dict:
+                    model_config: dict | None = None, cap_seq_len: bool = False, plan_fn=None) -> dict:
     """The --json payload of ``ftstudio estimate`` (bytes per GPU). Raises ModelError / ConfigError.
-    ``seq_len=None``: 2048, or the model's context length when that is shorter."""
+    ``seq_len=None``: 2048, or the model's context length when that is shorter; ``cap_seq_len``: a longer
+    ``seq_len`` (a config's, not asked for) is cut to the context instead of refused. ``plan_fn(run, config)``:
+    (MemoryBreakdown, lines) of the plan to report (the traced plan of the run train would start), else the
+    closed form; the solver's advice stays the closed form's."""
     _check_sizes(params=params, hidden=hidden, layers=layers, seq_len=seq_len, batch_size=batch_size,
                  grad_accum=grad_accum, gpus=gpus, gpu_memory_gb=gpu_memory_gb)
     if model is None and model_config is None and not (params and hidden and layers):
@@ -66,13 +69,14 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
         (shape, cfg), source = load_shape(model), model
     else:
         shape, source, cfg = synthetic_shape(params, hidden, layers), f"{params:.3g} params", {}
-    seq_len = _check_positions(cfg, seq_len, source)
+    seq_len = _check_positions(cfg, seq_len, source, cap_seq_len)
     base = run_config or RunConfig()
     run = base.replace(device="cuda" if base.hardware.device == "cpu" else base.hardware.device,
                        seq_len=seq_len, batch_size=batch_size, precision=precision, optimizer=optimizer,
                        loss=loss, activation_checkpointing=activation_checkpointing, grad_accum=grad_accum)
     n = shape.params if params is None or model is not None else int(params)
-    est = estimate(shape, run, gpus)
+    closed = estimate(shape, run, gpus)
+    est, lines = plan_fn(run.replace(source=model), cfg) if plan_fn and cfg else (closed, [])
     host = host_bytes(shape, run, gpus, shard_bytes=_largest_shard(model))
     report = {
         "model": source, "model_type": shape.model_type, "params": n, "params_exact": shape.exact,
@@ -88,6 +92,8 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
         "max_batch_size": None, "max_seq_len": None, "fits": None, "suggestions": [],
         "gpu_memory_bytes": int(gpu_memory_gb * 1e9) if gpu_memory_gb else None,
         "host_bytes": host, "host_ram_bytes": _host_ram(),
+        "method": est.method, "margin": est.margin, "notes": list(est.notes), "choices": list(lines),
+        "closed_form_bytes": closed.total, "textbook_omits": textbook_omits(est),
     }
     if gpu_memory_gb:
         adv = solve(shape, run, int(gpu_memory_gb * 1e9), gpus)
@@ -97,7 +103,7 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
     if model is None and params:
         report["seed_table"] = seed_table(seq_len=2048, batch_size=1, gpu_gb=int(gpu_memory_gb or 80))
     from ftstudio.engine.memory.reference import reference_costs
-    report["method"] = run.train.method
+    report["train_method"] = run.train.method
     report["reference"] = reference_costs(shape, run, gpus)   # DPO: the reference's cost per option
     return report
 
@@ -145,13 +151,16 @@ def _check_sizes(**sizes) -> None:
             raise ConfigError(flag, f"{value!r} is not a whole number")
 
 
-def _check_positions(cfg: dict, seq_len: int | None, source: str) -> int:
-    """The sequence length to plan: refused beyond the model's positions; None is 2048 or the context, if shorter."""
+def _check_positions(cfg: dict, seq_len: int | None, source: str, cap: bool = False) -> int:
+    """The sequence length to plan: refused beyond the model's positions (cut to them with ``cap``); None is 2048
+    or the context, if shorter."""
     from ftstudio.engine.models.inspect import config_facts
 
     ctx = config_facts(cfg)["context_length"] if cfg else None
     if seq_len is None:
         return min(2048, ctx) if ctx else 2048
+    if ctx and seq_len > ctx and cap:
+        return ctx
     if ctx and seq_len > ctx:
         raise ConfigError("--seq-len", f"{seq_len} is beyond {source}'s {ctx} positions (its context length in "
                                        f"config.json); plan with --seq-len {ctx} or less")
@@ -179,19 +188,27 @@ def format_report(report: dict) -> str:
             continue
         lines.append(f"  {key:<12}{gb(b[key]):>12}")
     lines.append(f"  {'peak':<12}{gb(report['peak_bytes']):>12}   per GPU (largest at the {report['peak_phase']})")
+    if report.get("margin"):
+        lines.append(f"  {'with margin':<12}{gb(report['peak_bytes'] * (1 + report['margin'])):>12}   "
+                     f"+{report['margin']:.0%} ({report.get('method', 'closed form')}); closed form "
+                     f"{gb(report.get('closed_form_bytes') or report['peak_bytes'])}")
     lines.append(f"  {'textbook':<12}{gb(report['textbook_bytes']):>12}   the seed's 16N + s·b·d·L·12")
-    if report.get("method", "sft") != "sft":
-        lines.append(f"  {report['method']}: two rows per pair (chosen and rejected) in each forward")
+    if report.get("train_method", "sft") != "sft":
+        lines.append(f"  {report['train_method']}: two rows per pair (chosen and rejected) in each forward")
     ref = report.get("reference") or {}
     for option in ("precompute", "model") if ref else ():
         r = ref[option]
         lines.append(f"  reference {option:<10} peak {gb(r['total']):>10}   +{gb(r['reference'])} during training: "
                      f"{r['when']}{'  (this run)' if ref['chosen'] == option else ''}")
+    if report.get("textbook_omits"):
+        lines.append(f"  {'':<12}{'':>12}   {report['textbook_omits']}")
     if report.get("host_bytes"):
         ram = report.get("host_ram_bytes")
         lines.append(f"  {'host RAM':<12}{gb(report['host_bytes']):>12}   for the whole run (weights load onto the "
                      f"GPU one shard at a time)" + (f"; this machine has {gb(ram)}: NOT enough" if ram and
                                                     ram < report["host_bytes"] else ""))
+    for line in [*report.get("choices", []), *report.get("notes", [])]:
+        lines.append(f"  · {line}")
     if report.get("gpu_memory_bytes"):
         cap = gb(report["gpu_memory_bytes"])
         lines += ["", f"On a {cap} GPU: {'fits' if report['fits'] else 'does NOT fit'}; largest batch "
@@ -208,6 +225,14 @@ def format_report(report: dict) -> str:
             lines.append(f"  {r['model']:<10} {r['params'] / 1e9:>6.0f}B {r['weights_grads_optimizer_gb']:>7.1f} GB"
                          f" {r['activations_gb']:>5.1f} GB {r['total_gb']:>6.1f} GB  {r['min_gpus']}")
     return "\n".join(lines)
+
+
+def textbook_omits(b: MemoryBreakdown) -> str:
+    """What the seed's 16N + s·b·d·L·12 leaves out, with this plan's sizes of it."""
+    gb = lambda x: f"{x / 1e9:.1f} GB"  # noqa: E731
+    return (f"(leaves out the loss's logits, b·s·vocab in fp32 with their gradient: {gb(b.parts.get('loss', 0))}; "
+            f"autocast's bf16 weight copies: {gb(b.parts.get('weight_copies', 0))}; attention and norm "
+            "temporaries; the allocator's rounding and the CUDA context)")
 
 
 __all__ = ["estimate_report", "format_report", "seed_table", "synthetic_shape"]

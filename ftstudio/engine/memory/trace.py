@@ -31,7 +31,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ftstudio.engine.memory.trace_rules import CudaAutocastRules, unpacked_rows
+from ftstudio.engine.memory.trace_rules import CudaAutocastRules, fp32_grouped_mm, unpacked_rows
 
 CUDA_BLOCK = 512            # the CUDA caching allocator rounds every allocation up to a multiple of 512 bytes
 
@@ -52,6 +52,7 @@ class LiveBytes(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self.region = 0                  # blocks whose backward is complete (set by trace.py's hooks)
+        self.only = None                 # inside a compiled graph: the ops whose outputs are real buffers
         self.region_peaks: dict[int, int] = {}
         self._seen: dict[int, tuple[weakref.ref, int]] = {}
 
@@ -89,10 +90,26 @@ class LiveBytes(TorchDispatchMode):
         self.region_peaks = {self.region: self.live}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = fp32_grouped_mm(func, args, kwargs)
+        if out is None:
+            out = func(*args, **kwargs)
+        if _tracing_graph():
+            return out                       # AOTAutograd tracing a graph (compile time), not the step
+        if self.only is not None:
+            if func.overloadpacket not in self.only:
+                return out                   # fused into a kernel: never a buffer of its own
+            for t in tree_flatten((args, kwargs))[0]:
+                self._add(t)                 # an extern kernel reads materialised buffers
         for t in tree_flatten(out)[0]:
             self._add(t)
         return out
+
+
+def _tracing_graph() -> bool:
+    keys = torch._C._TorchDispatchModeKey
+    return any(torch._C._get_dispatch_mode(getattr(keys, k)) is not None for k in ("PROXY", "FUNCTIONAL")
+               if hasattr(keys, k))
 
 
 def _is_fake(t) -> bool:
@@ -116,6 +133,7 @@ class StepChoices:
     num_labels: int = 2
     block: int = CUDA_BLOCK             # allocator rounding (1 on the CPU)
     loss_fn: object = None              # loss_fn(model, batch, chunked=bool): the trainer's causal-LM loss
+    compiled: bool = False              # blocks under torch.compile: AOTAutograd's partition of each (aot below)
 
 
 @dataclass
@@ -237,7 +255,7 @@ def _block_hooks(model, live: LiveBytes):
 def _build(config, choices: StepChoices, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    kw = {"trust_remote_code": trust_remote_code}
+    kw = {"trust_remote_code": trust_remote_code, "dtype": torch.get_default_dtype()}   # not config.json's dtype
     if choices.attention not in ("auto", "", None):
         kw["attn_implementation"] = choices.attention
     if choices.task == "classification":
@@ -245,10 +263,12 @@ def _build(config, choices: StepChoices, trust_remote_code: bool):
         if getattr(config, "pad_token_id", None) is None:
             config.pad_token_id = 0
         return AutoModelForSequenceClassification.from_config(config, **kw)
-    return AutoModelForCausalLM.from_config(config, **kw)
+    return AutoModelForCausalLM.from_config(config, **kw)   # dtype: the caller's default (config.dtype ignored)
 
 
-def _trace_once(config, choices: StepChoices, trust_remote_code: bool) -> dict:
+def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: bool = True) -> dict:
+    """One traced step of ``config`` as built (``fake=False``: the same step on real CPU tensors, for the tests
+    that check the fake trace against what torch really allocates)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     config = _with_layers(config, config.num_hidden_layers)   # a copy: the caller's config is not changed
@@ -256,10 +276,10 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool) -> dict:
         config.use_cache = False
     autocast_dtype = {"bf16-mixed": torch.bfloat16, "fp16-mixed": torch.float16}.get(choices.precision)
     param_dtype = torch.bfloat16 if choices.precision == "bf16" else torch.float32
-    fake = FakeTensorMode(allow_non_fake_inputs=True)
+    mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else nullcontext()
     live = LiveBytes(choices.block)
     notes: list[str] = []
-    with fake:
+    with mode:
         prev = torch.get_default_dtype()
         torch.set_default_dtype(param_dtype)
         try:
@@ -271,13 +291,18 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool) -> dict:
         for p in params:
             p.requires_grad_(True)
         if choices.checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # The recompute in backward runs under the same CUDA rules as the forward (checkpoint's context_fn)
+            rules_for = (lambda: CudaAutocastRules(autocast_dtype)) if choices.block > 1 else nullcontext
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
+                "use_reentrant": False, "context_fn": lambda: (nullcontext(), rules_for())})
         model.train()
         weights = sum(round_block(p.untyped_storage().nbytes(), choices.block)
                       for p in {id(p): p for p in params}.values())
         if choices.in_backward:
             for p in params:
                 p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
+        if choices.compiled:
+            compile_blocks_aot(model)
         n_blocks, restart = _block_hooks(model, live)
         batch = _batch(config, choices)
         amp = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype is not None else nullcontext()
@@ -312,12 +337,102 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool) -> dict:
             "params": n_params, "largest": largest, "notes": notes}
 
 
+def aot(fn):
+    """``fn`` as ``torch.compile`` would split it for training, run eagerly: AOTAutograd traces forward and backward
+    together and inductor's min-cut partitioner decides which tensors the forward saves (cheap pointwise work is
+    recomputed in backward); the two graphs then run op by op on the tracer's fake tensors. Inductor's kernel fusion
+    is not modelled: only what is saved between forward and backward, which is what compiling changes for memory."""
+    import functools
+
+    from torch._functorch.aot_autograd import aot_function, make_boxed_func
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    def boxed(gm, example_inputs):
+        run = make_boxed_func(gm.forward)
+
+        def fused(args):
+            live = _active_tracker()
+            if live is None:
+                return run(args)
+            before, live.only = live.only, _extern_ops()
+            try:
+                out = run(args)
+            finally:
+                live.only = before
+            live.count(tree_flatten(out)[0])        # the graph's outputs (and saved tensors) are buffers
+            return out
+        fused._boxed_call = True
+        return fused
+    from torch._inductor.decomposition import select_decomp_table   # inductor's decompositions: what min-cut sees
+
+    return aot_function(fn, fw_compiler=boxed, bw_compiler=boxed, decompositions=select_decomp_table(),
+                        partition_fn=functools.partial(min_cut_rematerialization_partition, compiler="inductor"))
+
+
+def _active_tracker():
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+    return next((m for m in reversed(_get_current_dispatch_mode_stack()) if isinstance(m, LiveBytes)), None)
+
+
+def _extern_ops() -> frozenset:
+    """Ops inductor runs as library kernels with buffers of their own (matmuls, attention, convolutions, scatters);
+    the pointwise and reduction work between them is fused and allocates nothing beyond its outputs."""
+    aten = torch.ops.aten
+    names = ("mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward", "_grouped_mm",
+             "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward",
+             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward",
+             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_cudnn_attention_backward",
+             "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
+             "embedding_dense_backward", "scatter_add", "index_put", "_embedding_bag")
+    return frozenset(getattr(aten, n) for n in names if hasattr(aten, n))
+
+
+def compile_blocks_aot(model) -> int:
+    """Each block of the model's block list through :func:`aot`, as the trainer compiles each block in place
+    (checkpointing wrappers stay outside). Tensor arguments become graph inputs, the rest constants."""
+    import types
+
+    from ftstudio.engine.models.structure import find_block_list
+    from torch.utils._pytree import tree_flatten as flatten, tree_unflatten
+
+    blocks = find_block_list(model)
+    if blocks is None:
+        return 0
+    for block in blocks:
+        names = [n for n, _ in block.named_parameters()]
+        params = [p for _, p in block.named_parameters()]
+        orig = block.forward
+        cache: dict = {}
+
+        def forward(self_, *args, _orig=orig, _names=names, _params=params, _cache=cache, _block=block, **kwargs):
+            leaves, spec = flatten((args, kwargs))
+            where = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
+            key = (spec, tuple(None if i in where else repr(x) for i, x in enumerate(leaves)))
+            if key not in _cache:
+                n = len(_names)
+
+                def run(*flat):
+                    full = list(leaves)
+                    for i, t in zip(where, flat[n:]):
+                        full[i] = t
+                    a, k = tree_unflatten(full, spec)
+                    with torch.nn.utils.stateless._reparametrize_module(_block, dict(zip(_names, flat[:n]))):
+                        return _orig(*a, **k)
+                _cache[key] = aot(run)
+            return _cache[key](*_params, *[leaves[i] for i in where])
+        block.forward = types.MethodType(forward, block)
+    return len(blocks)
+
+
 def _batch(config, choices: StepChoices) -> dict:
     b, s = choices.batch, choices.seq_len
     ids = torch.zeros(b, s, dtype=torch.long)
     batch = {"input_ids": ids}
     if choices.padded or choices.task == "classification":
-        batch["attention_mask"] = torch.ones(b, s, dtype=torch.long)
+        mask = torch.ones(b, s, dtype=torch.long)
+        if b > 1 and s > 1:
+            mask[-1, -1] = 0                   # one padded token: the mask is needed, as in a padded batch
+        batch["attention_mask"] = mask
     batch["labels"] = torch.zeros(b, dtype=torch.long) if choices.task == "classification" else ids
     return batch
 

@@ -23,9 +23,6 @@ _FP32_OPS = {torch.pow, _T.pow, _T.__pow__, _T.__rpow__, torch.exp, _T.exp, torc
 _FP32_OUT_OPS = {torch.softmax, _T.softmax, _F.softmax, torch.log_softmax, _T.log_softmax, _F.log_softmax,
                  torch.sum, _T.sum, torch.prod, _T.prod, torch.cumsum, _T.cumsum, torch.cumprod, _T.cumprod}
 _LOW = (torch.bfloat16, torch.float16)
-# The grouped matmul of mixture-of-experts layers: CUDA runs it in fp32 (autocast leaves it alone), while its
-# fake-tensor rule takes bf16 only; an fp32 call is traced by :class:`_GroupedMMFp32` (same outputs and saves).
-_GROUPED = {f for f in (getattr(torch, "_grouped_mm", None),) if f is not None}
 
 
 class CudaAutocastRules(TorchFunctionMode):
@@ -40,8 +37,6 @@ class CudaAutocastRules(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in _GROUPED and _fp32_grouped(args):
-            return _GroupedMMFp32.apply(*args[:3])
         if torch.is_autocast_enabled("cpu"):
             if func in _FP32_OPS and _any_low(args, kwargs):
                 args, kwargs = _upcast(args), _upcast(kwargs)
@@ -87,27 +82,26 @@ def _grouped_shape(a, b, offs):
     return None
 
 
-def _fp32_grouped(args) -> bool:
-    if len(args) < 2 or not all(isinstance(t, torch.Tensor) for t in args[:2]):
-        return False
+def fp32_grouped_mm(func, args, kwargs):
+    """The output of an fp32 ``_grouped_mm`` (mixture-of-experts layers) on fake tensors, else None: CUDA runs it
+    in fp32 (autocast leaves it alone), while its fake-tensor rule takes bf16 only. Called below autograd (in the
+    tracker's dispatch), so its saved inputs and its backward's grouped matmuls are those of CUDA."""
+    if func is not _GROUPED_MM or len(args) < 2:
+        return None
     a, b = args[0], args[1]
-    offs = args[2] if len(args) > 2 else None
-    return a.dtype == torch.float32 and b.dtype == torch.float32 and _grouped_shape(a, b, offs) is not None
+    offs = args[2] if len(args) > 2 else kwargs.get("offs")
+    if a.dtype != torch.float32 or b.dtype != torch.float32 or not _fake(a):
+        return None
+    shape = _grouped_shape(a, b, offs)
+    return a.new_empty(shape) if shape is not None else None
 
 
-class _GroupedMMFp32(torch.autograd.Function):
-    """fp32 ``_grouped_mm`` on fake tensors: its output, its saved inputs and its gradients, as CUDA's."""
+_GROUPED_MM = getattr(getattr(torch.ops.aten, "_grouped_mm", None), "default", None)
 
-    @staticmethod
-    def forward(ctx, a, b, offs=None):
-        ctx.save_for_backward(a, b, offs)
-        return a.new_empty(_grouped_shape(a, b, offs))
 
-    @staticmethod
-    def backward(ctx, grad):
-        a, b, offs = ctx.saved_tensors
-        return (a.new_empty(a.shape) if ctx.needs_input_grad[0] else None,
-                b.new_empty(b.shape) if ctx.needs_input_grad[1] else None, None)
+def _fake(t) -> bool:
+    from torch._subclasses.fake_tensor import FakeTensor
+    return isinstance(t, FakeTensor)
 
 
 def _fp32_gqa(args, kwargs) -> bool:

@@ -105,11 +105,45 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
     eff = run.replace(compile=chosen["compile"], packing=chosen["packing"])
     if chosen["packing"] and task == "causal-lm":
         longest, padded = s, False           # packed rows fill seq_len, one document mask per row
-    from ftstudio.engine.train.loss import causal_lm_loss
     plan = traced_plan(model_config, eff, gpus, dev, seq_len=longest, padded=padded,
                        trust_remote_code=run.model.trust_remote_code, source=source, trace=trace,
-                       loss_fn=causal_lm_loss)
+                       loss_fn=trainer_loss)
     return RunPlan(plan=plan, config=eff, lines=lines, seq_len=longest, padded=padded)
 
 
-__all__ = ["RunPlan", "RowFacts", "plan_run", "read_rows"]
+def trainer_loss(model, batch: dict, *, chunked: bool):
+    """The trainer's causal-LM loss for the tracer (train/loss.py); ``trainer_loss.compiled`` is its compiled
+    variant (train/speed.py's head + cross-entropy as one graph), partitioned as inductor would (memory.trace.aot)."""
+    from ftstudio.engine.train.loss import causal_lm_loss
+    return causal_lm_loss(model, batch, chunked=chunked)
+
+
+def _compiled_loss(model, batch: dict, *, chunked: bool):
+    import functools
+
+    import torch.nn.functional as F
+
+    from ftstudio.engine.memory.trace import aot
+    from ftstudio.engine.train.loss import causal_lm_loss, logit_transform
+    from ftstudio.engine.train.speed import _head_cross_entropy
+
+    if chunked:                                        # the chunked slices, as the trainer runs them without Liger
+        return causal_lm_loss(model, batch, chunked=True)
+    scale, cap = logit_transform(model)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    base = getattr(model, model.base_model_prefix, None) or model.model
+    hidden = base(**inputs).last_hidden_state
+    head = model.get_output_embeddings()
+    targets = F.pad(batch["labels"], (0, 1), value=-100)[:, 1:].reshape(-1)
+    bias = getattr(head, "bias", None)
+    if bias is None:
+        fn = aot(lambda h, w, t: _head_cross_entropy(h, w, None, t, scale, cap))
+        return fn(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets)
+    fn = aot(functools.partial(_head_cross_entropy, scale=scale, cap=cap))
+    return fn(hidden.reshape(-1, hidden.shape[-1]), head.weight, bias, targets)
+
+
+trainer_loss.compiled = _compiled_loss
+
+
+__all__ = ["RunPlan", "RowFacts", "plan_run", "read_rows", "trainer_loss"]
