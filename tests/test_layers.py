@@ -185,7 +185,11 @@ def test_core_and_engine_never_import_qt():
 
 
 def test_core_imports_no_heavy_module_at_module_level():
-    planning = list((PKG / "core").rglob("*.py")) + list((PKG / "engine" / "memory").glob("*.py")) + [
+    # trace.py and trace_rules.py are the tracer (TorchDispatchMode / TorchFunctionMode subclasses): it runs the
+    # model's step on fake tensors and is imported only inside the functions that trace (memory/traced.py,
+    # train/plan_run.py), which the test below checks at run time: importing the planning room loads no torch.
+    planning = list((PKG / "core").rglob("*.py")) + [
+        p for p in (PKG / "engine" / "memory").glob("*.py") if p.name not in ("trace.py", "trace_rules.py")] + [
         PKG / "engine" / "hardware.py", PKG / "engine" / "train" / "schedule.py"]
     for path in planning:
         bad = set(_third_party(path, module_level_only=True)) & set(HEAVY)

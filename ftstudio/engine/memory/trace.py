@@ -158,7 +158,7 @@ def hf_config(model_config: dict, *, trust_remote_code: bool = False, source: st
     cfg = dict(model_config)
     mt = cfg.pop("model_type", None)
     if trust_remote_code and source and cfg.get("auto_map"):
-        return AutoConfig.from_pretrained(source, trust_remote_code=True)
+        return AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     if not mt:
         raise ValueError("config.json names no model_type")
     return AutoConfig.for_model(mt, **cfg)
