@@ -191,3 +191,29 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint
     saved = [e for e in events if isinstance(e, CheckpointSaved)]
     assert saved and saved[-1].step == result.steps >= 2
     assert (tmp_path / "runs" / "dist" / "checkpoints" / f"step-{result.steps}" / "trainer_state.pt").exists()
+
+
+def test_signal_stop_rules(monkeypatch):
+    """First signal: a stop request and a line; second: the quit hooks (a run's torchrun group), then exit 128+n."""
+    from ftstudio.core import control as ctl
+
+    said, ran, exits = [], [], []
+    def fake_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    control = ctl.Control()
+    stop = ctl.SignalStop(control, said.append)
+    hook = ctl.on_quit_now(lambda: ran.append("killed the rank group"))
+    try:
+        stop._handle(signal.SIGHUP, None)
+        assert control.stop_requested and stop.exit_code == 129 and not exits
+        assert said == ["SIGHUP: stopping after this step (a checkpoint is saved); send it again to quit now"]
+        with pytest.raises(SystemExit):
+            stop._handle(signal.SIGTERM, None)
+        assert ran == ["killed the rank group"] and exits == [143] and "SIGTERM again: quitting now" in said[-1]
+    finally:
+        ctl.forget_quit_hook(hook)
+    broken = ctl.SignalStop(ctl.Control(), lambda text: (_ for _ in ()).throw(OSError(5, "EIO")))
+    broken._handle(signal.SIGHUP, None)   # a closed terminal cannot take the line: the stop still happens
+    assert broken.control.stop_requested
