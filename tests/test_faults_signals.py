@@ -35,7 +35,7 @@ def setup(tiny_llama, tmp_path):
     return ["train", "--model", tiny_llama, "--dataset", data, "--output", out, *FLAGS], out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGHUP])
 def test_sigterm_and_sighup_stop_like_ctrl_c_and_resume_gives_the_uninterrupted_weights(sig, setup):
     base, out = setup
     steps = ["--max-steps", "150"]
@@ -68,6 +68,7 @@ def test_sigterm_and_sighup_stop_like_ctrl_c_and_resume_gives_the_uninterrupted_
     assert all(a[k].equal(b[k]) for k in a), "the resumed run ends with the uninterrupted run's weights"
 
 
+@pytest.mark.slow
 def test_a_second_signal_quits_at_once_keeping_the_newest_complete_checkpoint(setup):
     base, out = setup
     run_dir = out / "twice"
@@ -94,6 +95,7 @@ def test_a_second_signal_quits_at_once_keeping_the_newest_complete_checkpoint(se
     assert f"Took over the run folder from process {victim.pid}" in err2
 
 
+@pytest.mark.slow
 def test_sigkill_during_the_export_leaves_no_final_and_export_run_finishes_it(setup):
     """Default checkpoint_every 0: the end checkpoint is the only other copy of the trained weights."""
     base, out = setup
@@ -137,6 +139,7 @@ def test_export_run_of_a_run_stopped_mid_way_says_to_resume(setup):
     assert "before its end; continue it with: ftstudio train --resume" in err
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_run_folder(setup):
     base, out = setup
     run_dir = out / "shared"
