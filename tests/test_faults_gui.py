@@ -6,12 +6,10 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-import pytest
 
 from test_gui import lm_window, make_window, no_dangling_threads, wait_ready  # noqa: F401 - fixtures
 
 
-@pytest.mark.slow
 def test_sigterm_to_the_app_stops_its_run_with_a_checkpoint_and_closes(make_window, qtbot, tiny_llama,  # noqa: F811
                                                                         tmp_path):
     from ftstudio.gui.app import _SignalClose

@@ -126,7 +126,6 @@ def test_sigkill_during_the_export_leaves_no_final_and_export_run_finishes_it(se
     assert again.returncode == 0 and "is complete; nothing to do" in o
 
 
-@pytest.mark.slow
 def test_export_run_of_a_run_stopped_mid_way_says_to_resume(setup):
     base, out = setup
     run_dir = out / "mid"
