@@ -212,7 +212,7 @@ def check_checkpoint(ctx: dict) -> str:
 
     events: list = []
     cfg = ctx["cfg"].replace(max_steps=RESUME_STEPS)
-    result = Trainer(cfg, events.append, resume_from=str(ctx["run_dir"])).run()
+    result = Trainer(cfg, events.append, resume_from=str(ctx["run_dir"]), allow_config_change=True).run()  # longer
     started = [e for e in events if isinstance(e, RunStarted)]
     _expect(getattr(result, "status", None) == "finished" and result.steps == RESUME_STEPS,
             f"the resumed run did not finish at step {RESUME_STEPS}: {getattr(result, 'reason', result)}")

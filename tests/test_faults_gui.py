@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+
 from test_gui import lm_window, make_window, no_dangling_threads, wait_ready  # noqa: F401 - fixtures
 
 

@@ -35,7 +35,7 @@ def setup(tiny_llama, tmp_path):
     return ["train", "--model", tiny_llama, "--dataset", data, "--output", out, *FLAGS], out
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGTERM, marks=pytest.mark.slow), signal.SIGHUP])
 def test_sigterm_and_sighup_stop_like_ctrl_c_and_resume_gives_the_uninterrupted_weights(sig, setup):
     base, out = setup
     steps = ["--max-steps", "150"]
@@ -68,6 +68,7 @@ def test_sigterm_and_sighup_stop_like_ctrl_c_and_resume_gives_the_uninterrupted_
     assert all(a[k].equal(b[k]) for k in a), "the resumed run ends with the uninterrupted run's weights"
 
 
+@pytest.mark.slow
 def test_a_second_signal_quits_at_once_keeping_the_newest_complete_checkpoint(setup):
     base, out = setup
     run_dir = out / "twice"
@@ -94,6 +95,7 @@ def test_a_second_signal_quits_at_once_keeping_the_newest_complete_checkpoint(se
     assert f"Took over the run folder from process {victim.pid}" in err2
 
 
+@pytest.mark.slow
 def test_sigkill_during_the_export_leaves_no_final_and_export_run_finishes_it(setup):
     """Default checkpoint_every 0: the end checkpoint is the only other copy of the trained weights."""
     base, out = setup
@@ -137,6 +139,7 @@ def test_export_run_of_a_run_stopped_mid_way_says_to_resume(setup):
     assert "before its end; continue it with: ftstudio train --resume" in err
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_run_folder(setup):
     base, out = setup
     run_dir = out / "shared"
@@ -191,3 +194,29 @@ def test_sigterm_to_one_rank_stops_every_rank_at_the_same_step_with_a_checkpoint
     saved = [e for e in events if isinstance(e, CheckpointSaved)]
     assert saved and saved[-1].step == result.steps >= 2
     assert (tmp_path / "runs" / "dist" / "checkpoints" / f"step-{result.steps}" / "trainer_state.pt").exists()
+
+
+def test_signal_stop_rules(monkeypatch):
+    """First signal: a stop request and a line; second: the quit hooks (a run's torchrun group), then exit 128+n."""
+    from ftstudio.core import control as ctl
+
+    said, ran, exits = [], [], []
+    def fake_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    control = ctl.Control()
+    stop = ctl.SignalStop(control, said.append)
+    hook = ctl.on_quit_now(lambda: ran.append("killed the rank group"))
+    try:
+        stop._handle(signal.SIGHUP, None)
+        assert control.stop_requested and stop.exit_code == 129 and not exits
+        assert said == ["SIGHUP: stopping after this step (a checkpoint is saved); send it again to quit now"]
+        with pytest.raises(SystemExit):
+            stop._handle(signal.SIGTERM, None)
+        assert ran == ["killed the rank group"] and exits == [143] and "SIGTERM again: quitting now" in said[-1]
+    finally:
+        ctl.forget_quit_hook(hook)
+    broken = ctl.SignalStop(ctl.Control(), lambda text: (_ for _ in ()).throw(OSError(5, "EIO")))
+    broken._handle(signal.SIGHUP, None)   # a closed terminal cannot take the line: the stop still happens
+    assert broken.control.stop_requested

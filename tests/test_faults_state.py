@@ -353,3 +353,25 @@ def test_early_stop_and_export_best_end_alike_after_a_stop_and_resume(tiny_llama
                                                                       straight.stop_reason)
     assert resumed.eval == straight.eval
     assert _same(_final(tmp_path / "runs" / "stopped"), _final(tmp_path / "runs" / "straight"))
+
+
+def test_early_stop_ends_alike_from_a_checkpoint_left_by_a_kill(tiny_llama, tmp_path):
+    """What a SIGKILL right after a periodic checkpoint leaves (the folder copied at that moment), resumed: the
+    same stop step, best step and exported weights as the run never interrupted."""
+    from test_early_stop import _overfit_config
+
+    cfg = _overfit_config(tiny_llama, tmp_path, early_stop_patience=3, export_best=True, checkpoint_every=2,
+                          keep_last=1)
+
+    def snapshot(e):   # every checkpoint's moment, copied: one of them is picked below
+        if isinstance(e, CheckpointSaved):
+            shutil.copytree(tmp_path / "runs" / "straight", tmp_path / "copies" / str(e.step))
+    straight, events = _run(cfg.replace(run_name="straight"), on_event=snapshot)
+    # A moment after the best evaluation, with patience partly spent: the resume must know both.
+    at = next(s for s in range(straight.best_step + 1, straight.steps) if (tmp_path / "copies" / str(s)).is_dir())
+    shutil.copytree(tmp_path / "copies" / str(at), tmp_path / "runs" / "killed")
+    assert straight.stop_reason and straight.best_step < at < straight.steps
+    resumed, _ = _run(cfg.replace(run_name="killed"), resume_from=tmp_path / "runs" / "killed")
+    assert (resumed.steps, resumed.best_step, resumed.stop_reason) == (straight.steps, straight.best_step,
+                                                                      straight.stop_reason)
+    assert _same(_final(tmp_path / "runs" / "killed"), _final(tmp_path / "runs" / "straight"))

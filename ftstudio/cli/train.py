@@ -81,7 +81,7 @@ def _resume_config(args: argparse.Namespace):
         where = f"{args.config} differs from the run's config.yaml" if args.config else "these settings differ"
         raise ConfigError("--resume", f"{where}: {'; '.join(diffs[:4])}{' and more' if len(diffs) > 4 else ''}. "
                                       f"A resumed run continues exactly as {run_dir / 'config.yaml'} says; start a "
-                                      "new run to change it")
+                                      "new run to change it, or add --allow-config-change to continue with the change")
     done = [e for e in read_metrics(run_dir) if e.get("event") == "finished" and e.get("status") == "finished"]
     if done:
         raise ConfigError("--resume", f"{run_dir} finished (step {done[-1].get('steps')}); its metrics are final. "

@@ -53,6 +53,20 @@ class Control:
                 return
 
 
+_QUIT_HOOKS: list = []   # what a second signal must end before this process exits (a run's torchrun group)
+
+
+def on_quit_now(fn):
+    """Register ``fn`` to run when a second signal quits the process at once (SignalStop); returns ``fn``."""
+    _QUIT_HOOKS.append(fn)
+    return fn
+
+
+def forget_quit_hook(fn) -> None:
+    if fn in _QUIT_HOOKS:
+        _QUIT_HOOKS.remove(fn)
+
+
 class SignalStop:
     """SIGINT (Ctrl-C), SIGTERM (SLURM preemption, ``docker stop``, ``kill``) and SIGHUP (a closed terminal) stop a
     run alike: the first asks ``control`` to stop after the step in progress (the trainer saves a checkpoint and
@@ -82,6 +96,11 @@ class SignalStop:
         name = signal.Signals(signum).name
         if self.received is not None:
             self._say(f"{name} again: quitting now (the newest complete checkpoint is kept)")
+            for hook in list(_QUIT_HOOKS):
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - quitting regardless
+                    pass
             os._exit(128 + signum)
         self.received = signum
         self._say(f"{name}: stopping after this step (a checkpoint is saved); send it again to quit now")

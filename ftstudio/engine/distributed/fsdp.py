@@ -134,6 +134,12 @@ class SyncedControl(Control):
         super().__init__()
         self._path, self._rank, self._group = path, rank, group
         self._saves_seen = 0
+        self._local_stop = False
+
+    def request_stop(self) -> None:
+        """A stop asked on this rank alone (a signal): it takes effect at the next sync, on every rank at once,
+        never between a sync and the trainer's check (that rank would leave the others in a collective)."""
+        self._local_stop = True
 
     def _read(self) -> list[int]:
         try:
@@ -149,11 +155,11 @@ class SyncedControl(Control):
         # Rank 0 brings the supervisor's requests; every rank its own stop (a SIGTERM that reached it directly, as
         # SLURM signals every process of a job): the maximum over ranks, so all stop at the same step.
         flags = torch.tensor(self._read() if self._rank == 0 else [0, 0, 0], dtype=torch.int64)
-        flags[0] = max(int(flags[0]), int(self.stop_requested))
+        flags[0] = max(int(flags[0]), int(self._local_stop))
         dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self._group)
         stop, pause, saves = flags.tolist()
         if stop:
-            self.request_stop()
+            super().request_stop()
         elif pause:
             self.pause()
         else:

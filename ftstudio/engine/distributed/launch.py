@@ -126,7 +126,12 @@ def run_distributed(config: RunConfig, reporter: Reporter | None = None, control
             event = RunFailed(reason=f"could not start torchrun: {e}", error_type="LaunchError")
             report(event)
             return event
-        return _supervise(proc, ctl, control, report, timeout_s)
+        from ftstudio.core.control import forget_quit_hook, on_quit_now
+        hook = on_quit_now(lambda: _kill_group(proc, signal.SIGKILL))   # a second Ctrl-C/SIGTERM leaves no rank behind
+        try:
+            return _supervise(proc, ctl, control, report, timeout_s)
+        finally:
+            forget_quit_hook(hook)
 
 
 def _supervise(proc, ctl: _ControlFile, control: Control, report: Reporter,

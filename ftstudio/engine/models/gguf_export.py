@@ -62,8 +62,9 @@ def resolve_model_dir(source: str | Path) -> Path:
     if (p / "config.json").is_file():
         return p
     if (p / "config.yaml").is_file():
-        raise ModelError(f"{p}: this run has no final/ model (it was stopped, or checkpoint.export was off); "
-                         f"resume it to the end (ftstudio train --resume {p}) and export again")
+        raise ModelError(f"{p}: this run has no final/ model (it was stopped, its export did not complete, or "
+                         f"checkpoint.export was off); finish it first (ftstudio export {p} after a failed export, "
+                         f"ftstudio train --resume {p} after a stop) and export again")
     raise ModelError(f"{p}: neither a run folder with final/ nor a model folder with config.json")
 
 

@@ -25,9 +25,13 @@ from ftstudio.core.events import CheckpointSaved, LogLine, RunFailed, event_from
 from ftstudio.core.runlock import RunLock
 from ftstudio.core.runs import atomic_write_text, open_run_dir
 
-# Fields a resume may differ in without changing what is trained (where the run lives and how it reports).
+# Fields a resume may differ in without changing what is trained: where the run lives and how it reports, and how
+# the hardware computes it (the device, the number of GPUs: DCP reshards; activation checkpointing, compile...).
+# The global batch is compared as grad_accum × GPUs, so half the ranks accumulating twice as much is no change.
 HARMLESS = {("train", "output"), ("train", "run_name"), ("train", "log_every"), ("train", "report_to"),
-            ("checkpoint", "checkpoint_every"), ("checkpoint", "keep_last"), ("hardware", "memory_snapshot_every")}
+            ("checkpoint", "checkpoint_every"), ("checkpoint", "keep_last"), ("hardware", "memory_snapshot_every"),
+            ("hardware", "device"), ("hardware", "gpus")}
+HARMLESS_SECTIONS = {"memory"}
 
 
 class RunFolderLost(FTStudioError):
@@ -66,11 +70,18 @@ def data_identity(cfg) -> dict[str, str]:
 def config_changes(saved: dict, now: dict) -> list[str]:
     """``section.field old → new`` for each field that defines the run and differs (a field added since the
     checkpoint was written, absent there, is no change)."""
+    def global_accum(cfg: dict) -> int | None:
+        accum, gpus = (cfg.get("train") or {}).get("grad_accum"), (cfg.get("hardware") or {}).get("gpus") or [0]
+        return accum * len(gpus) if isinstance(accum, int) else accum
+
     out = []
     for section, fields in now.items():
         for name, value in fields.items():
             old = (saved.get(section) or {}).get(name, value)
-            if (section, name) not in HARMLESS and old != value:
+            if (section, name) == ("train", "grad_accum"):
+                old, value = global_accum(saved), global_accum(now)
+                name = "grad_accum × GPUs"
+            if (section, name) not in HARMLESS and section not in HARMLESS_SECTIONS and old != value:
                 out.append(f"{section}.{name} {old!r} → {value!r}")
     return out
 
