@@ -49,3 +49,19 @@ def tiny_gpt2(tmp_path_factory):
 def tiny_bert(tmp_path_factory):
     from tiny import save_tiny_bert
     return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """ftstudio's main() in this process (a subprocess costs seconds of imports per call): ``cli(*argv)`` gives
+    (exit code, stdout, stderr). The SIGINT handler `train` installs is left out so pytest keeps its own."""
+    import ftstudio.cli.train as train_verb
+    from ftstudio.cli import main
+
+    monkeypatch.setattr(train_verb, "_install_sigint", lambda control: None)
+
+    def call(*argv):
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+    return call

@@ -20,17 +20,6 @@ from test_trainer import write_text_data
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    import ftstudio.cli.train as train_verb
-    from ftstudio.cli import main
-    monkeypatch.setattr(train_verb, "_install_sigint", lambda control: None)
-
-    def call(*argv):
-        code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-    return call
 
 
 def _one_error_line(err: str) -> str:

@@ -47,17 +47,6 @@ def data(tmp_path):
     return write_text_data(tmp_path / "d.jsonl", n=40)
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    import ftstudio.cli.train as train_verb
-    from ftstudio.cli import main
-    monkeypatch.setattr(train_verb, "_install_sigint", lambda control: None)
-
-    def call(*argv):
-        code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-    return call
 
 
 # -- the folder -------------------------------------------------------------------------------------------------

@@ -30,18 +30,6 @@ def bad_data(tmp_path):
     return path
 
 
-@pytest.fixture
-def cli(monkeypatch, capsys):
-    """ftstudio's main() in this process (a subprocess costs seconds of imports per call); the SIGINT
-    handler `train` installs is left out so pytest keeps its own."""
-    import ftstudio.cli.train as train_verb
-    monkeypatch.setattr(train_verb, "_install_sigint", lambda control: None)
-
-    def call(*argv):
-        code = main([str(a) for a in argv])
-        out, err = capsys.readouterr()
-        return code, out, err
-    return call
 
 
 def _assert_one_line_per_problem(text: str, path, expected=EXPECTED) -> None:

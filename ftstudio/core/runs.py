@@ -146,3 +146,15 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     """Write a file so that readers see the old or the new content, never half of it (core/atomic.py)."""
     from .atomic import atomic_write_text as write
     write(path, text)
+
+
+def newest_record(folder: str | Path, pattern: str) -> dict | None:
+    """The newest readable JSON record among ``folder/pattern`` (by modification time), or None: what a window
+    reopening a run shows of its benchmark and interpolation records. A torn or foreign file is passed over."""
+    files = sorted(Path(folder).glob(pattern), key=lambda f: f.stat().st_mtime)
+    for f in reversed(files):
+        try:
+            return json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+    return None

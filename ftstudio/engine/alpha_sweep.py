@@ -203,10 +203,5 @@ def save_sweep(record: dict) -> Path:
 
 def latest_sweep(run_dir: str | Path) -> dict | None:
     """The run's newest saved sweep record (RUN/interpolation/sweep-*.json), or None."""
-    files = sorted((Path(run_dir) / "interpolation").glob("sweep-*.json"))
-    for f in reversed(files):
-        try:
-            return json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-    return None
+    from ftstudio.core.runs import newest_record
+    return newest_record(Path(run_dir) / "interpolation", "sweep-*.json")

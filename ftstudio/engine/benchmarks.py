@@ -396,13 +396,8 @@ def save_record(record: dict, path: str | Path | None = None) -> Path | None:
 
 def latest_record(run_dir: str | Path) -> dict | None:
     """The run's newest benchmark record (RUN/benchmarks/*.json, `ftstudio eval`'s or eval.benchmarks'), or None."""
-    files = sorted((Path(run_dir) / "benchmarks").glob("*.json"), key=lambda f: f.stat().st_mtime)
-    for f in reversed(files):
-        try:
-            return json.loads(f.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-    return None
+    from ftstudio.core.runs import newest_record
+    return newest_record(Path(run_dir) / "benchmarks", "*.json")
 
 
 def score_rows(record: dict) -> list[dict]:
