@@ -36,7 +36,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_carries_resources_license_and_metadata(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("ftstudio/resources/demo/legal_clauses.jsonl", "ftstudio/resources/general/general.jsonl",
-                 "ftstudio/resources/icons/ftstudio.svg", "ftstudio/py.typed", "ftstudio/engine/resources.py",
+                 "ftstudio/resources/icons/ftstudio.svg", "ftstudio/resources/benchmarks/ftstudio_general_mc.yaml",
+                 "ftstudio/resources/benchmarks/ftstudio_general_mc.jsonl", "ftstudio/py.typed", "ftstudio/engine/resources.py",
                  "ftstudio/gui/panels/__init__.py"):
         assert path in names, path
     assert not any("screenshots" in n for n in names), "screenshots are documentation, not package data"
