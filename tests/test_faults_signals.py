@@ -73,7 +73,7 @@ def test_a_second_signal_quits_at_once_keeping_the_newest_complete_checkpoint(se
     base, out = setup
     run_dir = out / "twice"
     victim = _ftstudio([*base, "--max-steps", "150", "--checkpoint-every", "2", "--run-name", "twice"],
-                       _env(FTSTUDIO_FAULT_SLOW_CHECKPOINT="0.5"))
+                       _env(FTSTUDIO_FAULT_SLOW_CHECKPOINT="12"))
     _wait_for(lambda: (run_dir / "checkpoints" / "step-2").is_dir(), victim, "checkpoint step-2")
     os.kill(victim.pid, signal.SIGTERM)
     mine = f"-{victim.pid}"
@@ -82,7 +82,9 @@ def test_a_second_signal_quits_at_once_keeping_the_newest_complete_checkpoint(se
     t0 = time.monotonic()
     os.kill(victim.pid, signal.SIGTERM)
     _, err = victim.communicate(timeout=60)
-    assert victim.returncode == 128 + signal.SIGTERM and time.monotonic() - t0 < 1.5, "quit at once"
+    # At once = without finishing the checkpoint in progress (12 s here); a system call already running (an fsync
+    # on a busy disk: 4 s were seen in CI's clean run) completes before Python runs the handler.
+    assert victim.returncode == 128 + signal.SIGTERM and time.monotonic() - t0 < 8, "quit at once"
     assert "SIGTERM again: quitting now" in err
     from ftstudio.engine.train.checkpoint import latest_checkpoint, list_checkpoints
     newest = latest_checkpoint(run_dir / "checkpoints")
