@@ -228,3 +228,52 @@ def test_a_task_whose_data_cannot_be_loaded_is_one_line(tiny_llama, tmp_path, ca
     assert main(["eval", str(tiny_llama), "--tasks", "tiny_mc", "--include-path", str(tasks)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "could not load a task's data" in err[-1] and "internal error" not in err[-1]
+
+
+def test_stop_between_the_harness_batches_raises_and_keeps_nothing(tiny_llama, tmp_path):
+    """Stop asked after k batches: the harness stops before batch k + 1 (not at the end of the task)."""
+    pytest.importorskip("lm_eval")
+    from ftstudio.engine.benchmarks import BenchmarkStopped, evaluate_model, resolve_tasks
+    from ftstudio.engine.models import load_model
+    from ftstudio.core.config import ModelConfig
+
+    tasks = write_task(tmp_path / "tasks")
+    settings = BenchSettings(tasks=["tiny_mc"], include_path=[str(tasks)], batch_size=1, device="cpu")
+    loaded = load_model(ModelConfig(source=str(tiny_llama), task="causal-lm"), task="causal-lm")
+    asked = []
+
+    def should_stop():
+        asked.append(1)
+        return len(asked) > 3   # three batches scored, the fourth is refused
+    with pytest.raises(BenchmarkStopped, match="after 3 batch"):
+        evaluate_model(loaded.model, loaded.tokenizer, settings, resolve_tasks(settings), device="cpu",
+                       should_stop=should_stop)
+    assert len(asked) == 4   # 24 requests (8 rows × 3 choices) at batch 1: it did not run to the end
+    whole = evaluate_model(loaded.model, loaded.tokenizer, settings, resolve_tasks(settings), device="cpu",
+                           should_stop=lambda: False)
+    assert whole["scores"]["tiny_mc"]["acc"]["value"] is not None
+
+
+def test_eval_benchmarks_inside_a_run_obey_the_runs_stop(tiny_llama, tmp_path):
+    """Stop pressed while θ0 is being benchmarked: the pass ends within a batch, is not recorded, the run stops
+    at its first step boundary (a checkpoint to resume from), and the log says why the scores are missing."""
+    pytest.importorskip("lm_eval")
+    from ftstudio.core.control import Control
+    from ftstudio.core.events import LogLine, StepMetrics
+
+    tasks = write_task(tmp_path / "tasks")
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=8,
+                    benchmarks="tiny_mc", benchmark_include=str(tasks), batch_size=1)
+    control, events = Control(), []
+
+    def report(e):
+        events.append(e)
+        if isinstance(e, LogLine) and e.message.startswith("Benchmarks (tiny_mc) of the base"):
+            control.request_stop()   # while the harness is about to score θ0
+    from ftstudio.engine.train import Trainer
+    result = Trainer(cfg, report, control).run()
+    assert isinstance(result, RunFinished) and result.status == "stopped", result
+    assert not any(isinstance(e, StepMetrics) for e in events)
+    said = [e.message for e in events if isinstance(e, LogLine)]
+    assert any("benchmarks stopped after 0 batch" in m for m in said), said
+    assert not (tmp_path / "runs" / "r" / "benchmarks" / "run.json").exists()

@@ -119,7 +119,8 @@ def sweep_alphas(run_dir: str | Path, alphas: list[float], *, budget: float | No
                  should_stop: Callable[[], bool] | None = None, handle: AlphaModel | None = None) -> dict:
     """Score θ(α) for each α (task metric, retention, and ``bench`` (BenchSettings) when given); choose α.
     Returns the record (also written atomically to RUN/interpolation/sweep-<time>.json when ``save``).
-    ``should_stop()`` is asked before each α (a window's Stop: the points scored so far are kept); ``handle``
+    ``should_stop()`` is asked before each α and between benchmark batches (a window's Stop: the points
+    scored so far are kept); ``handle``
     reuses an :class:`AlphaModel` already loaded (it is left at the last α scored)."""
     import torch
 
@@ -162,9 +163,14 @@ def sweep_alphas(run_dir: str | Path, alphas: list[float], *, budget: float | No
             with h.autocast():
                 point["retention"], point["retention_perplexity"] = retention_loss(model, retention)
         if bench_ctx is not None:
-            from ftstudio.engine.benchmarks import evaluate_model
-            with torch.no_grad(), h.autocast():
-                scores = evaluate_model(model, tok, bench, bench_ctx, device=device, label=f"α={alpha:g}")["scores"]
+            from ftstudio.engine.benchmarks import BenchmarkStopped, evaluate_model
+            try:
+                with torch.no_grad(), h.autocast():
+                    scores = evaluate_model(model, tok, bench, bench_ctx, device=device, label=f"α={alpha:g}",
+                                            should_stop=should_stop)["scores"]
+            except BenchmarkStopped:
+                say(f"stopped during α={alpha:g}'s benchmarks: that point is dropped, the ones before are kept")
+                break
             point["benchmarks"] = {f"{t}/{m}": v["value"] for t, ms in scores.items() for m, v in ms.items()}
         point["seconds"] = round(time.perf_counter() - t0, 2)
         say("α={:g}: {}".format(alpha, ", ".join(f"{k} {v:.4f}" for k, v in point.items()
@@ -205,3 +211,27 @@ def latest_sweep(run_dir: str | Path) -> dict | None:
     """The run's newest saved sweep record (RUN/interpolation/sweep-*.json), or None."""
     from ftstudio.core.runs import newest_record
     return newest_record(Path(run_dir) / "interpolation", "sweep-*.json")
+
+
+CHOICE_FILE = Path("interpolation") / "choice.json"
+
+
+def save_choice(run_dir: str | Path, alpha: float, **settings) -> Path:
+    """RUN/interpolation/choice.json (atomic): the α a user chose (a window's Forgetting-budget slider) and the
+    settings it was chosen under (the sweep's grid and file, the retention budget, where it was exported)."""
+    from ftstudio.core.runs import atomic_write_text
+    from ftstudio.engine.forgetting.interpolate import check_alpha
+
+    path = Path(run_dir) / CHOICE_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = dict(settings, alpha=check_alpha(alpha), saved=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+    return path
+
+
+def load_choice(run_dir: str | Path) -> dict | None:
+    """The saved choice (see :func:`save_choice`), or None when there is none or it cannot be read."""
+    try:
+        return json.loads((Path(run_dir) / CHOICE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

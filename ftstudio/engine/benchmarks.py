@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from ftstudio.core.errors import ConfigError, FTStudioError
+from ftstudio.engine.benchmark_lm import BenchmarkStopped, harness_lm  # noqa: F401 (BenchmarkStopped: re-exported)
 from ftstudio.engine.data import resources_dir
 
 INSTALL_HINT = "pip install 'ftstudio[eval]'"
@@ -229,20 +230,20 @@ def _template_sha(template) -> str | None:
 
 
 def evaluate_model(loaded_model, tokenizer, settings: BenchSettings, resolved, *, device: str,
-                   label: str = "") -> dict:
-    """``resolved``: what :func:`resolve_tasks` returned (resolved once, used for every model)."""
+                   label: str = "", should_stop: Callable[[], bool] | None = None) -> dict:
+    """``resolved``: what :func:`resolve_tasks` returned (resolved once, used for every model). ``should_stop()``
+    is asked before each batch; when it says yes, :class:`BenchmarkStopped` is raised (benchmark_lm.py)."""
     require_lm_eval()
     import logging
 
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
 
     manager, specs, _names, yamls = resolved
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     # Its warning that a model object (not a name) was passed: that is how FT Studio hands over its loaded model.
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)
     loaded_model.eval()
-    lm = HFLM(pretrained=loaded_model, tokenizer=tokenizer, batch_size=settings.batch_size, device=device)
+    lm = harness_lm(loaded_model, tokenizer, batch_size=settings.batch_size, device=device, should_stop=should_stop)
     try:
         raw = _simple_evaluate(simple_evaluate, lm, settings, manager, specs)
     except OSError as e:  # datasets' ConnectionError, DatasetNotFoundError and missing files are all OSErrors
@@ -277,10 +278,12 @@ def _run_parts(source: str) -> tuple[Path, Path] | None:
     return None
 
 
-def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str], None] | None = None) -> dict:
+def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str], None] | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> dict:
     """Score a model (a folder, .gguf, hub id, "demo"), or a run folder's base model and ``final/`` under the
     same settings. Returns the record that :func:`save_record` writes: settings, task facts, each model's
-    scores and, for a run, Δ (fine-tuned − base) with its standard error."""
+    scores and, for a run, Δ (fine-tuned − base) with its standard error. ``should_stop()`` (a window's Stop)
+    is asked before each model and each batch: BenchmarkStopped, and nothing is returned or recorded."""
     import torch
 
     from ftstudio.core.config import ModelConfig, RunConfig
@@ -314,6 +317,8 @@ def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str],
         from transformers import AutoTokenizer
         template_for_all = getattr(AutoTokenizer.from_pretrained(str(parts[1])), "chat_template", None)
     for label, mcfg in models:
+        if should_stop is not None and should_stop():
+            raise BenchmarkStopped(f"benchmarks stopped before the {label.replace('_', '-')} model: nothing recorded")
         say(f"{label}: loading {mcfg.source} on {device} ({str(dtype).replace('torch.', '')})")
         loaded = load_model(mcfg, task="causal-lm", dtype=dtype, device=device if device != "cpu" else None)
         model, tok = loaded.model.to(device), loaded.tokenizer
@@ -327,7 +332,8 @@ def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str],
                                                            "--apply-chat-template to score it on plain text")
         say(f"{label}: scoring {', '.join(names)}")
         with torch.no_grad():
-            result = evaluate_model(model, tok, settings, resolved, device=device, label=label)
+            result = evaluate_model(model, tok, settings, resolved, device=device, label=label,
+                                    should_stop=should_stop)
         record["models"][label] = {"source": mcfg.source, "scores": result["scores"],
                                    "chat_template_sha256": _template_sha(template) if settings.apply_chat_template
                                    else None}
@@ -422,10 +428,11 @@ class RunBenchmarks:
     Built at setup, where a missing harness or an unknown task stops the run before it trains. The weights
     scored at the end are the last step's (final/ holds the best step's instead when checkpoint.export_best)."""
 
-    def __init__(self, cfg, run_dir, tokenizer, device: str, autocast_dtype, report):
+    def __init__(self, cfg, run_dir, tokenizer, device: str, autocast_dtype, report, should_stop=None):
         from ftstudio.core.events import LogLine
 
         self.tokenizer, self.device, self.autocast_dtype = tokenizer, device, autocast_dtype
+        self.should_stop = should_stop  # the run's Stop, asked between the harness's batches
         self.report, self.LogLine = report, LogLine
         e = cfg.eval
         self.settings = BenchSettings(tasks=[t.strip() for t in e.benchmarks.split(",") if t.strip()],
@@ -441,7 +448,8 @@ class RunBenchmarks:
         self.path = Path(run_dir) / "benchmarks" / "run.json"
         self.export_best = bool(cfg.checkpoint.export_best)
 
-    def score(self, model, label: str, step: int) -> dict:
+    def score(self, model, label: str, step: int) -> dict | None:
+        """The record with this pass added; None when the run's Stop ended the pass (said in a log line)."""
         import torch
 
         from ftstudio.core.runs import atomic_write_text
@@ -455,7 +463,10 @@ class RunBenchmarks:
         try:
             with torch.no_grad(), autocast:
                 result = evaluate_model(model, self.tokenizer, self.settings, self.resolved, device=self.device,
-                                        label=label)
+                                        label=label, should_stop=self.should_stop)
+        except BenchmarkStopped as stopped:
+            self.report(self.LogLine(f"Benchmarks of the {label.replace('_', '-')} weights: {stopped}", "warning"))
+            return None
         finally:
             model.train(was_training)
         record = {"models": {}}

@@ -19,10 +19,11 @@ class Forgetting:
     (θ0 must be the pre-trained weights)."""
 
     def __init__(self, cfg: RunConfig, model, tokenizer, task: str, prepared, device: str, autocast_dtype, report,
-                 run_dir=None, new_params=()):
+                 run_dir=None, new_params=(), should_stop=None):
         """``new_params``: the tensors the base model lacks: their initialisation is kept in ``run_dir`` (init/),
         the θ0 that ``ftstudio interpolate`` mixes a new classifier head from. ``eval.benchmarks``: scored on
-        θ0 at the first evaluation and on the trained weights at :meth:`summary` (benchmarks.RunBenchmarks)."""
+        θ0 at the first evaluation and on the trained weights at :meth:`summary` (benchmarks.RunBenchmarks), which
+        ask ``should_stop()`` (the run's Stop) between the harness's batches."""
         self.cfg, self.report, self.task, self.device = cfg, report, task, device
         if run_dir is not None and new_params:
             save_new_params(run_dir, model, new_params)
@@ -35,7 +36,8 @@ class Forgetting:
                                "(score it afterwards: ftstudio eval RUN --tasks ...)", "warning"))
             else:
                 from ftstudio.engine.benchmarks import RunBenchmarks
-                self.benchmarks = RunBenchmarks(cfg, run_dir, tokenizer, device, autocast_dtype, report)
+                self.benchmarks = RunBenchmarks(cfg, run_dir, tokenizer, device, autocast_dtype, report,
+                                                should_stop=should_stop)
         self.autocast_dtype = autocast_dtype
         r = cfg.regularize
         causal = task == "causal-lm"

@@ -202,7 +202,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         # θ0 copies (L2-SP, EWC, drift) are taken here, before a resume overwrites the weights.
         from ftstudio.engine.forgetting import Forgetting
         self.forgetting = Forgetting(cfg, model, tokenizer, task, prepared, device, numerics.autocast_dtype,
-                                     self.report, run_dir=self.run_dir, new_params=loaded.new_params)
+                                     self.report, run_dir=self.run_dir, new_params=loaded.new_params,
+                                     should_stop=lambda: self.control.stop_requested)
         self.regularizer = self.forgetting.regularizer if self.forgetting.penalty_active else None
         self._best = BestTracker.for_run(cfg, task, bool(prepared.val), self.report, model)
         sched = self._plan_schedule(len(prepared.train), len(self.forgetting.general),
