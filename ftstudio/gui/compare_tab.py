@@ -12,10 +12,12 @@ from pathlib import Path
 from PySide6.QtCore import Signal, Slot
 from PySide6.QtGui import QTextCursor
 from PySide6.QtWidgets import (QCheckBox, QComboBox, QDoubleSpinBox, QGridLayout, QGroupBox, QHBoxLayout, QLabel, QPlainTextEdit,
-                               QPushButton, QSpinBox, QVBoxLayout, QWidget)
+                               QPushButton, QSpinBox, QTabWidget, QVBoxLayout, QWidget)
 
 from ftstudio.core.config import RunConfig
 
+from .benchmark_views import BenchmarkView
+from .budget_view import ForgettingBudgetView
 from .compare_jobs import Sampling, classify_pair, generate_pair
 from .confusion_view import ConfusionHeatmap
 from .worker import JobRunner
@@ -138,6 +140,15 @@ class CompareTab(QWidget):
             g2.addWidget(self.heatmaps[name], 2, col)
         g2.setRowStretch(2, 1)
         lay.addWidget(self.cls_box, 1)
+        # After the fine-tune: benchmarks before/after, and the weights between θ0 and θ* (benchmark_views.py,
+        # budget_view.py); each runs its own engine job on its own thread.
+        self.after = QTabWidget()
+        self.after.setObjectName("afterTabs")
+        self.bench_view, self.budget_view = BenchmarkView(), ForgettingBudgetView()
+        self.after.addTab(self.bench_view, "Benchmarks")
+        self.after.addTab(self.budget_view, "Forgetting budget")
+        self.after.setMinimumHeight(420)
+        lay.addWidget(self.after, 2)
         self._show_task(None)
 
     @Slot(int)
@@ -152,11 +163,14 @@ class CompareTab(QWidget):
             self.info.setText(f"Base: <b>{cfg.model.source}</b> · fine-tuned: <b>{self.tuned}</b>")
         else:
             self.info.setText(f"Run {run_dir} has no exported model (final/) to compare.")
+        self.bench_view.set_run(run_dir if self.tuned else None)
+        self.budget_view.set_run(run_dir if self.tuned else None)
         self._show_task(task)
 
     def _show_task(self, task: str | None) -> None:
         self.lm_box.setVisible(task in (None, "causal-lm"))
         self.cls_box.setVisible(task in (None, "classification"))
+        self.after.setTabVisible(0, task in (None, "causal-lm"))  # the harness scores language models
         ready = self.tuned is not None and not self.busy
         self.gen_button.setEnabled(ready)
         self.eval_button.setEnabled(ready)
@@ -253,8 +267,10 @@ class CompareTab(QWidget):
                           f"{_escape(str(exc))}</span>")
 
     def shutdown(self) -> None:
-        """Stop a generation in flight (the window waits for its pool after this)."""
+        """Stop a generation in flight (the window waits for its pool after this), and the views' jobs."""
         self._cancel.set()
+        self.bench_view.shutdown()
+        self.budget_view.shutdown()
 
 
 def _escape(text: str) -> str:
