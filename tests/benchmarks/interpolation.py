@@ -34,7 +34,11 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=2e-4, help="10× the seed's 2e-5 by default: forgetting shows")
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--max-steps", type=int, default=None, help="cap the fine-tune (a smoke run)")
-    ap.add_argument("--tasks", default="ftstudio_general_mc", help="harness tasks for before/after and the sweep")
+    ap.add_argument("--tasks", default="instructions_mc,ftstudio_general_mc",
+                    help="harness tasks for before/after and the sweep (instructions_mc: the fine-tune's own task, "
+                         "tasks/instructions_mc.yaml; ftstudio_general_mc: general knowledge, bundled)")
+    ap.add_argument("--include-path", default=str(Path(__file__).parent / "tasks"), help="task YAML folder")
+    ap.add_argument("--limit", type=int, default=None, help="documents per task (a smoke run)")
     ap.add_argument("--alphas", default="0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
@@ -70,16 +74,28 @@ def main() -> int:
     print(f"fine-tuned in {train_s:.0f} s: eval loss {result.eval.get('loss'):.4f}, retention "
           f"{ret[0].loss:.4f} -> {ret[-1].loss:.4f}", flush=True)
 
-    bench = BenchSettings(tasks=args.tasks.split(","), batch_size=16, device=args.device)
+    bench = BenchSettings(tasks=args.tasks.split(","), include_path=[args.include_path], batch_size=16,
+                          device=args.device, limit=args.limit)
+    harness_error = None
+    try:   # where the harness cannot be imported, say exactly why and still sweep task metric and retention
+        import lm_eval.evaluator  # noqa: F401
+        import lm_eval.models.huggingface  # noqa: F401
+    except Exception as e:  # noqa: BLE001
+        harness_error = f"{type(e).__name__}: {e}"
+        print(f"lm-evaluation-harness unavailable ({harness_error}): no benchmarks", flush=True)
+        bench = None
     t = time.perf_counter()
-    before_after = run_benchmarks(str(run_dir), bench, report=lambda m: print(m, flush=True))
+    before_after = (run_benchmarks(str(run_dir), bench, report=lambda m: print(m, flush=True)) if bench else
+                    {"delta": {}, "settings": {"lm_eval_version": None, "dtype": None}, "error": harness_error})
     bench_s = time.perf_counter() - t
     t = time.perf_counter()
     sweep = sweep_alphas(run_dir, [float(a) for a in args.alphas.split(",")], bench=bench, device=args.device,
                          report=lambda m: print(m, flush=True))
     sweep_s = time.perf_counter() - t
 
-    lines = [f"Model {args.model}, LR {args.lr:g}, {result.steps} steps ({train_s:.0f} s) on {args.device}; "
+    import torch
+    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    lines = [f"Model {args.model}, LR {args.lr:g}, {result.steps} steps ({train_s:.0f} s) on {args.device} ({card}); "
              f"lm-eval {before_after['settings']['lm_eval_version']}, tasks {args.tasks}, "
              f"{before_after['settings']['dtype']}", "",
              "| task | metric | base | fine-tuned | Δ |", "|---|---|---|---|---|"]
@@ -89,7 +105,7 @@ def main() -> int:
             f = before_after["models"]["fine_tuned"]["scores"][task][metric]
             lines.append(f"| {task} | {metric} | {b['value']:.4f} ± {b['stderr']:.4f} | {f['value']:.4f} ± "
                          f"{f['stderr']:.4f} | {d['value']:+.4f} ± {d['stderr']:.4f} |")
-    keys = list(sweep["points"][0].get("benchmarks", {}))
+    keys = list(sweep["points"][0].get("benchmarks", {})) if sweep["points"] else []
     lines += ["", "| α | task eval loss | gain kept | retention loss | recovered | " + " | ".join(keys) + " |",
               "|---" * (5 + len(keys)) + "|"]
     for p in sweep["points"]:
@@ -104,8 +120,11 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     (out / "interpolation.md").write_text(table + "\n", encoding="utf-8")
-    (out / "interpolation.json").write_text(json.dumps({"before_after": before_after, "sweep": sweep,
-                                                        "train_seconds": train_s}, indent=2, default=str) + "\n")
+    (out / "interpolation.json").write_text(json.dumps({"before_after": before_after, "sweep": sweep, "card": card,
+                                                        "train_seconds": train_s, "steps": result.steps,
+                                                        "lr": args.lr, "eval": result.eval,
+                                                        "retention_during_run": [ret[0].loss, ret[-1].loss]},
+                                                       indent=2, default=str) + "\n")
     if sweep.get("plot"):
         shutil.copy(sweep["plot"], out / "interpolation.png")
     return 0
