@@ -151,6 +151,9 @@ def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int, kahan: bool 
     return total
 
 
+BENCHMARK_NOTE = ("eval.benchmarks: the harness pass is planned as a no-grad forward of {b} × {s} tokens with full "
+                  "logits and their log-softmax ({gb:.2f} GB allocated); a task whose prompts run longer than "
+                  "data.seq_len needs more")
 FSDP_RESERVED_RATIO = 1.2  # fitted on the 2×H200 rows of tests/benchmarks/results/fsdp_scaling.md
 
 
@@ -298,6 +301,15 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
         # the loss on the same path as training (a chunked run evaluates by slices too).
         "evaluation": states + cache_fwd + T * per_layer + head_act + eval_loss,
     }
+    notes = []
+    if task == "causal-lm" and run.eval.benchmarks.strip() and gpus == 1:
+        # eval.benchmarks (before the first step, after the last): lm-evaluation-harness's no-grad forward of a
+        # batch of train.batch_size requests, planned at data.seq_len, with full logits and their log-softmax
+        # (the harness never chunks them); the optimizer state is there at the end of the run.
+        th = b * s
+        phases["benchmarks"] = (states + cache_fwd + th * per_layer + th * (4 * d + r * d + c * d + 16 + 8 * shape.head_dim)
+                                + th * shape.vocab * (c + 8))
+        notes.append(BENCHMARK_NOTE.format(b=b, s=s, gb=phases["benchmarks"] / 1e9))
     phase = max(phases, key=phases.get)
     peak = phases[phase]
     if on_cpu:
@@ -318,7 +330,7 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
     return MemoryBreakdown(weights=weights, gradients=shown_grads, optimizer=opt, activations=activations,
                            other=other, anchor=anchor, textbook=textbook, params=N, peak_allocated=peak,
                            peak_reserved=reserved, peak_phase=phase, parts=parts,
-                           host=host_bytes(shape, run, gpus, on_cpu=on_cpu, peak=peak))
+                           host=host_bytes(shape, run, gpus, on_cpu=on_cpu, peak=peak), notes=notes)
 
 
 def _lookup_only(name: str, shape: ModelShape) -> bool:

@@ -11,7 +11,7 @@ peak on a GPU (tests/benchmarks/plan_vs_measured.py), wider, and said, where the
 from __future__ import annotations
 
 from ftstudio.core.config import RunConfig
-from ftstudio.engine.memory.plan import (ALLOCATOR_SLACK_BYTES, ALLOCATOR_SLACK_LOSS, CUDA_CONTEXT,
+from ftstudio.engine.memory.plan import (ALLOCATOR_SLACK_BYTES, ALLOCATOR_SLACK_LOSS, BENCHMARK_NOTE, CUDA_CONTEXT,
                                          LOWBIT_STEP_BYTES, PRECISION_BYTES, MemoryBreakdown, estimate,
                                          optimizer_bytes, resolve_precision)
 from ftstudio.engine.models import ModelShape, shape_from_config
@@ -130,6 +130,9 @@ def _compose(t, shape: ModelShape, run: RunConfig, gpus: int, device, closed: Me
         + (grads_end if run.optim.optimizer == "adafactor" else 0),
         "evaluation": t.eval_peak + opt + anchor,
     }
+    if "phase:benchmarks" in closed.parts:  # the harness pass: the traced evaluation + what its full logits add
+        phases["benchmarks"] = phases["evaluation"] + max(0, closed.parts["phase:benchmarks"]
+                                                          - closed.parts["phase:evaluation"])
     phase = max(phases, key=phases.get)
     peak = phases[phase]
     if on_cpu:
@@ -152,6 +155,8 @@ def _compose(t, shape: ModelShape, run: RunConfig, gpus: int, device, closed: Me
         notes.append(f"model_type '{shape.model_type}' is outside the architectures checked on a GPU; margin "
                      f"widened to {margin:.0%}")
     notes += t.notes
+    if "benchmarks" in phases:
+        notes.append(BENCHMARK_NOTE.format(b=run.train.batch_size, s=run.data.seq_len, gb=phases["benchmarks"] / 1e9))
     parts = dict(closed.parts)
     parts.update({f"phase:{k}": v for k, v in phases.items()}, per_layer=t.per_layer,
                  closed_form_peak=closed.peak_allocated, traced_seconds=int(t.seconds * 1000))
