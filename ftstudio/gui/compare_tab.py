@@ -2,7 +2,8 @@
 fine-tuned one side by side, through the chat template the model was trained with, streamed as it is written,
 greedy or sampled; for a classifier, accuracy, macro-F1 and the confusion matrix as a heat map on the
 validation split before and after. Loading models and running them happens on a pool thread
-(compare_jobs.py); streamed text comes back as queued signals.
+(compare_jobs.py); streamed text comes back as queued signals. Below, two views of what the fine-tune did after the
+fact, each with its own background job: Benchmarks (benchmark_views.py) and the Forgetting budget (budget_view.py).
 """
 from __future__ import annotations
 
