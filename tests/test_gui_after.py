@@ -230,3 +230,39 @@ def test_compare_tab_carries_both_views_and_hides_benchmarks_for_a_classifier(qt
     tab.set_run(str(forgetful_run["run"]), cfg, forgetful_run["final"], "classification")
     assert not tab.after.isTabVisible(0) and tab.after.isTabVisible(1)
     tab.shutdown()
+
+
+def test_a_sweep_with_benchmarks_scores_each_alpha_on_the_benchmark_views_tasks(qtbot, forgetful_run, tmp_path):
+    pytest.importorskip("lm_eval")
+    from ftstudio.core.config import RunConfig
+    from ftstudio.gui.compare_tab import CompareTab
+
+    tab = CompareTab()
+    qtbot.addWidget(tab)
+    cfg = RunConfig.load_run(Path(forgetful_run["run"]) / "config.yaml")
+    tab.set_run(str(forgetful_run["run"]), cfg, forgetful_run["final"], "causal-lm")
+    tab.bench_view.tasks.setText("tiny_mc")
+    tab.bench_view.include.setText(str(write_task(tmp_path / "tasks")))
+    view = tab.budget_view
+    view.alphas.setText("0,1")
+    view.with_bench.setChecked(True)
+    view.sweep_button.click()
+    wait_idle(qtbot, view)
+    assert [p["alpha"] for p in view.points] == [0, 1], view.status.text()
+    assert all("tiny_mc/acc" in p["benchmarks"] for p in view.points)
+    view.pick(1)
+    assert f"tiny_mc/acc {view.points[1]['benchmarks']['tiny_mc/acc']:.4f}" in view.values.text()
+    tab.shutdown()
+
+
+def test_two_sweeps_within_a_second_keep_both_records(forgetful_run, swept):
+    from ftstudio.engine.alpha_sweep import save_sweep
+
+    record = {k: v for k, v in swept.items() if k not in ("saved_to", "plot")}
+    first, second = save_sweep(dict(record)), save_sweep(dict(record, note="second"))
+    assert first != second and first.exists() and json.loads(second.read_text())["note"] == "second"
+    first.unlink()
+    second.unlink()
+    for png in Path(forgetful_run["run"], "interpolation").glob("sweep-*.png"):
+        if not png.with_suffix(".json").exists():
+            png.unlink()

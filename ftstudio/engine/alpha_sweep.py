@@ -196,7 +196,10 @@ def save_sweep(record: dict) -> Path:
 
     folder = Path(record["run"]) / "interpolation"
     folder.mkdir(parents=True, exist_ok=True)
-    stem = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    stamp = f"sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    stem, n = stamp, 2
+    while (folder / f"{stem}.json").exists():  # two sweeps within a second (a window's Stop, then Sweep again)
+        stem, n = f"{stamp}-{n}", n + 1
     path = folder / f"{stem}.json"
     try:
         from ftstudio.engine.plots import save_interpolation_plot

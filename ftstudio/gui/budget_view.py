@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, QTimer, Slot
-from PySide6.QtWidgets import (QDoubleSpinBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
+from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
                                QSlider, QVBoxLayout)
 
 from .engine_access import EngineMissing, engine
@@ -61,6 +61,7 @@ class ForgettingBudgetView(QGroupBox):
         self.record: dict | None = None
         self.choice: dict | None = None
         self.choose_folder = self._ask_folder  # replaced in tests (a file dialog cannot be clicked offscreen)
+        self.bench_settings = None  # a callable giving BenchSettings (the Benchmarks view's), see use_benchmarks
         self.job = ToolThread(self)
         self.job.done.connect(self._done)
         self._job_kind = ""
@@ -83,6 +84,10 @@ class ForgettingBudgetView(QGroupBox):
         self.budget.setToolTip("The rule picks the largest α whose retention loss stays within this many nats of "
                                "the base model's (0: half of what the fine-tune added)")
         row.addWidget(self.budget)
+        self.with_bench = QCheckBox("+ benchmarks")
+        self.with_bench.setToolTip("Also score each α on the harness tasks set in the Benchmarks view (slower)")
+        self.with_bench.setEnabled(False)   # until a provider of benchmark settings is set (the Compare tab's)
+        row.addWidget(self.with_bench)
         self.sweep_button = QPushButton("Sweep α")
         self.sweep_button.setObjectName("sweepAlphaButton")
         self.sweep_button.clicked.connect(self.start_sweep)
@@ -159,6 +164,11 @@ class ForgettingBudgetView(QGroupBox):
         vb = self.plot.getPlotItem().vb
         self.right.setGeometry(vb.sceneBoundingRect())
         self.right.linkedViewChanged(vb, self.right.XAxis)
+
+    def use_benchmarks(self, settings) -> None:
+        """``settings()``: the harness settings a sweep "+ benchmarks" scores each α with."""
+        self.bench_settings = settings
+        self.with_bench.setEnabled(settings is not None)
 
     # -- what is shown -----------------------------------------------------------------------------------------
     @property
@@ -265,11 +275,16 @@ class ForgettingBudgetView(QGroupBox):
             self.status.setText(f"<span style='color:#d62728'>{e}</span>")
             return
         run_dir, budget = self.run_dir, (self.budget.value() or None)
+        try:
+            bench = self.bench_settings() if (self.with_bench.isChecked() and self.bench_settings) else None
+        except EngineMissing as e:
+            self.status.setText(str(e))
+            return
         self._n_alphas = len(set(alphas))
         self._scored = 0
 
         def job(emit, control):
-            return mod.sweep_alphas(run_dir, alphas, budget=budget, report=emit,
+            return mod.sweep_alphas(run_dir, alphas, budget=budget, bench=bench, report=emit,
                                     should_stop=lambda: control.stop_requested)
 
         self._run("sweep", job, f"Loading the fine-tuned model to sweep {self._n_alphas} α…")

@@ -146,6 +146,7 @@ class CompareTab(QWidget):
         self.after = QTabWidget()
         self.after.setObjectName("afterTabs")
         self.bench_view, self.budget_view = BenchmarkView(), ForgettingBudgetView()
+        self.budget_view.use_benchmarks(self.bench_view.settings)  # "+ benchmarks" scores the tasks set there
         self.after.addTab(self.bench_view, "Benchmarks")
         self.after.addTab(self.budget_view, "Forgetting budget")
         self.after.setMinimumHeight(420)
