@@ -243,6 +243,18 @@ def _digest(ex: dict) -> str:
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
+def pair_length(ex: dict) -> int:
+    """Tokens of a pair's padded rows: the longer of its chosen and rejected answers."""
+    return max(len(ex["input_ids"]), len(ex.get("rejected_input_ids") or ()))
+
+
+def longest_pair(prepared, seq_len: int) -> int:
+    """The longest row any batch of the run holds (training, held-out and reference passes): what the memory plan
+    traces (train/dpo_plan.py)."""
+    lengths = [pair_length(ex) for ex in (*prepared.train, *prepared.val)]
+    return min(seq_len, max(lengths)) if lengths else seq_len
+
+
 def reference_choice(train_cfg) -> str:
     """``dpo_reference`` resolved: auto is precompute (it never needs more memory, and scores each pair once
     where the frozen copy scores it once per epoch)."""
@@ -256,6 +268,7 @@ def objective_for(trainer, cfg, model, prepared, device: str, numerics):
     objective = _objective(cfg, model, prepared, device, numerics, trainer.run_dir, trainer.report)
     if objective is not None:
         trainer._forward_loss = objective.loss
+        trainer._pairs_longest = longest_pair(prepared, cfg.data.seq_len)   # the run's plan (memory_log.py)
     return objective
 
 
