@@ -93,3 +93,47 @@ def test_estimate_plans_each_reference_option_from_the_pair_file(tmp_path, capsy
     assert ref["chosen"] == "precompute" and ref["precompute"]["method"] == ref["model"]["method"] == "traced"
     assert ref["precompute"]["peak"] == report["peak_allocated_bytes"]
     assert ref["model"]["reference"] > 0 and ref["model"]["peak"] > ref["precompute"]["peak"]
+
+
+def test_the_first_step_is_planned_without_the_optimizer_state():
+    """The trainer gives the first step the longest pairs, and torch makes the optimizer state at the first
+    step(): the state is planned beside the later steps' longest batch (on an H100 this took the plan from +20 %
+    to within 3 %)."""
+    from ftstudio.engine.train.dpo_plan import FIRST_STEP
+    run = RunConfig().replace(method="dpo", batch_size=4, seq_len=256, device="cuda", precision="bf16-mixed")
+
+    def planned(longest, later, **kw):
+        rows = RowFacts(count=100, longest=longest, fill=0.3, padded=True, total_steps=10, later=later)
+        return plan_run(run.replace(**kw), model_config=LLAMA, device="cuda", rows=rows).plan
+
+    whole, split, short = planned(200, None), planned(200, 60), planned(60, None)
+    fb = "phase:forward/backward"
+    assert split.parts[f"phase:{FIRST_STEP}"] == whole.parts[fb] - whole.optimizer
+    assert split.parts[fb] == short.parts[fb]
+    assert split.peak_allocated == max(whole.parts[fb] - whole.optimizer, short.parts[fb],
+                                       whole.parts["phase:optimizer step"], whole.parts["phase:evaluation"])
+    assert short.peak_allocated <= split.peak_allocated < whole.peak_allocated
+    assert any("before the optimizer state exists" in n for n in split.notes)
+    assert planned(200, 200).peak_allocated == whole.peak_allocated            # the longest comes back later
+    # the step inside backward makes the state during the first backward: no relief
+    assert planned(200, 60, optimizer_in_backward=True).peak_allocated == planned(
+        200, None, optimizer_in_backward=True).peak_allocated
+
+
+def test_the_later_steps_longest_batch_follows_the_trainers_order(tiny_llama, tmp_path):
+    from test_dpo import WORDS, prepared_pairs
+
+    from ftstudio.engine.train.dpo import later_longest, longest_pair, pair_length
+    from ftstudio.engine.train.schedule import plan_schedule, row_stats
+    data = tmp_path / "p.jsonl"          # prompts of 2 to 18 words: two pairs are the longest
+    data.write_text("".join(json.dumps({"prompt": " ".join(WORDS[:2 + i % 17]), "chosen": " yes good",
+                                        "rejected": " no bad"}) + "\n" for i in range(40)))
+    prepared = prepared_pairs(tiny_llama, data)
+    cfg = RunConfig().replace(method="dpo", batch_size=4, seq_len=64, epochs=1)
+    sched = plan_schedule(cfg, len(prepared.train), 0, *row_stats(prepared.train, [], cfg))
+    first = max(pair_length(prepared.train[i]) for i in sched.batch_indices(0))
+    assert first == longest_pair(prepared, 64)                      # length-grouped: the longest pairs first
+    later = later_longest(cfg, prepared)
+    assert later == max(pair_length(prepared.train[i]) for mb in range(1, sched.batches_per_epoch)
+                        for i in sched.batch_indices(mb)) and later < first
+    assert later_longest(cfg.replace(epochs=3), prepared) == first             # epoch 2 starts with them again

@@ -291,6 +291,25 @@ def longest_pair(prepared, seq_len: int) -> int:
     return min(seq_len, max(lengths)) if lengths else seq_len
 
 
+def later_longest(cfg, prepared) -> int:
+    """The longest micro-batch (its pairs' padded length) of the steps after the first, in the trainer's own order
+    (train/schedule.py; length-grouped, the step with the longest row comes first): the first step runs before the
+    optimizer state exists, so the plan puts the state beside this length, not the longest (train/dpo_plan.py).
+    A run of more than two epochs meets the longest row again: then that."""
+    from ftstudio.engine.train.schedule import plan_schedule, row_stats
+
+    rows = prepared.train
+    if not rows:
+        return 0
+    sched = plan_schedule(cfg, len(rows), 0, *row_stats(rows, [], cfg))
+    ga, per_epoch = cfg.train.grad_accum, sched.batches_per_epoch
+    total = sched.total_steps * ga
+    if total > 2 * per_epoch:
+        return min(cfg.data.seq_len, max(pair_length(ex) for ex in rows))
+    longest = max((pair_length(rows[i]) for mb in range(ga, total) for i in sched.batch_indices(mb)), default=0)
+    return min(cfg.data.seq_len, longest)
+
+
 def reference_choice(train_cfg) -> str:
     """``dpo_reference`` resolved: auto is precompute (it never needs more memory, and scores each pair once
     where the frozen copy scores it once per epoch)."""
@@ -304,7 +323,7 @@ def objective_for(trainer, cfg, model, prepared, device: str, numerics):
     objective = _objective(cfg, model, prepared, device, numerics, trainer.run_dir, trainer.report)
     if objective is not None:
         trainer._forward_loss = objective.loss
-        trainer._pairs_longest = longest_pair(prepared, cfg.data.seq_len)   # the run's plan (memory_log.py)
+        trainer._pairs_rows = (longest_pair(prepared, cfg.data.seq_len), later_longest(cfg, prepared))  # its plan
     return objective
 
 
