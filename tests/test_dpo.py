@@ -199,6 +199,16 @@ def test_dpo_run_reports_preference_metrics_and_resumes_exactly(tiny_llama, tmp_
     assert "- dpo\n" in card.split("---")[1]          # the model card's tags
     stored = json.loads((tmp_path / "runs" / "straight" / "reference_logps.json").read_text())
     assert len(stored["train"]) == 24 and len(stored["val"]) == 8
+    # The "before": the held-out pairs evaluated at step 0, where θ0's own preference is the share of pairs whose
+    # chosen answer it finds likelier (its stored log-probabilities say which), in the events, file and summary.
+    assert evals[0].step == 0 and evals[0].loss == pytest.approx(math.log(2), abs=1e-4)   # policy = reference
+    assert abs(evals[0].objective["rewards/margins"]) < 1e-4
+    theta0 = sum(c > r for c, r, _ in stored["val"].values()) / len(stored["val"])
+    assert evals[0].objective["logps/accuracies"] == pytest.approx(theta0)
+    assert straight.eval["before"]["logps/accuracies"] == pytest.approx(theta0)
+    assert evals[-1].objective["logps/accuracies"] >= theta0 and evals[-1].accuracy > 0.5
+    assert any(x["event"] == "eval" and x["step"] == 0 for x in lines)
+    assert "| before training | 0 |" in card
 
     control = Control()
 
@@ -223,6 +233,7 @@ def test_dpo_run_reports_preference_metrics_and_resumes_exactly(tiny_llama, tmp_
     prepared.train[1]["rejected_input_ids"] = prepared.train[1]["rejected_input_ids"][:-1]
     with pytest.raises(DataError, match="not the pair"):
         precompute_reference(None, prepared, device="cpu", path=run_dir / "reference_logps.json")
+    assert resumed.eval["before"] == straight.eval["before"]       # kept in the run folder across the resume
     a = load_file(str(tmp_path / "runs" / "straight" / "final" / "model.safetensors"))
     b = load_file(str(run_dir / "final" / "model.safetensors"))
     assert a.keys() == b.keys()

@@ -9,8 +9,9 @@
    prompt.
 3. DPO from the SFT's ``final/``, once per reference option (precompute, model), with memory snapshots every step:
    the held-out preference accuracy at each evaluation (it must rise well above 50 %), the greedy answers to 20
-   held-out prompts (they must still end their turn), and the plan's peak (``memory.estimate`` of the same config
-   on this card) against the measured ``torch.cuda.max_memory_allocated`` (within 3 %).
+   held-out prompts (they must still end their turn), and the plan's peak (``ftstudio estimate`` of the same config
+   on this card, from the same data: train/plan_run.py) against the measured ``torch.cuda.max_memory_allocated``
+   (within 3 %).
 Writes OUT/dpo_gpu.json and prints it as the last line.
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ def main() -> None:
     from ftstudio.core.config import RunConfig
     from ftstudio.core.events import EvalMetrics, LogLine, MemorySnapshot, RunFinished
     from ftstudio.engine import run
-    from ftstudio.engine.memory import estimate
+    from ftstudio.engine.train.plan_run import plan_run
     from ftstudio.engine.models import describe_model
 
     p = argparse.ArgumentParser()
@@ -92,7 +93,8 @@ def main() -> None:
         evals = [(e.step, e.accuracy, e.objective.get("rewards/margins")) for e in events if isinstance(e, EvalMetrics)]
         measured = max((e.allocated_peak or 0) for e in events if isinstance(e, MemorySnapshot))
         info = describe_model(sft.final_model)
-        planned = estimate(info.config, cfg.replace(device="cuda")).peak_allocated
+        # the plan `ftstudio estimate` makes with the same fields and data (the traced pair step, train/dpo_plan.py)
+        planned = plan_run(cfg.replace(device="cuda"), model_config=info.config, device="cuda").plan.peak_allocated
         tuned = AutoModelForCausalLM.from_pretrained(result.final_model, dtype=torch.float32).to("cuda").eval()
         tok = AutoTokenizer.from_pretrained(result.final_model)
         answers = generate(tuned, tok, held_rows[:20])

@@ -104,8 +104,21 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
         report["seed_table"] = seed_table(seq_len=2048, batch_size=1, gpu_gb=int(gpu_memory_gb or 80))
     from ftstudio.engine.memory.reference import reference_costs
     report["train_method"] = run.train.method
-    report["reference"] = reference_costs(shape, run, gpus)   # DPO: the reference's cost per option
+    report["reference"] = reference_costs(shape, run, gpus, plan=_option_plan(run, est, plan_fn, model, cfg))
     return report
+
+
+def _option_plan(run: RunConfig, est: MemoryBreakdown, plan_fn, model, cfg):
+    """DPO's plan per reference option by ``plan_fn`` (the run's own option is ``est``), else None (closed form)."""
+    if not plan_fn or not cfg or run.train.method != "dpo":
+        return None
+    from ftstudio.engine.memory.reference import resolved
+
+    def plan(option_run: RunConfig) -> MemoryBreakdown:
+        if resolved(option_run) == resolved(run):
+            return est
+        return plan_fn(option_run.replace(source=model), cfg)[0]
+    return plan
 
 
 def _largest_shard(model: str | None) -> int | None:

@@ -76,6 +76,8 @@ def _metrics_section(events: list[dict]) -> list[str]:
         final = evals[-1]
         best = [e for e in evals if e.get("best")]
         rows = [("final", final)] + ([("best", best[-1])] if best else [])
+        if len(evals) > 1 and evals[0].get("step") == 0:    # dpo / simpo evaluate the held-out pairs at step 0
+            rows.insert(0, ("before training", evals[0]))
         for name, e in rows:
             out.append(f"| {name} | {e.get('step')} | {_fmt(e.get('loss'))} | {_fmt(e.get('perplexity'))} | "
                        f"{_fmt(e.get('accuracy'))} | {_fmt(e.get('macro_f1'))} |")

@@ -33,8 +33,11 @@ from ftstudio.engine.memory import chunk_tokens
 from ftstudio.engine.train.loss import logit_transform, transform_logits
 
 REFERENCE_FILE = "reference_logps.json"
+BEFORE_FILE = "preference_before.json"
+# logps/accuracies: the share of pairs whose chosen answer the model itself finds likelier than the rejected one
+# (summed log-probabilities; SimPO's length-averaged ones), the model's own preference beside the rewards'
 METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
-           "logps/rejected")
+           "logps/rejected", "logps/accuracies")
 
 
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,7 +133,8 @@ class PreferenceObjective:
             losses, rc, rr = dpo_loss(logps[:b], logps[b:], ref[:b], ref[b:], self.beta, self.label_smoothing)
             shown = logps
         shown = shown.detach()
-        stats = torch.stack([rc, rr, rc - rr, (rc > rr).float(), shown[:b], shown[b:]])
+        stats = torch.stack([rc, rr, rc - rr, (rc > rr).float(), shown[:b], shown[b:],
+                             (shown[:b] > shown[b:]).float()])
         return losses, stats
 
     def logps(self, model, inputs: dict, labels: torch.Tensor):
@@ -178,6 +182,38 @@ def evaluate_pairs(objective: PreferenceObjective, model, prepared, *, device: s
     metrics = dict(zip(METRICS, (stat_sum / max(1, n)).tolist())) if stat_sum is not None else {}
     return {"loss": loss_sum / max(1, n), "accuracy": metrics.get("rewards/accuracies"), "perplexity": None,
             "macro_f1": None, "objective": metrics}
+
+
+def evaluate_before(trainer, model, prepared, device: str, numerics) -> dict | None:
+    """The held-out figures before the first step (the trainer calls it at step 0), reported as the evaluation of
+    step 0 and kept in the run folder, so a resumed run's summary still has them: the "before" of "preference
+    accuracy rises". Under DPO the policy is the reference at step 0, so its rewards are 0 up to rounding and their
+    accuracy says nothing; ``logps/accuracies`` there is θ0's own preference (the share of held-out pairs whose
+    chosen answer θ0 finds likelier). None for an SFT run or a run without held-out pairs."""
+    objective = getattr(trainer, "_objective", None)
+    if objective is None or not prepared.val:
+        return None
+    path = Path(trainer.run_dir) / BEFORE_FILE if trainer.run_dir else None
+    if trainer.step > 0:
+        return json.loads(path.read_text(encoding="utf-8")) if path is not None and path.exists() else None
+    from ftstudio.core.events import EvalMetrics
+    cfg = trainer.cfg
+    result = evaluate_pairs(objective, model, prepared, device=device, autocast_dtype=numerics.autocast_dtype,
+                            batch_size=cfg.train.batch_size, max_batches=cfg.eval.eval_batches)
+    trainer.report(EvalMetrics(step=0, **result))
+    m = result["objective"]
+    before = {"loss": result["loss"], "accuracy": result["accuracy"], "rewards/margins": m.get("rewards/margins"),
+              "logps/accuracies": m.get("logps/accuracies")}
+    trainer.report(LogLine(f"Before training (step 0, {len(prepared.val)} held-out pairs): θ0 prefers the chosen "
+                           f"answer of {before['logps/accuracies']:.1%} of them by log-probability; loss "
+                           f"{before['loss']:.4f}, reward margin {before['rewards/margins']:.4f}"
+                           + (" (policy = reference: the rewards are 0 up to rounding)"
+                              if cfg.train.method == "dpo" else "")))
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(before), encoding="utf-8")
+        os.replace(tmp, path)
+    return before
 
 
 def precompute_reference(model, prepared, *, device: str, autocast_dtype=None, batch_size: int = 16,
@@ -243,6 +279,37 @@ def _digest(ex: dict) -> str:
     return hashlib.blake2b(key.encode(), digest_size=8).hexdigest()
 
 
+def pair_length(ex: dict) -> int:
+    """Tokens of a pair's padded rows: the longer of its chosen and rejected answers."""
+    return max(len(ex["input_ids"]), len(ex.get("rejected_input_ids") or ()))
+
+
+def longest_pair(prepared, seq_len: int) -> int:
+    """The longest row any batch of the run holds (training, held-out and reference passes): what the memory plan
+    traces (train/dpo_plan.py)."""
+    lengths = [pair_length(ex) for ex in (*prepared.train, *prepared.val)]
+    return min(seq_len, max(lengths)) if lengths else seq_len
+
+
+def later_longest(cfg, prepared) -> int:
+    """The longest micro-batch (its pairs' padded length) of the steps after the first, in the trainer's own order
+    (train/schedule.py; length-grouped, the step with the longest row comes first): the first step runs before the
+    optimizer state exists, so the plan puts the state beside this length, not the longest (train/dpo_plan.py).
+    A run of more than two epochs meets the longest row again: then that."""
+    from ftstudio.engine.train.schedule import plan_schedule, row_stats
+
+    rows = prepared.train
+    if not rows:
+        return 0
+    sched = plan_schedule(cfg, len(rows), 0, *row_stats(rows, [], cfg))
+    ga, per_epoch = cfg.train.grad_accum, sched.batches_per_epoch
+    total = sched.total_steps * ga
+    if total > 2 * per_epoch:
+        return min(cfg.data.seq_len, max(pair_length(ex) for ex in rows))
+    longest = max((pair_length(rows[i]) for mb in range(ga, total) for i in sched.batch_indices(mb)), default=0)
+    return min(cfg.data.seq_len, longest)
+
+
 def reference_choice(train_cfg) -> str:
     """``dpo_reference`` resolved: auto is precompute (it never needs more memory, and scores each pair once
     where the frozen copy scores it once per epoch)."""
@@ -256,6 +323,7 @@ def objective_for(trainer, cfg, model, prepared, device: str, numerics):
     objective = _objective(cfg, model, prepared, device, numerics, trainer.run_dir, trainer.report)
     if objective is not None:
         trainer._forward_loss = objective.loss
+        trainer._pairs_rows = (longest_pair(prepared, cfg.data.seq_len), later_longest(cfg, prepared))  # its plan
     return objective
 
 

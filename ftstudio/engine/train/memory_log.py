@@ -11,7 +11,9 @@ def _plan(trainer, device: str):
 
     cfg = trainer.cfg.replace(compile=bool(getattr(trainer, "compiled", False)), fast_defaults=False)
     s = cfg.data.seq_len
-    rows = RowFacts(count=0, longest=s, fill=1.0, padded=False, total_steps=cfg.train.max_steps or 0)
+    longest, later = getattr(trainer, "_pairs_rows", None) or (s, None)   # dpo / simpo: their pairs (train/dpo.py)
+    rows = RowFacts(count=0, longest=longest, fill=1.0, padded=False, total_steps=cfg.train.max_steps or 0,
+                    later=later)
     return plan_run(cfg, model_config=trainer._model_config, device=device, rows=rows).plan
 
 

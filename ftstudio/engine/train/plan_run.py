@@ -7,6 +7,7 @@ the eager step (which holds more than the compiled one: the plan errs high).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from ftstudio.core.config import RunConfig
@@ -29,6 +30,7 @@ class RowFacts:
     fill: float                     # mean tokens per row / seq_len
     padded: bool                    # the longest batch holds rows of different lengths
     total_steps: int
+    later: int | None = None        # dpo / simpo: the longest batch after the first step (train/dpo_plan.py)
 
 
 def _device(run: RunConfig, device: str | None) -> str:
@@ -55,11 +57,15 @@ def read_rows(run: RunConfig, task: str | None = None) -> RowFacts:
     lengths = sorted(len(r["input_ids"]) for r in prepared.train)
     s = run.data.seq_len
     longest = min(s, lengths[-1]) if lengths else s
+    later = None
+    if prepared.format == "preference":      # pairs: the longer answer, held-out pairs too (train/dpo_plan.py)
+        from ftstudio.engine.train.dpo import later_longest, longest_pair
+        longest, later = longest_pair(prepared, s), later_longest(run, prepared)
     top = lengths[-run.train.batch_size:] if lengths else []
     sched = plan_schedule(run, len(prepared.train), 0, *row_stats(prepared.train, [], run))
     return RowFacts(count=len(lengths), longest=longest, fill=sum(lengths) / max(1, len(lengths)) / s,
                     padded=bool(top) and (min(top) != max(top) or task == "classification"),
-                    total_steps=sched.total_steps)
+                    total_steps=sched.total_steps, later=later)
 
 
 def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | None = None, device: str | None = None,
@@ -94,8 +100,9 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
         steps = run.train.max_steps or 0
         if rows is None and read_data is False or not run.data.dataset:
             lines.append("No data given: rows assumed to fill seq_len (the longest batch possible)")
-    chosen, said = fast_path.choose(run, dev, task=task, rows_fill=fill, total_steps=max(steps, 1),
-                                    params=shape.params)
+    pairs = run.train.method != "sft"        # dpo / simpo: B pairs are 2B padded rows, never packed
+    chosen, said = fast_path.choose(run, dev, task="preference" if pairs else task, rows_fill=fill,
+                                    total_steps=max(steps, 1), params=shape.params)
     if not steps and run.memory.fast_defaults and dev.startswith("cuda") and not run.memory.compile:
         said = [ln for ln in said if "compile" not in ln]
         chosen["compile"] = False
@@ -105,9 +112,14 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
     eff = run.replace(compile=chosen["compile"], packing=chosen["packing"])
     if chosen["packing"] and task == "causal-lm":
         longest, padded = s, False           # packed rows fill seq_len, one document mask per row
-    plan = traced_plan(model_config, eff, gpus, dev, seq_len=longest, padded=padded,
-                       trust_remote_code=run.model.trust_remote_code, source=source, trace=trace,
-                       loss_fn=trainer_loss)
+    plan_at = functools.partial(traced_plan, model_config, eff, gpus, dev, padded=padded or pairs,
+                                trust_remote_code=run.model.trust_remote_code, source=source, trace=trace,
+                                loss_fn=trainer_loss)
+    if pairs:                                # the trainer's own pair step, its reference option and loss path
+        from ftstudio.engine.train.dpo_plan import plan_pairs
+        plan, padded = plan_pairs(plan_at, eff, longest, rows.later if rows is not None else None), True
+    else:
+        plan = plan_at(seq_len=longest)
     return RunPlan(plan=plan, config=eff, lines=lines, seq_len=longest, padded=padded)
 
 

@@ -229,6 +229,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         self.report(LogLine(f"Setup took {time.perf_counter() - t_setup:.1f} s"))
         if self.step == 0:
             self.forgetting.evaluate(model, 0)
+        before = dpo.evaluate_before(self, model, prepared, device, numerics)  # dpo/simpo: held-out pairs at step 0
 
         try:  # a resumed end checkpoint (keeping.py) has no steps left: its evaluation and export are redone
             status, stop_reason = ("finished", self._ended) if self._ended is not None else (
@@ -255,6 +256,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         elif cfg.checkpoint.export:
             final_dir = self._finish_export(model, tokenizer, secured)
         self._check_folder()  # a run whose folder vanished never reports success
+        eval_result = {**eval_result, "before": before} if before and eval_result else eval_result
         event = RunFinished(status=status, steps=self.step, **self._tail.summary(self._last_loss), eval=eval_result,
                             output_dir=str(self.run_dir), final_model=str(final_dir) if final_dir else None,
                             elapsed_s=time.perf_counter() - t_setup, stop_reason=stop_reason,
