@@ -67,7 +67,7 @@ def run_one(name: str, spec: str, model: Path, data: Path, out: Path, batch: int
     from ftstudio.core.config import RunConfig
     from ftstudio.core.events import MemorySnapshot, RunFailed, StepMetrics
     from ftstudio.core.presets import apply_preset
-    from ftstudio.engine.train.speed import mfu, step_flops
+    from ftstudio.engine.train.mfu import device_name, mfu, peak_tflops, step_flops
     from ftstudio.engine import run as train
 
     leaves = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
@@ -95,7 +95,7 @@ def run_one(name: str, spec: str, model: Path, data: Path, out: Path, batch: int
     mc = AutoConfig.from_pretrained(model)
     n = load_shape(str(model))[0].params
     flops_per_s = step_flops(n, mc.num_hidden_layers, mc.hidden_size, seq, 1) * med
-    return {"name": name, "spec": spec, "tokens_per_s": med, "mfu": mfu(flops_per_s, 1.0),
+    return {"name": name, "spec": spec, "tokens_per_s": med, "mfu": mfu(flops_per_s, 1.0, peak_tflops(device_name(device))), "card": device_name(device),
             "peak_alloc_gb": max(peaks) / 1e9 if peaks else None, "first_step_s": steps_ev[0].elapsed_s if steps_ev else None,
             "steps": len(steps_ev), "wall_s": round(time.perf_counter() - t, 1),
             "losses": [round(e.loss, 4) for e in steps_ev]}

@@ -11,30 +11,13 @@ The run's own config (config.yaml, resume checks) keeps the user's fields: the t
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 from ftstudio.core.events import LogLine
+from ftstudio.engine.train.compiling import (COMPILE_GAIN, COMPILE_SECONDS, EAGER_FLOPS,  # noqa: F401
+                                             compile_pays, inductor_available)
 
-# Compile repays itself when the time it saves beats the time it takes. Measured on the H200 (README's speed
-# section): compiled blocks + head/loss cut a step's time by ~27 % (42.6 k → 58.7 k tokens/s on the 1B shape);
-# the first steps took 5–27 s longer. The eager step time is estimated from 6·N FLOPs per token at 40 % of an
-# H200's 989 TFLOP/s: a slower GPU has slower steps, so compiling pays sooner there than this says.
-COMPILE_SECONDS = 30.0
-COMPILE_GAIN = 0.25
-EAGER_FLOPS = 0.4 * 989e12
 PACK_BELOW = 0.75        # pack when the mean row fills less than this share of seq_len
-
-
-def compile_pays(total_steps: int, params: int, tokens_per_step: int) -> tuple[bool, float]:
-    """(worth compiling, estimated seconds the uncompiled run would take)."""
-    eager_s = total_steps * 6.0 * params * tokens_per_step / EAGER_FLOPS
-    return eager_s * COMPILE_GAIN > COMPILE_SECONDS, eager_s
-
-
-def inductor_available() -> bool:
-    """torch.compile's GPU backend needs triton."""
-    return importlib.util.find_spec("triton") is not None
 
 
 def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, params: int,

@@ -182,7 +182,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         self._choose_attention(model, prepared, device)
         if cfg.memory.activation_checkpointing:
             # Recompute each block in backward instead of storing its activations.
-            from ftstudio.engine.train.speed import checkpoint_kwargs  # reentrant when the inputs are offloaded
+            from ftstudio.engine.train.offload import checkpoint_kwargs  # reentrant when the inputs are offloaded
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs=checkpoint_kwargs(cfg.memory.offload_activations))
         if cfg.memory.compile and getattr(sys, "frozen", False):
@@ -191,7 +191,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         elif cfg.memory.compile and device.startswith("cuda"):
             # Each repeated block compiled in place: one block type compiles in seconds, state-dict keys keep
             # their names, and checkpointing stays outside the compiled region.
-            from ftstudio.engine.train.speed import compile_blocks
+            from ftstudio.engine.train.compiling import compile_blocks
             compile_blocks(model)
             self.compiled = True
         model = self._place_model(model, device, numerics)
@@ -210,7 +210,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         for said, level in schedule_lines(cfg, sched):  # warnings, and the length-grouped batches' padding
             self.report(LogLine(said, level))
         if cfg.memory.optimizer_in_backward:
-            from ftstudio.engine.train.speed import check_in_backward
+            from ftstudio.engine.train.in_backward import check_in_backward
             check_in_backward(numerics.precision)
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0],
                                          in_backward=cfg.memory.optimizer_in_backward)
@@ -269,8 +269,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         autocast = (torch.autocast(device_type=device.split(":")[0], dtype=numerics.autocast_dtype)
                     if numerics.autocast_dtype is not None else nullcontext())
         params = [p for p in model.parameters()]
-        from ftstudio.engine.train.speed import offload_context
-        in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (train/speed.py)
+        from ftstudio.engine.train.offload import offload_context
+        in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (train/in_backward.py)
         window_tokens, window_t0 = 0, time.perf_counter()
         run_t0, start_step = time.perf_counter(), self.step
         loss_sum, loss_count, self._tail = torch.zeros((), device=device), 0, LossTail(sched.total_steps)
@@ -381,7 +381,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         return pick_device(self.cfg)
 
     def _choose_attention(self, model, prepared, device: str) -> None:
-        from ftstudio.engine.train.speed import choose_attention
+        from ftstudio.engine.train.attention import choose_attention
         choose_attention(model, prepared, device, self.cfg, self.report)
 
     def _place_model(self, model, device, numerics):
@@ -421,8 +421,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
 
     def _forward_loss(self, model, batch):
         if "labels" in batch and batch["labels"].dim() == 2:  # causal LM: the plan and the loss agree
-            from ftstudio.engine.train.speed import causal_lm_loss  # fused (Liger) or sliced when chunked
-            return causal_lm_loss(model, batch, loss=self.cfg.memory.loss, compiled=self.compiled)
+            from ftstudio.engine.train.loss import training_loss  # fused (Liger) or sliced when chunked
+            return training_loss(model, batch, loss=self.cfg.memory.loss, compiled=self.compiled)
         return model(**batch).loss
 
     def _periodic(self, model, prepared, device, numerics, scaler, sched) -> None:
