@@ -357,9 +357,12 @@ class HardwareConfig:
     """Numerics: bf16-mixed (fp32 master weights + bf16 autocast: the 16N recipe), fp16-mixed (with loss scaling), bf16 (pure), fp32; "auto" = bf16-mixed on GPUs that support it, fp32 on the CPU."""
     memory_snapshot_every: int = 10
     """Report measured memory (tensors, allocator, NVML) every N steps."""
+    gpu_memory: float | None = None
+    """GB the run's tensors may hold at once on the GPU (its peak allocated); None = the card's own memory. With the fast defaults on one GPU, a run that would not fit gets the fastest options that do (each choice logged)."""
 
     def __post_init__(self) -> None:
         _check_choice("hardware", "precision", self.precision, PRECISIONS)
+        _check_range("hardware", "gpu_memory", self.gpu_memory, 0.0, 1e5, lo_open=True, allow_none=True)
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError("hardware.device", f"{dev!r} is not one of auto, cpu, cuda, cuda:N")

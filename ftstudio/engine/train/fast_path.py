@@ -1,8 +1,10 @@
 """The fast path a one-GPU run gets without asking (``memory.fast_defaults``, on by default).
 
 On one CUDA device, what is safe for the run turns on even where its own field says off: packed rows with
-per-document masks for a causal LM whose rows are mostly shorter than ``seq_len`` (no padding computed), and
-``torch.compile`` per block with the compiled head + loss when the run is long enough to repay compiling.
+per-document masks for a causal LM whose rows are mostly shorter than ``seq_len`` (no padding computed),
+``torch.compile`` per block with the compiled head + loss when the run is long enough to repay compiling
+(train/compiling.py's rule, for a run without flags and for ``--preset fastest`` alike), and, where the run is
+planned over the card's memory (or ``--gpu-memory``), the fastest options that fit (train/fastest.py).
 Each choice, and each reason it stays off (the bundled app, no inductor/triton, a classifier, rows that
 already fill ``seq_len``, a short run), is one log line. A field set to true stays on; CPU runs, several GPUs
 and ``fast_defaults: false`` run exactly the fields as written.
@@ -83,7 +85,27 @@ def apply(cfg, device: str, prepared, info, plan_schedule, report):
 
         prepared.train, prepared.val = packed_rows
         prepared.collate = Collator(prepared.collate.pad_id, prepared.task, packed=True)
-    return cfg.replace(compile=chosen["compile"], packing=chosen["packing"]), prepared
+    cfg = cfg.replace(compile=chosen["compile"], packing=chosen["packing"])
+    return fit_memory(cfg, device, getattr(info, "config", None), report), prepared
+
+
+def fit_memory(cfg, device: str, model_config: dict | None, report):
+    """``cfg`` with the fastest options that fit the memory budget (train/fastest.py), each choice logged."""
+    from ftstudio.engine.train import fastest
+
+    budget, compare = fastest.budget_for(cfg, device)
+    if budget is None or not model_config:
+        report(LogLine(f"Memory budget: not checked ({compare if budget is None else 'no model config'})"))
+        return cfg
+    try:
+        fit = fastest.choose(cfg, model_config, budget, compare=compare, device=device)
+    except Exception as e:  # noqa: BLE001 - a model the planner cannot read: the run goes on as set, and says so
+        report(LogLine(f"Memory budget: not planned ({type(e).__name__}: {str(e).splitlines()[0][:120]}); the run "
+                       "starts as set", "warning"))
+        return cfg
+    for line in fit.lines:
+        report(LogLine(line))
+    return cfg.replace(**fit.leaves) if fit.leaves else cfg
 
 
 def _pack(prepared, seq_len: int):

@@ -167,6 +167,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         # 2. The run folder: config.yaml first, so the run can be resumed from its own config.
         self.run_dir = self._open_run_dir()
         self._open_metrics()
+        self.user_cfg, self.cfg = self.cfg, cfg   # records keep the user's fields; the steps run the fast path's
 
         # 3. Model on the device (one GPU: loaded onto it in the training dtype, no host copy). Every weight trains.
         loaded = models_mod.load_model(cfg.model, task=task, num_labels=len(labels) if labels else None,
