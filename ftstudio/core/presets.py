@@ -13,7 +13,7 @@ from .errors import ConfigError
 
 # The memory/speed leaves every preset sets, so switching presets never leaves one preset's trick behind.
 _PLAIN = {"activation_checkpointing": False, "offload_activations": False, "loss": "full", "compile": False,
-          "optimizer_in_backward": False}
+          "optimizer_in_backward": False, "fp8": "off"}
 
 PRESETS: dict[str, dict] = {
     "Safe defaults (the seed)": {
@@ -29,14 +29,16 @@ PRESETS: dict[str, dict] = {
         # chunks when the logits fit) and packing are the fast defaults' choice, by the same repay rule as a run
         # without flags (train/compiling.py): a short run never pays for a compile it cannot repay. Where the run
         # does not fit the card (or --gpu-memory), train/fastest.py picks the fastest options that do.
+        # FP8 linear layers (torchao) where the model is large enough for them to pay (train/fp8.py).
         **_PLAIN, "precision": "bf16", "optimizer": "adamw", "bf16_rounding": "stochastic", "loss": "full",
-        "fast_defaults": True,
+        "fast_defaults": True, "fp8": "auto",
     },
     "Largest model that fits": {
         # bf16 weights, 8-bit AdamW states with stochastic rounding, the step inside backward (gradients of
         # one tensor at a time), checkpointed blocks with their inputs in CPU memory, the chunked loss.
         "precision": "bf16", "optimizer": "adamw8bit", "optimizer_in_backward": True, "grad_accum": 1,
         "activation_checkpointing": True, "offload_activations": True, "loss": "chunked", "compile": True,
+        "fp8": "off",
     },
     "Guard against forgetting": {
         # The seed's remedies together, at strengths the SmolLM2 table in README supports: a low LR, one

@@ -181,6 +181,9 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         if loaded.load_note:  # which loader placed the weights (shard by shard, or from_pretrained and why)
             self.report(LogLine(loaded.load_note))
         self._choose_attention(model, prepared, device)
+        if cfg.memory.fp8 != "off":   # FP8 linear layers (torchao), probed against bf16 on the first batch (fp8.py)
+            from ftstudio.engine.train.fp8 import setup as setup_fp8
+            self.report = setup_fp8(model, prepared, device, numerics, cfg, self.report, params=int(info.params or 0))
         if cfg.memory.activation_checkpointing:
             # Recompute each block in backward instead of storing its activations.
             from ftstudio.engine.train.offload import checkpoint_kwargs  # reentrant when the inputs are offloaded
