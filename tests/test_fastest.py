@@ -118,3 +118,15 @@ def test_fastest_compiles_only_where_the_defaults_would(steps, compiled):
     assert ("would not repay" in said and "--compile forces it" in said) if not compiled else "compile on" in said
     forced, _ = choose(apply_preset(base, "fastest").replace(compile=True), "cuda:0", **args)
     assert forced["compile"]                             # --preset fastest --compile still compiles
+
+
+def test_precision_auto_may_become_pure_bf16_but_a_chosen_precision_stays():
+    def plan(mc, run):                                   # pure bf16 halves the static bytes
+        p = fake_plan(mc, run)
+        cut = 4 * GB if run.hardware.precision == "bf16" else 0
+        return SimpleNamespace(peak_allocated=p.peak_allocated - cut, total=p.total - cut)
+    auto = RunConfig().replace(device="cuda", batch_size=4, seq_len=2048)
+    fit = fastest.choose(auto, {}, int(16.5 * GB), plan=plan, liger=True, lowbit=True)
+    assert fit.leaves == {"precision": "bf16"} and "pure bf16" in fit.lines[0]   # 20 − 4 GB: faster than any cut
+    mixed = auto.replace(precision="bf16-mixed")
+    assert "precision" not in fastest.choose(mixed, {}, int(16.5 * GB), plan=plan, liger=True, lowbit=True).leaves

@@ -11,8 +11,9 @@ memory (the planned total, CUDA context included). Memory comes from the planner
 Speed is a product of per-option factors, each measured on an H100 on the Llama-3.2-1B shape (4 × 2048) where
 the table says so, estimated otherwise; only their order matters, and the run's own tokens/s is the measurement.
 
-Kept as set: the precision (Fastest sets pure bf16; a run without flags keeps bf16-mixed), compile (the repay
-rule decides it), and every option the user turned on (an option set true stays on). Pure logic, no torch.
+Kept as set: a precision the user chose (Fastest sets pure bf16; precision "auto" may become pure bf16 with
+stochastic-rounding AdamW, Fastest's numerics, when the run as set does not fit), compile (the repay rule decides
+it), and every option the user turned on (an option set true stays on). Pure logic, no torch.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ SPEED: dict[str, tuple[float, str]] = {
     "offload": (0.70, "estimated"),
     "adamw8bit": (0.85, "estimated"),
     "in_backward": (0.82, "estimated"),
+    "pure_bf16": (1.115, "measured"),         # Fastest's pure bf16 against bf16-mixed (61.9 k / 55.5 k, compiled)
 }
 MICRO_TOKENS_HALF = 512    # estimated: a micro-batch of t tokens runs at t / (t + 512) of the matmuls' rate
 
@@ -57,6 +59,8 @@ def _micro_speed(tokens: int, ref: int) -> float:
 def planned_speed(leaves: dict, cfg, *, liger: bool) -> float:
     """The product of the option factors for the options ``leaves`` turn on beyond ``cfg`` (micro-batch included)."""
     m, s = cfg.memory, 1.0
+    if leaves.get("precision") == "bf16" and cfg.hardware.precision != "bf16":
+        s *= SPEED["pure_bf16"][0]
     if leaves.get("loss", m.loss) == "chunked" and m.loss != "chunked":
         s *= SPEED["chunked_liger" if liger else "chunked_sliced"][0]
     if leaves.get("activation_checkpointing", m.activation_checkpointing) and not m.activation_checkpointing:
@@ -81,14 +85,16 @@ def candidates(cfg, *, lowbit: bool) -> list[dict]:
     opts = (cfg.optim.optimizer, "adamw8bit") if cfg.optim.optimizer == "adamw" and lowbit else (cfg.optim.optimizer,)
     in_bwd = (True,) if m.optimizer_in_backward else (
         (False,) if cfg.hardware.precision == "fp16-mixed" else (False, True))
+    # precision "auto" (nobody chose): pure bf16 with stochastic-rounding AdamW, Fastest's numerics, is a choice
+    precisions = (cfg.hardware.precision, "bf16") if cfg.hardware.precision == "auto" else (cfg.hardware.precision,)
     out = []
-    for loss, ac, off, opt, ib, b in itertools.product(losses, yes_no(m.activation_checkpointing),
-                                                       yes_no(m.offload_activations), opts, in_bwd, micro):
+    for prec, loss, ac, off, opt, ib, b in itertools.product(precisions, losses, yes_no(m.activation_checkpointing),
+                                                             yes_no(m.offload_activations), opts, in_bwd, micro):
         if off and not ac:
             continue                                  # offload moves checkpointed inputs: it needs checkpointing
         if ib and b != effective:
             continue                                  # the step in backward cannot accumulate micro-batches
-        leaves = {"loss": loss, "activation_checkpointing": ac, "offload_activations": off, "optimizer": opt,
+        leaves = {"precision": prec, "loss": loss, "activation_checkpointing": ac, "offload_activations": off, "optimizer": opt,
                   "optimizer_in_backward": ib, "batch_size": b, "grad_accum": effective // b}
         out.append({k: v for k, v in leaves.items() if v != cfg.get(k)})
     out.sort(key=lambda d: len(d))                    # the run as set ({}) first
@@ -98,7 +104,7 @@ def candidates(cfg, *, lowbit: bool) -> list[dict]:
 def describe(leaves: dict, cfg) -> str:
     if not leaves:
         return "the run as set"
-    words = []
+    words = ["pure bf16 (stochastic-rounding AdamW)"] if leaves.get("precision") == "bf16" else []
     if leaves.get("loss") == "chunked":
         words.append("chunked loss")
     if leaves.get("activation_checkpointing"):
@@ -154,7 +160,7 @@ def choose(cfg, model_config, budget: int, *, compare: str = "peak_allocated", d
 
 
 def _factors(leaves: dict, cfg, liger: bool) -> list[str]:
-    keys = []
+    keys = ["pure_bf16"] if leaves.get("precision") == "bf16" else []
     if leaves.get("loss") == "chunked":
         keys.append("chunked_liger" if liger else "chunked_sliced")
     for leaf, key in (("activation_checkpointing", "checkpointing"), ("offload_activations", "offload"),
