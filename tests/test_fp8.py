@@ -45,10 +45,11 @@ def test_the_head_and_odd_sizes_stay_in_bf16():
 def test_unconvert_gives_back_plain_linears_over_the_same_parameters(monkeypatch):
     class Float8Linear(torch.nn.Linear):            # stands in for torchao's (an nn.Linear subclass as well)
         pass
-    fake = types.ModuleType("torchao.float8")
+    fake = types.ModuleType("torchao.float8.float8_linear")
     fake.Float8Linear = Float8Linear
-    monkeypatch.setitem(sys.modules, "torchao", types.ModuleType("torchao"))
-    monkeypatch.setitem(sys.modules, "torchao.float8", fake)
+    for name in ("torchao", "torchao.float8"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "torchao.float8.float8_linear", fake)
     m = _tiny_lm()
     up = m.model.layers[0].mlp.up_proj
     swapped = Float8Linear(32, 64, bias=False)

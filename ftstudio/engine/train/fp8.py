@@ -71,7 +71,8 @@ def module_filter(model):
 
 def convert(model, recipe: str) -> int:
     """Swap the chosen linear layers for torchao's Float8Linear in place; returns how many."""
-    from torchao.float8 import Float8Linear, Float8LinearConfig, convert_to_float8_training
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    from torchao.float8.float8_linear import Float8Linear   # not re-exported by torchao.float8 (0.15)
 
     convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(recipe),
                                module_filter_fn=module_filter(model))
@@ -81,7 +82,7 @@ def convert(model, recipe: str) -> int:
 def unconvert(model) -> int:
     """Float8Linear → nn.Linear over the same parameters (the probe failed); returns how many."""
     import torch
-    from torchao.float8 import Float8Linear
+    from torchao.float8.float8_linear import Float8Linear
 
     count = 0
     for parent in list(model.modules()):

@@ -156,6 +156,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         tokenizer = models_mod.load_tokenizer(cfg.model)
         prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
         cfg, prepared = fast_path.apply(cfg, device, prepared, info, self._plan_schedule, self.report)  # one GPU
+        numerics = pick_numerics(cfg.hardware.precision, device)   # the memory budget may choose pure bf16
         fresh = [str(w) for w in prepared.warnings if w not in report.problems]  # the check above said the rest
         for line in [*fresh, f"Data: {prepared.summary()}"]:  # nothing cut or dropped unsaid
             self.report(LogLine(line, "info" if line.startswith("Data: ") else "warning"))
