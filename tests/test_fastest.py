@@ -130,3 +130,13 @@ def test_precision_auto_may_become_pure_bf16_but_a_chosen_precision_stays():
     assert fit.leaves == {"precision": "bf16"} and "pure bf16" in fit.lines[0]   # 20 − 4 GB: faster than any cut
     mixed = auto.replace(precision="bf16-mixed")
     assert "precision" not in fastest.choose(mixed, {}, int(16.5 * GB), plan=plan, liger=True, lowbit=True).leaves
+
+
+def test_pure_bf16_weights_never_get_8bit_states_from_the_chooser():
+    # the 8-bit step rounds most small updates away on bf16 weights: it is offered only with fp32 master weights
+    for cfg in (_cfg(), RunConfig().replace(device="cuda", batch_size=4, seq_len=2048)):
+        for c in fastest.candidates(cfg, lowbit=True):
+            run = cfg.replace(**c)
+            assert not (run.hardware.precision == "bf16" and c.get("optimizer") == "adamw8bit")
+    mixed = _cfg(precision="bf16-mixed")
+    assert any(c.get("optimizer") == "adamw8bit" for c in fastest.candidates(mixed, lowbit=True))

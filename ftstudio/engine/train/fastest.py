@@ -21,20 +21,24 @@ import importlib.util
 import itertools
 from dataclasses import dataclass, field
 
-# Relative speed of each option against the same run without it (tokens/s ratio). "measured": issue 33's H100
-# table (each row against HF Trainer in its own group: Fastest 1.65×, --loss chunked 1.53×, checkpointing 1.33×,
-# Largest 0.60×). "estimated": not measured alone; the three Largest-only options share the measured Largest row's
-# remaining 0.49× (0.60 / 1.65 / 0.806 / 0.923).
+# Relative speed of each option against the same run without it (tokens/s ratio), all on the H100, Llama-3.2-1B
+# shape, 4 × 2048, compiled. "measured": issue 33's table (each row against HF Trainer in its own group: Fastest
+# 1.65×, --loss chunked 1.53×, checkpointing 1.33×, Largest 0.60×). "derived": from a measured combination over
+# the measured factors of its other options: 8-bit states from tests/benchmarks/pareto.py's 10.72 GB run (pure
+# bf16 + checkpointing + 8-bit + micro-batch 2: 24.2 k against Fastest's 64.3 k, so 0.376 / 0.806 / 0.93); offload
+# and the step in backward share what Largest's row leaves after that (0.363 / 0.806 / 0.923 / 0.50 = 0.98).
+# "estimated": not measured.
 SPEED: dict[str, tuple[float, str]] = {
     "chunked_liger": (0.923, "measured"),      # Liger's fused linear cross-entropy against the compiled head
     "chunked_sliced": (0.85, "estimated"),     # checkpointed slices (no liger-kernel): the head runs twice
     "checkpointing": (0.806, "measured"),
-    "offload": (0.70, "estimated"),
-    "adamw8bit": (0.85, "estimated"),
-    "in_backward": (0.82, "estimated"),
+    "offload": (0.99, "derived"),
+    "adamw8bit": (0.50, "derived"),            # torchao's 8-bit AdamW step: slow beside the fused bf16 kernel
+    "in_backward": (0.99, "derived"),
     "pure_bf16": (1.115, "measured"),         # Fastest's pure bf16 against bf16-mixed (61.9 k / 55.5 k, compiled)
 }
-MICRO_TOKENS_HALF = 512    # estimated: a micro-batch of t tokens runs at t / (t + 512) of the matmuls' rate
+MICRO_TOKENS_HALF = 512    # a micro-batch of t tokens runs at t / (t + 512) of the matmuls' rate: 0.944 for 2 × 2048
+# against 4 × 2048 (measured 0.93: 59.8 k against Fastest's 64.3 k, pareto.py, two calls on one H100)
 
 
 @dataclass
@@ -83,6 +87,8 @@ def candidates(cfg, *, lowbit: bool) -> list[dict]:
     yes_no = lambda on: (True,) if on else (False, True)  # noqa: E731 - an option set true stays on
     losses = ("chunked",) if m.loss == "chunked" else ("full", "chunked")
     opts = (cfg.optim.optimizer, "adamw8bit") if cfg.optim.optimizer == "adamw" and lowbit else (cfg.optim.optimizer,)
+    # 8-bit states on pure bf16 weights lose most small updates (no stochastic rounding or compensation in the
+    # 8-bit step: 96 % of the first step's updates rounded away on the H100): only with fp32 master weights
     in_bwd = (True,) if m.optimizer_in_backward else (
         (False,) if cfg.hardware.precision == "fp16-mixed" else (False, True))
     # precision "auto" (nobody chose): pure bf16 with stochastic-rounding AdamW, Fastest's numerics, is a choice
@@ -94,6 +100,8 @@ def candidates(cfg, *, lowbit: bool) -> list[dict]:
             continue                                  # offload moves checkpointed inputs: it needs checkpointing
         if ib and b != effective:
             continue                                  # the step in backward cannot accumulate micro-batches
+        if opt == "adamw8bit" and opt != cfg.optim.optimizer and prec == "bf16":
+            continue
         leaves = {"precision": prec, "loss": loss, "activation_checkpointing": ac, "offload_activations": off, "optimizer": opt,
                   "optimizer_in_backward": ib, "batch_size": b, "grad_accum": effective // b}
         out.append({k: v for k, v in leaves.items() if v != cfg.get(k)})
@@ -115,7 +123,7 @@ def describe(leaves: dict, cfg) -> str:
     if leaves.get("optimizer") == "adamw8bit":
         words.append("8-bit AdamW states")
     if leaves.get("optimizer_in_backward"):
-        words.append("the step inside backward")
+        words.append("the step inside backward (gradient clipping per tensor)")
     if "batch_size" in leaves:
         words.append(f"micro-batch {leaves['batch_size']} × {leaves['grad_accum']} accumulated")
     return ", ".join(words)
