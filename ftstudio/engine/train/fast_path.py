@@ -105,6 +105,9 @@ def fit_memory(cfg, device: str, model_config: dict | None, report):
         return cfg
     for line in fit.lines:
         report(LogLine(line))
+    if fit.leaves.get("precision") not in (None, cfg.hardware.precision):
+        report(LogLine(f"Precision: {fit.leaves['precision']} for the memory budget (the model line above names the "
+                       "configured one)"))
     return cfg.replace(**fit.leaves) if fit.leaves else cfg
 
 
