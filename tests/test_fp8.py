@@ -79,3 +79,42 @@ def test_the_guard_tells_the_run_once_when_the_loss_climbs_or_is_not_finite():
     late(step(3, 9.0))                                                         # past the watched steps
     assert not late.told
     assert math.isinf(fp8.relative_gap(float("nan"), 2.0)) and fp8.relative_gap(2.02, 2.0) == pytest.approx(0.01)
+
+
+def test_with_torchao_the_blocks_convert_train_and_convert_back():
+    pytest.importorskip("torchao.float8")
+    m = _tiny_lm()
+    x = torch.randint(0, 64, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = float(m(input_ids=x, labels=x).loss)
+    keys = set(m.state_dict())
+    assert fp8.convert(m, "tensorwise") == 2 * 7               # q, k, v, o, gate, up, down per block; not the head
+    assert type(m.lm_head) is torch.nn.Linear and set(m.state_dict()) == keys   # checkpoints and export unchanged
+    loss = m(input_ids=x, labels=x).loss                      # torchao emulates the FP8 matmul on the CPU
+    loss.backward()
+    assert fp8.relative_gap(float(loss), ref) < fp8.PROBE_TOLERANCE and m.model.layers[0].mlp.up_proj.weight.grad is not None
+    assert fp8.unconvert(m) == 14
+    with torch.no_grad():
+        assert float(m(input_ids=x, labels=x).loss) == pytest.approx(ref, rel=1e-6)
+
+
+@pytest.mark.parametrize("tolerance,kept", [(fp8.PROBE_TOLERANCE, True), (-1.0, False)])
+def test_setup_probes_the_first_batch_against_bf16_and_undoes_fp8_past_the_tolerance(monkeypatch, tolerance, kept):
+    pytest.importorskip("torchao.float8")
+    from types import SimpleNamespace
+
+    from ftstudio.core.config import RunConfig
+    from ftstudio.engine.data.collate import Collator
+
+    monkeypatch.setattr(fp8, "decide", lambda *a, **k: ("tensorwise", "FP8: asked for"))   # the CPU has no FP8 cores
+    monkeypatch.setattr(fp8, "PROBE_TOLERANCE", tolerance)
+    m = _tiny_lm()
+    rows = [{"input_ids": list(range(3, 19)), "labels": list(range(3, 19))} for _ in range(4)]
+    prepared = SimpleNamespace(train=rows, task="causal-lm", collate=Collator(0, "causal-lm"))
+    said = []
+    report = fp8.setup(m, prepared, "cpu", SimpleNamespace(autocast_dtype=None), RunConfig().replace(batch_size=2),
+                       said.append, params=10**6)
+    text = " ".join(e.message for e in said)
+    assert isinstance(report, fp8.DivergenceGuard) is kept
+    assert ("FP8: 14 linear layers" in text) is kept and ("FP8 undone" in text) is not kept
+    assert (type(m.model.layers[0].mlp.up_proj) is torch.nn.Linear) is not kept
