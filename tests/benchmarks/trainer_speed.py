@@ -3,7 +3,7 @@ events — on a random-weight model of a public shape, for presets / option sets
 which times the same step on synthetic batches against HF Trainer.
 
     python tests/benchmarks/trainer_speed.py --shape llama3.2-1b --batch 4 --seq 2048 --steps 30 \\
-        --run "mixed-compiled:precision=bf16-mixed,compile=1,loss=full" --run "fastest:preset=fastest" [--out DIR]
+        --run "mixed-compiled:precision=bf16-mixed,compile=1,loss=full" --run "fastest:preset=fastest,compile=1" [--out DIR]
 
 A run's spec may set doc_words=N (its own data: documents of N words; e.g. longer than --seq for full unpacked
 rows). One JSON line per run: median tokens/s over the steps after the first 5 (the trainer's own StepMetrics), MFU,

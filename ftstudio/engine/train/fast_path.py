@@ -6,8 +6,10 @@ per-document masks for a causal LM whose rows are mostly shorter than ``seq_len`
 (train/compiling.py's rule, for a run without flags and for ``--preset fastest`` alike), and, where the run is
 planned over the card's memory (or ``--gpu-memory``), the fastest options that fit (train/fastest.py).
 Each choice, and each reason it stays off (the bundled app, no inductor/triton, a classifier, rows that
-already fill ``seq_len``, a short run), is one log line. A field set to true stays on; CPU runs, several GPUs
-and ``fast_defaults: false`` run exactly the fields as written.
+already fill ``seq_len``, a short run), is one log line. A field set to true stays on; CPU runs and
+``fast_defaults: false`` run exactly the fields as written; several GPUs (FSDP) get only the compile decision (so
+that Fastest, which leaves compile to the rule, still compiles a long sharded run), packing and the memory budget
+as written.
 
 The run's own config (config.yaml, resume checks) keeps the user's fields: the trainer gets a copy.
 """
@@ -27,12 +29,13 @@ def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, p
     """{"compile": bool, "packing": bool} for this run and the log lines that say why (pure logic, no torch).
     ``rows_fill``: mean tokens per row / seq_len (before packing)."""
     chosen = {"compile": bool(cfg.memory.compile), "packing": bool(cfg.data.packing)}
-    if not cfg.memory.fast_defaults or not device.startswith("cuda") or len(cfg.hardware.gpus) > 1:
+    if not cfg.memory.fast_defaults or not device.startswith("cuda"):
         return chosen, []
+    several = len(cfg.hardware.gpus) > 1         # FSDP: the compile decision only
     frozen = getattr(sys, "frozen", False) if frozen is None else frozen
     lines = []
     pays, eager_s = compile_pays(total_steps, params, cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum)
-    if not chosen["packing"]:
+    if not chosen["packing"] and not several:
         if task != "causal-lm":
             rows = "preference pairs are" if task == "preference" else "a classifier's rows are"
             lines.append(f"Fast defaults: packing off ({rows} not packed)")
@@ -66,15 +69,16 @@ def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, p
 
 def apply(cfg, device: str, prepared, info, plan_schedule, report):
     """The trainer's hook: (the config the run trains with, the prepared data, packed if chosen)."""
-    if not cfg.memory.fast_defaults or not device.startswith("cuda") or len(cfg.hardware.gpus) > 1:
+    if not cfg.memory.fast_defaults or not device.startswith("cuda"):
         return cfg, prepared                                  # exactly the fields as written
+    several = len(cfg.hardware.gpus) > 1                      # FSDP: the compile decision only
     seq_len, rows = cfg.data.seq_len, prepared.train
     fill = sum(len(r["input_ids"]) for r in rows) / max(1, len(rows)) / seq_len
     if getattr(prepared.collate, "packed", False):
         fill = 1.0
     pairs = getattr(prepared, "format", None) == "preference"   # dpo / simpo: pairs are padded, never packed
     packed_rows = (_pack(prepared, seq_len) if prepared.task == "causal-lm" and fill < PACK_BELOW
-                   and not cfg.data.packing and not pairs else None)       # the step count of a packed run decides compile
+                   and not cfg.data.packing and not pairs and not several else None)       # the step count of a packed run decides compile
     steps = plan_schedule(len(packed_rows[0]) if packed_rows else len(rows), 0).total_steps
     chosen, lines = choose(cfg, device, task="preference" if pairs else prepared.task, rows_fill=fill, total_steps=steps,
                            params=int(info.params or 0))
@@ -86,6 +90,8 @@ def apply(cfg, device: str, prepared, info, plan_schedule, report):
         prepared.train, prepared.val = packed_rows
         prepared.collate = Collator(prepared.collate.pad_id, prepared.task, packed=True)
     cfg = cfg.replace(compile=chosen["compile"], packing=chosen["packing"])
+    if several:
+        return cfg, prepared                                  # the plan of a sharded run is not this room's
     return fit_memory(cfg, device, getattr(info, "config", None), report), prepared
 
 
