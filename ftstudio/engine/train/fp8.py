@@ -39,7 +39,7 @@ def decide(mode: str, *, device: str, capability: tuple[int, int] | None, compil
         return None, ""
     why_not = (f"needs a CUDA GPU (this run is on {device})" if not device.startswith("cuda") else
                f"runs on one GPU for now (this run shards over {gpus})" if gpus > 1 else
-               "needs torchao (pip install 'ftstudio[fp8]')" if not torchao else
+               "needs torchao (pip install 'ftstudio[fast]')" if not torchao else
                f"needs FP8 tensor cores (compute capability 8.9+; this GPU is {capability[0]}.{capability[1]})"
                if capability is not None and tuple(capability) < (8, 9) else "")
     if mode != "auto":
