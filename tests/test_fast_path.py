@@ -207,9 +207,12 @@ def test_cpu_several_gpus_and_opt_out_run_the_fields_as_written():
     from ftstudio.core.config import RunConfig
 
     base = RunConfig().replace(batch_size=4, seq_len=2048)
-    for cfg, device in ((base, "cpu"), (base.replace(fast_defaults=False), "cuda:0"),
-                        (base.replace(gpus=[0, 1]), "cuda:0")):
+    for cfg, device in ((base, "cpu"), (base.replace(fast_defaults=False), "cuda:0")):
         assert _choose(cfg, device) == ({"compile": False, "packing": False}, [])
+    # several GPUs: only the compile decision (Fastest leaves compile to it), packing as written
+    chosen, lines = _choose(base.replace(gpus=[0, 1]), "cuda:0")
+    assert chosen == {"compile": True, "packing": False} and all("packing" not in ln for ln in lines)
+    assert _choose(base.replace(gpus=[0, 1]), "cuda:0", total_steps=25)[0] == {"compile": False, "packing": False}
     forced = base.replace(compile=True, packing=True)
     assert _choose(forced, total_steps=1) == ({"compile": True, "packing": True}, [])   # a field set true stays on
 

@@ -67,20 +67,20 @@ def test_a_llama_runs_with_the_registered_attention_and_its_export_does_not_name
 
 
 def test_choose_attention_picks_cudnn_only_on_cuda_for_sdpa_models(monkeypatch):
-    from ftstudio.engine.train import speed
+    from ftstudio.engine.train import attention as rooms
 
     m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                      num_attention_heads=4, num_key_value_heads=2))
-    assert speed._cudnn_first(m, "cpu") is None
-    assert speed._cudnn_first(m, "cuda:0") == cudnn_attention.NAME
+    assert rooms._cudnn_first(m, "cpu") is None
+    assert rooms._cudnn_first(m, "cuda:0") == cudnn_attention.NAME
     monkeypatch.setattr("sys.frozen", True, raising=False)       # the bundle: no fused-kernel experiments
-    assert speed._cudnn_first(m, "cuda:0") is None
+    assert rooms._cudnn_first(m, "cuda:0") is None
     monkeypatch.undo()
     monkeypatch.setattr(cudnn_attention, "MODE", "off")
-    assert speed._cudnn_first(m, "cuda:0") is None
+    assert rooms._cudnn_first(m, "cuda:0") is None
     monkeypatch.undo()
     m.set_attn_implementation("eager")
-    assert speed._cudnn_first(m, "cuda:0") is None
+    assert rooms._cudnn_first(m, "cuda:0") is None
 
 
 def test_the_kernel_is_not_offered_on_the_cpu_and_the_compensated_paths_still_run():
@@ -169,17 +169,17 @@ def test_packed_rows_take_cudnn_when_each_holds_one_document_and_flex_masks_othe
 def test_auto_attention_on_one_gpu_is_cudnn_first_and_says_so(monkeypatch, gpus, attention, packed, expect):
     from types import SimpleNamespace
     from ftstudio.core.config import RunConfig
-    from ftstudio.engine.train import speed
+    from ftstudio.engine.train import attention as rooms
 
     m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                      num_attention_heads=4, num_key_value_heads=2))
     cfg = RunConfig()
     cfg.hardware.gpus, cfg.model.attention = gpus, attention
     said = []
-    monkeypatch.setattr(speed, "_flex_available", lambda: True)
+    monkeypatch.setattr(rooms, "_flex_available", lambda: True)
     prepared = SimpleNamespace(collate=SimpleNamespace(packed=packed, positions_only=False),
                                train=[{"input_ids": [1] * cfg.data.seq_len}] * 10)
-    speed.choose_attention(m, prepared, "cuda:0", cfg, said.append)
+    rooms.choose_attention(m, prepared, "cuda:0", cfg, said.append)
     assert m.config._attn_implementation == expect
     assert any("cuDNN" in e.message for e in said) == (expect in (cudnn_attention.NAME, cudnn_attention.PACKED))
     assert prepared.collate.positions_only == (expect in ("flex_attention", cudnn_attention.PACKED))
@@ -236,7 +236,7 @@ def test_the_kernel_gets_the_clipping_factor_and_a_skipped_steps_factor_is_dropp
 def test_rows_of_varying_length_keep_sdpa_because_cudnn_plans_each_new_length(full_rows, expect):
     from types import SimpleNamespace
     from ftstudio.core.config import RunConfig
-    from ftstudio.engine.train import speed
+    from ftstudio.engine.train import attention as rooms
 
     m = _tiny()
     m.set_attn_implementation("sdpa")
@@ -245,7 +245,7 @@ def test_rows_of_varying_length_keep_sdpa_because_cudnn_plans_each_new_length(fu
     L = cfg.data.seq_len
     rows = [{"input_ids": [1] * L}] * full_rows + [{"input_ids": [1] * (L // 3 + i)} for i in range(10 - full_rows)]
     said = []
-    speed.choose_attention(m, SimpleNamespace(collate=SimpleNamespace(packed=False), train=rows), "cuda:0", cfg,
+    rooms.choose_attention(m, SimpleNamespace(collate=SimpleNamespace(packed=False), train=rows), "cuda:0", cfg,
                            said.append)
     assert m.config._attn_implementation == expect
     assert any("vary in length" in e.message for e in said) == (expect == "sdpa")

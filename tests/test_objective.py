@@ -89,7 +89,7 @@ def _tiny(kind):
 
 @pytest.mark.parametrize("kind", ["gemma2", "cohere", "granite"])
 def test_chunked_loss_keeps_the_models_logit_transforms(kind):
-    from ftstudio.engine.train.speed import causal_lm_loss
+    from ftstudio.engine.train.loss import training_loss as causal_lm_loss
 
     model = _tiny(kind)
     ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(1))

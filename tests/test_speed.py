@@ -7,7 +7,7 @@ import torch
 
 from ftstudio.core.config import OptimConfig, RunConfig
 from ftstudio.core.errors import ConfigError
-from ftstudio.engine.train import speed
+from ftstudio.engine.train import compiling, in_backward, loss as lm_loss, offload as offload_room
 from ftstudio.engine.train.optim import CompensatedAdamW, build_optimizer, stochastic_round_bf16
 
 
@@ -28,8 +28,8 @@ def _train(model, opt, steps, *, in_backward=False, clip=0.0, offload=False, see
     params = list(model.parameters())
     for i in range(steps):
         b = _batch(model.config.vocab_size, seed=seed + i)
-        with speed.offload_context(offload, "cpu"):
-            loss = speed.causal_lm_loss(model, b, loss="chunked")
+        with offload_room.offload_context(offload, "cpu"):
+            loss = lm_loss.training_loss(model, b, loss="chunked")
         loss.backward()
         if not in_backward:
             if clip:
@@ -46,14 +46,14 @@ def test_compile_blocks_compiles_each_block_in_place(tiny_llama):
     batch = _batch(m.config.vocab_size)
     with torch.no_grad():
         before = m(**batch).loss
-    n = speed.compile_blocks(m, backend="eager")       # structure only: inductor is CUDA-only in the trainer
+    n = compiling.compile_blocks(m, backend="eager")       # structure only: inductor is CUDA-only in the trainer
     assert n == len(m.model.layers) == 2
     assert all(getattr(b, "_compiled_call_impl", None) is not None for b in m.model.layers)
     assert list(m.state_dict()) == keys                # no "_orig_mod." prefix: checkpoints stay loadable
     assert m.config.use_cache is False                 # no KV cache keyed by layer index
     with torch.no_grad():
         assert torch.allclose(m(**batch).loss, before)
-    assert speed.compile_blocks(torch.nn.Linear(3, 3)) == 0
+    assert compiling.compile_blocks(torch.nn.Linear(3, 3)) == 0
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
@@ -63,7 +63,7 @@ def test_optimizer_in_backward_gives_the_weights_of_a_normal_step(tiny_llama, ki
     ib = copy.deepcopy(ref)
     _train(ref, build_optimizer(ref, cfg, device_type="cpu"), 3)
     opt = build_optimizer(ib, cfg, device_type="cpu", in_backward=True)
-    assert isinstance(opt, speed.OptimizerInBackward)
+    assert isinstance(opt, in_backward.OptimizerInBackward)
     _train(ib, opt, 3, in_backward=True)
     assert all(p.grad is None for p in ib.parameters())      # gradients freed as they were used
     for (n, a), b in zip(ref.named_parameters(), ib.parameters()):
@@ -80,10 +80,10 @@ def test_in_backward_norm_clip_state_dict_and_scheduler(tiny_llama):
     cfg = OptimConfig(optimizer="adamw", lr=1e-3, grad_clip=0.0)
     opt = build_optimizer(m, cfg, device_type="cpu", in_backward=True)
     sched = build_scheduler(opt, 10, ScheduleConfig(warmup_steps=2))
-    loss = speed.causal_lm_loss(ref, _batch(ref.config.vocab_size), loss="full")
+    loss = lm_loss.training_loss(ref, _batch(ref.config.vocab_size), loss="full")
     loss.backward()
     want = torch.nn.utils.clip_grad_norm_(list(ref.parameters()), float("inf"))
-    speed.causal_lm_loss(m, _batch(m.config.vocab_size), loss="full").backward()
+    lm_loss.training_loss(m, _batch(m.config.vocab_size), loss="full").backward()
     assert torch.allclose(opt.grad_norm(), want, rtol=1e-4)            # the global norm, measured in backward
     opt.step()
     sched.step()
@@ -100,7 +100,7 @@ def test_in_backward_norm_clip_state_dict_and_scheduler(tiny_llama):
     start = [p.detach().clone() for p in clipped.parameters()]
     opt = build_optimizer(clipped, OptimConfig(optimizer="sgd", lr=1.0, beta1=0.0, weight_decay=0.0,
                                                grad_clip=1e-3), device_type="cpu", in_backward=True)
-    speed.causal_lm_loss(clipped, _batch(clipped.config.vocab_size), loss="full").backward()
+    lm_loss.training_loss(clipped, _batch(clipped.config.vocab_size), loss="full").backward()
     for p, p0 in zip(clipped.parameters(), start):
         assert float((p - p0).norm()) <= 1e-3 * 1.001
 
@@ -108,22 +108,22 @@ def test_in_backward_norm_clip_state_dict_and_scheduler(tiny_llama):
 def test_in_backward_zeroes_a_non_finite_gradient_and_reports_it():
     lin = torch.nn.Linear(4, 2)
     w0 = lin.weight.detach().clone()
-    opt = speed.OptimizerInBackward([{"params": list(lin.parameters()), "lr": 0.1}],
+    opt = in_backward.OptimizerInBackward([{"params": list(lin.parameters()), "lr": 0.1}],
                                     lambda g: torch.optim.SGD(g, lr=0.1))
     (lin(torch.ones(1, 4)) * float("inf")).sum().backward()
     assert not torch.isfinite(opt.grad_norm())
     assert torch.equal(lin.weight, w0)
-    speed.check_in_backward("bf16-mixed")
+    in_backward.check_in_backward("bf16-mixed")
     with pytest.raises(ConfigError, match="fp16"):
-        speed.check_in_backward("fp16-mixed")
+        in_backward.check_in_backward("fp16-mixed")
 
 
 def test_offload_trains_identically_and_moves_block_inputs_to_cpu(tiny_llama):
     cfg = OptimConfig(optimizer="adamw", lr=1e-2)
     ref = _model(tiny_llama)
     off = copy.deepcopy(ref)
-    ref.gradient_checkpointing_enable(gradient_checkpointing_kwargs=speed.checkpoint_kwargs(False))
-    off.gradient_checkpointing_enable(gradient_checkpointing_kwargs=speed.checkpoint_kwargs(True))
+    ref.gradient_checkpointing_enable(gradient_checkpointing_kwargs=offload_room.checkpoint_kwargs(False))
+    off.gradient_checkpointing_enable(gradient_checkpointing_kwargs=offload_room.checkpoint_kwargs(True))
     _train(ref, build_optimizer(ref, cfg, device_type="cpu"), 2)
     _train(off, build_optimizer(off, cfg, device_type="cpu"), 2, offload=True)
     for a, b in zip(ref.parameters(), off.parameters()):
@@ -132,10 +132,10 @@ def test_offload_trains_identically_and_moves_block_inputs_to_cpu(tiny_llama):
     packed = []
     hidden = off.config.hidden_size
     with torch.autograd.graph.saved_tensors_hooks(lambda t: packed.append(t.shape) or t, lambda t: t):
-        speed.causal_lm_loss(off, _batch(off.config.vocab_size), loss="chunked").backward()
+        lm_loss.training_loss(off, _batch(off.config.vocab_size), loss="chunked").backward()
     block_inputs = [s for s in packed if tuple(s) == (2, 16, hidden)]
     assert len(block_inputs) >= len(off.model.layers)
-    assert isinstance(speed.offload_context(False), type(speed.offload_context(False)))
+    assert isinstance(offload_room.offload_context(False), type(offload_room.offload_context(False)))
 
 
 def test_stochastic_rounding_is_unbiased_and_lands_on_neighbours():
@@ -204,7 +204,8 @@ def test_presets_are_valid_run_configs_and_apply_by_prefix():
     assert not ref.memory.offload_activations and ref.optim.optimizer == "adamw"
     big = apply_preset(base.replace(grad_accum=8), "Largest")
     assert big.memory.optimizer_in_backward and big.train.grad_accum == 1
-    assert get_preset("fastest")["compile"] is True
+    # Fastest leaves compile to the fast defaults' repay rule (a short run must not pay for a compile)
+    assert get_preset("fastest")["compile"] is False and get_preset("fastest")["fast_defaults"] is True
     with pytest.raises(ConfigError, match="Fastest"):
         get_preset("quickest")
 
@@ -272,10 +273,10 @@ def test_compiled_head_loss_equals_the_models_own_loss_and_gradients(tiny_llama)
     ref.backward()
     want = {n: p.grad.clone() for n, p in m.named_parameters()}
     m.zero_grad(set_to_none=True)
-    assert speed.plain_head(m)
+    assert lm_loss.plain_head(m)
     hidden = m.model(input_ids=b["input_ids"]).last_hidden_state
     try:
-        got = speed.compiled_cross_entropy(hidden, m.get_output_embeddings(), b["labels"])
+        got = lm_loss.compiled_cross_entropy(hidden, m.get_output_embeddings(), b["labels"])
     except Exception as e:  # no C++ compiler for inductor on this machine
         pytest.skip(f"torch.compile unavailable on CPU here: {type(e).__name__}")
     got.backward()
@@ -287,7 +288,7 @@ def test_compiled_head_loss_equals_the_models_own_loss_and_gradients(tiny_llama)
 def test_plain_head_refuses_models_that_scale_their_logits(tiny_llama):
     m = _model(tiny_llama)
     m.config.final_logit_softcapping = 30.0                     # Gemma 2 style: the loss must use the model's forward
-    assert not speed.plain_head(m)
+    assert not lm_loss.plain_head(m)
 
 
 def test_adamw4bit_is_a_choice_with_its_own_memory_and_a_clear_cpu_error(tiny_llama):

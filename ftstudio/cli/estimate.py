@@ -12,7 +12,7 @@ import json
 
 # the leaves this verb defines itself (its defaults and help predate the train flags)
 OWN = ("batch_size", "seq_len", "grad_accum", "precision", "optimizer", "loss", "activation_checkpointing",
-       "offload_activations", "optimizer_in_backward", "gpus")
+       "offload_activations", "optimizer_in_backward", "gpus", "gpu_memory")
 
 
 def add_parser(sub) -> None:

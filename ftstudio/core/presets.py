@@ -13,7 +13,7 @@ from .errors import ConfigError
 
 # The memory/speed leaves every preset sets, so switching presets never leaves one preset's trick behind.
 _PLAIN = {"activation_checkpointing": False, "offload_activations": False, "loss": "full", "compile": False,
-          "optimizer_in_backward": False}
+          "optimizer_in_backward": False, "fp8": "off"}
 
 PRESETS: dict[str, dict] = {
     "Safe defaults (the seed)": {
@@ -25,16 +25,20 @@ PRESETS: dict[str, dict] = {
     },
     "Fastest": {
         # Pure bf16 (half the weight bytes moved, no autocast casts; AdamW with stochastic rounding keeps
-        # small updates on average), each block compiled with the head + loss compiled as one graph (faster
-        # than Liger's chunks when the logits fit), and packed rows (no padding computed).
-        **_PLAIN, "precision": "bf16", "optimizer": "adamw", "bf16_rounding": "stochastic", "compile": True,
-        "loss": "full", "packing": True,
+        # small updates on average). Compile (each block, and the head + loss as one graph: faster than Liger's
+        # chunks when the logits fit) and packing are the fast defaults' choice, by the same repay rule as a run
+        # without flags (train/compiling.py): a short run never pays for a compile it cannot repay. Where the run
+        # does not fit the card (or --gpu-memory), train/fastest.py picks the fastest options that do.
+        # FP8 linear layers (torchao) where the model is large enough for them to pay (train/fp8.py).
+        **_PLAIN, "precision": "bf16", "optimizer": "adamw", "bf16_rounding": "stochastic", "loss": "full",
+        "fast_defaults": True, "fp8": "auto",
     },
     "Largest model that fits": {
         # bf16 weights, 8-bit AdamW states with stochastic rounding, the step inside backward (gradients of
         # one tensor at a time), checkpointed blocks with their inputs in CPU memory, the chunked loss.
         "precision": "bf16", "optimizer": "adamw8bit", "optimizer_in_backward": True, "grad_accum": 1,
         "activation_checkpointing": True, "offload_activations": True, "loss": "chunked", "compile": True,
+        "fp8": "off",
     },
     "Guard against forgetting": {
         # The seed's remedies together, at strengths the SmolLM2 table in README supports: a low LR, one
@@ -59,8 +63,10 @@ DESCRIPTIONS: dict[str, str] = {
     "Reference (the seed's 16N recipe)": "fp32 master weights and AdamW states with bf16 autocast (16 bytes per "
                                          "parameter), nothing recomputed or compiled: the numbers to compare "
                                          "against.",
-    "Fastest": "pure bf16 with stochastic-rounding AdamW, torch.compile per block and of the head + loss, "
-               "packing. Needs a CUDA GPU with bf16; about 8 bytes per parameter plus the logits.",
+    "Fastest": "pure bf16 with stochastic-rounding AdamW; torch.compile per block and of the head + loss, and "
+               "packing, wherever the run is long enough to repay them (--compile / --packing force them); the "
+               "fastest options that fit the GPU (or --gpu-memory). Needs a CUDA GPU with bf16; about 8 bytes "
+               "per parameter plus the logits.",
     "Largest model that fits": "bf16 weights + 8-bit AdamW states (torchao or bitsandbytes), the optimizer step "
                                "fused into backward, checkpointed blocks offloaded to CPU memory: about 4 bytes "
                                "per parameter (3 with --optimizer adamw4bit: Qwen2.5-32B fits one 141 GB H200). "

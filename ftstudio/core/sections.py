@@ -22,6 +22,7 @@ PRECISIONS = ("auto", "bf16-mixed", "fp16-mixed", "bf16", "fp32")
 OPTIMIZERS = ("adamw", "adamw8bit", "adamw4bit", "adafactor", "sgd")
 BF16_ROUNDINGS = ("stochastic", "kahan")
 LOSSES = ("full", "chunked")
+FP8_MODES = ("off", "auto", "tensorwise", "rowwise")
 NONFINITE_POLICIES = ("skip", "stop", "rollback")
 ANCHOR_PLACES = ("gpu", "bf16", "cpu")
 ATTENTIONS = ("auto", "sdpa", "flex_attention", "eager")
@@ -38,6 +39,7 @@ FIELD_CHOICES: dict[str, tuple[str, ...]] = {
     "bf16_rounding": BF16_ROUNDINGS, "loss": LOSSES, "nonfinite": NONFINITE_POLICIES, "l2sp_anchor": ANCHOR_PLACES,
     "attention": ATTENTIONS, "metric": METRICS, "instruction_format": INSTRUCTION_FORMATS,
     "export_dtype": EXPORT_DTYPES, "report_model": REPORT_MODEL, "method": METHODS, "dpo_reference": DPO_REFERENCES,
+    "fp8": FP8_MODES,
 }
 
 
@@ -264,11 +266,14 @@ class MemoryConfig:
     """torch.compile each transformer block (CUDA only; compiling takes seconds, training gets faster)."""
     optimizer_in_backward: bool = False
     """Apply the optimizer step to each parameter as soon as its gradient is ready, so full gradients never coexist (no grad accumulation)."""
+    fp8: str = "off"
+    """FP8 training of the transformer blocks' linear layers (torchao float8, with compile, Hopper or newer): "tensorwise" or "rowwise" scaling; "auto" where it measured faster (Fastest); the first step's loss is checked against bf16's and the run is told if FP8 drifts."""
     fast_defaults: bool = True
     """On one CUDA GPU, turn on what is safe for the run even where its field is off: packing (causal LM rows mostly shorter than seq_len) and compile (when the run is long enough to repay compiling); each choice is logged. CPU runs and several GPUs use the fields as written."""
 
     def __post_init__(self) -> None:
         _check_choice("memory", "loss", self.loss, LOSSES)
+        _check_choice("memory", "fp8", self.fp8, FP8_MODES)
 
 
 @dataclass
@@ -357,9 +362,12 @@ class HardwareConfig:
     """Numerics: bf16-mixed (fp32 master weights + bf16 autocast: the 16N recipe), fp16-mixed (with loss scaling), bf16 (pure), fp32; "auto" = bf16-mixed on GPUs that support it, fp32 on the CPU."""
     memory_snapshot_every: int = 10
     """Report measured memory (tensors, allocator, NVML) every N steps."""
+    gpu_memory: float | None = None
+    """GB the run's tensors may hold at once on the GPU (its peak allocated); None = the card's own memory. With the fast defaults on one GPU, a run that would not fit gets the fastest options that do (each choice logged)."""
 
     def __post_init__(self) -> None:
         _check_choice("hardware", "precision", self.precision, PRECISIONS)
+        _check_range("hardware", "gpu_memory", self.gpu_memory, 0.0, 1e5, lo_open=True, allow_none=True)
         dev = self.device
         if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ConfigError("hardware.device", f"{dev!r} is not one of auto, cpu, cuda, cuda:N")

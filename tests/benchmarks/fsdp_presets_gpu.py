@@ -23,7 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent), str(HERE)]
 
 CASES = [  # name, preset (or None), leaves
-    ("fastest", "Fastest", {}),
+    ("fastest", "Fastest", {"compile": True}),   # compiled, as before Fastest left compile to the repay rule
     ("largest", "Largest model that fits", {}),
     ("l2sp", None, dict(precision="bf16-mixed", l2sp=0.1, drift_every=5)),
     ("fp16-mixed", None, dict(precision="fp16-mixed")),

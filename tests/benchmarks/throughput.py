@@ -8,8 +8,8 @@ MODE "hf" is HF Trainer exactly as shared/bench/hf_trainer_anchor.py measures it
 adamw_torch_fused, SDPA, random weights from the public config). MODE "engine" is our trainer's step
 (engine/trainer.py ``_loop``) driven on synthetic token batches, because the device machine has no
 ``datasets`` package: the same pieces in the same order — optim.build_optimizer (param groups, fused or
-Kahan/8-bit AdamW, optionally inside backward), schedule.build_scheduler, speed.compile_blocks,
-speed.checkpoint_kwargs + offload_context, speed.causal_lm_loss (Liger fused or chunked), autocast for
+Kahan/8-bit AdamW, optionally inside backward), schedule.build_scheduler, compiling.compile_blocks,
+offload.checkpoint_kwargs + offload_context, lm_loss.training_loss (Liger fused or chunked), autocast for
 bf16-mixed, clip (or the in-backward norm), the non-finite check (a GPU sync, as in the trainer),
 step, scheduler, zero_grad. Options: precision, compile, loss (with compile, "full" is the compiled head +
 cross-entropy), ckpt, offload, optimizer (adamw, adamw8bit, adamw4bit, ...), rounding (bf16 AdamW: stochastic or
@@ -136,29 +136,30 @@ def _engine(m, data, steps, warm, times, o, res):
     """The trainer's step on synthetic batches (see the module docstring)."""
     import torch
     from ftstudio.core.config import ScheduleConfig
-    from ftstudio.engine.train import speed
+    from ftstudio.engine.train import compiling, offload
+    from ftstudio.engine.train import loss as lm_loss
     from ftstudio.engine.train.schedule import build_scheduler
 
     mixed = o.get("precision", "bf16-mixed") == "bf16-mixed"
     offload = bool(int(o.get("offload", 0)))
     if int(o.get("ckpt", 0)):
-        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=speed.checkpoint_kwargs(offload))
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs=offload.checkpoint_kwargs(offload))
     if int(o.get("compile", 0)):
-        speed.compile_blocks(m)
+        compiling.compile_blocks(m)
     m.train()
     inbwd = bool(int(o.get("inbwd", 0)))
     opt = _optimizer(m, o)
     sched = build_scheduler(opt, steps + warm, ScheduleConfig())
     params = list(m.parameters())
     loss_kind = o.get("loss", "full")
-    res["liger"] = loss_kind == "chunked" and speed.liger_available()
+    res["liger"] = loss_kind == "chunked" and lm_loss.liger_available()
     losses = []
     for i in range(steps + warm):
         x = data[i].to(DEV, non_blocking=True)
         _sync()
         t = time.perf_counter()
-        with speed.offload_context(offload, DEV), torch.autocast(DEV, dtype=torch.bfloat16, enabled=mixed):
-            loss = speed.causal_lm_loss(m, {"input_ids": x, "labels": x}, loss=loss_kind,
+        with offload.offload_context(offload, DEV), torch.autocast(DEV, dtype=torch.bfloat16, enabled=mixed):
+            loss = lm_loss.training_loss(m, {"input_ids": x, "labels": x}, loss=loss_kind,
                                         compiled=bool(int(o.get("compile", 0))))
         loss.backward()
         gn = opt.grad_norm() if inbwd else torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -176,7 +177,7 @@ def _engine(m, data, steps, warm, times, o, res):
 
 def one(name: str, mode: str, b: int, s: int, opts: dict) -> dict:
     import torch
-    from ftstudio.engine.train.speed import mfu, step_flops
+    from ftstudio.engine.train.mfu import device_name, mfu, peak_tflops, step_flops
     steps, warm = int(opts.get("steps", 8)), int(opts.get("warm", 3 if mode == "hf" else 2))
     res = dict(model=name, mode=mode, batch=b, seq=s, opts=opts)
     t0 = time.perf_counter()
@@ -198,7 +199,9 @@ def one(name: str, mode: str, b: int, s: int, opts: dict) -> dict:
         res["first_step_s"] = round(times[0], 2)
         res["step_s_median"] = med
         res["tokens_per_s"] = b * s / med
-        res["mfu"] = mfu(step_flops(n, m.config.num_hidden_layers, m.config.hidden_size, s, b * s), med)
+        res["card"] = device_name(DEV)
+        res["mfu"] = mfu(step_flops(n, m.config.num_hidden_layers, m.config.hidden_size, s, b * s), med,
+                         peak_tflops(res["card"]))   # NaN on a card not in train/mfu.py's table
         if DEV == "cuda":
             res["peak_alloc_gb"] = torch.cuda.max_memory_allocated() / 1e9
             res["peak_reserved_gb"] = torch.cuda.max_memory_reserved() / 1e9

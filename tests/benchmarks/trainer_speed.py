@@ -3,7 +3,7 @@ events — on a random-weight model of a public shape, for presets / option sets
 which times the same step on synthetic batches against HF Trainer.
 
     python tests/benchmarks/trainer_speed.py --shape llama3.2-1b --batch 4 --seq 2048 --steps 30 \\
-        --run "mixed-compiled:precision=bf16-mixed,compile=1,loss=full" --run "fastest:preset=fastest" [--out DIR]
+        --run "mixed-compiled:precision=bf16-mixed,compile=1,loss=full" --run "fastest:preset=fastest,compile=1" [--out DIR]
 
 A run's spec may set doc_words=N (its own data: documents of N words; e.g. longer than --seq for full unpacked
 rows). One JSON line per run: median tokens/s over the steps after the first 5 (the trainer's own StepMetrics), MFU,
@@ -67,7 +67,7 @@ def run_one(name: str, spec: str, model: Path, data: Path, out: Path, batch: int
     from ftstudio.core.config import RunConfig
     from ftstudio.core.events import MemorySnapshot, RunFailed, StepMetrics
     from ftstudio.core.presets import apply_preset
-    from ftstudio.engine.train.speed import mfu, step_flops
+    from ftstudio.engine.train.mfu import device_name, mfu, peak_tflops, step_flops
     from ftstudio.engine import run as train
 
     leaves = dict(kv.split("=", 1) for kv in spec.split(",") if kv)
@@ -95,7 +95,7 @@ def run_one(name: str, spec: str, model: Path, data: Path, out: Path, batch: int
     mc = AutoConfig.from_pretrained(model)
     n = load_shape(str(model))[0].params
     flops_per_s = step_flops(n, mc.num_hidden_layers, mc.hidden_size, seq, 1) * med
-    return {"name": name, "spec": spec, "tokens_per_s": med, "mfu": mfu(flops_per_s, 1.0),
+    return {"name": name, "spec": spec, "tokens_per_s": med, "mfu": mfu(flops_per_s, 1.0, peak_tflops(device_name(device))), "card": device_name(device),
             "peak_alloc_gb": max(peaks) / 1e9 if peaks else None, "first_step_s": steps_ev[0].elapsed_s if steps_ev else None,
             "steps": len(steps_ev), "wall_s": round(time.perf_counter() - t, 1),
             "losses": [round(e.loss, 4) for e in steps_ev]}

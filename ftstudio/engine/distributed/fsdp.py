@@ -66,8 +66,8 @@ LOSS_METHOD = "ftstudio_causal_lm_loss"
 
 
 def _causal_lm_loss_method(self, batch: dict, loss: str, compiled: bool):
-    from ftstudio.engine.train.speed import causal_lm_loss
-    return causal_lm_loss(self, batch, loss=loss, compiled=compiled)
+    from ftstudio.engine.train.loss import training_loss
+    return training_loss(self, batch, loss=loss, compiled=compiled)
 
 
 def register_loss_method(model) -> None:
@@ -279,7 +279,7 @@ class FSDPTrainer(Trainer):
         return self._sched
 
     def _forward_loss(self, model, batch):
-        from ftstudio.engine.train.speed import bypasses_forward
+        from ftstudio.engine.train.loss import bypasses_forward
 
         causal = "labels" in batch and batch["labels"].dim() == 2
         if causal and bypasses_forward(model, batch, loss=self.cfg.memory.loss, compiled=self.compiled):

@@ -1,40 +1,27 @@
 """The fast path a one-GPU run gets without asking (``memory.fast_defaults``, on by default).
 
 On one CUDA device, what is safe for the run turns on even where its own field says off: packed rows with
-per-document masks for a causal LM whose rows are mostly shorter than ``seq_len`` (no padding computed), and
-``torch.compile`` per block with the compiled head + loss when the run is long enough to repay compiling.
+per-document masks for a causal LM whose rows are mostly shorter than ``seq_len`` (no padding computed),
+``torch.compile`` per block with the compiled head + loss when the run is long enough to repay compiling
+(train/compiling.py's rule, for a run without flags and for ``--preset fastest`` alike), and, where the run is
+planned over the card's memory (or ``--gpu-memory``), the fastest options that fit (train/fastest.py).
 Each choice, and each reason it stays off (the bundled app, no inductor/triton, a classifier, rows that
-already fill ``seq_len``, a short run), is one log line. A field set to true stays on; CPU runs, several GPUs
-and ``fast_defaults: false`` run exactly the fields as written.
+already fill ``seq_len``, a short run), is one log line. A field set to true stays on; CPU runs and
+``fast_defaults: false`` run exactly the fields as written; several GPUs (FSDP) get only the compile decision (so
+that Fastest, which leaves compile to the rule, still compiles a long sharded run), packing and the memory budget
+as written.
 
 The run's own config (config.yaml, resume checks) keeps the user's fields: the trainer gets a copy.
 """
 from __future__ import annotations
 
-import importlib.util
 import sys
 
 from ftstudio.core.events import LogLine
+from ftstudio.engine.train.compiling import (COMPILE_GAIN, COMPILE_SECONDS, EAGER_FLOPS,  # noqa: F401
+                                             compile_pays, inductor_available)
 
-# Compile repays itself when the time it saves beats the time it takes. Measured on the H200 (README's speed
-# section): compiled blocks + head/loss cut a step's time by ~27 % (42.6 k → 58.7 k tokens/s on the 1B shape);
-# the first steps took 5–27 s longer. The eager step time is estimated from 6·N FLOPs per token at 40 % of an
-# H200's 989 TFLOP/s: a slower GPU has slower steps, so compiling pays sooner there than this says.
-COMPILE_SECONDS = 30.0
-COMPILE_GAIN = 0.25
-EAGER_FLOPS = 0.4 * 989e12
 PACK_BELOW = 0.75        # pack when the mean row fills less than this share of seq_len
-
-
-def compile_pays(total_steps: int, params: int, tokens_per_step: int) -> tuple[bool, float]:
-    """(worth compiling, estimated seconds the uncompiled run would take)."""
-    eager_s = total_steps * 6.0 * params * tokens_per_step / EAGER_FLOPS
-    return eager_s * COMPILE_GAIN > COMPILE_SECONDS, eager_s
-
-
-def inductor_available() -> bool:
-    """torch.compile's GPU backend needs triton."""
-    return importlib.util.find_spec("triton") is not None
 
 
 def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, params: int,
@@ -42,12 +29,13 @@ def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, p
     """{"compile": bool, "packing": bool} for this run and the log lines that say why (pure logic, no torch).
     ``rows_fill``: mean tokens per row / seq_len (before packing)."""
     chosen = {"compile": bool(cfg.memory.compile), "packing": bool(cfg.data.packing)}
-    if not cfg.memory.fast_defaults or not device.startswith("cuda") or len(cfg.hardware.gpus) > 1:
+    if not cfg.memory.fast_defaults or not device.startswith("cuda"):
         return chosen, []
+    several = len(cfg.hardware.gpus) > 1         # FSDP: the compile decision only
     frozen = getattr(sys, "frozen", False) if frozen is None else frozen
     lines = []
     pays, eager_s = compile_pays(total_steps, params, cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum)
-    if not chosen["packing"]:
+    if not chosen["packing"] and not several:
         if task != "causal-lm":
             rows = "preference pairs are" if task == "preference" else "a classifier's rows are"
             lines.append(f"Fast defaults: packing off ({rows} not packed)")
@@ -81,15 +69,16 @@ def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, p
 
 def apply(cfg, device: str, prepared, info, plan_schedule, report):
     """The trainer's hook: (the config the run trains with, the prepared data, packed if chosen)."""
-    if not cfg.memory.fast_defaults or not device.startswith("cuda") or len(cfg.hardware.gpus) > 1:
+    if not cfg.memory.fast_defaults or not device.startswith("cuda"):
         return cfg, prepared                                  # exactly the fields as written
+    several = len(cfg.hardware.gpus) > 1                      # FSDP: the compile decision only
     seq_len, rows = cfg.data.seq_len, prepared.train
     fill = sum(len(r["input_ids"]) for r in rows) / max(1, len(rows)) / seq_len
     if getattr(prepared.collate, "packed", False):
         fill = 1.0
     pairs = getattr(prepared, "format", None) == "preference"   # dpo / simpo: pairs are padded, never packed
     packed_rows = (_pack(prepared, seq_len) if prepared.task == "causal-lm" and fill < PACK_BELOW
-                   and not cfg.data.packing and not pairs else None)       # the step count of a packed run decides compile
+                   and not cfg.data.packing and not pairs and not several else None)       # the step count of a packed run decides compile
     steps = plan_schedule(len(packed_rows[0]) if packed_rows else len(rows), 0).total_steps
     chosen, lines = choose(cfg, device, task="preference" if pairs else prepared.task, rows_fill=fill, total_steps=steps,
                            params=int(info.params or 0))
@@ -100,7 +89,32 @@ def apply(cfg, device: str, prepared, info, plan_schedule, report):
 
         prepared.train, prepared.val = packed_rows
         prepared.collate = Collator(prepared.collate.pad_id, prepared.task, packed=True)
-    return cfg.replace(compile=chosen["compile"], packing=chosen["packing"]), prepared
+    cfg = cfg.replace(compile=chosen["compile"], packing=chosen["packing"])
+    if several:
+        return cfg, prepared                                  # the plan of a sharded run is not this room's
+    return fit_memory(cfg, device, getattr(info, "config", None), report), prepared
+
+
+def fit_memory(cfg, device: str, model_config: dict | None, report):
+    """``cfg`` with the fastest options that fit the memory budget (train/fastest.py), each choice logged."""
+    from ftstudio.engine.train import fastest
+
+    budget, compare = fastest.budget_for(cfg, device)
+    if budget is None or not model_config:
+        report(LogLine(f"Memory budget: not checked ({compare if budget is None else 'no model config'})"))
+        return cfg
+    try:
+        fit = fastest.choose(cfg, model_config, budget, compare=compare, device=device)
+    except Exception as e:  # noqa: BLE001 - a model the planner cannot read: the run goes on as set, and says so
+        report(LogLine(f"Memory budget: not planned ({type(e).__name__}: {str(e).splitlines()[0][:120]}); the run "
+                       "starts as set", "warning"))
+        return cfg
+    for line in fit.lines:
+        report(LogLine(line))
+    if fit.leaves.get("precision") not in (None, cfg.hardware.precision):
+        report(LogLine(f"Precision: {fit.leaves['precision']} for the memory budget (the model line above names the "
+                       "configured one)"))
+    return cfg.replace(**fit.leaves) if fit.leaves else cfg
 
 
 def _pack(prepared, seq_len: int):

@@ -184,7 +184,8 @@ class RunKeeping:
     def _extra_state(self, ended: str | None = None) -> dict:
         retention = getattr(getattr(self, "forgetting", None), "first_retention", None)
         extra = {"lr_factor": self._lr_factor, "skips": self._skips, "best": self._best.state_dict(),
-                 "first_eval": self._first_eval, "config": self.cfg.to_dict(), "data": self._data_identity(),
+                 "first_eval": self._first_eval, "data": self._data_identity(),
+                 "config": getattr(self, "user_cfg", self.cfg).to_dict(),   # the user's fields, not the fast path's
                  "first_retention": retention.to_dict() if retention is not None else None}
         if ended is not None:
             extra["ended"] = ended

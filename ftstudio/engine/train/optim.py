@@ -91,14 +91,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *, device_type: str,
 
     Weights stored in bf16 (``precision: bf16``) get update rules that do not lose small steps to bf16
     rounding: adamw → :class:`CompensatedAdamW` (stochastic rounding or Kahan, ``bf16_rounding``), adamw8bit → torchao's 8-bit AdamW with stochastic
-    rounding. ``in_backward`` wraps the same rule in :class:`speed.OptimizerInBackward` (one optimizer per
+    rounding. ``in_backward`` wraps the same rule in :class:`in_backward.OptimizerInBackward` (one optimizer per
     parameter, stepped as its gradient completes).
     """
     groups = param_groups(model, cfg)
     bf16 = all(p.dtype == torch.bfloat16 for g in groups for p in g["params"])
     make = optimizer_factory(cfg, device_type=device_type, bf16_weights=bf16)
     if in_backward:
-        from ftstudio.engine.train.speed import OptimizerInBackward
+        from ftstudio.engine.train.in_backward import OptimizerInBackward
         return OptimizerInBackward(groups, make, max_norm=cfg.grad_clip)
     return make(groups)
 

@@ -156,6 +156,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         tokenizer = models_mod.load_tokenizer(cfg.model)
         prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
         cfg, prepared = fast_path.apply(cfg, device, prepared, info, self._plan_schedule, self.report)  # one GPU
+        numerics = pick_numerics(cfg.hardware.precision, device)   # the memory budget may choose pure bf16
         fresh = [str(w) for w in prepared.warnings if w not in report.problems]  # the check above said the rest
         for line in [*fresh, f"Data: {prepared.summary()}"]:  # nothing cut or dropped unsaid
             self.report(LogLine(line, "info" if line.startswith("Data: ") else "warning"))
@@ -167,6 +168,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         # 2. The run folder: config.yaml first, so the run can be resumed from its own config.
         self.run_dir = self._open_run_dir()
         self._open_metrics()
+        self.user_cfg, self.cfg = self.cfg, cfg   # records keep the user's fields; the steps run the fast path's
 
         # 3. Model on the device (one GPU: loaded onto it in the training dtype, no host copy). Every weight trains.
         loaded = models_mod.load_model(cfg.model, task=task, num_labels=len(labels) if labels else None,
@@ -180,9 +182,12 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         if loaded.load_note:  # which loader placed the weights (shard by shard, or from_pretrained and why)
             self.report(LogLine(loaded.load_note))
         self._choose_attention(model, prepared, device)
+        if cfg.memory.fp8 != "off":   # FP8 linear layers (torchao), probed against bf16 on the first batch (fp8.py)
+            from ftstudio.engine.train.fp8 import setup as setup_fp8
+            self.report = setup_fp8(model, prepared, device, numerics, cfg, self.report, params=int(info.params or 0))
         if cfg.memory.activation_checkpointing:
             # Recompute each block in backward instead of storing its activations.
-            from ftstudio.engine.train.speed import checkpoint_kwargs  # reentrant when the inputs are offloaded
+            from ftstudio.engine.train.offload import checkpoint_kwargs  # reentrant when the inputs are offloaded
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs=checkpoint_kwargs(cfg.memory.offload_activations))
         if cfg.memory.compile and getattr(sys, "frozen", False):
@@ -191,7 +196,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         elif cfg.memory.compile and device.startswith("cuda"):
             # Each repeated block compiled in place: one block type compiles in seconds, state-dict keys keep
             # their names, and checkpointing stays outside the compiled region.
-            from ftstudio.engine.train.speed import compile_blocks
+            from ftstudio.engine.train.compiling import compile_blocks
             compile_blocks(model)
             self.compiled = True
         model = self._place_model(model, device, numerics)
@@ -211,7 +216,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         for said, level in schedule_lines(cfg, sched):  # warnings, and the length-grouped batches' padding
             self.report(LogLine(said, level))
         if cfg.memory.optimizer_in_backward:
-            from ftstudio.engine.train.speed import check_in_backward
+            from ftstudio.engine.train.in_backward import check_in_backward
             check_in_backward(numerics.precision)
         self.optimizer = build_optimizer(model, cfg.optim, device_type=device.split(":")[0],
                                          in_backward=cfg.memory.optimizer_in_backward)
@@ -272,8 +277,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         autocast = (torch.autocast(device_type=device.split(":")[0], dtype=numerics.autocast_dtype)
                     if numerics.autocast_dtype is not None else nullcontext())
         params = [p for p in model.parameters()]
-        from ftstudio.engine.train.speed import offload_context
-        in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (train/speed.py)
+        from ftstudio.engine.train.offload import offload_context
+        in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (train/in_backward.py)
         window_tokens, window_t0 = 0, time.perf_counter()
         run_t0, start_step = time.perf_counter(), self.step
         loss_sum, loss_count, self._tail = torch.zeros((), device=device), 0, LossTail(sched.total_steps)
@@ -384,7 +389,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         return pick_device(self.cfg)
 
     def _choose_attention(self, model, prepared, device: str) -> None:
-        from ftstudio.engine.train.speed import choose_attention
+        from ftstudio.engine.train.attention import choose_attention
         choose_attention(model, prepared, device, self.cfg, self.report)
 
     def _place_model(self, model, device, numerics):
@@ -424,8 +429,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
 
     def _forward_loss(self, model, batch):
         if "labels" in batch and batch["labels"].dim() == 2:  # causal LM: the plan and the loss agree
-            from ftstudio.engine.train.speed import causal_lm_loss  # fused (Liger) or sliced when chunked
-            return causal_lm_loss(model, batch, loss=self.cfg.memory.loss, compiled=self.compiled)
+            from ftstudio.engine.train.loss import training_loss  # fused (Liger) or sliced when chunked
+            return training_loss(model, batch, loss=self.cfg.memory.loss, compiled=self.compiled)
         return model(**batch).loss
 
     def _periodic(self, model, prepared, device, numerics, scaler, sched) -> None:

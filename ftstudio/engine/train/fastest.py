@@ -1,0 +1,197 @@
+"""The fastest run for the memory the user has: on one GPU, when the run as set (after the fast defaults' compile
+and packing choices) is planned over the budget, choose among the options FT Studio has — the chunked or fused
+loss, activation checkpointing (with its inputs offloaded to pinned host memory or not), 8-bit AdamW states, the
+optimizer step inside backward, and the micro-batch × accumulation that keeps the effective batch — the
+combination with the highest planned speed whose planned peak fits, and say why (what was chosen, what faster
+combinations were rejected and for how many GB).
+
+The budget is ``hardware.gpu_memory`` (GB of tensors at once: the planned peak allocated), else the card's own
+memory (the planned total, CUDA context included). Memory comes from the planner's public
+``memory.estimate`` (its closed form: fast enough to plan every combination; issue 29 owns its accuracy).
+Speed is a product of per-option factors, each measured on an H100 on the Llama-3.2-1B shape (4 × 2048) where
+the table says so, estimated otherwise; only their order matters, and the run's own tokens/s is the measurement.
+
+Kept as set: a precision the user chose (Fastest sets pure bf16; precision "auto" may become pure bf16 with
+stochastic-rounding AdamW, Fastest's numerics, when the run as set does not fit), compile (the repay rule decides
+it), and every option the user turned on (an option set true stays on). Pure logic, no torch.
+"""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+from dataclasses import dataclass, field
+
+# Relative speed of each option against the same run without it (tokens/s ratio), all on the H100, Llama-3.2-1B
+# shape, 4 × 2048, compiled. "measured": issue 33's table (each row against HF Trainer in its own group: Fastest
+# 1.65×, --loss chunked 1.53×, checkpointing 1.33×, Largest 0.60×). "derived": from a measured combination over
+# the measured factors of its other options: 8-bit states from tests/benchmarks/pareto.py's 10.72 GB run (pure
+# bf16 + checkpointing + 8-bit + micro-batch 2: 24.2 k against Fastest's 64.3 k, so 0.376 / 0.806 / 0.93); offload
+# and the step in backward share what Largest's row leaves after that (0.363 / 0.806 / 0.923 / 0.50 = 0.98).
+# "estimated": not measured.
+SPEED: dict[str, tuple[float, str]] = {
+    "chunked_liger": (0.923, "measured"),      # Liger's fused linear cross-entropy against the compiled head
+    "chunked_sliced": (0.85, "estimated"),     # checkpointed slices (no liger-kernel): the head runs twice
+    "checkpointing": (0.806, "measured"),
+    "offload": (0.99, "derived"),
+    "adamw8bit": (0.50, "derived"),            # torchao's 8-bit AdamW step: slow beside the fused bf16 kernel
+    "in_backward": (0.99, "derived"),
+    "pure_bf16": (1.115, "measured"),         # Fastest's pure bf16 against bf16-mixed (61.9 k / 55.5 k, compiled)
+}
+MICRO_TOKENS_HALF = 512    # a micro-batch of t tokens runs at t / (t + 512) of the matmuls' rate: 0.944 for 2 × 2048
+# against 4 × 2048 (measured 0.93: 59.8 k against Fastest's 64.3 k, pareto.py, two calls on one H100)
+
+
+@dataclass
+class Candidate:
+    leaves: dict
+    speed: float                 # planned, relative to the run as set with nothing turned on to save memory
+    planned: int                 # bytes compared with the budget
+    fits: bool = False
+
+
+@dataclass
+class Fit:
+    leaves: dict = field(default_factory=dict)    # what changes (empty: the run as set)
+    lines: list[str] = field(default_factory=list)
+
+
+def _micro_speed(tokens: int, ref: int) -> float:
+    eff = lambda t: t / (t + MICRO_TOKENS_HALF)  # noqa: E731
+    return eff(tokens) / eff(ref)
+
+
+def planned_speed(leaves: dict, cfg, *, liger: bool) -> float:
+    """The product of the option factors for the options ``leaves`` turn on beyond ``cfg`` (micro-batch included)."""
+    m, s = cfg.memory, 1.0
+    if leaves.get("precision") == "bf16" and cfg.hardware.precision != "bf16":
+        s *= SPEED["pure_bf16"][0]
+    if leaves.get("loss", m.loss) == "chunked" and m.loss != "chunked":
+        s *= SPEED["chunked_liger" if liger else "chunked_sliced"][0]
+    if leaves.get("activation_checkpointing", m.activation_checkpointing) and not m.activation_checkpointing:
+        s *= SPEED["checkpointing"][0]
+    if leaves.get("offload_activations", m.offload_activations) and not m.offload_activations:
+        s *= SPEED["offload"][0]
+    if leaves.get("optimizer", cfg.optim.optimizer) == "adamw8bit" and cfg.optim.optimizer != "adamw8bit":
+        s *= SPEED["adamw8bit"][0]
+    if leaves.get("optimizer_in_backward", m.optimizer_in_backward) and not m.optimizer_in_backward:
+        s *= SPEED["in_backward"][0]
+    seq = cfg.data.seq_len
+    return s * _micro_speed(leaves.get("batch_size", cfg.train.batch_size) * seq, cfg.train.batch_size * seq)
+
+
+def candidates(cfg, *, lowbit: bool) -> list[dict]:
+    """Every combination of the options beyond ``cfg`` (leaves to set), the run as set first."""
+    m, t = cfg.memory, cfg.train
+    effective = t.batch_size * t.grad_accum
+    micro = [b for b in range(t.batch_size, 0, -1) if effective % b == 0]
+    yes_no = lambda on: (True,) if on else (False, True)  # noqa: E731 - an option set true stays on
+    losses = ("chunked",) if m.loss == "chunked" else ("full", "chunked")
+    opts = (cfg.optim.optimizer, "adamw8bit") if cfg.optim.optimizer == "adamw" and lowbit else (cfg.optim.optimizer,)
+    # 8-bit states on pure bf16 weights lose most small updates (no stochastic rounding or compensation in the
+    # 8-bit step: 96 % of the first step's updates rounded away on the H100): only with fp32 master weights
+    in_bwd = (True,) if m.optimizer_in_backward else (
+        (False,) if cfg.hardware.precision == "fp16-mixed" else (False, True))
+    # precision "auto" (nobody chose): pure bf16 with stochastic-rounding AdamW, Fastest's numerics, is a choice
+    precisions = (cfg.hardware.precision, "bf16") if cfg.hardware.precision == "auto" else (cfg.hardware.precision,)
+    out = []
+    for prec, loss, ac, off, opt, ib, b in itertools.product(precisions, losses, yes_no(m.activation_checkpointing),
+                                                             yes_no(m.offload_activations), opts, in_bwd, micro):
+        if off and not ac:
+            continue                                  # offload moves checkpointed inputs: it needs checkpointing
+        if ib and b != effective:
+            continue                                  # the step in backward cannot accumulate micro-batches
+        if opt == "adamw8bit" and opt != cfg.optim.optimizer and prec == "bf16":
+            continue
+        leaves = {"precision": prec, "loss": loss, "activation_checkpointing": ac, "offload_activations": off, "optimizer": opt,
+                  "optimizer_in_backward": ib, "batch_size": b, "grad_accum": effective // b}
+        out.append({k: v for k, v in leaves.items() if v != cfg.get(k)})
+    out.sort(key=lambda d: len(d))                    # the run as set ({}) first
+    return out
+
+
+def describe(leaves: dict, cfg) -> str:
+    if not leaves:
+        return "the run as set"
+    words = ["pure bf16 (stochastic-rounding AdamW)"] if leaves.get("precision") == "bf16" else []
+    if leaves.get("loss") == "chunked":
+        words.append("chunked loss")
+    if leaves.get("activation_checkpointing"):
+        words.append("activation checkpointing" + (" offloaded to host memory" if leaves.get("offload_activations")
+                                                   else ""))
+    elif leaves.get("offload_activations"):
+        words.append("checkpointed inputs offloaded")
+    if leaves.get("optimizer") == "adamw8bit":
+        words.append("8-bit AdamW states")
+    if leaves.get("optimizer_in_backward"):
+        words.append("the step inside backward (gradient clipping per tensor)")
+    if "batch_size" in leaves:
+        words.append(f"micro-batch {leaves['batch_size']} × {leaves['grad_accum']} accumulated")
+    return ", ".join(words)
+
+
+def choose(cfg, model_config, budget: int, *, compare: str = "peak_allocated", device: str = "cuda:0",
+           liger: bool | None = None, lowbit: bool | None = None, plan=None) -> Fit:
+    """The fastest combination planned within ``budget`` bytes (``compare``: the plan's ``peak_allocated`` or
+    ``total``). ``plan(model_config, run) -> MemoryBreakdown``: the planner (default ``memory.estimate``)."""
+    if plan is None:
+        from ftstudio.engine.memory import estimate
+        plan = lambda mc, run: estimate(mc, run, 1, device=device)  # noqa: E731
+    liger = _installed("liger_kernel") if liger is None else liger
+    lowbit = (_installed("torchao") or _installed("bitsandbytes")) if lowbit is None else lowbit
+    gb = lambda x: f"{x / 1e9:.1f} GB"  # noqa: E731
+    what = "peak allocated" if compare == "peak_allocated" else "total"
+    seen: list[Candidate] = []
+    for leaves in candidates(cfg, lowbit=lowbit):
+        planned = int(getattr(plan(model_config, cfg.replace(**leaves)), compare))
+        c = Candidate(leaves, planned_speed(leaves, cfg, liger=liger), planned, planned <= budget)
+        if not leaves and c.fits:
+            return Fit({}, [f"Memory budget {gb(budget)}: the run as set is planned at {gb(planned)} ({what}): fits, "
+                            "nothing changed"])
+        seen.append(c)
+    fitting = [c for c in seen if c.fits]
+    if not fitting:
+        least = min(seen, key=lambda c: c.planned)
+        return Fit({}, [f"Memory budget {gb(budget)}: nothing FT Studio can turn on fits it (the run as set is planned "
+                        f"at {gb(seen[0].planned)}, the smallest combination, {describe(least.leaves, cfg)}, at "
+                        f"{gb(least.planned)}); the run starts as set"])
+    best = max(fitting, key=lambda c: (c.speed, -c.planned))
+    faster = sorted((c for c in seen if c.speed > best.speed and not c.fits), key=lambda c: -c.speed)[:3]
+    basis = sorted({SPEED[k][1] for k in _factors(best.leaves, cfg, liger)} | (
+        {"estimated"} if "batch_size" in best.leaves else set()))
+    lines = [f"Memory budget {gb(budget)}: the run as set is planned at {gb(seen[0].planned)} ({what}); fastest that "
+             f"fits: {describe(best.leaves, cfg)}, planned at {gb(best.planned)}, about {best.speed:.2f}× the speed of "
+             f"the run as set ({' and '.join(basis) or 'measured'} factors, train/fastest.py)"]
+    if faster:
+        lines.append("Rejected (faster, over the budget): " + "; ".join(
+            f"{describe(c.leaves, cfg)} ({c.speed:.2f}×, {gb(c.planned)})" for c in faster))
+    return Fit(best.leaves, lines)
+
+
+def _factors(leaves: dict, cfg, liger: bool) -> list[str]:
+    keys = ["pure_bf16"] if leaves.get("precision") == "bf16" else []
+    if leaves.get("loss") == "chunked":
+        keys.append("chunked_liger" if liger else "chunked_sliced")
+    for leaf, key in (("activation_checkpointing", "checkpointing"), ("offload_activations", "offload"),
+                      ("optimizer_in_backward", "in_backward")):
+        if leaves.get(leaf):
+            keys.append(key)
+    if leaves.get("optimizer") == "adamw8bit":
+        keys.append("adamw8bit")
+    return keys
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def budget_for(cfg, device: str) -> tuple[int | None, str]:
+    """(bytes, what the plan is compared with): ``hardware.gpu_memory`` against the planned peak allocated, else
+    the card's memory (NVML) against the planned total; (None, why) when neither is known."""
+    if cfg.hardware.gpu_memory:
+        return int(cfg.hardware.gpu_memory * 1e9), "peak_allocated"
+    from ftstudio.engine.hardware import list_gpus
+    index = int(device.split(":")[1]) if ":" in device else 0
+    gpus = {g.index: g for g in list_gpus()}
+    if index in gpus:
+        return gpus[index].total_bytes, "total"
+    return None, "the card's memory is unknown (no NVML)"

@@ -1,0 +1,169 @@
+"""FP8 training of the linear layers (``memory.fp8``) through torchao's float8 (``convert_to_float8_training``).
+
+Each ``nn.Linear`` inside the transformer blocks becomes torchao's ``Float8Linear`` (a subclass: the same weight
+and bias parameters, the same state-dict keys, so checkpoints and export do not change): its matmuls run in FP8
+with dynamic scales, "tensorwise" (one scale per tensor, cuBLAS) or "rowwise" (one per row, more accurate, a
+little slower). The LM head and the embeddings stay in bf16 (the loss is sensitive to the head; torchtitan does
+the same), as does any layer whose sizes are not multiples of 16 (FP8 GEMMs need them). It pays only with
+compile (inductor fuses the scaling and casts) on a GPU with FP8 tensor cores (compute capability 8.9+: Ada,
+Hopper, Blackwell).
+
+``auto`` (what Fastest sets) turns it on from :data:`AUTO_MIN_PARAMS` parameters: peers report +10 % (3B) to
++25 % (8B) on an H100 with compile; smaller models gain little (their matmuls are small beside the casts).
+
+The quality guard: before conversion the first training batch's loss is computed in bf16; after conversion the
+same batch in FP8. A relative gap above :data:`PROBE_TOLERANCE` undoes the conversion (the run trains in bf16 and
+says why). During the run, the logged loss is watched over the first :data:`WATCH_STEPS` steps: a non-finite loss
+or one that climbs :data:`RISE` × above the first logged loss is told to the run as FP8 diverging (``--fp8 off``
+is the remedy). The memory plan does not count FP8's transient casts (it plans the bf16 step).
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+from ftstudio.core.errors import ConfigError
+from ftstudio.core.events import LogLine, StepMetrics
+
+AUTO_MIN_PARAMS = 3e9
+AUTO_RECIPE = "tensorwise"
+PROBE_TOLERANCE = 0.02
+WATCH_STEPS = 200
+RISE = 1.5
+
+
+def decide(mode: str, *, device: str, capability: tuple[int, int] | None, compiled: bool, params: int,
+           torchao: bool, gpus: int = 1) -> tuple[str | None, str]:
+    """(recipe or None, the log line saying why). Explicit modes that cannot run raise ConfigError."""
+    if mode == "off":
+        return None, ""
+    why_not = (f"needs a CUDA GPU (this run is on {device})" if not device.startswith("cuda") else
+               f"runs on one GPU for now (this run shards over {gpus})" if gpus > 1 else
+               "needs torchao (pip install 'ftstudio[fast]')" if not torchao else
+               f"needs FP8 tensor cores (compute capability 8.9+; this GPU is {capability[0]}.{capability[1]})"
+               if capability is not None and tuple(capability) < (8, 9) else "")
+    if mode != "auto":
+        if why_not:
+            raise ConfigError("memory.fp8", f"{mode} {why_not}; use --fp8 off")
+        note = "" if compiled else " (uncompiled: FP8's casts are not fused, expect little gain)"
+        return mode, f"FP8: linear layers of the blocks train in FP8, {mode} scaling{note}"
+    if why_not:
+        return None, f"FP8 off (auto): {why_not}"
+    if not compiled:
+        return None, "FP8 off (auto): it pays only with compile, which this run does not use"
+    if params < AUTO_MIN_PARAMS:
+        return None, (f"FP8 off (auto): {params / 1e9:.2f} B parameters; it pays from about "
+                      f"{AUTO_MIN_PARAMS / 1e9:.0f} B (--fp8 {AUTO_RECIPE} forces it)")
+    return AUTO_RECIPE, f"FP8 on (auto): {params / 1e9:.1f} B parameters, compiled, {AUTO_RECIPE} scaling"
+
+
+def module_filter(model):
+    """torchao's ``module_filter_fn``: linear layers with sizes divisible by 16, never the output embedding."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+
+    def keep(module, fqn: str) -> bool:
+        if module is head:
+            return False
+        n_in, n_out = getattr(module, "in_features", 0), getattr(module, "out_features", 0)
+        return n_in % 16 == 0 and n_out % 16 == 0
+    return keep
+
+
+def convert(model, recipe: str) -> int:
+    """Swap the chosen linear layers for torchao's Float8Linear in place; returns how many."""
+    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
+    from torchao.float8.float8_linear import Float8Linear   # not re-exported by torchao.float8 (0.15)
+
+    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(recipe),
+                               module_filter_fn=module_filter(model))
+    return sum(isinstance(m, Float8Linear) for m in model.modules())
+
+
+def unconvert(model) -> int:
+    """Float8Linear → nn.Linear over the same parameters (the probe failed); returns how many."""
+    import torch
+    from torchao.float8.float8_linear import Float8Linear
+
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Float8Linear):
+                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
+                                        device="meta")
+                plain.weight, plain.bias = child.weight, child.bias
+                setattr(parent, name, plain)
+                count += 1
+    return count
+
+
+def relative_gap(fp8_loss: float, bf16_loss: float) -> float:
+    return abs(fp8_loss - bf16_loss) / max(abs(bf16_loss), 1e-8) if math.isfinite(fp8_loss) else math.inf
+
+
+class DivergenceGuard:
+    """A reporter in front of the run's: passes every event on, and tells the run once if the logged loss of
+    the first WATCH_STEPS steps is non-finite or climbs RISE× above the first logged loss."""
+
+    def __init__(self, report, watch: int = WATCH_STEPS, rise: float = RISE):
+        self.report, self.watch, self.rise = report, watch, rise
+        self.first: float | None = None
+        self.told = False
+
+    def __call__(self, event) -> None:
+        self.report(event)
+        if self.told or not isinstance(event, StepMetrics) or event.step > self.watch:
+            return
+        loss = float(event.loss)
+        if self.first is None and math.isfinite(loss):
+            self.first = loss
+            return
+        if not math.isfinite(loss) or (self.first is not None and loss > self.rise * self.first):
+            self.told = True
+            self.report(LogLine(f"FP8 may be diverging: loss {loss:.4g} at step {event.step}, against "
+                                f"{self.first if self.first is not None else float('nan'):.4g} at the first logged "
+                                "step; rerun with --fp8 off to compare with bf16", "warning"))
+
+
+def setup(model, prepared, device: str, numerics, cfg, report, *, params: int):
+    """The trainer's hook, before compile: decide, convert, probe the first batch against bf16; returns the
+    reporter the run goes on with (the divergence guard in front of ``report`` when FP8 is on)."""
+    import torch
+
+    capability = torch.cuda.get_device_capability(torch.device(device)) if (
+        device.startswith("cuda") and torch.cuda.is_available()) else None
+    recipe, line = decide(cfg.memory.fp8, device=device, capability=capability,
+                          compiled=bool(cfg.memory.compile), params=params, gpus=max(1, len(cfg.hardware.gpus)),
+                          torchao=importlib.util.find_spec("torchao") is not None)
+    if line:
+        report(LogLine(line))
+    if recipe is None:
+        return report
+    probe = _probe_loss(model, prepared, device, numerics, cfg)
+    n = convert(model, recipe)
+    fp8_loss = _probe_loss(model, prepared, device, numerics, cfg)
+    gap = relative_gap(fp8_loss, probe) if probe is not None else 0.0
+    if gap > PROBE_TOLERANCE:
+        unconvert(model)
+        report(LogLine(f"FP8 undone: the first batch's loss was {fp8_loss:.4f} in FP8 against {probe:.4f} in bf16 "
+                       f"({gap:.1%} apart, over {PROBE_TOLERANCE:.0%}); training in bf16", "warning"))
+        return report
+    if probe is not None:
+        report(LogLine(f"FP8: {n} linear layers; the first batch's loss {fp8_loss:.4f} against {probe:.4f} in bf16 "
+                       f"({gap:.2%} apart)"))
+    return DivergenceGuard(report)
+
+
+def _probe_loss(model, prepared, device, numerics, cfg) -> float | None:
+    """The loss of the first training micro-batch, no gradient (None where the task is not a causal LM)."""
+    import torch
+
+    from ftstudio.engine.data.collate import device_batch
+    from ftstudio.engine.train.loss import causal_lm_loss
+
+    rows = prepared.train[:cfg.train.batch_size]
+    if not rows or prepared.task != "causal-lm":
+        return None
+    batch = device_batch(prepared.collate, rows, device).inputs()
+    autocast = torch.autocast(device.split(":")[0], dtype=numerics.autocast_dtype or torch.bfloat16)
+    with torch.no_grad(), autocast:
+        return float(causal_lm_loss(model, batch, chunked=True))   # sliced: no full fp32 logits for the probe

@@ -1,0 +1,30 @@
+"""Activation checkpointing with the saved block inputs offloaded to pinned CPU memory.
+
+With activation checkpointing each block keeps only its input for the backward pass; reentrant checkpointing
+saves that input through ``ctx.save_for_backward``, which ``torch.autograd.graph.save_on_cpu(pin_memory=True)``
+moves to pinned CPU memory and brings back (asynchronously) when the block is recomputed. Non-reentrant
+checkpointing keeps its inputs alive in a closure on the GPU, so offload switches checkpointing to the
+reentrant variant (:func:`checkpoint_kwargs`).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+
+def checkpoint_kwargs(offload: bool) -> dict:
+    """``gradient_checkpointing_kwargs`` for HF models: reentrant when the saved block inputs are offloaded
+    (only ``ctx.save_for_backward`` passes through the saved-tensor hooks that move them to the CPU)."""
+    return {"use_reentrant": bool(offload)}
+
+
+def offload_context(enabled: bool, device: str = "cuda"):
+    """Wrap the forward only: every tensor it saves outside a non-reentrant checkpoint (the block inputs of
+    reentrant checkpointing, the final norm's input) lives in (pinned) CPU memory until backward needs it.
+    The backward's recompute must run outside: compiled blocks check the strides of what they saved, and
+    the CPU copies are contiguous."""
+    if not enabled:
+        return nullcontext()
+    pin = device.startswith("cuda") and torch.cuda.is_available()
+    return torch.autograd.graph.save_on_cpu(pin_memory=pin)
