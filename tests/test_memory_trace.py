@@ -1,4 +1,4 @@
-"""The memory tracer (engine/memory/trace.py): the training step of tiny models of several architectures traced on
+"""The memory tracer (engine/memory/tracer/): the training step of tiny models of several architectures traced on
 fake tensors, checked against the same step on real CPU tensors and against the tensors autograd really saves;
 the extrapolation from two and three blocks against the whole model; a 70B-shape plan in seconds; the plan of
 the run `train` would start (fast defaults, data rows) and the planned peak a CUDA run's snapshots carry."""
@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from ftstudio.engine.memory.trace import LiveBytes, StepChoices, _trace_once, hf_config, trace_step
+from ftstudio.engine.memory.tracer import LiveBytes, StepChoices, hf_config, trace_step
+from ftstudio.engine.memory.tracer.step import _trace_once
 from ftstudio.engine.train.loss import causal_lm_loss
 
 TINY = {

@@ -1,4 +1,4 @@
-"""The plan of a run from its traced step (trace.py), with the closed form (plan.py) as the first answer and the
+"""The plan of a run from its traced step (tracer/), with the closed form (plan.py) as the first answer and the
 fallback. No torch at import: the tracer is imported when a plan is asked for.
 
 The traced step gives weights, gradients and the activations of forward, loss and backward (allocator-rounded);
@@ -25,7 +25,7 @@ MARGIN_UNCHECKED = 0.06
 MARGIN_CLOSED_FORM = 0.10      # the closed form away from the Llama/Qwen2 rows it was fitted on
 # Mixture-of-experts: the one MoE shape measured (a small Qwen3-MoE, H100) peaked 8–12 % above its traced plan.
 MARGIN_MOE = 0.15
-# Compiled blocks are traced through AOTAutograd's partition with inductor's decompositions (trace.aot): against the
+# Compiled blocks are traced through AOTAutograd's partition with inductor's decompositions (tracer.aot): against the
 # H100's Fastest rows the traced plan ran −2.3 % to +22 % (the closed form −4.6 % to +20 %). 8/4-bit optimizer states, the step in backward and offload (Largest) ran 15–55 %
 # ABOVE the closed form there (torchao 0.15 with torch 2.11, whose C++ extensions torchao skipped): not yet
 # understood, so the plan says it cannot be trusted rather than guess.
@@ -60,7 +60,7 @@ def plan(model_config: dict, run: RunConfig, gpus: int = 1, device: str | None =
                                 f"for this run; margin {MARGIN_LOWBIT:.0%}")
         return closed
     try:
-        from ftstudio.engine.memory.trace import hf_config
+        from ftstudio.engine.memory.tracer import hf_config
         config = hf_config(model_config, trust_remote_code=trust_remote_code, source=source)
         traced = _trace(config, shape, run, device, seq_len, padded, trust_remote_code, loss_fn)
     except Exception as e:  # noqa: BLE001 - any model code may fail on fake tensors: the closed form answers
@@ -98,7 +98,7 @@ def _liger() -> bool:
 
 
 def _trace(config, shape: ModelShape, run: RunConfig, device, seq_len, padded, trust_remote_code, loss_fn):
-    from ftstudio.engine.memory.trace import CUDA_BLOCK, StepChoices, trace_step
+    from ftstudio.engine.memory.tracer import CUDA_BLOCK, StepChoices, trace_step
 
     on_cpu = (device or run.hardware.device) == "cpu"
     compiled = bool(run.memory.compile) and not on_cpu

@@ -113,7 +113,7 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
 
 def trainer_loss(model, batch: dict, *, chunked: bool):
     """The trainer's causal-LM loss for the tracer (train/loss.py); ``trainer_loss.compiled`` is its compiled
-    variant (train/speed.py's head + cross-entropy as one graph), partitioned as inductor would (memory.trace.aot)."""
+    variant (train/speed.py's head + cross-entropy as one graph), partitioned as inductor would (memory.tracer.aot)."""
     from ftstudio.engine.train.loss import causal_lm_loss
     return causal_lm_loss(model, batch, chunked=chunked)
 
@@ -123,7 +123,7 @@ def _compiled_loss(model, batch: dict, *, chunked: bool):
 
     import torch.nn.functional as F
 
-    from ftstudio.engine.memory.trace import aot
+    from ftstudio.engine.memory.tracer import aot
     from ftstudio.engine.train.loss import causal_lm_loss, logit_transform
     from ftstudio.engine.train.speed import _head_cross_entropy
 
