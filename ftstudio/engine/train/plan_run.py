@@ -62,6 +62,26 @@ def read_rows(run: RunConfig, task: str | None = None) -> RowFacts:
                     total_steps=sched.total_steps)
 
 
+_KEPT: dict = {}      # the last rows read: (key, RowFacts); the GUI plans again on every edit of the form
+
+
+def kept_rows(run: RunConfig, task: str) -> RowFacts:
+    """:func:`read_rows`, kept while the model, task, data and training settings and the data file stay the same."""
+    import os
+
+    path = run.data.dataset
+    try:
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size)
+    except (OSError, TypeError, ValueError):
+        stamp = None                          # a hub name or a folder: its settings are the key
+    key = (run.model.source, task, repr(run.data), repr(run.train), stamp)
+    if _KEPT.get("key") != key:
+        _KEPT.clear()
+        _KEPT.update(key=key, rows=read_rows(run, task))
+    return _KEPT["rows"]
+
+
 def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | None = None, device: str | None = None,
              rows: RowFacts | None = None, read_data: bool = True, trace: bool = True) -> RunPlan:
     """The plan of the run ``train`` would start with ``run`` (see the module docstring)."""
@@ -81,7 +101,7 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
     lines: list[str] = []
     if rows is None and read_data and run.data.dataset:
         try:
-            rows = read_rows(run, task)
+            rows = kept_rows(run, task)
         except Exception as e:  # noqa: BLE001 - the plan stands without the data, and says why
             lines.append(f"Data not read ({str(e).splitlines()[0][:140]}): rows assumed to fill seq_len")
     s = run.data.seq_len
