@@ -215,3 +215,16 @@ def test_compiled_blocks_save_what_inductors_partitioner_keeps():
     assert compiled["weights"] == eager["weights"] and compiled["gradients"] == eager["gradients"]
     logits_fp32 = 2 * 32 * 4000 * 4
     assert eager["train_peak"] - compiled["train_peak"] > logits_fp32     # the fp32 logits are never stored
+
+
+def test_offloaded_block_inputs_are_not_counted_on_the_device():
+    """Offload (the trainer's save_on_cpu around the forward, with reentrant checkpoints): each block's saved
+    input lives in host memory until backward copies it back, so before the top block's backward the device holds
+    the inputs of none of the blocks below it."""
+    config = hf_config(TINY["llama"])
+    ck = dict(checkpointing=True, reentrant=True, batch=4, seq_len=64)
+    kept = _trace_once(config, choices("llama", **ck), False)
+    off = _trace_once(config, choices("llama", offload=True, **ck), False)
+    block_input = 4 * 64 * 64 * 4
+    assert kept["first"] - off["first"] >= (TINY["llama"]["num_hidden_layers"] - 1) * block_input
+    assert off["gradients"] == kept["gradients"]

@@ -57,9 +57,11 @@ SHAPES = {
     "gpt2": (dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024),
              8, 1024),
 }
-# name: (preset, leaves over it)
+# name: (preset, leaves over it); "long": no flags, a run long enough (LONG_STEPS) that the fast defaults compile
+# it, stopped after --steps steps
+LONG_STEPS = 900
 SETTINGS = {"defaults": (None, {}), "checkpointed": (None, {"activation_checkpointing": True, "loss": "chunked"}),
-            "fastest": ("fastest", {}), "largest": ("largest", {})}
+            "fastest": ("fastest", {}), "largest": ("largest", {}), "long": (None, {})}
 
 
 def make_model(name: str, folder: Path) -> Path:
@@ -105,6 +107,7 @@ def config_for(name: str, setting: str, model: Path, data: Path, steps: int, out
     from ftstudio.core.presets import apply_preset
 
     _, batch, seq = SHAPES[name]
+    steps = LONG_STEPS if setting == "long" else steps
     cfg = RunConfig().replace(source=str(model), dataset=str(data), batch_size=batch, seq_len=seq, max_steps=steps,
                               memory_snapshot_every=1, export=False, val_fraction=0.0, eval_every=0,
                               output=str(out), device="cuda", log_every=1)
@@ -114,29 +117,41 @@ def config_for(name: str, setting: str, model: Path, data: Path, steps: int, out
     return cfg.replace(**leaves) if leaves else cfg
 
 
-def measure_run(cfg) -> dict:
+def measure_run(cfg, stop_after: int | None = None) -> dict:
     import torch
     from ftstudio.core.control import Control
-    from ftstudio.core.events import LogLine, MemorySnapshot
+    from ftstudio.core.events import LogLine, MemorySnapshot, StepMetrics
     from ftstudio.engine import run as train
 
-    peaks, lines = [], []
+    peaks, lines, phases = [], [], {}
+    control = Control()
 
     def sink(e):
+        if isinstance(e, StepMetrics) and stop_after and e.step >= stop_after:
+            control.request_stop()
         if isinstance(e, MemorySnapshot) and e.allocated_peak:
             peaks.append(e.allocated_peak)
-        elif isinstance(e, LogLine) and ("Fast defaults" in e.message or "Memory plan" in e.message
+            for k, v in (e.measured_phases or {}).items():
+                phases[k] = max(phases.get(k, 0), v)
+        elif isinstance(e, LogLine) and ("Fast defaults" in e.message or "Memory plan" in e.message or "bit" in e.message
                                                 or e.level == "error"):
             lines.append(e.message[:300])
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    try:
+        from torch._dynamo.utils import counters
+        counters.clear()
+    except ImportError:
+        counters = {}
     t = time.time()
-    result = train(cfg, sink, Control())
+    result = train(cfg, sink, control)
     status = getattr(result, "status", "failed")
     reason = getattr(result, "reason", "")
+    dynamo = {k: dict(v) for k, v in counters.items() if v and k in ("stats", "recompiles", "graph_break")}
     return {"measured": max(peaks) if peaks else None, "status": status, "reason": reason[:300], "log": lines,
-            "seconds": round(time.time() - t, 1), "reserved_max": torch.cuda.max_memory_reserved()}
+            "seconds": round(time.time() - t, 1), "reserved_max": torch.cuda.max_memory_reserved(),
+            "measured_phases": phases, "dynamo": {k: dict(list(v.items())[:8]) for k, v in dynamo.items()}}
 
 
 def main() -> int:
@@ -164,17 +179,19 @@ def main() -> int:
             row = {"shape": name, "setting": setting, "batch": batch, "seq_len": seq}
             try:
                 cfg = config_for(name, setting, model, data, a.steps, work / "runs")
-                facts = RowFacts(count=batch * (a.steps + 1), longest=seq, fill=1.0, padded=cls, total_steps=a.steps)
+                total = LONG_STEPS if setting == "long" else a.steps
+                facts = RowFacts(count=batch * (a.steps + 1), longest=seq, fill=1.0, padded=cls, total_steps=total)
                 t = time.time()
                 rp = plan_run(cfg, model_config=dict(cfg_d), device="cuda", rows=facts)
                 row.update(planned=rp.plan.peak_allocated, method=rp.plan.method, plan_s=round(time.time() - t, 2),
                            margin=rp.plan.margin, notes=rp.plan.notes, choices=rp.lines,
                            closed_form=rp.plan.parts.get("closed_form_peak", rp.plan.peak_allocated),
-                           phase=rp.plan.peak_phase)
+                           phase=rp.plan.peak_phase, compiled=rp.config.memory.compile,
+                           planned_phases={k[6:]: v for k, v in rp.plan.parts.items() if k.startswith("phase:")})
                 if capacity and rp.plan.peak_allocated > 0.97 * capacity:
                     row.update(status="skipped", reason=f"planned beyond the card's {capacity / 1e9:.0f} GB")
                 elif not a.plan_only:
-                    row.update(measure_run(cfg))
+                    row.update(measure_run(cfg, stop_after=a.steps if setting == "long" else None))
             except Exception as e:  # noqa: BLE001 - one failed row must not end the table
                 row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
             if row.get("planned") and row.get("measured"):

@@ -85,8 +85,6 @@ def _untraced(run: RunConfig, gpus: int, device: str | None, trace: bool, loss_c
         return "several GPUs: FSDP's gathered blocks are not traced"
     if m.compile and not on_cpu and loss_compiled is None:
         return "compiled blocks without the trainer's compiled loss"
-    if m.offload_activations:
-        return "offloaded activations are not traced"
     if m.loss == "chunked" and not on_cpu and _liger():
         return "Liger's fused loss is a Triton kernel, not traced"
     return ""
@@ -108,9 +106,17 @@ def _trace(config, shape: ModelShape, run: RunConfig, device, seq_len, padded, t
                           attention="auto" if run.model.attention == "flex_attention" else run.model.attention,
                           checkpointing=run.memory.activation_checkpointing, loss=run.memory.loss,
                           grad_accum=run.train.grad_accum, in_backward=run.memory.optimizer_in_backward,
+                          offload=run.memory.offload_activations and not on_cpu,
+                          reentrant=_reentrant(loss_fn, run.memory.offload_activations),
                           padded=padded, block=1 if on_cpu else CUDA_BLOCK, compiled=compiled,
                           loss_fn=(getattr(loss_fn, "compiled", None) if compiled else None) or loss_fn)
     return trace_step(config, choices, trust_remote_code=trust_remote_code)
+
+
+def _reentrant(loss_fn, offload: bool) -> bool:
+    """The trainer's checkpoint kind, from its own rule when the caller passes it (``loss_fn.checkpoint_kwargs``)."""
+    kwargs = getattr(loss_fn, "checkpoint_kwargs", None)
+    return bool(kwargs(offload).get("use_reentrant")) if kwargs else False
 
 
 def _compose(t, shape: ModelShape, run: RunConfig, gpus: int, device, closed: MemoryBreakdown) -> MemoryBreakdown:

@@ -163,7 +163,13 @@ def _compiled_loss(model, batch: dict, *, chunked: bool):
     return fn(hidden.reshape(-1, hidden.shape[-1]), head.weight, bias, targets)
 
 
+def _checkpoint_kwargs(offload: bool) -> dict:
+    from ftstudio.engine.train.speed import checkpoint_kwargs
+    return checkpoint_kwargs(offload)
+
+
 trainer_loss.compiled = _compiled_loss
+trainer_loss.checkpoint_kwargs = _checkpoint_kwargs     # the trainer's checkpoint kind (reentrant with offload)
 
 
 __all__ = ["RunPlan", "RowFacts", "plan_run", "read_rows", "trainer_loss"]

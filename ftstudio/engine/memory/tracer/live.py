@@ -3,6 +3,7 @@ as the CUDA caching allocator rounds its blocks."""
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -30,6 +31,7 @@ class LiveBytes(TorchDispatchMode):
         self.peak = 0
         self.region = 0                  # blocks whose backward is complete (set by trace.py's hooks)
         self.only = None                 # inside a compiled graph: the ops whose outputs are real buffers
+        self.paused = 0                  # inside uncounted(): host memory (offloaded copies), not the device's
         self.region_peaks: dict[int, int] = {}
         self._seen: dict[int, tuple[weakref.ref, int]] = {}
 
@@ -62,6 +64,14 @@ class LiveBytes(TorchDispatchMode):
         for t in tensors:
             self._add(t)
 
+    @contextmanager
+    def uncounted(self):
+        self.paused += 1
+        try:
+            yield
+        finally:
+            self.paused -= 1
+
     def reset_peak(self) -> None:
         self.peak = self.live
         self.region_peaks = {self.region: self.live}
@@ -71,7 +81,7 @@ class LiveBytes(TorchDispatchMode):
         out = fp32_grouped_mm(func, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
-        if _tracing_graph():
+        if _tracing_graph() or self.paused:
             return out                       # AOTAutograd tracing a graph (compile time), not the step
         if self.only is not None:
             if func.overloadpacket not in self.only:

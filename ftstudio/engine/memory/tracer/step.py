@@ -17,8 +17,9 @@ logits, a classifier's pooler are counted because they run, not because a formul
   (reserved − allocated) and the CUDA context stay calibrated in plan.py, the only measured constants.
 
 What is not traced says so in ``Trace.notes``: compiled blocks (inductor rewrites what is saved), Liger's fused
-loss, offloaded activations, a model whose forward cannot run on fake tensors (data-dependent routing). Those
-fall back to the closed form of plan.py, with a wider margin.
+loss, a model whose forward cannot run on fake tensors (data-dependent routing). Those fall back to the closed
+form of plan.py, with a wider margin. Offloaded activations are traced as the trainer offloads them
+(:func:`offloaded`: torch's ``save_on_cpu`` around the forward).
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ class StepChoices:
     loss: str = "full"                  # full | chunked (the checkpointed slices of train/loss.py)
     grad_accum: int = 1
     in_backward: bool = False           # the optimizer step inside backward: each gradient freed at once
+    offload: bool = False               # what the forward saves outside checkpoints lives in CPU memory
+    reentrant: bool = False             # checkpoints are reentrant (their inputs pass through offload's hooks)
     padded: bool = False                # rows of a batch differ in length: an attention mask is passed
     num_labels: int = 2
     block: int = CUDA_BLOCK             # allocator rounding (1 on the CPU)
@@ -207,15 +210,22 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
         if choices.checkpointing:
             # The recompute in backward runs under the same CUDA rules as the forward (checkpoint's context_fn)
             rules_for = (lambda: CudaAutocastRules(autocast_dtype)) if choices.block > 1 else nullcontext
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
-                "use_reentrant": False, "context_fn": lambda: (nullcontext(), rules_for())})
+            # (reentrant checkpoints, the trainer's choice with offload, recompute inside the rules' scope)
+            ck = {"use_reentrant": True} if choices.reentrant else {
+                "use_reentrant": False, "context_fn": lambda: (nullcontext(), rules_for())}
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ck)
         model.train()
         weights = sum(round_block(p.untyped_storage().nbytes(), choices.block)
                       for p in {id(p): p for p in params}.values())
         if choices.in_backward:
             for p in params:
                 p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
-        if choices.compiled:
+        if choices.compiled and choices.checkpointing and choices.reentrant:
+            # AOTAutograd's joint trace runs autograd.grad, which a reentrant checkpoint refuses: the blocks are
+            # traced eagerly inside their checkpoints (only each block's input is kept either way; the recompute's
+            # transient is the eager one, which errs high)
+            notes.append("compiled blocks inside reentrant checkpoints traced uncompiled (errs high)")
+        elif choices.compiled:
             from ftstudio.engine.memory.tracer.compiled import compile_blocks_aot
             compile_blocks_aot(model)
         n_blocks, restart = _block_hooks(model, live)
@@ -227,7 +237,7 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
             live.reset_peak()
             for _ in range(max(1, min(2, choices.grad_accum))):   # a second micro-batch runs with gradients alive
                 restart()
-                with amp:
+                with offloaded(live) if choices.offload else nullcontext(), amp:
                     loss = _loss(model, batch, choices)
                 loss.backward()
                 del loss
@@ -250,6 +260,22 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
     return {"weights": weights, "gradients": grads, "train_peak": train_peak, "eval_peak": eval_peak,
             "first": first, "last": last,
             "params": n_params, "largest": largest, "notes": notes}
+
+
+def offloaded(live: LiveBytes):
+    """The trainer's offload (train/speed.offload_context: ``torch.autograd.graph.save_on_cpu`` around the
+    forward) on the tracer's tensors: each tensor the forward saves outside a checkpoint is packed into a host
+    copy that is not counted (the device copy dies when nothing else holds it), and unpacked in backward into a
+    new device copy that is counted, as save_on_cpu's ``.to(device)`` allocates one."""
+    def pack(t):
+        with live.uncounted():
+            host = t.detach().clone()
+        return host
+
+    def unpack(host):
+        return host.clone()                    # the device copy backward reads: counted
+
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 def _batch(config, choices: StepChoices) -> dict:
