@@ -156,6 +156,9 @@ def test_the_plan_of_the_run_train_would_start(tmp_path):
     short = plan_run(run, model_config=TINY["llama"], device="cuda",
                      rows=RowFacts(count=4, longest=40, fill=0.9, padded=True, total_steps=2))
     assert short.seq_len == 40 and not short.config.memory.compile and short.padded
+    assert "phase:evaluation" in rp.plan.parts                    # validation rows (val_fraction 0.1): evaluated
+    no_val = plan_run(run.replace(val_fraction=0.0), model_config=TINY["llama"], device="cuda", rows=rows)
+    assert "phase:evaluation" not in no_val.plan.parts            # a run that never evaluates plans no evaluation
     odd = plan_run(run, model_config={**TINY["llama"], "model_type": "no_such_model"}, device="cuda", rows=rows)
     assert odd.plan.method == "closed form" and any("could not be traced" in n for n in odd.plan.notes)
 
@@ -228,3 +231,22 @@ def test_offloaded_block_inputs_are_not_counted_on_the_device():
     block_input = 4 * 64 * 64 * 4
     assert kept["first"] - off["first"] >= (TINY["llama"]["num_hidden_layers"] - 1) * block_input
     assert off["gradients"] == kept["gradients"]
+
+
+def test_a_compiled_graph_drops_each_input_after_its_last_use():
+    """As inductor's code does (args.clear(), buffers freed after their last use), a saved activation handed to a
+    compiled backward graph dies once read, not when the graph ends; the caller's list is emptied."""
+    from ftstudio.engine.memory.tracer.compiled import _run_freeing
+
+    class Graph(torch.nn.Module):
+        def forward(self, big, small):
+            total = big.sum()
+            return (small * 2 + total,)
+
+    gm = torch.fx.symbolic_trace(Graph())
+    live = LiveBytes()
+    with live:
+        args = [torch.ones(1 << 20), torch.ones(16)]          # 4 MiB, then 64 bytes
+        out = _run_freeing(gm, args)
+    assert args == [] and out[0].shape == (16,)
+    assert live.live < 1 << 20                                 # the 4 MiB input is gone

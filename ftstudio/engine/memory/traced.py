@@ -134,8 +134,9 @@ def _compose(t, shape: ModelShape, run: RunConfig, gpus: int, device, closed: Me
         "forward/backward": t.train_peak + opt + anchor + (step_tmp if in_bwd else 0),
         "optimizer step": t.weights + grads_end + opt + anchor + step_tmp
         + (grads_end if run.optim.optimizer == "adafactor" else 0),
-        "evaluation": t.eval_peak + opt + anchor,
     }
+    if run.data.val_dataset or run.data.val_fraction > 0:        # a run without validation rows never evaluates
+        phases["evaluation"] = t.eval_peak + opt + anchor
     phase = max(phases, key=phases.get)
     peak = phases[phase]
     if on_cpu:

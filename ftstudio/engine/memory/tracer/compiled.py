@@ -16,11 +16,12 @@ def aot(fn):
     is not modelled: only what is saved between forward and backward, which is what compiling changes for memory."""
     import functools
 
-    from torch._functorch.aot_autograd import aot_function, make_boxed_func
+    from torch._functorch.aot_autograd import aot_function
     from torch._functorch.partitioners import min_cut_rematerialization_partition
 
     def boxed(gm, example_inputs):
-        run = make_boxed_func(gm.forward)
+        def run(args):
+            return _run_freeing(gm, args)
 
         def fused(args):
             live = _active_tracker()
@@ -39,6 +40,18 @@ def aot(fn):
 
     return aot_function(fn, fw_compiler=boxed, bw_compiler=boxed, decompositions=select_decomp_table(),
                         partition_fn=functools.partial(min_cut_rematerialization_partition, compiler="inductor"))
+
+
+def _run_freeing(gm, args: list):
+    """Run an AOT graph as inductor's code does: the inputs taken out of the caller's list (``args.clear()``) and
+    every value, inputs included, dropped after its last use; a saved activation dies once backward has read it,
+    not when the whole backward graph ends."""
+    import torch.fx
+
+    holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    env = dict(zip(holders, args))
+    args.clear()
+    return torch.fx.Interpreter(gm, garbage_collect_values=True).run(initial_env=env, enable_io_processing=False)
 
 
 def _active_tracker():
