@@ -159,7 +159,7 @@ def _compose(t, shape: ModelShape, run: RunConfig, gpus: int, device, closed: Me
         notes.append(f"model_type '{shape.model_type}' is outside the architectures checked on a GPU; margin "
                      f"widened to {margin:.0%}")
     notes += t.notes
-    parts = dict(closed.parts)
+    parts = {k: v for k, v in closed.parts.items() if not k.startswith("phase:")}   # the traced phases only
     parts.update({f"phase:{k}": v for k, v in phases.items()}, per_layer=t.per_layer,
                  closed_form_peak=closed.peak_allocated, traced_seconds=int(t.seconds * 1000))
     return MemoryBreakdown(weights=t.weights, gradients=grads_shown, optimizer=opt, activations=activations,
