@@ -4,6 +4,7 @@ only the buffers inductor really materialises counted."""
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch.utils._pytree import tree_flatten
 
 from ftstudio.engine.memory.tracer.live import LiveBytes
@@ -46,12 +47,68 @@ def _run_freeing(gm, args: list):
     """Run an AOT graph as inductor's code does: the inputs taken out of the caller's list (``args.clear()``) and
     every value, inputs included, dropped after its last use; a saved activation dies once backward has read it,
     not when the whole backward graph ends."""
-    import torch.fx
-
     holders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     env = dict(zip(holders, args))
     args.clear()
-    return torch.fx.Interpreter(gm, garbage_collect_values=True).run(initial_env=env, enable_io_processing=False)
+    run = _Interpreter(gm, garbage_collect_values=True)
+    run.written = _padded_kernels_hold_inputs(run, _extern_ops())
+    return run.run(initial_env=env, enable_io_processing=False)
+
+
+class _Interpreter(torch.fx.Interpreter):
+    written: frozenset = frozenset()      # fused kernels' outputs counted as they are written (padded rows)
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n in self.written:
+            live = _active_tracker()
+            if live is not None:
+                live.count([out])
+        return out
+
+
+PAD_BYTES = 128          # inductor pads a large buffer's rows to 128 bytes (config.comprehensive_padding)
+PAD_MIN_ROW = 1024       # ... when a row holds at least this many elements (config.padding_stride_threshold)
+
+
+def _padded(node) -> bool:
+    v = node.meta.get("val")
+    if not isinstance(v, torch.Tensor) or v.dim() < 2 or v.shape[-1] < PAD_MIN_ROW:
+        return False
+    return (int(v.shape[-1]) * v.element_size()) % PAD_BYTES != 0
+
+
+def _padded_kernels_hold_inputs(run, extern) -> frozenset:
+    """Inductor fuses a chain of pointwise ops into one kernel that reads the chain's inputs and writes its
+    materialised output (the value an extern kernel or the graph's output reads); an input that dies there is
+    overwritten in place (inplace_buffers), except when the output's rows are padded (a row not a multiple of 128
+    bytes, e.g. GPT-2's 50257-word logits): then input and output live together. Op by op, such an input would be
+    dropped at its last pointwise use, before the output exists; here it is dropped after the output is made."""
+    def fused(n) -> bool:
+        return n.op == "call_function" and getattr(n.target, "overloadpacket", None) not in extern
+
+    def materialised(n):
+        seen, todo = set(), [n]
+        while todo:
+            m = todo.pop()
+            if m in seen:
+                continue
+            seen.add(m)
+            if any(u.op == "output" or not fused(u) for u in m.users):
+                return m
+            todo += list(m.users)
+        return None
+
+    moves = []
+    for user, values in run.user_to_last_uses.items():
+        if fused(user):
+            out = materialised(user)
+            if out is not None and out is not user and _padded(out):
+                moves.append((user, out, values))
+    for user, out, values in moves:
+        run.user_to_last_uses[user] = []
+        run.user_to_last_uses.setdefault(out, []).extend(values)
+    return frozenset(out for _, out, _ in moves)
 
 
 def _active_tracker():

@@ -66,6 +66,18 @@ class Trace:
     seconds: float
     per_layer: int = 0         # what one more block adds to the training peak
     notes: list[str] = field(default_factory=list)
+    # the parameters' shapes of each traced model (blocks traced, {name: shape}) and the model's depth: what the
+    # optimizer state is planned from (:meth:`extrapolate`), the real module's tensors, experts included
+    tensors: list[tuple[int, dict]] = field(default_factory=list)
+    depth: int = 0
+
+    def extrapolate(self, per_model) -> int:
+        """``per_model({name: shape})`` (bytes of a traced model) carried to the model's depth, as the peaks are."""
+        values = [(n, per_model(shapes)) for n, shapes in self.tensors]
+        if len(values) < 2:
+            return int(values[0][1]) if values else 0
+        (n1, a), (n2, b) = values[:2]
+        return int(round(a + (self.depth - n1) * (b - a) / (n2 - n1)))
 
 
 def hf_config(model_config: dict, *, trust_remote_code: bool = False, source: str | None = None):
@@ -137,7 +149,7 @@ def trace_step(config, choices: StepChoices, *, trust_remote_code: bool = False)
     return Trace(weights=at("weights"), gradients=at("gradients"), train_peak=train_peak,
                  eval_peak=at("eval_peak"), params=at("params"), largest=max(a["largest"], points[-1][1]["largest"]),
                  layers_traced=tuple(n for n, _ in points), seconds=time.perf_counter() - t0, per_layer=per_layer,
-                 notes=list(a["notes"]))
+                 notes=list(a["notes"]), tensors=[(n, p["tensors"]) for n, p in points], depth=depth)
 
 
 def _block_hooks(model, live: LiveBytes):
@@ -259,7 +271,8 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
     last = max(regions.get(n_blocks - 1, 0), regions.get(n_blocks, 0)) if n_blocks >= 2 else train_peak
     return {"weights": weights, "gradients": grads, "train_peak": train_peak, "eval_peak": eval_peak,
             "first": first, "last": last,
-            "params": n_params, "largest": largest, "notes": notes}
+            "params": n_params, "largest": largest, "notes": notes,
+            "tensors": {name: tuple(p.shape) for name, p in model.named_parameters()}}
 
 
 def offloaded(live: LiveBytes):
