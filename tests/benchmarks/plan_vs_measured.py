@@ -1,14 +1,17 @@
 """The memory plan against the allocator's peak of real runs of the trainer (`ftstudio train`'s engine), on a GPU.
 
     PYTHONUNBUFFERED=1 python tests/benchmarks/plan_vs_measured.py [--shapes a,b] [--settings defaults,fastest,largest]
-        [--steps 3] [--out table.md] [--jsonl rows.jsonl] [--plan-only]
+        [--steps 3] [--out table.md] [--jsonl rows.jsonl] [--plan-only [--measured RAW.jsonl,...] [--gpu-machine]]
 
 Each shape is a random-weight model of a public architecture's config (saved in bf16 with save_pretrained, with
 the word-level test tokenizer of tests/tiny.py), trained for a few steps on rows that fill seq_len, through
 ``ftstudio.engine.run`` (what ``ftstudio train`` calls) with a memory snapshot every step. The plan is
 ``train.plan_run.plan_run`` of the same config (what ``ftstudio estimate`` prints): its allocator peak against
 the largest ``allocated_peak`` of the run's snapshots. Error = (planned − measured) / measured: negative is an
-under-plan. ``--plan-only`` prints the plans (CPU, no run).
+under-plan. ``--plan-only`` prints the plans (CPU, no run); with ``--measured`` it sets each plan beside the
+measured peak of the same shape and setting in earlier raw rows (a later file's row wins), and ``--gpu-machine``
+lets the fast defaults decide as on a GPU machine with triton (compile), so today's planner is checked on the CPU
+against peaks measured before.
 """
 from __future__ import annotations
 
@@ -173,7 +176,18 @@ def main() -> int:
     ap.add_argument("--out")
     ap.add_argument("--jsonl")
     ap.add_argument("--plan-only", action="store_true")
+    ap.add_argument("--measured", help="with --plan-only: raw rows of earlier runs, comma-separated")
+    ap.add_argument("--gpu-machine", action="store_true", help="with --plan-only: decide as with triton installed")
     a = ap.parse_args()
+    measured = {}
+    for path in (a.measured.split(",") if a.measured else []):
+        for line in Path(path).read_text().splitlines():
+            r = json.loads(line)
+            if r.get("measured"):
+                measured[(r["shape"], r["setting"])] = r["measured"]
+    if a.gpu_machine:
+        from ftstudio.engine.train import fast_path
+        fast_path.inductor_available = lambda: True
     from ftstudio.engine.train.plan_run import RowFacts, plan_run
 
     work = Path(a.work)
@@ -202,6 +216,8 @@ def main() -> int:
                     row.update(status="skipped", reason=f"planned beyond the card's {capacity / 1e9:.0f} GB")
                 elif not a.plan_only:
                     row.update(measure_run(cfg, stop_after=a.steps if setting == "long" else None))
+                elif (name, setting) in measured:
+                    row["measured"] = measured[(name, setting)]
             except Exception as e:  # noqa: BLE001 - one failed row must not end the table
                 row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
             if row.get("planned") and row.get("measured"):
