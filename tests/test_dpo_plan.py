@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ftstudio.core.config import RunConfig
-from ftstudio.engine.memory.trace import StepChoices, _trace_once, hf_config
+from ftstudio.engine.memory.tracer.step import StepChoices, _trace_once, hf_config
 from ftstudio.engine.train.dpo_plan import pair_loss
 from ftstudio.engine.train.plan_run import RowFacts, plan_run
 

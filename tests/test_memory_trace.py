@@ -1,4 +1,4 @@
-"""The memory tracer (engine/memory/trace.py): the training step of tiny models of several architectures traced on
+"""The memory tracer (engine/memory/tracer/): the training step of tiny models of several architectures traced on
 fake tensors, checked against the same step on real CPU tensors and against the tensors autograd really saves;
 the extrapolation from two and three blocks against the whole model; a 70B-shape plan in seconds; the plan of
 the run `train` would start (fast defaults, data rows) and the planned peak a CUDA run's snapshots carry."""
@@ -10,7 +10,8 @@ import time
 import pytest
 import torch
 
-from ftstudio.engine.memory.trace import LiveBytes, StepChoices, _trace_once, hf_config, trace_step
+from ftstudio.engine.memory.tracer import LiveBytes, StepChoices, hf_config, trace_step
+from ftstudio.engine.memory.tracer.step import _trace_once
 from ftstudio.engine.train.loss import causal_lm_loss
 
 TINY = {
@@ -155,6 +156,9 @@ def test_the_plan_of_the_run_train_would_start(tmp_path):
     short = plan_run(run, model_config=TINY["llama"], device="cuda",
                      rows=RowFacts(count=4, longest=40, fill=0.9, padded=True, total_steps=2))
     assert short.seq_len == 40 and not short.config.memory.compile and short.padded
+    assert "phase:evaluation" in rp.plan.parts                    # validation rows (val_fraction 0.1): evaluated
+    no_val = plan_run(run.replace(val_fraction=0.0), model_config=TINY["llama"], device="cuda", rows=rows)
+    assert "phase:evaluation" not in no_val.plan.parts            # a run that never evaluates plans no evaluation
     odd = plan_run(run, model_config={**TINY["llama"], "model_type": "no_such_model"}, device="cuda", rows=rows)
     assert odd.plan.method == "closed form" and any("could not be traced" in n for n in odd.plan.notes)
 
@@ -214,3 +218,81 @@ def test_compiled_blocks_save_what_inductors_partitioner_keeps():
     assert compiled["weights"] == eager["weights"] and compiled["gradients"] == eager["gradients"]
     logits_fp32 = 2 * 32 * 4000 * 4
     assert eager["train_peak"] - compiled["train_peak"] > logits_fp32     # the fp32 logits are never stored
+
+
+def test_offloaded_block_inputs_are_not_counted_on_the_device():
+    """Offload (the trainer's save_on_cpu around the forward, with reentrant checkpoints): each block's saved
+    input lives in host memory until backward copies it back, so before the top block's backward the device holds
+    the inputs of none of the blocks below it."""
+    config = hf_config(TINY["llama"])
+    ck = dict(checkpointing=True, reentrant=True, batch=4, seq_len=64)
+    kept = _trace_once(config, choices("llama", **ck), False)
+    off = _trace_once(config, choices("llama", offload=True, **ck), False)
+    block_input = 4 * 64 * 64 * 4
+    assert kept["first"] - off["first"] >= (TINY["llama"]["num_hidden_layers"] - 1) * block_input
+    assert off["gradients"] == kept["gradients"]
+
+
+def test_a_compiled_graph_drops_each_input_after_its_last_use():
+    """As inductor's code does (args.clear(), buffers freed after their last use), a saved activation handed to a
+    compiled backward graph dies once read, not when the graph ends; the caller's list is emptied."""
+    from ftstudio.engine.memory.tracer.compiled import _run_freeing
+
+    class Graph(torch.nn.Module):
+        def forward(self, big, small):
+            total = big.sum()
+            return (small * 2 + total,)
+
+    gm = torch.fx.symbolic_trace(Graph())
+    live = LiveBytes()
+    with live:
+        args = [torch.ones(1 << 20), torch.ones(16)]          # 4 MiB, then 64 bytes
+        out = _run_freeing(gm, args)
+    assert args == [] and out[0].shape == (16,)
+    assert live.live < 1 << 20                                 # the 4 MiB input is gone
+
+
+def test_the_optimizer_state_is_planned_from_the_real_modules_parameters():
+    """A config-only shape can miss tensors (a mixture of experts' 3-D expert weights: 300 M of 489 M parameters
+    of a small Qwen3-MoE, which the H100 run under-planned by 8 %); the traced plan counts AdamW's two states of
+    every parameter the real module has."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ftstudio.core.config import RunConfig
+    from ftstudio.engine.memory.plan import optimizer_bytes
+    from ftstudio.engine.models import shape_from_config
+    from ftstudio.engine.train.plan_run import RowFacts, plan_run
+
+    cfg = dict(TINY["qwen3_moe"], num_hidden_layers=6)       # deeper than traced: the state is extrapolated too
+    kind = cfg.pop("model_type")
+    real = AutoModelForCausalLM.from_config(AutoConfig.for_model(kind, **cfg))
+    state = sum(2 * 4 * p.numel() + 4 for p in real.parameters())           # exp_avg, exp_avg_sq, step
+    rp = plan_run(RunConfig().replace(batch_size=2, seq_len=32), model_config={**cfg, "model_type": kind},
+                  device="cuda", rows=RowFacts(4, 32, 1.0, False, 3))
+    assert rp.plan.method == "traced" and rp.plan.optimizer == state
+    assert optimizer_bytes(shape_from_config({**cfg, "model_type": kind}), "adamw", 4) < state
+
+
+@pytest.mark.parametrize("vocab,padded", [(4096, False), (4001, True)])
+def test_a_fused_kernel_with_padded_rows_keeps_its_inputs_beside_its_output(vocab, padded):
+    """The compiled head + loss's backward writes the logits' gradient in one fused kernel over the saved bf16
+    logits: in place when the rows are aligned, as a second buffer when inductor pads them (GPT-2's 50257 words)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ftstudio.engine.memory.tracer.compiled import aot
+    from ftstudio.engine.train.loss import head_cross_entropy as _head_cross_entropy
+
+    rows, dim = 512, 64
+    live = LiveBytes()
+    with FakeTensorMode():
+        h = torch.zeros(rows, dim, dtype=torch.bfloat16, requires_grad=True)
+        w = torch.zeros(vocab, dim, dtype=torch.bfloat16, requires_grad=True)
+        t = torch.zeros(rows, dtype=torch.long)
+        fn = aot(lambda h, w, t: _head_cross_entropy(h, w, None, t))
+        with live:
+            live.count([h, w])
+            loss = fn(h, w, t)
+            live.reset_peak()
+            loss.backward()
+    logits = rows * vocab * 2
+    assert (live.peak >= 2 * logits) == padded, (live.peak, logits)

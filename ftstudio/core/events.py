@@ -108,6 +108,8 @@ class MemorySnapshot(Event):
     total: int | None = None
     planned_peak: int | None = None                # the memory plan's allocator peak for this run (train/memory_log.py)
     planned_phases: dict | None = None             # the plan's peak of each phase of a step, bytes
+    measured_phases: dict | None = None            # measured peak of each phase since the last snapshot, bytes:
+    #   the allocator's on CUDA, the process's resident set (RSS) on the CPU (train/memory_log.PhaseMeter)
 
 
 @dataclass

@@ -23,6 +23,7 @@ from .run_text import advice_actions, result_line
 from .engine_access import EngineMissing, engine
 from .heartbeat import Heartbeat
 from .memory_bar import MemoryBar
+from .traced_plan import attach as attach_traced_plans
 from .monitor import Monitor
 from .panels.data_panel import DatasetPanel
 from .panels.hardware_panel import HardwarePanel
@@ -92,6 +93,7 @@ class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainW
         self.training_panel = TrainingPanel()
         self.monitor = Monitor()
         self.memory_bar = MemoryBar()
+        self.traced_plans = attach_traced_plans(self)   # the traced plan, off the GUI thread
         self.runs_tab = RunsTab(self.pool)
         self.compare_tab = CompareTab(self.pool)
 
@@ -328,8 +330,10 @@ class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainW
         self.plan = plan
         hw = self.hardware_panel
         self.memory_bar.set_plan(plan, advice, actions, on_cpu=device == "cpu",
-                                 other_machine=hw.card_chosen() and not hw.card_is_local())
+                                 other_machine=hw.card_chosen() and not hw.card_is_local(),
+                                 how="closed form; tracing the model's own step…")
         self.planUpdated.emit(plan)
+        self.traced_plans.request(self.model_info.config, cfg, gpus, device)
 
     @Slot(dict)
     def _apply_advice(self, leaves: dict) -> None:

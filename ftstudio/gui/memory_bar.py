@@ -202,6 +202,7 @@ class MemoryBar(QWidget):
         super().__init__(parent)
         self.setObjectName("memoryBar")
         self.plan = None
+        self.how = ""  # how the plan shown was made (closed form, then the traced plan: gui/traced_plan.py)
         self.textbook: float | None = None
         self.advice = None
         self.measured = None  # the latest MemorySnapshot (any device)
@@ -241,19 +242,31 @@ class MemoryBar(QWidget):
         self._refresh()
 
     def set_plan(self, plan, advice=None, actions=None, on_cpu: bool | None = None,
-                 other_machine: bool = False) -> None:
+                 other_machine: bool = False, how: str = "") -> None:
         """``plan``: MemoryBreakdown; ``advice``: the solver's Advice for the chosen card (or None); ``actions``:
         the changes to offer when it does not fit, as (change, config leaves, bytes saved, makes it fit);
         ``on_cpu``: the plan is for the host's RAM."""
         if on_cpu is not None:
             self.on_cpu = on_cpu
         self.other_machine = other_machine
-        self.plan, self.advice = plan, advice
+        self.plan, self.advice, self.how = plan, advice, how
         self.actions = list(actions or [])
         self.textbook = float(getattr(plan, "textbook", 0) or 0) if plan is not None else None
         self.fits = True if advice is None else bool(getattr(advice, "fits", True))
         if plan is not None and advice is None and self.capacity:
             self.fits = float(plan.total) <= self.capacity
+        self._refresh()
+
+    def set_traced(self, plan, how: str) -> None:
+        """The traced plan of the same run in place of the closed form; the advice rows stay the solver's."""
+        self.plan, self.how = plan, how
+        self.textbook = float(getattr(plan, "textbook", 0) or 0)
+        if self.capacity:
+            self.fits = float(plan.total) <= self.capacity
+        self._refresh()
+
+    def set_how(self, how: str) -> None:
+        self.how = how
         self._refresh()
 
     def set_unavailable(self, message: str) -> None:
@@ -294,6 +307,8 @@ class MemoryBar(QWidget):
             lines.append(f"<b>Plan {fmt_bytes(sum(parts.values()))}</b> {where} ({detail}); "
                          f"textbook 16N + s·b·d·L·12: {fmt_bytes(self.textbook)}. "
                          f"<small>(bar 0–{fmt_bytes(self.canvas.scale())}{span})</small>")
+            if self.how:
+                lines.append(f"<small>{html.escape(self.how)}</small>")
         host, ram = getattr(self.plan, "host", 0) or 0, _host_ram()
         # a GPU run still needs the host to load and save (not said for a card planned for another machine)
         if host and ram and host > ram and not self.on_cpu and not self.other_machine:

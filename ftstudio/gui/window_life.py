@@ -67,6 +67,7 @@ class WindowLifecycleMixin:
         self.hardware_panel.stop()
         self.model_panel.stop_reading()
         self.data_panel._debounce.stop()
+        self.traced_plans.stop()
         self.pool.waitForDone()
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt name)

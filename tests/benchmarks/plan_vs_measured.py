@@ -1,14 +1,17 @@
 """The memory plan against the allocator's peak of real runs of the trainer (`ftstudio train`'s engine), on a GPU.
 
     PYTHONUNBUFFERED=1 python tests/benchmarks/plan_vs_measured.py [--shapes a,b] [--settings defaults,fastest,largest]
-        [--steps 3] [--out table.md] [--jsonl rows.jsonl] [--plan-only]
+        [--steps 3] [--out table.md] [--jsonl rows.jsonl] [--plan-only [--measured RAW.jsonl,...] [--gpu-machine]]
 
 Each shape is a random-weight model of a public architecture's config (saved in bf16 with save_pretrained, with
 the word-level test tokenizer of tests/tiny.py), trained for a few steps on rows that fill seq_len, through
 ``ftstudio.engine.run`` (what ``ftstudio train`` calls) with a memory snapshot every step. The plan is
 ``train.plan_run.plan_run`` of the same config (what ``ftstudio estimate`` prints): its allocator peak against
 the largest ``allocated_peak`` of the run's snapshots. Error = (planned − measured) / measured: negative is an
-under-plan. ``--plan-only`` prints the plans (CPU, no run).
+under-plan. ``--plan-only`` prints the plans (CPU, no run); with ``--measured`` it sets each plan beside the
+measured peak of the same shape and setting in earlier raw rows (a later file's row wins), and ``--gpu-machine``
+lets the fast defaults decide as on a GPU machine with triton (compile), so today's planner is checked on the CPU
+against peaks measured before.
 """
 from __future__ import annotations
 
@@ -52,15 +55,27 @@ SHAPES = {
                              num_hidden_layers=12, num_attention_heads=16, num_key_value_heads=4, head_dim=64,
                              num_experts=16, num_experts_per_tok=4, vocab_size=151936, tie_word_embeddings=True,
                              max_position_embeddings=8192), 4, 1024),
+    "olmo2-1b": (dict(model_type="olmo2", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                      num_attention_heads=16, num_key_value_heads=16, vocab_size=100352, tie_word_embeddings=False,
+                      max_position_embeddings=4096), 4, 2048),
+    "mixtral-small": (dict(model_type="mixtral", hidden_size=1024, intermediate_size=2048, num_hidden_layers=8,
+                           num_attention_heads=16, num_key_value_heads=4, num_local_experts=8, num_experts_per_tok=2,
+                           vocab_size=32000, tie_word_embeddings=False, max_position_embeddings=4096,
+                           sliding_window=None), 8, 1024),
+    "starcoder2-3b": (dict(model_type="starcoder2", hidden_size=3072, intermediate_size=12288, num_hidden_layers=30,
+                           num_attention_heads=24, num_key_value_heads=2, vocab_size=49152, tie_word_embeddings=True,
+                           max_position_embeddings=4096, sliding_window=4096), 1, 2048),
     "bert-base": (dict(model_type="bert", hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
                        intermediate_size=3072, vocab_size=30522, max_position_embeddings=512), 32, 512),
     "gpt2": (dict(model_type="gpt2", n_embd=768, n_layer=12, n_head=12, vocab_size=50257, n_positions=1024),
              8, 1024),
 }
-# name: (preset, leaves over it)
+# name: (preset, leaves over it); "long": no flags, a run long enough (LONG_STEPS) that the fast defaults compile
+# it, stopped after --steps steps
+LONG_STEPS = 900
 SETTINGS = {"defaults": (None, {}), "checkpointed": (None, {"activation_checkpointing": True, "loss": "chunked"}),
             "fastest": ("fastest", {"compile": True, "packing": True}),   # as measured before Fastest left compile
-            "largest": ("largest", {})}                                   # to the repay rule (short runs here)
+            "largest": ("largest", {}), "long": (None, {})}               # to the repay rule (short runs here)
 
 
 def make_model(name: str, folder: Path) -> Path:
@@ -106,6 +121,7 @@ def config_for(name: str, setting: str, model: Path, data: Path, steps: int, out
     from ftstudio.core.presets import apply_preset
 
     _, batch, seq = SHAPES[name]
+    steps = LONG_STEPS if setting == "long" else steps
     cfg = RunConfig().replace(source=str(model), dataset=str(data), batch_size=batch, seq_len=seq, max_steps=steps,
                               memory_snapshot_every=1, export=False, val_fraction=0.0, eval_every=0,
                               output=str(out), device="cuda", log_every=1)
@@ -115,29 +131,41 @@ def config_for(name: str, setting: str, model: Path, data: Path, steps: int, out
     return cfg.replace(**leaves) if leaves else cfg
 
 
-def measure_run(cfg) -> dict:
+def measure_run(cfg, stop_after: int | None = None) -> dict:
     import torch
     from ftstudio.core.control import Control
-    from ftstudio.core.events import LogLine, MemorySnapshot
+    from ftstudio.core.events import LogLine, MemorySnapshot, StepMetrics
     from ftstudio.engine import run as train
 
-    peaks, lines = [], []
+    peaks, lines, phases = [], [], {}
+    control = Control()
 
     def sink(e):
+        if isinstance(e, StepMetrics) and stop_after and e.step >= stop_after:
+            control.request_stop()
         if isinstance(e, MemorySnapshot) and e.allocated_peak:
             peaks.append(e.allocated_peak)
-        elif isinstance(e, LogLine) and ("Fast defaults" in e.message or "Memory plan" in e.message
+            for k, v in (e.measured_phases or {}).items():
+                phases[k] = max(phases.get(k, 0), v)
+        elif isinstance(e, LogLine) and ("Fast defaults" in e.message or "Memory plan" in e.message or "bit" in e.message
                                                 or e.level == "error"):
             lines.append(e.message[:300])
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
+    try:
+        from torch._dynamo.utils import counters
+        counters.clear()
+    except ImportError:
+        counters = {}
     t = time.time()
-    result = train(cfg, sink, Control())
+    result = train(cfg, sink, control)
     status = getattr(result, "status", "failed")
     reason = getattr(result, "reason", "")
+    dynamo = {k: dict(v) for k, v in counters.items() if v and k in ("stats", "recompiles", "graph_break")}
     return {"measured": max(peaks) if peaks else None, "status": status, "reason": reason[:300], "log": lines,
-            "seconds": round(time.time() - t, 1), "reserved_max": torch.cuda.max_memory_reserved()}
+            "seconds": round(time.time() - t, 1), "reserved_max": torch.cuda.max_memory_reserved(),
+            "measured_phases": phases, "dynamo": {k: dict(list(v.items())[:8]) for k, v in dynamo.items()}}
 
 
 def main() -> int:
@@ -149,7 +177,18 @@ def main() -> int:
     ap.add_argument("--out")
     ap.add_argument("--jsonl")
     ap.add_argument("--plan-only", action="store_true")
+    ap.add_argument("--measured", help="with --plan-only: raw rows of earlier runs, comma-separated")
+    ap.add_argument("--gpu-machine", action="store_true", help="with --plan-only: decide as with triton installed")
     a = ap.parse_args()
+    measured = {}
+    for path in (a.measured.split(",") if a.measured else []):
+        for line in Path(path).read_text().splitlines():
+            r = json.loads(line)
+            if r.get("measured"):
+                measured[(r["shape"], r["setting"])] = r["measured"]
+    if a.gpu_machine:
+        from ftstudio.engine.train import fast_path
+        fast_path.inductor_available = lambda: True
     from ftstudio.engine.train.plan_run import RowFacts, plan_run
 
     work = Path(a.work)
@@ -165,17 +204,21 @@ def main() -> int:
             row = {"shape": name, "setting": setting, "batch": batch, "seq_len": seq}
             try:
                 cfg = config_for(name, setting, model, data, a.steps, work / "runs")
-                facts = RowFacts(count=batch * (a.steps + 1), longest=seq, fill=1.0, padded=cls, total_steps=a.steps)
+                total = LONG_STEPS if setting == "long" else a.steps
+                facts = RowFacts(count=batch * (a.steps + 1), longest=seq, fill=1.0, padded=cls, total_steps=total)
                 t = time.time()
                 rp = plan_run(cfg, model_config=dict(cfg_d), device="cuda", rows=facts)
                 row.update(planned=rp.plan.peak_allocated, method=rp.plan.method, plan_s=round(time.time() - t, 2),
                            margin=rp.plan.margin, notes=rp.plan.notes, choices=rp.lines,
                            closed_form=rp.plan.parts.get("closed_form_peak", rp.plan.peak_allocated),
-                           phase=rp.plan.peak_phase)
+                           phase=rp.plan.peak_phase, compiled=rp.config.memory.compile,
+                           planned_phases={k[6:]: v for k, v in rp.plan.parts.items() if k.startswith("phase:")})
                 if capacity and rp.plan.peak_allocated > 0.97 * capacity:
                     row.update(status="skipped", reason=f"planned beyond the card's {capacity / 1e9:.0f} GB")
                 elif not a.plan_only:
-                    row.update(measure_run(cfg))
+                    row.update(measure_run(cfg, stop_after=a.steps if setting == "long" else None))
+                elif (name, setting) in measured:
+                    row["measured"] = measured[(name, setting)]
             except Exception as e:  # noqa: BLE001 - one failed row must not end the table
                 row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
             if row.get("planned") and row.get("measured"):

@@ -100,7 +100,7 @@ class MemoryBreakdown:
     peak_phase: str = ""
     parts: dict[str, int] = field(default_factory=dict)   # the activation terms, for the curious
     host: int = 0                   # host RAM of the whole run (host_bytes): not part of ``total``
-    method: str = "closed form"     # "traced" when the activations come from the model's own step (trace.py)
+    method: str = "closed form"     # "traced" when the activations come from the model's own step (tracer/)
     margin: float = 0.0             # share of ``total`` to keep free beyond it (wider outside what was checked)
     notes: list[str] = field(default_factory=list)   # what the plan assumed, left out or could not trace
 

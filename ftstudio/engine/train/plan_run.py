@@ -68,6 +68,26 @@ def read_rows(run: RunConfig, task: str | None = None) -> RowFacts:
                     total_steps=sched.total_steps, later=later)
 
 
+_KEPT: dict = {}      # the last rows read: (key, RowFacts); the GUI plans again on every edit of the form
+
+
+def kept_rows(run: RunConfig, task: str) -> RowFacts:
+    """:func:`read_rows`, kept while the model, task, data and training settings and the data file stay the same."""
+    import os
+
+    path = run.data.dataset
+    try:
+        st = os.stat(path)
+        stamp = (st.st_mtime_ns, st.st_size)
+    except (OSError, TypeError, ValueError):
+        stamp = None                          # a hub name or a folder: its settings are the key
+    key = (run.model.source, task, repr(run.data), repr(run.train), stamp)
+    if _KEPT.get("key") != key:
+        _KEPT.clear()
+        _KEPT.update(key=key, rows=read_rows(run, task))
+    return _KEPT["rows"]
+
+
 def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | None = None, device: str | None = None,
              rows: RowFacts | None = None, read_data: bool = True, trace: bool = True) -> RunPlan:
     """The plan of the run ``train`` would start with ``run`` (see the module docstring)."""
@@ -87,7 +107,7 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
     lines: list[str] = []
     if rows is None and read_data and run.data.dataset:
         try:
-            rows = read_rows(run, task)
+            rows = kept_rows(run, task)
         except Exception as e:  # noqa: BLE001 - the plan stands without the data, and says why
             lines.append(f"Data not read ({str(e).splitlines()[0][:140]}): rows assumed to fill seq_len")
     s = run.data.seq_len
@@ -125,7 +145,7 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
 
 def trainer_loss(model, batch: dict, *, chunked: bool):
     """The trainer's causal-LM loss for the tracer (train/loss.py); ``trainer_loss.compiled`` is its compiled
-    variant (train/speed.py's head + cross-entropy as one graph), partitioned as inductor would (memory.trace.aot)."""
+    variant (train/speed.py's head + cross-entropy as one graph), partitioned as inductor would (memory.tracer.aot)."""
     from ftstudio.engine.train.loss import causal_lm_loss
     return causal_lm_loss(model, batch, chunked=chunked)
 
@@ -135,9 +155,9 @@ def _compiled_loss(model, batch: dict, *, chunked: bool):
 
     import torch.nn.functional as F
 
-    from ftstudio.engine.memory.trace import aot
+    from ftstudio.engine.memory.tracer import aot
     from ftstudio.engine.train.loss import causal_lm_loss, logit_transform
-    from ftstudio.engine.train.speed import _head_cross_entropy
+    from ftstudio.engine.train.loss import head_cross_entropy as _head_cross_entropy
 
     if chunked:                                        # the chunked slices, as the trainer runs them without Liger
         return causal_lm_loss(model, batch, chunked=True)
@@ -155,7 +175,13 @@ def _compiled_loss(model, batch: dict, *, chunked: bool):
     return fn(hidden.reshape(-1, hidden.shape[-1]), head.weight, bias, targets)
 
 
+def _checkpoint_kwargs(offload: bool) -> dict:
+    from ftstudio.engine.train.offload import checkpoint_kwargs
+    return checkpoint_kwargs(offload)
+
+
 trainer_loss.compiled = _compiled_loss
+trainer_loss.checkpoint_kwargs = _checkpoint_kwargs     # the trainer's checkpoint kind (reentrant with offload)
 
 
 __all__ = ["RunPlan", "RowFacts", "plan_run", "read_rows", "trainer_loss"]

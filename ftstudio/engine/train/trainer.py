@@ -277,7 +277,9 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         autocast = (torch.autocast(device_type=device.split(":")[0], dtype=numerics.autocast_dtype)
                     if numerics.autocast_dtype is not None else nullcontext())
         params = [p for p in model.parameters()]
+        from ftstudio.engine.train.memory_log import PhaseMeter
         from ftstudio.engine.train.offload import offload_context
+        self._phases, every = PhaseMeter(device), cfg.hardware.memory_snapshot_every   # measured per phase
         in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (train/in_backward.py)
         window_tokens, window_t0 = 0, time.perf_counter()
         run_t0, start_step = time.perf_counter(), self.step
@@ -296,6 +298,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
             self._ahead, self.micro_batch = None, start + cfg.train.grad_accum
             step_items, grad_scale = self._step_items(sum(b.items for b in batches))
             step_loss = torch.zeros((), device=device)
+            self._phases.begin(every and ((self.step + 1) % every == 0 or self.step == 0))
             for batch in batches:
                 if batch.items == 0:
                     continue  # nothing under the loss (its mean would be 0/0)
@@ -304,12 +307,14 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
                 # backward keeps its tensors on the GPU (compiled blocks need their saved strides).
                 with offload_context(cfg.memory.offload_activations, device), autocast:
                     loss = self._forward_loss(model, batch)
+                self._phases.mark("forward")
                 share = n / step_items
                 step_loss += loss.detach() * share
                 loss = loss * (share * grad_scale)
                 if in_backward and self.regularizer is not None:
                     loss = loss + self.regularizer.penalty(model)  # one backward: one step per parameter
                 scaler.scale(loss).backward()
+                self._phases.mark("backward")
             if self.regularizer is not None and not in_backward:
                 # Once per optimizer step: the pull toward θ0 (L2-SP / EWC), its gradient added to the task's.
                 scaler.scale(self.regularizer.penalty(model)).backward()
@@ -339,11 +344,11 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
                 continue
 
             scaler.step(self.optimizer)
+            self._phases.mark("optimizer step")
             scaler.update()
             step_lr = self.optimizer.param_groups[-1]["lr"]   # the LR this step used: read before the schedule moves
             self.scheduler.step()
             self.step += 1
-            every = cfg.hardware.memory_snapshot_every
             if every and (self.step % every == 0 or self.step == 1):
                 self._memory_snapshot(model, device)  # gradients still exist: they are counted
             self.optimizer.zero_grad(set_to_none=True)
@@ -437,7 +442,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         cfg, step = self.cfg, self.step
         if cfg.eval.eval_every and step % cfg.eval.eval_every == 0 and step < sched.total_steps:
             if prepared.val:
-                self._evaluate(model, prepared, device, numerics, prepared.task)
+                with self._phases.phase("evaluation"):
+                    self._evaluate(model, prepared, device, numerics, prepared.task)
                 self._best.check_patience(step)  # raises EarlyStop out of the loop when patience ran out
             self.forgetting.evaluate(model, step)
         else:
@@ -445,7 +451,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         self._check_folder()
         every = cfg.checkpoint.checkpoint_every
         if (every and step % every == 0) or self.control.take_save_request():
-            self._save_checkpoint(model, scaler)
+            with self._phases.phase("checkpoint"):
+                self._save_checkpoint(model, scaler)
 
     def _handle_nonfinite(self, what: str, skips: int, model, scaler) -> None:
         cfg = self.cfg

@@ -17,105 +17,20 @@ logits, a classifier's pooler are counted because they run, not because a formul
   (reserved − allocated) and the CUDA context stay calibrated in plan.py, the only measured constants.
 
 What is not traced says so in ``Trace.notes``: compiled blocks (inductor rewrites what is saved), Liger's fused
-loss, offloaded activations, a model whose forward cannot run on fake tensors (data-dependent routing). Those
-fall back to the closed form of plan.py, with a wider margin.
+loss, a model whose forward cannot run on fake tensors (data-dependent routing). Those fall back to the closed
+form of plan.py, with a wider margin. Offloaded activations are traced as the trainer offloads them
+(:func:`offloaded`: torch's ``save_on_cpu`` around the forward).
 """
 from __future__ import annotations
 
 import time
-import weakref
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
-from ftstudio.engine.memory.trace_rules import CudaAutocastRules, fp32_grouped_mm, unpacked_rows
-
-CUDA_BLOCK = 512            # the CUDA caching allocator rounds every allocation up to a multiple of 512 bytes
-
-
-def round_block(nbytes: int, block: int) -> int:
-    return -(-nbytes // block) * block if block > 1 else nbytes
-
-
-class LiveBytes(TorchDispatchMode):
-    """Bytes of the storages alive now, and the peak since :meth:`reset_peak`; real or fake tensors alike.
-
-    Every op's outputs are looked at once; a storage is counted when first seen and released when Python frees it
-    (a weak reference), as the caching allocator gets a block back when the last tensor on it dies."""
-
-    def __init__(self, block: int = 1):
-        super().__init__()
-        self.block = block
-        self.live = 0
-        self.peak = 0
-        self.region = 0                  # blocks whose backward is complete (set by trace.py's hooks)
-        self.only = None                 # inside a compiled graph: the ops whose outputs are real buffers
-        self.region_peaks: dict[int, int] = {}
-        self._seen: dict[int, tuple[weakref.ref, int]] = {}
-
-    def _add(self, t) -> None:
-        if not isinstance(t, torch.Tensor) or t.device.type == "meta" and not _is_fake(t):
-            return
-        try:
-            st = t.untyped_storage()
-        except (RuntimeError, NotImplementedError):   # a tensor subclass without a storage of its own
-            return
-        key = id(st)
-        held = self._seen.get(key)
-        if held is not None and held[0]() is st:
-            return
-        n = round_block(st.nbytes(), self.block)
-
-        def release(_ref, key=key, n=n):
-            self.live -= n
-            self._seen.pop(key, None)
-
-        self._seen[key] = (weakref.ref(st, release), n)
-        self.live += n
-        if self.live > self.peak:
-            self.peak = self.live
-        if self.live > self.region_peaks.get(self.region, 0):
-            self.region_peaks[self.region] = self.live
-
-    def count(self, tensors) -> None:
-        """Count tensors made outside an op seen here (e.g. before the mode was entered)."""
-        for t in tensors:
-            self._add(t)
-
-    def reset_peak(self) -> None:
-        self.peak = self.live
-        self.region_peaks = {self.region: self.live}
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        out = fp32_grouped_mm(func, args, kwargs)
-        if out is None:
-            out = func(*args, **kwargs)
-        if _tracing_graph():
-            return out                       # AOTAutograd tracing a graph (compile time), not the step
-        if self.only is not None:
-            if func.overloadpacket not in self.only:
-                return out                   # fused into a kernel: never a buffer of its own
-            for t in tree_flatten((args, kwargs))[0]:
-                self._add(t)                 # an extern kernel reads materialised buffers
-        for t in tree_flatten(out)[0]:
-            self._add(t)
-        return out
-
-
-def _tracing_graph() -> bool:
-    keys = torch._C._TorchDispatchModeKey
-    return any(torch._C._get_dispatch_mode(getattr(keys, k)) is not None for k in ("PROXY", "FUNCTIONAL")
-               if hasattr(keys, k))
-
-
-def _is_fake(t) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor
-    return isinstance(t, FakeTensor)
-
+from ftstudio.engine.memory.tracer.live import CUDA_BLOCK, LiveBytes, round_block
+from ftstudio.engine.memory.tracer.rules import CudaAutocastRules, unpacked_rows
 
 @dataclass
 class StepChoices:
@@ -129,6 +44,8 @@ class StepChoices:
     loss: str = "full"                  # full | chunked (the checkpointed slices of train/loss.py)
     grad_accum: int = 1
     in_backward: bool = False           # the optimizer step inside backward: each gradient freed at once
+    offload: bool = False               # what the forward saves outside checkpoints lives in CPU memory
+    reentrant: bool = False             # checkpoints are reentrant (their inputs pass through offload's hooks)
     padded: bool = False                # rows of a batch differ in length: an attention mask is passed
     num_labels: int = 2
     block: int = CUDA_BLOCK             # allocator rounding (1 on the CPU)
@@ -149,6 +66,18 @@ class Trace:
     seconds: float
     per_layer: int = 0         # what one more block adds to the training peak
     notes: list[str] = field(default_factory=list)
+    # the parameters' shapes of each traced model (blocks traced, {name: shape}) and the model's depth: what the
+    # optimizer state is planned from (:meth:`extrapolate`), the real module's tensors, experts included
+    tensors: list[tuple[int, dict]] = field(default_factory=list)
+    depth: int = 0
+
+    def extrapolate(self, per_model) -> int:
+        """``per_model({name: shape})`` (bytes of a traced model) carried to the model's depth, as the peaks are."""
+        values = [(n, per_model(shapes)) for n, shapes in self.tensors]
+        if len(values) < 2:
+            return int(values[0][1]) if values else 0
+        (n1, a), (n2, b) = values[:2]
+        return int(round(a + (self.depth - n1) * (b - a) / (n2 - n1)))
 
 
 def hf_config(model_config: dict, *, trust_remote_code: bool = False, source: str | None = None):
@@ -220,7 +149,7 @@ def trace_step(config, choices: StepChoices, *, trust_remote_code: bool = False)
     return Trace(weights=at("weights"), gradients=at("gradients"), train_peak=train_peak,
                  eval_peak=at("eval_peak"), params=at("params"), largest=max(a["largest"], points[-1][1]["largest"]),
                  layers_traced=tuple(n for n, _ in points), seconds=time.perf_counter() - t0, per_layer=per_layer,
-                 notes=list(a["notes"]))
+                 notes=list(a["notes"]), tensors=[(n, p["tensors"]) for n, p in points], depth=depth)
 
 
 def _block_hooks(model, live: LiveBytes):
@@ -293,15 +222,23 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
         if choices.checkpointing:
             # The recompute in backward runs under the same CUDA rules as the forward (checkpoint's context_fn)
             rules_for = (lambda: CudaAutocastRules(autocast_dtype)) if choices.block > 1 else nullcontext
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={
-                "use_reentrant": False, "context_fn": lambda: (nullcontext(), rules_for())})
+            # (reentrant checkpoints, the trainer's choice with offload, recompute inside the rules' scope)
+            ck = {"use_reentrant": True} if choices.reentrant else {
+                "use_reentrant": False, "context_fn": lambda: (nullcontext(), rules_for())}
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ck)
         model.train()
         weights = sum(round_block(p.untyped_storage().nbytes(), choices.block)
                       for p in {id(p): p for p in params}.values())
         if choices.in_backward:
             for p in params:
                 p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
-        if choices.compiled:
+        if choices.compiled and choices.checkpointing and choices.reentrant:
+            # AOTAutograd's joint trace runs autograd.grad, which a reentrant checkpoint refuses: the blocks are
+            # traced eagerly inside their checkpoints (only each block's input is kept either way; the recompute's
+            # transient is the eager one, which errs high)
+            notes.append("compiled blocks inside reentrant checkpoints traced uncompiled (errs high)")
+        elif choices.compiled:
+            from ftstudio.engine.memory.tracer.compiled import compile_blocks_aot
             compile_blocks_aot(model)
         n_blocks, restart = _block_hooks(model, live)
         batch = _batch(config, choices)
@@ -312,7 +249,7 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
             live.reset_peak()
             for _ in range(max(1, min(2, choices.grad_accum))):   # a second micro-batch runs with gradients alive
                 restart()
-                with amp:
+                with offloaded(live) if choices.offload else nullcontext(), amp:
                     loss = _loss(model, batch, choices)
                 loss.backward()
                 del loss
@@ -334,94 +271,24 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
     last = max(regions.get(n_blocks - 1, 0), regions.get(n_blocks, 0)) if n_blocks >= 2 else train_peak
     return {"weights": weights, "gradients": grads, "train_peak": train_peak, "eval_peak": eval_peak,
             "first": first, "last": last,
-            "params": n_params, "largest": largest, "notes": notes}
+            "params": n_params, "largest": largest, "notes": notes,
+            "tensors": {name: tuple(p.shape) for name, p in model.named_parameters()}}
 
 
-def aot(fn):
-    """``fn`` as ``torch.compile`` would split it for training, run eagerly: AOTAutograd traces forward and backward
-    together and inductor's min-cut partitioner decides which tensors the forward saves (cheap pointwise work is
-    recomputed in backward); the two graphs then run op by op on the tracer's fake tensors. Inductor's kernel fusion
-    is not modelled: only what is saved between forward and backward, which is what compiling changes for memory."""
-    import functools
+def offloaded(live: LiveBytes):
+    """The trainer's offload (train/speed.offload_context: ``torch.autograd.graph.save_on_cpu`` around the
+    forward) on the tracer's tensors: each tensor the forward saves outside a checkpoint is packed into a host
+    copy that is not counted (the device copy dies when nothing else holds it), and unpacked in backward into a
+    new device copy that is counted, as save_on_cpu's ``.to(device)`` allocates one."""
+    def pack(t):
+        with live.uncounted():
+            host = t.detach().clone()
+        return host
 
-    from torch._functorch.aot_autograd import aot_function, make_boxed_func
-    from torch._functorch.partitioners import min_cut_rematerialization_partition
+    def unpack(host):
+        return host.clone()                    # the device copy backward reads: counted
 
-    def boxed(gm, example_inputs):
-        run = make_boxed_func(gm.forward)
-
-        def fused(args):
-            live = _active_tracker()
-            if live is None:
-                return run(args)
-            before, live.only = live.only, _extern_ops()
-            try:
-                out = run(args)
-            finally:
-                live.only = before
-            live.count(tree_flatten(out)[0])        # the graph's outputs (and saved tensors) are buffers
-            return out
-        fused._boxed_call = True
-        return fused
-    from torch._inductor.decomposition import select_decomp_table   # inductor's decompositions: what min-cut sees
-
-    return aot_function(fn, fw_compiler=boxed, bw_compiler=boxed, decompositions=select_decomp_table(),
-                        partition_fn=functools.partial(min_cut_rematerialization_partition, compiler="inductor"))
-
-
-def _active_tracker():
-    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
-    return next((m for m in reversed(_get_current_dispatch_mode_stack()) if isinstance(m, LiveBytes)), None)
-
-
-def _extern_ops() -> frozenset:
-    """Ops inductor runs as library kernels with buffers of their own (matmuls, attention, convolutions, scatters);
-    the pointwise and reduction work between them is fused and allocates nothing beyond its outputs."""
-    aten = torch.ops.aten
-    names = ("mm", "addmm", "bmm", "baddbmm", "convolution", "convolution_backward", "_grouped_mm",
-             "_scaled_dot_product_flash_attention", "_scaled_dot_product_flash_attention_backward",
-             "_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward",
-             "_scaled_dot_product_cudnn_attention", "_scaled_dot_product_cudnn_attention_backward",
-             "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_flash_attention_for_cpu_backward",
-             "embedding_dense_backward", "scatter_add", "index_put", "_embedding_bag")
-    return frozenset(getattr(aten, n) for n in names if hasattr(aten, n))
-
-
-def compile_blocks_aot(model) -> int:
-    """Each block of the model's block list through :func:`aot`, as the trainer compiles each block in place
-    (checkpointing wrappers stay outside). Tensor arguments become graph inputs, the rest constants."""
-    import types
-
-    from ftstudio.engine.models.structure import find_block_list
-    from torch.utils._pytree import tree_flatten as flatten, tree_unflatten
-
-    blocks = find_block_list(model)
-    if blocks is None:
-        return 0
-    for block in blocks:
-        names = [n for n, _ in block.named_parameters()]
-        params = [p for _, p in block.named_parameters()]
-        orig = block.forward
-        cache: dict = {}
-
-        def forward(self_, *args, _orig=orig, _names=names, _params=params, _cache=cache, _block=block, **kwargs):
-            leaves, spec = flatten((args, kwargs))
-            where = [i for i, x in enumerate(leaves) if isinstance(x, torch.Tensor)]
-            key = (spec, tuple(None if i in where else repr(x) for i, x in enumerate(leaves)))
-            if key not in _cache:
-                n = len(_names)
-
-                def run(*flat):
-                    full = list(leaves)
-                    for i, t in zip(where, flat[n:]):
-                        full[i] = t
-                    a, k = tree_unflatten(full, spec)
-                    with torch.nn.utils.stateless._reparametrize_module(_block, dict(zip(_names, flat[:n]))):
-                        return _orig(*a, **k)
-                _cache[key] = aot(run)
-            return _cache[key](*_params, *[leaves[i] for i in where])
-        block.forward = types.MethodType(forward, block)
-    return len(blocks)
+    return torch.autograd.graph.saved_tensors_hooks(pack, unpack)
 
 
 def _batch(config, choices: StepChoices) -> dict:

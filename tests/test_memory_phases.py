@@ -1,0 +1,52 @@
+"""Planned against measured, per phase of the step (train/memory_log.py): the meter's phase peaks on the CPU (the
+process's resident set), and a CPU run whose memory snapshots in metrics.jsonl carry the phases and its
+activations measured from the step's resident-set peak."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from ftstudio.engine.train.memory_log import PhaseMeter
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the resident-set peak is read from /proc")
+
+
+@linux
+def test_the_meter_sees_a_phase_allocate_and_resets_between_phases():
+    meter = PhaseMeter("cpu")
+    meter.begin(True)
+    x = torch.ones(16 * 2**20)                   # 64 MiB, touched: resident
+    meter.mark("forward")
+    del x
+    meter.mark("backward")                       # x was resident as this phase began
+    meter.mark("optimizer step")                 # ... and freed before this one
+    phases, start, _ = meter.take()
+    assert phases["forward"] - start >= 60 * 2**20
+    assert phases["optimizer step"] - start < 32 * 2**20
+    assert meter.take()[0] == {}                 # taken: the next snapshot starts afresh
+    meter.begin(False)
+    meter.mark("forward")
+    assert meter.take()[0] == {}                 # steps without a snapshot are not measured
+
+
+@linux
+def test_a_cpu_run_records_each_phase_and_its_activations(tiny_llama, tmp_path):
+    from test_trainer import lm_config, run, write_text_data
+
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=4,
+                    memory_snapshot_every=2, eval_every=2, checkpoint_every=2, export=False)
+    result, _ = run(cfg)
+    assert result.status == "finished", result
+    lines = [json.loads(x) for x in (tmp_path / "runs" / "r" / "metrics.jsonl").read_text().splitlines()]
+    snaps = [e for e in lines if e.get("event") == "memory"]
+    assert [s["step"] for s in snaps] == [1, 2, 4]
+    first, second, last = snaps
+    assert set(first["measured_phases"]) == {"forward", "backward", "optimizer step"}
+    assert all(v > 0 for v in first["measured_phases"].values())
+    assert first["activations"] is not None and first["activations"] >= 0
+    # step 2 evaluated and saved a checkpoint after its snapshot: they show in the next one, beside step 4's phases
+    assert {"evaluation", "checkpoint", "forward", "backward"} <= set(last["measured_phases"])
+    assert second["measured_phases"] and "evaluation" not in second["measured_phases"]
