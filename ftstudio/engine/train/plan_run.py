@@ -132,12 +132,21 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
     eff = run.replace(compile=chosen["compile"], packing=chosen["packing"])
     if chosen["packing"] and task == "causal-lm":
         longest, padded = s, False           # packed rows fill seq_len, one document mask per row
+    traced_at = None
+    if run.memory.fast_defaults and dev.startswith("cuda") and gpus == 1:
+        # the trainer's own budget fit (fast_path.fit_memory): the plan shows the run it will start
+        traced_at = fast_path.traced_planner(dev, seq_len=longest, padded=padded,
+                                             trust_remote_code=run.model.trust_remote_code, source=source)
+        eff = fast_path.fit_memory(eff, dev, model_config, lambda ev: lines.append(ev.message),
+                                   confirm=None if pairs or not trace else traced_at)
     plan_at = functools.partial(traced_plan, model_config, eff, gpus, dev, padded=padded or pairs,
                                 trust_remote_code=run.model.trust_remote_code, source=source, trace=trace,
                                 loss_fn=trainer_loss)
     if pairs:                                # the trainer's own pair step, its reference option and loss path
         from ftstudio.engine.train.dpo_plan import plan_pairs
         plan, padded = plan_pairs(plan_at, eff, longest, rows.later if rows is not None else None), True
+    elif traced_at is not None and trace:
+        plan = traced_at(model_config, eff)  # the chooser's traced plan of this run, when it made one
     else:
         plan = plan_at(seq_len=longest)
     return RunPlan(plan=plan, config=eff, lines=lines, seq_len=longest, padded=padded)
