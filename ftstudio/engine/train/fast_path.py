@@ -131,7 +131,7 @@ def traced_planner(device: str, *, seq_len: int | None = None, padded: bool = Fa
         key = repr(run)
         if key not in kept:
             from ftstudio.engine.memory.traced import plan as traced_plan
-            from ftstudio.engine.train.plan_run import trainer_loss
+            from ftstudio.engine.train.trace_loss import trainer_loss
             kept[key] = traced_plan(model_config, run, 1, device, seq_len=seq_len, padded=padded,
                                     trust_remote_code=trust_remote_code, source=source, loss_fn=trainer_loss)
         return kept[key]
