@@ -81,3 +81,22 @@ def test_plan_run_plans_the_run_the_budget_fit_makes():
     assert any(ln.startswith(f"Memory budget {budget:.1f} GB") for ln in rp.lines)
     off = plan_run(run.replace(fast_defaults=False), model_config=TINY, device="cuda:0", read_data=False)
     assert off.config == run.replace(fast_defaults=False)        # the fields as written
+
+
+def test_estimate_with_gpu_memory_plans_the_run_train_fits_to_it(tmp_path, capsys):
+    import json
+
+    from ftstudio.cli import main
+
+    (tmp_path / "config.json").write_text(json.dumps(dict(TINY, architectures=["LlamaForCausalLM"])))
+    flags = ["estimate", str(tmp_path), "--batch-size", "8", "--seq-len", "512", "--max-steps", "50",
+             "--val-fraction", "0", "--json"]
+    assert main(flags) == 0
+    as_set = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    budget = round(0.6 * as_set["peak_allocated_bytes"] / GB, 4)
+    assert main(flags + ["--gpu-memory", str(budget)]) == 0
+    fitted = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    said = " ".join(fitted["choices"])
+    assert f"Memory budget {budget:.1f} GB" in said and "fastest that fits" in said
+    assert fitted["method"] == "traced" and fitted["peak_allocated_bytes"] <= budget * GB, said
+    assert as_set["method"] == "traced" and not any("Memory budget" in c and "fits:" in c for c in as_set["choices"])
