@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 # shape, 4 × 2048, compiled. "measured": issue 33's table (each row against HF Trainer in its own group: Fastest
 # 1.65×, --loss chunked 1.53×, checkpointing 1.33×, Largest 0.60×). "derived": from a measured combination over
 # the measured factors of its other options: 8-bit states from tests/benchmarks/pareto.py's 10.72 GB run (pure
-# bf16 + checkpointing + 8-bit + micro-batch 2: 24.2 k against Fastest's 64.3 k, so 0.376 / 0.806 / 0.93); offload
-# and the step in backward share what Largest's row leaves after that (0.363 / 0.806 / 0.923 / 0.50 = 0.98).
+# bf16 + checkpointing + 8-bit + micro-batch 2: 24.2 k against Fastest's 64.3 k, so 0.376 / 0.806 / 0.93); the step
+# in backward from the third call's 10.72 GB run (below); offload from what Largest's row leaves (0.99, an estimate).
 # "estimated": not measured.
 SPEED: dict[str, tuple[float, str]] = {
     "chunked_liger": (0.923, "measured"),      # Liger's fused linear cross-entropy against the compiled head
