@@ -100,3 +100,17 @@ def test_estimate_with_gpu_memory_plans_the_run_train_fits_to_it(tmp_path, capsy
     assert f"Memory budget {budget:.1f} GB" in said and "fastest that fits" in said
     assert fitted["method"] == "traced" and fitted["peak_allocated_bytes"] <= budget * GB, said
     assert as_set["method"] == "traced" and not any("Memory budget" in c and "fits:" in c for c in as_set["choices"])
+
+
+def test_preference_runs_are_fitted_by_the_closed_form_alone(monkeypatch):
+    seen = {}
+
+    def choose(cfg, mc, budget, **kw):
+        seen["confirm"] = kw.get("confirm")
+        return fastest.Fit({}, ["fits"])
+    monkeypatch.setattr(fastest, "choose", choose)
+    run = RunConfig().replace(device="cuda", gpu_memory=10.0)
+    fast_path.fit_memory(run.replace(method="dpo"), "cuda:0", TINY, lambda ev: None)
+    assert seen["confirm"] is None                # the SFT step traced would miss the pairs' second row
+    fast_path.fit_memory(run, "cuda:0", TINY, lambda ev: None)
+    assert callable(seen["confirm"])

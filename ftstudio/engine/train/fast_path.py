@@ -105,8 +105,9 @@ def fit_memory(cfg, device: str, model_config: dict | None, report, *, confirm="
     if budget is None or not model_config:
         report(LogLine(f"Memory budget: not checked ({compare if budget is None else 'no model config'})"))
         return cfg
-    if confirm == "traced":
-        confirm = traced_planner(device, trust_remote_code=cfg.model.trust_remote_code)
+    if confirm == "traced":          # preference pairs: the closed form alone (the traced pair step is dpo_plan.py's)
+        confirm = (traced_planner(device, trust_remote_code=cfg.model.trust_remote_code)
+                   if cfg.train.method == "sft" else None)
     try:
         fit = fastest.choose(cfg, model_config, budget, compare=compare, device=device, confirm=confirm)
     except Exception as e:  # noqa: BLE001 - a model the planner cannot read: the run goes on as set, and says so
