@@ -13,6 +13,7 @@ import json
 # the leaves this verb defines itself (its defaults and help predate the train flags)
 OWN = ("batch_size", "seq_len", "grad_accum", "precision", "optimizer", "loss", "activation_checkpointing",
        "offload_activations", "optimizer_in_backward", "gpus", "gpu_memory")
+CARD_GB = 80.0           # the card planned for when --gpu-memory is not given
 
 
 def add_parser(sub) -> None:
@@ -43,7 +44,9 @@ def add_parser(sub) -> None:
     p.add_argument("--optimizer-in-backward", action="store_true", default=None,
                    help="the optimizer step inside backward: one gradient tensor at a time")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs sharing the state (FSDP)")
-    p.add_argument("--gpu-memory", type=float, default=80.0, help="memory of one card in GB (default 80)")
+    p.add_argument("--gpu-memory", type=float, default=None,
+                   help="memory of one card in GB (default 80); given, it is also the budget the run is fitted to, "
+                        "as `train --gpu-memory` fits it (the plan is of the run train would start)")
     p.add_argument("--no-trace", dest="trace", action="store_false",
                    help="the closed form only (no torch): skip tracing the model's step on fake tensors")
     p.add_argument("--json", action="store_true", help="print the estimate as JSON on the last line of stdout")
@@ -88,11 +91,12 @@ def run(args: argparse.Namespace) -> int:
             return fail(str(e))
     if not args.model and None in (args.params, args.hidden, args.layers):
         return fail("give MODEL (a folder, config.json or cached hub id) or --params, --hidden and --layers")
+    card = CARD_GB if args.gpu_memory is None else args.gpu_memory
     try:
         from ftstudio.engine.memory.report import _check_sizes   # this verb's own sizes, named by their flags
         _check_sizes(params=args.params, hidden=args.hidden, layers=args.layers, seq_len=args.seq_len,
                      batch_size=args.batch_size, grad_accum=args.grad_accum, gpus=args.gpus,
-                     gpu_memory_gb=args.gpu_memory)
+                     gpu_memory_gb=card)
         cfg = _run_config(args)
         seeded = args.model is None          # the seed's table keeps its own defaults (b = 1, s = 2048)
         precision = cfg.hardware.precision if cfg.hardware.precision != "auto" else "bf16-mixed"
@@ -102,12 +106,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             seq, cap = cfg.data.seq_len, True    # the config's length, capped at the model's context
         read_data = bool(args.config or args.cfg_dataset)
-        plan_fn = _planner(args, read_data) if args.model and args.trace else None
+        plan_fn = _planner(args, read_data, cfg.hardware.precision == "auto") if args.model and args.trace else None
         report = estimate_report(args.model, params=args.params, hidden=args.hidden, layers=args.layers,
                                  seq_len=seq, cap_seq_len=cap, batch_size=batch, grad_accum=cfg.train.grad_accum,
                                  precision=precision, optimizer=cfg.optim.optimizer, loss=cfg.memory.loss,
                                  activation_checkpointing=cfg.memory.activation_checkpointing, gpus=args.gpus,
-                                 gpu_memory_gb=args.gpu_memory, run_config=cfg, plan_fn=plan_fn)
+                                 gpu_memory_gb=card, run_config=cfg, plan_fn=plan_fn)
     except FTStudioError as e:
         return fail(str(e))
     if args.json:
@@ -117,11 +121,16 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _planner(args: argparse.Namespace, read_data: bool):
-    """The plan of the run `train` would start (train/plan_run.py): traced step, fast defaults, real rows."""
+def _planner(args: argparse.Namespace, read_data: bool, auto_precision: bool = False):
+    """The plan of the run `train` would start (train/plan_run.py): traced step, fast defaults, real rows, and the
+    budget fit (with precision still "auto" where nobody chose one: the fit may choose pure bf16, as train's does)."""
     def plan(run, model_config: dict):
         from ftstudio.engine.train.plan_run import plan_run
 
+        if auto_precision:
+            run = run.replace(precision="auto")              # bf16-mixed on a GPU unless the budget fit chooses
+        if args.gpu_memory and not run.hardware.gpu_memory:
+            run = run.replace(gpu_memory=args.gpu_memory)     # train's budget fit (train/fastest.py), same flag
         rp = plan_run(run, model_config=model_config, gpus=args.gpus, device="cuda", read_data=read_data)
         return rp.plan, rp.lines
     return plan

@@ -93,7 +93,8 @@ def ours(name: str, flags: list[str], model: Path, data: Path, out: Path, a) -> 
     log = open(out / f"{name}.log", "w")
     t = time.perf_counter()
     p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+                         env={**os.environ, "COLUMNS": "400",           # one log line per decision (no wrapping)
+                              "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
     metrics = run_dir / "metrics.jsonl"
     events: list[dict] = []
     while p.poll() is None and time.perf_counter() - t < a.timeout:
@@ -127,7 +128,7 @@ def ours(name: str, flags: list[str], model: Path, data: Path, out: Path, a) -> 
     res["peak_alloc_gb"] = max(peaks) / 1e9 if peaks else None
     res["losses"] = [round(s["loss"], 4) for s in steps]
     res["first_step_s"] = round(steps[0].get("elapsed_s", 0.0), 1)
-    res["decisions"] = re.findall(r"(?:Fast defaults|Memory budget|Rejected|FP8)[^\n]*", text)[:8]
+    res["decisions"] = re.findall(r"(?:Fast defaults|Memory budget|Rejected|Traced plan|FP8|Precision)[^\n]*", text)[:12]
     return emit(res)
 
 
@@ -158,6 +159,8 @@ def main() -> int:
     ap.add_argument("--anchor-steps", type=int, default=15)
     ap.add_argument("--plan-steps", type=int, default=900, help="FT Studio's --max-steps: the run length planned")
     ap.add_argument("--unsloth", default=None)
+    ap.add_argument("--anchors", default="hf-trainer,hf-trainer+liger,unsloth-unsloth,unsloth-none",
+                    help="which anchors run (a short call: hf-trainer,unsloth-unsloth)")
     ap.add_argument("--budgets", default="10.7,18.7", help="GB, when Unsloth is not run (issue 33's H100 peaks)")
     ap.add_argument("--extras", default="defaults,fastest,fastest-fp8", help="runs after the budgets, time allowing")
     ap.add_argument("--deadline", type=float, default=480.0, help="seconds: no new run starts after this")
@@ -180,13 +183,17 @@ def main() -> int:
     site = os.environ.get("PYTHONPATH", "")
     rows = []
     common = [str(model), str(a.batch), str(a.seq), str(a.anchor_steps)]
+    anchors = set(a.anchors.split(","))
     for name, liger in (("hf-trainer", "0"), ("hf-trainer+liger", "1")):
-        rows.append(run_anchor(name, [sys.executable, "-c", HF_CODE, *common, liger], a.timeout, site))
+        if name in anchors:
+            rows.append(run_anchor(name, [sys.executable, "-c", HF_CODE, *common, liger], a.timeout, site))
     budgets = [float(x) for x in a.budgets.split(",")]
     against = [None] * len(budgets)
     if a.unsloth:
         script = str(Path(a.unsloth) / "unsloth_full_anchor.py")
         for i, gc in enumerate(("unsloth", "none")):
+            if f"unsloth-{gc}" not in anchors:
+                continue
             r = run_anchor(f"unsloth-{gc}", [sys.executable, script, *common, gc], a.timeout + 100,
                            os.pathsep.join([a.unsloth, site]))
             rows.append(r)

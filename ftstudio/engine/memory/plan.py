@@ -301,6 +301,12 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
         # the loss on the same path as training (a chunked run evaluates by slices too).
         "evaluation": states + cache_fwd + T * per_layer + head_act + eval_loss,
     }
+    if not (run.data.val_dataset or run.data.val_fraction > 0):
+        # a run without validation rows never evaluates (as in traced.py): its full-logit evaluation pass, 10.5 GB
+        # for Llama-3.2-1B at 4 × 2048, made the checkpointed step look 70 % larger than measured (issue 33)
+        eval_pass = phases.pop("evaluation")
+    else:
+        eval_pass = phases["evaluation"]
     notes = []
     if task == "causal-lm" and run.eval.benchmarks.strip() and gpus == 1:
         # eval.benchmarks (before the first step, after the last): lm-evaluation-harness's no-grad forward of a
@@ -326,7 +332,7 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
     textbook = 16 * N + s * b * d * L * 12
     parts = {"layers": layers_act, "head": head_act, "loss": max(loss_fwd, loss_bwd),
              "weight_copies": max(cache_fwd, cache_bwd), "per_layer_per_token": per_layer, "reference": reference}
-    parts.update({f"phase:{k}": v for k, v in phases.items()})
+    parts.update({f"phase:{k}": v for k, v in phases.items()}, eval_pass=eval_pass)   # traced.py's benchmarks
     return MemoryBreakdown(weights=weights, gradients=shown_grads, optimizer=opt, activations=activations,
                            other=other, anchor=anchor, textbook=textbook, params=N, peak_allocated=peak,
                            peak_reserved=reserved, peak_phase=phase, parts=parts,

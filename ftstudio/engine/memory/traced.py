@@ -137,7 +137,7 @@ def _compose(t, shape: ModelShape, run: RunConfig, gpus: int, device, closed: Me
         phases["evaluation"] = evaluation
     if "phase:benchmarks" in closed.parts:  # the harness pass: the traced evaluation + what its full logits add
         phases["benchmarks"] = evaluation + max(0, closed.parts["phase:benchmarks"]
-                                                - closed.parts.get("phase:evaluation", 0))
+                                                - closed.parts.get("eval_pass", 0))
     phase = max(phases, key=phases.get)
     peak = phases[phase]
     if on_cpu:

@@ -95,16 +95,21 @@ def apply(cfg, device: str, prepared, info, plan_schedule, report):
     return fit_memory(cfg, device, getattr(info, "config", None), report), prepared
 
 
-def fit_memory(cfg, device: str, model_config: dict | None, report):
-    """``cfg`` with the fastest options that fit the memory budget (train/fastest.py), each choice logged."""
+def fit_memory(cfg, device: str, model_config: dict | None, report, *, confirm="traced"):
+    """``cfg`` with the fastest options that fit the memory budget (train/fastest.py), each choice logged.
+    ``confirm``: how the final candidates are re-planned ("traced": memory/traced.py with the trainer's loss, at
+    ``seq_len``; a callable ``(model_config, run) -> MemoryBreakdown``; None: the closed form alone)."""
     from ftstudio.engine.train import fastest
 
     budget, compare = fastest.budget_for(cfg, device)
     if budget is None or not model_config:
         report(LogLine(f"Memory budget: not checked ({compare if budget is None else 'no model config'})"))
         return cfg
+    if confirm == "traced":          # preference pairs: the closed form alone (the traced pair step is dpo_plan.py's)
+        confirm = (traced_planner(device, trust_remote_code=cfg.model.trust_remote_code)
+                   if cfg.train.method == "sft" else None)
     try:
-        fit = fastest.choose(cfg, model_config, budget, compare=compare, device=device)
+        fit = fastest.choose(cfg, model_config, budget, compare=compare, device=device, confirm=confirm)
     except Exception as e:  # noqa: BLE001 - a model the planner cannot read: the run goes on as set, and says so
         report(LogLine(f"Memory budget: not planned ({type(e).__name__}: {str(e).splitlines()[0][:120]}); the run "
                        "starts as set", "warning"))
@@ -115,6 +120,23 @@ def fit_memory(cfg, device: str, model_config: dict | None, report):
         report(LogLine(f"Precision: {fit.leaves['precision']} for the memory budget (the model line above names the "
                        "configured one)"))
     return cfg.replace(**fit.leaves) if fit.leaves else cfg
+
+
+def traced_planner(device: str, *, seq_len: int | None = None, padded: bool = False, trust_remote_code: bool = False,
+                   source: str | None = None):
+    """``(model_config, run) -> MemoryBreakdown``: memory/traced.py's plan of one GPU with the trainer's loss
+    (what plan_run plans), each run's plan kept (the chooser and the final plan ask for the same run)."""
+    kept: dict = {}
+
+    def plan(model_config, run):
+        key = repr(run)
+        if key not in kept:
+            from ftstudio.engine.memory.traced import plan as traced_plan
+            from ftstudio.engine.train.trace_loss import trainer_loss
+            kept[key] = traced_plan(model_config, run, 1, device, seq_len=seq_len, padded=padded,
+                                    trust_remote_code=trust_remote_code, source=source, loss_fn=trainer_loss)
+        return kept[key]
+    return plan
 
 
 def _pack(prepared, seq_len: int):

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 # shape, 4 × 2048, compiled. "measured": issue 33's table (each row against HF Trainer in its own group: Fastest
 # 1.65×, --loss chunked 1.53×, checkpointing 1.33×, Largest 0.60×). "derived": from a measured combination over
 # the measured factors of its other options: 8-bit states from tests/benchmarks/pareto.py's 10.72 GB run (pure
-# bf16 + checkpointing + 8-bit + micro-batch 2: 24.2 k against Fastest's 64.3 k, so 0.376 / 0.806 / 0.93); offload
-# and the step in backward share what Largest's row leaves after that (0.363 / 0.806 / 0.923 / 0.50 = 0.98).
+# bf16 + checkpointing + 8-bit + micro-batch 2: 24.2 k against Fastest's 64.3 k, so 0.376 / 0.806 / 0.93); the step
+# in backward from the third call's 10.72 GB run (below); offload from what Largest's row leaves (0.99, an estimate).
 # "estimated": not measured.
 SPEED: dict[str, tuple[float, str]] = {
     "chunked_liger": (0.923, "measured"),      # Liger's fused linear cross-entropy against the compiled head
@@ -34,7 +34,8 @@ SPEED: dict[str, tuple[float, str]] = {
     "checkpointing": (0.806, "measured"),
     "offload": (0.99, "derived"),
     "adamw8bit": (0.50, "derived"),            # torchao's 8-bit AdamW step: slow beside the fused bf16 kernel
-    "in_backward": (0.99, "derived"),
+    "in_backward": (0.953, "derived"),        # pure bf16 + chunked + checkpointing + the step in backward: 45.6 k
+                                               # against Fastest's 64.3 k in one call (0.709 / 0.923 / 0.806)
     "pure_bf16": (1.115, "measured"),         # Fastest's pure bf16 against bf16-mixed (61.9 k / 55.5 k, compiled)
 }
 MICRO_TOKENS_HALF = 512    # a micro-batch of t tokens runs at t / (t + 512) of the matmuls' rate: 0.944 for 2 × 2048
@@ -129,10 +130,18 @@ def describe(leaves: dict, cfg) -> str:
     return ", ".join(words)
 
 
+CONFIRM_TRACES = 3       # final candidates re-planned by ``confirm`` (the traced plan: ~1–7 s each for a 1B shape)
+CONFIRM_OVER = 0.10      # candidates the closed form puts up to this share over the budget are traced too
+
+
 def choose(cfg, model_config, budget: int, *, compare: str = "peak_allocated", device: str = "cuda:0",
-           liger: bool | None = None, lowbit: bool | None = None, plan=None) -> Fit:
+           liger: bool | None = None, lowbit: bool | None = None, plan=None, confirm=None) -> Fit:
     """The fastest combination planned within ``budget`` bytes (``compare``: the plan's ``peak_allocated`` or
-    ``total``). ``plan(model_config, run) -> MemoryBreakdown``: the planner (default ``memory.estimate``)."""
+    ``total``). ``plan(model_config, run) -> MemoryBreakdown``: the planner that ranks every combination (default
+    ``memory.estimate``, the closed form: fast). ``confirm`` (same signature; the trainer and plan_run pass the
+    traced plan, memory/traced.py): the final candidates, fastest first, those the closed form fits or puts at
+    most CONFIRM_OVER over the budget, are re-planned by it (at most CONFIRM_TRACES traced) and its figure
+    decides where it traced the step; where it fell back to the closed form, the closed form's figure stands."""
     if plan is None:
         from ftstudio.engine.memory import estimate
         plan = lambda mc, run: estimate(mc, run, 1, device=device)  # noqa: E731
@@ -148,6 +157,7 @@ def choose(cfg, model_config, budget: int, *, compare: str = "peak_allocated", d
             return Fit({}, [f"Memory budget {gb(budget)}: the run as set is planned at {gb(planned)} ({what}): fits, "
                             "nothing changed"])
         seen.append(c)
+    said = _confirm(seen, cfg, model_config, budget, compare, confirm) if confirm is not None else []
     fitting = [c for c in seen if c.fits]
     if not fitting:
         least = min(seen, key=lambda c: c.planned)
@@ -164,7 +174,30 @@ def choose(cfg, model_config, budget: int, *, compare: str = "peak_allocated", d
     if faster:
         lines.append("Rejected (faster, over the budget): " + "; ".join(
             f"{describe(c.leaves, cfg)} ({c.speed:.2f}×, {gb(c.planned)})" for c in faster))
-    return Fit(best.leaves, lines)
+    return Fit(best.leaves, lines + said)
+
+
+def _confirm(seen: list[Candidate], cfg, model_config, budget: int, compare: str, confirm) -> list[str]:
+    """Re-plan the final candidates with ``confirm`` (in place: ``planned`` and ``fits``); the lines that say so."""
+    queue = sorted((c for c in seen if c.planned <= budget * (1 + CONFIRM_OVER)),
+                   key=lambda c: (-c.speed, c.planned))
+    traced, lines = 0, []
+    for c in queue:
+        if traced >= CONFIRM_TRACES:
+            break
+        p = confirm(model_config, cfg.replace(**c.leaves))
+        if getattr(p, "method", "") != "traced":
+            if c.fits:
+                break                     # the closed form's figure stands for the fastest that fits
+            continue
+        traced += 1
+        before, c.planned = c.planned, int(getattr(p, compare))
+        c.fits = c.planned <= budget
+        lines.append(f"Traced plan of {describe(c.leaves, cfg)}: {c.planned / 1e9:.1f} GB (closed form "
+                     f"{before / 1e9:.1f} GB): {'fits' if c.fits else 'over the budget'}")
+        if c.fits:
+            break
+    return lines
 
 
 def _factors(leaves: dict, cfg, liger: bool) -> list[str]:

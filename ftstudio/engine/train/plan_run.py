@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from ftstudio.core.config import RunConfig
 from ftstudio.engine.memory.plan import MemoryBreakdown
+from ftstudio.engine.train.trace_loss import trainer_loss  # noqa: F401 (the tracer's loss, planned here)
 
 
 @dataclass
@@ -132,56 +133,24 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
     eff = run.replace(compile=chosen["compile"], packing=chosen["packing"])
     if chosen["packing"] and task == "causal-lm":
         longest, padded = s, False           # packed rows fill seq_len, one document mask per row
+    traced_at = None
+    if run.memory.fast_defaults and dev.startswith("cuda") and gpus == 1:
+        # the trainer's own budget fit (fast_path.fit_memory): the plan shows the run it will start
+        traced_at = fast_path.traced_planner(dev, seq_len=longest, padded=padded,
+                                             trust_remote_code=run.model.trust_remote_code, source=source)
+        eff = fast_path.fit_memory(eff, dev, model_config, lambda ev: lines.append(ev.message),
+                                   confirm=None if pairs or not trace else traced_at)
     plan_at = functools.partial(traced_plan, model_config, eff, gpus, dev, padded=padded or pairs,
                                 trust_remote_code=run.model.trust_remote_code, source=source, trace=trace,
                                 loss_fn=trainer_loss)
     if pairs:                                # the trainer's own pair step, its reference option and loss path
         from ftstudio.engine.train.dpo_plan import plan_pairs
         plan, padded = plan_pairs(plan_at, eff, longest, rows.later if rows is not None else None), True
+    elif traced_at is not None and trace:
+        plan = traced_at(model_config, eff)  # the chooser's traced plan of this run, when it made one
     else:
         plan = plan_at(seq_len=longest)
     return RunPlan(plan=plan, config=eff, lines=lines, seq_len=longest, padded=padded)
-
-
-def trainer_loss(model, batch: dict, *, chunked: bool):
-    """The trainer's causal-LM loss for the tracer (train/loss.py); ``trainer_loss.compiled`` is its compiled
-    variant (train/speed.py's head + cross-entropy as one graph), partitioned as inductor would (memory.tracer.aot)."""
-    from ftstudio.engine.train.loss import causal_lm_loss
-    return causal_lm_loss(model, batch, chunked=chunked)
-
-
-def _compiled_loss(model, batch: dict, *, chunked: bool):
-    import functools
-
-    import torch.nn.functional as F
-
-    from ftstudio.engine.memory.tracer import aot
-    from ftstudio.engine.train.loss import causal_lm_loss, logit_transform
-    from ftstudio.engine.train.loss import head_cross_entropy as _head_cross_entropy
-
-    if chunked:                                        # the chunked slices, as the trainer runs them without Liger
-        return causal_lm_loss(model, batch, chunked=True)
-    scale, cap = logit_transform(model)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    base = getattr(model, model.base_model_prefix, None) or model.model
-    hidden = base(**inputs).last_hidden_state
-    head = model.get_output_embeddings()
-    targets = F.pad(batch["labels"], (0, 1), value=-100)[:, 1:].reshape(-1)
-    bias = getattr(head, "bias", None)
-    if bias is None:
-        fn = aot(lambda h, w, t: _head_cross_entropy(h, w, None, t, scale, cap))
-        return fn(hidden.reshape(-1, hidden.shape[-1]), head.weight, targets)
-    fn = aot(functools.partial(_head_cross_entropy, scale=scale, cap=cap))
-    return fn(hidden.reshape(-1, hidden.shape[-1]), head.weight, bias, targets)
-
-
-def _checkpoint_kwargs(offload: bool) -> dict:
-    from ftstudio.engine.train.offload import checkpoint_kwargs
-    return checkpoint_kwargs(offload)
-
-
-trainer_loss.compiled = _compiled_loss
-trainer_loss.checkpoint_kwargs = _checkpoint_kwargs     # the trainer's checkpoint kind (reentrant with offload)
 
 
 __all__ = ["RunPlan", "RowFacts", "plan_run", "read_rows", "trainer_loss"]
