@@ -130,6 +130,7 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
                      "data); planned uncompiled, which holds more")
     lines += said
     eff = run.replace(compile=chosen["compile"], packing=chosen["packing"])
+    eff = _as_trained(eff, dev, model_config, shape.params, gpus, lines)
     if chosen["packing"] and task == "causal-lm":
         longest, padded = s, False           # packed rows fill seq_len, one document mask per row
     plan_at = functools.partial(traced_plan, model_config, eff, gpus, dev, padded=padded or pairs,
@@ -141,6 +142,26 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
     else:
         plan = plan_at(seq_len=longest)
     return RunPlan(plan=plan, config=eff, lines=lines, seq_len=longest, padded=padded)
+
+
+def _as_trained(eff: RunConfig, dev: str, model_config: dict, params: int, gpus: int, lines: list[str]) -> RunConfig:
+    """What setup decides after the fast defaults, by the trainer's own functions: the options the memory budget
+    chooses (train/fastest.py through fast_path.fit_memory: pure bf16, checkpointing, 8-bit states...), and whether
+    FP8 "auto" turns on (train/fp8.decide); each decision said in ``lines``. The plan is then of that run, and says
+    where it is outside what was checked on a GPU (memory/checked.py)."""
+    import importlib.util
+
+    from ftstudio.engine.train import fast_path, fastest
+    from ftstudio.engine.train import fp8 as fp8_mod
+
+    if eff.memory.fast_defaults and dev.startswith("cuda") and gpus == 1 and fastest.budget_for(eff, dev)[0]:
+        eff = fast_path.fit_memory(eff, dev, model_config, lambda e: lines.append(e.message))
+    if eff.memory.fp8 == "auto":
+        recipe, said = fp8_mod.decide("auto", device=dev, capability=None, compiled=bool(eff.memory.compile),
+                                      params=params, torchao=importlib.util.find_spec("torchao") is not None, gpus=gpus)
+        eff = eff.replace(fp8=recipe or "off")
+        lines += [said] if said else []
+    return eff
 
 
 def trainer_loss(model, batch: dict, *, chunked: bool):
