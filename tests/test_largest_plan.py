@@ -211,3 +211,36 @@ def test_plan_widens_the_margin_outside_what_was_checked():
     chosen = plan(cfg, run.replace(precision="bf16", activation_checkpointing=True), device="cuda:0", trace=False)
     assert chosen.margin == MARGIN_UNCHECKED
     assert any("outside what was checked on a GPU" in n and "pure bf16" in n for n in chosen.notes)
+
+
+# -- plan_run plans the run setup makes: the budget's choice and FP8 auto ------------------------------------------
+LLAMA_1B = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+            "num_attention_heads": 32, "num_key_value_heads": 8, "vocab_size": 128256, "tie_word_embeddings": True}
+
+
+def test_plan_run_plans_the_memory_budgets_choice_and_says_it_is_unchecked():
+    from ftstudio.engine.train.plan_run import RowFacts, plan_run
+
+    run = BASE.replace(batch_size=4, seq_len=2048, max_steps=3, gpu_memory=24.0)
+    rows = RowFacts(count=64, longest=2048, fill=1.0, padded=False, total_steps=3)
+    rp = plan_run(run, model_config=dict(LLAMA_1B), device="cuda", rows=rows, trace=False)
+    assert any(line.startswith("Memory budget 24.0 GB") for line in rp.lines)
+    assert rp.config.hardware.precision == "bf16"         # "auto" became pure bf16 for the budget, as in setup
+    assert rp.plan.peak_allocated <= 24e9
+    assert rp.plan.margin >= 0.06 and any("outside what was checked on a GPU" in n for n in rp.plan.notes)
+
+
+def test_plan_run_resolves_fp8_auto_as_setup_does(monkeypatch):
+    from ftstudio.engine.train import fast_path
+    from ftstudio.engine.train.plan_run import RowFacts, plan_run
+
+    monkeypatch.setattr(fast_path, "inductor_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "torchao", _package("torchao"))      # installed, as train/fp8.py asks
+    big = {**LLAMA_1B, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "tie_word_embeddings": False}
+    run = BASE.replace(batch_size=1, seq_len=2048, precision="bf16", fp8="auto", compile=True)
+    rows = RowFacts(count=8, longest=2048, fill=1.0, padded=False, total_steps=900)
+    rp = plan_run(run, model_config=big, device="cuda", rows=rows, trace=False)
+    assert rp.config.memory.fp8 == "tensorwise" and any(line.startswith("FP8 on (auto)") for line in rp.lines)
+    assert any("FP8 linear layers" in n for n in rp.plan.notes) and rp.plan.margin >= 0.06
+    small = plan_run(run, model_config=dict(LLAMA_1B), device="cuda", rows=rows, trace=False)
+    assert small.config.memory.fp8 == "off" and not any("FP8" in n for n in small.plan.notes)
