@@ -19,7 +19,7 @@ CHECKED_TYPES = frozenset({"llama", "qwen2", "qwen3", "gemma2", "phi3", "gpt2", 
 # (precision, optimizer, loss, checkpointing, offload, step in backward, compiled): the measured settings
 CHECKED_FAMILIES = {
     ("bf16-mixed", "adamw", "full", False, False, False, False): "defaults",
-    ("bf16-mixed", "adamw", "full", False, False, False, True): "the long compiled run",
+    ("bf16-mixed", "adamw", "full", False, False, False, True): "long compiled run",
     ("bf16-mixed", "adamw", "chunked", True, False, False, False): "checkpointed + chunked",
     ("bf16", "adamw", "full", False, False, False, True): "Fastest",
     ("bf16", "adamw8bit", "chunked", True, True, True, True): "Largest",
