@@ -58,7 +58,8 @@ def test_the_plan_counts_the_reference_per_option_and_follows_the_rows():
     longer = planned(200, dpo_reference="precompute")
     assert longer.seq_len == 200 and longer.plan.peak_allocated > pre.plan.peak_allocated
     # the rows' length, not seq_len: far below the closed form's two full-length rows per pair
-    assert pre.plan.peak_allocated < pre.plan.parts["closed_form_peak"]
+    from ftstudio.engine.memory.plan import CUBLAS_WORKSPACES    # the traced plan counts cuBLAS's, the closed form not
+    assert pre.plan.peak_allocated - CUBLAS_WORKSPACES < pre.plan.parts["closed_form_peak"]
     chunked = planned(200, dpo_reference="precompute", loss="chunked")
     # the chunked head path is traced as it runs (here one slice of 8192 tokens holds all 1600: its fp32 logits
     # are recomputed in backward beside their gradient, so it holds more, not less; the real step agrees above)

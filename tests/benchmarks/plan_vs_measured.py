@@ -1,7 +1,8 @@
 """The memory plan against the allocator's peak of real runs of the trainer (`ftstudio train`'s engine), on a GPU.
 
     PYTHONUNBUFFERED=1 python tests/benchmarks/plan_vs_measured.py [--shapes a,b] [--settings defaults,fastest,largest]
-        [--steps 3] [--out table.md] [--jsonl rows.jsonl] [--plan-only [--measured RAW.jsonl,...] [--gpu-machine]]
+        [--steps 3] [--out table.md] [--jsonl rows.jsonl]
+        [--plan-only [--measured RAW.jsonl,...] [--gpu-machine] [--leaked-before]]
 
 Each shape is a random-weight model of a public architecture's config (saved in bf16 with save_pretrained, with
 the word-level test tokenizer of tests/tiny.py), trained for a few steps on rows that fill seq_len, through
@@ -151,7 +152,10 @@ def measure_run(cfg, stop_after: int | None = None) -> dict:
                                                 or e.level == "error"):
             lines.append(e.message[:300])
 
+    import gc
+    gc.collect()
     torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()     # what an earlier run of this process left allocated (0 expected)
     torch.cuda.reset_peak_memory_stats()
     try:
         from torch._dynamo.utils import counters
@@ -165,7 +169,7 @@ def measure_run(cfg, stop_after: int | None = None) -> dict:
     dynamo = {k: dict(v) for k, v in counters.items() if v and k in ("stats", "recompiles", "graph_break")}
     return {"measured": max(peaks) if peaks else None, "status": status, "reason": reason[:300], "log": lines,
             "seconds": round(time.time() - t, 1), "reserved_max": torch.cuda.max_memory_reserved(),
-            "measured_phases": phases, "dynamo": {k: dict(list(v.items())[:8]) for k, v in dynamo.items()}}
+            "measured_phases": phases, "allocated_before": before, "dynamo": {k: dict(list(v.items())[:8]) for k, v in dynamo.items()}}
 
 
 def main() -> int:
@@ -178,17 +182,30 @@ def main() -> int:
     ap.add_argument("--jsonl")
     ap.add_argument("--plan-only", action="store_true")
     ap.add_argument("--measured", help="with --plan-only: raw rows of earlier runs, comma-separated")
-    ap.add_argument("--gpu-machine", action="store_true", help="with --plan-only: decide as with triton installed")
+    ap.add_argument("--gpu-machine", action="store_true", help="with --plan-only: decide as with triton installed "
+                    "and torchao importable (the H100's torchao 0.15)")
+    ap.add_argument("--leaked-before", action="store_true",
+                    help="with --measured: a Largest row's peak less the weights and optimizer states of the Largest "
+                         "rows before it in the same file (runs of one process; the step in backward kept every "
+                         "finished run's model alive until train/in_backward.py's fix)")
     a = ap.parse_args()
-    measured = {}
+    measured, leaked_from = {}, {}
     for path in (a.measured.split(",") if a.measured else []):
+        earlier = []
         for line in Path(path).read_text().splitlines():
             r = json.loads(line)
             if r.get("measured"):
                 measured[(r["shape"], r["setting"])] = r["measured"]
+                if r["setting"] == "largest":
+                    leaked_from[r["shape"]] = list(earlier) if a.leaked_before else []
+                    earlier.append(r["shape"])
     if a.gpu_machine:
+        from ftstudio.engine.memory import lowbit
         from ftstudio.engine.train import fast_path
         fast_path.inductor_available = lambda: True
+        for kind in ("adamw8bit", "adamw4bit"):
+            for probe in (False, True):
+                lowbit._CACHE[(kind, probe)] = lowbit.LowBit(kind, "torchao")
     from ftstudio.engine.train.plan_run import RowFacts, plan_run
 
     work = Path(a.work)
@@ -219,6 +236,10 @@ def main() -> int:
                     row.update(measure_run(cfg, stop_after=a.steps if setting == "long" else None))
                 elif (name, setting) in measured:
                     row["measured"] = measured[(name, setting)]
+                    if leaked_from.get(name):
+                        leaked = sum(_model_and_states(n, work, a.steps) for n in leaked_from[name])
+                        row.update(measured_raw=row["measured"], measured=row["measured"] - leaked, leaked=leaked,
+                                   leaked_from=leaked_from[name])
             except Exception as e:  # noqa: BLE001 - one failed row must not end the table
                 row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
             if row.get("planned") and row.get("measured"):
@@ -234,6 +255,18 @@ def main() -> int:
     if a.out:
         Path(a.out).write_text(table + "\n")
     return 0
+
+
+def _model_and_states(name: str, work: Path, steps: int) -> int:
+    """Weights + optimizer state of ``name``'s Largest run (what a finished run left allocated before the fix)."""
+    from ftstudio.engine.train.plan_run import RowFacts, plan_run
+
+    cfg_d, batch, seq = SHAPES[name]
+    cls = cfg_d["model_type"] == "bert"
+    cfg = config_for(name, "largest", work / name, make_data(work, seq, batch * (steps + 1), cls), steps, work / "runs")
+    facts = RowFacts(count=batch * (steps + 1), longest=seq, fill=1.0, padded=cls, total_steps=steps)
+    plan = plan_run(cfg, model_config=dict(cfg_d), device="cuda", rows=facts, trace=False).plan
+    return plan.weights + plan.optimizer
 
 
 def _capacity() -> int | None:

@@ -27,6 +27,11 @@ from ftstudio.engine.models import ModelShape, shape_from_config
 
 GB = 1e9
 CUDA_CONTEXT = 1_450_000_000   # NVML used − allocator reserved, measured on an H200 (torch 2.11, CUDA 13)
+# cuBLAS's workspaces, taken from the caching allocator and kept: 32 MiB per (handle, stream) on Hopper (torch's
+# default), one for the forward's thread and one for autograd's backward thread. On the H100 (torch 2.11) the memory
+# allocated between steps grew by exactly 64 MiB after the first step, and the step's peak sat 34-68 MB above every
+# tensor the tracker counted (tests/benchmarks/results/moe_op_workspace_h100.jsonl).
+CUBLAS_WORKSPACES = 2 * 32 * 2**20
 # reserved − allocated at the peak (caching-allocator blocks that cannot be reused for the next request).
 # Fitted on the H200 table (tests/benchmarks/results/memory_accuracy.md): a fixed ~1.6 GB, plus 23 % of the
 # loss buffers when checkpointing or pure bf16 leave memory cut into blocks too small for them.
@@ -127,8 +132,11 @@ def _task(shape: ModelShape, run: RunConfig) -> str:
     return "classification" if shape.is_encoder else "causal-lm"
 
 
-def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int, kahan: bool = False) -> int:
-    """Optimizer state as torch / bitsandbytes allocate it, per tensor (states share the weight's dtype)."""
+def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int, kahan: bool = False,
+                    library: str | None = None) -> int:
+    """Optimizer state as torch / torchao / bitsandbytes allocate it, per tensor (states share the weight's dtype).
+    ``library``: who runs adamw8bit (memory.lowbit's decision): torchao keeps plain states in the weight's dtype
+    for a tensor it does not quantise, bitsandbytes (and None) fp32 ones."""
     total = 0
     for shp in shape.tensors.values():
         n = math.prod(shp)
@@ -136,6 +144,9 @@ def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int, kahan: bool 
             total += 2 * wbytes * n + 4          # exp_avg, exp_avg_sq, and a fp32 `step` scalar tensor
             if wbytes == 2 and kahan:
                 total += 2 * n                   # bf16 weights: CompensatedAdamW's Kahan buffer (optim.py)
+        elif optimizer == "adamw8bit" and library == "torchao":
+            quantised = n >= BNB_MIN_8BIT and n % BNB_BLOCK == 0
+            total += 2 * n + 8 * (n // BNB_BLOCK) if quantised else 2 * wbytes * n
         elif optimizer == "adamw8bit":
             total += 2 * n + 8 * math.ceil(n / BNB_BLOCK) if n >= BNB_MIN_8BIT else 8 * n
         elif optimizer == "adamw4bit":            # torchao: 4-bit codes + a fp32 scale per 128 values
@@ -149,6 +160,14 @@ def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int, kahan: bool 
         else:
             raise ValueError(f"unknown optimizer {optimizer!r}")
     return total
+
+
+def lowbit_for(run: RunConfig, *, probe: bool) -> str | None:
+    """The library that runs the run's 8/4-bit optimizer here (memory.lowbit, the trainer's own decision), else None."""
+    if run.optim.optimizer not in ("adamw8bit", "adamw4bit"):
+        return None
+    from ftstudio.engine.memory.lowbit import lowbit_library
+    return lowbit_library(run.optim.optimizer, probe=probe).library
 
 
 BENCHMARK_NOTE = ("eval.benchmarks: the harness pass is planned as a no-grad forward of {b} × {s} tokens with full "
@@ -219,7 +238,8 @@ def estimate(model_config: dict | ModelShape, run_config: RunConfig, gpus: int =
 
     weights = wb * N // gpus
     grads = wb * N // gpus
-    opt = optimizer_bytes(shape, run.optim.optimizer, wb, kahan=run.optim.bf16_rounding == "kahan") // gpus
+    opt = optimizer_bytes(shape, run.optim.optimizer, wb, kahan=run.optim.bf16_rounding == "kahan",
+                          library=lowbit_for(run, probe=False)) // gpus
     reg = run.regularize
     # θ0 is kept for L2-SP, EWC and the drift monitor, EWC's Fisher beside it, at the bytes they are stored in
     # (forgetting/anchors.py: "gpu" fp32 whatever the weights' dtype, "bf16" 2 B, "cpu" in host memory).

@@ -146,7 +146,9 @@ def choose(cfg, model_config, budget: int, *, compare: str = "peak_allocated", d
         from ftstudio.engine.memory import estimate
         plan = lambda mc, run: estimate(mc, run, 1, device=device)  # noqa: E731
     liger = _installed("liger_kernel") if liger is None else liger
-    lowbit = (_installed("torchao") or _installed("bitsandbytes")) if lowbit is None else lowbit
+    if lowbit is None:        # the trainer's own decision (memory.lowbit): installed and importable here
+        from ftstudio.engine.memory.lowbit import lowbit_library
+        lowbit = lowbit_library("adamw8bit", probe=True).usable
     gb = lambda x: f"{x / 1e9:.1f} GB"  # noqa: E731
     what = "peak allocated" if compare == "peak_allocated" else "total"
     seen: list[Candidate] = []

@@ -138,20 +138,14 @@ def _adamw8bit_factory(common: dict, device_type: str, bf16_weights: bool):
     """8-bit AdamW states (blockwise-quantised moments, ~2 bytes per parameter instead of 8).
 
     torchao first: it rounds bf16 weights stochastically, so small updates survive on average; bitsandbytes
-    otherwise (fp32 weights, or torchao absent). Both are imported only when chosen.
-    """
+    otherwise (fp32 weights, or torchao absent). Which one runs is memory.lowbit's decision, the one the plan
+    takes too; neither usable stops the run here with why (never full AdamW states instead, unsaid)."""
     if device_type != "cuda":
         raise ConfigError("optim.optimizer", f"adamw8bit needs a CUDA GPU; use adamw on {device_type}")
-    try:
-        from torchao.optim import AdamW8bit
-        return lambda groups: AdamW8bit(groups, **common, bf16_stochastic_round=bf16_weights)
-    except ImportError:
-        pass
-    try:
-        import bitsandbytes as bnb
-    except ImportError:
-        raise ConfigError("optim.optimizer", "adamw8bit needs torchao or bitsandbytes: pip install torchao") from None
-    return lambda groups: bnb.optim.AdamW8bit(groups, **common)
+    library, cls = _lowbit_class("adamw8bit")
+    if library == "torchao":
+        return lambda groups: cls(groups, **common, bf16_stochastic_round=bf16_weights)
+    return lambda groups: cls(groups, **common)
 
 
 def _adamw4bit_factory(common: dict, device_type: str, bf16_weights: bool):
@@ -160,11 +154,17 @@ def _adamw4bit_factory(common: dict, device_type: str, bf16_weights: bool):
     one 141 GB card. Tensors under 4096 values keep plain states."""
     if device_type != "cuda":
         raise ConfigError("optim.optimizer", f"adamw4bit needs a CUDA GPU; use adamw on {device_type}")
-    try:
-        from torchao.optim import AdamW4bit
-    except ImportError:
-        raise ConfigError("optim.optimizer", "adamw4bit needs torchao: pip install torchao") from None
-    return lambda groups: AdamW4bit(groups, **common, bf16_stochastic_round=bf16_weights)
+    _, cls = _lowbit_class("adamw4bit")
+    return lambda groups: cls(groups, **common, bf16_stochastic_round=bf16_weights)
+
+
+def _lowbit_class(kind: str):
+    from ftstudio.engine.memory.lowbit import lowbit_library, optimizer_class
+
+    found = lowbit_library(kind, probe=True)
+    if not found.usable:
+        raise ConfigError("optim.optimizer", found.problem())
+    return optimizer_class(kind)
 
 
 # -- AdamW for bf16 weights ------------------------------------------------------------------------

@@ -131,6 +131,7 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
                      "data); planned uncompiled, which holds more")
     lines += said
     eff = run.replace(compile=chosen["compile"], packing=chosen["packing"])
+    eff = _as_trained(eff, dev, shape.params, gpus, lines)
     if chosen["packing"] and task == "causal-lm":
         longest, padded = s, False           # packed rows fill seq_len, one document mask per row
     traced_at = None
@@ -151,6 +152,22 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
     else:
         plan = plan_at(seq_len=longest)
     return RunPlan(plan=plan, config=eff, lines=lines, seq_len=longest, padded=padded)
+
+
+def _as_trained(eff: RunConfig, dev: str, params: int, gpus: int, lines: list[str]) -> RunConfig:
+    """Whether FP8 "auto" turns on, by the trainer's own function (train/fp8.decide), said in ``lines``; the memory
+    budget's choices follow in plan_run (fast_path.fit_memory). The plan is then of that run, and says where it is
+    outside what was checked on a GPU (memory/checked.py)."""
+    import importlib.util
+
+    from ftstudio.engine.train import fp8 as fp8_mod
+
+    if eff.memory.fp8 == "auto":
+        recipe, said = fp8_mod.decide("auto", device=dev, capability=None, compiled=bool(eff.memory.compile),
+                                      params=params, torchao=importlib.util.find_spec("torchao") is not None, gpus=gpus)
+        eff = eff.replace(fp8=recipe or "off")
+        lines += [said] if said else []
+    return eff
 
 
 __all__ = ["RunPlan", "RowFacts", "plan_run", "read_rows", "trainer_loss"]

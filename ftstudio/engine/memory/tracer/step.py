@@ -44,6 +44,7 @@ class StepChoices:
     loss: str = "full"                  # full | chunked (the checkpointed slices of train/loss.py)
     grad_accum: int = 1
     in_backward: bool = False           # the optimizer step inside backward: each gradient freed at once
+    step_bytes: int = 0                 # with in_backward: the update's transient, bytes per value of the tensor
     offload: bool = False               # what the forward saves outside checkpoints lives in CPU memory
     reentrant: bool = False             # checkpoints are reentrant (their inputs pass through offload's hooks)
     padded: bool = False                # rows of a batch differ in length: an attention mask is passed
@@ -226,12 +227,23 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
             ck = {"use_reentrant": True} if choices.reentrant else {
                 "use_reentrant": False, "context_fn": lambda: (nullcontext(), rules_for())}
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ck)
+            if choices.reentrant:
+                _recompute_under(model, rules_for)
         model.train()
         weights = sum(round_block(p.untyped_storage().nbytes(), choices.block)
                       for p in {id(p): p for p in params}.values())
         if choices.in_backward:
+            # each tensor is updated as its gradient completes, then the gradient is freed: the update's transient
+            # (fp32 copies, dequantised 8/4-bit states) is allocated at that moment of the backward, not at its peak
+            # (a tied embedding's, the largest tensor, comes at the very end, when the activations are gone)
+            per = int(choices.step_bytes)
+
+            def stepped(p):
+                if per:
+                    torch.empty(per * p.numel(), dtype=torch.uint8)
+                p.grad = None
             for p in params:
-                p.register_post_accumulate_grad_hook(lambda p: setattr(p, "grad", None))
+                p.register_post_accumulate_grad_hook(stepped)
         if choices.compiled and choices.checkpointing and choices.reentrant:
             # AOTAutograd's joint trace runs autograd.grad, which a reentrant checkpoint refuses: the blocks are
             # traced eagerly inside their checkpoints (only each block's input is kept either way; the recompute's
@@ -273,6 +285,29 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
             "first": first, "last": last,
             "params": n_params, "largest": largest, "notes": notes,
             "tensors": {name: tuple(p.shape) for name, p in model.named_parameters()}}
+
+
+def _recompute_under(model, rules_for) -> None:
+    """A reentrant checkpoint recomputes its block inside autograd's backward, where the torch-function modes of
+    the traced step are not active (its own forward, under no_grad, sees them): without this, a CPU recompute ran
+    SDPA with its dropout, the math kernel keeping (B, H, S, S) scores that CUDA's fused kernel never makes (a
+    BERT-base Largest plan +1.4 GB per traced block). Each block's recompute runs under ``rules_for()`` again."""
+    import functools
+
+    def under_rules(checkpoint_fn, fn, *args, **kwargs):
+        def run(*a, **k):
+            if not torch.is_grad_enabled():      # the checkpoint's forward: the step's own modes are active
+                return fn(*a, **k)
+            with rules_for():
+                return fn(*a, **k)
+        return checkpoint_fn(run, *args, **kwargs)
+
+    for module in model.modules():
+        fn = getattr(module, "_gradient_checkpointing_func", None)
+        if fn is not None and not getattr(fn, "_under_rules", False):
+            wrapped = functools.partial(under_rules, fn)
+            wrapped._under_rules = True
+            module._gradient_checkpointing_func = wrapped
 
 
 def offloaded(live: LiveBytes):
