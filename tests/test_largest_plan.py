@@ -231,7 +231,7 @@ def test_plan_run_plans_the_memory_budgets_choice_and_says_it_is_unchecked():
 
 
 def test_plan_run_resolves_fp8_auto_as_setup_does(monkeypatch):
-    from ftstudio.engine.train import fast_path
+    from ftstudio.engine.train import fast_path, fp8
     from ftstudio.engine.train.plan_run import RowFacts, plan_run
 
     monkeypatch.setattr(fast_path, "inductor_available", lambda: True)
@@ -242,5 +242,6 @@ def test_plan_run_resolves_fp8_auto_as_setup_does(monkeypatch):
     rp = plan_run(run, model_config=big, device="cuda", rows=rows, trace=False)
     assert rp.config.memory.fp8 == "tensorwise" and any(line.startswith("FP8 on (auto)") for line in rp.lines)
     assert any("FP8 linear layers" in n for n in rp.plan.notes) and rp.plan.margin >= 0.06
-    small = plan_run(run, model_config=dict(LLAMA_1B), device="cuda", rows=rows, trace=False)
+    small = plan_run(run, model_config={**LLAMA_1B, "num_hidden_layers": 4}, device="cuda", rows=rows, trace=False)
+    assert small.plan.params < fp8.AUTO_MIN_PARAMS                       # under the size where FP8 measured faster
     assert small.config.memory.fp8 == "off" and not any("FP8" in n for n in small.plan.notes)
