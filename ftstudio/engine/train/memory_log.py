@@ -7,7 +7,9 @@ Measured per phase as cheaply as the device allows (:class:`PhaseMeter`): on CUD
 (``max_memory_allocated``, reset at each phase's end: host-side counters, no device sync); on the CPU the
 process's peak resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``), from which a CPU run's
 activations are measured: the peak over forward and backward less the resident set at the step's start (weights
-and optimizer state) less the gradients."""
+and optimizer state) less the gradients. The resident set grows only by pages newly made resident: what the C
+allocator hands out again from memory freed earlier in the process (resident already) is not seen, so a CPU phase's
+figure is a lower bound of what it allocated."""
 from __future__ import annotations
 
 from contextlib import contextmanager
