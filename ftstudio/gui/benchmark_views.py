@@ -16,7 +16,7 @@ from PySide6.QtWidgets import (QCheckBox, QFileDialog, QGroupBox, QHBoxLayout, Q
 
 from .engine_access import EngineMissing, engine
 from .theme import COLORS
-from .tool_thread import ToolThread
+from .tool_thread import run_stop
 
 LABELS = {"base": "base (θ0)", "fine_tuned": "fine-tuned", "model": "model"}
 BAR_COLORS = {"base": COLORS["other"], "fine_tuned": COLORS["train"], "model": COLORS["train"]}
@@ -81,8 +81,6 @@ class BenchmarkView(QGroupBox):
         self.setObjectName("benchmarkView")
         self.run_dir: str | None = None
         self.record: dict | None = None
-        self.job = ToolThread(self)
-        self.job.done.connect(self._done)
         self._build()
 
     def _build(self) -> None:
@@ -111,15 +109,7 @@ class BenchmarkView(QGroupBox):
         self.chat.setToolTip("Render the prompts through the chat template the fine-tune was trained with, for "
                              "both models (recorded with the scores)")
         row.addWidget(self.chat)
-        self.run_button = QPushButton("Score both")
-        self.run_button.setObjectName("benchmarkRunButton")
-        self.run_button.clicked.connect(self.start)
-        row.addWidget(self.run_button)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setObjectName("benchmarkStopButton")
-        self.stop_button.setEnabled(False)
-        self.stop_button.clicked.connect(self.stop)
-        row.addWidget(self.stop_button)
+        run_stop(self, row, "Score both", self.start, ("benchmarkRunButton", "benchmarkStopButton"))
         lay.addLayout(row)
         self.status = QLabel("Open a finished run to see its benchmark record, or score both models here.")
         self.status.setWordWrap(True)
@@ -136,9 +126,6 @@ class BenchmarkView(QGroupBox):
         self.settings_line = QLabel("")
         self.settings_line.setWordWrap(True)
         lay.addWidget(self.settings_line)
-        self.timer = pg.QtCore.QTimer(self)
-        self.timer.setInterval(100)
-        self.timer.timeout.connect(self._drain)
         self._enable()
 
     @Slot()

@@ -11,13 +11,13 @@ was picked under are saved in RUN/interpolation/choice.json, and shown again whe
 from __future__ import annotations
 
 import pyqtgraph as pg
-from PySide6.QtCore import Qt, QTimer, Slot
+from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFileDialog, QGroupBox, QHBoxLayout, QLabel, QLineEdit, QPushButton,
                                QSlider, QVBoxLayout)
 
 from .engine_access import EngineMissing, engine
 from .theme import COLORS
-from .tool_thread import ToolThread
+from .tool_thread import run_stop
 
 DEFAULT_ALPHAS = "0,0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 
@@ -62,8 +62,6 @@ class ForgettingBudgetView(QGroupBox):
         self.choice: dict | None = None
         self.choose_folder = self._ask_folder  # replaced in tests (a file dialog cannot be clicked offscreen)
         self.bench_settings = None  # a callable giving BenchSettings (the Benchmarks view's), see use_benchmarks
-        self.job = ToolThread(self)
-        self.job.done.connect(self._done)
         self._job_kind = ""
         self._build()
 
@@ -88,14 +86,8 @@ class ForgettingBudgetView(QGroupBox):
         self.with_bench.setToolTip("Also score each α on the harness tasks set in the Benchmarks view (slower)")
         self.with_bench.setEnabled(False)   # until a provider of benchmark settings is set (the Compare tab's)
         row.addWidget(self.with_bench)
-        self.sweep_button = QPushButton("Sweep α")
-        self.sweep_button.setObjectName("sweepAlphaButton")
-        self.sweep_button.clicked.connect(self.start_sweep)
-        row.addWidget(self.sweep_button)
-        self.stop_button = QPushButton("Stop")
-        self.stop_button.setObjectName("sweepStopButton")
-        self.stop_button.clicked.connect(self.stop)
-        row.addWidget(self.stop_button)
+        run_stop(self, row, "Sweep α", self.start_sweep, ("sweepAlphaButton", "sweepStopButton"))
+        self.sweep_button = self.run_button
         lay.addLayout(row)
         self.status = QLabel("Open a finished run to see its α sweep, or sweep it here.")
         self.status.setWordWrap(True)
@@ -154,9 +146,6 @@ class ForgettingBudgetView(QGroupBox):
         self.rule = QLabel("")
         self.rule.setWordWrap(True)
         lay.addWidget(self.rule)
-        self.timer = QTimer(self)
-        self.timer.setInterval(100)
-        self.timer.timeout.connect(self._drain)
         self._enable()
 
     @Slot()

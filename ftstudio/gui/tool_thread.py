@@ -118,3 +118,24 @@ def job_controls(dialog, row, use_text: str, redraw_ms: int = 100) -> None:
     dialog.timer = QTimer(dialog)
     dialog.timer.setInterval(redraw_ms)
     dialog.timer.timeout.connect(dialog._drain)
+
+
+def run_stop(view, row, run_text: str, on_run, names: tuple[str, str], redraw_ms: int = 100) -> None:
+    """Run / Stop of a view that runs one engine job at a time, added to ``row``: ``view.run_button`` (``on_run``),
+    ``view.stop_button`` (``view.stop``; enabled while the job runs), ``view.job`` (a :class:`ToolThread` whose
+    ``done`` goes to ``view._done``) and ``view.timer`` draining the job's events into ``view._drain``; ``names``
+    are the two buttons' object names."""
+    view.run_button = QPushButton(run_text)
+    view.stop_button = QPushButton("Stop")
+    for button, name in zip((view.run_button, view.stop_button), names):
+        button.setObjectName(name)
+        row.addWidget(button)
+    view.stop_button.setEnabled(False)
+    view.run_button.clicked.connect(on_run)
+    view.stop_button.clicked.connect(view.stop)
+    view.job = ToolThread(view)
+    view.job.done.connect(view._done)
+    view.timer = QTimer(view)
+    view.timer.setInterval(redraw_ms)
+    view.timer.timeout.connect(view._drain)
+
