@@ -86,6 +86,16 @@ def test_estimate_takes_a_preset_and_the_step_in_backward(capsys):
     assert last_json(capsys)["breakdown"]["gradients"] < plain["breakdown"]["gradients"] / 20
 
 
+def test_estimate_takes_demo_as_train_does(capsys):
+    """`estimate --demo` plans `train --demo`: the bundled model, and its data read for the real row lengths."""
+    assert main(["estimate", "--demo", "--json"]) == 0
+    demo = last_json(capsys)
+    assert main(["estimate", "demo", "--dataset", "demo", "--json"]) == 0
+    named = last_json(capsys)
+    assert demo["peak_allocated_bytes"] == named["peak_allocated_bytes"] > 0
+    assert any(line.startswith("Data: ") for line in demo["choices"])
+
+
 def test_gpus_json(capsys):
     assert main(["gpus", "--json"]) == 0
     report = last_json(capsys)

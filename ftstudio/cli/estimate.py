@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
     p.add_argument("model", nargs="?", help="a model folder, a config.json, or a cached hub id")
     p.add_argument("--config", metavar="RUN.yaml", help="a run config YAML, as `ftstudio train` takes it; flags "
                                                           "override it")
+    p.add_argument("--demo", action="store_true", help="the bundled demo (model and data), as `ftstudio train --demo`")
     p.add_argument("--params", type=float, help="parameter count (instead of MODEL), e.g. 7e9")
     p.add_argument("--hidden", type=int, help="hidden size d (with --params)")
     p.add_argument("--layers", type=int, help="number of layers L (with --params)")
@@ -62,6 +63,8 @@ def _run_config(args: argparse.Namespace):
     from .flags import apply_config_flags
 
     base = RunConfig.load(args.config) if args.config else RunConfig()
+    if getattr(args, "demo", False):        # as train's --demo: before the preset and the flags, which override it
+        base = base.replace(source="demo", dataset="demo")
     if args.preset:
         base = apply_preset(base, args.preset)
     base = apply_config_flags(base, args)
@@ -84,13 +87,13 @@ def run(args: argparse.Namespace) -> int:
 
     from . import fail
 
-    if not args.model and (args.config or args.cfg_source):
+    if not args.model and (args.config or args.cfg_source or getattr(args, "demo", False)):
         try:                                  # the model named by the config file or --model
             args.model = _run_config(args).model.source
         except FTStudioError as e:
             return fail(str(e))
     if not args.model and None in (args.params, args.hidden, args.layers):
-        return fail("give MODEL (a folder, config.json or cached hub id) or --params, --hidden and --layers")
+        return fail("give MODEL (a folder, config.json or cached hub id), --demo, or --params, --hidden and --layers")
     card = CARD_GB if args.gpu_memory is None else args.gpu_memory
     try:
         from ftstudio.engine.memory.report import _check_sizes   # this verb's own sizes, named by their flags
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             seq, cap = args.seq_len, False
         else:
             seq, cap = cfg.data.seq_len, True    # the config's length, capped at the model's context
-        read_data = bool(args.config or args.cfg_dataset)
+        read_data = bool(args.config or args.cfg_dataset or getattr(args, "demo", False))
         plan_fn = _planner(args, read_data, cfg.hardware.precision == "auto") if args.model and args.trace else None
         report = estimate_report(args.model, params=args.params, hidden=args.hidden, layers=args.layers,
                                  seq_len=seq, cap_seq_len=cap, batch_size=batch, grad_accum=cfg.train.grad_accum,
