@@ -84,6 +84,8 @@ def test_estimate_takes_a_preset_and_the_step_in_backward(capsys):
     assert four["optimizer"] == "adamw4bit" and four["breakdown"]["optimizer"] < largest["breakdown"]["optimizer"]
     assert main(["estimate", *shape, "--optimizer-in-backward"]) == 0
     assert last_json(capsys)["breakdown"]["gradients"] < plain["breakdown"]["gradients"] / 20
+    assert main(["estimate", *shape, "--preset", "largest", "--no-optimizer-in-backward"]) == 0   # as train takes it
+    assert last_json(capsys)["breakdown"]["gradients"] > largest["breakdown"]["gradients"] * 20
 
 
 def test_estimate_takes_demo_as_train_does(capsys):

@@ -39,10 +39,11 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=[x for x in PRECISIONS if x != "auto"], help="default bf16-mixed")
     p.add_argument("--optimizer", choices=OPTIMIZERS, help="default adamw")
     p.add_argument("--loss", choices=LOSSES, help="default full")
-    p.add_argument("--activation-checkpointing", action="store_true", default=None)
-    p.add_argument("--offload-activations", action="store_true", default=None,
+    on_off = argparse.BooleanOptionalAction   # --no-X turns off what a preset or the config file turned on, as in train
+    p.add_argument("--activation-checkpointing", action=on_off, default=None)
+    p.add_argument("--offload-activations", action=on_off, default=None,
                    help="checkpointed block inputs in pinned CPU memory (implies --activation-checkpointing)")
-    p.add_argument("--optimizer-in-backward", action="store_true", default=None,
+    p.add_argument("--optimizer-in-backward", action=on_off, default=None,
                    help="the optimizer step inside backward: one gradient tensor at a time")
     p.add_argument("--gpus", type=int, default=1, help="number of GPUs sharing the state (FSDP)")
     p.add_argument("--gpu-memory", type=float, default=None,
@@ -71,10 +72,13 @@ def _run_config(args: argparse.Namespace):
     if args.model:
         base = base.replace(source=args.model)
     m = base.memory
-    ckpt = bool(args.activation_checkpointing or args.offload_activations or m.activation_checkpointing)
-    own = {"activation_checkpointing": ckpt,
-           "offload_activations": bool(args.offload_activations or m.offload_activations),
-           "optimizer_in_backward": bool(args.optimizer_in_backward or m.optimizer_in_backward)}
+    def given(flag, leaf: bool) -> bool:
+        return bool(leaf if flag is None else flag)
+
+    offload = given(args.offload_activations, m.offload_activations)
+    own = {"activation_checkpointing": given(args.activation_checkpointing, m.activation_checkpointing) or offload,
+           "offload_activations": offload,
+           "optimizer_in_backward": given(args.optimizer_in_backward, m.optimizer_in_backward)}
     for leaf in ("batch_size", "grad_accum", "optimizer", "loss", "precision"):
         if getattr(args, leaf) is not None:
             own[leaf] = getattr(args, leaf)
