@@ -269,6 +269,7 @@ def test_config_and_data_mismatches_are_refused_by_name(tiny_llama, tmp_path):
     text.write_text("\n".join(json.dumps({"text": f"the cat {i}"}) for i in range(8)) + "\n")
     failed, _ = run(dpo_config(tiny_llama, text, tmp_path / "runs", run_name="t", max_steps=1))
     assert isinstance(failed, RunFailed) and "preference data" in failed.reason
+    assert not (tmp_path / "runs").exists()   # refused before the run folder: nothing written (both mismatches)
 
 
 def test_trackers_get_the_preference_metrics_as_scalars():

@@ -327,17 +327,23 @@ def objective_for(trainer, cfg, model, prepared, device: str, numerics):
     return objective
 
 
+def check_method_format(method: str, fmt: str | None) -> None:
+    """train.method against the data's format, refused by name; the trainer calls it before the run folder is
+    made, so a mismatch writes nothing."""
+    preference = fmt == "preference"
+    if method == "sft" and preference:
+        raise ConfigError("train.method", "the data are preference pairs (prompt / chosen / rejected); train "
+                          "them with --method dpo or --method simpo, or give SFT rows")
+    if method != "sft" and not preference:
+        raise ConfigError("train.method", f"{method} needs preference data (rows with prompt, chosen and rejected); "
+                          f"the data format is {fmt!r}")
+
+
 def _objective(cfg, model, prepared, device: str, numerics, run_dir, report):
     method = cfg.train.method
-    preference = prepared.format == "preference"
+    check_method_format(method, prepared.format)
     if method == "sft":
-        if preference:
-            raise ConfigError("train.method", "the data are preference pairs (prompt / chosen / rejected); train "
-                              "them with --method dpo or --method simpo, or give SFT rows")
         return None
-    if not preference:
-        raise ConfigError("train.method", f"{method} needs preference data (rows with prompt, chosen and rejected); "
-                          f"the data format is {prepared.format!r}")
     chunked = cfg.memory.loss == "chunked"
     if method == "simpo":
         report(LogLine(f"SimPO: reference-free, β {cfg.train.dpo_beta:g}, γ {cfg.train.simpo_gamma:g}"))

@@ -148,6 +148,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         for warning in (p for p in report.problems if p.severity != "error"):
             self.report(LogLine(str(warning), "info" if warning.severity == "info" else "warning"))
         fmt = report.format
+        dpo.check_method_format(cfg.train.method, fmt)   # a method the data cannot train: refused before the folder
         task = models_mod.resolve_task(cfg.model.task, info, fmt)
         self.report(LogLine(f"Model {info.architecture} ({info.params_text} parameters), "
                             f"data format {fmt}, task {task}, device {device}, precision {numerics.precision}"))
