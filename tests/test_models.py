@@ -276,3 +276,13 @@ def test_remote_code_never_runs_unless_trusted(tiny_llama, tmp_path):
     with pytest.raises(ModelError, match="ships its own Python code.*trust_remote_code"):
         load_model(ModelConfig(source=str(m)), task="causal-lm")
     assert not marker.exists()
+
+
+def test_a_config_json_missing_a_size_field_names_that_field():
+    """Trial: a config.json with hidden_size deleted was said to lack all three size fields at once."""
+    from ftstudio.engine.models.tensors import shape_from_config
+
+    cfg = {"model_type": "llama", "num_hidden_layers": 2, "vocab_size": 100, "num_attention_heads": 4}
+    with pytest.raises(ModelError) as e:
+        shape_from_config(cfg)
+    assert "lacks hidden_size " in str(e.value) and "vocab_size" not in str(e.value)

@@ -83,7 +83,9 @@ def shape_from_config(cfg: dict) -> ModelShape:
     L = _get(cfg, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
     V = _get(cfg, "vocab_size")
     if not d or not L or not V:
-        raise ModelError(f"config.json of model_type {mt!r} lacks hidden_size / num_hidden_layers / vocab_size")
+        missing = [n for n, v in (("hidden_size", d), ("num_hidden_layers", L), ("vocab_size", V)) if not v]
+        raise ModelError(f"config.json of model_type {mt!r} lacks {', '.join(missing)} (or has it 0); add "
+                         f"{'it' if len(missing) == 1 else 'them'} from the model's original config.json")
     heads = _get(cfg, "num_attention_heads", "n_head", "num_heads", default=max(1, d // 64))
     kvh = _get(cfg, "num_key_value_heads", "n_kv_heads", default=heads)
     hd = _get(cfg, "head_dim", default=d // heads)
