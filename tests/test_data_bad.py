@@ -231,3 +231,15 @@ def test_a_refused_file_says_each_problem_once(tiny_llama, tmp_path, bad_rows):
     else:
         assert said == [first, f"{path}, row 2, field 'text': text is empty"]
         assert result.reason == first + " (and 1 more problem)"
+
+
+def test_a_named_column_the_format_does_not_read_is_said(tmp_path):
+    """Trial: --text-column nosuch on prompt-completion rows passed without a word (the flag was simply unused)."""
+    p = tmp_path / "pc.jsonl"
+    p.write_text("\n".join(json.dumps({"prompt": "a b", "completion": "c d"}) for _ in range(4)) + "\n")
+    report = check_data(DataConfig(dataset=str(p), text_column="nosuch", val_fraction=0.0))
+    assert not report.ok and [(e.field, "no such column" in e.reason) for e in report.errors] == [("nosuch", True)]
+    report = check_data(DataConfig(dataset=str(p), text_column="prompt", val_fraction=0.0))
+    assert report.ok and report.format == "prompt-completion"
+    assert any("--text-column prompt: not read" in w["reason"] for w in report.to_dict()["warnings"])
+    assert check_data(DataConfig(dataset=str(p), val_fraction=0.0)).to_dict()["warnings"] == []

@@ -100,6 +100,25 @@ def _split(part: _Part, frac: float, seed: int, by_label: bool) -> tuple[_Part, 
     return take(train_idx), take(val_idx)
 
 
+def _unused_columns(res, fmt: str, cfg) -> list[DataProblem]:
+    """--text-column / --label-column named for rows whose format reads other fields: a name the file lacks is an
+    error (a typo must not pass unseen), one it has is a warning that the column is not read."""
+    if fmt in ("text", "classification") or not res.records:
+        return []
+    out = []
+    columns = sorted({k for r in res.records[:50] for k in r}, key=str)
+    for flag, name in (("--text-column", cfg.text_column), ("--label-column", cfg.label_column)):
+        if not name:
+            continue
+        if not any(name in r for r in res.records):
+            out.append(DataProblem(res.path, None, name, f"{flag} {name}: no such column (the columns are "
+                                   f"{', '.join(map(str, columns))}); {fmt!r} rows do not use {flag}, leave it out"))
+        else:
+            out.append(DataProblem(res.path, None, name, f"{flag} {name}: not read; {fmt!r} rows use their own "
+                                   "fields (pick --format text or classification to train on this column)", "warning"))
+    return out
+
+
 def build_rows(cfg, task: str | None, seed: int) -> _Built:
     problems: list[DataProblem] = []
     res = read_source(source_path(cfg.dataset))
@@ -109,6 +128,7 @@ def build_rows(cfg, task: str | None, seed: int) -> _Built:
         cfg = dataclasses.replace(cfg, text_column=roles.text, label_column=roles.label)
         problems.append(DataProblem(res.path, None, None, roles.line(), "info"))
     fmt = detect_format(res.records, cfg)
+    problems += _unused_columns(res, fmt, cfg)
     text_col, label_col = resolve_columns(res.records, cfg)
     if fmt in ("text", "classification") and res.records and not any(text_col in r for r in res.records):
         # One line for the file, not one per row: the column is simply not there.
