@@ -243,3 +243,16 @@ def test_a_named_column_the_format_does_not_read_is_said(tmp_path):
     assert report.ok and report.format == "prompt-completion"
     assert any("--text-column prompt: not read" in w["reason"] for w in report.to_dict()["warnings"])
     assert check_data(DataConfig(dataset=str(p), val_fraction=0.0)).to_dict()["warnings"] == []
+
+
+def test_fields_beside_a_json_files_list_of_rows_are_said(tmp_path):
+    """Trial: {"data": [...], "version": "1"} read the rows and dropped "version" without a word."""
+    p = tmp_path / "wrapped.json"
+    p.write_text(json.dumps({"data": [{"text": "a b"}, {"text": "c d"}], "version": "1", "source": "x"}))
+    report = check_data(DataConfig(dataset=str(p), val_fraction=0.0))
+    assert report.ok and report.rows == 2
+    said = [p for p in report.problems if "'version', 'source'" in p.reason and "not read" in p.reason]
+    assert len(said) == 1 and said[0].severity == "info"
+    q = tmp_path / "plain.json"
+    q.write_text(json.dumps({"data": [{"text": "a b"}, {"text": "c d"}]}))
+    assert not check_data(DataConfig(dataset=str(q), val_fraction=0.0)).problems

@@ -198,6 +198,11 @@ def _rows_of_json(obj, res, depth: int = 0) -> None:
     lists = [k for k in keys if isinstance(obj[k], list)]
     if len(lists) == 1 and obj[lists[0]] and all(isinstance(x, dict) for x in obj[lists[0]]):
         _clean_markers(obj, res)
+        rest = [k for k in obj if k != lists[0]]
+        if rest:   # the fields beside the list are not rows: said, not dropped unseen
+            res.problem(None, None, f"rows read from the list {lists[0]!r}; the file's other top-level field"
+                                    f"{'s' if len(rest) > 1 else ''} ({', '.join(map(repr, rest))}) "
+                                    f"{'are' if len(rest) > 1 else 'is'} not rows and not read", "info")
         _rows_of_json(obj[lists[0]], res, depth + 1)
         return
     nested = [k for k in keys if isinstance(obj[k], dict) and (_is_columns(obj[k]) or "train" in obj[k])]
