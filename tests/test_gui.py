@@ -593,3 +593,24 @@ def test_relative_output_moves_home_when_the_start_folder_is_read_only(make_wind
     keep = make_window(output=str(tmp_path / "abs"))
     _writable_output(keep)
     assert keep.config().train.output == str(tmp_path / "abs")  # an absolute choice is the user's
+
+
+def test_a_run_killed_after_its_checkpoint_reopens_without_doubled_steps(qtbot):
+    """Trial: kill -9 at step 5 after a checkpoint at step 3, then --resume: metrics.jsonl holds steps 4-5 twice,
+    and the reopened run's curves ran back from 5 to 4. The resume's points replace the killed attempt's, said."""
+    from ftstudio.core import events as ev
+    from ftstudio.gui.monitor import Monitor
+
+    m = Monitor()
+    qtbot.addWidget(m)
+
+    def started(frm):
+        return ev.RunStarted(run_dir="r", model="m", task="causal-lm", device="cpu", precision="fp32", params=1,
+                             total_steps=8, train_rows=8, val_rows=0, resumed_from_step=frm)
+    history = [started(0)] + [StepMetrics(step=s, loss=1.0 / s, lr=1e-4, grad_norm=1.0, tokens_per_s=1.0)
+                              for s in range(1, 6)]
+    history += [started(3)] + [StepMetrics(step=s, loss=0.5 / s, lr=1e-4, grad_norm=1.0, tokens_per_s=1.0)
+                               for s in range(4, 9)]
+    m.show_history([e.to_dict() for e in history])
+    assert m.train.x == [1, 2, 3, 4, 5, 6, 7, 8] and m.train.y[3] == 0.5 / 4
+    assert "2 points past step 3 are redrawn by the resume" in m.log.toPlainText()

@@ -7,6 +7,7 @@ step rate (CONVENTIONS "Live plots are pulled at a fixed rate").
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import html
 import math
@@ -113,6 +114,12 @@ class Series:
         self.x.append(x)
         self.y.append(float(y))
         self.dirty = True
+
+    def drop_after(self, x: float) -> int:  # removes the points past x (steps a resume reruns): how many
+        keep = bisect.bisect_right(self.x, x)
+        n, self.dirty = len(self.x) - keep, self.dirty or keep < len(self.x)
+        del self.x[keep:], self.y[keep:]
+        return n
 
     def clear(self) -> None:
         self.x.clear()
@@ -393,6 +400,8 @@ class Monitor(QWidget):
         self.progress.setValue(e.resumed_from_step)
         self.progress.setFormat("step %v / %m")
         resumed = f", resumed from step {e.resumed_from_step}" if e.resumed_from_step else ""
+        if e.resumed_from_step and (n := max(s.drop_after(e.resumed_from_step) for s in self.series)):
+            self.append_log(f"{n} points past step {e.resumed_from_step} are redrawn by the resume", "warning")
         self.append_log(f"run started: {e.model} ({e.params:,} parameters, task {e.task}) on {e.device}, "
                         f"{e.precision}; {e.total_steps} steps over {e.train_rows} rows{resumed}. Folder: {e.run_dir}")
         self.runStarted.emit(e)
