@@ -147,3 +147,17 @@ def test_a_train_run_imports_no_dataset_dataframe_plot_tracker_or_sweep_library(
     rc, loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert rc == 0 and (tmp_path / "runs").is_dir()
     assert loaded == [], f"a train run imported {loaded}"
+
+
+def test_check_data_show_on_a_file_with_errors_says_why_no_rows_are_shown(tmp_path, capsys):
+    """Trial: --show 3 on a CSV with a ragged row printed the errors and then no preview, without a word."""
+    p = tmp_path / "ragged.csv"
+    p.write_text("text,label\nthe cat,good\nthe dog,bad,extra\nthe sun,good\n", encoding="utf-8")
+    assert main(["check-data", str(p), "--show", "3"]) == 1
+    out = capsys.readouterr().out
+    assert "row 3: row has 3 fields" in out and "--show 3: no rows shown while the file has errors" in out
+    assert ", 2 rows (" in out   # the two good rows; and one row is "1 row"
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"text": "the cat"}) + "\n", encoding="utf-8")
+    main(["check-data", str(one), "--val-fraction", "0"])
+    assert ", 1 row (1 train" in capsys.readouterr().out

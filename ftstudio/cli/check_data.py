@@ -65,7 +65,8 @@ def _check_one(args: argparse.Namespace, cfg, tokenizer, task) -> int:
     for p in report.problems:
         print(f"{p.severity}: {p}", flush=True)
     if not args.json:
-        print(f"{d.get('path')}: format {d.get('format')}, task {d.get('task')}, {d.get('rows')} rows "
+        rows = d.get("rows")
+        print(f"{d.get('path')}: format {d.get('format')}, task {d.get('task')}, {rows} row{'' if rows == 1 else 's'} "
               f"({d.get('train_rows')} train / {d.get('val_rows')} validation)")
         if d.get("tokens") is not None:
             print(f"tokens {d['tokens']:,} (under the loss: {d['trainable_tokens']:,}), "
@@ -83,6 +84,8 @@ def _check_one(args: argparse.Namespace, cfg, tokenizer, task) -> int:
             print(f"labels: {', '.join(map(str, d['labels']))}")
         if d.get("rendering"):
             print(f"rendered as: {d['rendering']}")
+        if args.show > 0 and not report.ok:   # asked for, so its absence is said
+            print(f"--show {args.show}: no rows shown while the file has errors; fix the rows named above first")
         for item in d.get("preview", []):
             print(f"--- row {item['row']}" + (f" ({item['side']})" if item.get("side") else "")
                   + (" (truncated at seq_len)" if item.get("truncated") else ""))
