@@ -256,3 +256,12 @@ def test_fields_beside_a_json_files_list_of_rows_are_said(tmp_path):
     q = tmp_path / "plain.json"
     q.write_text(json.dumps({"data": [{"text": "a b"}, {"text": "c d"}]}))
     assert not check_data(DataConfig(dataset=str(q), val_fraction=0.0)).problems
+
+
+def test_classes_of_one_row_are_named_in_one_plain_warning(tmp_path):
+    """Trial: two single-row classes were said as "2 classes have a single row, so it cannot be ..."."""
+    p = tmp_path / "c.csv"
+    p.write_text("text,label\na b,x\nc d,y\ne f,z\ng h,z\n", encoding="utf-8")
+    warns = [w["reason"] for w in check_data(DataConfig(dataset=str(p))).to_dict()["warnings"]]
+    assert any(w.startswith("2 classes have a single row, so they cannot be in the validation split: 'x' (row 2), "
+                            "'y' (row 3)") for w in warns), warns

@@ -215,7 +215,8 @@ def _check_split(train: _Part, val: _Part, frac: float, by_label: bool, label_co
             shown = ", ".join(f"{a!r} (row {rows[a]})" for a in alone[:10]) + \
                 (f" and {len(alone) - 10} more" if len(alone) > 10 else "")
             problems.append(DataProblem(train.path, None, label_col, f"{len(alone)} class"
-                                        f"{'es have' if len(alone) > 1 else ' has'} a single row, so it cannot be in "
+                                        f"{'es have' if len(alone) > 1 else ' has'} a single row, so "
+                                        f"{'they' if len(alone) > 1 else 'it'} cannot be in "
                                         f"the validation split: {shown}; trained on, never evaluated", "warning"))
 
 
