@@ -270,6 +270,9 @@ def test_config_and_data_mismatches_are_refused_by_name(tiny_llama, tmp_path):
     failed, _ = run(dpo_config(tiny_llama, text, tmp_path / "runs", run_name="t", max_steps=1))
     assert isinstance(failed, RunFailed) and "preference data" in failed.reason
     assert not (tmp_path / "runs").exists()   # refused before the run folder: nothing written (both mismatches)
+    from ftstudio.engine.train.plan_run import read_rows   # the plan (estimate, the GUI's bar) counts no such run
+    with pytest.raises(ConfigError, match="preference data"):
+        read_rows(dpo_config(tiny_llama, text, tmp_path / "runs", run_name="t"))
 
 
 def test_trackers_get_the_preference_metrics_as_scalars():

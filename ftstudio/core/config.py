@@ -30,6 +30,18 @@ from .sections import (  # noqa: F401  (the sections and choices are part of thi
 RUN_FIELDS_SINCE = {("data", "group_by_length"): False}
 
 
+def check_method_format(method: str, fmt: str | None) -> None:
+    """train.method against the data's format, refused by name; the trainer calls it before the run folder is
+    made (a mismatch writes nothing), the plan before it counts anything."""
+    preference = fmt == "preference"
+    if method == "sft" and preference:
+        raise ConfigError("train.method", "the data are preference pairs (prompt / chosen / rejected); train "
+                          "them with --method dpo or --method simpo, or give SFT rows")
+    if method != "sft" and not preference:
+        raise ConfigError("train.method", f"{method} needs preference data (rows with prompt, chosen and rejected); "
+                          f"the data format is {fmt!r}")
+
+
 def _check_preference_run(cfg) -> None:
     """What train.method dpo / simpo cannot be combined with, refused up front by name."""
     method = cfg.train.method

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from ftstudio.core.config import check_method_format
 from ftstudio.core.errors import ConfigError, DataError
 from ftstudio.core.events import LogLine
 from ftstudio.engine.memory import chunk_tokens
@@ -325,18 +326,6 @@ def objective_for(trainer, cfg, model, prepared, device: str, numerics):
         trainer._forward_loss = objective.loss
         trainer._pairs_rows = (longest_pair(prepared, cfg.data.seq_len), later_longest(cfg, prepared))  # its plan
     return objective
-
-
-def check_method_format(method: str, fmt: str | None) -> None:
-    """train.method against the data's format, refused by name; the trainer calls it before the run folder is
-    made, so a mismatch writes nothing."""
-    preference = fmt == "preference"
-    if method == "sft" and preference:
-        raise ConfigError("train.method", "the data are preference pairs (prompt / chosen / rejected); train "
-                          "them with --method dpo or --method simpo, or give SFT rows")
-    if method != "sft" and not preference:
-        raise ConfigError("train.method", f"{method} needs preference data (rows with prompt, chosen and rejected); "
-                          f"the data format is {fmt!r}")
 
 
 def _objective(cfg, model, prepared, device: str, numerics, run_dir, report):

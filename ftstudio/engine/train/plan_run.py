@@ -44,6 +44,7 @@ def _device(run: RunConfig, device: str | None) -> str:
 
 def read_rows(run: RunConfig, task: str | None = None) -> RowFacts:
     """Tokenise the run's data as the trainer does and count what the plan needs (raises DataError / ModelError)."""
+    from ftstudio.core.config import check_method_format
     from ftstudio.engine import data as data_mod
     from ftstudio.engine import models as models_mod
     from ftstudio.engine.train.schedule import plan_schedule, row_stats
@@ -51,6 +52,7 @@ def read_rows(run: RunConfig, task: str | None = None) -> RowFacts:
     info = models_mod.describe_model(run.model.source, trust_remote_code=run.model.trust_remote_code)
     report = data_mod.check_data(run.data, task=None if run.model.task == "auto" else run.model.task,
                                  seed=run.train.seed)
+    check_method_format(run.train.method, report.format)   # the run would refuse it: so does its plan
     task = task or models_mod.resolve_task(run.model.task, info, report.format)
     models_mod.quiet_transformers()
     tokenizer = models_mod.load_tokenizer(run.model)
