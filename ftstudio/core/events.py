@@ -65,7 +65,7 @@ class EvalMetrics(Event):
     macro_f1: float | None = None
     best: bool = False  # the best evaluation so far by eval.metric (the monitor marks it)
     # A classifier's accuracy beside what it means: the share of the most frequent true class (what always
-    # answering it scores), per-class {"precision", "recall", "support", "predicted"} by label name, and a warning
+    # answering it scores), per-class {"precision", "recall", "f1", "support", "predicted"} by label name, and a warning
     # line when nearly every prediction is one class (None when not).
     majority_baseline: float | None = None
     majority_class: str | None = None

@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (QPlainTextEdit, QProgressBar, QSplitter, QVBoxLay
 
 from ftstudio.core import events as ev
 
+from .class_figures_view import ClassFiguresView, beside
 from .engine_access import fmt_duration
 from .fit import PlotGrid, scrolled
 from .forgetting_views import DriftStrip
@@ -250,7 +251,8 @@ class Monitor(QWidget):
         split = QSplitter(Qt.Orientation.Vertical)
         split.setChildrenCollapsible(False)
         split.addWidget(plots)
-        split.addWidget(self.log)
+        self.class_figures = ClassFiguresView()  # a classifier's per-class figures, beside the log
+        split.addWidget(beside(self.log, self.class_figures))
         split.setStretchFactor(0, 5)
         split.setStretchFactor(1, 1)
         lay = QVBoxLayout(self)
@@ -295,6 +297,7 @@ class Monitor(QWidget):
         self.progress.setFormat("starting…")
         self.eta_text = ""
         self.log.clear()
+        self.class_figures.clear()
         self._t0 = time.monotonic()
 
     def set_finishing(self) -> None:
@@ -350,6 +353,7 @@ class Monitor(QWidget):
                 if not self.metric_axis.shown:
                     self.metric_axis.set_shown(True)
                     self._loss_key()
+            self.class_figures.show_figures(e.to_dict(), e.step)
             if e.best:
                 self.best.x, self.best.y, self.best.dirty = [e.step], [e.loss], True
             extra = "".join(f", {k} {v:.4g}" for k, v in (("perplexity", e.perplexity), ("accuracy", e.accuracy),
@@ -472,6 +476,7 @@ class Monitor(QWidget):
         self.append_log(f"run {e.status} after {e.steps} steps in {fmt_duration(e.elapsed_s)}: train loss {loss}"
                         + (f"; eval {evals}" if evals else "")
                         + (f". Model: {e.final_model}" if e.final_model else ""))
+        self.class_figures.show_figures(e.eval or {}, e.steps)
         if (e.eval or {}).get("per_class"):
             self.append_log("per class: " + "; ".join(ev.per_class_text(e.eval["per_class"])))
         if (e.eval or {}).get("collapsed"):
