@@ -129,6 +129,16 @@ class NonFiniteStep(Event):
 
 
 @dataclass
+class LoadProgress(Event):
+    """Loading the model, where it can be counted: a GGUF's tensors de-quantised so far, of all (the GUI's bar)."""
+    kind: ClassVar[str] = "load_progress"
+    what: str
+    done: int
+    total: int
+    elapsed_s: float = 0.0
+
+
+@dataclass
 class LogLine(Event):
     kind: ClassVar[str] = "log"
     message: str
@@ -176,7 +186,8 @@ def per_class_text(per_class: dict[str, dict]) -> list[str]:
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls for cls in (RunStarted, StepMetrics, EvalMetrics, RetentionMetrics, DriftMetrics,
-                              MemorySnapshot, CheckpointSaved, NonFiniteStep, LogLine, RunFinished, RunFailed)
+                              MemorySnapshot, CheckpointSaved, NonFiniteStep, LoadProgress, LogLine, RunFinished,
+                              RunFailed)
 }
 
 

@@ -22,6 +22,7 @@ from ftstudio.core import events as ev
 
 from .class_figures_view import ClassFiguresView, beside
 from .engine_access import fmt_duration
+from .load_progress import LoadBar
 from .fit import PlotGrid, scrolled
 from .forgetting_views import DriftStrip
 from .theme import COLORS
@@ -240,6 +241,7 @@ class Monitor(QWidget):
         self.progress.setFormat("idle")
         self.progress.setTextVisible(True)
         self.eta_text = ""  # the ETA, elapsed time and throughput live in the bar's own text (never clipped)
+        self.load_bar = LoadBar(self.progress)  # before the first step: the load's seconds, or a GGUF's tensors
 
         self.log = QPlainTextEdit()
         self.log.setObjectName("logView")
@@ -296,6 +298,7 @@ class Monitor(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("starting…")
         self.eta_text = ""
+        self.load_bar.reset()
         self.log.clear()
         self.class_figures.clear()
         self._t0 = time.monotonic()
@@ -324,9 +327,7 @@ class Monitor(QWidget):
             n += 1
         self._flush()
         if self.source is not None and self.started is None and not self.finishing:
-            # before the first event: the model and data load (minutes for a large or GGUF model): count it
-            waited = int(time.monotonic() - self._t0)
-            self.progress.setFormat(f"starting: loading the model and data… {waited} s" if waited else "starting…")
+            self.load_bar.waiting(time.monotonic() - self._t0)  # the load: seconds, or tensors where counted
         if n:
             self.eventsProcessed.emit(n)
 
@@ -381,6 +382,8 @@ class Monitor(QWidget):
             self.append_log(f"checkpoint saved at step {e.step}: {e.path}")
         elif isinstance(e, ev.NonFiniteStep):
             self.append_log(f"non-finite {e.what} at step {e.step}: {e.action}. {e.advice}", "warning")
+        elif isinstance(e, ev.LoadProgress):
+            self.load_bar.show(e)
         elif isinstance(e, ev.LogLine):
             self.append_log(e.message, e.level)
         elif isinstance(e, ev.RunFinished):
