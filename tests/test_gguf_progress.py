@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -35,10 +36,12 @@ def test_reports_are_throttled_but_keep_the_first_and_the_last(monkeypatch):
     from ftstudio.engine.models import gguf as ours
 
     clock = iter(range(100))
-    monkeypatch.setattr(ours.time, "monotonic", lambda: next(clock) * 0.1)   # 0.1 s a tensor
+    monkeypatch.setattr(ours, "time", SimpleNamespace(monotonic=lambda: next(clock) * 0.1))   # 0.1 s a tensor
     seen = []
-    wrapped = ours.counting_tqdm(lambda d, n, s: seen.append(d), real_tqdm=None)
+    bars = []
+    wrapped = ours.counting_tqdm(lambda d, n, s: seen.append(d), real_tqdm=lambda it, **kw: bars.append(kw) or it)
     assert list(wrapped(list("abcdefgh"), desc="x")) == list("abcdefgh")   # the same items, in order
+    assert bars == [{"desc": "x"}]                                           # the real bar still runs
     assert seen[0] == 0 and seen[-1] == 8 and len(seen) < 9 and seen == sorted(seen)
 
 

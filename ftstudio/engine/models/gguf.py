@@ -142,15 +142,15 @@ PROGRESS_EVERY_S = 0.25  # de-quantising: at most four reports a second (and the
 
 
 def counting_tqdm(progress, real_tqdm):
-    """A stand-in for the ``tqdm`` transformers wraps its GGUF tensor loop in: it yields the same items, prints no
-    bar, and calls ``progress(done, total, elapsed_s)`` before the first and after each de-quantised tensor
-    (throttled). A call it cannot count (no iterable of known length) goes to the real tqdm."""
+    """A stand-in for the ``tqdm`` transformers wraps its GGUF tensor loop in: the real tqdm still runs (the
+    console's bar on stderr, as before), and ``progress(done, total, elapsed_s)`` is called before the first and
+    after each de-quantised tensor (throttled). A call without an iterable of known length is the real tqdm's."""
     def wrap(iterable=None, *args, **kwargs):
         try:
             total = len(iterable)
         except TypeError:
             return real_tqdm(iterable, *args, **kwargs)
-        return _counted(iterable, total, progress)
+        return _counted(real_tqdm(iterable, *args, **kwargs), total, progress)
     return wrap
 
 
