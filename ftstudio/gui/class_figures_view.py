@@ -62,7 +62,7 @@ class ClassFiguresView(QWidget):
         lay.addWidget(self.headline)
         lay.addWidget(self.warning)
         lay.addWidget(self.table, 1)
-        self.setMinimumHeight(240)  # headline, warning and three classes' rows: the log pane grows to hold them when shown
+        self.setMinimumHeight(240)  # headline, warning and three rows: the log pane grows to hold them when shown
         self.clear()
 
     def clear(self) -> None:
