@@ -52,8 +52,10 @@ def test_class_figures_say_the_baseline_and_a_collapse():
     targets = [0] * 87 + [1] * 13
     collapsed = class_figures([0] * 100, targets, ["ham", "spam"])
     assert collapsed["majority_class"] == "ham" and collapsed["majority_baseline"] == pytest.approx(0.87)
-    assert collapsed["per_class"]["ham"] == {"precision": 0.87, "recall": 1.0, "support": 87, "predicted": 100}
-    assert collapsed["per_class"]["spam"] == {"precision": None, "recall": 0.0, "support": 13, "predicted": 0}
+    assert collapsed["per_class"]["ham"] == {"precision": 0.87, "recall": 1.0, "f1": pytest.approx(2 * 87 / 187),
+                                             "support": 87, "predicted": 100}
+    assert collapsed["per_class"]["spam"] == {"precision": None, "recall": 0.0, "f1": 0.0, "support": 13,
+                                              "predicted": 0}
     assert "collapsed onto one class" in collapsed["collapsed"] and "'ham'" in collapsed["collapsed"]
     good = class_figures([0] * 85 + [1] * 2 + [1] * 12 + [0], targets, ["ham", "spam"])
     assert good["collapsed"] is None

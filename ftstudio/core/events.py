@@ -65,7 +65,7 @@ class EvalMetrics(Event):
     macro_f1: float | None = None
     best: bool = False  # the best evaluation so far by eval.metric (the monitor marks it)
     # A classifier's accuracy beside what it means: the share of the most frequent true class (what always
-    # answering it scores), per-class {"precision", "recall", "support", "predicted"} by label name, and a warning
+    # answering it scores), per-class {"precision", "recall", "f1", "support", "predicted"} by label name, and a warning
     # line when nearly every prediction is one class (None when not).
     majority_baseline: float | None = None
     majority_class: str | None = None
@@ -129,6 +129,16 @@ class NonFiniteStep(Event):
 
 
 @dataclass
+class LoadProgress(Event):
+    """Loading the model, where it can be counted: a GGUF's tensors de-quantised so far, of all (the GUI's bar)."""
+    kind: ClassVar[str] = "load_progress"
+    what: str
+    done: int
+    total: int
+    elapsed_s: float = 0.0
+
+
+@dataclass
 class LogLine(Event):
     kind: ClassVar[str] = "log"
     message: str
@@ -176,7 +186,8 @@ def per_class_text(per_class: dict[str, dict]) -> list[str]:
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls for cls in (RunStarted, StepMetrics, EvalMetrics, RetentionMetrics, DriftMetrics,
-                              MemorySnapshot, CheckpointSaved, NonFiniteStep, LogLine, RunFinished, RunFailed)
+                              MemorySnapshot, CheckpointSaved, NonFiniteStep, LoadProgress, LogLine, RunFinished,
+                              RunFailed)
 }
 
 

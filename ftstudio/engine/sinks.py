@@ -20,8 +20,8 @@ class MetricsWriter:
         self.broken = False   # a write failed (a full disk): the run ends on that error; later events are not written
 
     def __call__(self, event: Event) -> None:
-        if self.broken:
-            return
+        if self.broken or (event.kind == "load_progress" and event.done < event.total):
+            return  # loading's progress is the window's bar: the file keeps only its end (how long it took)
         line = json.dumps(event.to_dict(), default=str) + "\n"
         try:
             if self._fh is None:

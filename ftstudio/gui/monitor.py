@@ -21,7 +21,9 @@ from PySide6.QtWidgets import (QPlainTextEdit, QProgressBar, QSplitter, QVBoxLay
 
 from ftstudio.core import events as ev
 
+from .class_figures_view import ClassFiguresView, beside
 from .engine_access import fmt_duration
+from .load_progress import LoadBar
 from .fit import PlotGrid, scrolled
 from .forgetting_views import DriftStrip
 from .theme import COLORS
@@ -246,6 +248,7 @@ class Monitor(QWidget):
         self.progress.setFormat("idle")
         self.progress.setTextVisible(True)
         self.eta_text = ""  # the ETA, elapsed time and throughput live in the bar's own text (never clipped)
+        self.load_bar = LoadBar(self.progress)  # before the first step: the load's seconds, or a GGUF's tensors
 
         self.log = QPlainTextEdit()
         self.log.setObjectName("logView")
@@ -257,7 +260,8 @@ class Monitor(QWidget):
         split = QSplitter(Qt.Orientation.Vertical)
         split.setChildrenCollapsible(False)
         split.addWidget(plots)
-        split.addWidget(self.log)
+        self.class_figures = ClassFiguresView()  # a classifier's per-class figures, beside the log
+        split.addWidget(beside(self.log, self.class_figures))
         split.setStretchFactor(0, 5)
         split.setStretchFactor(1, 1)
         lay = QVBoxLayout(self)
@@ -301,7 +305,9 @@ class Monitor(QWidget):
         self.progress.setValue(0)
         self.progress.setFormat("starting…")
         self.eta_text = ""
+        self.load_bar.reset()
         self.log.clear()
+        self.class_figures.clear()
         self._t0 = time.monotonic()
 
     def set_finishing(self) -> None:
@@ -328,9 +334,7 @@ class Monitor(QWidget):
             n += 1
         self._flush()
         if self.source is not None and self.started is None and not self.finishing:
-            # before the first event: the model and data load (minutes for a large or GGUF model): count it
-            waited = int(time.monotonic() - self._t0)
-            self.progress.setFormat(f"starting: loading the model and data… {waited} s" if waited else "starting…")
+            self.load_bar.waiting(time.monotonic() - self._t0)  # the load: seconds, or tensors where counted
         if n:
             self.eventsProcessed.emit(n)
 
@@ -357,6 +361,7 @@ class Monitor(QWidget):
                 if not self.metric_axis.shown:
                     self.metric_axis.set_shown(True)
                     self._loss_key()
+            self.class_figures.show_figures(e.to_dict(), e.step)
             if e.best:
                 self.best.x, self.best.y, self.best.dirty = [e.step], [e.loss], True
             extra = "".join(f", {k} {v:.4g}" for k, v in (("perplexity", e.perplexity), ("accuracy", e.accuracy),
@@ -384,6 +389,8 @@ class Monitor(QWidget):
             self.append_log(f"checkpoint saved at step {e.step}: {e.path}")
         elif isinstance(e, ev.NonFiniteStep):
             self.append_log(f"non-finite {e.what} at step {e.step}: {e.action}. {e.advice}", "warning")
+        elif isinstance(e, ev.LoadProgress):
+            self.load_bar.show(e)
         elif isinstance(e, ev.LogLine):
             self.append_log(e.message, e.level)
         elif isinstance(e, ev.RunFinished):
@@ -481,6 +488,7 @@ class Monitor(QWidget):
         self.append_log(f"run {e.status} after {e.steps} steps in {fmt_duration(e.elapsed_s)}: train loss {loss}"
                         + (f"; eval {evals}" if evals else "")
                         + (f". Model: {e.final_model}" if e.final_model else ""))
+        self.class_figures.show_figures(e.eval or {}, e.steps)
         if (e.eval or {}).get("per_class"):
             self.append_log("per class: " + "; ".join(ev.per_class_text(e.eval["per_class"])))
         if (e.eval or {}).get("collapsed"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -137,6 +138,33 @@ def check_supported(path: Path, arch: str, model_type: str) -> None:
                          "(safetensors) instead, or upgrade transformers.")
 
 
+PROGRESS_EVERY_S = 0.25  # de-quantising: at most four reports a second (and the first and the last)
+
+
+def counting_tqdm(progress, real_tqdm):
+    """A stand-in for the ``tqdm`` transformers wraps its GGUF tensor loop in: the real tqdm still runs (the
+    console's bar on stderr, as before), and ``progress(done, total, elapsed_s)`` is called before the first and
+    after each de-quantised tensor (throttled). A call without an iterable of known length is the real tqdm's."""
+    def wrap(iterable=None, *args, **kwargs):
+        try:
+            total = len(iterable)
+        except TypeError:
+            return real_tqdm(iterable, *args, **kwargs)
+        return _counted(real_tqdm(iterable, *args, **kwargs), total, progress)
+    return wrap
+
+
+def _counted(items, total, progress):
+    t0 = last = time.monotonic()
+    progress(0, total, 0.0)
+    for done, item in enumerate(items, 1):
+        yield item                                   # the caller de-quantises it before asking for the next
+        now = time.monotonic()
+        if done == total or now - last >= PROGRESS_EVERY_S:
+            last = now
+            progress(done, total, now - t0)
+
+
 class ParseOnce:
     """While open, each unchanged GGUF file is parsed once, however many times it is read.
 
@@ -149,12 +177,15 @@ class ParseOnce:
     computes from them is unchanged. A reader holds its parsed fields (~170 MB of Python objects for a 49k
     vocabulary): close the scope once the model is loaded. Not thread-safe: the trainer opens it around its
     own loads. Use ``with ParseOnce():`` or ``scope = ParseOnce().open()`` ... ``scope.close()``.
+    ``progress``: told (done, total, elapsed_s) as transformers de-quantises the weights (:func:`counting_tqdm`).
     """
 
-    def __init__(self):
+    def __init__(self, progress=None):
         self.parses = 0                 # readers built while open (a test reads it)
         self._readers: dict = {}
         self._saved = None
+        self.progress = progress        # (done, total, elapsed_s) as transformers de-quantises tensor after tensor
+        self._tqdm = None
 
     def open(self) -> "ParseOnce":
         try:
@@ -166,6 +197,11 @@ class ParseOnce:
             reader_cls, name_map = self._saved[1], self._saved[2]
             gguf.GGUFReader = functools.partial(self._shared_reader, reader_cls)
             gguf.get_tensor_name_map = functools.lru_cache(maxsize=None)(name_map)
+            if self.progress is not None:
+                import transformers.modeling_gguf_pytorch_utils as hf_gguf
+                if hasattr(hf_gguf, "tqdm"):  # its de-quantising loop: for tensor in tqdm(reader.tensors, ...)
+                    self._tqdm = (hf_gguf, hf_gguf.tqdm)
+                    hf_gguf.tqdm = counting_tqdm(self.progress, hf_gguf.tqdm)
         return self
 
     def _shared_reader(self, reader_cls, path, mode="r"):
@@ -185,6 +221,8 @@ class ParseOnce:
             module, reader_cls, name_map = self._saved
             module.GGUFReader, module.get_tensor_name_map = reader_cls, name_map
             self._saved = None
+        if self._tqdm is not None:
+            self._tqdm[0].tqdm, self._tqdm = self._tqdm[1], None
         self._readers.clear()
         _HANDOFF.clear()
 

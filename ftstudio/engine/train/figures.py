@@ -40,7 +40,7 @@ COLLAPSE_SHARE = 0.95   # predictions this concentrated on one class, with sever
 
 
 def class_figures(preds: list[int], targets: list[int], names: list[str] | None = None) -> dict:
-    """Per-class precision/recall/support, the majority-class baseline (the accuracy of always answering the most
+    """Per-class precision/recall/F1/support, the majority-class baseline (the accuracy of always answering the most
     frequent true class) and ``collapsed``: a warning line when nearly every prediction (≥ 95 %) is one class
     while the targets hold several, else None."""
     n = len(targets)
@@ -51,8 +51,9 @@ def class_figures(preds: list[int], targets: list[int], names: list[str] | None 
     for c in classes:
         tp = sum(1 for p, t in zip(preds, targets) if p == c and t == c)
         per_class[name(c)] = {"precision": tp / said[c] if said[c] else None,
-                              "recall": tp / truth[c] if truth[c] else None, "support": truth[c],
-                              "predicted": said[c]}
+                              "recall": tp / truth[c] if truth[c] else None,
+                              "f1": 2 * tp / (said[c] + truth[c]),  # 0 when the class is never got right
+                              "support": truth[c], "predicted": said[c]}
     majority, majority_n = truth.most_common(1)[0] if truth else (None, 0)
     out = {"majority_class": name(majority) if majority is not None else None,
            "majority_baseline": majority_n / n if n else None, "per_class": per_class, "collapsed": None}

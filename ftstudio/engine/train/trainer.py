@@ -17,7 +17,7 @@ from pathlib import Path
 from ftstudio.core.config import RunConfig
 from ftstudio.core.control import Control
 from ftstudio.core.errors import ConfigError, DataError, FTStudioError
-from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LogLine, NonFiniteStep,
+from ftstudio.core.events import (CheckpointSaved, EvalMetrics, Fanout, LoadProgress, LogLine, NonFiniteStep,
                                   Reporter, RunFailed, RunFinished, RunStarted, StepMetrics)
 from ftstudio.core.atomic import is_disk_full
 from ftstudio.engine.sinks import MetricsWriter
@@ -153,7 +153,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         self.report(LogLine(f"Model {info.architecture} ({info.params_text} parameters), "
                             f"data format {fmt}, task {task}, device {device}, precision {numerics.precision}"))
         models_mod.quiet_transformers()
-        self._gguf = models_mod.ParseOnce().open()  # a GGUF is parsed once for tokenizer and weights
+        self._gguf = models_mod.ParseOnce(progress=lambda done, total, s: self.report(  # parsed once; a GUI bar
+            LoadProgress("de-quantising GGUF tensors", done, total, s))).open()
         tokenizer = models_mod.load_tokenizer(cfg.model)
         prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
         cfg, prepared = fast_path.apply(cfg, device, prepared, info, self._plan_schedule, self.report)  # one GPU
