@@ -98,6 +98,23 @@ def test_estimate_takes_demo_as_train_does(capsys):
     assert any(line.startswith("Data: ") for line in demo["choices"])
 
 
+def test_estimate_takes_gpus_as_a_count_or_as_trains_list(capsys, tmp_path):
+    shape = ["--params", "7e9", "--hidden", "4096", "--layers", "32", "--json"]
+    peaks = {}
+    for gpus in ("2", "0,1", "[0, 1]", "1"):
+        assert main(["estimate", *shape, "--gpus", gpus]) == 0
+        peaks[gpus] = last_json(capsys)
+    assert peaks["2"]["gpus"] == peaks["0,1"]["gpus"] == peaks["[0, 1]"]["gpus"] == 2
+    assert peaks["0,1"]["peak_allocated_bytes"] == peaks["2"]["peak_allocated_bytes"] < peaks["1"]["peak_allocated_bytes"]
+    for bad in ("0", "0,0", "a,b", "-1"):
+        with pytest.raises(SystemExit):
+            main(["estimate", *shape, "--gpus", bad])
+        assert "give a number of GPUs" in capsys.readouterr().err
+    (tmp_path / "run.yaml").write_text("hardware:\n  gpus: [0, 1, 2, 3]\n")
+    assert main(["estimate", *shape, "--config", str(tmp_path / "run.yaml")]) == 0
+    assert last_json(capsys)["gpus"] == 4                          # the config file's list, as train reads it
+
+
 def test_gpus_json(capsys):
     assert main(["gpus", "--json"]) == 0
     report = last_json(capsys)

@@ -45,7 +45,9 @@ def add_parser(sub) -> None:
                    help="checkpointed block inputs in pinned CPU memory (implies --activation-checkpointing)")
     p.add_argument("--optimizer-in-backward", action=on_off, default=None,
                    help="the optimizer step inside backward: one gradient tensor at a time")
-    p.add_argument("--gpus", type=int, default=1, help="number of GPUs sharing the state (FSDP)")
+    p.add_argument("--gpus", type=gpu_count, default=None, metavar="N|0,1",
+                   help="GPUs sharing the state (FSDP): a count, or train's list of indices (default: the config "
+                        "file's list, else 1)")
     p.add_argument("--gpu-memory", type=float, default=None,
                    help="memory of one card in GB (default 80); given, it is also the budget the run is fitted to, "
                         "as `train --gpu-memory` fits it (the plan is of the run train would start)")
@@ -54,6 +56,18 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the estimate as JSON on the last line of stdout")
     add_config_flags(p, skip=OWN)
     p.set_defaults(func=run)
+
+
+def gpu_count(text: str) -> int:
+    """``--gpus``: a count ("4") or, as ``train --gpus`` takes it, a list of GPU indices ("0,1", "[0, 1]")."""
+    items = [x.strip() for x in text.strip().strip("[]").split(",") if x.strip()]
+    try:
+        numbers = [int(x) for x in items]
+    except ValueError:
+        numbers = []
+    if not numbers or min(numbers) < 0 or len(set(numbers)) != len(numbers) or (len(numbers) == 1 and numbers[0] < 1):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of GPUs (e.g. 4) or GPU indices (e.g. 0,1)")
+    return numbers[0] if len(numbers) == 1 else len(numbers)
 
 
 def _run_config(args: argparse.Namespace):
@@ -100,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
         return fail("give MODEL (a folder, config.json or cached hub id), --demo, or --params, --hidden and --layers")
     card = CARD_GB if args.gpu_memory is None else args.gpu_memory
     try:
+        if args.gpus is None:                 # as train: the config file's GPU list, else one device
+            args.gpus = max(1, len(_run_config(args).hardware.gpus)) if args.config else 1
         from ftstudio.engine.memory.report import _check_sizes   # this verb's own sizes, named by their flags
         _check_sizes(params=args.params, hidden=args.hidden, layers=args.layers, seq_len=args.seq_len,
                      batch_size=args.batch_size, grad_accum=args.grad_accum, gpus=args.gpus,
