@@ -106,10 +106,11 @@ def test_estimate_takes_gpus_as_a_count_or_as_trains_list(capsys, tmp_path):
         peaks[gpus] = last_json(capsys)
     assert peaks["2"]["gpus"] == peaks["0,1"]["gpus"] == peaks["[0, 1]"]["gpus"] == 2
     assert peaks["0,1"]["peak_allocated_bytes"] == peaks["2"]["peak_allocated_bytes"] < peaks["1"]["peak_allocated_bytes"]
-    for bad in ("0", "0,0", "a,b", "-1"):
+    for bad, said in (("0", "0 must be positive"), ("-1", "-1 must be positive"), ("a,b", "invalid int value"),
+                      ("0,0", "must be distinct"), ("", "must be distinct")):
         with pytest.raises(SystemExit):
             main(["estimate", *shape, "--gpus", bad])
-        assert "give a number of GPUs" in capsys.readouterr().err
+        assert said in capsys.readouterr().err
     (tmp_path / "run.yaml").write_text("hardware:\n  gpus: [0, 1, 2, 3]\n")
     assert main(["estimate", *shape, "--config", str(tmp_path / "run.yaml")]) == 0
     assert last_json(capsys)["gpus"] == 4                          # the config file's list, as train reads it

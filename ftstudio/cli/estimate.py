@@ -64,10 +64,15 @@ def gpu_count(text: str) -> int:
     try:
         numbers = [int(x) for x in items]
     except ValueError:
-        numbers = []
-    if not numbers or min(numbers) < 0 or len(set(numbers)) != len(numbers) or (len(numbers) == 1 and numbers[0] < 1):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of GPUs (e.g. 4) or GPU indices (e.g. 0,1)")
-    return numbers[0] if len(numbers) == 1 else len(numbers)
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r} (give a number of GPUs, e.g. 4, or GPU "
+                                         "indices, e.g. 0,1)") from None
+    if len(numbers) == 1:
+        if numbers[0] < 1:
+            raise argparse.ArgumentTypeError(f"{numbers[0]} must be positive")
+        return numbers[0]
+    if not numbers or min(numbers) < 0 or len(set(numbers)) != len(numbers):
+        raise argparse.ArgumentTypeError(f"{text!r}: GPU indices must be distinct numbers from 0, e.g. 0,1")
+    return len(numbers)
 
 
 def _run_config(args: argparse.Namespace):
