@@ -92,6 +92,7 @@ def ours(name: str, extra: list[str], model: Path, data: Path, out: Path, a) -> 
     res["peak_alloc_gb"] = round(max(peaks) / 1e9, 2) if peaks else None
     losses = [s["loss"] for s in steps if isinstance(s.get("loss"), (int, float))]
     res["loss_first_last"] = [round(losses[0], 4), round(statistics.mean(losses[-10:]), 4)] if losses else None
+    res["losses"] = [round(x, 5) for x in losses]          # per logged step: runs compared step by step
     if res["tokens_per_s"]:
         c = json.loads((model / "config.json").read_text())
         n = c.get("_params") or PARAMS.get(str(model))
@@ -101,7 +102,7 @@ def ours(name: str, extra: list[str], model: Path, data: Path, out: Path, a) -> 
         steady = statistics.median(b["elapsed_s"] - a_["elapsed_s"] for a_, b in zip(steps[10:], steps[11:]))
         res["first_step_s"] = round(steps[0]["elapsed_s"], 1)            # includes compiling, when chosen
         res["compile_s_est"] = round(steps[0]["elapsed_s"] - steady, 1)
-    res["decisions"] = [ln for ln in re.findall(r"Fast defaults: [^\n]*", text)][:4]
+    res["decisions"] = re.findall(r"(?:Fast defaults|FP8)[^\n]*", text)[:8]
     return res
 
 
@@ -191,7 +192,9 @@ def main() -> None:
     n = make_model(a.shape, model)
     PARAMS[str(model)] = n
     from trainer_speed import make_data
-    data = make_data(out / "docs.jsonl", a.batch * a.seq * 200, words_per_doc=int(a.seq * 1.3))  # full rows
+    # full rows, a fresh one every step of the longest run (one epoch: no row seen twice)
+    data = make_data(out / "docs.jsonl", int(a.batch * a.seq * 1.3) * (max(200, a.steps) + 10),
+                     words_per_doc=int(a.seq * 1.3))
     from ftstudio.engine.train.fast_path import compile_pays
     pays, eager_s = compile_pays(a.steps, n, a.batch * a.seq)
     shard = max(f.stat().st_size for f in model.glob("*.safetensors")) / 1e9
