@@ -116,6 +116,23 @@ def test_solver_finds_the_edge_and_ranks_changes():
     assert advice.startswith("To make it fit:") and "batch size" in advice
 
 
+def test_longest_sequence_stops_at_the_models_context():
+    """A card with room for far longer rows than the model was made for: the solver names the model's context
+    (learned positions end there), not a length the model cannot take; a context that does not fit is searched."""
+    run = gpu_run(batch_size=1, seq_len=128)
+    for context in (300, 4096):
+        cfg = dict(TINY, max_position_embeddings=context)
+        assert solve(cfg, run, 80 * 10**9).max_seq_len == context
+        assert solve(shape_from_config(cfg), run, 80 * 10**9).max_seq_len == context
+    wide = dict(TINY, max_position_embeddings=1 << 20)
+    found = solve(wide, run, 2 * 10**9).max_seq_len
+    assert 128 <= found < 1 << 20 and estimate(wide, run.replace(seq_len=found)).total <= 2 * 10**9 * 0.95
+    from ftstudio.engine.memory.report import estimate_report, format_report
+    report = estimate_report(model_config=dict(TINY, max_position_embeddings=300), run_config=run, seq_len=128,
+                             gpu_memory_gb=80)
+    assert "longest sequence 300 (the model's context)" in format_report(report)
+
+
 def test_measure_equals_estimate_on_cpu(tiny_llama, tiny_gpt2):
     import torch
     from transformers import AutoModelForCausalLM

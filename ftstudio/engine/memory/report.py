@@ -98,7 +98,7 @@ def estimate_report(model: str | None = None, *, params: float | None = None, hi
     if gpu_memory_gb:
         adv = solve(shape, run, int(gpu_memory_gb * 1e9), gpus)
         report.update(max_batch_size=adv.max_batch_size, max_seq_len=adv.max_seq_len, fits=adv.fits,
-                      suggestions=adv.suggestions[:5])
+                      suggestions=adv.suggestions[:5], context=shape.context)
         report["min_gpus"] = _min_gpus(shape, run, int(gpu_memory_gb * 1e9))
     if model is None and params:
         report["seed_table"] = seed_table(seq_len=2048, batch_size=1, gpu_gb=int(gpu_memory_gb or 80))
@@ -226,7 +226,9 @@ def format_report(report: dict) -> str:
         cap = gb(report["gpu_memory_bytes"])
         lines += ["", f"On a {cap} GPU: {'fits' if report['fits'] else 'does NOT fit'}; largest batch "
                       f"{report['max_batch_size']} at {report['seq_len']} tokens, longest sequence "
-                      f"{report['max_seq_len']} at batch {report['batch_size']}"
+                      f"{report['max_seq_len']}"
+                      + (" (the model's context)" if report['max_seq_len'] == report.get("context") else "")
+                      + f" at batch {report['batch_size']}"
                       + (f"; needs {report['min_gpus']} GPU(s)" if report.get("min_gpus") else "")]
         if report["suggestions"]:
             lines.append("Single changes that save the most:")

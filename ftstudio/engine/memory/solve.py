@@ -85,6 +85,18 @@ def _changes(run: RunConfig, gpus: int, shape: ModelShape,
     return [(d, r, g, lv) for d, r, g, lv in made if r is not None]
 
 
+def _amount(nbytes: int) -> str:
+    """GB to one decimal, or MB under 0.1 GB (a small model's savings are not all "0.0 GB")."""
+    return f"{nbytes / 1e9:.1f} GB" if nbytes >= 1e8 else f"{nbytes / 1e6:.1f} MB"
+
+
+def _context(model_config) -> int | None:
+    """The model's context length (config.json's ``max_position_embeddings`` / ``n_positions``), if it says."""
+    if isinstance(model_config, ModelShape):
+        return model_config.context
+    return shape_from_config(model_config).context if isinstance(model_config, dict) else None
+
+
 def solve(model_config: dict | ModelShape, run_config: RunConfig, capacity_bytes: int, gpus: int = 1,
           margin: float = 0.05, device: str | None = None) -> Advice:
     """Largest batch / sequence within ``capacity_bytes``·(1 − margin), and single changes ranked by saving
@@ -99,12 +111,19 @@ def solve(model_config: dict | ModelShape, run_config: RunConfig, capacity_bytes
         r = _variant(run, batch_size=b)
         return r is not None and _total(shape, r, gpus, device) <= budget
 
-    def seq_fits(s: int) -> bool:
-        r = _variant(run, seq_len=s * 128)
+    def tokens_fit(t: int) -> bool:
+        r = _variant(run, seq_len=t)
         return r is not None and _total(shape, r, gpus, device) <= budget
 
+    def seq_fits(s: int) -> bool:
+        return tokens_fit(s * 128)
+
     max_b = max(0, _largest(batch_fits, 1, 65536))
-    max_s = max(0, _largest(seq_fits, 1, 8192)) * 128
+    # never past the model's own context (learned positions end there; rotary ones were trained to it)
+    context = _context(model_config)
+    max_s = max(0, _largest(seq_fits, 1, context // 128 if context else 8192)) * 128 if not context or context >= 128 else 0
+    if context and max_s in (0, context // 128 * 128) and tokens_fit(context):
+        max_s = context
     changes = []
     for desc, r, g, leaves in _changes(run, gpus, shape, device):
         t = _total(shape, r, g, device)
@@ -113,7 +132,7 @@ def solve(model_config: dict | ModelShape, run_config: RunConfig, capacity_bytes
     # Changes that make it fit first, then by bytes saved.
     changes.sort(key=lambda x: (not x[3], -x[2]))
     savings = [(desc, saved, ok) for desc, _leaves, saved, ok in changes]
-    sugg = [f"{desc}: −{saved / 1e9:.1f} GB" + (" (fits)" if ok and not fits else "")
+    sugg = [f"{desc}: −{_amount(saved)}" + (" (fits)" if ok and not fits else "")
             for desc, saved, ok in savings]
     if not fits and max_b >= 1:
         sugg.insert(0, f"batch size {max_b} (the largest that fits; raise grad accumulation to keep the "

@@ -35,6 +35,7 @@ class ModelShape:
     is_encoder: bool = False
     tied: bool = False
     exact: bool = False             # tensors read from safetensors headers rather than derived from the config
+    context: int | None = None      # max_position_embeddings / n_positions: the longest sequence it was made for
 
     @property
     def params(self) -> int:
@@ -89,12 +90,15 @@ def shape_from_config(cfg: dict) -> ModelShape:
     heads = _get(cfg, "num_attention_heads", "n_head", "num_heads", default=max(1, d // 64))
     kvh = _get(cfg, "num_key_value_heads", "n_kv_heads", default=heads)
     hd = _get(cfg, "head_dim", default=d // heads)
-    is_enc = mt in ENCODERS
     if mt == "gpt2" or mt in ("gpt_neo", "gptj", "starcoder2", "phi", "gpt_bigcode", "opt", "falcon"):
-        return _gpt_like(cfg, mt, d, L, V, heads, hd)
-    if is_enc:
-        return _bert_like(cfg, mt, d, L, V, heads, hd)
-    return _llama_like(cfg, mt, d, L, V, heads, kvh, hd)
+        shape = _gpt_like(cfg, mt, d, L, V, heads, hd)
+    elif mt in ENCODERS:
+        shape = _bert_like(cfg, mt, d, L, V, heads, hd)
+    else:
+        shape = _llama_like(cfg, mt, d, L, V, heads, kvh, hd)
+    context = _get(cfg, "max_position_embeddings", "n_positions")
+    shape.context = context if isinstance(context, int) and not isinstance(context, bool) and context > 0 else None
+    return shape
 
 
 def _llama_like(cfg, mt, d, L, V, heads, kvh, hd) -> ModelShape:
