@@ -61,3 +61,33 @@ def test_a_cpu_run_records_each_phase_and_its_activations(tiny_llama, tmp_path):
     # step 2 evaluated and saved a checkpoint after its snapshot: they show in the next one, beside step 4's phases
     assert {"evaluation", "checkpoint", "forward", "backward"} <= set(last["measured_phases"])
     assert second["measured_phases"] and "evaluation" not in second["measured_phases"]
+
+
+def test_the_logged_plan_is_made_for_the_runs_own_rows(tiny_llama, tmp_path):
+    """The plan a CUDA run logs beside its measured peaks is the plan of its real rows: short rows are planned at the
+    run's longest batch (as ``estimate --dataset`` plans them), not as rows filling seq_len (a SmolLM2 run on
+    109-token rows at seq_len 256 logged a plan 71 % over its peak)."""
+    from types import SimpleNamespace
+
+    from test_trainer import lm_config, write_text_data
+
+    from ftstudio.engine import data as data_mod
+    from ftstudio.engine import models as models_mod
+    from ftstudio.engine.train.memory_log import _plan
+    from ftstudio.engine.train.plan_run import plan_run, read_rows
+    from ftstudio.engine.train.schedule import plan_schedule, row_stats
+
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", seq_len=512,
+                    batch_size=8, device="cuda", precision="bf16-mixed", fast_defaults=False)
+    model_config = json.loads((tiny_llama / "config.json").read_text())
+    prepared = data_mod.prepare_data(cfg.data, models_mod.load_tokenizer(cfg.model), task="causal-lm", seed=3)
+    sched = plan_schedule(cfg, len(prepared.train), 0, *row_stats(prepared.train, [], cfg))
+    trainer = SimpleNamespace(cfg=cfg, compiled=False, _model_config=model_config,
+                              _phases=PhaseMeter("cpu", (prepared, sched)))
+    logged = _plan(trainer, "cuda:0")
+    rows = read_rows(cfg)
+    assert rows.longest < 64                                   # short rows, far below seq_len
+    assert logged.peak_allocated == plan_run(cfg, model_config=model_config, device="cuda:0",
+                                             rows=rows).plan.peak_allocated
+    trainer._phases = PhaseMeter("cpu")                        # no rows known: rows filling seq_len, a larger plan
+    assert _plan(trainer, "cuda:0").peak_allocated > logged.peak_allocated

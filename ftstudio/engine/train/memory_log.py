@@ -21,8 +21,9 @@ class PhaseMeter:
     """The peak of each phase since the last :meth:`take`. ``begin(True)`` opens a measured step; ``mark(name)``
     closes a phase (a no-op outside a measured step); ``phase(name)`` measures a block (evaluation, checkpoint)."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, rows=None):
         self.cuda = str(device).startswith("cuda")
+        self.rows = rows             # (prepared data, schedule): what the run's plan is made for (``snapshot``)
         self.idx = None
         self.active = False
         self.phases: dict[str, int] = {}
@@ -107,11 +108,17 @@ def _rss_peak() -> int:
 def _plan(trainer, device: str):
     from ftstudio.engine.train.plan_run import RowFacts, plan_run
 
+    from ftstudio.engine.train.plan_run import row_facts
+
     cfg = trainer.cfg.replace(compile=bool(getattr(trainer, "compiled", False)), fast_defaults=False)
-    s = cfg.data.seq_len
-    longest, later = getattr(trainer, "_pairs_rows", None) or (s, None)   # dpo / simpo: their pairs (train/dpo.py)
-    rows = RowFacts(count=0, longest=longest, fill=1.0, padded=False, total_steps=cfg.train.max_steps or 0,
-                    later=later)
+    own = getattr(getattr(trainer, "_phases", None), "rows", None)      # (prepared, schedule) of this run
+    if own is not None:       # its real rows (packed or not): a run on short rows is planned at its longest batch
+        prepared, sched = own
+        rows = row_facts(prepared, cfg, prepared.task, sched.total_steps)
+    else:
+        longest, later = getattr(trainer, "_pairs_rows", None) or (cfg.data.seq_len, None)   # dpo / simpo pairs
+        rows = RowFacts(count=0, longest=longest, fill=1.0, padded=False, total_steps=cfg.train.max_steps or 0,
+                        later=later)
     return plan_run(cfg, model_config=trainer._model_config, device=device, rows=rows).plan
 
 

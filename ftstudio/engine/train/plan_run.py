@@ -57,6 +57,13 @@ def read_rows(run: RunConfig, task: str | None = None) -> RowFacts:
     models_mod.quiet_transformers()
     tokenizer = models_mod.load_tokenizer(run.model)
     prepared = data_mod.prepare_data(run.data, tokenizer, task=task, seed=run.train.seed)
+    sched = plan_schedule(run, len(prepared.train), 0, *row_stats(prepared.train, [], run))
+    return row_facts(prepared, run, task, sched.total_steps)
+
+
+def row_facts(prepared, run: RunConfig, task: str, total_steps: int) -> RowFacts:
+    """What the plan needs of prepared rows (``read_rows``; the trainer's own rows, packed or not, for the plan
+    it logs beside what it measures: train/memory_log.py)."""
     lengths = sorted(len(r["input_ids"]) for r in prepared.train)
     s = run.data.seq_len
     longest = min(s, lengths[-1]) if lengths else s
@@ -65,10 +72,9 @@ def read_rows(run: RunConfig, task: str | None = None) -> RowFacts:
         from ftstudio.engine.train.dpo import later_longest, longest_pair
         longest, later = longest_pair(prepared, s), later_longest(run, prepared)
     top = lengths[-run.train.batch_size:] if lengths else []
-    sched = plan_schedule(run, len(prepared.train), 0, *row_stats(prepared.train, [], run))
     return RowFacts(count=len(lengths), longest=longest, fill=sum(lengths) / max(1, len(lengths)) / s,
                     padded=bool(top) and (min(top) != max(top) or task == "classification"),
-                    total_steps=sched.total_steps, later=later)
+                    total_steps=total_steps, later=later)
 
 
 _KEPT: dict = {}      # the last rows read: (key, RowFacts); the GUI plans again on every edit of the form

@@ -281,7 +281,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         params = [p for p in model.parameters()]
         from ftstudio.engine.train.memory_log import PhaseMeter
         from ftstudio.engine.train.offload import offload_context
-        self._phases, every = PhaseMeter(device), cfg.hardware.memory_snapshot_every   # measured per phase
+        self._phases, every = PhaseMeter(device, (prepared, sched)), cfg.hardware.memory_snapshot_every  # per phase
         in_backward = cfg.memory.optimizer_in_backward  # each parameter steps inside backward (train/in_backward.py)
         window_tokens, window_t0 = 0, time.perf_counter()
         run_t0, start_step = time.perf_counter(), self.step
