@@ -92,7 +92,27 @@ def apply(cfg, device: str, prepared, info, plan_schedule, report):
     cfg = cfg.replace(compile=chosen["compile"], packing=chosen["packing"])
     if several:
         return cfg, prepared                                  # the plan of a sharded run is not this room's
-    return fit_memory(cfg, device, getattr(info, "config", None), report), prepared
+    planned = cfg.replace(fp8=fp8_auto(cfg, device, int(info.params or 0)))
+    # FP8 "auto" stays in the run's config (fp8.setup decides it again, with its probe); the plan counts it
+    return fit_memory(planned, device, getattr(info, "config", None), report).replace(fp8=cfg.memory.fp8), prepared
+
+
+def fp8_auto(cfg, device: str, params: int) -> str:
+    """``memory.fp8`` as the trainer will run it: "auto" becomes the recipe train/fp8.decide turns on for this run
+    (on this GPU), else "off"; an explicit setting is kept."""
+    if cfg.memory.fp8 != "auto":
+        return cfg.memory.fp8
+    import importlib.util
+
+    import torch
+
+    from ftstudio.engine.train import fp8
+
+    capability = (torch.cuda.get_device_capability(torch.device(device)) if torch.cuda.is_available() else None)
+    recipe, _ = fp8.decide("auto", device=device, capability=capability, compiled=bool(cfg.memory.compile),
+                           params=params, torchao=importlib.util.find_spec("torchao") is not None,
+                           gpus=max(1, len(cfg.hardware.gpus)))
+    return recipe or "off"
 
 
 def fit_memory(cfg, device: str, model_config: dict | None, report, *, confirm="traced"):
