@@ -109,3 +109,15 @@ def test_the_traced_step_converts_the_blocks_to_fp8():
     f8 = trace_step(cfg, StepChoices(batch=2, seq_len=256, precision="bf16", compiled=True, fp8="tensorwise"))
     assert f8.train_peak < bf16.train_peak          # the projections' inputs saved as their fp8 casts
     assert f8.weights == bf16.weights
+
+
+def test_a_run_with_some_blocks_checkpointed_trains_and_says_which(tiny_llama, tmp_path):
+    from test_trainer import lm_config, run, write_text_data
+
+    from ftstudio.core.events import LogLine, RunFinished
+    cfg = lm_config(tiny_llama, write_text_data(tmp_path / "d.jsonl"), tmp_path / "runs", max_steps=3,
+                    activation_checkpointing=True, checkpoint_blocks=1, eval_every=0, val_fraction=0.0)
+    result, events = run(cfg)
+    assert isinstance(result, RunFinished), result
+    said = [e.message for e in events if isinstance(e, LogLine) and e.message.startswith("Activation checkpointing")]
+    assert said and said[0].startswith("Activation checkpointing: the first 1 of ") and "keep their activations" in said[0]
