@@ -1,6 +1,8 @@
 """Issue 33 on the CPU: checkpointing only the first k blocks (memory.checkpoint_blocks) in the config, the trainer,
 the closed-form plan and the budget chooser; FP8 in the plan (closed-form term, and the traced step with torchao's
 Float8Linear on fake tensors, skipped without torchao); FP8 "auto" as the default."""
+from types import SimpleNamespace
+
 import pytest
 
 from ftstudio.core.config import RunConfig
@@ -121,3 +123,48 @@ def test_a_run_with_some_blocks_checkpointed_trains_and_says_which(tiny_llama, t
     assert isinstance(result, RunFinished), result
     said = [e.message for e in events if isinstance(e, LogLine) and e.message.startswith("Activation checkpointing")]
     assert said and said[0].startswith("Activation checkpointing: the first 1 of ") and "keep their activations" in said[0]
+
+
+def test_fp8_from_auto_is_a_choice_and_the_step_in_backward_turns_it_off():
+    """FP8 alone is planned faster; with the step inside backward it measured slower than bf16 (SPEED)."""
+    cfg = FASTEST.replace(fp8="tensorwise")
+    assert {c.get("fp8") for c in fastest.candidates(cfg, lowbit=False, fp8_optional=True)} == {None, "off"}
+    assert all("fp8" not in c for c in fastest.candidates(cfg, lowbit=False))      # a recipe the user set stays
+    off = fastest.planned_speed({"fp8": "off"}, cfg, liger=True)
+    assert off == pytest.approx(1 / fastest.SPEED["fp8"][0])
+    ib = {"optimizer_in_backward": True}
+    assert (fastest.planned_speed({**ib, "fp8": "off"}, cfg, liger=True)
+            > fastest.planned_speed(ib, cfg, liger=True))
+
+    def plan(mc, run):       # GB: only the step inside backward gets under 7.2 (FP8 saves 0.3)
+        m = run.memory
+        gb = (8 - 2 * m.optimizer_in_backward + (1 if m.activation_checkpointing else 4) - 0.3 * (m.fp8 != "off")
+              + (0.1 if m.loss == "chunked" else 1))
+        return SimpleNamespace(peak_allocated=gb * GB, total=gb * GB + GB)
+    budget = int(7.2 * GB)
+    fit = fastest.choose(cfg, LLAMA_1B, budget, liger=True, lowbit=False, plan=plan, fp8_optional=True)
+    assert fit.leaves.get("fp8") == "off" and fit.leaves.get("optimizer_in_backward"), fit.lines
+    assert "FP8 off" in fit.lines[0] and "derived" in fit.lines[0]
+    kept = fastest.choose(cfg, LLAMA_1B, budget, liger=True, lowbit=False, plan=plan)
+    assert "fp8" not in kept.leaves
+
+
+def test_fit_memory_lets_the_choice_turn_auto_fp8_off_and_keeps_auto_otherwise(monkeypatch):
+    from ftstudio.engine.train import fast_path
+    seen = {}
+
+    def fit(cfg, device, mc, report, **kw):
+        seen.update(kw, planned=cfg.memory.fp8)
+        return cfg.replace(fp8=chosen)
+    monkeypatch.setattr(fast_path, "fit_memory", fit)
+    monkeypatch.setattr(fast_path, "fp8_auto", lambda cfg, device, params: "tensorwise")
+    prepared = SimpleNamespace(train=[{"input_ids": [1] * 64}], val=[], task="causal-lm", format="text",
+                               collate=SimpleNamespace(packed=False))
+    info = SimpleNamespace(params=1.2e9, config=LLAMA_1B)
+    sched = lambda rows, general: SimpleNamespace(total_steps=900)  # noqa: E731
+    run = RunConfig().replace(device="cuda:0", seq_len=64, batch_size=1, compile=True, gpu_memory=10.0)
+    for chosen, after in (("tensorwise", "auto"), ("off", "off")):
+        cfg, _ = fast_path.apply(run, "cuda:0", prepared, info, sched, lambda ev: None)
+        assert seen["planned"] == "tensorwise" and seen["fp8_optional"] is True
+        assert cfg.memory.fp8 == after
+
