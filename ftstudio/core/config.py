@@ -98,6 +98,11 @@ class RunConfig:
                               "cannot be combined with train.grad_accum > 1 (gradients are freed as they arrive)")
         if self.memory.offload_activations and not self.memory.activation_checkpointing:
             raise ConfigError("memory.offload_activations", "needs memory.activation_checkpointing on")
+        if self.memory.checkpoint_blocks and not self.memory.activation_checkpointing:
+            raise ConfigError("memory.checkpoint_blocks", "needs memory.activation_checkpointing on")
+        if self.memory.checkpoint_blocks and self.memory.offload_activations:
+            raise ConfigError("memory.checkpoint_blocks", "with offload_activations every block's saved tensors would "
+                              "go to host memory; set checkpoint_blocks 0 or offload_activations off")
         if self.checkpoint.export_best and len(self.hardware.gpus) > 1:
             raise ConfigError("checkpoint.export_best", "keeps the best weights of one device; it is not "
                               "available for a multi-GPU (FSDP2) run yet")

@@ -260,19 +260,22 @@ class MemoryConfig:
     """Recompute each block's activations in the backward pass instead of storing them (about 30 % slower, far less memory)."""
     offload_activations: bool = False
     """With activation checkpointing, keep the saved block inputs in pinned CPU memory."""
+    checkpoint_blocks: int = 0
+    """With activation checkpointing, how many blocks are checkpointed, from the first; the others keep their activations (faster, more memory: what the memory budget's chooser uses to fill the memory left). 0 = every block."""
     loss: str = "full"
     """"full" materialises all logits; "chunked" computes the LM head and cross-entropy in slices so the fp32 logits never exist at once."""
     compile: bool = False
     """torch.compile each transformer block (CUDA only; compiling takes seconds, training gets faster)."""
     optimizer_in_backward: bool = False
     """Apply the optimizer step to each parameter as soon as its gradient is ready, so full gradients never coexist (no grad accumulation)."""
-    fp8: str = "off"
-    """FP8 training of the transformer blocks' linear layers (torchao float8, with compile, Hopper or newer): "tensorwise" or "rowwise" scaling; "auto" where it measured faster (Fastest); the first step's loss is checked against bf16's and the run is told if FP8 drifts."""
+    fp8: str = "auto"
+    """FP8 training of the transformer blocks' linear layers (torchao float8, with compile, Hopper or newer): "tensorwise" or "rowwise" scaling; "auto" (the default) where it measured faster: compiled, 1 B parameters or more, an FP8 GPU, torchao installed; "off" never. The first batch's loss is checked against bf16's (FP8 undone past 2 %) and the run is told if FP8 drifts."""
     fast_defaults: bool = True
     """On one CUDA GPU, turn on what is safe for the run even where its field is off: packing (causal LM rows mostly shorter than seq_len) and compile (when the run is long enough to repay compiling); each choice is logged. CPU runs and several GPUs use the fields as written."""
 
     def __post_init__(self) -> None:
         _check_choice("memory", "loss", self.loss, LOSSES)
+        _check_range("memory", "checkpoint_blocks", self.checkpoint_blocks, 0, integer=True)
         _check_choice("memory", "fp8", self.fp8, FP8_MODES)
 
 

@@ -128,7 +128,7 @@ def ours(name: str, flags: list[str], model: Path, data: Path, out: Path, a) -> 
     res["peak_alloc_gb"] = max(peaks) / 1e9 if peaks else None
     res["losses"] = [round(s["loss"], 4) for s in steps]
     res["first_step_s"] = round(steps[0].get("elapsed_s", 0.0), 1)
-    res["decisions"] = re.findall(r"(?:Fast defaults|Memory budget|Rejected|Traced plan|FP8|Precision)[^\n]*", text)[:12]
+    res["decisions"] = re.findall(r"(?:Fast defaults|Memory budget|Rejected|Traced plan|FP8|Precision|Activation checkpointing)[^\n]*", text)[:12]
     return emit(res)
 
 

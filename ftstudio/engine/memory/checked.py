@@ -58,7 +58,9 @@ def unchecked(run: RunConfig, *, model_type: str, precision: str, compiled: bool
     if precision == "bf16" and run.optim.optimizer == "adamw" and run.optim.bf16_rounding == "kahan":
         out.append("Kahan buffers (bf16_rounding kahan)")
     if run.memory.fp8 not in ("off", "auto"):
-        out.append(f"FP8 linear layers ({run.memory.fp8}; planned as the bf16 step)")
+        out.append(f"FP8 linear layers ({run.memory.fp8}; traced with torchao's layers, else the closed form's FP8 term)")
+    if run.memory.activation_checkpointing and run.memory.checkpoint_blocks:
+        out.append(f"checkpointing of the first {run.memory.checkpoint_blocks} blocks only")
     if run.train.grad_accum > 1:
         out.append(f"gradient accumulation ({run.train.grad_accum} micro-batches)")
     reg = run.regularize

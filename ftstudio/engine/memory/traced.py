@@ -107,12 +107,20 @@ def _untraced(run: RunConfig, gpus: int, device: str | None, trace: bool, loss_c
         return "compiled blocks without the trainer's compiled loss"
     if m.loss == "chunked" and not on_cpu and _liger():
         return "Liger's fused loss is a Triton kernel, not traced"
+    if m.activation_checkpointing and m.checkpoint_blocks:
+        return "checkpointing of some blocks only (checkpoint_blocks): the closed form plans it"
+    if m.fp8 in ("tensorwise", "rowwise") and not on_cpu and not _installed("torchao"):
+        return "FP8 linear layers without torchao here (the closed form's FP8 term plans them)"
     return ""
 
 
 def _liger() -> bool:
+    return _installed("liger_kernel")
+
+
+def _installed(name: str) -> bool:
     import importlib.util
-    return importlib.util.find_spec("liger_kernel") is not None
+    return importlib.util.find_spec(name) is not None
 
 
 def _trace(config, shape: ModelShape, run: RunConfig, device, seq_len, padded, trust_remote_code, loss_fn):
@@ -130,7 +138,8 @@ def _trace(config, shape: ModelShape, run: RunConfig, device, seq_len, padded, t
                           offload=run.memory.offload_activations and not on_cpu,
                           reentrant=_reentrant(loss_fn, run.memory.offload_activations),
                           padded=padded, block=1 if on_cpu else CUDA_BLOCK, compiled=compiled,
-                          loss_fn=(getattr(loss_fn, "compiled", None) if compiled else None) or loss_fn)
+                          loss_fn=(getattr(loss_fn, "compiled", None) if compiled else None) or loss_fn,
+                          fp8=run.memory.fp8 if run.memory.fp8 in ("tensorwise", "rowwise") and not on_cpu else None)
     return trace_step(config, choices, trust_remote_code=trust_remote_code)
 
 

@@ -92,11 +92,36 @@ def apply(cfg, device: str, prepared, info, plan_schedule, report):
     cfg = cfg.replace(compile=chosen["compile"], packing=chosen["packing"])
     if several:
         return cfg, prepared                                  # the plan of a sharded run is not this room's
-    return fit_memory(cfg, device, getattr(info, "config", None), report), prepared
+    planned = cfg.replace(fp8=fp8_auto(cfg, device, int(info.params or 0)))
+    fitted = fit_memory(planned, device, getattr(info, "config", None), report,
+                        fp8_optional=cfg.memory.fp8 == "auto")
+    # FP8 "auto" stays in the run's config (fp8.setup decides it again, with its probe) unless the budget's choice
+    # turned it off
+    off = fitted.memory.fp8 == "off" and planned.memory.fp8 != "off"
+    return fitted.replace(fp8="off" if off else cfg.memory.fp8), prepared
 
 
-def fit_memory(cfg, device: str, model_config: dict | None, report, *, confirm="traced"):
+def fp8_auto(cfg, device: str, params: int) -> str:
+    """``memory.fp8`` as the trainer will run it: "auto" becomes the recipe train/fp8.decide turns on for this run
+    (on this GPU), else "off"; an explicit setting is kept."""
+    if cfg.memory.fp8 != "auto":
+        return cfg.memory.fp8
+    import importlib.util
+
+    import torch
+
+    from ftstudio.engine.train import fp8
+
+    capability = (torch.cuda.get_device_capability(torch.device(device)) if torch.cuda.is_available() else None)
+    recipe, _ = fp8.decide("auto", device=device, capability=capability, compiled=bool(cfg.memory.compile),
+                           params=params, torchao=importlib.util.find_spec("torchao") is not None,
+                           gpus=max(1, len(cfg.hardware.gpus)))
+    return recipe or "off"
+
+
+def fit_memory(cfg, device: str, model_config: dict | None, report, *, confirm="traced", fp8_optional: bool = False):
     """``cfg`` with the fastest options that fit the memory budget (train/fastest.py), each choice logged.
+    ``fp8_optional``: ``cfg``'s FP8 recipe came from "auto", so the chooser may turn it off.
     ``confirm``: how the final candidates are re-planned ("traced": memory/traced.py with the trainer's loss, at
     ``seq_len``; a callable ``(model_config, run) -> MemoryBreakdown``; None: the closed form alone)."""
     from ftstudio.engine.train import fastest
@@ -109,7 +134,8 @@ def fit_memory(cfg, device: str, model_config: dict | None, report, *, confirm="
         confirm = (traced_planner(device, trust_remote_code=cfg.model.trust_remote_code)
                    if cfg.train.method == "sft" else None)
     try:
-        fit = fastest.choose(cfg, model_config, budget, compare=compare, device=device, confirm=confirm)
+        fit = fastest.choose(cfg, model_config, budget, compare=compare, device=device, confirm=confirm,
+                             fp8_optional=fp8_optional)
     except Exception as e:  # noqa: BLE001 - a model the planner cannot read: the run goes on as set, and says so
         report(LogLine(f"Memory budget: not planned ({type(e).__name__}: {str(e).splitlines()[0][:120]}); the run "
                        "starts as set", "warning"))

@@ -8,7 +8,7 @@ the same), as does any layer whose sizes are not multiples of 16 (FP8 GEMMs need
 compile (inductor fuses the scaling and casts) on a GPU with FP8 tensor cores (compute capability 8.9+: Ada,
 Hopper, Blackwell).
 
-``auto`` (what Fastest sets) turns it on from :data:`AUTO_MIN_PARAMS` parameters: peers report +10 % (3B) to
+``auto`` (the default, and Fastest's) turns it on from :data:`AUTO_MIN_PARAMS` parameters: peers report +10 % (3B) to
 +25 % (8B) on an H100 with compile, and on one H100 the Llama-3.2-1B shape (1.24 B, 4 × 2048, Fastest) ran 72.4 k
 tokens/s in FP8 tensorwise against 64.3 k in bf16 in the same call (+12.6 %; peak 17.0 against 20.2 GB), its loss
 within 0.15 % of the bf16 run's at every one of 35 steps (tests/benchmarks/results/pareto_nvidia_h100_80gb_hbm3.md).
@@ -18,7 +18,8 @@ The quality guard: before conversion the first training batch's loss is computed
 same batch in FP8. A relative gap above :data:`PROBE_TOLERANCE` undoes the conversion (the run trains in bf16 and
 says why). During the run, the logged loss is watched over the first :data:`WATCH_STEPS` steps: a non-finite loss
 or one that climbs :data:`RISE` × above the first logged loss is told to the run as FP8 diverging (``--fp8 off``
-is the remedy). The memory plan does not count FP8's transient casts (it plans the bf16 step).
+is the remedy). The memory plan counts FP8: the traced step converts the same layers (memory/tracer/step.py,
+torchao's Float8Linear on fake tensors), the closed form has an FP8 term (memory/plan.py, fp8_saved_less).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import math
 
 from ftstudio.core.errors import ConfigError
 from ftstudio.core.events import LogLine, StepMetrics
+from ftstudio.engine.models.float8 import convert, module_filter, unconvert  # noqa: F401 - the trainer's names
 
 AUTO_MIN_PARAMS = 1e9
 AUTO_RECIPE = "tensorwise"
@@ -38,8 +40,8 @@ RISE = 1.5
 def decide(mode: str, *, device: str, capability: tuple[int, int] | None, compiled: bool, params: int,
            torchao: bool, gpus: int = 1) -> tuple[str | None, str]:
     """(recipe or None, the log line saying why). Explicit modes that cannot run raise ConfigError."""
-    if mode == "off":
-        return None, ""
+    if mode == "off" or (mode == "auto" and not device.startswith("cuda")):
+        return None, ""                   # auto (the default) says nothing on a CPU run
     why_not = (f"needs a CUDA GPU (this run is on {device})" if not device.startswith("cuda") else
                f"runs on one GPU for now (this run shards over {gpus})" if gpus > 1 else
                "needs torchao (pip install 'ftstudio[fast]')" if not torchao else
@@ -58,45 +60,6 @@ def decide(mode: str, *, device: str, capability: tuple[int, int] | None, compil
         return None, (f"FP8 off (auto): {params / 1e9:.2f} B parameters; it pays from about "
                       f"{AUTO_MIN_PARAMS / 1e9:.0f} B (--fp8 {AUTO_RECIPE} forces it)")
     return AUTO_RECIPE, f"FP8 on (auto): {params / 1e9:.1f} B parameters, compiled, {AUTO_RECIPE} scaling"
-
-
-def module_filter(model):
-    """torchao's ``module_filter_fn``: linear layers with sizes divisible by 16, never the output embedding."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-
-    def keep(module, fqn: str) -> bool:
-        if module is head:
-            return False
-        n_in, n_out = getattr(module, "in_features", 0), getattr(module, "out_features", 0)
-        return n_in % 16 == 0 and n_out % 16 == 0
-    return keep
-
-
-def convert(model, recipe: str) -> int:
-    """Swap the chosen linear layers for torchao's Float8Linear in place; returns how many."""
-    from torchao.float8 import Float8LinearConfig, convert_to_float8_training
-    from torchao.float8.float8_linear import Float8Linear   # not re-exported by torchao.float8 (0.15)
-
-    convert_to_float8_training(model, config=Float8LinearConfig.from_recipe_name(recipe),
-                               module_filter_fn=module_filter(model))
-    return sum(isinstance(m, Float8Linear) for m in model.modules())
-
-
-def unconvert(model) -> int:
-    """Float8Linear → nn.Linear over the same parameters (the probe failed); returns how many."""
-    import torch
-    from torchao.float8.float8_linear import Float8Linear
-
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, Float8Linear):
-                plain = torch.nn.Linear(child.in_features, child.out_features, bias=child.bias is not None,
-                                        device="meta")
-                plain.weight, plain.bias = child.weight, child.bias
-                setattr(parent, name, plain)
-                count += 1
-    return count
 
 
 def relative_gap(fp8_loss: float, bf16_loss: float) -> float:

@@ -4,7 +4,8 @@ With activation checkpointing each block keeps only its input for the backward p
 saves that input through ``ctx.save_for_backward``, which ``torch.autograd.graph.save_on_cpu(pin_memory=True)``
 moves to pinned CPU memory and brings back (asynchronously) when the block is recomputed. Non-reentrant
 checkpointing keeps its inputs alive in a closure on the GPU, so offload switches checkpointing to the
-reentrant variant (:func:`checkpoint_kwargs`).
+reentrant variant (:func:`checkpoint_kwargs`). :func:`enable` turns checkpointing on as the trainer wants it,
+for every block or for the first ``memory.checkpoint_blocks`` only.
 """
 from __future__ import annotations
 
@@ -28,3 +29,20 @@ def offload_context(enabled: bool, device: str = "cuda"):
         return nullcontext()
     pin = device.startswith("cuda") and torch.cuda.is_available()
     return torch.autograd.graph.save_on_cpu(pin_memory=pin)
+
+
+def enable(model, memory) -> str:
+    """Checkpoint the model's blocks (all, or the first ``memory.checkpoint_blocks``: the others keep their
+    activations, which the memory budget's chooser plans to fit); returns the log line saying which."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs(memory.offload_activations))
+    from ftstudio.engine.models.structure import find_block_list
+
+    blocks = find_block_list(model)
+    n = len(blocks) if blocks is not None else 0
+    k = memory.checkpoint_blocks
+    if not k or k >= n or any(not hasattr(b, "gradient_checkpointing") for b in blocks):
+        return ("Activation checkpointing: every block" + ("" if not k or k >= n else
+                f" (checkpoint_blocks {k}: this model's blocks do not take a per-block switch)"))
+    for block in list(blocks)[k:]:
+        block.gradient_checkpointing = False    # transformers' GradientCheckpointingLayer reads it per call
+    return f"Activation checkpointing: the first {k} of {n} blocks; the last {n - k} keep their activations"

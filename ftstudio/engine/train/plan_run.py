@@ -148,7 +148,8 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
         traced_at = fast_path.traced_planner(dev, seq_len=longest, padded=padded,
                                              trust_remote_code=run.model.trust_remote_code, source=source)
         eff = fast_path.fit_memory(eff, dev, model_config, lambda ev: lines.append(ev.message),
-                                   confirm=None if pairs or not trace else traced_at)
+                                   confirm=None if pairs or not trace else traced_at,
+                                   fp8_optional=run.memory.fp8 == "auto")
     plan_at = functools.partial(traced_plan, model_config, eff, gpus, dev, padded=padded or pairs,
                                 trust_remote_code=run.model.trust_remote_code, source=source, trace=trace,
                                 loss_fn=trainer_loss)

@@ -188,10 +188,9 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
             from ftstudio.engine.train.fp8 import setup as setup_fp8
             self.report = setup_fp8(model, prepared, device, numerics, cfg, self.report, params=int(info.params or 0))
         if cfg.memory.activation_checkpointing:
-            # Recompute each block in backward instead of storing its activations.
-            from ftstudio.engine.train.offload import checkpoint_kwargs  # reentrant when the inputs are offloaded
-            model.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs=checkpoint_kwargs(cfg.memory.offload_activations))
+            # Recompute blocks in backward instead of storing their activations (reentrant when offloaded).
+            from ftstudio.engine.train.offload import enable as enable_checkpointing
+            self.report(LogLine(enable_checkpointing(model, cfg.memory)))
         if cfg.memory.compile and getattr(sys, "frozen", False):
             self.report(LogLine("torch.compile is off in the bundled app (no compiler inside); training "
                                 "uncompiled", "warning"))

@@ -27,7 +27,8 @@ LABELS = {
     "eval_batches": "Evaluation batches", "checkpoint_every": "Checkpoint every N steps",
     "keep_last": "Keep last K checkpoints", "gpus": "GPUs (FSDP2)", "memory_snapshot_every": "Memory snapshot every",
     "trust_remote_code": "Trust remote code", "activation_checkpointing": "Activation checkpointing",
-    "offload_activations": "Offload activations", "optimizer_in_backward": "Optimizer step in backward",
+    "offload_activations": "Offload activations",
+    "checkpoint_blocks": "Checkpointed blocks (0: all)", "optimizer_in_backward": "Optimizer step in backward",
     "log_every": "Log every N steps", "nonfinite": "On NaN/inf loss", "max_skips": "Max skipped steps",
     "beta1": "Adam β1", "beta2": "Adam β2", "eps": "Adam ε", "run_name": "Run name", "output": "Output folder",
 }

@@ -52,6 +52,7 @@ class StepChoices:
     block: int = CUDA_BLOCK             # allocator rounding (1 on the CPU)
     loss_fn: object = None              # loss_fn(model, batch, chunked=bool): the trainer's causal-LM loss
     compiled: bool = False              # blocks under torch.compile: AOTAutograd's partition of each (aot below)
+    fp8: str | None = None              # torchao's Float8Linear in the blocks ("tensorwise" | "rowwise"; issue 33)
 
 
 @dataclass
@@ -220,6 +221,9 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
         params = [p for p in model.parameters()]
         for p in params:
             p.requires_grad_(True)
+        if choices.fp8:      # the trainer's conversion (same layers): its casts and fp8 saves run on fake tensors
+            from ftstudio.engine.models.float8 import convert
+            convert(model, choices.fp8)
         if choices.checkpointing:
             # The recompute in backward runs under the same CUDA rules as the forward (checkpoint's context_fn)
             rules_for = (lambda: CudaAutocastRules(autocast_dtype)) if choices.block > 1 else nullcontext
