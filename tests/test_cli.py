@@ -88,6 +88,19 @@ def test_estimate_takes_a_preset_and_the_step_in_backward(capsys):
     assert last_json(capsys)["breakdown"]["gradients"] > largest["breakdown"]["gradients"] * 20
 
 
+def test_estimate_checks_flags_that_need_each_other_together(capsys):
+    """--checkpoint-blocks needs --activation-checkpointing: given together they plan (train takes them so), the
+    first alone is one clear line; fewer checkpointed blocks plan more activations."""
+    shape = ["--params", "1.2e9", "--hidden", "2048", "--layers", "16", "--seq-len", "2048", "--json"]
+    assert main(["estimate", *shape, "--activation-checkpointing"]) == 0
+    every = last_json(capsys)
+    assert main(["estimate", *shape, "--activation-checkpointing", "--checkpoint-blocks", "4"]) == 0
+    four = last_json(capsys)
+    assert four["peak_allocated_bytes"] > every["peak_allocated_bytes"]
+    assert main(["estimate", *shape, "--checkpoint-blocks", "4"]) == 2
+    assert "memory.checkpoint_blocks: needs memory.activation_checkpointing on" in capsys.readouterr().err
+
+
 def test_estimate_takes_demo_as_train_does(capsys):
     """`estimate --demo` plans `train --demo`: the bundled model, and its data read for the real row lengths."""
     assert main(["estimate", "--demo", "--json"]) == 0

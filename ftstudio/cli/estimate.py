@@ -80,28 +80,31 @@ def _run_config(args: argparse.Namespace):
     from ftstudio.core.config import RunConfig
     from ftstudio.core.presets import apply_preset
 
-    from .flags import apply_config_flags
-
     base = RunConfig.load(args.config) if args.config else RunConfig()
     if getattr(args, "demo", False):        # as train's --demo: before the preset and the flags, which override it
         base = base.replace(source="demo", dataset="demo")
     if args.preset:
         base = apply_preset(base, args.preset)
-    base = apply_config_flags(base, args)
+    flags = {k[4:]: v for k, v in vars(args).items() if k.startswith("cfg_") and v is not None}
     if args.model:
-        base = base.replace(source=args.model)
+        flags["source"] = args.model
     m = base.memory
+
     def given(flag, leaf: bool) -> bool:
         return bool(leaf if flag is None else flag)
 
-    offload = given(args.offload_activations, m.offload_activations)
-    own = {"activation_checkpointing": given(args.activation_checkpointing, m.activation_checkpointing) or offload,
+    offload = given(args.offload_activations, flags.get("offload_activations", m.offload_activations))
+    own = {"activation_checkpointing": given(args.activation_checkpointing, flags.get(
+               "activation_checkpointing", m.activation_checkpointing)) or offload,
            "offload_activations": offload,
-           "optimizer_in_backward": given(args.optimizer_in_backward, m.optimizer_in_backward)}
+           "optimizer_in_backward": given(args.optimizer_in_backward, flags.get("optimizer_in_backward",
+                                                                                m.optimizer_in_backward))}
     for leaf in ("batch_size", "grad_accum", "optimizer", "loss", "precision"):
         if getattr(args, leaf) is not None:
             own[leaf] = getattr(args, leaf)
-    return base.replace(**own)
+    # one replace: a flag that needs another (--checkpoint-blocks needs --activation-checkpointing) is checked
+    # against all of them, as train checks its flags
+    return base.replace(**{**flags, **own})
 
 
 def run(args: argparse.Namespace) -> int:
