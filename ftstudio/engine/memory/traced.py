@@ -141,6 +141,19 @@ def step_bytes(run: RunConfig, device=None) -> int:
     return wb + c + LOWBIT_STEP_BYTES.get(run.optim.optimizer, 0)
 
 
+def step_transient(run: RunConfig, device=None) -> int:
+    """What the optimizer step (outside backward) allocates beside its states, bytes per value of the largest tensor:
+    nothing for AdamW (torch's fused kernel on fp32 weights, the Triton bf16 kernel on bf16 weights without Kahan
+    buffers: each updates in place; an H100 step of the Llama-3.2-1B shape peaked at exactly weights + gradients +
+    states + cuBLAS's workspaces), the dequantised 8/4-bit states and upcast weight and gradient of one tensor
+    for torchao's optimizers, and :func:`step_bytes` (errs high) for the others (Kahan's compiled multi-tensor
+    update, Adafactor, SGD)."""
+    if run.optim.optimizer == "adamw" and not (resolve_precision(run, device) == "bf16"
+                                               and run.optim.bf16_rounding == "kahan"):
+        return 0
+    return step_bytes(run, device)
+
+
 def _reentrant(loss_fn, offload: bool) -> bool:
     """The trainer's checkpoint kind, from its own rule when the caller passes it (``loss_fn.checkpoint_kwargs``)."""
     kwargs = getattr(loss_fn, "checkpoint_kwargs", None)
@@ -159,7 +172,7 @@ def _compose(t, shape: ModelShape, run: RunConfig, gpus: int, device, closed: Me
         optimizer_bytes(shape, run.optim.optimizer, wb, kahan=kahan, library=library)
     anchor = closed.anchor
     in_bwd = run.memory.optimizer_in_backward
-    step_tmp = step_bytes(run, device) * t.largest
+    step_tmp = (step_bytes(run, device) if in_bwd else step_transient(run, device)) * t.largest
     grads_end = wb * t.largest if in_bwd else t.gradients
     phases = {
         # forward + loss + backward as traced (weights, gradients as they accumulate, activations), with the

@@ -34,8 +34,26 @@ class LiveBytes(TorchDispatchMode):
         self.paused = 0                  # inside uncounted(): host memory (offloaded copies), not the device's
         self.region_peaks: dict[int, int] = {}
         self._seen: dict[int, tuple[weakref.ref, int]] = {}
+        self._pending = None             # an accumulation of backward's gradients, its peak not yet known
 
-    def _add(self, t) -> None:
+    def _peak(self, level: int, region: int | None = None) -> None:
+        region = self.region if region is None else region
+        if level > self.peak:
+            self.peak = level
+        if level > self.region_peaks.get(region, 0):
+            self.region_peaks[region] = level
+
+    def settle(self) -> None:
+        """Count the peak of the last gradient accumulation (:func:`_accumulation`): autograd's input buffer adds
+        a gradient into the one it holds in place when it holds the only reference to it (input_buffer.cpp's
+        ``can_accumulate_inplace``), which a fake tensor, a tensor subclass, never passes: on fake tensors the sum
+        is a new tensor and the old one dies right after. When it died, the sum took its place (no new peak);
+        when it lives on, the sum was a real new tensor beside it."""
+        pending, self._pending = self._pending, None
+        if pending is not None and pending[0]() is not None:
+            self._peak(pending[1], pending[2])
+
+    def _add(self, t, defer=None) -> None:
         if not isinstance(t, torch.Tensor) or t.device.type == "meta" and not _is_fake(t):
             return
         try:
@@ -54,10 +72,10 @@ class LiveBytes(TorchDispatchMode):
 
         self._seen[key] = (weakref.ref(st, release), n)
         self.live += n
-        if self.live > self.peak:
-            self.peak = self.live
-        if self.live > self.region_peaks.get(self.region, 0):
-            self.region_peaks[self.region] = self.live
+        if defer is not None:
+            self._pending = (defer, self.live, self.region)
+            return
+        self._peak(self.live)
 
     def count(self, tensors) -> None:
         """Count tensors made outside an op seen here (e.g. before the mode was entered)."""
@@ -73,11 +91,13 @@ class LiveBytes(TorchDispatchMode):
             self.paused -= 1
 
     def reset_peak(self) -> None:
+        self.settle()
         self.peak = self.live
         self.region_peaks = {self.region: self.live}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        self.settle()
         out = fp32_grouped_mm(func, args, kwargs)
         if out is None:
             out = func(*args, **kwargs)
@@ -88,9 +108,47 @@ class LiveBytes(TorchDispatchMode):
                 return out                   # fused into a kernel: never a buffer of its own
             for t in tree_flatten((args, kwargs))[0]:
                 self._add(t)                 # an extern kernel reads materialised buffers
+        old = _accumulation(func, args, kwargs, out)
         for t in tree_flatten(out)[0]:
-            self._add(t)
+            self._add(t, defer=old)
         return out
+
+    def __exit__(self, *exc):
+        self.settle()
+        return super().__exit__(*exc)
+
+
+_ADD = torch.ops.aten.add.Tensor
+
+
+def _accumulation(func, args, kwargs, out):
+    """A weak reference to the storage of ``old`` when ``out = old + new`` may be autograd's input buffer summing
+    two gradients of one tensor (in backward, grad mode off, same shape and dtype, ``old`` dense and owning its
+    whole storage), else None; :meth:`LiveBytes.settle` decides from ``old``'s lifetime whether it was in place."""
+    if func is not _ADD or len(args) != 2 or kwargs.get("alpha", 1) != 1 or torch.is_grad_enabled():
+        return None
+    old, new = args
+    if not (isinstance(old, torch.Tensor) and isinstance(new, torch.Tensor) and isinstance(out, torch.Tensor)):
+        return None
+    if torch._C._current_graph_task_id() == -1:
+        return None                          # not inside autograd's backward
+    if old.shape != new.shape or old.shape != out.shape or old.dtype != new.dtype or old.dtype != out.dtype:
+        return None
+    try:
+        st = old.untyped_storage()
+        if not _dense(old) or st.nbytes() != old.numel() * old.element_size():
+            return None
+        return weakref.ref(st)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def _dense(t) -> bool:
+    try:
+        from torch._prims_common import is_non_overlapping_and_dense
+        return bool(is_non_overlapping_and_dense(t))
+    except ImportError:
+        return t.is_contiguous()
 
 
 def _tracing_graph() -> bool:

@@ -265,6 +265,7 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
                     loss = _loss(model, batch, choices)
                 loss.backward()
                 del loss
+            live.settle()
             train_peak, regions = live.peak, dict(live.region_peaks)
             live.region = 0
             grads = sum(round_block(p.grad.untyped_storage().nbytes(), choices.block)
@@ -276,6 +277,7 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
             with torch.no_grad(), amp:
                 out = _loss(model, batch, choices)
             del out
+            live.settle()
             eval_peak = live.peak
     largest = max((p.numel() for p in params), default=0)
     n_params = sum(p.numel() for p in {id(p): p for p in params}.values())
