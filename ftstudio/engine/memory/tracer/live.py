@@ -46,9 +46,9 @@ class LiveBytes(TorchDispatchMode):
     def settle(self) -> None:
         """Count the peak of the last gradient accumulation (:func:`_accumulation`): autograd's input buffer adds
         a gradient into the one it holds in place when it holds the only reference to it (input_buffer.cpp's
-        ``can_accumulate_inplace``), which a fake tensor, a tensor subclass, never passes: on fake tensors the sum
-        is a new tensor and the old one dies right after. When it died, the sum took its place (no new peak);
-        when it lives on, the sum was a real new tensor beside it."""
+        ``can_accumulate_inplace``), which a fake tensor, a tensor subclass, never passes (nor any tensor while a
+        dispatch mode such as this one is active): here the sum is a new tensor and the old one dies right after.
+        When it died, the sum took its place (no new peak); when it lives on, the sum was a new tensor beside it."""
         pending, self._pending = self._pending, None
         if pending is not None and pending[0]() is not None:
             self._peak(pending[1], pending[2])
@@ -123,8 +123,8 @@ _ADD = torch.ops.aten.add.Tensor
 
 def _accumulation(func, args, kwargs, out):
     """A weak reference to the storage of ``old`` when ``out = old + new`` may be autograd's input buffer summing
-    two gradients of one tensor (in backward, grad mode off, same shape and dtype, ``old`` dense and owning its
-    whole storage), else None; :meth:`LiveBytes.settle` decides from ``old``'s lifetime whether it was in place."""
+    two gradients of one tensor (in backward, grad mode off, same shape and dtype, ``old`` dense, not a view and
+    owning its whole storage), else None; :meth:`LiveBytes.settle` decides from ``old``'s lifetime whether it was in place."""
     if func is not _ADD or len(args) != 2 or kwargs.get("alpha", 1) != 1 or torch.is_grad_enabled():
         return None
     old, new = args
@@ -136,7 +136,7 @@ def _accumulation(func, args, kwargs, out):
         return None
     try:
         st = old.untyped_storage()
-        if not _dense(old) or st.nbytes() != old.numel() * old.element_size():
+        if old._is_view() or not _dense(old) or st.nbytes() != old.numel() * old.element_size():
             return None
         return weakref.ref(st)
     except (RuntimeError, NotImplementedError):
