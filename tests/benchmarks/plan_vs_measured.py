@@ -222,7 +222,8 @@ def main() -> int:
             try:
                 cfg = config_for(name, setting, model, data, a.steps, work / "runs")
                 total = LONG_STEPS if setting == "long" else a.steps
-                facts = RowFacts(count=batch * (a.steps + 1), longest=seq, fill=1.0, padded=cls, total_steps=total)
+                # rows that all fill seq_len: no padding (a classifier's all-ones mask is dropped before SDPA)
+                facts = RowFacts(count=batch * (a.steps + 1), longest=seq, fill=1.0, padded=False, total_steps=total)
                 t = time.time()
                 rp = plan_run(cfg, model_config=dict(cfg_d), device="cuda", rows=facts)
                 row.update(planned=rp.plan.peak_allocated, method=rp.plan.method, plan_s=round(time.time() - t, 2),
@@ -264,7 +265,7 @@ def _model_and_states(name: str, work: Path, steps: int) -> int:
     cfg_d, batch, seq = SHAPES[name]
     cls = cfg_d["model_type"] == "bert"
     cfg = config_for(name, "largest", work / name, make_data(work, seq, batch * (steps + 1), cls), steps, work / "runs")
-    facts = RowFacts(count=batch * (steps + 1), longest=seq, fill=1.0, padded=cls, total_steps=steps)
+    facts = RowFacts(count=batch * (steps + 1), longest=seq, fill=1.0, padded=False, total_steps=steps)
     plan = plan_run(cfg, model_config=dict(cfg_d), device="cuda", rows=facts, trace=False).plan
     return plan.weights + plan.optimizer
 

@@ -66,8 +66,11 @@ def read_rows(run: RunConfig, task: str | None = None) -> RowFacts:
         longest, later = longest_pair(prepared, s), later_longest(run, prepared)
     top = lengths[-run.train.batch_size:] if lengths else []
     sched = plan_schedule(run, len(prepared.train), 0, *row_stats(prepared.train, [], run))
+    # a classifier's batches always carry a mask; transformers drops an all-ones one before SDPA (its rows then
+    # attend as unpadded rows do), so only rows of different lengths anywhere in the data make it a padded batch
+    padded = bool(top) and (min(top) != max(top) or task == "classification" and lengths[0] != lengths[-1])
     return RowFacts(count=len(lengths), longest=longest, fill=sum(lengths) / max(1, len(lengths)) / s,
-                    padded=bool(top) and (min(top) != max(top) or task == "classification"),
+                    padded=padded,
                     total_steps=sched.total_steps, later=later)
 
 

@@ -103,6 +103,12 @@ class LiveBytes(TorchDispatchMode):
             out = func(*args, **kwargs)
         if _tracing_graph() or self.paused:
             return out                       # AOTAutograd tracing a graph (compile time), not the step
+        if getattr(func, "is_view", False):
+            # a view shares its input's storage: never memory of its own. A storage first seen through a view was
+            # made where nothing was counted: AOTAutograd keeps views of the traced outputs of each compiled
+            # graph (its tangents' metadata) for the function's lifetime, one block-sized tensor per compiled
+            # block, which the step never allocates (+0.54 GB on a compiled Llama-3.2-1B plan)
+            return out
         if self.only is not None:
             if func.overloadpacket not in self.only:
                 return out                   # fused into a kernel: never a buffer of its own

@@ -332,7 +332,7 @@ def _batch(config, choices: StepChoices) -> dict:
     b, s = choices.batch, choices.seq_len
     ids = torch.zeros(b, s, dtype=torch.long)
     batch = {"input_ids": ids}
-    if choices.padded or choices.task == "classification":
+    if choices.padded:          # (a classifier's all-ones mask is dropped by transformers before SDPA)
         mask = torch.ones(b, s, dtype=torch.long)
         if b > 1 and s > 1:
             mask[-1, -1] = 0                   # one padded token: the mask is needed, as in a padded batch
