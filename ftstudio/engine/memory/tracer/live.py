@@ -35,6 +35,23 @@ class LiveBytes(TorchDispatchMode):
         self.region_peaks: dict[int, int] = {}
         self._seen: dict[int, tuple[weakref.ref, int]] = {}
         self._pending = None             # an accumulation of backward's gradients, its peak not yet known
+        self._owned: dict[int, weakref.ref] = {}   # storages of compiled graphs' outputs (see :meth:`own`)
+
+    def own(self, tensors) -> None:
+        """Outputs of a compiled graph: inductor returns each as a tensor of its own over a buffer it frees
+        (reinterpret_tensor), not as a view; a transposed weight gradient (a permute of an mm here) is then summed
+        in place by autograd like any fresh tensor (:func:`_accumulation`)."""
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and t._is_view():
+                try:
+                    st = t.untyped_storage()
+                except (RuntimeError, NotImplementedError):
+                    continue
+                self._owned[id(st)] = weakref.ref(st)
+
+    def _owns(self, st) -> bool:
+        ref = self._owned.get(id(st))
+        return ref is not None and ref() is st
 
     def _peak(self, level: int, region: int | None = None) -> None:
         region = self.region if region is None else region
@@ -114,7 +131,7 @@ class LiveBytes(TorchDispatchMode):
                 return out                   # fused into a kernel: never a buffer of its own
             for t in tree_flatten((args, kwargs))[0]:
                 self._add(t)                 # an extern kernel reads materialised buffers
-        old = _accumulation(func, args, kwargs, out)
+        old = _accumulation(func, args, kwargs, out, self._owns)
         for t in tree_flatten(out)[0]:
             self._add(t, defer=old)
         return out
@@ -127,7 +144,7 @@ class LiveBytes(TorchDispatchMode):
 _ADD = torch.ops.aten.add.Tensor
 
 
-def _accumulation(func, args, kwargs, out):
+def _accumulation(func, args, kwargs, out, owns=lambda st: False):
     """A weak reference to the storage of ``old`` when ``out = old + new`` may be autograd's input buffer summing
     two gradients of one tensor (in backward, grad mode off, same shape and dtype, ``old`` dense, not a view and
     owning its whole storage), else None; :meth:`LiveBytes.settle` decides from ``old``'s lifetime whether it was in place."""
@@ -142,7 +159,7 @@ def _accumulation(func, args, kwargs, out):
         return None
     try:
         st = old.untyped_storage()
-        if old._is_view() or not _dense(old) or st.nbytes() != old.numel() * old.element_size():
+        if old._is_view() and not owns(st) or not _dense(old) or st.nbytes() != old.numel() * old.element_size():
             return None
         return weakref.ref(st)
     except (RuntimeError, NotImplementedError):
