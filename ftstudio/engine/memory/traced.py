@@ -207,7 +207,8 @@ def _compose(t, shape: ModelShape, run: RunConfig, gpus: int, device, closed: Me
     if run.memory.compile and not on_cpu:
         notes.append("compiled blocks and head: the tensors inductor's partitioner saves, from AOTAutograd's graphs of "
                      "the model's own block, run as inductor runs them (each value dropped after its last use, padded rows "
-                     "beside their inputs); on an H100 such plans ran 4 % below to 7 % above the measured peak")
+                     "beside their inputs); on an H100 eleven such plans (Fastest, a compiled long run) ran 0.7 % below to "
+                     "1.3 % above the allocator's peak (tests/benchmarks/results/plan_vs_measured.md)")
     notes += t.notes
     if "benchmarks" in phases:
         notes.append(BENCHMARK_NOTE.format(b=run.train.batch_size, s=run.data.seq_len, gb=phases["benchmarks"] / 1e9))
