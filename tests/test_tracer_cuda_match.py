@@ -175,3 +175,23 @@ def test_an_eager_step_keeps_the_kv_cache_the_model_builds_in_training():
     finally:
         live_mod.LiveBytes.__torch_dispatch__ = dispatch
     assert counts[True] >= counts[False] + 2 * 2          # keys and values of both blocks, in training and eval
+
+
+def test_a_classifiers_rows_are_planned_padded_only_when_their_lengths_differ(tiny_bert, tmp_path):
+    """read_rows: a classifier's rows of one length (cut at seq_len) are planned without a mask; rows of different
+    lengths with one (a shuffled batch holding the longest row then pads)."""
+    import json
+
+    from test_trainer import lm_config
+
+    from ftstudio.engine.train.plan_run import read_rows
+
+    def facts(texts):
+        path = tmp_path / f"c{len(texts[0])}.jsonl"
+        path.write_text("".join(json.dumps({"text": t, "label": ["a", "b"][i % 2]}) + "\n"
+                                for i, t in enumerate(texts)))
+        return read_rows(lm_config(tiny_bert, path, tmp_path / "runs", seq_len=8, val_fraction=0.0))
+
+    long = " ".join(["the party shall terminate"] * 8)          # longer than seq_len: every row is cut to 8
+    assert not facts([long] * 12).padded
+    assert facts([long if i % 2 else "liability" for i in range(12)]).padded
