@@ -154,6 +154,8 @@ def measure_run(cfg, stop_after: int | None = None) -> dict:
 
     import gc
     gc.collect()
+    if hasattr(torch._C, "_cuda_clearCublasWorkspaces"):
+        torch._C._cuda_clearCublasWorkspaces()    # cuBLAS's workspaces of an earlier row (kept per process)
     torch.cuda.empty_cache()
     before = torch.cuda.memory_allocated()     # what an earlier run of this process left allocated (0 expected)
     torch.cuda.reset_peak_memory_stats()
@@ -180,6 +182,8 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/plan_vs_measured")
     ap.add_argument("--out")
     ap.add_argument("--jsonl")
+    ap.add_argument("--rows", help="shape:setting,... in this order (instead of --shapes x --settings)")
+    ap.add_argument("--deadline", type=float, default=0, help="seconds: start no measured row after this")
     ap.add_argument("--plan-only", action="store_true")
     ap.add_argument("--measured", help="with --plan-only: raw rows of earlier runs, comma-separated")
     ap.add_argument("--gpu-machine", action="store_true", help="with --plan-only: decide as with triton installed "
@@ -212,44 +216,50 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     rows_out = []
     capacity = _capacity()
-    for setting in a.settings.split(","):
-        for name in a.shapes.split(","):
-            cfg_d, batch, seq = SHAPES[name]
-            cls = cfg_d["model_type"] == "bert"
-            model = work / name if a.plan_only else make_model(name, work)
-            data = make_data(work, seq, batch * (a.steps + 1), cls)
-            row = {"shape": name, "setting": setting, "batch": batch, "seq_len": seq}
-            try:
-                cfg = config_for(name, setting, model, data, a.steps, work / "runs")
-                total = LONG_STEPS if setting == "long" else a.steps
-                facts = RowFacts(count=batch * (a.steps + 1), longest=seq, fill=1.0, padded=cls, total_steps=total)
-                t = time.time()
-                rp = plan_run(cfg, model_config=dict(cfg_d), device="cuda", rows=facts)
-                row.update(planned=rp.plan.peak_allocated, method=rp.plan.method, plan_s=round(time.time() - t, 2),
-                           margin=rp.plan.margin, notes=rp.plan.notes, choices=rp.lines,
-                           closed_form=rp.plan.parts.get("closed_form_peak", rp.plan.peak_allocated),
-                           phase=rp.plan.peak_phase, compiled=rp.config.memory.compile,
-                           planned_phases={k[6:]: v for k, v in rp.plan.parts.items() if k.startswith("phase:")})
-                if capacity and rp.plan.peak_allocated > 0.97 * capacity:
-                    row.update(status="skipped", reason=f"planned beyond the card's {capacity / 1e9:.0f} GB")
-                elif not a.plan_only:
-                    row.update(measure_run(cfg, stop_after=a.steps if setting == "long" else None))
-                elif (name, setting) in measured:
-                    row["measured"] = measured[(name, setting)]
-                    if leaked_from.get(name):
-                        leaked = sum(_model_and_states(n, work, a.steps) for n in leaked_from[name])
-                        row.update(measured_raw=row["measured"], measured=row["measured"] - leaked, leaked=leaked,
-                                   leaked_from=leaked_from[name])
-            except Exception as e:  # noqa: BLE001 - one failed row must not end the table
-                row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
-            if row.get("planned") and row.get("measured"):
-                row["error"] = (row["planned"] - row["measured"]) / row["measured"]
-                row["closed_error"] = (row["closed_form"] - row["measured"]) / row["measured"]
-            rows_out.append(row)
-            print(json.dumps(row, default=str), flush=True)
-            if a.jsonl:
-                with open(a.jsonl, "a") as fh:
-                    fh.write(json.dumps(row, default=str) + "\n")
+    t0 = time.time()
+    pairs = [tuple(r.split(":")) for r in a.rows.split(",")] if a.rows else \
+        [(name, setting) for setting in a.settings.split(",") for name in a.shapes.split(",")]
+    for name, setting in pairs:
+        cfg_d, batch, seq = SHAPES[name]
+        cls = cfg_d["model_type"] == "bert"
+        late = not a.plan_only and a.deadline and time.time() - t0 > a.deadline
+        model = work / name if a.plan_only or late else make_model(name, work)
+        data = make_data(work, seq, batch * (a.steps + 1), cls)
+        row = {"shape": name, "setting": setting, "batch": batch, "seq_len": seq}
+        try:
+            cfg = config_for(name, setting, model, data, a.steps, work / "runs")
+            total = LONG_STEPS if setting == "long" else a.steps
+            # rows that all fill seq_len: no padding (a classifier's all-ones mask is dropped before SDPA)
+            facts = RowFacts(count=batch * (a.steps + 1), longest=seq, fill=1.0, padded=False, total_steps=total)
+            t = time.time()
+            rp = plan_run(cfg, model_config=dict(cfg_d), device="cuda", rows=facts)
+            row.update(planned=rp.plan.peak_allocated, method=rp.plan.method, plan_s=round(time.time() - t, 2),
+                       margin=rp.plan.margin, notes=rp.plan.notes, choices=rp.lines,
+                       closed_form=rp.plan.parts.get("closed_form_peak", rp.plan.peak_allocated),
+                       phase=rp.plan.peak_phase, compiled=rp.config.memory.compile,
+                       planned_phases={k[6:]: v for k, v in rp.plan.parts.items() if k.startswith("phase:")})
+            if capacity and rp.plan.peak_allocated > 0.97 * capacity:
+                row.update(status="skipped", reason=f"planned beyond the card's {capacity / 1e9:.0f} GB")
+            elif late:
+                row.update(status="skipped", reason="--deadline reached")
+            elif not a.plan_only:
+                row.update(measure_run(cfg, stop_after=a.steps if setting == "long" else None))
+            elif (name, setting) in measured:
+                row["measured"] = measured[(name, setting)]
+                if leaked_from.get(name):
+                    leaked = sum(_model_and_states(n, work, a.steps) for n in leaked_from[name])
+                    row.update(measured_raw=row["measured"], measured=row["measured"] - leaked, leaked=leaked,
+                               leaked_from=leaked_from[name])
+        except Exception as e:  # noqa: BLE001 - one failed row must not end the table
+            row.update(status="error", reason=f"{type(e).__name__}: {e}"[:300])
+        if row.get("planned") and row.get("measured"):
+            row["error"] = (row["planned"] - row["measured"]) / row["measured"]
+            row["closed_error"] = (row["closed_form"] - row["measured"]) / row["measured"]
+        rows_out.append(row)
+        print(json.dumps(row, default=str), flush=True)
+        if a.jsonl:
+            with open(a.jsonl, "a") as fh:
+                fh.write(json.dumps(row, default=str) + "\n")
     table = format_table(rows_out)
     print(table)
     if a.out:
@@ -264,7 +274,7 @@ def _model_and_states(name: str, work: Path, steps: int) -> int:
     cfg_d, batch, seq = SHAPES[name]
     cls = cfg_d["model_type"] == "bert"
     cfg = config_for(name, "largest", work / name, make_data(work, seq, batch * (steps + 1), cls), steps, work / "runs")
-    facts = RowFacts(count=batch * (steps + 1), longest=seq, fill=1.0, padded=cls, total_steps=steps)
+    facts = RowFacts(count=batch * (steps + 1), longest=seq, fill=1.0, padded=False, total_steps=steps)
     plan = plan_run(cfg, model_config=dict(cfg_d), device="cuda", rows=facts, trace=False).plan
     return plan.weights + plan.optimizer
 

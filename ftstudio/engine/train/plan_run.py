@@ -72,9 +72,11 @@ def row_facts(prepared, run: RunConfig, task: str, total_steps: int) -> RowFacts
         from ftstudio.engine.train.dpo import later_longest, longest_pair
         longest, later = longest_pair(prepared, s), later_longest(run, prepared)
     top = lengths[-run.train.batch_size:] if lengths else []
+    # a classifier's batches always carry a mask; transformers drops an all-ones one before SDPA (its rows then
+    # attend as unpadded rows do), so only rows of different lengths anywhere in the data make it a padded batch
+    padded = bool(top) and (min(top) != max(top) or task == "classification" and lengths[0] != lengths[-1])
     return RowFacts(count=len(lengths), longest=longest, fill=sum(lengths) / max(1, len(lengths)) / s,
-                    padded=bool(top) and (min(top) != max(top) or task == "classification"),
-                    total_steps=total_steps, later=later)
+                    padded=padded, total_steps=total_steps, later=later)
 
 
 _KEPT: dict = {}      # the last rows read: (key, RowFacts); the GUI plans again on every edit of the form

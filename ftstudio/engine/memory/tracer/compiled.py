@@ -34,6 +34,7 @@ def aot(fn):
             finally:
                 live.only = before
             live.count(tree_flatten(out)[0])        # the graph's outputs (and saved tensors) are buffers
+            live.own(tree_flatten(out)[0])          # ... each a tensor of its own, not a view
             return out
         fused._boxed_call = True
         return fused

@@ -1,7 +1,7 @@
 """What a CUDA step does differently from the CPU, for a plan of a CUDA step traced on fake CPU tensors
 (trace.py): CUDA autocast's fp32 ops, the fused attention kernels' dropout, fp32 grouped-query attention on the
-math kernel, fp32 grouped matmuls of mixture-of-experts layers, and one document per row in transformers' mask
-logic. Each rule was checked against real CUDA tensors counted by the same tracker (trace.LiveBytes) on an H100."""
+math kernel, dropout's bool mask, fp32 grouped matmuls of mixture-of-experts layers, and one document per row in
+transformers' mask logic. Each rule was checked against real CUDA tensors counted by the same tracker (trace.LiveBytes) on an H100."""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -46,6 +46,10 @@ class CudaAutocastRules(TorchFunctionMode):
                     pass                       # dtype given positionally
                 else:
                     kwargs = {**kwargs, "dtype": torch.float32}
+        if func is _F.dropout:
+            dropped = _fused_dropout(args, kwargs)
+            if dropped is not None:
+                return dropped
         if func is _F.scaled_dot_product_attention:
             if kwargs.get("enable_gqa") and _fp32_gqa(args, kwargs):
                 return _math_sdpa(args, kwargs)
@@ -56,6 +60,19 @@ class CudaAutocastRules(TorchFunctionMode):
             elif kwargs.get("dropout_p"):
                 kwargs = {**kwargs, "dropout_p": 0.0}
         return func(*args, **kwargs)
+
+
+def _fused_dropout(args, kwargs):
+    """Dropout as CUDA runs it (aten::dropout takes the fused ``native_dropout`` on CUDA): the output and a bool
+    mask (one byte a value) saved for backward. The CPU's composite keeps a noise tensor of the input's dtype
+    (two bytes a value in bf16, four in fp32) and its product. None where nothing is dropped or it is in place."""
+    names = ("input", "p", "training", "inplace")
+    kw = dict(zip(names, args))
+    kw.update({k: v for k, v in kwargs.items() if k in names})
+    x, p = kw.get("input"), float(kw.get("p", 0.5))
+    if not isinstance(x, torch.Tensor) or not kw.get("training", True) or kw.get("inplace") or not 0 < p < 1:
+        return None
+    return torch.native_dropout(x, p, True)[0]
 
 
 def _any_low(args, kwargs) -> bool:
