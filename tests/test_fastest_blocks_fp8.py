@@ -93,6 +93,13 @@ def test_the_trainer_checkpoints_only_the_first_blocks():
     m2 = LlamaForCausalLM(m.config)
     assert enable(m2, RunConfig().replace(activation_checkpointing=True).memory).endswith("every block")
     assert all(b.gradient_checkpointing for b in m2.model.layers)
+    m3 = LlamaForCausalLM(m.config)               # more blocks asked than the model has: every block, and said
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)   # transformers' deprecated enable is not the one called
+        line = enable(m3, RunConfig().replace(activation_checkpointing=True, checkpoint_blocks=9).memory)
+    assert line == "Activation checkpointing: every block (checkpoint_blocks 9, and the model has 3 blocks)"
+    assert all(b.gradient_checkpointing for b in m3.model.layers)
 
 
 def test_fp8_auto_is_the_default_and_silent_on_the_cpu():

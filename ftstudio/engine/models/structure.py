@@ -95,3 +95,12 @@ def layer_depths(model: nn.Module) -> dict[str, int]:
     return {g: len(groups) - 1 - i for i, g in enumerate(groups)}
 
 
+def checkpoint_blocks(model, kwargs: dict) -> None:
+    """Turn on transformers' activation checkpointing with ``kwargs`` for ``torch.utils.checkpoint``: through
+    ``activation_checkpointing_enable`` where transformers has it (5.2x; the old name warns that it goes in v6),
+    else ``gradient_checkpointing_enable``."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

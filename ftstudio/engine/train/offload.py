@@ -34,15 +34,20 @@ def offload_context(enabled: bool, device: str = "cuda"):
 def enable(model, memory) -> str:
     """Checkpoint the model's blocks (all, or the first ``memory.checkpoint_blocks``: the others keep their
     activations, which the memory budget's chooser plans to fit); returns the log line saying which."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpoint_kwargs(memory.offload_activations))
-    from ftstudio.engine.models.structure import find_block_list
+    from ftstudio.engine.models.structure import checkpoint_blocks, find_block_list
 
+    checkpoint_blocks(model, checkpoint_kwargs(memory.offload_activations))
     blocks = find_block_list(model)
     n = len(blocks) if blocks is not None else 0
     k = memory.checkpoint_blocks
-    if not k or k >= n or any(not hasattr(b, "gradient_checkpointing") for b in blocks):
-        return ("Activation checkpointing: every block" + ("" if not k or k >= n else
-                f" (checkpoint_blocks {k}: this model's blocks do not take a per-block switch)"))
+    if not k:
+        return "Activation checkpointing: every block"
+    if k >= n:
+        return (f"Activation checkpointing: every block (checkpoint_blocks {k}, and the model has "
+                f"{n or 'no list of'} blocks)")
+    if any(not hasattr(b, "gradient_checkpointing") for b in blocks):
+        return (f"Activation checkpointing: every block (checkpoint_blocks {k}: this model's blocks do not take a "
+                "per-block switch)")
     for block in list(blocks)[k:]:
         block.gradient_checkpointing = False    # transformers' GradientCheckpointingLayer reads it per call
     return f"Activation checkpointing: the first {k} of {n} blocks; the last {n - k} keep their activations"

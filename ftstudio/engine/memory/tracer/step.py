@@ -31,6 +31,8 @@ import torch
 
 from ftstudio.engine.memory.tracer.live import CUDA_BLOCK, LiveBytes, round_block
 from ftstudio.engine.memory.tracer.rules import CudaAutocastRules, unpacked_rows
+from ftstudio.engine.models.structure import checkpoint_blocks
+
 
 @dataclass
 class StepChoices:
@@ -233,7 +235,7 @@ def _trace_once(config, choices: StepChoices, trust_remote_code: bool, *, fake: 
             # (reentrant checkpoints, the trainer's choice with offload, recompute inside the rules' scope)
             ck = {"use_reentrant": True} if choices.reentrant else {
                 "use_reentrant": False, "context_fn": lambda: (nullcontext(), rules_for())}
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=ck)
+            checkpoint_blocks(model, ck)
             if choices.reentrant:
                 _recompute_under(model, rules_for)
         model.train()
