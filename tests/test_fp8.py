@@ -119,3 +119,16 @@ def test_setup_probes_the_first_batch_against_bf16_and_undoes_fp8_past_the_toler
     assert isinstance(report, fp8.DivergenceGuard) is kept
     assert ("FP8: 14 linear layers" in text) is kept and ("FP8 undone" in text) is not kept
     assert (type(m.model.layers[0].mlp.up_proj) is torch.nn.Linear) is not kept
+
+
+def test_an_fp8_mode_that_cannot_run_is_refused_before_anything_is_written(tmp_path, capsys):
+    """--fp8 tensorwise on the CPU: one line naming the field and the fix, before the model loads or the run folder
+    is made (it used to fail after loading, leaving a folder with config.yaml and metrics.jsonl)."""
+    from ftstudio.cli import main
+
+    code = main(["train", "--demo", "--fp8", "tensorwise", "--device", "cpu", "--max-steps", "2",
+                 "--output", str(tmp_path / "runs"), "--run-name", "f"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and err[-1] == ("ftstudio: error: memory.fp8: tensorwise needs a CUDA GPU (this run is on cpu); "
+                                     "use --fp8 off")
+    assert not (tmp_path / "runs" / "f").exists() and "Traceback" not in "\n".join(err)

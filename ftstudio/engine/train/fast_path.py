@@ -67,6 +67,23 @@ def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, p
     return chosen, lines
 
 
+def check_options(cfg, device: str, report) -> None:
+    """Before the model loads or the run folder is made: compile asked on the CPU is said (the run trains
+    uncompiled); an explicit FP8 mode that cannot run on this device is refused (train/fp8.decide's one line)."""
+    if cfg.memory.compile and not device.startswith("cuda"):
+        report(LogLine("compile is for CUDA runs; training uncompiled on the CPU", "warning"))
+    if cfg.memory.fp8 not in ("off", "auto"):
+        import importlib.util
+
+        import torch
+
+        from ftstudio.engine.train import fp8
+        capability = (torch.cuda.get_device_capability(torch.device(device))
+                      if device.startswith("cuda") and torch.cuda.is_available() else None)
+        fp8.decide(cfg.memory.fp8, device=device, capability=capability, compiled=True, params=0,
+                   torchao=importlib.util.find_spec("torchao") is not None, gpus=max(1, len(cfg.hardware.gpus)))
+
+
 def apply(cfg, device: str, prepared, info, plan_schedule, report):
     """The trainer's hook: (the config the run trains with, the prepared data, packed if chosen)."""
     if not cfg.memory.fast_defaults or not device.startswith("cuda"):

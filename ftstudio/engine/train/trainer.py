@@ -129,8 +129,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         torch.manual_seed(cfg.train.seed)
         device = self._device = self._pick_device()
         numerics = pick_numerics(cfg.hardware.precision, device)
-        if cfg.memory.compile and not device.startswith("cuda"):
-            self.report(LogLine("compile is for CUDA runs; training uncompiled on the CPU", "warning"))
+        fast_path.check_options(cfg, device, self.report)  # before anything is written: an FP8 mode that cannot run
 
         # 1. Model description and data first: a bad dataset (or a tracker that is not installed) must fail
         # before anything is written.
