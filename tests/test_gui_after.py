@@ -154,6 +154,24 @@ def test_budget_view_draws_the_saved_sweep_and_the_slider_picks_each_point(qtbot
     assert again.alpha == 0.5 and "α = 0.5 was chosen" in again.status.text()
 
 
+def test_budget_view_right_axis_follows_the_plot_when_it_is_resized(qtbot, forgetful_run, swept):
+    """The retention curve's own ViewBox keeps the plot's geometry through a resize, so its points sit against the
+    right axis' ticks (a twin whose sync was not kept alive drew the curve below the plot, clipped at α ≈ 0.7)."""
+    from ftstudio.gui.budget_view import ForgettingBudgetView
+
+    view = ForgettingBudgetView()
+    qtbot.addWidget(view)
+    view.set_run(str(forgetful_run["run"]))
+    import gc
+    gc.collect()
+    for size in ((700, 450), (1000, 600)):
+        view.resize(*size)
+        view.show()
+        qtbot.wait(50)
+        main = view.plot.getPlotItem().vb.sceneBoundingRect()
+        assert view.right.geometry() == main
+
+
 def test_budget_view_export_at_alpha_writes_a_model_that_loads(qtbot, forgetful_run, swept, tmp_path):
     from transformers import AutoModelForCausalLM
 

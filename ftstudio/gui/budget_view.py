@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (QCheckBox, QDoubleSpinBox, QFileDialog, QGroupBox
                                QSlider, QVBoxLayout)
 
 from .engine_access import EngineMissing, engine
+from .plot_parts import TwinAxis
 from .theme import COLORS
 from .tool_thread import run_stop
 
@@ -102,20 +103,14 @@ class ForgettingBudgetView(QGroupBox):
         pi.hideButtons()
         pi.setLabel("bottom", "α (0: base model θ0, 1: fine-tuned θ*)")
         pi.setLabel("left", "task metric", color=COLORS["eval"])
-        pi.showAxis("right")
-        pi.setLabel("right", "retention loss (general text)", color=COLORS["retention"])
-        self.right = pg.ViewBox()
-        self.right.setMouseEnabled(x=False, y=False)
-        pi.scene().addItem(self.right)
-        pi.getAxis("right").linkToView(self.right)
-        self.right.setXLink(pi)
-        pi.vb.sigResized.connect(self._sync_views)
+        # kept: its sync is connected as a bound method, which the signal does not keep alive
+        self.twin = TwinAxis(self.plot, "retention loss (general text)", (0.0, 1.0), color=COLORS["retention"])
+        self.right = self.twin.vb                  # its y range is set from the scored points (``_draw``)
         legend = pi.addLegend(offset=(-5, 5))
         self.task_curve = pi.plot([], [], pen=pg.mkPen(COLORS["eval"], width=2), symbol="o", symbolSize=6,
                                   symbolBrush=COLORS["eval"])
-        self.retention_curve = pg.PlotDataItem([], [], pen=pg.mkPen(COLORS["retention"], width=2), symbol="s",
-                                               symbolSize=6, symbolBrush=COLORS["retention"])
-        self.right.addItem(self.retention_curve)
+        self.retention_curve = self.twin.plot([], [], pen=pg.mkPen(COLORS["retention"], width=2), symbol="s",
+                                         symbolSize=6, symbolBrush=COLORS["retention"])
         legend.addItem(self.task_curve, "task metric (left)")
         legend.addItem(self.retention_curve, "retention loss (right)")
         self.cursor = pg.InfiniteLine(angle=90, pen=pg.mkPen("#d62728", width=1.5))
@@ -147,12 +142,6 @@ class ForgettingBudgetView(QGroupBox):
         self.rule.setWordWrap(True)
         lay.addWidget(self.rule)
         self._enable()
-
-    @Slot()
-    def _sync_views(self) -> None:
-        vb = self.plot.getPlotItem().vb
-        self.right.setGeometry(vb.sceneBoundingRect())
-        self.right.linkedViewChanged(vb, self.right.XAxis)
 
     def use_benchmarks(self, settings) -> None:
         """``settings()``: the harness settings a sweep "+ benchmarks" scores each α with."""

@@ -21,7 +21,7 @@ from ftstudio.core import events as ev
 from .class_figures_view import ClassFiguresView, beside
 from .engine_access import fmt_duration
 from .load_progress import LoadBar
-from .plot_parts import BytesAxis, ScientificAxis, Series, keyed_title, make_plot  # noqa: F401 (BytesAxis: tests)
+from .plot_parts import BytesAxis, ScientificAxis, Series, TwinAxis, keyed_title, make_plot  # noqa: F401 (BytesAxis: tests)
 from .fit import PlotGrid, scrolled
 from .forgetting_views import DriftStrip
 from .theme import COLORS
@@ -49,48 +49,6 @@ def _fmt_figure(v) -> str:
         return "{" + ", ".join(f"{k}: {_fmt_figure(x)}" for k, x in list(v.items())[:8]) + (
             ", …}" if len(v) > 8 else "}")
     return str(v)
-
-
-class _TwinAxis:
-    """A second y axis on the right of a plot (pyqtgraph's MultiplePlotAxes recipe): its own ViewBox, x linked
-    to the plot's, kept on the plot's geometry. ``plot()`` adds a curve to it, as PlotWidget.plot does."""
-
-    def __init__(self, plot: pg.PlotWidget, label: str, y_range: tuple[float, float]):
-        item = plot.getPlotItem()
-        self.vb = pg.ViewBox()
-        item.showAxis("right")
-        item.scene().addItem(self.vb)
-        axis = item.getAxis("right")
-        axis.linkToView(self.vb)
-        axis.setLabel(label)
-        axis.setWidth(48)  # "0.8" and the rotated label (the default width clipped both to one character)
-        self.vb.setXLink(item)
-        # the plot's x range rules (linked both ways: an auto-ranging twin would narrow the loss curve's steps)
-        self.vb.enableAutoRange(x=False, y=False)
-        self.vb.setYRange(*y_range, padding=0.02)
-        self.vb.setMouseEnabled(x=False, y=False)
-        self.item = item
-        item.vb.sigResized.connect(self.sync)
-        self.axis = axis
-        self.sync()
-
-    def set_shown(self, on: bool) -> None:
-        self.item.showAxis("right", on)
-        self.vb.setVisible(on)
-        self.sync()
-
-    @property
-    def shown(self) -> bool:
-        return self.axis.isVisible()
-
-    def sync(self, *_args) -> None:
-        self.vb.setGeometry(self.item.vb.sceneBoundingRect())
-        self.vb.linkedViewChanged(self.item.vb, self.vb.XAxis)
-
-    def plot(self, *args, **kwargs) -> pg.PlotDataItem:
-        curve = pg.PlotDataItem(*args, **kwargs)
-        self.vb.addItem(curve)
-        return curve
 
 
 class Monitor(QWidget):
@@ -129,7 +87,7 @@ class Monitor(QWidget):
         self.eval = Series(self.loss_plot, COLORS["eval"], "eval", symbol="o")
         self.retention = Series(self.loss_plot, COLORS["retention"], "general text (forgetting)", symbol="t")
         # a classifier's validation accuracy and macro-F1 on a 0–1 axis at the right of the loss plot
-        self.metric_axis = _TwinAxis(self.loss_plot, "acc / F1", (0.0, 1.0))
+        self.metric_axis = TwinAxis(self.loss_plot, "acc / F1", (0.0, 1.0))
         self.accuracy = Series(self.metric_axis, COLORS["accuracy"], "acc", symbol="s")  # short: the key is one line
         self.macro_f1 = Series(self.metric_axis, COLORS["macro_f1"], "F1", symbol="d")
         # dpo / simpo: the training pairs' preference accuracy beside the held-out one ("acc")

@@ -91,3 +91,46 @@ class Series:
         if self.dirty:
             self.curve.setData(self.x, self.y)
             self.dirty = False
+
+
+class TwinAxis:
+    """A second y axis on the right of a plot (pyqtgraph's MultiplePlotAxes recipe): its own ViewBox, x linked
+    to the plot's, kept on the plot's geometry. ``plot()`` adds a curve to it, as PlotWidget.plot does; ``y_range`` is
+    its range until ``vb.setYRange`` sets another (the twin never auto-ranges)."""
+
+    def __init__(self, plot: pg.PlotWidget, label: str, y_range: tuple[float, float], color: str | None = None):
+        item = plot.getPlotItem()
+        self.vb = pg.ViewBox()
+        item.showAxis("right")
+        item.scene().addItem(self.vb)
+        axis = item.getAxis("right")
+        axis.linkToView(self.vb)
+        axis.setLabel(label, **({"color": color} if color else {}))
+        axis.setWidth(48)  # "0.8" and the rotated label (the default width clipped both to one character)
+        self.vb.setXLink(item)
+        # the plot's x range rules (linked both ways: an auto-ranging twin would narrow the loss curve's steps)
+        self.vb.enableAutoRange(x=False, y=False)
+        self.vb.setYRange(*y_range, padding=0.02)
+        self.vb.setMouseEnabled(x=False, y=False)
+        self.item = item
+        item.vb.sigResized.connect(self.sync)
+        self.axis = axis
+        self.sync()
+
+    def set_shown(self, on: bool) -> None:
+        self.item.showAxis("right", on)
+        self.vb.setVisible(on)
+        self.sync()
+
+    @property
+    def shown(self) -> bool:
+        return self.axis.isVisible()
+
+    def sync(self, *_args) -> None:
+        self.vb.setGeometry(self.item.vb.sceneBoundingRect())
+        self.vb.linkedViewChanged(self.item.vb, self.vb.XAxis)
+
+    def plot(self, *args, **kwargs) -> pg.PlotDataItem:
+        curve = pg.PlotDataItem(*args, **kwargs)
+        self.vb.addItem(curve)
+        return curve
