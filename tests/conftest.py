@@ -65,3 +65,16 @@ def cli(monkeypatch, capsys):
         out, err = capsys.readouterr()
         return code, out, err
     return call
+
+
+@pytest.fixture
+def shown_monitor(qtbot):
+    """``shown_monitor((w, h))``: the window's Monitor alone, at that size, shown (offscreen)."""
+    def make(size=(1280, 800)):
+        from ftstudio.gui.monitor import Monitor
+        m = Monitor()
+        qtbot.addWidget(m)
+        m.resize(*size)
+        m.show()
+        return m
+    return make

@@ -27,13 +27,8 @@ def _rows(view):
 
 
 @pytest.fixture
-def monitor(qtbot):
-    from ftstudio.gui.monitor import Monitor
-    m = Monitor()
-    qtbot.addWidget(m)
-    m.resize(1100, 700)
-    m.show()
-    return m
+def monitor(shown_monitor):
+    return shown_monitor((1100, 700))
 
 
 def test_live_eval_fills_the_table_and_warns_only_on_a_collapse(monitor):

@@ -57,13 +57,8 @@ def test_only_the_end_of_a_load_goes_into_metrics_jsonl(tmp_path):
 
 
 @pytest.fixture
-def monitor(qtbot):
-    from ftstudio.gui.monitor import Monitor
-    m = Monitor()
-    qtbot.addWidget(m)
-    m.resize(1280, 800)
-    m.show()
-    return m
+def monitor(shown_monitor):
+    return shown_monitor((1280, 800))
 
 
 def test_the_monitors_bar_follows_the_tensors_done(monitor):

@@ -61,17 +61,25 @@ def test_benchmark_view_shows_the_runs_record_as_bars_with_error_bars(qtbot, for
     path.unlink()
 
 
+def _tiny_mc_view(qtbot, run_dir: Path, tmp_path):
+    """A Benchmarks view on the run, set to score the tiny local task."""
+    from ftstudio.gui.benchmark_views import BenchmarkView
+
+    view = BenchmarkView()
+    qtbot.addWidget(view)
+    view.set_run(str(run_dir))
+    view.tasks.setText("tiny_mc")
+    view.include.setText(str(write_task(tmp_path / "tasks")))
+    return view
+
+
 def test_benchmark_view_scores_both_models_on_a_thread_and_saves_the_record(qtbot, forgetful_run, tmp_path):
     pytest.importorskip("lm_eval")
     from ftstudio.gui.benchmark_views import BenchmarkView
 
     run_dir = Path(forgetful_run["run"])
-    view = BenchmarkView()
-    qtbot.addWidget(view)
-    view.set_run(str(run_dir))
+    view = _tiny_mc_view(qtbot, run_dir, tmp_path)
     assert view.table.rowCount() == 0 and view.run_button.isEnabled()
-    view.tasks.setText("tiny_mc")
-    view.include.setText(str(write_task(tmp_path / "tasks")))
     view.limit.setValue(6)
     view.run_button.click()
     assert view.stop_button.isEnabled() and not view.run_button.isEnabled()
@@ -98,14 +106,8 @@ def test_benchmark_view_scores_both_models_on_a_thread_and_saves_the_record(qtbo
 
 def test_benchmark_view_stop_records_nothing(qtbot, forgetful_run, tmp_path):
     pytest.importorskip("lm_eval")
-    from ftstudio.gui.benchmark_views import BenchmarkView
-
     run_dir = Path(forgetful_run["run"])
-    view = BenchmarkView()
-    qtbot.addWidget(view)
-    view.set_run(str(run_dir))
-    view.tasks.setText("tiny_mc")
-    view.include.setText(str(write_task(tmp_path / "tasks")))
+    view = _tiny_mc_view(qtbot, run_dir, tmp_path)
     view.run_button.click()
     view.stop_button.click()
     wait_idle(qtbot, view)
