@@ -73,15 +73,8 @@ def check_options(cfg, device: str, report) -> None:
     if cfg.memory.compile and not device.startswith("cuda"):
         report(LogLine("compile is for CUDA runs; training uncompiled on the CPU", "warning"))
     if cfg.memory.fp8 not in ("off", "auto"):
-        import importlib.util
-
-        import torch
-
-        from ftstudio.engine.train import fp8
-        capability = (torch.cuda.get_device_capability(torch.device(device))
-                      if device.startswith("cuda") and torch.cuda.is_available() else None)
-        fp8.decide(cfg.memory.fp8, device=device, capability=capability, compiled=True, params=0,
-                   torchao=importlib.util.find_spec("torchao") is not None, gpus=max(1, len(cfg.hardware.gpus)))
+        from ftstudio.engine.train.fp8 import decide_here
+        decide_here(cfg.memory.fp8, device, compiled=True, params=0, gpus=max(1, len(cfg.hardware.gpus)))
 
 
 def apply(cfg, device: str, prepared, info, plan_schedule, report):
@@ -123,16 +116,10 @@ def fp8_auto(cfg, device: str, params: int) -> str:
     (on this GPU), else "off"; an explicit setting is kept."""
     if cfg.memory.fp8 != "auto":
         return cfg.memory.fp8
-    import importlib.util
+    from ftstudio.engine.train.fp8 import decide_here
 
-    import torch
-
-    from ftstudio.engine.train import fp8
-
-    capability = (torch.cuda.get_device_capability(torch.device(device)) if torch.cuda.is_available() else None)
-    recipe, _ = fp8.decide("auto", device=device, capability=capability, compiled=bool(cfg.memory.compile),
-                           params=params, torchao=importlib.util.find_spec("torchao") is not None,
-                           gpus=max(1, len(cfg.hardware.gpus)))
+    recipe, _ = decide_here("auto", device, compiled=bool(cfg.memory.compile), params=params,
+                            gpus=max(1, len(cfg.hardware.gpus)))
     return recipe or "off"
 
 

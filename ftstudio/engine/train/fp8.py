@@ -62,6 +62,18 @@ def decide(mode: str, *, device: str, capability: tuple[int, int] | None, compil
     return AUTO_RECIPE, f"FP8 on (auto): {params / 1e9:.1f} B parameters, compiled, {AUTO_RECIPE} scaling"
 
 
+def decide_here(mode: str, device: str, *, compiled: bool, params: int, gpus: int = 1, capability: bool = True):
+    """:func:`decide` with what this machine says: whether torchao is installed and, with ``capability``, the
+    device's compute capability (None where CUDA is absent: not checked). What the trainer, its fast path and the
+    plan ask alike."""
+    cap = None
+    if capability and device.startswith("cuda"):
+        import torch
+        cap = torch.cuda.get_device_capability(torch.device(device)) if torch.cuda.is_available() else None
+    return decide(mode, device=device, capability=cap, compiled=compiled, params=params,
+                  torchao=importlib.util.find_spec("torchao") is not None, gpus=gpus)
+
+
 def relative_gap(fp8_loss: float, bf16_loss: float) -> float:
     return abs(fp8_loss - bf16_loss) / max(abs(bf16_loss), 1e-8) if math.isfinite(fp8_loss) else math.inf
 
@@ -93,13 +105,8 @@ class DivergenceGuard:
 def setup(model, prepared, device: str, numerics, cfg, report, *, params: int):
     """The trainer's hook, before compile: decide, convert, probe the first batch against bf16; returns the
     reporter the run goes on with (the divergence guard in front of ``report`` when FP8 is on)."""
-    import torch
-
-    capability = torch.cuda.get_device_capability(torch.device(device)) if (
-        device.startswith("cuda") and torch.cuda.is_available()) else None
-    recipe, line = decide(cfg.memory.fp8, device=device, capability=capability,
-                          compiled=bool(cfg.memory.compile), params=params, gpus=max(1, len(cfg.hardware.gpus)),
-                          torchao=importlib.util.find_spec("torchao") is not None)
+    recipe, line = decide_here(cfg.memory.fp8, device, compiled=bool(cfg.memory.compile), params=params,
+                               gpus=max(1, len(cfg.hardware.gpus)))
     if line:
         report(LogLine(line))
     if recipe is None:

@@ -169,13 +169,11 @@ def _as_trained(eff: RunConfig, dev: str, params: int, gpus: int, lines: list[st
     """Whether FP8 "auto" turns on, by the trainer's own function (train/fp8.decide), said in ``lines``; the memory
     budget's choices follow in plan_run (fast_path.fit_memory). The plan is then of that run, and says where it is
     outside what was checked on a GPU (memory/checked.py)."""
-    import importlib.util
-
-    from ftstudio.engine.train import fp8 as fp8_mod
+    from ftstudio.engine.train.fp8 import decide_here
 
     if eff.memory.fp8 == "auto":
-        recipe, said = fp8_mod.decide("auto", device=dev, capability=None, compiled=bool(eff.memory.compile),
-                                      params=params, torchao=importlib.util.find_spec("torchao") is not None, gpus=gpus)
+        recipe, said = decide_here("auto", dev, compiled=bool(eff.memory.compile), params=params, gpus=gpus,
+                                   capability=False)
         eff = eff.replace(fp8=recipe or "off")
         lines += [said] if said else []
     return eff
