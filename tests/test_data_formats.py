@@ -40,6 +40,18 @@ def test_mask_alpaca_trains_output_only():
     assert words[words.index("one"):words.index("one") + 2] == ["one", "two"] and "three" in words
 
 
+def test_public_column_names_read_as_their_format_with_the_same_mask():
+    """prompt/response, question/answer (prompt-completion) and Dolly's instruction/context/response (alpaca)
+    train exactly what the canonical names train."""
+    canonical = mask({"prompt": "the cat is", "completion": " good"})
+    for p, c in (("prompt", "response"), ("question", "answer"), ("query", "completion")):
+        assert detect_format([{p: "x", c: "y"}], CFG) == "prompt-completion"
+        assert mask({p: "the cat is", c: " good"}) == canonical
+    alpaca = mask({"instruction": "one two", "input": "three", "output": "yes no"})
+    assert detect_format([{"instruction": "a", "context": "b", "response": "c"}], CFG) == "alpaca"
+    assert mask({"instruction": "one two", "context": "three", "response": "yes no"}) == alpaca
+
+
 def test_mask_alpaca_without_input_drops_the_input_section():
     with_input = [t for t, _ in mask({"instruction": "one", "input": "two", "output": "yes"})]
     without = [t for t, _ in mask({"instruction": "one", "output": "yes"})]

@@ -31,6 +31,16 @@ SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistan
 SHAREGPT_KEYS = {"from", "value", "weight"}
 TEXT_COLUMNS = ("text", "content", "sentence", "document")
 LABEL_COLUMNS = ("label", "labels", "class", "category")
+# The names public sets give a prompt and its answer (the first present is read): prompt/completion (TRL),
+# prompt/response, question/answer; instruction/response with an optional context (Dolly) reads as alpaca.
+PROMPT_COLUMNS = ("prompt", "question", "query")
+COMPLETION_COLUMNS = ("completion", "response", "answer")
+OUTPUT_COLUMNS = ("output", "response")
+INPUT_COLUMNS = ("input", "context")
+
+
+def _first(keys, names: tuple[str, ...]) -> str | None:
+    return next((n for n in names if n in keys), None)
 
 # The Stanford Alpaca prompt (what alpaca-style checkpoints were trained on); the loss covers the output only.
 ALPACA_PROMPT = ("Below is an instruction that describes a task{ctx}. Write a response that appropriately "
@@ -51,9 +61,9 @@ def row_format(rec: dict, text_column: str | None = None, label_column: str | No
         return "chat"
     if "conversations" in keys:
         return "sharegpt"
-    if "instruction" in keys and "output" in keys:
+    if "instruction" in keys and _first(keys, OUTPUT_COLUMNS):
         return "alpaca"
-    if "prompt" in keys and "completion" in keys:
+    if _first(keys, PROMPT_COLUMNS) and _first(keys, COMPLETION_COLUMNS):
         return "prompt-completion"
     text = text_column or next((c for c in TEXT_COLUMNS if c in keys), None)
     label = label_column or next((c for c in LABEL_COLUMNS if c in keys), None)
@@ -145,14 +155,15 @@ class Validator:
         return None if t is None else {"text": t}
 
     def _prompt_completion(self, rec, row):
-        p = self._string(rec, "prompt", row, allow_empty=True)
-        c = self._string(rec, "completion", row)
+        p = self._string(rec, _first(rec, PROMPT_COLUMNS) or "prompt", row, allow_empty=True)
+        c = self._string(rec, _first(rec, COMPLETION_COLUMNS) or "completion", row)
         return None if p is None or c is None else {"prompt": p, "completion": c, "user": p}
 
     def _alpaca(self, rec, row):
         ins = self._string(rec, "instruction", row)
-        inp = self._string(rec, "input", row, allow_empty=True) if "input" in rec else ""
-        out = self._string(rec, "output", row)
+        given = _first(rec, INPUT_COLUMNS)
+        inp = self._string(rec, given, row, allow_empty=True) if given else ""
+        out = self._string(rec, _first(rec, OUTPUT_COLUMNS) or "output", row)
         if ins is None or inp is None or out is None:
             return None
         prompt = ALPACA_PROMPT.format(ctx=", paired with an input that provides further context" if inp.strip()
