@@ -132,11 +132,18 @@ def test_precision_auto_may_become_pure_bf16_but_a_chosen_precision_stays():
     assert "precision" not in fastest.choose(mixed, {}, int(16.5 * GB), plan=plan, liger=True, lowbit=True).leaves
 
 
-def test_pure_bf16_weights_never_get_8bit_states_from_the_chooser():
-    # the 8-bit step rounds most small updates away on bf16 weights: it is offered only with fp32 master weights
+def test_pure_bf16_weights_get_8bit_states_only_from_a_library_that_rounds_stochastically():
+    # bitsandbytes' 8-bit step rounds most small updates away on bf16 weights: with it, 8-bit states are offered
+    # only with fp32 master weights; FT Studio's FP8-state AdamW (and torchao's) round stochastically
     for cfg in (_cfg(), RunConfig().replace(device="cuda", batch_size=4, seq_len=2048)):
-        for c in fastest.candidates(cfg, lowbit=True):
+        for c in fastest.candidates(cfg, lowbit="bitsandbytes"):
             run = cfg.replace(**c)
             assert not (run.hardware.precision == "bf16" and c.get("optimizer") == "adamw8bit")
+        assert any(cfg.replace(**c).hardware.precision == "bf16" and c.get("optimizer") == "adamw8bit"
+                   for c in fastest.candidates(cfg, lowbit="ftstudio"))
     mixed = _cfg(precision="bf16-mixed")
-    assert any(c.get("optimizer") == "adamw8bit" for c in fastest.candidates(mixed, lowbit=True))
+    assert any(c.get("optimizer") == "adamw8bit" for c in fastest.candidates(mixed, lowbit="bitsandbytes"))
+    # torchao's step measured at half the speed; ours is planned near the bf16 kernel's
+    leaves = {"optimizer": "adamw8bit"}
+    assert fastest.planned_speed(leaves, mixed, liger=True, lowbit="torchao") < \
+        fastest.planned_speed(leaves, mixed, liger=True, lowbit="ftstudio")

@@ -64,8 +64,11 @@ def _fake_optimizer(library):
 
 @pytest.fixture
 def libraries(monkeypatch):
-    """set(torchao=..., bitsandbytes=...) with "ok", "broken" or None (not installed)."""
-    def set_(torchao=None, bitsandbytes=None):
+    """set(torchao=..., bitsandbytes=..., ours=...) with "ok", "broken" or None (not installed); ``ours`` (FT
+    Studio's own FP8-state AdamW, first for adamw8bit) is made unimportable unless "ok"."""
+    def set_(torchao=None, bitsandbytes=None, ours=None):
+        if ours != "ok":
+            monkeypatch.setitem(sys.modules, "ftstudio.engine.train.fp8_state_adamw", None)
         for pkg, state in (("torchao", torchao), ("bitsandbytes", bitsandbytes)):
             if state is None:
                 monkeypatch.setitem(sys.modules, pkg, None)              # import raises, find_spec says absent
@@ -93,19 +96,33 @@ def test_trainer_builds_what_the_plan_plans(libraries, torchao, bnb, expected):
     assert type(opt).made_by == expected == lowbit_for(_run("adamw8bit"), probe=True)
     assert ("bf16_stochastic_round" in opt.kw) == (expected == "torchao")   # bitsandbytes' takes no such flag
     if torchao == "broken":
-        assert "RuntimeError: torchao C++ extension" in lowbit.lowbit_library("adamw8bit").tried[0]
+        assert "RuntimeError: torchao C++ extension" in lowbit.lowbit_library("adamw8bit").tried[1]
 
 
 @pytest.mark.parametrize("torchao, bnb", [(None, None), ("broken", None), ("broken", "broken")])
 def test_no_usable_library_stops_the_run_and_the_plan_says_so(libraries, torchao, bnb):
     libraries(torchao=torchao, bitsandbytes=bnb)
-    with pytest.raises(ConfigError, match="adamw8bit needs torchao or bitsandbytes"):
+    with pytest.raises(ConfigError, match="adamw8bit needs ftstudio or torchao or bitsandbytes"):
         build_optimizer(nn.Linear(8, 8), OptimConfig(optimizer="adamw8bit"), device_type="cuda")
     assert lowbit_for(_run("adamw8bit"), probe=True) is None
     from ftstudio.engine.memory.traced import _lowbit
     from ftstudio.engine.memory.plan import MemoryBreakdown
     out = _lowbit(MemoryBreakdown(0, 0, 0, 0, 0), _run("adamw8bit"), "cuda:0")
     assert any("the run will stop at setup" in n for n in out.notes)
+
+
+@pytest.mark.parametrize("torchao", ["ok", None])
+def test_our_fp8_state_adamw_comes_first_and_is_planned_as_built(libraries, torchao):
+    libraries(torchao=torchao, bitsandbytes="ok", ours="ok")
+    model = nn.Linear(300, 64).to(torch.bfloat16)
+    opt = build_optimizer(model, OptimConfig(optimizer="adamw8bit"), device_type="cuda")
+    assert type(opt).__name__ == "Fp8StateAdamW" and lowbit_for(_run("adamw8bit"), probe=True) == "ftstudio"
+    model.weight.grad = torch.randn_like(model.weight)
+    model.bias.grad = torch.randn_like(model.bias)
+    opt.step()
+    built = sum(v.numel() * v.element_size() for st in opt.state.values() for v in st.values())
+    shape = types.SimpleNamespace(tensors={n: tuple(p.shape) for n, p in model.named_parameters()})
+    assert optimizer_bytes(shape, "adamw8bit", 2, library="ftstudio") == built    # the state, byte for byte
 
 
 def test_adamw4bit_is_torchao_only(libraries):

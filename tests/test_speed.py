@@ -184,8 +184,8 @@ def test_bf16_weights_get_the_compensated_optimizer(tiny_llama):
     p = next(m.parameters())
     assert opt.state[p]["compensation"].dtype == torch.bfloat16
     assert isinstance(build_optimizer(_model(tiny_llama), OptimConfig(), device_type="cpu"), torch.optim.AdamW)
-    with pytest.raises(ConfigError, match="CUDA"):
-        build_optimizer(m, OptimConfig(optimizer="adamw8bit"), device_type="cpu")
+    assert type(build_optimizer(m, OptimConfig(optimizer="adamw8bit"), device_type="cpu")).__name__ == \
+        "Fp8StateAdamW"                        # 8-bit states run on the CPU too (our FP8-state AdamW's torch path)
 
 
 def test_presets_are_valid_run_configs_and_apply_by_prefix():

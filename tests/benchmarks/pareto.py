@@ -128,7 +128,7 @@ def ours(name: str, flags: list[str], model: Path, data: Path, out: Path, a) -> 
     res["peak_alloc_gb"] = max(peaks) / 1e9 if peaks else None
     res["losses"] = [round(s["loss"], 4) for s in steps]
     res["first_step_s"] = round(steps[0].get("elapsed_s", 0.0), 1)
-    res["decisions"] = re.findall(r"(?:Fast defaults|Memory budget|Rejected|Traced plan|FP8|Precision|Activation checkpointing)[^\n]*", text)[:12]
+    res["decisions"] = re.findall(r"(?:Fast defaults|Memory budget|Rejected|Traced plan|FP8|Precision|Activation checkpointing|Optimizer)[^\n]*", text)[:14]
     return emit(res)
 
 
@@ -164,6 +164,9 @@ def main() -> int:
     ap.add_argument("--budgets", default="10.7,18.7", help="GB, when Unsloth is not run (issue 33's H100 peaks)")
     ap.add_argument("--extras", default="defaults,fastest,fastest-fp8", help="runs after the budgets, time allowing")
     ap.add_argument("--deadline", type=float, default=480.0, help="seconds: no new run starts after this")
+    ap.add_argument("--run", action="append", default=[], metavar="NAME:FLAGS",
+                    help="another FT Studio run after the extras (time allowing), e.g. 'fp8-ib:--preset fastest "
+                         "--optimizer-in-backward'; repeatable")
     ap.add_argument("--timeout", type=int, default=200)
     ap.add_argument("--out", default="/tmp/pareto")
     ap.add_argument("--results", default=None)
@@ -205,7 +208,10 @@ def main() -> int:
         rows.append(r)
     extras = {"defaults": [], "fastest": ["--preset", "fastest"],
               "fastest-fp8": ["--preset", "fastest", "--fp8", "tensorwise"]}
-    for name in [x for x in a.extras.split(",") if x]:
+    for spec in a.run:
+        name, _, flags = spec.partition(":")
+        extras[name] = flags.split()
+    for name in [x for x in a.extras.split(",") if x] + [spec.partition(":")[0] for spec in a.run]:
         if time.perf_counter() - t0 > a.deadline:
             emit({"skipped": name, "reason": f"past the {a.deadline:.0f} s deadline"})
             continue

@@ -1,10 +1,12 @@
 """Which library runs an 8/4-bit optimizer here: the one decision the trainer (train/optim.py builds the optimizer
 from it) and the planner (the state layout it plans) both take, so the plan is of the optimizer the run will make.
 
-``adamw8bit``: torchao's AdamW8bit first (it rounds bf16 weights stochastically), bitsandbytes' otherwise;
-``adamw4bit``: torchao only. Their states differ where a tensor is not quantised: torchao keeps plain states in the
-weight's dtype for a tensor under 4096 values or not a multiple of its block (256 values for 8-bit, 128 for 4-bit),
-bitsandbytes keeps fp32 states under 4096 values (plan.optimizer_bytes). A library that is installed but fails to
+``adamw8bit``: FT Studio's own (train/fp8_state_adamw.py: FP8 moments with a scale per 256 values, stochastic
+rounding, a Triton kernel on FP8-capable GPUs and torch elsewhere, the CPU included; it needs only torch with
+float8 dtypes) first, then torchao's AdamW8bit (it rounds bf16 weights stochastically), then bitsandbytes';
+``adamw4bit``: torchao only. Their states differ where a tensor is not quantised: ours quantises every tensor,
+torchao keeps plain states in the weight's dtype for a tensor under 4096 values or not a multiple of its block
+(256 values for 8-bit, 128 for 4-bit), bitsandbytes keeps fp32 states under 4096 values (plan.optimizer_bytes). A library that is installed but fails to
 import (a C++ extension built for another torch, a missing symbol) counts as absent, with its error kept for the
 message: the run stops at setup with that message rather than train something else; nothing falls back to full
 AdamW states silently.
@@ -20,7 +22,8 @@ from dataclasses import dataclass
 
 # optimizer → the libraries that provide it, in the order the trainer prefers them: (library, module, class)
 PROVIDERS = {
-    "adamw8bit": (("torchao", "torchao.optim", "AdamW8bit"), ("bitsandbytes", "bitsandbytes.optim", "AdamW8bit")),
+    "adamw8bit": (("ftstudio", "ftstudio.engine.train.fp8_state_adamw", "Fp8StateAdamW"),
+                  ("torchao", "torchao.optim", "AdamW8bit"), ("bitsandbytes", "bitsandbytes.optim", "AdamW8bit")),
     "adamw4bit": (("torchao", "torchao.optim", "AdamW4bit"),),
 }
 INSTALL = {"adamw8bit": "pip install torchao (or bitsandbytes)", "adamw4bit": "pip install torchao"}

@@ -134,9 +134,10 @@ def _task(shape: ModelShape, run: RunConfig) -> str:
 
 def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int, kahan: bool = False,
                     library: str | None = None) -> int:
-    """Optimizer state as torch / torchao / bitsandbytes allocate it, per tensor (states share the weight's dtype).
-    ``library``: who runs adamw8bit (memory.lowbit's decision): torchao keeps plain states in the weight's dtype
-    for a tensor it does not quantise, bitsandbytes (and None) fp32 ones."""
+    """Optimizer state as torch / FT Studio / torchao / bitsandbytes allocate it, per tensor (states share the
+    weight's dtype). ``library``: who runs adamw8bit (memory.lowbit's decision): FT Studio's own quantises every
+    tensor, torchao keeps plain states in the weight's dtype for a tensor it does not quantise, bitsandbytes (and
+    None) fp32 ones."""
     total = 0
     for shp in shape.tensors.values():
         n = math.prod(shp)
@@ -144,6 +145,8 @@ def optimizer_bytes(shape: ModelShape, optimizer: str, wbytes: int, kahan: bool 
             total += 2 * wbytes * n + 4          # exp_avg, exp_avg_sq, and a fp32 `step` scalar tensor
             if wbytes == 2 and kahan:
                 total += 2 * n                   # bf16 weights: CompensatedAdamW's Kahan buffer (optim.py)
+        elif optimizer == "adamw8bit" and library == "ftstudio":   # train/fp8_state_adamw.py: every tensor quantised
+            total += 2 * n + 8 * math.ceil(n / BNB_BLOCK) + 4        # two FP8 moments, two fp32 scales a block, step
         elif optimizer == "adamw8bit" and library == "torchao":
             quantised = n >= BNB_MIN_8BIT and n % BNB_BLOCK == 0
             total += 2 * n + 8 * (n // BNB_BLOCK) if quantised else 2 * wbytes * n

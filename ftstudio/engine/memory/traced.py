@@ -145,6 +145,9 @@ def step_bytes(run: RunConfig, device=None) -> int:
     """The optimizer update's transient, bytes per value of the tensor updated: its weight and gradient upcast, and
     the 8/4-bit states dequantised (plan.LOWBIT_STEP_BYTES)."""
     wb, c, _, _ = PRECISION_BYTES[resolve_precision(run, device)]
+    if run.optim.optimizer == "adamw8bit" and lowbit_for(run, probe=True) == "ftstudio" and \
+            (device or run.hardware.device) != "cpu":
+        return 0      # train/fp8_state_adamw.py: one fused pass in registers (its torch path: 4 M values at a time)
     return wb + c + LOWBIT_STEP_BYTES.get(run.optim.optimizer, 0)
 
 

@@ -41,7 +41,9 @@ SPEED: dict[str, tuple[float, str]] = {
     "offload": (0.82, "derived"),             # offloaded (reentrant) checkpointing: the fourth call's 10.72 GB run
     # (FP8, full loss, every block checkpointed and offloaded, the step in backward) 28.8 k against the fifth's 33.0 k
     # (FP8, chunked loss, 15 blocks checkpointed, the step in backward): 0.873 / 1.083 (loss) / 0.988 (one block)
-    "adamw8bit": (0.50, "derived"),            # torchao's 8-bit AdamW step: slow beside the fused bf16 kernel
+    "adamw8bit": (0.99, "estimated"),          # FT Studio's FP8-state AdamW (train/fp8_state_adamw.py): one Triton
+    # pass per tensor reading 10 bytes a parameter where the bf16-state kernel reads 14; the step is ~5 % of a step
+    "adamw8bit_torchao": (0.50, "derived"),    # torchao's 8-bit AdamW step: slow beside the fused bf16 kernel
     "in_backward": (0.953, "derived"),        # pure bf16 + chunked + checkpointing + the step in backward: 45.6 k
                                                # against Fastest's 64.3 k in one call (0.709 / 0.923 / 0.806)
     "pure_bf16": (1.115, "measured"),         # Fastest's pure bf16 against bf16-mixed (61.9 k / 55.5 k, compiled)
@@ -94,9 +96,14 @@ def _fp8_speed(leaves: dict, cfg) -> float:
     return SPEED[key][0] if key else 1.0
 
 
-def planned_speed(leaves: dict, cfg, *, liger: bool, layers: int = 0) -> float:
+def _lowbit_key(lowbit) -> str:
+    """SPEED's key for 8-bit states from the library that runs them (memory.lowbit: "ftstudio", "torchao", ...)."""
+    return "adamw8bit" if lowbit in ("ftstudio", True) else "adamw8bit_torchao"
+
+
+def planned_speed(leaves: dict, cfg, *, liger: bool, layers: int = 0, lowbit="ftstudio") -> float:
     """The product of the option factors for the options ``leaves`` turn on beyond ``cfg`` (micro-batch included;
-    ``layers``: the model's blocks, for checkpointing some of them)."""
+    ``layers``: the model's blocks, for checkpointing some of them; ``lowbit``: who runs 8-bit states)."""
     m, s = cfg.memory, 1.0
     if leaves.get("precision") == "bf16" and cfg.hardware.precision != "bf16":
         s *= SPEED["pure_bf16"][0]
@@ -107,7 +114,7 @@ def planned_speed(leaves: dict, cfg, *, liger: bool, layers: int = 0) -> float:
     if leaves.get("offload_activations", m.offload_activations) and not m.offload_activations:
         s *= SPEED["offload"][0]
     if leaves.get("optimizer", cfg.optim.optimizer) == "adamw8bit" and cfg.optim.optimizer != "adamw8bit":
-        s *= SPEED["adamw8bit"][0]
+        s *= SPEED[_lowbit_key(lowbit)][0]
     if leaves.get("optimizer_in_backward", m.optimizer_in_backward) and not m.optimizer_in_backward:
         s *= SPEED["in_backward"][0]
     s *= _fp8_speed(leaves, cfg) / _fp8_speed({}, cfg)
@@ -115,8 +122,10 @@ def planned_speed(leaves: dict, cfg, *, liger: bool, layers: int = 0) -> float:
     return s * _micro_speed(leaves.get("batch_size", cfg.train.batch_size) * seq, cfg.train.batch_size * seq)
 
 
-def candidates(cfg, *, lowbit: bool, layers: int = 0, fp8_optional: bool = False) -> list[dict]:
-    """Every combination of the options beyond ``cfg`` (leaves to set), the run as set first. With ``layers``
+def candidates(cfg, *, lowbit, layers: int = 0, fp8_optional: bool = False) -> list[dict]:
+    """Every combination of the options beyond ``cfg`` (leaves to set), the run as set first. ``lowbit``: the
+    library that runs 8-bit states here (memory.lowbit; falsy: none, True: one that rounds bf16 weights
+    stochastically, as FT Studio's and torchao's do; "bitsandbytes": with fp32 weights only). With ``layers``
     (the model's blocks), checkpointing also comes for the first k blocks only (k < layers; without offload);
     with ``fp8_optional`` (FP8 came from "auto"), each combination comes with FP8 off too."""
     m, t = cfg.memory, cfg.train
@@ -126,8 +135,8 @@ def candidates(cfg, *, lowbit: bool, layers: int = 0, fp8_optional: bool = False
     yes_no = lambda on: (True,) if on else (False, True)  # noqa: E731 - an option set true stays on
     losses = ("chunked",) if m.loss == "chunked" else ("full", "chunked")
     opts = (cfg.optim.optimizer, "adamw8bit") if cfg.optim.optimizer == "adamw" and lowbit else (cfg.optim.optimizer,)
-    # 8-bit states on pure bf16 weights lose most small updates (no stochastic rounding or compensation in the
-    # 8-bit step: 96 % of the first step's updates rounded away on the H100): only with fp32 master weights
+    # bitsandbytes' 8-bit step rounds bf16 weights to nearest, which loses most small updates (96 % of the first
+    # step's on the H100): with it, 8-bit states come only with fp32 master weights
     in_bwd = (True,) if m.optimizer_in_backward else (
         (False,) if cfg.hardware.precision == "fp16-mixed" else (False, True))
     # precision "auto" (nobody chose): pure bf16 with stochastic-rounding AdamW, Fastest's numerics, is a choice
@@ -140,7 +149,7 @@ def candidates(cfg, *, lowbit: bool, layers: int = 0, fp8_optional: bool = False
             continue                                  # offload moves checkpointed inputs: it needs checkpointing
         if ib and b != effective:
             continue                                  # the step in backward cannot accumulate micro-batches
-        if opt == "adamw8bit" and opt != cfg.optim.optimizer and prec == "bf16":
+        if opt == "adamw8bit" and opt != cfg.optim.optimizer and prec == "bf16" and lowbit == "bitsandbytes":
             continue
         some = (0,) if not ac or off or m.checkpoint_blocks or layers < 2 else (0, *range(1, layers))
         for k in some:                                # 0: every block; k: the first k blocks
@@ -180,7 +189,7 @@ CONFIRM_OVER = 0.10      # candidates the closed form puts up to this share over
 
 
 def choose(cfg, model_config, budget: int, *, compare: str = "peak_allocated", device: str = "cuda:0",
-           liger: bool | None = None, lowbit: bool | None = None, plan=None, confirm=None,
+           liger: bool | None = None, lowbit: str | bool | None = None, plan=None, confirm=None,
            fp8_optional: bool = False) -> Fit:
     """The fastest combination planned within ``budget`` bytes (``compare``: the plan's ``peak_allocated`` or
     ``total``). ``plan(model_config, run) -> MemoryBreakdown``: the planner that ranks every combination (default
@@ -194,7 +203,7 @@ def choose(cfg, model_config, budget: int, *, compare: str = "peak_allocated", d
     liger = _installed("liger_kernel") if liger is None else liger
     if lowbit is None:        # the trainer's own decision (memory.lowbit): installed and importable here
         from ftstudio.engine.memory.lowbit import lowbit_library
-        lowbit = lowbit_library("adamw8bit", probe=True).usable
+        lowbit = lowbit_library("adamw8bit", probe=True).library
     gb = lambda x: f"{x / 1e9:.1f} GB"  # noqa: E731
     what = "peak allocated" if compare == "peak_allocated" else "total"
     fp8 = (f" with FP8 ({cfg.memory.fp8}) linear layers" if cfg.memory.fp8 in ("tensorwise", "rowwise") else "")
@@ -202,7 +211,8 @@ def choose(cfg, model_config, budget: int, *, compare: str = "peak_allocated", d
     seen: list[Candidate] = []
     for leaves in candidates(cfg, lowbit=lowbit, layers=layers, fp8_optional=fp8_optional):
         planned = int(getattr(plan(model_config, cfg.replace(**leaves)), compare))
-        c = Candidate(leaves, planned_speed(leaves, cfg, liger=liger, layers=layers), planned, planned <= budget)
+        c = Candidate(leaves, planned_speed(leaves, cfg, liger=liger, layers=layers, lowbit=lowbit), planned,
+                      planned <= budget)
         if not leaves and c.fits:
             return Fit({}, [f"Memory budget {gb(budget)}: the run as set{fp8} is planned at {gb(planned)} ({what}): "
                             "fits, nothing changed"])
@@ -216,7 +226,7 @@ def choose(cfg, model_config, budget: int, *, compare: str = "peak_allocated", d
                         f"{gb(least.planned)}); the run starts as set"])
     best = max(fitting, key=lambda c: (c.speed, -c.planned))
     faster = sorted((c for c in seen if c.speed > best.speed and not c.fits), key=lambda c: -c.speed)[:3]
-    basis = sorted({SPEED[k][1] for k in _factors(best.leaves, cfg, liger)} | (
+    basis = sorted({SPEED[k][1] for k in _factors(best.leaves, cfg, liger, lowbit)} | (
         {"estimated"} if "batch_size" in best.leaves else set()) | ({"derived"} if best.leaves.get("checkpoint_blocks")
                                                                  else set()))
     lines = [f"Memory budget {gb(budget)}: the run as set{fp8} is planned at {gb(seen[0].planned)} ({what}); fastest that "
@@ -251,7 +261,7 @@ def _confirm(seen: list[Candidate], cfg, model_config, budget: int, compare: str
     return lines
 
 
-def _factors(leaves: dict, cfg, liger: bool) -> list[str]:
+def _factors(leaves: dict, cfg, liger: bool, lowbit="ftstudio") -> list[str]:
     keys = ["pure_bf16"] if leaves.get("precision") == "bf16" else []
     used, as_set = _fp8_key(leaves, cfg), _fp8_key({}, cfg)
     keys += sorted({used, as_set} - {None}) if used != as_set else []      # FP8's factors where they changed
@@ -262,7 +272,7 @@ def _factors(leaves: dict, cfg, liger: bool) -> list[str]:
         if leaves.get(leaf):
             keys.append(key)
     if leaves.get("optimizer") == "adamw8bit":
-        keys.append("adamw8bit")
+        keys.append(_lowbit_key(lowbit))
     return keys
 
 

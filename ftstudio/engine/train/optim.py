@@ -90,9 +90,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, *, device_type: str,
     """The optimizer ``cfg.optimizer`` names over :func:`param_groups` (each group's "lr" is its peak).
 
     Weights stored in bf16 (``precision: bf16``) get update rules that do not lose small steps to bf16
-    rounding: adamw → :class:`CompensatedAdamW` (stochastic rounding or Kahan, ``bf16_rounding``), adamw8bit → torchao's 8-bit AdamW with stochastic
-    rounding. ``in_backward`` wraps the same rule in :class:`in_backward.OptimizerInBackward` (one optimizer per
-    parameter, stepped as its gradient completes).
+    rounding: adamw → :class:`CompensatedAdamW` (stochastic rounding or Kahan, ``bf16_rounding``), adamw8bit →
+    :class:`fp8_state_adamw.Fp8StateAdamW` (stochastic rounding). ``in_backward`` wraps the same rule in
+    :class:`in_backward.OptimizerInBackward` (one optimizer per parameter, stepped as its gradient completes).
     """
     groups = param_groups(model, cfg)
     bf16 = all(p.dtype == torch.bfloat16 for g in groups for p in g["params"])
@@ -135,14 +135,17 @@ def optimizer_factory(cfg: OptimConfig, *, device_type: str, bf16_weights: bool 
 
 
 def _adamw8bit_factory(common: dict, device_type: str, bf16_weights: bool):
-    """8-bit AdamW states (blockwise-quantised moments, ~2 bytes per parameter instead of 8).
+    """8-bit AdamW states (blockwise-quantised moments, ~2 bytes per parameter instead of 4 or 8).
 
-    torchao first: it rounds bf16 weights stochastically, so small updates survive on average; bitsandbytes
-    otherwise (fp32 weights, or torchao absent). Which one runs is memory.lowbit's decision, the one the plan
-    takes too; neither usable stops the run here with why (never full AdamW states instead, unsaid)."""
-    if device_type != "cuda":
-        raise ConfigError("optim.optimizer", f"adamw8bit needs a CUDA GPU; use adamw on {device_type}")
+    FT Studio's own first (train/fp8_state_adamw.py: FP8 moments, stochastic rounding of moments and bf16 weights,
+    a Triton kernel on FP8-capable GPUs, torch on any other device); torchao's (stochastic rounding of bf16
+    weights) or bitsandbytes' only where ours cannot import. Which one runs is memory.lowbit's decision, the one
+    the plan takes too; none usable stops the run here with why (never full AdamW states instead, unsaid)."""
     library, cls = _lowbit_class("adamw8bit")
+    if library == "ftstudio":
+        return lambda groups: cls(groups, **common)
+    if device_type != "cuda":
+        raise ConfigError("optim.optimizer", f"adamw8bit through {library} needs a CUDA GPU; use adamw on {device_type}")
     if library == "torchao":
         return lambda groups: cls(groups, **common, bf16_stochastic_round=bf16_weights)
     return lambda groups: cls(groups, **common)
