@@ -67,7 +67,7 @@ DESCRIPTIONS: dict[str, str] = {
                "packing, wherever the run is long enough to repay them (--compile / --packing force them); the "
                "fastest options that fit the GPU (or --gpu-memory). Needs a CUDA GPU with bf16; about 8 bytes "
                "per parameter plus the logits.",
-    "Largest model that fits": "bf16 weights + 8-bit AdamW states (torchao or bitsandbytes), the optimizer step "
+    "Largest model that fits": "bf16 weights + 8-bit AdamW states (FP8 moments, stochastic rounding), the optimizer step "
                                "fused into backward, checkpointed blocks offloaded to CPU memory: about 4 bytes "
                                "per parameter (3 with --optimizer adamw4bit: Qwen2.5-32B fits one 141 GB H200). "
                                "Slower; gradient clipping becomes per tensor.",

@@ -206,7 +206,7 @@ def _check_run_name(name: str | None) -> None:
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"
-    """Optimizer: adamw (fused on CUDA; for bf16 weights, our AdamW that keeps small updates, see bf16_rounding), adamw8bit (torchao or bitsandbytes, ~2 bytes of state per parameter), adamw4bit (torchao, ~1 byte), adafactor, or sgd (with momentum)."""
+    """Optimizer: adamw (fused on CUDA; for bf16 weights, our AdamW that keeps small updates, see bf16_rounding), adamw8bit (FT Studio's FP8-state AdamW, ~2 bytes of state per parameter; torchao's or bitsandbytes' where it cannot run), adamw4bit (torchao, ~1 byte), adafactor, or sgd (with momentum)."""
     lr: float = 5e-5
     """Peak learning rate. Fine-tuning wants 1e-5 to 5e-5: small steps stay near the pre-trained weights."""
     weight_decay: float = 0.01

@@ -112,8 +112,8 @@ class Fp8StateAdamW(torch.optim.Optimizer):
                 state["step"] += 1
                 if p.device not in lrs:
                     lrs[p.device] = torch.full((), float(group["lr"]), dtype=torch.float32, device=p.device)
-                args = (_local(p), _local(p.grad), state, lrs[p.device], b1, b2, eps, wd, (seed + 7919 * i) & 0x3FFFFFFF,
-                        scale)
+                args = (_local(p), _local(p.grad), state, lrs[p.device], b1, b2, eps, wd,
+                        (seed + 7919 * i) & 0x3FFFFFFF, scale)
                 if self.kernel:
                     try:
                         if _kernel_step(*args, stochastic=self.stochastic):

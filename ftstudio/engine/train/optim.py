@@ -145,7 +145,8 @@ def _adamw8bit_factory(common: dict, device_type: str, bf16_weights: bool):
     if library == "ftstudio":
         return lambda groups: cls(groups, **common)
     if device_type != "cuda":
-        raise ConfigError("optim.optimizer", f"adamw8bit through {library} needs a CUDA GPU; use adamw on {device_type}")
+        raise ConfigError("optim.optimizer",
+                          f"adamw8bit through {library} needs a CUDA GPU; use adamw on {device_type}")
     if library == "torchao":
         return lambda groups: cls(groups, **common, bf16_stochastic_round=bf16_weights)
     return lambda groups: cls(groups, **common)
