@@ -25,16 +25,21 @@ PACK_BELOW = 0.75        # pack when the mean row fills less than this share of 
 
 
 def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, params: int,
-           frozen: bool | None = None, inductor: bool | None = None) -> tuple[dict, list[str]]:
+           frozen: bool | None = None, inductor: bool | None = None, fp8: str = "off") -> tuple[dict, list[str]]:
     """{"compile": bool, "packing": bool} for this run and the log lines that say why (pure logic, no torch).
-    ``rows_fill``: mean tokens per row / seq_len (before packing)."""
+    ``rows_fill``: mean tokens per row / seq_len (before packing). ``fp8``: the recipe FP8 "auto" would turn on
+    if the run compiled (:func:`fp8_if_compiled`): compiling then also brings FP8's speed, and repays sooner."""
     chosen = {"compile": bool(cfg.memory.compile), "packing": bool(cfg.data.packing)}
     if not cfg.memory.fast_defaults or not device.startswith("cuda"):
         return chosen, []
     several = len(cfg.hardware.gpus) > 1         # FSDP: the compile decision only
     frozen = getattr(sys, "frozen", False) if frozen is None else frozen
     lines = []
-    pays, eager_s = compile_pays(total_steps, params, cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum)
+    from ftstudio.engine.train.fastest import SPEED
+    then = SPEED["fp8"][0] if fp8 in ("tensorwise", "rowwise") and not cfg.memory.compile else 1.0
+    with_fp8 = f", with FP8 ({fp8}), which turns on only in a compiled run" if then > 1.0 else ""
+    pays, eager_s = compile_pays(total_steps, params, cfg.train.batch_size * cfg.data.seq_len * cfg.train.grad_accum,
+                                 then=then)
     if not chosen["packing"] and not several:
         if task != "causal-lm":
             rows = "preference pairs are" if task == "preference" else "a classifier's rows are"
@@ -59,10 +64,10 @@ def choose(cfg, device: str, *, task: str, rows_fill: float, total_steps: int, p
             lines.append("Fast defaults: compile off (torch.compile's inductor needs triton, not installed)")
         elif not pays:
             lines.append(f"Fast defaults: compile off ({total_steps} steps, about {eager_s:.0f} s uncompiled, "
-                         f"would not repay ~{COMPILE_SECONDS:.0f} s of compiling; --compile forces it)")
+                         f"would not repay ~{COMPILE_SECONDS:.0f} s of compiling{with_fp8}; --compile forces it)")
         else:
             chosen["compile"] = True
-            lines.append(f"Fast defaults: compile on ({total_steps} steps, about {eager_s:.0f} s uncompiled; "
+            lines.append(f"Fast defaults: compile on ({total_steps} steps, about {eager_s:.0f} s uncompiled{with_fp8}; "
                          "blocks and the head + loss compiled; --no-fast-defaults to run eagerly)")
     return chosen, lines
 
@@ -91,7 +96,7 @@ def apply(cfg, device: str, prepared, info, plan_schedule, report):
                    and not cfg.data.packing and not pairs and not several else None)       # the step count of a packed run decides compile
     steps = plan_schedule(len(packed_rows[0]) if packed_rows else len(rows), 0).total_steps
     chosen, lines = choose(cfg, device, task="preference" if pairs else prepared.task, rows_fill=fill, total_steps=steps,
-                           params=int(info.params or 0))
+                           params=int(info.params or 0), fp8=fp8_if_compiled(cfg, device, int(info.params or 0)))
     for line in lines:
         report(LogLine(line))
     if chosen["packing"] and not cfg.data.packing and packed_rows:
@@ -109,6 +114,14 @@ def apply(cfg, device: str, prepared, info, plan_schedule, report):
     # turned it off
     off = fitted.memory.fp8 == "off" and planned.memory.fp8 != "off"
     return fitted.replace(fp8="off" if off else cfg.memory.fp8), prepared
+
+
+def fp8_if_compiled(cfg, device: str, params: int) -> str:
+    """The FP8 recipe "auto" would turn on for this run if it compiled ("off" where it would not, or where FP8 is
+    set explicitly: an explicit recipe does not depend on compile)."""
+    if cfg.memory.fp8 != "auto" or cfg.memory.compile or not device.startswith("cuda"):
+        return "off"
+    return fp8_auto(cfg.replace(compile=True), device, params)
 
 
 def fp8_auto(cfg, device: str, params: int) -> str:

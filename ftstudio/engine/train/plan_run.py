@@ -133,7 +133,8 @@ def plan_run(run: RunConfig, *, model_config: dict | None = None, gpus: int | No
             lines.append("No data given: rows assumed to fill seq_len (the longest batch possible)")
     pairs = run.train.method != "sft"        # dpo / simpo: B pairs are 2B padded rows, never packed
     chosen, said = fast_path.choose(run, dev, task="preference" if pairs else task, rows_fill=fill,
-                                    total_steps=max(steps, 1), params=shape.params)
+                                    total_steps=max(steps, 1), params=shape.params,
+                                    fp8=fast_path.fp8_if_compiled(run, dev, shape.params))
     if not steps and run.memory.fast_defaults and dev.startswith("cuda") and not run.memory.compile:
         said = [ln for ln in said if "compile" not in ln]
         chosen["compile"] = False
