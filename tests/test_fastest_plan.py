@@ -73,6 +73,27 @@ def test_the_traced_plan_decides_among_the_final_candidates():
     assert same.leaves == {"batch_size": 2, "grad_accum": 2}
 
 
+def test_a_closed_form_that_planned_a_traced_candidate_low_does_not_pass_an_untraced_one():
+    run = RunConfig().replace(device="cuda", precision="bf16", batch_size=4, seq_len=2048, grad_accum=1)
+    closed = {(False, 4): 20, (False, 2): 14.5, (False, 1): 14.2, (True, 4): 14, (True, 2): 13.9, (True, 1): 13}
+    # the fastest candidates are traced 10 % above the closed form, over 15 GB; the trace budget then runs out
+    traced = {key: v * 1.1 for key, v in closed.items()}
+    calls = []
+
+    def confirm(model_config, r):
+        calls.append(r)
+        return _fake(traced, "traced")(model_config, r)
+    confirm.traces = lambda: len(calls)
+    fit = fastest.choose(run, {}, 15 * GB, confirm=confirm, liger=True, lowbit=False,
+                         plan=_fake(closed, "closed form"))
+    assert len(calls) == fastest.CONFIRM_TRACES
+    chosen = run.replace(**fit.leaves)
+    # untraced candidates count only within 15 / 1.1 = 13.6 GB: checkpointing with micro-batch 1 (13 GB) is the
+    # fastest of those, not micro-batch 2 with checkpointing (13.9 GB closed form, 15.3 traced)
+    assert (chosen.memory.activation_checkpointing, chosen.train.batch_size) == (True, 1), fit.lines
+    assert any("Untraced candidates count only within the budget / 1.10" in ln for ln in fit.lines)
+
+
 def test_plan_run_plans_the_run_the_budget_fit_makes():
     base = RunConfig().replace(device="cuda", precision="bf16", batch_size=8, seq_len=512, grad_accum=1,
                                max_steps=50, val_fraction=0.0, fp8="off")   # what "auto" is under 1 B parameters

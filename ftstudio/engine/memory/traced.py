@@ -34,12 +34,21 @@ LOWBIT_NOTE = ("8/4-bit optimizer states with the step in backward or offloaded 
                "(6 shapes, -0.7 % to +2.4 %); margin {margin:.0%}")
 def plan(model_config: dict, run: RunConfig, gpus: int = 1, device: str | None = None, *, seq_len: int | None = None,
          padded: bool = False, trust_remote_code: bool = False, source: str | None = None,
-         trace: bool = True, loss_fn=None) -> MemoryBreakdown:
+         trace: bool = True, loss_fn=None, plan_of=None) -> MemoryBreakdown:
     """The plan of ``run``: traced where the tracer covers the run, else the closed form with a wider margin.
 
     ``seq_len``: the longest batch the run will see (the real rows' length; default the config's seq_len);
-    ``padded``: that batch's rows differ in length, so an attention mask is passed (GQA k/v are then repeated)."""
+    ``padded``: that batch's rows differ in length, so an attention mask is passed (GQA k/v are then repeated).
+    ``plan_of(model_config, run)``: how the two ends of a some-blocks checkpointing plan are planned (a caller's
+    cache; default this function)."""
     shape = shape_from_config(model_config)
+    kw = dict(seq_len=seq_len, padded=padded, trust_remote_code=trust_remote_code, source=source, trace=trace,
+              loss_fn=loss_fn)
+    if run.memory.activation_checkpointing and 0 < run.memory.checkpoint_blocks < shape.layers and trace:
+        ends = plan_of or (lambda mc, r: plan(mc, r, gpus, device, **kw))
+        partial = _some_blocks(model_config, run, shape.layers, ends)
+        if partial is not None:
+            return partial
     closed = estimate(shape, run, gpus, device=device)
     closed.margin = MARGIN_CHECKED if shape.model_type in ("llama", "qwen2") else MARGIN_CLOSED_FORM
     compiled = bool(run.memory.compile) and (device or run.hardware.device) != "cpu"
@@ -59,6 +68,40 @@ def plan(model_config: dict, run: RunConfig, gpus: int = 1, device: str | None =
         return _checked(closed, run, shape, gpus, device, compiled)
     return _checked(_lowbit(_compose(traced, shape, run, gpus, device, closed), run, device), run, shape, gpus, device,
                     compiled)
+
+
+def _some_blocks(model_config: dict, run: RunConfig, layers: int, ends):
+    """The plan of checkpointing the first k of L blocks (``memory.checkpoint_blocks``) from two traced plans of
+    the same run: every block checkpointed and none. A checkpointed block keeps its input where an uncheckpointed
+    one keeps its activations, so what is held at the start of backward falls linearly in k, from the plan with
+    none to the plan with all; the recompute of a checkpointed block comes later, with fewer activations held
+    than when every block is checkpointed, so the all-blocks plan bounds the peak from below. None where either
+    could not be traced (the closed form then plans it)."""
+    import dataclasses
+
+    k = run.memory.checkpoint_blocks
+    every = ends(model_config, run.replace(checkpoint_blocks=0))
+    none = ends(model_config, run.replace(activation_checkpointing=False, checkpoint_blocks=0))
+    if every.method != "traced" or none.method != "traced":
+        return None
+    share = k / layers
+
+    def between(a: int, b: int) -> int:       # a: none, b: every block
+        return max(b, round(a - share * (a - b)))
+    out = dataclasses.replace(none, activations=between(none.activations, every.activations),
+                              other=between(none.other, every.other),
+                              peak_allocated=between(none.peak_allocated, every.peak_allocated),
+                              peak_reserved=between(none.peak_reserved, every.peak_reserved),
+                              parts={key: between(v, every.parts[key]) for key, v in none.parts.items()
+                                     if key in every.parts},
+                              margin=max(none.margin, every.margin), notes=[
+                                  f"traced: the first {k} of {layers} blocks checkpointed, between the traced plans "
+                                  f"of every block checkpointed ({every.peak_allocated / 1e9:.2f} GB) and none "
+                                  f"({none.peak_allocated / 1e9:.2f} GB), linear in the blocks",
+                                  *[n for n in every.notes if not n.startswith("traced:")]])
+    if out.peak_allocated == every.peak_allocated:
+        out.peak_phase = every.peak_phase
+    return out
 
 
 def _checked(out: MemoryBreakdown, run: RunConfig, shape: ModelShape, gpus: int, device, compiled: bool):
@@ -106,7 +149,7 @@ def _untraced(run: RunConfig, gpus: int, device: str | None, trace: bool, loss_c
     if m.loss == "chunked" and not on_cpu and _liger():
         return "Liger's fused loss is a Triton kernel, not traced"
     if m.activation_checkpointing and m.checkpoint_blocks:
-        return "checkpointing of some blocks only (checkpoint_blocks): the closed form plans it"
+        return "checkpointing of some blocks only (checkpoint_blocks): traced where both ends trace, else this"
     if m.fp8 in ("tensorwise", "rowwise") and not on_cpu and not _installed("torchao"):
         return "FP8 linear layers without torchao here (the closed form's FP8 term plans them)"
     return ""

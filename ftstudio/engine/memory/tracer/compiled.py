@@ -133,6 +133,7 @@ def _extern_ops() -> frozenset:
 def compile_blocks_aot(model) -> int:
     """Each block of the model's block list through :func:`aot`, as the trainer compiles each block in place
     (checkpointing wrappers stay outside). Tensor arguments become graph inputs, the rest constants."""
+    import functools
     import types
 
     from ftstudio.engine.models.structure import find_block_list
@@ -145,6 +146,15 @@ def compile_blocks_aot(model) -> int:
         names = [n for n, _ in block.named_parameters()]
         params = [p for _, p in block.named_parameters()]
         orig = block.forward
+        # transformers 5.2x checkpoints a layer's ``forward`` itself (modeling_layers.forward_with_checkpointing,
+        # made with functools.wraps) where 5.1x wrapped ``__call__``: the traced graph is the inner forward's and
+        # the checkpoint stays outside it, as the trainer's recompute runs the compiled block again (a checkpoint
+        # inside AOTAutograd's trace refuses the tracer's context_fn)
+        inner = getattr(type(block).forward, "__wrapped__", None)
+        outside = inner is not None and getattr(block, "gradient_checkpointing", False) and \
+            callable(getattr(block, "_gradient_checkpointing_func", None))
+        if outside:
+            orig = types.MethodType(inner, block)
         cache: dict = {}
 
         def forward(self_, *args, _orig=orig, _names=names, _params=params, _cache=cache, _block=block, **kwargs):
@@ -163,7 +173,14 @@ def compile_blocks_aot(model) -> int:
                         return _orig(*a, **k)
                 _cache[key] = aot(run)
             return _cache[key](*_params, *[leaves[i] for i in where])
-        block.forward = types.MethodType(forward, block)
+        if outside:
+            def checkpointed(self_, *args, _run=forward, **kwargs):
+                if self_.training and torch.is_grad_enabled():
+                    return self_._gradient_checkpointing_func(functools.partial(_run, self_, **kwargs), *args)
+                return _run(self_, *args, **kwargs)
+            block.forward = types.MethodType(checkpointed, block)
+        else:
+            block.forward = types.MethodType(forward, block)
     return len(blocks)
 
 
