@@ -27,6 +27,8 @@ import warnings
 
 import torch
 
+from ftstudio.engine.train.optim import ClippedInStep, _noise_seed
+
 QBLOCK = 256                 # values per scale
 FP8_MAX = 448.0              # e4m3fn's largest finite value
 GROUPS = 8                   # scale blocks per kernel program (2048 values)
@@ -39,7 +41,7 @@ def state_bytes(n: int) -> int:
     return STATE_BYTES * n + 8 * math.ceil(n / QBLOCK) + 4
 
 
-class Fp8StateAdamW(torch.optim.Optimizer):
+class Fp8StateAdamW(ClippedInStep):
     """AdamW (decoupled weight decay, bias-corrected) with FP8 moments; see the module docstring.
 
     State per parameter: ``step`` (fp32 scalar tensor), ``exp_avg`` and ``exp_avg_sqrt`` (float8_e4m3fn, the
@@ -51,18 +53,6 @@ class Fp8StateAdamW(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
         self.stochastic = stochastic
         self.kernel = kernel
-        self._grad_scale: torch.Tensor | None = None
-
-    def clip_in_step(self, params, max_norm: float) -> torch.Tensor:
-        """clip_grad_norm_'s norm and factor, the multiply left to the next step (as CompensatedAdamW's)."""
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False, foreach=True)
-        self._grad_scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0).float()
-        return norm
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._grad_scale = None
-        super().zero_grad(set_to_none=set_to_none)
 
     def load_state_dict(self, state_dict: dict) -> None:
         """torch's loader casts every floating-point state to its parameter's dtype: that would turn the FP8
@@ -93,13 +83,8 @@ class Fp8StateAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        from ftstudio.engine.train.optim import _noise_seed
-
-        scale, self._grad_scale = self._grad_scale, None
+        loss = self._closure(closure)
+        scale = self._take_scale()
         for gi, group in enumerate(self.param_groups):
             (b1, b2), eps, wd = group["betas"], group["eps"], group["weight_decay"]
             sr_step = group["sr_step"] = group.get("sr_step", 0) + 1    # saved with the groups: resumes exact

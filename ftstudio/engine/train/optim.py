@@ -182,7 +182,37 @@ def stochastic_round_bf16(x: torch.Tensor) -> torch.Tensor:
     return ((bits + noise) & -65536).view(torch.float32).to(torch.bfloat16)
 
 
-class CompensatedAdamW(torch.optim.Optimizer):
+class ClippedInStep(torch.optim.Optimizer):
+    """An optimizer that applies gradient clipping's factor inside its own update: :meth:`clip_in_step` measures
+    the norm and keeps the factor, the next :meth:`step` takes it (:meth:`_take_scale`) and multiplies each
+    gradient as it reads it, instead of a pass that rewrites every gradient first."""
+    _grad_scale: torch.Tensor | None = None
+
+    def clip_in_step(self, params, max_norm: float) -> torch.Tensor:
+        """clip_grad_norm_ with the multiply left to the next :meth:`step`: the same total norm and factor
+        (max_norm / (norm + 1e-6), at most 1). Returns the norm."""
+        grads = [p.grad for p in params if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False, foreach=True)
+        self._grad_scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0).float()
+        return norm
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self._grad_scale = None                           # a skipped step's factor is not the next one's
+        super().zero_grad(set_to_none=set_to_none)
+
+    def _take_scale(self) -> torch.Tensor | None:
+        scale, self._grad_scale = self._grad_scale, None
+        return scale
+
+    @staticmethod
+    def _closure(closure):
+        if closure is None:
+            return None
+        with torch.enable_grad():
+            return closure()
+
+
+class CompensatedAdamW(ClippedInStep):
     """AdamW for weights stored in bf16, with the arithmetic in fp32 and bf16 moments.
 
     A bf16 weight near 1 moves in steps of 2^-8 ≈ 0.004; an update of lr·(m/√v) ≈ 2e-5 rounds to nothing, so
@@ -206,19 +236,9 @@ class CompensatedAdamW(torch.optim.Optimizer):
         self.kernel = kernel
         self._grad_scale: torch.Tensor | None = None     # clipping's factor, applied by the next step
 
-    def clip_in_step(self, params, max_norm: float) -> torch.Tensor:
-        """clip_grad_norm_ with the multiply left to the next :meth:`step`: the same total norm and factor
-        (max_norm / (norm + 1e-6), at most 1). The Triton kernel multiplies each gradient by it as it reads it,
-        instead of a pass that rewrites every gradient first (11 ms of a 397 ms Llama-3-8B step on the H200);
-        the other paths multiply the gradients first, as clip_grad_norm_ does. Returns the norm."""
-        grads = [p.grad for p in params if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads, 2.0, error_if_nonfinite=False, foreach=True)
-        self._grad_scale = torch.clamp(max_norm / (norm + 1e-6), max=1.0).float()
-        return norm
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self._grad_scale = None                           # a skipped step's factor is not the next one's
-        super().zero_grad(set_to_none=set_to_none)
+    # clip_in_step (ClippedInStep): the Triton kernel multiplies each gradient by the factor as it reads it, instead
+    # of a pass that rewrites every gradient first (11 ms of a 397 ms Llama-3-8B step on the H200); the other paths
+    # multiply the gradients first, as clip_grad_norm_ does.
 
     def _scale_grads(self, grads: list, scale) -> None:
         if grads:
@@ -300,12 +320,9 @@ class CompensatedAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = self._closure(closure)
         stochastic = self.rounding == "stochastic"
-        scale, self._grad_scale = self._grad_scale, None
+        scale = self._take_scale()
         if self.foreach:
             self._step_foreach(stochastic, scale)
             return loss
