@@ -30,6 +30,11 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
 _LEARNED_POSITIONS = frozenset({"gpt2", "gpt_neo", "opt", "gpt_bigcode", "biogpt"})
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx",
                  "max_seq_len", "model_max_length")
+# Encoders whose learned positions start after the padding index (fairseq's make_positions): RoBERTa's 514
+# position embeddings hold 512 tokens, and a row of 514 indexes past the table.
+_POSITIONS_AFTER_PADDING = frozenset("""
+    roberta roberta-prelayernorm xlm-roberta xlm-roberta-xl camembert longformer data2vec-text xmod luke ibert
+    markuplm mpnet esm""".split())
 
 
 def read_config(folder: Path) -> dict:
@@ -63,6 +68,20 @@ def _first(cfg: dict, *keys):
     return None
 
 
+def context_length(cfg: dict) -> int | None:
+    """The longest row the model takes, in tokens: its position table's size (``max_position_embeddings`` and
+    the like), less the padding offset of the encoders that number positions after the padding index."""
+    c = text_config(cfg)
+    n = _first(c, *_CONTEXT_KEYS)
+    model_type = str(cfg.get("model_type") or c.get("model_type") or "")
+    if (n and model_type in _POSITIONS_AFTER_PADDING and n == _first(c, "max_position_embeddings")
+            and c.get("position_embedding_type", "absolute") == "absolute"):
+        pad = 1 if model_type == "mpnet" else c.get("pad_token_id")   # MPNet's padding index is fixed at 1
+        if isinstance(pad, int) and not isinstance(pad, bool) and 0 <= pad < n - 1:
+            n -= pad + 1
+    return n if n and n > 0 else None
+
+
 def config_facts(cfg: dict) -> dict:
     """Architecture, sizes and encoder-ness from a (HF-style) config dict."""
     c = text_config(cfg)
@@ -77,7 +96,7 @@ def config_facts(cfg: dict) -> dict:
         "vocab_size": _first(c, "vocab_size", "n_vocab", "padded_vocab_size"),
         "hidden_size": _first(c, "hidden_size", "n_embd", "d_model", "dim"),
         "num_layers": _first(c, "num_hidden_layers", "n_layer", "num_layers", "n_layers"),
-        "context_length": _first(c, *_CONTEXT_KEYS),
+        "context_length": context_length(cfg),
         "is_encoder": is_encoder,
         "config_dtype": c.get("dtype") or c.get("torch_dtype"),
     }

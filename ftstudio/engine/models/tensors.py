@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ftstudio.core.errors import ModelError
+from ftstudio.engine.models.inspect import context_length
 
 # Encoder families: trained as sequence classifiers, so the loss is over a handful of labels, not a vocabulary.
 ENCODERS = {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "mpnet",
@@ -96,8 +97,7 @@ def shape_from_config(cfg: dict) -> ModelShape:
         shape = _bert_like(cfg, mt, d, L, V, heads, hd)
     else:
         shape = _llama_like(cfg, mt, d, L, V, heads, kvh, hd)
-    context = _get(cfg, "max_position_embeddings", "n_positions")
-    shape.context = context if isinstance(context, int) and not isinstance(context, bool) and context > 0 else None
+    shape.context = context_length(cfg)
     return shape
 
 
