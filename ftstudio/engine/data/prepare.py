@@ -119,7 +119,7 @@ def _unused_columns(res, fmt: str, cfg) -> list[DataProblem]:
     return out
 
 
-def build_rows(cfg, task: str | None, seed: int) -> _Built:
+def build_rows(cfg, task: str | None, seed: int, label_order: list[str] | None = None) -> _Built:
     problems: list[DataProblem] = []
     res = read_source(source_path(cfg.dataset))
     problems += res.problems
@@ -163,6 +163,8 @@ def build_rows(cfg, task: str | None, seed: int) -> _Built:
     built.columns = {"text": roles.text, "label": roles.label, "found_by": roles.how} if roles else None
     if by_label:
         names = sort_labels(n["label"] for n in train.norms)
+        if label_order and set(label_order) == set(names):
+            names = list(label_order)   # the model's head knows these classes: each keeps its id
         built.label_names = names
         if train.norms and len(names) < 2:
             problems.append(DataProblem(train.path, None, label_col, f"only one class ({names[0]!r}); a "
@@ -307,9 +309,11 @@ def _examples(built: _Built, part: _Part, encs: list[tuple[int, Encoded]]) -> li
     return [{"input_ids": e.input_ids, "labels": e.labels} for _, e in encs]
 
 
-def prepare_data(cfg, tokenizer, *, task: str, seed: int) -> PreparedData:
-    """Load, validate, split and tokenise; raise DataError listing every problem if any is an error."""
-    built = build_rows(cfg, task, seed)
+def prepare_data(cfg, tokenizer, *, task: str, seed: int, label_order: list[str] | None = None) -> PreparedData:
+    """Load, validate, split and tokenise; raise DataError listing every problem if any is an error.
+    ``label_order``: the class names of the model's classification head in id order (``models.head_labels``);
+    where the data has exactly these classes they keep those ids, else classes are numbered in sorted order."""
+    built = build_rows(cfg, task, seed, label_order)
     _raise_errors(built.problems)
     pairs = built.format == "preference"  # both answers of each pair (data/preference.py)
     encode = encode_pairs if pairs else encode_rows

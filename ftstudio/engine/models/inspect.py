@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections import Counter
 from pathlib import Path
@@ -80,6 +81,25 @@ def context_length(cfg: dict) -> int | None:
         if isinstance(pad, int) and not isinstance(pad, bool) and 0 <= pad < n - 1:
             n -= pad + 1
     return n if n and n > 0 else None
+
+
+_DEFAULT_LABEL = re.compile(r"LABEL_\d+")
+
+
+def head_labels(cfg: dict) -> list[str] | None:
+    """The class names a sequence classifier's head was trained on, in id order (config.json's ``id2label``), or
+    None where the config names none (transformers' LABEL_0, LABEL_1... defaults, or no classification head)."""
+    archs = [a for a in (cfg.get("architectures") or []) if isinstance(a, str)]
+    id2label = cfg.get("id2label")
+    if not any(a.endswith("ForSequenceClassification") for a in archs) or not isinstance(id2label, dict):
+        return None
+    try:
+        ordered = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        return None
+    if sorted(int(k) for k in id2label) != list(range(len(ordered))) or len(set(ordered)) != len(ordered):
+        return None
+    return None if all(_DEFAULT_LABEL.fullmatch(n) for n in ordered) else ordered
 
 
 def config_facts(cfg: dict) -> dict:

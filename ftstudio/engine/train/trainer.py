@@ -155,7 +155,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         self._gguf = models_mod.ParseOnce(progress=lambda done, total, s: self.report(  # parsed once; a GUI bar
             LoadProgress("de-quantising GGUF tensors", done, total, s))).open()
         tokenizer = models_mod.load_tokenizer(cfg.model)
-        prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
+        prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed,
+                                         label_order=models_mod.head_labels(info.config))   # a trained head's ids
         cfg, prepared = fast_path.apply(cfg, device, prepared, info, self._plan_schedule, self.report)  # one GPU
         numerics = pick_numerics(cfg.hardware.precision, device)   # the memory budget may choose pure bf16
         fresh = [str(w) for w in prepared.warnings if w not in report.problems]  # the check above said the rest
