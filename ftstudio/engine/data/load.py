@@ -200,7 +200,8 @@ def _decode(data: bytes, res: LoadResult) -> str | None:
         res.problem(None, None, "this is a Parquet file; give it the .parquet extension")
         return None
     if b"\x00" in data[:SNIFF_BYTES]:
-        res.problem(None, None, "this is a binary file (it contains NUL bytes), not text")
+        res.problem(None, None, "this is a binary file (it contains NUL bytes), not text; give a .jsonl, .json, "
+                                ".csv, .tsv, .txt or .parquet file")
         return None
     if data.startswith(b"\xef\xbb\xbf"):
         res.problem(1, None, "the file starts with a UTF-8 byte-order mark; it was ignored", "warning")
