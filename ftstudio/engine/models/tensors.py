@@ -147,19 +147,33 @@ def _llama_like(cfg, mt, d, L, V, heads, kvh, hd) -> ModelShape:
 
 
 def _gpt_like(cfg, mt, d, L, V, heads, hd) -> ModelShape:
-    i = _get(cfg, "n_inner", "intermediate_size", "ffn_dim", default=None) or 4 * d
+    i = _get(cfg, "n_inner", "ffn_hidden_size", "intermediate_size", "ffn_dim", default=None) or 4 * d
     P = _get(cfg, "n_positions", "max_position_embeddings", default=2048)
     tied = bool(_get(cfg, "tie_word_embeddings", default=mt != "gpt_neox"))   # Pythia has its own embed_out
+    # Keys and values: one head for multi-query attention (SantaCoder, Falcon-7B), the configured heads for
+    # grouped-query (StarCoder2, Falcon-40B's new decoder), else as many as the queries.
+    if mt == "falcon" and cfg.get("new_decoder_architecture"):
+        kvh = _get(cfg, "num_kv_heads", default=heads)
+    elif cfg.get("multi_query"):
+        kvh = 1
+    elif mt in ("starcoder2", "phi"):
+        kvh = _get(cfg, "num_key_value_heads", default=heads)
+    else:
+        kvh = heads
+    bias = bool(cfg.get("bias", False)) if mt == "falcon" else bool(cfg.get("use_bias", True))
+    # Falcon-7B's parallel block reads one norm; the rest (and Falcon-40B's new decoder) two.
+    norms = ("ln_1",) if mt == "falcon" and not cfg.get("new_decoder_architecture") else ("ln_1", "ln_2")
     t: dict[str, tuple[int, ...]] = {"transformer.wte.weight": (V, d)}
     if mt in ("gpt2", "gpt_neo", "gpt_bigcode", "opt"):
         t["transformer.wpe.weight"] = (P, d)
     for l in range(L):
         p = f"transformer.h.{l}."
-        for name, shp in (("attn.c_attn", (d, 3 * d)), ("attn.c_proj", (d, d)),
+        for name, shp in (("attn.c_attn", (d, d + 2 * kvh * hd)), ("attn.c_proj", (d, d)),
                           ("mlp.c_fc", (d, i)), ("mlp.c_proj", (i, d))):
             t[p + name + ".weight"] = shp
-            t[p + name + ".bias"] = (shp[1],)
-        for n in ("ln_1", "ln_2"):
+            if bias:
+                t[p + name + ".bias"] = (shp[1],)
+        for n in norms:
             t[p + n + ".weight"] = (d,)
             t[p + n + ".bias"] = (d,)
     t["transformer.ln_f.weight"] = (d,)
@@ -168,7 +182,7 @@ def _gpt_like(cfg, mt, d, L, V, heads, hd) -> ModelShape:
         t["lm_head.weight"] = (V, d)
     drop = float(_get(cfg, "resid_pdrop", "hidden_dropout", "dropout", default=0.0) or 0.0)
     adrop = float(_get(cfg, "attn_pdrop", "attention_dropout", default=0.0) or 0.0)
-    return ModelShape(mt, d, L, heads, heads, hd, i, V, t, gated_mlp=False, norm_bias=True,
+    return ModelShape(mt, d, L, heads, kvh, hd, i, V, t, gated_mlp=False, norm_bias=True,
                       dropout=drop, attn_dropout=adrop, tied=tied)
 
 
