@@ -67,3 +67,10 @@ def test_one_block_of_per_expert_names_is_one_block():
     t = {f"model.layers.{l}.block_sparse_moe.experts.{e}.w1.weight": (8, 4) for l in range(3) for e in range(2)}
     shape = ModelShape("mixtral", 4, 3, 1, 1, 4, 8, 10, t)
     assert shape.layer_params() == 2 * 32
+
+
+def test_estimate_says_a_small_models_size_in_millions(cli, tiny_llama):
+    code, out, err = cli("estimate", tiny_llama, "--no-trace", "--seq-len", "32")
+    assert code == 0, err
+    head = out.splitlines()[0]
+    assert " M params" in head and "0.00 B" not in head, head
