@@ -294,11 +294,17 @@ class PreparedData:
     skipped: int = 0  # rows dropped: truncation at seq_len left them no trained token
     truncated: int = 0  # rows cut at seq_len
     warnings: list[DataProblem] = field(default_factory=list)  # what a run should show before it starts
+    rows: tuple[int, int] | None = None   # (train, validation) rows as tokenised, before any packing joined them
 
     def summary(self) -> str:
-        """One line for a run's log: rows used, and what seq_len dropped and cut."""
-        return (f"{len(self.train)} train / {len(self.val)} validation examples; {self.skipped} rows skipped "
-                f"(no trained token within seq_len), {self.truncated} rows cut at seq_len")
+        """One line for a run's log: rows used (and the sequences packing made of them), what seq_len dropped
+        and cut."""
+        packed = getattr(self.collate, "packed", False) and self.rows is not None
+        made = (f"{len(self.train)} train / {len(self.val)} validation sequences of seq_len packed from "
+                f"{self.rows[0]} / {self.rows[1]} rows" if packed else
+                f"{len(self.train)} train / {len(self.val)} validation examples")
+        return (f"{made}; {self.skipped} rows skipped (no trained token within seq_len), {self.truncated} rows cut "
+                "at seq_len")
 
 
 def _examples(built: _Built, part: _Part, encs: list[tuple[int, Encoded]]) -> list[dict]:
@@ -329,11 +335,12 @@ def prepare_data(cfg, tokenizer, *, task: str, seed: int, label_order: list[str]
                             [p for p in built.problems if p.severity != "error"])
     train, val = _examples(built, built.train, train_enc), _examples(built, built.val, val_enc)
     packed = bool(cfg.packing) and built.task == "causal-lm"
+    rows = (len(train), len(val))
     if packed:
         train, val = pack(train, cfg.seq_len), pack(val, cfg.seq_len)
     return PreparedData(train, val, built.format, built.task, built.label_names,
                         Collator(pad_id_of(tokenizer), built.task, packed), built.skipped, built.truncated,
-                        [p for p in built.problems if p.severity != "error"])
+                        [p for p in built.problems if p.severity != "error"], rows)
 
 
 def check_survivors(built: _Built, train_enc: list, val_enc: list, seq_len: int) -> None:
