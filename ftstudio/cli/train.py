@@ -98,6 +98,13 @@ def _resume_config(args: argparse.Namespace):
     if last is None:
         raise ConfigError("--resume", f"{run_dir} has no complete checkpoint to resume from (checkpoints are "
                                       "saved with --checkpoint-every N, and when a run is stopped)")
+    source = run_cfg.model.source
+    local = Path(source).expanduser()
+    if (local.is_absolute() or source.startswith((".", "~"))) and not local.exists():
+        raise ConfigError("model.source", f"{source}, the base model {run_dir / 'config.yaml'} names, is gone "
+                                          "(moved or deleted); put it back there, or continue from where it is "
+                                          f"now with: ftstudio train --resume {run_dir} --model NEW_PATH "
+                                          "--allow-config-change")
     return run_cfg
 
 
