@@ -57,3 +57,34 @@ def test_the_error_line_says_what_is_wrong_and_the_fix(name, lines):
     said = [ln for ln in lines.get(name, []) if wrong in ln]
     assert said, lines.get(name)
     assert all(fix in ln and str(HOSTILE / name) in ln for ln in said), said
+
+
+def _labels(path, labels):
+    import json
+    path.write_text("".join(json.dumps({"text": f"review number {i}", "label": lab}) + "\n"
+                            for i, lab in enumerate(labels)))
+    return str(path)
+
+
+def test_a_rare_label_spelt_like_a_common_one_is_said_as_a_likely_typo(tmp_path):
+    """A TSV whose label column had 'postive' once among 'positive' rows: the typo trained as a fourth class,
+    said only as "a class with a single row"."""
+    from ftstudio.core.config import DataConfig
+    from ftstudio.engine.data import check_data
+
+    labels = ["positive", "negative", "neutral"] * 8 + ["postive", "Negative", "negative", "neutral"]
+    report = check_data(DataConfig(dataset=_labels(tmp_path / "d.jsonl", labels), val_fraction=0.0))
+    said = {p.reason.split(" (")[0]: p for p in report.problems if "misspelling" in p.reason}
+    assert set(said) == {"label 'postive'", "label 'Negative'"}
+    assert said["label 'postive'"].row == 25 and "misspelling of 'positive' (8 rows)" in said["label 'postive'"].reason
+    assert "correct it if so" in said["label 'Negative'"].reason
+    assert all(p.severity == "warning" for p in said.values())
+
+
+def test_classes_of_similar_size_or_integer_ids_are_not_typos(tmp_path):
+    from ftstudio.core.config import DataConfig
+    from ftstudio.engine.data import check_data
+
+    for labels in (["cat", "cats"] * 6, ["12", "13"] * 5 + ["12"] * 20, ["spam", "ham"] * 10):
+        report = check_data(DataConfig(dataset=_labels(tmp_path / "d.jsonl", labels), val_fraction=0.0))
+        assert not [p for p in report.problems if "misspelling" in p.reason], labels

@@ -344,6 +344,21 @@ _INTEGER = re.compile(r"-?\d+")
 _WHOLE_NUMBER = re.compile(r"[+-]?\d+(\.0*)?")
 
 
+def misspelt_classes(counts: dict[str, int], ratio: float = 5.0) -> list[tuple[str, str]]:
+    """(rare, common) pairs of class names where the rare one (at most 1/``ratio`` as many rows) is spelt almost
+    like the common one ("postive" beside "positive", "Spam" beside "spam"): most likely a typo that would train
+    as a class of its own. Integer ids are never compared ("12" is not a typo of "13")."""
+    names = [c for c in counts if not _INTEGER.fullmatch(c)]
+    folded = {c.casefold(): c for c in sorted(names, key=lambda c: -counts[c])}
+    out = []
+    for rare in names:
+        common = [c for c in names if c != rare and counts[c] >= ratio * counts[rare]]
+        close = difflib.get_close_matches(rare.casefold(), [c.casefold() for c in common], n=1, cutoff=0.8)
+        if close:
+            out.append((rare, folded[close[0]]))
+    return out
+
+
 def _label_name(v):
     """A label's name as a string, or a DataProblem carrying the reason it is unusable. The same class gets the
     same name in every format: surrounding spaces dropped, Unicode NFC, and a whole number written as 1, 1.0,

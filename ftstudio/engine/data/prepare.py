@@ -16,7 +16,7 @@ from typing import Callable
 
 from ftstudio.core.errors import DataError, DataProblem
 from ftstudio.engine.data.collate import Collator, pack, pad_id_of
-from ftstudio.engine.data.formats import Validator, detect_format, resolve_columns, sort_labels
+from ftstudio.engine.data.formats import Validator, detect_format, misspelt_classes, resolve_columns, sort_labels
 from ftstudio.engine.data.load import demo_dataset_path, read_source
 from ftstudio.engine.data.preference import PairCollator, PreferenceValidator, encode_pairs, pair_examples
 from ftstudio.engine.data.render import (Encoded, TemplateError, TemplateTimeout, encode_causal,
@@ -193,6 +193,13 @@ def class_balance(train: _Part, val: _Part, label_col: str, problems: list[DataP
                                     f"answering {top!r} scores {counts[top] / total:.1%} accuracy, so judge a "
                                     "classifier by macro-F1 and per-class recall (the evaluation reports both "
                                     "beside that majority-class baseline)", "warning"))
+    for rare, common in misspelt_classes(counts):
+        path, row = next(((part.path, r) for part in (train, val) for n, r in zip(part.norms, part.rows)
+                          if str(n["label"]) == rare), (train.path, None))
+        problems.append(DataProblem(path, row, label_col, f"label {rare!r} ({counts[rare]} row"
+                                    f"{'s' if counts[rare] > 1 else ''}) looks like a misspelling of {common!r} "
+                                    f"({counts[common]:,} rows); correct it if so, or it trains as a class of "
+                                    "its own", "warning"))
     return counts
 
 
