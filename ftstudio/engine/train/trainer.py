@@ -404,7 +404,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
     def _open_metrics(self) -> None:
         from ftstudio.engine.trackers import open_trackers
         self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
-        self.report = Fanout(self._metrics, *open_trackers(self.cfg, self.run_dir), self._user_reporter)
+        self.report = Fanout(self._metrics, *open_trackers(self.cfg, self.run_dir, self._user_reporter),
+                             self._user_reporter)
 
     def _plan_schedule(self, n_train: int, n_general: int, tokens=()):  # tokens: schedule.row_stats
         from ftstudio.engine.train.schedule import plan_schedule
