@@ -179,7 +179,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         model = loaded.model
         self._gguf.close()  # its readers' parsed fields are freed
         self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
-        for line in loaded_notices(loaded):  # random parameters, a grown embedding: warnings, said under --quiet
+        for line in loaded_notices(loaded, self.run_dir, cfg, self._export_options["dtype"]):  # also under --quiet
             self.report(LogLine(line, "warning"))
         if loaded.load_note:  # which loader placed the weights (shard by shard, or from_pretrained and why)
             self.report(LogLine(loaded.load_note))
