@@ -21,6 +21,7 @@ from ftstudio.engine.data.load import demo_dataset_path, read_source
 from ftstudio.engine.data.preference import PairCollator, PreferenceValidator, encode_pairs, pair_examples
 from ftstudio.engine.data.render import (Encoded, TemplateError, TemplateTimeout, encode_causal,
                                          encode_classification_batch)
+from ftstudio.engine.data.special_text import special_text
 from ftstudio.engine.data.table import table_roles
 
 
@@ -240,6 +241,9 @@ def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
         encs = encode_classification_batch([n["text"] for n in part.norms], tokenizer, seq_len)
         built.truncated += sum(e.truncated for e in encs)
         return list(zip(part.rows, encs))
+    injected = special_text(part.path, part.norms, part.rows, tokenizer)
+    if injected is not None:
+        built.problems.append(injected)
     skipped, rewritten = [], {}
     for norm, row in zip(part.norms, part.rows):
         try:
