@@ -275,6 +275,11 @@ def _read_folder(p: Path) -> LoadResult:
         if split is None:
             res.problem(None, None, "the saved DatasetDict has no splits")
             return res
+        others = [k for k in ds if k != split]
+        if others:   # said as for a JSON file of splits: nothing dropped unsaid
+            res.problem(None, None, f"the saved DatasetDict holds the splits {', '.join([split] + others)}: {split!r} "
+                                    f"was read, {', '.join(map(repr, others))} not (to evaluate on one, give its "
+                                    f"folder as --val-dataset, e.g. {p / others[0]})", "warning")
         ds = ds[split]
     _add_dataset_rows(ds, res)
     return res
