@@ -1,6 +1,7 @@
-"""A DatasetDict saved with save_to_disk (train and test splits) was read as its 'train' split alone, the 'test'
-split dropped without a word (a JSON file of splits says which one it read). Now said, with how to use the other
-split: its own folder as --val-dataset."""
+"""Datasets saved by the datasets library. A DatasetDict saved with save_to_disk (train and test splits) was read
+as its 'train' split alone, the 'test' split dropped without a word (a JSON file of splits says which one it read):
+now said, with how to use the other split (its own folder as --val-dataset). ClassLabel ids are read as the class
+names the dataset gives them."""
 from __future__ import annotations
 
 import pytest
@@ -21,3 +22,25 @@ def test_the_splits_not_read_are_said_and_one_serves_as_val_dataset(tmp_path):
     assert "'train' was read, 'test' not" in said[0].reason and str(tmp_path / "dd" / "test") in said[0].reason
     both = check_data(DataConfig(dataset=str(tmp_path / "dd"), val_dataset=str(tmp_path / "dd" / "test")))
     assert both.ok and both.val_rows == 4
+
+
+def test_classlabel_ids_are_read_as_their_names_from_folders_and_parquet(tmp_path):
+    """imdb, sst2, ag_news... keep labels as datasets ClassLabel ids: the classes, the evaluation and the exported
+    id2label said "0"/"1" instead of the names the dataset gives them."""
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["world", "sports", "business"])})
+    ds = datasets.Dataset.from_dict({"text": [f"story {i}" for i in range(12)], "label": [i % 3 for i in range(12)]},
+                                    features=features)
+    ds.save_to_disk(str(tmp_path / "folder"))
+    ds.to_parquet(str(tmp_path / "d.parquet"))
+    for source in (tmp_path / "folder", tmp_path / "d.parquet"):
+        report = check_data(DataConfig(dataset=str(source), val_fraction=0.0))
+        assert report.ok and report.label_counts == {"world": 4, "sports": 4, "business": 4}, source
+        assert any("read as the dataset's class names (world, sports, business)" in p.reason
+                   for p in report.problems)
+    import pandas as pd
+    pd.DataFrame({"text": [f"story {i}" for i in range(12)], "label": [i % 3 for i in range(12)]}).to_parquet(
+        tmp_path / "plain.parquet")   # no datasets features: the ids are the classes
+    report = check_data(DataConfig(dataset=str(tmp_path / "plain.parquet"), val_fraction=0.0))
+    assert set(report.label_counts) == {"0", "1", "2"}

@@ -233,10 +233,42 @@ def _read_txt(text: str, res: LoadResult) -> None:
 
 
 def _add_dataset_rows(ds, res: LoadResult) -> None:
+    features = getattr(ds, "features", None) or {}
+    names = {col: list(f.names) for col, f in features.items() if type(f).__name__ == "ClassLabel"}
     for i, rec in enumerate(ds, 1):
         res.add(dict(rec), i)
     if not res.records:
         res.problem(None, None, "the dataset holds no rows")
+    _name_class_ids(res, names)
+
+
+def _name_class_ids(res: LoadResult, names: dict[str, list[str]]) -> None:
+    """Class ids of a datasets ClassLabel column (saved folders, the hub, and the features a Parquet file
+    written by datasets keeps) read as the class names they stand for: the classes, the evaluation and the
+    exported id2label say "neg"/"pos", not "0"/"1". -1 (datasets' "no label") is left as it is."""
+    for col, classes in names.items():
+        if not classes:
+            continue
+        for rec in res.records:
+            v = rec.get(col)
+            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(classes):
+                rec[col] = classes[v]
+        shown = ", ".join(classes[:8]) + (f" and {len(classes) - 8} more" if len(classes) > 8 else "")
+        res.problem(None, col, f"column {col!r} holds class ids; read as the dataset's class names ({shown})",
+                    "info")
+
+
+def _parquet_class_names(schema) -> dict[str, list[str]]:
+    """{column: class names} of ClassLabel columns in the features datasets writes into a Parquet file."""
+    import json
+
+    raw = (schema.metadata or {}).get(b"huggingface")
+    try:
+        features = json.loads(raw)["info"]["features"] if raw else {}
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return {col: [str(n) for n in f["names"]] for col, f in features.items()
+            if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list)}
 
 
 def _read_parquet(p: Path, res: LoadResult) -> LoadResult:
@@ -252,6 +284,7 @@ def _read_parquet(p: Path, res: LoadResult) -> LoadResult:
         res.add(rec, i)
     if not res.records:
         res.problem(None, None, "the dataset holds no rows")
+    _name_class_ids(res, _parquet_class_names(table.schema))
     return res
 
 
