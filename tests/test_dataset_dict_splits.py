@@ -44,3 +44,17 @@ def test_classlabel_ids_are_read_as_their_names_from_folders_and_parquet(tmp_pat
         tmp_path / "plain.parquet")   # no datasets features: the ids are the classes
     report = check_data(DataConfig(dataset=str(tmp_path / "plain.parquet"), val_fraction=0.0))
     assert set(report.label_counts) == {"0", "1", "2"}
+
+
+def test_classlabel_names_keep_the_datasets_ids(tmp_path):
+    """Read as names, the classes keep the ids the dataset gives them (not the names' sorted order): a head
+    trained on this dataset's ids by someone else (LABEL_0, LABEL_1) still means the same class."""
+    datasets = pytest.importorskip("datasets")
+    from ftstudio.engine.data.prepare import build_rows
+
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["pos", "neg"])})
+    datasets.Dataset.from_dict({"text": [f"review {i}" for i in range(10)], "label": [i % 2 for i in range(10)]},
+                               features=features).save_to_disk(str(tmp_path / "folder"))
+    built = build_rows(DataConfig(dataset=str(tmp_path / "folder"), val_fraction=0.0), "classification", 0)
+    assert built.label_names == ["pos", "neg"]

@@ -51,6 +51,7 @@ class LoadResult:
     records: list[dict] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     problems: list[DataProblem] = field(default_factory=list)
+    class_names: dict[str, list[str]] = field(default_factory=dict)  # a ClassLabel column's names, in id order
 
     def add(self, record: dict, row: int) -> None:
         self.records.append(record)
@@ -249,6 +250,7 @@ def _name_class_ids(res: LoadResult, names: dict[str, list[str]]) -> None:
     for col, classes in names.items():
         if not classes:
             continue
+        res.class_names[col] = list(classes)
         for rec in res.records:
             v = rec.get(col)
             if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(classes):

@@ -164,8 +164,11 @@ def build_rows(cfg, task: str | None, seed: int, label_order: list[str] | None =
     built.columns = {"text": roles.text, "label": roles.label, "found_by": roles.how} if roles else None
     if by_label:
         names = sort_labels(n["label"] for n in train.norms)
-        if label_order and set(label_order) == set(names):
-            names = list(label_order)   # the model's head knows these classes: each keeps its id
+        # Each class keeps the id the model's head knows it by, else the id the dataset's ClassLabel gives it.
+        for order in (label_order, res.class_names.get(label_col)):
+            if order and set(order) == set(names):
+                names = list(order)
+                break
         built.label_names = names
         if train.norms and len(names) < 2:
             problems.append(DataProblem(train.path, None, label_col, f"only one class ({names[0]!r}); a "
