@@ -27,3 +27,17 @@ def test_resume_names_the_moved_base_model_and_the_way_on(tiny_llama, tmp_path, 
     code, _, err = cli("train", "--resume", run_dir, "--model", tmp_path / "moved", "--allow-config-change",
                        "--quiet")
     assert code == 0, err
+
+
+def test_resume_refuses_a_max_steps_below_the_step_reached(tiny_llama, tmp_path, cli):
+    """--allow-config-change --max-steps 2 on a run stopped at step 4 'finished after 4 steps' at once, marking
+    the run finished with no word that nothing trained."""
+    data = write_text_data(tmp_path / "d.jsonl", n=24)
+    cfg = lm_config(tiny_llama, data, tmp_path / "runs", max_steps=8, eval_every=0, checkpoint_every=2)
+    control = Control()
+    Trainer(cfg, lambda e: isinstance(e, StepMetrics) and e.step == 4 and control.request_stop(), control).run()
+    run_dir = tmp_path / "runs" / "r"
+    code, _, err = cli("train", "--resume", run_dir, "--max-steps", "2", "--allow-config-change", "--quiet")
+    assert code == 2 and "train.max_steps: 2 is below step 4" in err and "give --max-steps above 4" in err
+    from ftstudio.core.runs import read_metrics
+    assert not [e for e in read_metrics(run_dir) if e.get("status") == "finished"]   # still resumable

@@ -98,6 +98,11 @@ def _resume_config(args: argparse.Namespace):
     if last is None:
         raise ConfigError("--resume", f"{run_dir} has no complete checkpoint to resume from (checkpoints are "
                                       "saved with --checkpoint-every N, and when a run is stopped)")
+    reached = read_state(last).get("step") or 0
+    if run_cfg.train.max_steps and run_cfg.train.max_steps < reached:   # a changed config (--allow-config-change)
+        raise ConfigError("train.max_steps", f"{run_cfg.train.max_steps} is below step {reached}, where {run_dir} "
+                                             "resumes: nothing would train, and the run would be marked finished; "
+                                             f"give --max-steps above {reached}")
     source = run_cfg.model.source
     local = Path(source).expanduser()
     if (local.is_absolute() or source.startswith((".", "~"))) and not local.exists():
