@@ -225,11 +225,11 @@ def test_a_refused_file_says_each_problem_once(tiny_llama, tmp_path, bad_rows):
     result, events = run(lm_config(tiny_llama, path, tmp_path / "runs"))
     assert isinstance(result, RunFailed)
     said = [e.message for e in events if isinstance(e, LogLine) and e.level == "error"]
-    first = f"{path}, row 1, field 'text': text is empty"
+    first = f"{path}, row 1, field 'text': text is empty; fill it in, or remove the row"
     if bad_rows == 1:
         assert said == [] and result.reason == first
     else:
-        assert said == [first, f"{path}, row 2, field 'text': text is empty"]
+        assert said == [first, f"{path}, row 2, field 'text': text is empty; fill it in, or remove the row"]
         assert result.reason == first + " (and 1 more problem)"
 
 

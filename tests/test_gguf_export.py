@@ -137,3 +137,12 @@ def test_llama3_rope_scaling_becomes_rope_freqs(tmp_path):
     freqs = next(t for t in reader.tensors if t.name == "rope_freqs.weight").data
     head_dim = 64 // 4
     assert len(freqs) == head_dim // 2 and freqs[0] == 1.0 and freqs[-1] == 8.0   # fast ones kept, slow ones scaled
+
+
+def test_a_gguf_path_written_as_a_folder_gets_the_file_inside_it(tmp_path, capsys):
+    model_dir = save_tiny_causal_bpe(tmp_path / "m", "llama")
+    new = tmp_path / "exports"            # not there yet: the trailing separator says it is a folder
+    assert main(["export", str(model_dir), "--gguf", f"{new}/"]) == 0, capsys.readouterr().err
+    assert new.is_dir() and (new / "m-f16.gguf").is_file() and (new / "m-f16.Modelfile").is_file()
+    assert main(["export", str(model_dir), "--gguf", f"{new}/", "--gguf-type", "q8_0"]) == 0
+    assert sorted(p.name for p in new.glob("*.gguf")) == ["m-f16.gguf", "m-q8_0.gguf"]   # nothing overwritten

@@ -202,3 +202,25 @@ def test_tensorboard_keeps_the_run_facts_and_the_card(tmp_path):
              if tag.endswith("text_summary")}
     assert any("run.device: cpu" in t for t in texts.values())
     assert any("# card" in t for t in texts.values())
+
+
+def test_the_user_is_told_where_each_trackers_copy_goes(tmp_path, monkeypatch):
+    """--report-to wandb without a key wrote an offline run under the run folder without a word: the user looked
+    for it on wandb.ai. Each tracker now says where its copy goes and how to open or upload it."""
+    for module in ("tensorboard", "wandb", "mlflow"):
+        pytest.importorskip(module)
+    from ftstudio.core.events import LogLine
+    from ftstudio.engine.trackers import open_trackers
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))            # no ~/.netrc: not logged in
+    said = []
+    sinks = open_trackers(RunConfig().replace(report_to="tensorboard,wandb,mlflow"), tmp_path, said.append)
+    assert len(sinks) == 3 and all(isinstance(e, LogLine) for e in said)
+    tb, wb, ml = (e.message for e in said)
+    assert tb.startswith(f"TensorBoard: {tmp_path / 'tensorboard'}") and f"tensorboard --logdir {tmp_path}" in tb
+    assert f"W&B: an offline run in {tmp_path / 'wandb'}" in wb and f"wandb sync {tmp_path / 'wandb'}" in wb
+    assert ml.startswith("MLflow: ") and "mlflow ui --backend-store-uri" in ml
+    assert not any(tmp_path.iterdir())   # said before anything starts: nothing written yet

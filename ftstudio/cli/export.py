@@ -75,5 +75,27 @@ def _finish_final(source: str) -> int:
     if ckpt is None:
         return fail(f"{run}: no complete checkpoint holds its weights; the run must be trained again")
     if (read_state(ckpt).get("extra") or {}).get("ended") is None:
-        return fail(f"{run} stopped at {ckpt.name}, before its end; continue it with: {resume_command(run)}")
+        if not _finished_without_export(run, ckpt):
+            return fail(f"{run} stopped at {ckpt.name}, before its end; continue it with: {resume_command(run)}")
+        # Trained to its end with the export off (--no-export): its last checkpoint holds the end weights. Mark it
+        # the run's end and turn the export on in config.yaml (it changes nothing trained); the resume below then
+        # evaluates and exports without training further.
+        from ftstudio.core.atomic import atomic_write_text
+        from ftstudio.core.config import RunConfig
+        from ftstudio.engine.train.checkpoint import mark_ended
+
+        mark_ended(ckpt, "finished")
+        atomic_write_text(run / "config.yaml", RunConfig.load_run(run / "config.yaml").replace(export=True).to_yaml())
+        print(f"{run} finished with the export off; writing final/ from its end checkpoint {ckpt.name}")
     return main(["train", "--resume", str(run)])
+
+
+def _finished_without_export(run, ckpt) -> bool:
+    """The run finished with ``checkpoint.export`` off, and ``ckpt`` is of its last step."""
+    from ftstudio.core.config import RunConfig
+    from ftstudio.core.runs import read_metrics
+    from ftstudio.engine.train.checkpoint import read_state
+
+    done = [e for e in read_metrics(run) if e.get("event") == "finished" and e.get("status") == "finished"]
+    return (bool(done) and not RunConfig.load_run(run / "config.yaml").checkpoint.export
+            and read_state(ckpt).get("step") == done[-1].get("steps"))

@@ -82,14 +82,34 @@ def _resume_config(args: argparse.Namespace):
         raise ConfigError("--resume", f"{where}: {'; '.join(diffs[:4])}{' and more' if len(diffs) > 4 else ''}. "
                                       f"A resumed run continues exactly as {run_dir / 'config.yaml'} says; start a "
                                       "new run to change it, or add --allow-config-change to continue with the change")
+    from ftstudio.engine.train.checkpoint import latest_checkpoint, read_state
     done = [e for e in read_metrics(run_dir) if e.get("event") == "finished" and e.get("status") == "finished"]
+    last = latest_checkpoint(run_dir / "checkpoints")
+    final = run_dir / "final"
+    if done and not (final / "config.json").is_file() and last is not None \
+            and (read_state(last).get("extra") or {}).get("ended") is not None:
+        return run_cfg   # finished, its final/ still to write from the end checkpoint (`ftstudio export RUN`)
     if done:
+        then = (f"Start a new run, e.g. from its weights with --model {final}" if (final / "config.json").is_file()
+                else f"It has no final/ model; write it with: ftstudio export {run_dir}" if last is not None
+                else "It kept no weights (no final/, no checkpoint); train it again")
         raise ConfigError("--resume", f"{run_dir} finished (step {done[-1].get('steps')}); its metrics are final. "
-                                      f"Start a new run, e.g. from its weights with --model {run_dir / 'final'}")
-    from ftstudio.engine.train.checkpoint import latest_checkpoint
-    if latest_checkpoint(run_dir / "checkpoints") is None:
+                                      f"{then}")
+    if last is None:
         raise ConfigError("--resume", f"{run_dir} has no complete checkpoint to resume from (checkpoints are "
                                       "saved with --checkpoint-every N, and when a run is stopped)")
+    reached = read_state(last).get("step") or 0
+    if run_cfg.train.max_steps and run_cfg.train.max_steps < reached:   # a changed config (--allow-config-change)
+        raise ConfigError("train.max_steps", f"{run_cfg.train.max_steps} is below step {reached}, where {run_dir} "
+                                             "resumes: nothing would train, and the run would be marked finished; "
+                                             f"give --max-steps above {reached}")
+    source = run_cfg.model.source
+    local = Path(source).expanduser()
+    if (local.is_absolute() or source.startswith((".", "~"))) and not local.exists():
+        raise ConfigError("model.source", f"{source}, the base model {run_dir / 'config.yaml'} names, is gone "
+                                          "(moved or deleted); put it back there, or continue from where it is "
+                                          f"now with: ftstudio train --resume {run_dir} --model NEW_PATH "
+                                          "--allow-config-change")
     return run_cfg
 
 

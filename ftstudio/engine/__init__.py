@@ -38,6 +38,11 @@ def check_run(config) -> None:
     info = describe_model(config.model.source, trust_remote_code=config.model.trust_remote_code,
                           revision=config.model.revision)
     check_model_config(info.config, config.model.source)
+    from ftstudio.core.errors import ModelError
+    from ftstudio.engine.models import missing_tokenizer
+    missing = missing_tokenizer(info)   # a folder without its tokenizer: said before the data is read
+    if missing:
+        raise ModelError(missing)
     ctx = info.context_length
     if ctx and config.data.seq_len > ctx:
         raise ConfigError("data.seq_len", f"{config.data.seq_len} is longer than {config.model.source}'s context "

@@ -140,7 +140,9 @@ def sweep_alphas(run_dir: str | Path, alphas: list[float], *, budget: float | No
     h = handle or AlphaModel(run_dir, device)
     plan, cfg, task, device, numerics = h.plan, h.cfg, h.task, h.device, h.numerics
     model, tok, final = h.model, h.tokenizer, plan.final_dir
-    prepared = data_mod.prepare_data(cfg.data, tok, task=task, seed=cfg.train.seed)
+    from ftstudio.engine.models import head_labels
+    prepared = data_mod.prepare_data(cfg.data, tok, task=task, seed=cfg.train.seed,   # the ids final/ was trained on
+                                     label_order=head_labels(model.config.to_dict()))
     retention = _retention_batches(cfg, tok, cfg.train.batch_size) if task == "causal-lm" else []
     key = cfg.eval.metric if task == "classification" else "loss"   # the run's own validation metric
     metric = f"eval {key.replace('_', '-')}"

@@ -44,9 +44,15 @@ def check_trackers(report_to: str) -> list[str]:
     return names
 
 
-def open_trackers(cfg, run_dir: Path) -> list["TrackerSink"]:
-    """One sink per tracker in ``cfg.train.report_to``, writing under ``run_dir``."""
-    return [_CLASSES[name](cfg, Path(run_dir)) for name in check_trackers(cfg.train.report_to)]
+def open_trackers(cfg, run_dir: Path, say=None) -> list["TrackerSink"]:
+    """One sink per tracker in ``cfg.train.report_to``, writing under ``run_dir``; ``say`` (a reporter) is told
+    where each one's copy of the run goes and how to open it."""
+    sinks = [_CLASSES[name](cfg, Path(run_dir)) for name in check_trackers(cfg.train.report_to)]
+    if say is not None:
+        from ftstudio.core.events import LogLine
+        for sink in sinks:
+            say(LogLine(sink.where()))
+    return sinks
 
 
 def scalars(event: Event) -> tuple[int, dict[str, float]] | None:
@@ -155,6 +161,9 @@ class TrackerSink:
             self.active = False
             log.warning("%s stopped receiving metrics: %s: %s", self.name, type(e).__name__, e)
 
+    def where(self) -> str:
+        return f"{self.name}: receives the run's metrics"
+
     def start(self) -> None: ...
     def facts(self, facts: dict[str, Any]) -> None: ...
     def log(self, values: dict[str, float], step: int) -> None: ...
@@ -166,6 +175,9 @@ class TensorBoardSink(TrackerSink):
     """Event files under ``RUN_DIR/tensorboard`` (``tensorboard --logdir runs``)."""
 
     name = "tensorboard"
+
+    def where(self) -> str:
+        return f"TensorBoard: {self.run_dir / 'tensorboard'}; open it with: tensorboard --logdir {self.run_dir}"
 
     def start(self) -> None:
         from torch.utils.tensorboard import SummaryWriter
@@ -211,10 +223,21 @@ class WandbSink(TrackerSink):
 
     name = "wandb"
 
+    @staticmethod
+    def _mode() -> str:
+        return os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+
+    def where(self) -> str:
+        project = os.environ.get("WANDB_PROJECT", "ftstudio")
+        if self._mode() == "offline":
+            return (f"W&B: an offline run in {self.run_dir / 'wandb'} (no API key known); upload it with: wandb "
+                    f"sync {self.run_dir / 'wandb'}/offline-run-*, to project {project}")
+        return f"W&B: run {self.run_dir.name} in project {project} ({self._mode()})"
+
     def start(self) -> None:
         import wandb
 
-        mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_logged_in() else "offline")
+        mode = self._mode()
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "ftstudio"), name=self.run_dir.name,
                               dir=str(self.run_dir), config=self.cfg.to_dict(), mode=mode, reinit="create_new",
                               settings=wandb.Settings(silent=True, console="off"))
@@ -249,18 +272,27 @@ class MLflowSink(TrackerSink):
 
     name = "mlflow"
 
+    def _store(self) -> tuple[str, str | None]:
+        """(tracking URI, artifact location of a new experiment)."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            return uri, None
+        if all(importlib.util.find_spec(m) for m in ("sqlalchemy", "alembic")):
+            return (f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}",
+                    (self.run_dir / "mlartifacts").resolve().as_uri())
+        return (self.run_dir / "mlruns").resolve().as_uri(), None
+
+    def where(self) -> str:
+        uri = self._store()[0]
+        return f"MLflow: {uri}" + ("" if os.environ.get("MLFLOW_TRACKING_URI") else
+                                   f"; open it with: mlflow ui --backend-store-uri {uri}")
+
     def start(self) -> None:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI")
-        artifacts = None
-        if not uri and all(importlib.util.find_spec(m) for m in ("sqlalchemy", "alembic")):
-            uri = f"sqlite:///{(self.run_dir / 'mlflow.db').resolve()}"
-            artifacts = (self.run_dir / "mlartifacts").resolve().as_uri()
-        elif not uri:
-            uri = (self.run_dir / "mlruns").resolve().as_uri()
-            # MLflow 3 keeps the file store in maintenance mode behind this switch.
+        uri, artifacts = self._store()
+        if uri.startswith("file:"):   # MLflow 3 keeps the file store in maintenance mode behind this switch
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         self.client = MlflowClient(tracking_uri=uri)
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "ftstudio")

@@ -180,7 +180,9 @@ def classify_pair(cfg: RunConfig, tuned: str, on_progress: Callable[[str, int, i
     out = {}
     with _lock, torch.no_grad():
         base = _load(cfg.model.source, cfg.model, "classification")
-        prepared = data_mod.prepare_data(cfg.data, base.tokenizer, task="classification", seed=cfg.train.seed)
+        head = engine("models", "head_labels").head_labels(base.model.config.to_dict())   # as the run numbered them
+        prepared = data_mod.prepare_data(cfg.data, base.tokenizer, task="classification", seed=cfg.train.seed,
+                                         label_order=head)
         labels = prepared.label_names or []
         id2label = dict(enumerate(labels))
         if not prepared.val:

@@ -177,9 +177,10 @@ def read_delimited(text: str, res, default: str, max_cell: int) -> None:
         data = [(r, c[:-1]) for r, c in data]
     for i, h in enumerate(header):
         if not h:
-            res.problem(header_row, f"column {i + 1}", f"the {name} header has an empty column name")
+            res.problem(header_row, f"column {i + 1}", f"the {name} header has an empty column name; name it in "
+                                                           "the header row")
         elif header.index(h) != i:
-            res.problem(header_row, h, f"column name {h!r} appears twice in the {name} header")
+            res.problem(header_row, h, f"column name {h!r} appears twice in the {name} header; rename one")
     for row, cells in data:
         if len(cells) != len(header):
             plural = "s" if len(cells) != 1 else ""

@@ -107,6 +107,9 @@ def resolve_columns(records: list[dict], cfg) -> tuple[str, str]:
     return text, label
 
 
+FIX_ROW = "fill it in, or remove the row"   # the remedy of a row-level value that is not there
+
+
 class Validator:
     """Checks rows of one format, collecting problems; ``check(rec, row)`` returns the normal form or None."""
 
@@ -140,13 +143,13 @@ class Validator:
             return None
         v = rec[key]
         if v is None or (isinstance(v, float) and math.isnan(v)):
-            self.bad(row, fld, "value is null")
+            self.bad(row, fld, f"value is null; {FIX_ROW}")
             return None
         if not isinstance(v, str):
-            self.bad(row, fld, f"expected a string, got {_kind(v)}")
+            self.bad(row, fld, f"expected a string, got {_kind(v)}; write it as text in quotes, or remove the row")
             return None
         if not allow_empty and not v.strip():
-            self.bad(row, fld, "text is empty")
+            self.bad(row, fld, f"text is empty; {FIX_ROW}")
             return None
         return v
 
@@ -178,13 +181,14 @@ class Validator:
             return None
         turns = rec[key]
         if turns is None:
-            self.bad(row, key, "value is null")
+            self.bad(row, key, f"value is null; {FIX_ROW}")
             return None
         if not isinstance(turns, list):
-            self.bad(row, key, f"expected a list of turns, got {_kind(turns)}")
+            self.bad(row, key, f"expected a list of turns, got {_kind(turns)}; write it as "
+                               '[{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]')
             return None
         if not turns:
-            self.bad(row, key, "the conversation is empty")
+            self.bad(row, key, "the conversation is empty; add its turns, or remove the row")
             return None
         return turns
 
@@ -192,7 +196,8 @@ class Validator:
         if msgs is None:
             return None
         if not any(m["role"] == "assistant" for m in msgs):
-            self.bad(row, key, "the conversation has no assistant turn, so nothing would be trained")
+            self.bad(row, key, "the conversation has no assistant turn, so nothing would be trained; add the "
+                               "answer as an assistant turn, or remove the row")
             return None
         return {"messages": msgs}
 
@@ -264,7 +269,7 @@ class Validator:
                     return None
             v = "".join(texts)
             if role == "assistant" and not v.strip() and not m.get("tool_calls"):
-                self.bad(row, f"{where}.content", "text is empty")
+                self.bad(row, f"{where}.content", f"text is empty; {FIX_ROW}")
                 return None
             return v
         if role == "assistant" and m.get("tool_calls") and v in (None, ""):
@@ -339,12 +344,27 @@ _INTEGER = re.compile(r"-?\d+")
 _WHOLE_NUMBER = re.compile(r"[+-]?\d+(\.0*)?")
 
 
+def misspelt_classes(counts: dict[str, int], ratio: float = 5.0) -> list[tuple[str, str]]:
+    """(rare, common) pairs of class names where the rare one (at most 1/``ratio`` as many rows) is spelt almost
+    like the common one ("postive" beside "positive", "Spam" beside "spam"): most likely a typo that would train
+    as a class of its own. Integer ids are never compared ("12" is not a typo of "13")."""
+    names = [c for c in counts if not _INTEGER.fullmatch(c)]
+    folded = {c.casefold(): c for c in sorted(names, key=lambda c: -counts[c])}
+    out = []
+    for rare in names:
+        common = [c for c in names if c != rare and counts[c] >= ratio * counts[rare]]
+        close = difflib.get_close_matches(rare.casefold(), [c.casefold() for c in common], n=1, cutoff=0.8)
+        if close:
+            out.append((rare, folded[close[0]]))
+    return out
+
+
 def _label_name(v):
     """A label's name as a string, or a DataProblem carrying the reason it is unusable. The same class gets the
     same name in every format: surrounding spaces dropped, Unicode NFC, and a whole number written as 1, 1.0,
     01 or +1 (a JSON number or a CSV cell alike) named "1"."""
     if v is None or (isinstance(v, float) and math.isnan(v)):
-        return DataProblem("", None, None, "label is null")
+        return DataProblem("", None, None, "label is null; give the row its class, or remove it")
     if isinstance(v, bool):
         return DataProblem("", None, None, "label is a boolean; use a class name or an integer id")
     if isinstance(v, float) and v.is_integer():
@@ -354,11 +374,12 @@ def _label_name(v):
     if isinstance(v, str):
         name = unicodedata.normalize("NFC", v).strip()
         if not name:
-            return DataProblem("", None, None, "label is empty")
+            return DataProblem("", None, None, "label is empty; give the row its class, or remove it")
         if _WHOLE_NUMBER.fullmatch(name):
             return str(int(name.partition(".")[0]))
         return name
-    return DataProblem("", None, None, f"label must be a class name or an integer id, got {_kind(v)}")
+    return DataProblem("", None, None, f"label must be a class name or an integer id, got {_kind(v)}; write the "
+                                       "class as a string or a whole number")
 
 
 def sort_labels(names) -> list[str]:

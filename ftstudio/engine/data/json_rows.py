@@ -48,7 +48,8 @@ def _clean(obj, res, row: int) -> None:
         node, where = stack.pop()
         if isinstance(node, dict):
             for k in node.pop(_DUPS, ()):
-                res.problem(row, f"{where}{_shown(k)}", f"key {_shown(k)!r} appears more than once in this object")
+                res.problem(row, f"{where}{_shown(k)}",
+                            f"key {_shown(k)!r} appears more than once in this object; keep one")
             items = list(node.items())
             for k, v in items:
                 _check_unicode(k, f"{where}{_shown(k)}", res, row, "key")
@@ -95,7 +96,8 @@ def _json_type(v) -> str:
 
 
 def _too_deep(res, row: int | None) -> None:
-    res.problem(row, None, f"the JSON nests more than about {sys.getrecursionlimit()} levels deep, too deep to read")
+    res.problem(row, None, f"the JSON nests more than about {sys.getrecursionlimit()} levels deep, too deep to read; "
+                            "flatten it to objects of text fields")
 
 
 def read_jsonl(text: str, res, max_line: int) -> None:
@@ -127,7 +129,7 @@ def read_jsonl(text: str, res, max_line: int) -> None:
             _too_deep(res, lineno)
             continue
         except json.JSONDecodeError as e:
-            res.problem(lineno, None, f"invalid JSON at column {e.colno}: {e.msg}")
+            res.problem(lineno, None, f"invalid JSON at column {e.colno}: {e.msg}; fix that spot, or remove the line")
             continue
         _add_object(obj, res, lineno, "the line")
 
@@ -143,7 +145,7 @@ def read_json(text: str, res, max_line: int) -> None:
         if e.msg == "Extra data":  # several top-level values: it is JSON Lines with a .json name
             read_jsonl(text, res, max_line)
             return
-        res.problem(e.lineno, None, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}")
+        res.problem(e.lineno, None, f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}; fix that spot")
         return
     _rows_of_json(obj, res)
 
@@ -215,4 +217,4 @@ def _rows_of_json(obj, res, depth: int = 0) -> None:
 
 def _clean_markers(obj: dict, res) -> None:
     for k in obj.pop(_DUPS, ()):
-        res.problem(None, k, f"key {k!r} appears more than once at the top of the file")
+        res.problem(None, k, f"key {k!r} appears more than once at the top of the file; keep one")

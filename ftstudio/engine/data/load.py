@@ -51,6 +51,7 @@ class LoadResult:
     records: list[dict] = field(default_factory=list)
     rows: list[int] = field(default_factory=list)
     problems: list[DataProblem] = field(default_factory=list)
+    class_names: dict[str, list[str]] = field(default_factory=dict)  # a ClassLabel column's names, in id order
 
     def add(self, record: dict, row: int) -> None:
         self.records.append(record)
@@ -200,7 +201,8 @@ def _decode(data: bytes, res: LoadResult) -> str | None:
         res.problem(None, None, "this is a Parquet file; give it the .parquet extension")
         return None
     if b"\x00" in data[:SNIFF_BYTES]:
-        res.problem(None, None, "this is a binary file (it contains NUL bytes), not text")
+        res.problem(None, None, "this is a binary file (it contains NUL bytes), not text; give a .jsonl, .json, "
+                                ".csv, .tsv, .txt or .parquet file")
         return None
     if data.startswith(b"\xef\xbb\xbf"):
         res.problem(1, None, "the file starts with a UTF-8 byte-order mark; it was ignored", "warning")
@@ -232,10 +234,43 @@ def _read_txt(text: str, res: LoadResult) -> None:
 
 
 def _add_dataset_rows(ds, res: LoadResult) -> None:
+    features = getattr(ds, "features", None) or {}
+    names = {col: list(f.names) for col, f in features.items() if type(f).__name__ == "ClassLabel"}
     for i, rec in enumerate(ds, 1):
         res.add(dict(rec), i)
     if not res.records:
         res.problem(None, None, "the dataset holds no rows")
+    _name_class_ids(res, names)
+
+
+def _name_class_ids(res: LoadResult, names: dict[str, list[str]]) -> None:
+    """Class ids of a datasets ClassLabel column (saved folders, the hub, and the features a Parquet file
+    written by datasets keeps) read as the class names they stand for: the classes, the evaluation and the
+    exported id2label say "neg"/"pos", not "0"/"1". -1 (datasets' "no label") is left as it is."""
+    for col, classes in names.items():
+        if not classes:
+            continue
+        res.class_names[col] = list(classes)
+        for rec in res.records:
+            v = rec.get(col)
+            if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(classes):
+                rec[col] = classes[v]
+        shown = ", ".join(classes[:8]) + (f" and {len(classes) - 8} more" if len(classes) > 8 else "")
+        res.problem(None, col, f"column {col!r} holds class ids; read as the dataset's class names ({shown})",
+                    "info")
+
+
+def _parquet_class_names(schema) -> dict[str, list[str]]:
+    """{column: class names} of ClassLabel columns in the features datasets writes into a Parquet file."""
+    import json
+
+    raw = (schema.metadata or {}).get(b"huggingface")
+    try:
+        features = json.loads(raw)["info"]["features"] if raw else {}
+    except (ValueError, KeyError, TypeError):
+        return {}
+    return {col: [str(n) for n in f["names"]] for col, f in features.items()
+            if isinstance(f, dict) and f.get("_type") == "ClassLabel" and isinstance(f.get("names"), list)}
 
 
 def _read_parquet(p: Path, res: LoadResult) -> LoadResult:
@@ -251,6 +286,7 @@ def _read_parquet(p: Path, res: LoadResult) -> LoadResult:
         res.add(rec, i)
     if not res.records:
         res.problem(None, None, "the dataset holds no rows")
+    _name_class_ids(res, _parquet_class_names(table.schema))
     return res
 
 
@@ -274,6 +310,11 @@ def _read_folder(p: Path) -> LoadResult:
         if split is None:
             res.problem(None, None, "the saved DatasetDict has no splits")
             return res
+        others = [k for k in ds if k != split]
+        if others:   # said as for a JSON file of splits: nothing dropped unsaid
+            res.problem(None, None, f"the saved DatasetDict holds the splits {', '.join([split] + others)}: {split!r} "
+                                    f"was read, {', '.join(map(repr, others))} not (to evaluate on one, give its "
+                                    f"folder as --val-dataset, e.g. {p / others[0]})", "warning")
         ds = ds[split]
     _add_dataset_rows(ds, res)
     return res

@@ -16,11 +16,12 @@ from typing import Callable
 
 from ftstudio.core.errors import DataError, DataProblem
 from ftstudio.engine.data.collate import Collator, pack, pad_id_of
-from ftstudio.engine.data.formats import Validator, detect_format, resolve_columns, sort_labels
+from ftstudio.engine.data.formats import Validator, detect_format, misspelt_classes, resolve_columns, sort_labels
 from ftstudio.engine.data.load import demo_dataset_path, read_source
 from ftstudio.engine.data.preference import PairCollator, PreferenceValidator, encode_pairs, pair_examples
 from ftstudio.engine.data.render import (Encoded, TemplateError, TemplateTimeout, encode_causal,
                                          encode_classification_batch)
+from ftstudio.engine.data.special_text import special_text
 from ftstudio.engine.data.table import table_roles
 
 
@@ -119,7 +120,7 @@ def _unused_columns(res, fmt: str, cfg) -> list[DataProblem]:
     return out
 
 
-def build_rows(cfg, task: str | None, seed: int) -> _Built:
+def build_rows(cfg, task: str | None, seed: int, label_order: list[str] | None = None) -> _Built:
     problems: list[DataProblem] = []
     res = read_source(source_path(cfg.dataset))
     problems += res.problems
@@ -163,6 +164,11 @@ def build_rows(cfg, task: str | None, seed: int) -> _Built:
     built.columns = {"text": roles.text, "label": roles.label, "found_by": roles.how} if roles else None
     if by_label:
         names = sort_labels(n["label"] for n in train.norms)
+        # Each class keeps the id the model's head knows it by, else the id the dataset's ClassLabel gives it.
+        for order in (label_order, res.class_names.get(label_col)):
+            if order and set(order) == set(names):
+                names = list(order)
+                break
         built.label_names = names
         if train.norms and len(names) < 2:
             problems.append(DataProblem(train.path, None, label_col, f"only one class ({names[0]!r}); a "
@@ -191,6 +197,13 @@ def class_balance(train: _Part, val: _Part, label_col: str, problems: list[DataP
                                     f"answering {top!r} scores {counts[top] / total:.1%} accuracy, so judge a "
                                     "classifier by macro-F1 and per-class recall (the evaluation reports both "
                                     "beside that majority-class baseline)", "warning"))
+    for rare, common in misspelt_classes(counts):
+        path, row = next(((part.path, r) for part in (train, val) for n, r in zip(part.norms, part.rows)
+                          if str(n["label"]) == rare), (train.path, None))
+        problems.append(DataProblem(path, row, label_col, f"label {rare!r} ({counts[rare]} row"
+                                    f"{'s' if counts[rare] > 1 else ''}) looks like a misspelling of {common!r} "
+                                    f"({counts[common]:,} rows); correct it if so, or it trains as a class of "
+                                    "its own", "warning"))
     return counts
 
 
@@ -231,6 +244,9 @@ def encode_rows(built: _Built, part: _Part, tokenizer, seq_len: int,
         encs = encode_classification_batch([n["text"] for n in part.norms], tokenizer, seq_len)
         built.truncated += sum(e.truncated for e in encs)
         return list(zip(part.rows, encs))
+    injected = special_text(part.path, part.norms, part.rows, tokenizer)
+    if injected is not None:
+        built.problems.append(injected)
     skipped, rewritten = [], {}
     for norm, row in zip(part.norms, part.rows):
         try:
@@ -292,11 +308,17 @@ class PreparedData:
     skipped: int = 0  # rows dropped: truncation at seq_len left them no trained token
     truncated: int = 0  # rows cut at seq_len
     warnings: list[DataProblem] = field(default_factory=list)  # what a run should show before it starts
+    rows: tuple[int, int] | None = None   # (train, validation) rows as tokenised, before any packing joined them
 
     def summary(self) -> str:
-        """One line for a run's log: rows used, and what seq_len dropped and cut."""
-        return (f"{len(self.train)} train / {len(self.val)} validation examples; {self.skipped} rows skipped "
-                f"(no trained token within seq_len), {self.truncated} rows cut at seq_len")
+        """One line for a run's log: rows used (and the sequences packing made of them), what seq_len dropped
+        and cut."""
+        packed = getattr(self.collate, "packed", False) and self.rows is not None
+        made = (f"{len(self.train)} train / {len(self.val)} validation sequences of seq_len packed from "
+                f"{self.rows[0]} / {self.rows[1]} rows" if packed else
+                f"{len(self.train)} train / {len(self.val)} validation examples")
+        return (f"{made}; {self.skipped} rows skipped (no trained token within seq_len), {self.truncated} rows cut "
+                "at seq_len")
 
 
 def _examples(built: _Built, part: _Part, encs: list[tuple[int, Encoded]]) -> list[dict]:
@@ -307,9 +329,11 @@ def _examples(built: _Built, part: _Part, encs: list[tuple[int, Encoded]]) -> li
     return [{"input_ids": e.input_ids, "labels": e.labels} for _, e in encs]
 
 
-def prepare_data(cfg, tokenizer, *, task: str, seed: int) -> PreparedData:
-    """Load, validate, split and tokenise; raise DataError listing every problem if any is an error."""
-    built = build_rows(cfg, task, seed)
+def prepare_data(cfg, tokenizer, *, task: str, seed: int, label_order: list[str] | None = None) -> PreparedData:
+    """Load, validate, split and tokenise; raise DataError listing every problem if any is an error.
+    ``label_order``: the class names of the model's classification head in id order (``models.head_labels``);
+    where the data has exactly these classes they keep those ids, else classes are numbered in sorted order."""
+    built = build_rows(cfg, task, seed, label_order)
     _raise_errors(built.problems)
     pairs = built.format == "preference"  # both answers of each pair (data/preference.py)
     encode = encode_pairs if pairs else encode_rows
@@ -325,11 +349,12 @@ def prepare_data(cfg, tokenizer, *, task: str, seed: int) -> PreparedData:
                             [p for p in built.problems if p.severity != "error"])
     train, val = _examples(built, built.train, train_enc), _examples(built, built.val, val_enc)
     packed = bool(cfg.packing) and built.task == "causal-lm"
+    rows = (len(train), len(val))
     if packed:
         train, val = pack(train, cfg.seq_len), pack(val, cfg.seq_len)
     return PreparedData(train, val, built.format, built.task, built.label_names,
                         Collator(pad_id_of(tokenizer), built.task, packed), built.skipped, built.truncated,
-                        [p for p in built.problems if p.severity != "error"])
+                        [p for p in built.problems if p.severity != "error"], rows)
 
 
 def check_survivors(built: _Built, train_enc: list, val_enc: list, seq_len: int) -> None:

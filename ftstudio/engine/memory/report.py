@@ -191,7 +191,9 @@ def format_report(report: dict) -> str:
     """Human-readable plan: the breakdown beside the textbook figure, what fits, what would help."""
     gb = lambda x: f"{x / 1e9:,.1f} GB"  # noqa: E731
     b = report["breakdown"]
-    lines = [f"{report['model']} ({report['model_type']}, {report['params'] / 1e9:.2f} B params"
+    n = report["params"]   # a small model in millions: "0.00 B" said nothing
+    count = f"{n / 1e9:.2f} B" if n >= 1e8 else f"{n / 1e6:.2f} M"
+    lines = [f"{report['model']} ({report['model_type']}, {count} params"
              f"{'' if report.get('params_exact') else ', from config'}); batch {report['batch_size']} × "
              f"{report['seq_len']} tokens, {report['precision']}, {report['optimizer']}, loss {report['loss']}"
              f"{', checkpointing' if report['activation_checkpointing'] else ''}"

@@ -13,10 +13,11 @@ is (no torch, no weights) → the model and tokenizer for full fine-tuning → t
 from ftstudio.engine.models.describe import (CAUSAL_FORMATS, TASKS, LoadedModel, ModelInfo, check_task,
                                              demo_model_path, describe_model, list_cached_models, resolve_task)
 from ftstudio.engine.models.gguf import ParseOnce
-from ftstudio.engine.models.load import load_model, load_tokenizer, quiet_transformers
+from ftstudio.engine.models.inspect import head_labels
+from ftstudio.engine.models.load import load_model, load_tokenizer, missing_tokenizer, quiet_transformers
 from ftstudio.engine.models.tensors import ModelShape, shape_from_config
 
 __all__ = ["TASKS", "CAUSAL_FORMATS", "ModelInfo", "LoadedModel", "demo_model_path", "describe_model",
            "list_cached_models", "check_task", "resolve_task", "load_model", "load_tokenizer", "quiet_transformers",
-           "ParseOnce", "ModelShape",
+           "ParseOnce", "ModelShape", "head_labels", "missing_tokenizer",
            "shape_from_config"]

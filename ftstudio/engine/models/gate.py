@@ -4,8 +4,10 @@ compared with what was trained, so a broken export is never reported as done.
 A fresh process, not the training one: the training process may have patched model classes (fused kernels,
 attention registrations, trusted remote code already imported) that a user's ``from_pretrained`` will not have.
 What is compared:
-- the tensors on disk (names, shapes) against the model's own state dict (tied weights may be saved once: a key
-  missing on disk is accepted only where the model ties it to one that is there);
+- the tensors on disk (names, shapes) against the model's own state dict as ``save_pretrained`` writes it: tied
+  weights may be saved once (a key missing on disk is accepted only where the model ties it to one that is there),
+  and transformers renames or splits some tensors on save (GPT-NeoX's ``lm_head`` is ``embed_out`` on disk, an
+  MoE's fused experts are saved one expert at a time), the reverse of what ``from_pretrained`` does on load;
 - ``from_pretrained`` loads the folder with no missing or unexpected keys;
 - a logits probe (one-process runs of models up to 2B parameters, where the trained model is at hand and a
   float32 copy fits on the host; larger or sharded models are built on the meta device instead): the reloaded model's logits on a few
@@ -67,6 +69,24 @@ def _disk_shapes(final: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def saved_shapes(model, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """{name on disk: shape} for tensors of these in-memory names and shapes, as ``save_pretrained`` writes them:
+    transformers (5.x) reverts the model's load-time weight conversions on save (renames, fused MoE experts split
+    per expert). Computed on meta tensors, so no memory is copied; a transformers without conversions, or a model
+    it has none for, keeps the names as they are."""
+    try:
+        import torch
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:
+        return dict(shapes)
+    metas = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
+    try:
+        reverted = revert_weight_conversion(model, metas)
+    except Exception:  # noqa: BLE001 - a conversion that cannot run on meta tensors: compare the names as they are
+        return dict(shapes)
+    return {k: tuple(v.shape) for k, v in reverted.items()}
+
+
 def _child(final: str, ids: list[int] | None, conn) -> None:
     """Runs in the fresh process: load with stock transformers, report keys, shapes and logits. Without ``ids``
     (a model too large to load twice) the model is only built on the meta device and its keys compared."""
@@ -86,7 +106,7 @@ def _child(final: str, ids: list[int] | None, conn) -> None:
         if ids is None:
             with torch.device("meta"):
                 built = auto.from_config(config)
-            keys = set(built.state_dict())
+            keys = set(saved_shapes(built, {k: tuple(v.shape) for k, v in built.state_dict().items()}))
             disk = set(_disk_shapes(Path(final)))
             tied = set(getattr(built, "_tied_weights_keys", None) or ())
             out = {"missing": sorted(k for k in keys - disk if not any(k.endswith(t) for t in tied)),
@@ -153,10 +173,13 @@ def check_export(final: str | Path, model, tokenizer, *, state_dict: dict | None
     ties = _tied_names(model) if state_dict is None else {}
     declared = getattr(model, "_tied_weights_keys", None) or ()
     declared = set(declared) if not isinstance(declared, dict) else set(declared)
-    missing = [k for k in expected if k not in disk and not (k in ties and ties[k] in disk)
-               and not any(k == d or k.endswith("." + d) for d in declared)]
-    wrong = [f"{k} {disk[k]} vs {expected[k]}" for k in expected if k in disk and disk[k] != expected[k]]
-    extra = [k for k in disk if k not in expected]
+    # Tied tensors may be saved once, under either name; the rest must all be there, under the names on disk.
+    may_lack = {k for k in expected if k in ties or any(k == d or k.endswith("." + d) for d in declared)}
+    must = saved_shapes(model, {k: s for k, s in expected.items() if k not in may_lack})
+    may = saved_shapes(model, {k: s for k, s in expected.items() if k in may_lack})
+    missing = [k for k in must if k not in disk]
+    wrong = [f"{k} {disk[k]} vs {s}" for k, s in {**may, **must}.items() if k in disk and disk[k] != s]
+    extra = [k for k in disk if k not in must and k not in may]
     if missing or wrong or extra:
         parts = [f"{len(missing)} tensors missing (e.g. {', '.join(missing[:3])})" if missing else "",
                  f"{len(wrong)} with other shapes ({'; '.join(wrong[:2])})" if wrong else "",

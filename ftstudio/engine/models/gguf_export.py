@@ -153,9 +153,12 @@ def export_gguf(source: str | Path, out: str | Path, gguf_type: str = "f16", *, 
     model_dir = resolve_model_dir(source)
     cfg, arch = _config(model_dir)
     check_tokenizer(model_dir)
+    # A folder (one there, or a path written with a trailing separator, which Path would drop): the file goes
+    # inside it, named after the run, as --gguf's help says; never a file named like the folder.
+    folder = str(out).endswith(("/", os.sep))
     out = Path(out).expanduser()
     name = model_dir.parent.name if model_dir.name == "final" else model_dir.name
-    if out.is_dir():
+    if folder or out.is_dir():
         out = out / f"{name}-{gguf_type}.gguf"
     out.parent.mkdir(parents=True, exist_ok=True)
     plan = _plan(model_dir, cfg, arch, gguf_type)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import struct
 from collections import Counter
 from pathlib import Path
@@ -30,6 +31,11 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
 _LEARNED_POSITIONS = frozenset({"gpt2", "gpt_neo", "opt", "gpt_bigcode", "biogpt"})
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx",
                  "max_seq_len", "model_max_length")
+# Encoders whose learned positions start after the padding index (fairseq's make_positions): RoBERTa's 514
+# position embeddings hold 512 tokens, and a row of 514 indexes past the table.
+_POSITIONS_AFTER_PADDING = frozenset("""
+    roberta roberta-prelayernorm xlm-roberta xlm-roberta-xl camembert longformer data2vec-text xmod luke ibert
+    markuplm mpnet esm""".split())
 
 
 def read_config(folder: Path) -> dict:
@@ -63,6 +69,39 @@ def _first(cfg: dict, *keys):
     return None
 
 
+def context_length(cfg: dict) -> int | None:
+    """The longest row the model takes, in tokens: its position table's size (``max_position_embeddings`` and
+    the like), less the padding offset of the encoders that number positions after the padding index."""
+    c = text_config(cfg)
+    n = _first(c, *_CONTEXT_KEYS)
+    model_type = str(cfg.get("model_type") or c.get("model_type") or "")
+    if (n and model_type in _POSITIONS_AFTER_PADDING and n == _first(c, "max_position_embeddings")
+            and c.get("position_embedding_type", "absolute") == "absolute"):
+        pad = 1 if model_type == "mpnet" else c.get("pad_token_id")   # MPNet's padding index is fixed at 1
+        if isinstance(pad, int) and not isinstance(pad, bool) and 0 <= pad < n - 1:
+            n -= pad + 1
+    return n if n and n > 0 else None
+
+
+_DEFAULT_LABEL = re.compile(r"LABEL_\d+")
+
+
+def head_labels(cfg: dict) -> list[str] | None:
+    """The class names a sequence classifier's head was trained on, in id order (config.json's ``id2label``), or
+    None where the config names none (transformers' LABEL_0, LABEL_1... defaults, or no classification head)."""
+    archs = [a for a in (cfg.get("architectures") or []) if isinstance(a, str)]
+    id2label = cfg.get("id2label")
+    if not any(a.endswith("ForSequenceClassification") for a in archs) or not isinstance(id2label, dict):
+        return None
+    try:
+        ordered = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        return None
+    if sorted(int(k) for k in id2label) != list(range(len(ordered))) or len(set(ordered)) != len(ordered):
+        return None
+    return None if all(_DEFAULT_LABEL.fullmatch(n) for n in ordered) else ordered
+
+
 def config_facts(cfg: dict) -> dict:
     """Architecture, sizes and encoder-ness from a (HF-style) config dict."""
     c = text_config(cfg)
@@ -77,7 +116,7 @@ def config_facts(cfg: dict) -> dict:
         "vocab_size": _first(c, "vocab_size", "n_vocab", "padded_vocab_size"),
         "hidden_size": _first(c, "hidden_size", "n_embd", "d_model", "dim"),
         "num_layers": _first(c, "num_hidden_layers", "n_layer", "num_layers", "n_layers"),
-        "context_length": _first(c, *_CONTEXT_KEYS),
+        "context_length": context_length(cfg),
         "is_encoder": is_encoder,
         "config_dtype": c.get("dtype") or c.get("torch_dtype"),
     }

@@ -81,12 +81,21 @@ def _explain(e: Exception, info: ModelInfo, what: str) -> ModelError:
     return ModelError(f"{where}: cannot load the {what} ({text.splitlines()[0][:400]}).")
 
 
+def missing_tokenizer(info: ModelInfo) -> str | None:
+    """Why a model folder cannot be trained for want of its tokenizer (no tokenizer file beside the weights), or
+    None: known from the folder alone, so the GUI and ``check_run`` say it before anything starts."""
+    if info.kind in ("demo", "folder", "cache") and info.path and not inspect.has_tokenizer(info.path):
+        return (f"{info.path}: no tokenizer files ({', '.join(inspect.TOKENIZER_FILES[:4])}, ...). Save the base "
+                "model's tokenizer into this folder (tokenizer.save_pretrained(folder)).")
+    return None
+
+
 def _load_tokenizer(target: str, info: ModelInfo, kw: dict):
     from transformers import AutoTokenizer
 
-    if info.kind in ("demo", "folder", "cache") and not inspect.has_tokenizer(info.path):
-        raise ModelError(f"{info.path}: no tokenizer files ({', '.join(inspect.TOKENIZER_FILES[:4])}, ...). "
-                         "Save the base model's tokenizer into this folder (tokenizer.save_pretrained(folder)).")
+    missing = missing_tokenizer(info)
+    if missing:
+        raise ModelError(missing)
     try:
         tok = AutoTokenizer.from_pretrained(target, **kw)
     except Exception as e:  # OSError, ValueError, TypeError, ImportError (sentencepiece) ...

@@ -30,7 +30,8 @@ from ftstudio.core.runs import atomic_write_text, open_run_dir
 # The global batch is compared as grad_accum × GPUs, so half the ranks accumulating twice as much is no change.
 HARMLESS = {("train", "output"), ("train", "run_name"), ("train", "log_every"), ("train", "report_to"),
             ("checkpoint", "checkpoint_every"), ("checkpoint", "keep_last"), ("hardware", "memory_snapshot_every"),
-            ("hardware", "device"), ("hardware", "gpus")}
+            ("hardware", "device"), ("hardware", "gpus"),
+            ("checkpoint", "export"), ("checkpoint", "export_dtype")}   # what final/ is written as, nothing trained
 HARMLESS_SECTIONS = {"memory"}
 
 

@@ -33,12 +33,34 @@ def training_notices(cfg, info, tokenizer, data_format: str, task: str) -> list[
     return out
 
 
-def loaded_notices(loaded) -> list[str]:
-    """Lines about the loaded weights: parameters that started random, an embedding that grew."""
+def loaded_notices(loaded, run_dir=None, cfg=None, export_dtype=None) -> list[str]:
+    """Lines about the loaded weights: parameters that started random, an embedding that grew, and (given the
+    run folder) a disk too small for what the run writes at its end."""
     out = list(getattr(loaded, "notes", []) or [])
     new = loaded.new_params or []
     if new:
         shown = ", ".join(new[:6]) + (f" and {len(new) - 6} more" if len(new) > 6 else "")
         out.append(f"{len(new)} parameter tensor{'s' if len(new) > 1 else ''} not in the checkpoint, initialised at "
                    f"random: {shown}")
+    if run_dir is not None and cfg is not None:
+        out += space_notices(loaded.model, run_dir, cfg, export_dtype)
     return out
+
+
+def space_notices(model, run_dir, cfg, export_dtype=None) -> list[str]:
+    """The output disk cannot hold what the run writes at its end (final/, beside the checkpoint that keeps its
+    weights safe until final/ is complete): said before the training, not after hours of it. A lower bound:
+    periodic checkpoints add the optimizer's state."""
+    from ftstudio.core.atomic import free_bytes, gb
+
+    free = free_bytes(run_dir)
+    params = list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    final = sum(p.numel() for p in params) * getattr(export_dtype, "itemsize", 4) if cfg.checkpoint.export else 0
+    ckpt = weights if cfg.checkpoint.export or cfg.checkpoint.checkpoint_every else 0
+    if free is None or free >= final + ckpt:
+        return []
+    parts = " and ".join(x for x in (f"final/ {gb(final)}" if final else "", f"a checkpoint {gb(ckpt)}" if ckpt
+                                      else "") if x)
+    return [f"{run_dir} has {gb(free)} free on its disk, less than this run writes at its end ({parts}, at "
+            "least): free some space or choose another --output, or the run ends with a full disk"]

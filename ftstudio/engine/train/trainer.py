@@ -155,7 +155,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         self._gguf = models_mod.ParseOnce(progress=lambda done, total, s: self.report(  # parsed once; a GUI bar
             LoadProgress("de-quantising GGUF tensors", done, total, s))).open()
         tokenizer = models_mod.load_tokenizer(cfg.model)
-        prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed)
+        prepared = data_mod.prepare_data(cfg.data, tokenizer, task=task, seed=cfg.train.seed,
+                                         label_order=models_mod.head_labels(info.config))   # a trained head's ids
         cfg, prepared = fast_path.apply(cfg, device, prepared, info, self._plan_schedule, self.report)  # one GPU
         numerics = pick_numerics(cfg.hardware.precision, device)   # the memory budget may choose pure bf16
         fresh = [str(w) for w in prepared.warnings if w not in report.problems]  # the check above said the rest
@@ -178,7 +179,7 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
         model = loaded.model
         self._gguf.close()  # its readers' parsed fields are freed
         self._export_options = export_options(self.cfg, loaded.info.dtype, loaded.model, prepared.format, tokenizer)
-        for line in loaded_notices(loaded):  # random parameters, a grown embedding: warnings, said under --quiet
+        for line in loaded_notices(loaded, self.run_dir, cfg, self._export_options["dtype"]):  # also under --quiet
             self.report(LogLine(line, "warning"))
         if loaded.load_note:  # which loader placed the weights (shard by shard, or from_pretrained and why)
             self.report(LogLine(loaded.load_note))
@@ -403,7 +404,8 @@ class Trainer(RunKeeping):  # RunKeeping (keeping.py): the run folder's lock, ch
     def _open_metrics(self) -> None:
         from ftstudio.engine.trackers import open_trackers
         self._metrics = MetricsWriter(self.run_dir / "metrics.jsonl")
-        self.report = Fanout(self._metrics, *open_trackers(self.cfg, self.run_dir), self._user_reporter)
+        self.report = Fanout(self._metrics, *open_trackers(self.cfg, self.run_dir, self._user_reporter),
+                             self._user_reporter)
 
     def _plan_schedule(self, n_train: int, n_general: int, tokens=()):  # tokens: schedule.row_stats
         from ftstudio.engine.train.schedule import plan_schedule

@@ -197,7 +197,9 @@ class ModelPanel(QGroupBox):
         self.info, self.error = result, None
         self.status.setStyleSheet("")
         self._show(result)
-        self.status.setText("")
+        missing = engine("models", "missing_tokenizer").missing_tokenizer(result)   # training could not start
+        self.status.setText(breakable(f"Cannot train {source} as it is: {missing}") if missing else "")
+        self.status.setStyleSheet("color: #d62728;" if missing else "")
         if source != "demo" and source not in self.recent:
             self.recent.insert(0, source)
             self.recent = self.recent[:10]
