@@ -73,25 +73,18 @@ def test_the_traced_plan_decides_among_the_final_candidates():
     assert same.leaves == {"batch_size": 2, "grad_accum": 2}
 
 
-def test_a_closed_form_that_planned_a_traced_candidate_low_does_not_pass_an_untraced_one():
-    run = RunConfig().replace(device="cuda", precision="bf16", batch_size=4, seq_len=2048, grad_accum=1)
-    closed = {(False, 4): 20, (False, 2): 14.5, (False, 1): 14.2, (True, 4): 14, (True, 2): 13.9, (True, 1): 13}
-    # the fastest candidates are traced 10 % above the closed form, over 15 GB; the trace budget then runs out
-    traced = {key: v * 1.1 for key, v in closed.items()}
-    calls = []
+def test_checkpointing_some_blocks_keeps_the_closed_forms_figure_in_the_chooser():
+    """Its closed form errs high (10.4 GB against 8.7 measured, k = 15 of 16, H100) and its trace costs two:
+    the chooser does not trace it (the run's own plan, after the choice, does)."""
+    run = _bench_run(precision="bf16")
+    asked = []
 
     def confirm(model_config, r):
-        calls.append(r)
-        return _fake(traced, "traced")(model_config, r)
-    confirm.traces = lambda: len(calls)
-    fit = fastest.choose(run, {}, 15 * GB, confirm=confirm, liger=True, lowbit=False,
-                         plan=_fake(closed, "closed form"))
-    assert len(calls) == fastest.CONFIRM_TRACES
-    chosen = run.replace(**fit.leaves)
-    # untraced candidates count only within 15 / 1.1 = 13.6 GB: checkpointing with micro-batch 1 (13 GB) is the
-    # fastest of those, not micro-batch 2 with checkpointing (13.9 GB closed form, 15.3 traced)
-    assert (chosen.memory.activation_checkpointing, chosen.train.batch_size) == (True, 1), fit.lines
-    assert any("Untraced candidates count only within the budget / 1.10" in ln for ln in fit.lines)
+        asked.append(r.memory.checkpoint_blocks)
+        return SimpleNamespace(peak_allocated=int(30 * GB), total=int(31 * GB), method="traced")
+    fit = fastest.choose(run, LLAMA_1B, int(18.65 * GB), liger=True, lowbit="ftstudio", confirm=confirm)
+    assert all(k == 0 for k in asked) and len(asked) <= fastest.CONFIRM_TRACES
+    assert fit.leaves, fit.lines
 
 
 def test_plan_run_plans_the_run_the_budget_fit_makes():

@@ -180,9 +180,6 @@ def traced_planner(device: str, *, seq_len: int | None = None, padded: bool = Fa
                                     trust_remote_code=trust_remote_code, source=source, loss_fn=trainer_loss,
                                     plan_of=plan)
         return kept[key]
-    # steps traced so far: plans asked again, and those of checkpointing k of L blocks (from the kept plans of
-    # all and none), cost none
-    plan.traces = lambda: sum(1 for p in kept.values() if p.notes and p.notes[0].startswith("traced: the model"))
     return plan
 
 
