@@ -455,6 +455,11 @@ def models(tmp_path_factory) -> Path:
     for name, cfg in MODEL_CONFIGS.items():
         (folder / name).mkdir()
         (folder / name / "config.json").write_text(json.dumps(cfg))
+    # a tokenizer beside the small-context model, so its refusals are about the context (a folder without one is
+    # refused for that first: tests/test_missing_tokenizer.py)
+    from tokenizers import Tokenizer, models as tok_models
+    Tokenizer(tok_models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]")).save(
+        str(folder / "gpt2_small_context" / "tokenizer.json"))
     (folder / "list.json").write_text("[1, 2]")
     (folder / "broken.json").write_text('{"hidden_size": 64,')
     (folder / "deep.json").write_text("[" * 5000 + "]" * 5000)
