@@ -87,6 +87,24 @@ def test_checkpointing_some_blocks_keeps_the_closed_forms_figure_in_the_chooser(
     assert fit.leaves, fit.lines
 
 
+def test_a_family_the_closed_form_planned_low_counts_its_shortfall_on_its_untraced_candidates():
+    """The closed form planned FP8 + 8-bit + micro-batch 1 × 4 at 10.7 GB, its trace 11.5 (Llama-3.2-1B): the same
+    options with the first block checkpointed (closed form 10.6, untraced) would go over a 10.72 GB budget too;
+    another family (batch 4, 15 blocks checkpointed) keeps the closed form's figure."""
+    run = _bench_run(precision="bf16", optimizer="adamw8bit")
+    micro = {"batch_size": 1, "grad_accum": 4}
+    a = fastest.Candidate(dict(micro), 0.90, int(10.7 * GB), True)
+    b = fastest.Candidate({**micro, "activation_checkpointing": True, "checkpoint_blocks": 1}, 0.89, int(10.6 * GB), True)
+    c = fastest.Candidate({"activation_checkpointing": True, "checkpoint_blocks": 15}, 0.88, int(10.4 * GB), True)
+
+    def confirm(model_config, r):
+        assert r.train.batch_size == 1 and not r.memory.activation_checkpointing
+        return SimpleNamespace(peak_allocated=int(11.5 * GB), method="traced")
+    lines = fastest._confirm([a, b, c], run, LLAMA_1B, int(10.72 * GB), "peak_allocated", confirm)
+    assert (a.fits, b.fits, c.fits) == (False, False, True), lines
+    assert any("1 untraced candidate with" in ln and "7% above the closed form" in ln for ln in lines)
+
+
 def test_plan_run_plans_the_run_the_budget_fit_makes():
     base = RunConfig().replace(device="cuda", precision="bf16", batch_size=8, seq_len=512, grad_accum=1,
                                max_steps=50, val_fraction=0.0, fp8="off")   # what "auto" is under 1 B parameters
