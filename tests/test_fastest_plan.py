@@ -94,7 +94,8 @@ def test_a_family_the_closed_form_planned_low_counts_its_shortfall_on_its_untrac
     run = _bench_run(precision="bf16", optimizer="adamw8bit")
     micro = {"batch_size": 1, "grad_accum": 4}
     a = fastest.Candidate(dict(micro), 0.90, int(10.7 * GB), True)
-    b = fastest.Candidate({**micro, "activation_checkpointing": True, "checkpoint_blocks": 1}, 0.89, int(10.6 * GB), True)
+    b = fastest.Candidate({**micro, "activation_checkpointing": True, "checkpoint_blocks": 1}, 0.89, int(10.6 * GB),
+                          True)
     c = fastest.Candidate({"activation_checkpointing": True, "checkpoint_blocks": 15}, 0.88, int(10.4 * GB), True)
 
     def confirm(model_config, r):
