@@ -314,6 +314,8 @@ def run_benchmarks(source: str, settings: BenchSettings, report: Callable[[str],
                     "run": str(parts[0]) if parts else None, "models": {}, "tasks": {}}
     template_for_all = None
     if parts is not None and settings.apply_chat_template:
+        from ftstudio.engine.hf_imports import ready
+        ready()      # loaded under one lock: threads (engine/hf_imports.py)
         from transformers import AutoTokenizer
         template_for_all = getattr(AutoTokenizer.from_pretrained(str(parts[1])), "chat_template", None)
     for label, mcfg in models:

@@ -46,7 +46,8 @@ def freeze_setup_objects() -> None:
 
 def _warm_imports() -> None:
     import torch  # noqa: F401
-    import transformers  # noqa: F401
+
+    engine("hf_imports").ready()     # transformers' classes, loaded under the lock the engine's threads share
 
 
 class MainWindow(WindowLifecycleMixin, StatusLineMixin, WindowMenusMixin, QMainWindow):

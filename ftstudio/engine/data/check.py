@@ -67,6 +67,8 @@ class DataReport:
 def _load_tokenizer(tokenizer):
     if not isinstance(tokenizer, (str, Path)):
         return tokenizer
+    from ftstudio.engine.hf_imports import ready
+    ready()      # loaded under one lock: threads (engine/hf_imports.py)
     from transformers import AutoTokenizer
 
     from ftstudio.core.errors import ModelError

@@ -92,6 +92,8 @@ def _child(final: str, ids: list[int] | None, conn) -> None:
     (a model too large to load twice) the model is only built on the meta device and its keys compared."""
     try:
         import torch
+        from ftstudio.engine.hf_imports import ready
+        ready()      # loaded under one lock: threads (engine/hf_imports.py)
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
         from transformers.utils import logging as hf_logging

@@ -109,6 +109,8 @@ def _quote(text: str) -> str:
 
 def write_modelfile(gguf_path: str | Path, model_dir: str | Path, vocab: dict) -> tuple[Path, str]:
     """Write ``<gguf stem>.Modelfile`` beside the GGUF; returns (path, what the template became)."""
+    from ftstudio.engine.hf_imports import ready
+    ready()      # loaded under one lock: threads (engine/hf_imports.py)
     from transformers import AutoTokenizer
 
     gguf_path = Path(gguf_path)

@@ -110,6 +110,8 @@ def end_of_turn_id(tokenizer) -> int | None:
 def add_vocab(writer, model_dir: Path, vocab_size: int) -> dict:
     """Write the tokenizer keys; returns what was written (eos, end of turn, pre-tokenizer, template)."""
     import gguf
+    from ftstudio.engine.hf_imports import ready
+    ready()      # loaded under one lock: threads (engine/hf_imports.py)
     from transformers import AutoTokenizer
 
     tj = check_tokenizer(model_dir)

@@ -91,6 +91,8 @@ def missing_tokenizer(info: ModelInfo) -> str | None:
 
 
 def _load_tokenizer(target: str, info: ModelInfo, kw: dict):
+    from ftstudio.engine.hf_imports import ready
+    ready()      # loaded under one lock: threads (engine/hf_imports.py)
     from transformers import AutoTokenizer
 
     missing = missing_tokenizer(info)
@@ -203,6 +205,8 @@ def load_model(cfg, *, task: str, num_labels: int | None = None, id2label: dict[
     """Load cfg.source (a ModelConfig) for full fine-tuning: on the CPU, or with ``device`` straight onto that
     device (no host copy of the model; see the module docstring). Pass the ``tokenizer`` already loaded by
     :func:`load_tokenizer` to reuse it (the data was tokenised with it)."""
+    from ftstudio.engine.hf_imports import ready
+    ready()      # loaded under one lock: threads (engine/hf_imports.py)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     info = describe_model(cfg.source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision)
@@ -241,6 +245,8 @@ def _meta_skeleton(auto, target: str, info: ModelInfo, dtype, kw: dict, model_kw
     ``from_pretrained(device_map={"": "meta"})``: transformers 5.25 refuses "meta" as a device_map target, and
     reading weights only to drop them was wasted work on any version."""
     import torch
+    from ftstudio.engine.hf_imports import ready
+    ready()      # loaded under one lock: threads (engine/hf_imports.py)
     from transformers import AutoConfig
 
     config_kw = {k: v for k, v in model_kw.items() if k != "ignore_mismatched_sizes"}

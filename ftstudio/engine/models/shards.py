@@ -167,6 +167,8 @@ def load_by_shards(auto, folder, *, dtype, device, config_kwargs: dict | None = 
 
     import torch
     from safetensors import safe_open
+    from ftstudio.engine.hf_imports import ready
+    ready()      # loaded under one lock: threads (engine/hf_imports.py)
     from transformers import AutoConfig
 
     folder = Path(folder)

@@ -86,6 +86,8 @@ class Trace:
 
 def hf_config(model_config: dict, *, trust_remote_code: bool = False, source: str | None = None):
     """A transformers config object from a config.json dict (remote code only when trusted)."""
+    from ftstudio.engine.hf_imports import ready
+    ready()      # loaded under one lock: threads (engine/hf_imports.py)
     from transformers import AutoConfig
 
     cfg = dict(model_config)
@@ -186,6 +188,8 @@ def _block_hooks(model, live: LiveBytes):
 
 
 def _build(config, choices: StepChoices, trust_remote_code: bool):
+    from ftstudio.engine.hf_imports import ready
+    ready()      # loaded under one lock: threads (engine/hf_imports.py)
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     kw = {"trust_remote_code": trust_remote_code, "dtype": torch.get_default_dtype()}   # not config.json's dtype
