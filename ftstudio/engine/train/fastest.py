@@ -259,12 +259,9 @@ def _confirm(seen: list[Candidate], cfg, model_config, budget: int, compare: str
                 break                     # the closed form's figure stands for the fastest that fits
             continue
         traced += 1
-        before, c.planned = c.planned, int(getattr(p, compare))
-        c.traced = True
+        before = c.planned
+        lines.append(_take_trace(c, p, cfg, budget, compare))
         low[_family(c.leaves)] = max(low.get(_family(c.leaves), 1.0), c.planned / max(before, 1))
-        c.fits = c.planned <= budget
-        lines.append(f"Traced plan of {describe(c.leaves, cfg)}: {c.planned / 1e9:.1f} GB (closed form "
-                     f"{before / 1e9:.1f} GB): {'fits' if c.fits else 'over the budget'}")
         if c.fits:
             break
     dropped: dict[tuple, int] = {}
@@ -298,11 +295,16 @@ def _verify(seen: list[Candidate], cfg, model_config, budget: int, compare: str,
         p = confirm(model_config, cfg.replace(**best.leaves))
         if getattr(p, "method", "") != "traced":
             break                         # not traceable: the closed form's figure stands
-        before, best.planned, best.traced = best.planned, int(getattr(p, compare)), True
-        best.fits = best.planned <= budget
-        lines.append(f"Traced plan of {describe(best.leaves, cfg)}: {best.planned / 1e9:.1f} GB (closed form "
-                     f"{before / 1e9:.1f} GB): {'fits' if best.fits else 'over the budget'}")
+        lines.append(_take_trace(best, p, cfg, budget, compare))
     return lines
+
+
+def _take_trace(c: Candidate, p, cfg, budget: int, compare: str) -> str:
+    """``c`` re-planned by its traced plan ``p`` (in place); the line that says so."""
+    before, c.planned, c.traced = c.planned, int(getattr(p, compare)), True
+    c.fits = c.planned <= budget
+    return (f"Traced plan of {describe(c.leaves, cfg)}: {c.planned / 1e9:.1f} GB (closed form {before / 1e9:.1f} GB): "
+            f"{'fits' if c.fits else 'over the budget'}")
 
 
 def _family(leaves: dict) -> tuple:
