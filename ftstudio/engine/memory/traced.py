@@ -149,7 +149,7 @@ def _untraced(run: RunConfig, gpus: int, device: str | None, trace: bool, loss_c
     if m.loss == "chunked" and not on_cpu and _liger():
         return "Liger's fused loss is a Triton kernel, not traced"
     if m.activation_checkpointing and m.checkpoint_blocks:
-        return "checkpointing of some blocks only (checkpoint_blocks): traced where both ends trace, else this"
+        return "checkpointing of some blocks only, and the plans of every block and of none did not both trace"
     if m.fp8 in ("tensorwise", "rowwise") and not on_cpu and not _installed("torchao"):
         return "FP8 linear layers without torchao here (the closed form's FP8 term plans them)"
     return ""
