@@ -98,7 +98,10 @@ def _resume_config(args: argparse.Namespace):
     if last is None:
         raise ConfigError("--resume", f"{run_dir} has no complete checkpoint to resume from (checkpoints are "
                                       "saved with --checkpoint-every N, and when a run is stopped)")
-    reached = read_state(last).get("step") or 0
+    try:    # another process may be writing this folder: its run lock refuses this one after, with its own line
+        reached = read_state(last).get("step") or 0
+    except Exception:  # noqa: BLE001 - unreadable here: the resume itself reads it again and says why
+        reached = 0
     if run_cfg.train.max_steps and run_cfg.train.max_steps < reached:   # a changed config (--allow-config-change)
         raise ConfigError("train.max_steps", f"{run_cfg.train.max_steps} is below step {reached}, where {run_dir} "
                                              "resumes: nothing would train, and the run would be marked finished; "
